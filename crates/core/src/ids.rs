@@ -1,0 +1,101 @@
+//! Identifiers: users (`sub` of a token), messages (UUIDv7) and connections.
+
+use std::fmt;
+
+use uuid::Uuid;
+
+use crate::ValidationError;
+
+/// Longest accepted user id in bytes; Cognito `sub`s are 36.
+pub const MAX_USER_ID_BYTES: usize = 128;
+
+/// A user, as the `sub` claim of their token names them.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct UserId(String);
+
+impl UserId {
+    /// Checks that `raw` is a usable id: non-empty, bounded, no control characters.
+    pub fn parse(field: &'static str, raw: &str) -> Result<Self, ValidationError> {
+        if raw.is_empty() {
+            return Err(ValidationError::Empty { field });
+        }
+        if raw.len() > MAX_USER_ID_BYTES {
+            return Err(ValidationError::TooLong {
+                field,
+                len: raw.len(),
+                max: MAX_USER_ID_BYTES,
+            });
+        }
+        if raw.chars().any(char::is_control) {
+            return Err(ValidationError::ControlCharacter { field });
+        }
+        Ok(Self(raw.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn into_string(self) -> String {
+        self.0
+    }
+}
+
+impl fmt::Display for UserId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A committed message. UUIDv7, so ids sort by creation time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MessageId(pub Uuid);
+
+impl MessageId {
+    pub fn new() -> Self {
+        Self(Uuid::now_v7())
+    }
+}
+
+impl Default for MessageId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for MessageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// One WebSocket connection on some bridge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ConnectionId(pub Uuid);
+
+impl ConnectionId {
+    pub fn new() -> Self {
+        Self(Uuid::now_v7())
+    }
+
+    pub fn parse(field: &'static str, raw: &str) -> Result<Self, ValidationError> {
+        Uuid::parse_str(raw)
+            .map(Self)
+            .map_err(|_| ValidationError::BadId {
+                field,
+                value: raw.chars().take(64).collect(),
+            })
+    }
+}
+
+impl Default for ConnectionId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for ConnectionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}

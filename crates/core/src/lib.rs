@@ -1,0 +1,18 @@
+//! Domain types of the notify platform, shared by every service and free of I/O.
+//!
+//! - [`ids`]: user, message and connection identifiers.
+//! - [`topic`]: topic names (`namespace:rest`) and the per-namespace [`TopicPolicy`]
+//!   (who may subscribe, client publish, log retention).
+//! - [`publish`]: a validated [`Publish`] (target, event, JSON data, idempotency key,
+//!   TTL) and the [`Limits`] it is checked against.
+//! - [`error`]: [`ValidationError`], what is wrong with an input, said for a human.
+
+pub mod error;
+pub mod ids;
+pub mod publish;
+pub mod topic;
+
+pub use error::ValidationError;
+pub use ids::{ConnectionId, MessageId, UserId};
+pub use publish::{Limits, Publish, Target};
+pub use topic::{NamespacePolicy, SubscribeRule, Topic, TopicPolicy};

@@ -1,0 +1,221 @@
+//! Topic names and the per-namespace policy of DESIGN §5.
+//!
+//! A topic is `namespace:rest`: the namespace is `[a-z0-9_-]+`, the rest is
+//! non-empty printable text, the whole at most 255 bytes. Each namespace is
+//! configured with who may subscribe, whether clients may publish, and how much
+//! of its log is kept.
+
+use std::{collections::BTreeMap, fmt, time::Duration};
+
+use crate::ValidationError;
+
+/// Longest topic name in bytes.
+pub const MAX_TOPIC_BYTES: usize = 255;
+
+/// A syntactically valid topic name. Whether its namespace exists is the
+/// [`TopicPolicy`]'s business.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Topic {
+    name: String,
+    colon: usize,
+}
+
+impl Topic {
+    pub fn parse(raw: &str) -> Result<Self, ValidationError> {
+        let bad = |why| ValidationError::BadTopic {
+            topic: raw.chars().take(64).collect(),
+            why,
+        };
+        if raw.is_empty() {
+            return Err(ValidationError::Empty { field: "topic" });
+        }
+        if raw.len() > MAX_TOPIC_BYTES {
+            return Err(ValidationError::TooLong {
+                field: "topic",
+                len: raw.len(),
+                max: MAX_TOPIC_BYTES,
+            });
+        }
+        let colon = raw.find(':').ok_or_else(|| bad("no ':'"))?;
+        let (namespace, rest) = (&raw[..colon], &raw[colon + 1..]);
+        if namespace.is_empty() {
+            return Err(bad("empty namespace"));
+        }
+        if !namespace
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+        {
+            return Err(bad("namespace must be [a-z0-9_-]"));
+        }
+        if rest.is_empty() {
+            return Err(bad("empty name after ':'"));
+        }
+        if rest.chars().any(|c| c.is_control() || c.is_whitespace()) {
+            return Err(bad("name must be printable, without spaces"));
+        }
+        Ok(Self {
+            name: raw.to_owned(),
+            colon,
+        })
+    }
+
+    pub fn namespace(&self) -> &str {
+        &self.name[..self.colon]
+    }
+
+    /// The part after `namespace:`.
+    pub fn rest(&self) -> &str {
+        &self.name[self.colon + 1..]
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.name
+    }
+}
+
+impl fmt::Display for Topic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.name)
+    }
+}
+
+/// Who may subscribe to a namespace's topics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubscribeRule {
+    /// Any authenticated user.
+    AnyUser,
+    /// `ns:{R}:…` only for users whose `custom:realm` claim is `R`.
+    Realm,
+    /// `ns:{sub}:…` only for the user `sub`.
+    Owner,
+}
+
+/// The configuration of one namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamespacePolicy {
+    pub subscribe: SubscribeRule,
+    pub client_publish: bool,
+    /// Newest messages kept per topic.
+    pub log_max_len: u32,
+    /// Messages older than this are dropped from the log.
+    pub log_max_age: Duration,
+}
+
+/// The configured namespaces. Topics outside them are refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicPolicy {
+    namespaces: BTreeMap<String, NamespacePolicy>,
+}
+
+impl Default for TopicPolicy {
+    /// The namespaces of DESIGN §5.
+    fn default() -> Self {
+        const HOUR: Duration = Duration::from_secs(3600);
+        let ns = |subscribe, client_publish, log_max_len, log_max_age| NamespacePolicy {
+            subscribe,
+            client_publish,
+            log_max_len,
+            log_max_age,
+        };
+        let mut policy = Self::empty();
+        policy.set("fights", ns(SubscribeRule::AnyUser, false, 100, HOUR));
+        policy.set("fight", ns(SubscribeRule::AnyUser, false, 100, 24 * HOUR));
+        policy.set("room", ns(SubscribeRule::AnyUser, true, 50, HOUR));
+        policy.set("realm", ns(SubscribeRule::Realm, false, 100, 24 * HOUR));
+        policy.set("private", ns(SubscribeRule::Owner, false, 100, 24 * HOUR));
+        policy
+    }
+}
+
+impl TopicPolicy {
+    /// No namespace at all: every topic is refused until one is [`set`](Self::set).
+    pub fn empty() -> Self {
+        Self {
+            namespaces: BTreeMap::new(),
+        }
+    }
+
+    /// Adds or replaces a namespace.
+    pub fn set(&mut self, namespace: &str, policy: NamespacePolicy) {
+        self.namespaces.insert(namespace.to_owned(), policy);
+    }
+
+    /// Parses `raw` and checks that its namespace is configured.
+    pub fn topic(&self, raw: &str) -> Result<(Topic, &NamespacePolicy), ValidationError> {
+        let topic = Topic::parse(raw)?;
+        let policy = self.namespace(&topic)?;
+        Ok((topic, policy))
+    }
+
+    /// The policy of a parsed topic's namespace.
+    pub fn namespace(&self, topic: &Topic) -> Result<&NamespacePolicy, ValidationError> {
+        self.namespaces
+            .get(topic.namespace())
+            .ok_or_else(|| ValidationError::UnknownNamespace {
+                namespace: topic.namespace().to_owned(),
+                known: self
+                    .namespaces
+                    .keys()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &NamespacePolicy)> {
+        self.namespaces.iter().map(|(k, v)| (k.as_str(), v))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_namespace_and_rest() {
+        let t = Topic::parse("fight:42:odds").unwrap();
+        assert_eq!(t.namespace(), "fight");
+        assert_eq!(t.rest(), "42:odds");
+    }
+
+    #[test]
+    fn refuses_malformed_names() {
+        for raw in [
+            "",
+            "nocolon",
+            ":x",
+            "room:",
+            "Room:x",
+            "ro om:x",
+            "room:a b",
+            "room:\u{7}",
+        ] {
+            assert!(Topic::parse(raw).is_err(), "{raw:?} accepted");
+        }
+        let long = format!("room:{}", "x".repeat(251));
+        assert!(matches!(
+            Topic::parse(&long),
+            Err(ValidationError::TooLong { .. })
+        ));
+        assert!(Topic::parse(&format!("room:{}", "x".repeat(250))).is_ok());
+    }
+
+    #[test]
+    fn unknown_namespace_names_the_known_ones() {
+        let err = TopicPolicy::default().topic("chat:1").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "unknown namespace \"chat\"; configured: fight, fights, private, realm, room"
+        );
+    }
+
+    #[test]
+    fn defaults_follow_the_design() {
+        let policy = TopicPolicy::default();
+        let (_, room) = policy.topic("room:lobby").unwrap();
+        assert!(room.client_publish);
+        assert_eq!(room.log_max_len, 50);
+        let (_, private) = policy.topic("private:u1:inbox").unwrap();
+        assert_eq!(private.subscribe, SubscribeRule::Owner);
+    }
+}

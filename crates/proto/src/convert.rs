@@ -1,0 +1,25 @@
+//! Conversions between `notify.v1` messages and domain types.
+
+use notify_core::publish::RawPublish;
+
+use crate::v1::{PublishRequest, publish_request::Target};
+
+/// Borrows a request as the edge-neutral [`RawPublish`] that
+/// [`notify_core::Publish::validate`] checks.
+pub fn raw_publish(req: &PublishRequest) -> RawPublish<'_> {
+    let mut raw = RawPublish {
+        event: &req.event,
+        data: &req.data,
+        idempotency_key: &req.idempotency_key,
+        ttl_seconds: req.ttl_seconds,
+        ..Default::default()
+    };
+    match &req.target {
+        Some(Target::UserId(user)) => raw.user_id = Some(user),
+        Some(Target::Users(list)) => raw.users = Some(&list.user_ids),
+        Some(Target::Topic(topic)) => raw.topic = Some(topic),
+        Some(Target::Broadcast(b)) => raw.broadcast = *b,
+        None => {}
+    }
+    raw
+}

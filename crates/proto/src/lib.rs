@@ -1,0 +1,15 @@
+//! The `notify.v1` protobuf and gRPC code, generated at build time with the
+//! vendored `protoc`, plus [`convert`]: the one place where protobuf messages
+//! become domain types and back, so domain code never sees prost.
+
+pub mod convert;
+
+/// Generated messages, client and server of `notify.v1`.
+#[allow(clippy::all, missing_docs, rust_2018_idioms)]
+pub mod v1 {
+    tonic::include_proto!("notify.v1");
+}
+
+/// The encoded `FileDescriptorSet` of every `notify.v1` file, for gRPC
+/// server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("notify_descriptor");
