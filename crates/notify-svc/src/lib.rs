@@ -1,1 +1,230 @@
-//! placeholder
+//! notify-svc: the Notify gRPC API of the platform.
+//!
+//! [`run`] wires the parts: the [`caller`] interceptor authenticates, [`api`]
+//! validates and serves `notify.v1.Notify`, [`pipeline`] group-commits
+//! publishes to the store, [`watch`] fans committed messages out to `Watch`
+//! streams, [`ops`] serves health and [`metrics`], [`retention`] sweeps old
+//! data. gRPC health and reflection are served beside the API. Errors become
+//! gRPC statuses in one place, [`status`].
+
+pub mod api;
+pub mod caller;
+pub mod config;
+pub mod logging;
+pub mod metrics;
+pub mod ops;
+pub mod pipeline;
+pub mod retention;
+pub mod signals;
+pub mod status;
+pub mod watch;
+
+use std::{sync::Arc, time::Duration};
+
+use notify_proto::v1::notify_server::NotifyServer;
+use notify_store::{PgStore, PgStoreConfig, Store, StoreError};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tonic_health::ServingStatus;
+
+pub use config::{Config, SvcArgs};
+
+/// Largest gRPC request: a full `PublishBatch` of small messages fits; a
+/// request over it is refused before it is decoded (tonic answers OUT_OF_RANGE).
+pub const MAX_REQUEST_BYTES: usize = 16 * 1024 * 1024;
+/// How often readiness re-checks the database.
+const PROBE_EVERY: Duration = Duration::from_secs(2);
+/// Longest wait between retries of the start-up migration.
+const MIGRATE_RETRY_MAX: Duration = Duration::from_secs(5);
+/// Name under which the API's health is reported.
+const SERVICE_NAME: &str = "notify.v1.Notify";
+
+/// Why notify-svc stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("gRPC server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("ops HTTP server: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Serves the Notify API on `grpc` and the ops endpoints on `http` until
+/// `shutdown` is cancelled; then reports NOT_SERVING, stops accepting, lets
+/// in-flight calls and commits finish, and returns.
+pub async fn run(
+    config: Config,
+    grpc: TcpListener,
+    http: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), RunError> {
+    let pg = PgStore::new(PgStoreConfig {
+        url: config.database_url.clone(),
+        pool_size: config.db_pool_size,
+        connect_timeout: Duration::from_secs(5),
+        query_timeout: config.db_timeout,
+        idempotency_window: config.idempotency_window,
+    })?;
+    let metrics = metrics::Metrics::new();
+    let ready = ops::Readiness::default();
+    let tracker = TaskTracker::new();
+    let ops_server = tokio::spawn(ops::serve(
+        http,
+        ready.clone(),
+        metrics.clone(),
+        shutdown.clone(),
+    ));
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_service_status("", ServingStatus::NotServing)
+        .await;
+    health
+        .set_service_status(SERVICE_NAME, ServingStatus::NotServing)
+        .await;
+
+    if !migrate(&pg, &shutdown).await? {
+        let _ = ops_server.await;
+        return Ok(());
+    }
+    let store: Arc<dyn Store> = Arc::new(pg);
+    let topics = config.topics.clone();
+    let hub = watch::WatchHub::default();
+    let publisher = pipeline::Publisher::start(
+        store.clone(),
+        config.pipeline.clone(),
+        hub.clone(),
+        metrics.clone(),
+        &tracker,
+    );
+    // Background work stops at `shutdown`; the pipeline stops by itself once
+    // the API (its last handle) is gone and queued commits are done.
+    let background = CancellationToken::new();
+    tracker.spawn(retention::run(
+        store.clone(),
+        topics.clone(),
+        background.clone(),
+    ));
+    tracker.spawn(probe(
+        store.clone(),
+        health.clone(),
+        ready.clone(),
+        metrics.clone(),
+        background.clone(),
+    ));
+
+    let api = api::NotifyApi::new(
+        store,
+        publisher,
+        hub,
+        topics,
+        config.limits.clone(),
+        metrics,
+        shutdown.clone(),
+        tracker.clone(),
+    );
+    let notify = tonic::service::interceptor::InterceptedService::new(
+        NotifyServer::new(api).max_decoding_message_size(MAX_REQUEST_BYTES),
+        caller::Authenticator::new(config.tokens.clone()),
+    );
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(notify_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| RunError::Io(std::io::Error::other(e.to_string())))?;
+
+    tracing::info!(addr = ?grpc.local_addr().ok(), "notify-svc serving gRPC");
+    let stopping = {
+        let health = health.clone();
+        let ready = ready.clone();
+        let shutdown = shutdown.clone();
+        async move {
+            shutdown.cancelled().await;
+            ready.set(false);
+            health
+                .set_service_status("", ServingStatus::NotServing)
+                .await;
+            health
+                .set_service_status(SERVICE_NAME, ServingStatus::NotServing)
+                .await;
+            tracing::info!("shutting down: draining in-flight calls");
+        }
+    };
+    let served = tonic::transport::Server::builder()
+        // Bounds work per HTTP/2 connection; callers beyond it queue in h2 flow control.
+        .concurrency_limit_per_connection(1024)
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(notify)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), stopping)
+        .await;
+    background.cancel();
+    tracker.close();
+    tracker.wait().await;
+    ops_server
+        .await
+        .map_err(|e| std::io::Error::other(e.to_string()))??;
+    served?;
+    tracing::info!("notify-svc stopped");
+    Ok(())
+}
+
+/// Applies migrations, retrying while the database is unreachable. Returns
+/// false if `shutdown` came first.
+async fn migrate(store: &PgStore, shutdown: &CancellationToken) -> Result<bool, RunError> {
+    let mut wait = Duration::from_millis(100);
+    loop {
+        match store.migrate().await {
+            Ok(applied) => {
+                tracing::info!(applied, "database migrated");
+                return Ok(true);
+            }
+            Err(e @ StoreError::Unavailable(_)) => {
+                tracing::warn!(error = %e, retry_in = ?wait, "database not reachable yet");
+            }
+            Err(e) => return Err(e.into()),
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return Ok(false),
+            () = tokio::time::sleep(wait) => {}
+        }
+        wait = (wait * 2).min(MIGRATE_RETRY_MAX);
+    }
+}
+
+/// Keeps readiness and gRPC health in step with the database.
+async fn probe(
+    store: Arc<dyn Store>,
+    health: tonic_health::server::HealthReporter,
+    ready: ops::Readiness,
+    metrics: metrics::Metrics,
+    stop: CancellationToken,
+) {
+    let mut last = None;
+    loop {
+        let up = store.ping().await.is_ok();
+        if last != Some(up) {
+            let status = if up {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            };
+            health.set_service_status("", status).await;
+            health.set_service_status(SERVICE_NAME, status).await;
+            ready.set(up);
+            metrics.set_ready(up);
+            if up {
+                tracing::info!("ready: database answers");
+            } else {
+                tracing::warn!("not ready: database does not answer");
+            }
+            last = Some(up);
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(PROBE_EVERY) => {}
+        }
+    }
+}

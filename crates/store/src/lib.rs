@@ -1,1 +1,158 @@
-//! placeholder
+//! Persistence of the notify platform behind one [`Store`] trait.
+//!
+//! - [`Store`]: what notify-svc needs from a database: group-committed publishes
+//!   with gap-free per-user and per-topic seqs, history, subscriptions, the
+//!   connection registry and retention.
+//! - [`plan`]: the backend-neutral part of a commit (in-batch idempotency,
+//!   seq assignment), so every backend numbers messages the same way.
+//! - [`postgres`]: the production backend on deadpool-postgres, safe behind RDS Proxy.
+//! - [`migrate`]: the lock-free migration runner and the embedded SQL files.
+//!
+//! Backend error types never cross the trait: everything is a [`StoreError`].
+
+pub mod error;
+pub mod migrate;
+pub mod plan;
+pub mod postgres;
+
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use notify_core::{ConnectionId, MessageId, Publish, Topic, TopicPolicy, UserId};
+
+pub use error::StoreError;
+pub use postgres::{PgStore, PgStoreConfig};
+
+/// One publish on its way into a group commit.
+#[derive(Debug, Clone)]
+pub struct PublishItem {
+    /// Who asked (idempotency keys are per caller).
+    pub caller: String,
+    /// Chosen before the commit so a retry of the same batch keeps it.
+    pub message_id: MessageId,
+    pub publish: Publish,
+    /// For a topic target: the namespace's log size (newest kept).
+    pub log_max_len: u32,
+}
+
+/// What a committed publish became.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Committed {
+    pub message_id: MessageId,
+    /// The user's inbox seq or the topic's seq; 0 for user lists and broadcast.
+    pub seq: u64,
+    /// The idempotency key was seen before; nothing was stored.
+    pub duplicate: bool,
+    /// For a user list: each user's seq (empty for a duplicate).
+    pub inbox_seqs: Vec<(UserId, u64)>,
+    /// Commit time of the original message.
+    pub ts: SystemTime,
+}
+
+/// A seq-numbered stream: a user's inbox or a topic's log.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Feed {
+    Inbox(UserId),
+    Topic(Topic),
+}
+
+/// A stored message as history and replay return it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredMessage {
+    pub message_id: MessageId,
+    pub seq: u64,
+    pub event: String,
+    /// JSON text.
+    pub data: String,
+    pub ts: SystemTime,
+}
+
+/// One page of a feed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryPage {
+    /// In seq order.
+    pub messages: Vec<StoredMessage>,
+    /// The feed's last seq handed out (0 if none).
+    pub head_seq: u64,
+}
+
+/// A live connection as the registry knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectionRecord {
+    pub connection_id: ConnectionId,
+    pub user_id: UserId,
+    pub bridge_id: String,
+    pub connected_at: SystemTime,
+    pub last_seen: SystemTime,
+}
+
+/// Rows deleted per statement by a sweep: small enough that a sweep never
+/// holds many locks or one long transaction.
+pub const SWEEP_CHUNK: u64 = 10_000;
+
+/// What one retention sweep removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Swept {
+    pub inbox: u64,
+    pub messages: u64,
+    pub topic_log: u64,
+    pub idempotency_keys: u64,
+}
+
+impl Swept {
+    /// A chunk came back full: more is waiting, sweep again soon.
+    pub fn more_waiting(&self) -> bool {
+        [
+            self.inbox,
+            self.messages,
+            self.topic_log,
+            self.idempotency_keys,
+        ]
+        .iter()
+        .any(|&n| n >= SWEEP_CHUNK)
+    }
+}
+
+/// The database of the platform. Implementations must keep seqs gap-free and
+/// strictly increasing per feed under any concurrency, across processes.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Commits a batch in one transaction. Results come in item order; either
+    /// all items are committed or the call fails and none is.
+    async fn commit(&self, items: &[PublishItem]) -> Result<Vec<Committed>, StoreError>;
+
+    /// Messages of `feed` with seq > `since`, at most `limit`, oldest first.
+    async fn history(&self, feed: &Feed, since: u64, limit: u32)
+    -> Result<HistoryPage, StoreError>;
+
+    /// Subscribes; returns whether it was new and the topic's current seq.
+    async fn subscribe(&self, user: &UserId, topic: &Topic) -> Result<(bool, u64), StoreError>;
+
+    /// Unsubscribes; returns whether a subscription was removed.
+    async fn unsubscribe(&self, user: &UserId, topic: &Topic) -> Result<bool, StoreError>;
+
+    /// Users subscribed to `topic`.
+    async fn subscriber_count(&self, topic: &Topic) -> Result<u64, StoreError>;
+
+    /// Topics `user` is subscribed to.
+    async fn subscriptions_of(&self, user: &UserId) -> Result<Vec<Topic>, StoreError>;
+
+    /// Adds or refreshes a connection in the registry.
+    async fn register_connection(&self, record: &ConnectionRecord) -> Result<(), StoreError>;
+
+    /// Removes a connection; returns whether it was there.
+    async fn remove_connection(&self, id: ConnectionId) -> Result<bool, StoreError>;
+
+    /// The registered connections of a user.
+    async fn connections_of(&self, user: &UserId) -> Result<Vec<ConnectionRecord>, StoreError>;
+
+    /// One registered connection.
+    async fn connection(&self, id: ConnectionId) -> Result<Option<ConnectionRecord>, StoreError>;
+
+    /// Deletes expired inbox messages, idempotency keys and topic log entries
+    /// older than their namespace allows. Bounded work per call.
+    async fn sweep(&self, topics: &TopicPolicy) -> Result<Swept, StoreError>;
+
+    /// Answers when the database does.
+    async fn ping(&self) -> Result<(), StoreError>;
+}

@@ -1,0 +1,472 @@
+//! The `notify.v1.Notify` service: validates requests, authorises nothing yet
+//! beyond the caller interceptor, and hands publishes to the pipeline.
+
+use std::{
+    pin::Pin,
+    sync::Arc,
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use notify_core::{
+    ConnectionId, MessageId, Publish, Target, Topic, TopicPolicy, UserId, ValidationError,
+};
+use notify_proto::{convert::raw_publish, v1 as pb};
+use notify_store::{Committed, ConnectionRecord, Feed, PublishItem, Store, StoredMessage};
+use tokio::sync::mpsc;
+use tokio_stream::{Stream, StreamExt, wrappers::ReceiverStream};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tonic::{Request, Response, Status};
+
+use crate::{
+    caller::caller_of,
+    metrics::Metrics,
+    pipeline::Publisher,
+    status,
+    watch::{self, WatchHub, WatchKey},
+};
+
+/// Most requests in one `PublishBatch`.
+pub const MAX_BATCH_REQUESTS: usize = 1000;
+/// Default and largest `History` page.
+const DEFAULT_PAGE: u32 = 100;
+const MAX_PAGE: u32 = 1000;
+/// A WebSocket close reason is at most 123 bytes.
+const MAX_REASON_BYTES: usize = 123;
+/// Messages buffered per Watch stream before the watcher slows its producer.
+const WATCH_STREAM_BUFFER: usize = 256;
+
+/// State shared by every request.
+#[derive(Clone)]
+pub struct NotifyApi {
+    store: Arc<dyn Store>,
+    publisher: Publisher,
+    hub: WatchHub,
+    topics: Arc<TopicPolicy>,
+    limits: Arc<notify_core::Limits>,
+    metrics: Metrics,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+}
+
+impl NotifyApi {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        store: Arc<dyn Store>,
+        publisher: Publisher,
+        hub: WatchHub,
+        topics: TopicPolicy,
+        limits: notify_core::Limits,
+        metrics: Metrics,
+        shutdown: CancellationToken,
+        tracker: TaskTracker,
+    ) -> Self {
+        Self {
+            store,
+            publisher,
+            hub,
+            topics: Arc::new(topics),
+            limits: Arc::new(limits),
+            metrics,
+            shutdown,
+            tracker,
+        }
+    }
+
+    fn item(&self, caller: &str, req: &pb::PublishRequest) -> Result<PublishItem, ValidationError> {
+        let publish = Publish::validate(raw_publish(req), &self.limits, &self.topics)?;
+        let log_max_len = match &publish.target {
+            Target::Topic(topic) => self.topics.namespace(topic)?.log_max_len,
+            _ => 0,
+        };
+        Ok(PublishItem {
+            caller: caller.to_owned(),
+            message_id: MessageId::new(),
+            publish,
+            log_max_len,
+        })
+    }
+
+    fn topic(&self, raw: &str) -> Result<Topic, Status> {
+        self.topics
+            .topic(raw)
+            .map(|(t, _)| t)
+            .map_err(status::invalid)
+    }
+
+    fn feed(&self, user: Option<&str>, topic: Option<&str>) -> Result<Feed, Status> {
+        match (user, topic) {
+            (Some(user), None) => Ok(Feed::Inbox(user_id(user)?)),
+            (None, Some(topic)) => Ok(Feed::Topic(self.topic(topic)?)),
+            _ => Err(status::invalid(ValidationError::NoTarget)),
+        }
+    }
+
+    fn counted<T>(&self, method: &'static str, result: Result<T, Status>) -> Result<T, Status> {
+        let code = result
+            .as_ref()
+            .map_or_else(|s| s.code(), |_| tonic::Code::Ok);
+        self.metrics.rpc(method, code);
+        result
+    }
+
+    async fn publish_one(
+        &self,
+        req: Request<pb::PublishRequest>,
+    ) -> Result<pb::PublishResponse, Status> {
+        let caller = caller_of(&req)?;
+        let item = self
+            .item(&caller.name, req.get_ref())
+            .map_err(status::invalid)?;
+        let committed = self
+            .publisher
+            .publish(vec![item])
+            .await
+            .map_err(status::pipeline)?;
+        let done = committed
+            .into_iter()
+            .next()
+            .ok_or_else(|| Status::internal("commit returned no result"))?;
+        Ok(publish_response(done))
+    }
+
+    async fn publish_batch(
+        &self,
+        req: Request<pb::PublishBatchRequest>,
+    ) -> Result<pb::PublishBatchResponse, Status> {
+        let caller = caller_of(&req)?;
+        let requests = &req.get_ref().requests;
+        if requests.len() > MAX_BATCH_REQUESTS {
+            return Err(Status::invalid_argument(format!(
+                "{} requests in one batch, over the limit of {MAX_BATCH_REQUESTS}",
+                requests.len()
+            )));
+        }
+        // Validate each item on its own: a bad item fails alone.
+        let mut results: Vec<Option<pb::PublishResult>> = Vec::with_capacity(requests.len());
+        let mut items = Vec::new();
+        for r in requests {
+            match self.item(&caller.name, r) {
+                Ok(item) => {
+                    items.push(item);
+                    results.push(None);
+                }
+                Err(e) => results.push(Some(error_result(&status::invalid(e)))),
+            }
+        }
+        let committed = if items.is_empty() {
+            Vec::new()
+        } else {
+            self.publisher
+                .publish(items)
+                .await
+                .map_err(status::pipeline)?
+        };
+        let mut committed = committed.into_iter();
+        let results = results
+            .into_iter()
+            .map(|slot| {
+                slot.unwrap_or_else(|| match committed.next() {
+                    Some(done) => pb::PublishResult {
+                        result: Some(pb::publish_result::Result::Ok(publish_response(done))),
+                    },
+                    None => error_result(&Status::internal("commit returned too few results")),
+                })
+            })
+            .collect();
+        Ok(pb::PublishBatchResponse { results })
+    }
+
+    async fn history_page(&self, req: pb::HistoryRequest) -> Result<pb::HistoryResponse, Status> {
+        use pb::history_request::Target as T;
+        let (user, topic) = match &req.target {
+            Some(T::UserId(u)) => (Some(u.as_str()), None),
+            Some(T::Topic(t)) => (None, Some(t.as_str())),
+            None => (None, None),
+        };
+        let feed = self.feed(user, topic)?;
+        let limit = match req.limit {
+            0 => DEFAULT_PAGE,
+            n => n.min(MAX_PAGE),
+        };
+        // One more than asked tells whether another page follows.
+        let mut page = self
+            .store
+            .history(&feed, req.since, limit + 1)
+            .await
+            .map_err(status::store)?;
+        let has_more = page.messages.len() > limit as usize;
+        page.messages.truncate(limit as usize);
+        let next_since = page.messages.last().map_or(req.since, |m| m.seq);
+        Ok(pb::HistoryResponse {
+            messages: page
+                .messages
+                .into_iter()
+                .map(|m| stored_message(&feed_key(&feed), m))
+                .collect(),
+            next_since,
+            has_more,
+            head_seq: page.head_seq,
+        })
+    }
+}
+
+fn user_id(raw: &str) -> Result<UserId, Status> {
+    UserId::parse("user_id", raw).map_err(status::invalid)
+}
+
+fn millis(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+fn publish_response(done: Committed) -> pb::PublishResponse {
+    pb::PublishResponse {
+        message_id: done.message_id.to_string(),
+        seq: done.seq,
+        duplicate: done.duplicate,
+        // Live delivery to bridges arrives with BridgeLink; no connection can
+        // be reached before a bridge attaches.
+        delivered: 0,
+        inbox_seqs: done
+            .inbox_seqs
+            .into_iter()
+            .map(|(user, seq)| pb::InboxSeq {
+                user_id: user.into_string(),
+                seq,
+            })
+            .collect(),
+    }
+}
+
+fn error_result(status: &Status) -> pb::PublishResult {
+    let (code, message) = status::code_and_message(status);
+    pb::PublishResult {
+        result: Some(pb::publish_result::Result::Error(pb::PublishError {
+            code,
+            message,
+        })),
+    }
+}
+
+fn feed_key(feed: &Feed) -> WatchKey {
+    WatchKey::Feed(feed.clone())
+}
+
+fn stored_message(key: &WatchKey, m: StoredMessage) -> pb::StoredMessage {
+    let (user_id, topic) = match key {
+        WatchKey::Feed(Feed::Inbox(u)) => (u.to_string(), String::new()),
+        WatchKey::Feed(Feed::Topic(t)) => (String::new(), t.to_string()),
+        WatchKey::Broadcast => (String::new(), String::new()),
+    };
+    pb::StoredMessage {
+        message_id: m.message_id.to_string(),
+        seq: m.seq,
+        topic,
+        user_id,
+        event: m.event,
+        data: m.data,
+        ts_ms: millis(m.ts),
+    }
+}
+
+fn connection(record: ConnectionRecord) -> pb::Connection {
+    pb::Connection {
+        connection_id: record.connection_id.to_string(),
+        user_id: record.user_id.into_string(),
+        bridge_id: record.bridge_id,
+        connected_at_ms: millis(record.connected_at),
+        last_seen_ms: millis(record.last_seen),
+    }
+}
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::StoredMessage, Status>> + Send>>;
+
+// === impl Notify ===
+
+#[tonic::async_trait]
+impl pb::notify_server::Notify for NotifyApi {
+    #[tracing::instrument(skip_all)]
+    async fn publish(
+        &self,
+        req: Request<pb::PublishRequest>,
+    ) -> Result<Response<pb::PublishResponse>, Status> {
+        let result = self.publish_one(req).await;
+        self.counted("Publish", result).map(Response::new)
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn publish_batch(
+        &self,
+        req: Request<pb::PublishBatchRequest>,
+    ) -> Result<Response<pb::PublishBatchResponse>, Status> {
+        let result = NotifyApi::publish_batch(self, req).await;
+        self.counted("PublishBatch", result).map(Response::new)
+    }
+
+    async fn emit_fight_event(
+        &self,
+        _req: Request<pb::EmitFightEventRequest>,
+    ) -> Result<Response<pb::EmitFightEventResponse>, Status> {
+        self.counted(
+            "EmitFightEvent",
+            Err(Status::unimplemented(
+                "EmitFightEvent is not available yet (it ships with BetTracker); \
+                 publish to `fight:{id}`/`fights:live` with Publish meanwhile",
+            )),
+        )
+    }
+
+    async fn subscribe(
+        &self,
+        req: Request<pb::SubscribeRequest>,
+    ) -> Result<Response<pb::SubscribeResponse>, Status> {
+        let result = async {
+            let req = req.into_inner();
+            let user = user_id(&req.user_id)?;
+            let topic = self.topic(&req.topic)?;
+            let (created, topic_seq) = self
+                .store
+                .subscribe(&user, &topic)
+                .await
+                .map_err(status::store)?;
+            Ok(pb::SubscribeResponse { created, topic_seq })
+        }
+        .await;
+        self.counted("Subscribe", result).map(Response::new)
+    }
+
+    async fn unsubscribe(
+        &self,
+        req: Request<pb::UnsubscribeRequest>,
+    ) -> Result<Response<pb::UnsubscribeResponse>, Status> {
+        let result = async {
+            let req = req.into_inner();
+            let user = user_id(&req.user_id)?;
+            let topic = self.topic(&req.topic)?;
+            let removed = self
+                .store
+                .unsubscribe(&user, &topic)
+                .await
+                .map_err(status::store)?;
+            Ok(pb::UnsubscribeResponse { removed })
+        }
+        .await;
+        self.counted("Unsubscribe", result).map(Response::new)
+    }
+
+    async fn get_presence(
+        &self,
+        req: Request<pb::GetPresenceRequest>,
+    ) -> Result<Response<pb::GetPresenceResponse>, Status> {
+        use pb::get_presence_request::Target as T;
+        let result = async {
+            match req.into_inner().target {
+                Some(T::UserId(user)) => {
+                    let records = self
+                        .store
+                        .connections_of(&user_id(&user)?)
+                        .await
+                        .map_err(status::store)?;
+                    Ok(pb::GetPresenceResponse {
+                        connections: records.into_iter().map(connection).collect(),
+                        subscribers: 0,
+                    })
+                }
+                Some(T::Topic(topic)) => {
+                    let topic = self.topic(&topic)?;
+                    let subscribers = self
+                        .store
+                        .subscriber_count(&topic)
+                        .await
+                        .map_err(status::store)?;
+                    Ok(pb::GetPresenceResponse {
+                        connections: Vec::new(),
+                        subscribers,
+                    })
+                }
+                None => Err(status::invalid(ValidationError::NoTarget)),
+            }
+        }
+        .await;
+        self.counted("GetPresence", result).map(Response::new)
+    }
+
+    async fn disconnect(
+        &self,
+        req: Request<pb::DisconnectRequest>,
+    ) -> Result<Response<pb::DisconnectResponse>, Status> {
+        use pb::disconnect_request::Target as T;
+        let result = async {
+            let req = req.into_inner();
+            if req.reason.len() > MAX_REASON_BYTES {
+                return Err(status::invalid(ValidationError::TooLong {
+                    field: "reason",
+                    len: req.reason.len(),
+                    max: MAX_REASON_BYTES,
+                }));
+            }
+            let targets = match req.target {
+                Some(T::UserId(user)) => self
+                    .store
+                    .connections_of(&user_id(&user)?)
+                    .await
+                    .map_err(status::store)?,
+                Some(T::ConnectionId(id)) => {
+                    let id = ConnectionId::parse("connection_id", &id).map_err(status::invalid)?;
+                    let record = self.store.connection(id).await.map_err(status::store)?;
+                    vec![record.ok_or_else(|| {
+                        Status::not_found(format!("connection {id} is not registered"))
+                    })?]
+                }
+                None => return Err(status::invalid(ValidationError::NoTarget)),
+            };
+            // Kicks travel to bridges over BridgeLink (the bridge issue); until a
+            // bridge attaches no registered connection can be told to close.
+            tracing::info!(connections = targets.len(), reason = %req.reason, "disconnect requested");
+            Ok(pb::DisconnectResponse { disconnected: 0 })
+        }
+        .await;
+        self.counted("Disconnect", result).map(Response::new)
+    }
+
+    async fn history(
+        &self,
+        req: Request<pb::HistoryRequest>,
+    ) -> Result<Response<pb::HistoryResponse>, Status> {
+        let result = self.history_page(req.into_inner()).await;
+        self.counted("History", result).map(Response::new)
+    }
+
+    type WatchStream = WatchStream;
+
+    async fn watch(
+        &self,
+        req: Request<pb::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        use pb::watch_request::Target as T;
+        let req = req.into_inner();
+        let key = match req.target {
+            Some(T::UserId(user)) => self.feed(Some(&user), None).map(WatchKey::Feed),
+            Some(T::Topic(topic)) => self.feed(None, Some(&topic)).map(WatchKey::Feed),
+            Some(T::Broadcast(true)) => Ok(WatchKey::Broadcast),
+            Some(T::Broadcast(false)) | None => Err(status::invalid(ValidationError::NoTarget)),
+        };
+        let key = self.counted("Watch", key)?;
+        let since = (req.since > 0).then_some(req.since);
+        let (tx, rx) = mpsc::channel(WATCH_STREAM_BUFFER);
+        self.tracker.spawn(watch::follow(
+            self.store.clone(),
+            self.hub.clone(),
+            key.clone(),
+            since,
+            tx,
+            self.shutdown.clone(),
+        ));
+        let stream = ReceiverStream::new(rx).map(move |item| match item {
+            Ok(m) => Ok(stored_message(&key, m)),
+            Err(watch::WatchError::Store(e)) => Err(status::store(e)),
+            Err(e @ watch::WatchError::Lagged(_)) => Err(Status::resource_exhausted(e.to_string())),
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+}

@@ -1,0 +1,245 @@
+//! notify-svc configuration: flags mirror the `NOTIFY_*` environment names of
+//! DESIGN §9. Every error is reported before anything binds.
+
+use std::{collections::HashMap, fmt, net::SocketAddr, time::Duration};
+
+use notify_core::{Limits, TopicPolicy};
+
+/// Command-line and environment configuration of notify-svc.
+#[derive(Clone, clap::Args)]
+pub struct SvcArgs {
+    /// gRPC listen address.
+    #[arg(long, env = "NOTIFY_GRPC_ADDR", default_value = "127.0.0.1:50051")]
+    pub grpc_addr: SocketAddr,
+
+    /// Ops HTTP listen address (/healthz, /readyz, /metrics).
+    #[arg(long, env = "NOTIFY_HTTP_ADDR", default_value = "127.0.0.1:9464")]
+    pub http_addr: SocketAddr,
+
+    /// Postgres URL, e.g. postgres://notify:secret@db:5432/notify.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: String,
+
+    /// Static caller tokens, `name=token,name2=token2`. None: loopback callers only.
+    #[arg(
+        long,
+        env = "NOTIFY_API_TOKENS",
+        default_value = "",
+        hide_env_values = true
+    )]
+    pub api_tokens: String,
+
+    /// Postgres connections in the pool.
+    #[arg(long, env = "NOTIFY_DB_POOL_SIZE", default_value_t = 16)]
+    pub db_pool_size: usize,
+
+    /// Group commit: gather concurrent publishes into one transaction. Off means
+    /// one transaction per publish (for comparison only).
+    #[arg(long, env = "NOTIFY_GROUP_COMMIT", default_value_t = true, action = clap::ArgAction::Set)]
+    pub group_commit: bool,
+
+    /// Most publishes in one group commit.
+    #[arg(long, env = "NOTIFY_BATCH_MAX", default_value_t = 1000)]
+    pub batch_max: usize,
+
+    /// How long a batch waits for more publishes once a committer is free, in µs.
+    #[arg(long, env = "NOTIFY_BATCH_LINGER_US", default_value_t = 0)]
+    pub batch_linger_us: u64,
+
+    /// Group commits in flight at once.
+    #[arg(long, env = "NOTIFY_COMMITTERS", default_value_t = 4)]
+    pub committers: usize,
+
+    /// Largest `data` accepted, in bytes.
+    #[arg(long, env = "NOTIFY_MAX_DATA_BYTES", default_value_t = 64 * 1024)]
+    pub max_data_bytes: usize,
+
+    /// How long an idempotency key is remembered, in seconds.
+    #[arg(long, env = "NOTIFY_IDEMPOTENCY_WINDOW_SECS", default_value_t = 24 * 3600)]
+    pub idempotency_window_secs: u64,
+
+    /// Limit for one database call or one group commit, in milliseconds.
+    #[arg(long, env = "NOTIFY_DB_TIMEOUT_MS", default_value_t = 10_000)]
+    pub db_timeout_ms: u64,
+
+    /// Log format: `pretty` or `json`.
+    #[arg(long, env = "NOTIFY_LOG_FORMAT", default_value = "pretty")]
+    pub log_format: String,
+}
+
+impl fmt::Debug for SvcArgs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SvcArgs")
+            .field("grpc_addr", &self.grpc_addr)
+            .field("http_addr", &self.http_addr)
+            .field(
+                "database_url",
+                &notify_store::postgres::redact_url(&self.database_url),
+            )
+            .field("api_tokens", &"***")
+            .field("group_commit", &self.group_commit)
+            .field("batch_max", &self.batch_max)
+            .field("batch_linger_us", &self.batch_linger_us)
+            .field("committers", &self.committers)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The validated configuration `run` needs.
+#[derive(Clone)]
+pub struct Config {
+    pub database_url: String,
+    pub db_pool_size: usize,
+    pub db_timeout: Duration,
+    pub idempotency_window: Duration,
+    pub tokens: CallerTokens,
+    pub pipeline: PipelineConfig,
+    pub limits: Limits,
+    /// Configured topic namespaces (DESIGN §5 defaults).
+    pub topics: TopicPolicy,
+}
+
+/// How the publish pipeline batches.
+#[derive(Debug, Clone)]
+pub struct PipelineConfig {
+    pub max_batch: usize,
+    pub linger: Duration,
+    pub committers: usize,
+    /// Publish calls waiting for a committer before new ones are refused.
+    pub queue: usize,
+}
+
+impl Config {
+    /// Checks everything at once and reports every problem together.
+    pub fn from_args(args: &SvcArgs) -> Result<Self, Vec<String>> {
+        let mut problems = Vec::new();
+        let tokens = CallerTokens::parse(&args.api_tokens).unwrap_or_else(|e| {
+            problems.push(e);
+            CallerTokens::default()
+        });
+        if !args.database_url.starts_with("postgres://")
+            && !args.database_url.starts_with("postgresql://")
+        {
+            problems
+                .push("DATABASE_URL must be postgres://… (SQLite arrives with `notify up`)".into());
+        }
+        if args.db_pool_size == 0 {
+            problems.push("--db-pool-size must be at least 1".into());
+        }
+        if args.committers == 0 || args.committers > args.db_pool_size {
+            problems.push(format!(
+                "--committers must be between 1 and --db-pool-size ({})",
+                args.db_pool_size
+            ));
+        }
+        if args.batch_max == 0 {
+            problems.push("--batch-max must be at least 1".into());
+        }
+        if !matches!(args.log_format.as_str(), "pretty" | "json") {
+            problems.push(format!(
+                "--log-format {:?}: use pretty or json",
+                args.log_format
+            ));
+        }
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        let (max_batch, linger) = if args.group_commit {
+            (args.batch_max, Duration::from_micros(args.batch_linger_us))
+        } else {
+            (1, Duration::ZERO)
+        };
+        Ok(Self {
+            database_url: args.database_url.clone(),
+            db_pool_size: args.db_pool_size,
+            db_timeout: Duration::from_millis(args.db_timeout_ms),
+            idempotency_window: Duration::from_secs(args.idempotency_window_secs),
+            tokens,
+            pipeline: PipelineConfig {
+                max_batch,
+                linger,
+                committers: if args.group_commit {
+                    args.committers
+                } else {
+                    args.db_pool_size
+                },
+                // Enough for every caller of a busy fleet to have a few in
+                // flight; beyond it callers get RESOURCE_EXHAUSTED, not a hang.
+                queue: 16_384,
+            },
+            limits: Limits {
+                max_data_bytes: args.max_data_bytes,
+                ..Limits::default()
+            },
+            topics: TopicPolicy::default(),
+        })
+    }
+}
+
+/// Static bearer tokens mapped to caller names.
+#[derive(Clone, Default)]
+pub struct CallerTokens {
+    by_token: HashMap<String, String>,
+}
+
+impl CallerTokens {
+    /// Parses `name=token,name2=token2`.
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        let mut by_token = HashMap::new();
+        for pair in raw.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (name, token) = pair
+                .split_once('=')
+                .ok_or_else(|| "NOTIFY_API_TOKENS: each entry is name=token".to_string())?;
+            let (name, token) = (name.trim(), token.trim());
+            if name.is_empty() || token.len() < 16 {
+                return Err(format!(
+                    "NOTIFY_API_TOKENS: {name:?} needs a name and a token of at least 16 characters"
+                ));
+            }
+            if by_token.insert(token.to_owned(), name.to_owned()).is_some() {
+                return Err(format!(
+                    "NOTIFY_API_TOKENS: {name:?} reuses another caller's token"
+                ));
+            }
+        }
+        Ok(Self { by_token })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_token.is_empty()
+    }
+
+    /// The caller name of a presented token. Compares against every token in
+    /// constant time per byte so the answer's timing does not leak a prefix.
+    pub fn caller(&self, presented: &str) -> Option<&str> {
+        let mut found = None;
+        for (token, name) in &self.by_token {
+            if constant_time_eq(token.as_bytes(), presented.as_bytes()) {
+                found = Some(name.as_str());
+            }
+        }
+        found
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_map_to_callers() {
+        let t = CallerTokens::parse("billing=aaaaaaaaaaaaaaaa, bets=bbbbbbbbbbbbbbbb").unwrap();
+        assert_eq!(t.caller("bbbbbbbbbbbbbbbb"), Some("bets"));
+        assert_eq!(t.caller("bbbbbbbbbbbbbbb"), None);
+        assert!(CallerTokens::parse("short=abc").is_err());
+        assert!(CallerTokens::parse("noequals").is_err());
+        assert!(CallerTokens::parse("").unwrap().is_empty());
+    }
+}

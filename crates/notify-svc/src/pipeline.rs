@@ -1,0 +1,157 @@
+//! The publish pipeline: group commit.
+//!
+//! Callers submit jobs to a bounded queue. A collector takes a free committer
+//! slot, then gathers every queued job (up to `max_batch` items, waiting at most
+//! `linger` for more) into one batch; the batch is committed in one store
+//! transaction and each caller is answered only after that commit. While all
+//! committers are busy, new jobs pile up in the queue and the next batch takes
+//! them all: the busier the service, the bigger the batches.
+
+use std::{sync::Arc, time::Instant};
+
+use notify_store::{Committed, PublishItem, Store, StoreError};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio_util::task::TaskTracker;
+
+use crate::{config::PipelineConfig, metrics::Metrics, watch::WatchHub};
+
+/// Why a publish was not committed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum PipelineError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("publish queue full")]
+    Overloaded,
+    #[error("pipeline stopped")]
+    Stopped,
+}
+
+struct Job {
+    items: Vec<PublishItem>,
+    reply: oneshot::Sender<Result<Vec<Committed>, PipelineError>>,
+}
+
+/// Handle to submit publishes; cheap to clone. The pipeline stops once every
+/// handle is dropped and the queued jobs are committed.
+#[derive(Clone)]
+pub struct Publisher {
+    queue: mpsc::Sender<Job>,
+}
+
+impl Publisher {
+    /// Starts the collector on `tracker`.
+    pub fn start(
+        store: Arc<dyn Store>,
+        config: PipelineConfig,
+        hub: WatchHub,
+        metrics: Metrics,
+        tracker: &TaskTracker,
+    ) -> Self {
+        let (queue, jobs) = mpsc::channel(config.queue);
+        let committers = Committers {
+            store,
+            hub,
+            metrics,
+            tracker: tracker.clone(),
+        };
+        tracker.spawn(collect(jobs, config, committers));
+        Self { queue }
+    }
+
+    /// Commits `items` (in one batch with whatever else is queued) and returns
+    /// their results in order.
+    pub async fn publish(&self, items: Vec<PublishItem>) -> Result<Vec<Committed>, PipelineError> {
+        let (reply, answer) = oneshot::channel();
+        self.queue
+            .try_send(Job { items, reply })
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => PipelineError::Overloaded,
+                mpsc::error::TrySendError::Closed(_) => PipelineError::Stopped,
+            })?;
+        answer.await.map_err(|_| PipelineError::Stopped)?
+    }
+}
+
+#[derive(Clone)]
+struct Committers {
+    store: Arc<dyn Store>,
+    hub: WatchHub,
+    metrics: Metrics,
+    tracker: TaskTracker,
+}
+
+async fn collect(mut jobs: mpsc::Receiver<Job>, config: PipelineConfig, committers: Committers) {
+    let slots = Arc::new(Semaphore::new(config.committers));
+    loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let Some(first) = jobs.recv().await else {
+            return;
+        };
+        let mut size = first.items.len();
+        let mut batch = vec![first];
+        while size < config.max_batch {
+            match jobs.try_recv() {
+                Ok(job) => {
+                    size += job.items.len();
+                    batch.push(job);
+                }
+                Err(_) => break,
+            }
+        }
+        if size < config.max_batch && !config.linger.is_zero() {
+            let deadline = tokio::time::Instant::now() + config.linger;
+            while size < config.max_batch {
+                tokio::select! {
+                    job = jobs.recv() => match job {
+                        Some(job) => {
+                            size += job.items.len();
+                            batch.push(job);
+                        }
+                        None => break,
+                    },
+                    () = tokio::time::sleep_until(deadline) => break,
+                }
+            }
+        }
+        let c = committers.clone();
+        committers.tracker.spawn(async move {
+            c.commit(batch).await;
+            drop(slot);
+        });
+    }
+}
+
+impl Committers {
+    async fn commit(&self, jobs: Vec<Job>) {
+        let mut items = Vec::with_capacity(jobs.iter().map(|j| j.items.len()).sum());
+        let mut replies = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            replies.push((job.items.len(), job.reply));
+            items.extend(job.items);
+        }
+        let started = Instant::now();
+        let result = self.store.commit(&items).await;
+        self.metrics
+            .observe_commit(items.len(), started.elapsed(), result.is_ok());
+        match result {
+            Ok(committed) => {
+                let duplicates = committed.iter().filter(|c| c.duplicate).count() as u64;
+                self.metrics
+                    .committed(committed.len() as u64 - duplicates, duplicates);
+                self.hub.publish(&items, &committed);
+                let mut committed = committed.into_iter();
+                for (n, reply) in replies {
+                    let _ = reply.send(Ok(committed.by_ref().take(n).collect()));
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, items = items.len(), "group commit failed");
+                for (_, reply) in replies {
+                    let _ = reply.send(Err(PipelineError::Store(e.clone())));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,38 @@
+//! The retention sweeper: expired inbox messages, idempotency keys and old
+//! topic log entries are deleted in bounded chunks, in the background.
+
+use std::{sync::Arc, time::Duration};
+
+use notify_core::TopicPolicy;
+use notify_store::Store;
+use tokio_util::sync::CancellationToken;
+
+/// Pause between sweeps when the last one found little to do.
+const SWEEP_EVERY: Duration = Duration::from_secs(30);
+
+/// Sweeps until `shutdown`. Sweeps again at once while chunks come back full.
+pub async fn run(store: Arc<dyn Store>, topics: TopicPolicy, shutdown: CancellationToken) {
+    loop {
+        let busy = match store.sweep(&topics).await {
+            Ok(swept) => {
+                if swept != Default::default() {
+                    tracing::debug!(?swept, "retention sweep");
+                }
+                swept.more_waiting()
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "retention sweep failed");
+                false
+            }
+        };
+        let pause = if busy {
+            Duration::from_millis(100)
+        } else {
+            SWEEP_EVERY
+        };
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(pause) => {}
+        }
+    }
+}

@@ -1,0 +1,227 @@
+//! `Watch`: in-process fan-out of committed messages to watching streams.
+//!
+//! The pipeline hands every commit to the [`WatchHub`]; a watcher of a user or
+//! topic also reads the store, so it sees what was committed before it started
+//! (`since`), what it missed while lagging, and what other replicas committed
+//! (a periodic catch-up): seqs stay strictly increasing with no gap or
+//! duplicate at any seam. Broadcast has no seq and is live only.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use notify_core::Target;
+use notify_store::{Committed, Feed, PublishItem, Store, StoreError, StoredMessage};
+use tokio::sync::{broadcast, mpsc};
+use tokio_util::sync::CancellationToken;
+
+/// Messages a watcher may fall behind before it reads the store instead.
+const WATCH_BUFFER: usize = 1024;
+/// Page size when a watcher reads the store.
+const CATCH_UP_PAGE: u32 = 500;
+/// How often a watcher checks the store for messages other replicas committed.
+const CATCH_UP_EVERY: Duration = Duration::from_secs(1);
+
+/// What can be watched.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum WatchKey {
+    Feed(Feed),
+    Broadcast,
+}
+
+type Senders = HashMap<WatchKey, broadcast::Sender<Arc<StoredMessage>>>;
+
+/// Live fan-out of committed messages; cheap to clone.
+#[derive(Clone, Default)]
+pub struct WatchHub {
+    senders: Arc<Mutex<Senders>>,
+}
+
+impl WatchHub {
+    fn subscribe(&self, key: WatchKey) -> Subscription {
+        let mut senders = self.senders.lock().expect("hub lock");
+        let rx = senders
+            .entry(key.clone())
+            .or_insert_with(|| broadcast::channel(WATCH_BUFFER).0)
+            .subscribe();
+        Subscription {
+            rx,
+            key,
+            hub: self.clone(),
+        }
+    }
+
+    /// Hands a committed batch to its watchers (duplicates were not delivered
+    /// again, so they are skipped).
+    pub fn publish(&self, items: &[PublishItem], committed: &[Committed]) {
+        let senders = self.senders.lock().expect("hub lock");
+        if senders.is_empty() {
+            return;
+        }
+        for (item, done) in items.iter().zip(committed).filter(|(_, c)| !c.duplicate) {
+            let message = |seq| {
+                Arc::new(StoredMessage {
+                    message_id: done.message_id,
+                    seq,
+                    event: item.publish.event.clone(),
+                    data: item.publish.data.clone(),
+                    ts: done.ts,
+                })
+            };
+            let send = |key: WatchKey, seq: u64| {
+                if let Some(tx) = senders.get(&key) {
+                    let _ = tx.send(message(seq));
+                }
+            };
+            match &item.publish.target {
+                Target::User(user) => send(WatchKey::Feed(Feed::Inbox(user.clone())), done.seq),
+                Target::Users(_) => {
+                    for (user, seq) in &done.inbox_seqs {
+                        send(WatchKey::Feed(Feed::Inbox(user.clone())), *seq);
+                    }
+                }
+                Target::Topic(topic) => send(WatchKey::Feed(Feed::Topic(topic.clone())), done.seq),
+                Target::Broadcast => send(WatchKey::Broadcast, 0),
+            }
+        }
+    }
+}
+
+/// A receiver that removes its channel from the hub when it is the last one.
+struct Subscription {
+    rx: broadcast::Receiver<Arc<StoredMessage>>,
+    key: WatchKey,
+    hub: WatchHub,
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        let mut senders = self.hub.senders.lock().expect("hub lock");
+        if senders
+            .get(&self.key)
+            .is_some_and(|tx| tx.receiver_count() <= 1)
+        {
+            senders.remove(&self.key);
+        }
+    }
+}
+
+/// Why a watch stream ended early.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum WatchError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("watcher fell {0} broadcast messages behind")]
+    Lagged(u64),
+}
+
+/// Streams `key` into `out` until the receiver goes away or `shutdown`.
+/// `since`: for a feed, replay stored messages after this seq first (None:
+/// from the current head on).
+pub async fn follow(
+    store: Arc<dyn Store>,
+    hub: WatchHub,
+    key: WatchKey,
+    since: Option<u64>,
+    out: mpsc::Sender<Result<StoredMessage, WatchError>>,
+    shutdown: CancellationToken,
+) {
+    // Subscribe before reading the store: anything committed from here on is
+    // either in the read or in the subscription.
+    let mut sub = hub.subscribe(key.clone());
+    let feed = match key {
+        WatchKey::Broadcast => return follow_broadcast(sub, out, shutdown).await,
+        WatchKey::Feed(feed) => feed,
+    };
+    let mut last = match since {
+        Some(since) => since,
+        None => match store.history(&feed, 0, 0).await {
+            Ok(page) => page.head_seq,
+            Err(e) => {
+                let _ = out.send(Err(e.into())).await;
+                return;
+            }
+        },
+    };
+    if let Err(e) = catch_up(store.as_ref(), &feed, &mut last, &out).await {
+        let _ = out.send(Err(e.into())).await;
+        return;
+    }
+    let mut tick = tokio::time::interval(CATCH_UP_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let behind = tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = out.closed() => return,
+            _ = tick.tick() => true,
+            live = sub.rx.recv() => match live {
+                Ok(m) if m.seq <= last => false,
+                Ok(m) if m.seq == last + 1 => {
+                    last = m.seq;
+                    if out.send(Ok((*m).clone())).await.is_err() {
+                        return;
+                    }
+                    false
+                }
+                // A gap (another replica committed in between) or a lag: read the store.
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => true,
+                Err(broadcast::error::RecvError::Closed) => return,
+            },
+        };
+        if behind {
+            if let Err(e) = catch_up(store.as_ref(), &feed, &mut last, &out).await {
+                // Keep the stream; the next tick tries again.
+                tracing::warn!(error = %e, "watch catch-up failed");
+            }
+        }
+    }
+}
+
+async fn follow_broadcast(
+    mut sub: Subscription,
+    out: mpsc::Sender<Result<StoredMessage, WatchError>>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = out.closed() => return,
+            live = sub.rx.recv() => match live {
+                Ok(m) => {
+                    if out.send(Ok((*m).clone())).await.is_err() {
+                        return;
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    let _ = out.send(Err(WatchError::Lagged(n))).await;
+                    return;
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            },
+        }
+    }
+}
+
+/// Sends every stored message after `last`, advancing it.
+async fn catch_up(
+    store: &dyn Store,
+    feed: &Feed,
+    last: &mut u64,
+    out: &mpsc::Sender<Result<StoredMessage, WatchError>>,
+) -> Result<(), StoreError> {
+    loop {
+        let page = store.history(feed, *last, CATCH_UP_PAGE).await?;
+        let full = page.messages.len() == CATCH_UP_PAGE as usize;
+        for m in page.messages {
+            *last = m.seq;
+            if out.send(Ok(m)).await.is_err() {
+                return Ok(());
+            }
+        }
+        if !full {
+            return Ok(());
+        }
+    }
+}

@@ -1,0 +1,597 @@
+//! The Notify API over real gRPC on loopback, against a real Postgres.
+
+mod common;
+
+use std::{collections::HashSet, time::Duration};
+
+use common::{Svc, all_seqs, history_of_user, to_topic, to_user};
+use notify_core::{NamespacePolicy, SubscribeRule};
+use notify_proto::v1::{self as pb, history_request::Target as H, publish_request::Target as P};
+use tokio_stream::StreamExt;
+use tonic::Code;
+
+#[tokio::test]
+async fn a_user_publish_is_in_history_with_seq_1() {
+    let svc = Svc::start().await;
+    let mut client = svc.client().await;
+    let sent = client
+        .publish(to_user("alice", r#"{"text":"hi"}"#))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(sent.seq, 1);
+    assert!(!sent.duplicate);
+    let page = client
+        .history(history_of_user("alice", 0, 0))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(page.messages.len(), 1);
+    let m = &page.messages[0];
+    assert_eq!(
+        (m.seq, m.message_id.as_str()),
+        (1, sent.message_id.as_str())
+    );
+    assert_eq!(
+        (m.event.as_str(), m.data.as_str()),
+        ("note", r#"{"text":"hi"}"#)
+    );
+    assert_eq!(m.user_id, "alice");
+    assert!(m.ts_ms > 0);
+    assert_eq!(
+        (page.head_seq, page.has_more, page.next_since),
+        (1, false, 1)
+    );
+    svc.stop().await;
+}
+
+#[tokio::test]
+async fn user_lists_topics_and_broadcast_are_accepted() {
+    let svc = Svc::start().await;
+    let mut client = svc.client().await;
+    client.publish(to_user("bob", "1")).await.unwrap();
+    let list = client
+        .publish(pb::PublishRequest {
+            target: Some(P::Users(pb::UserList {
+                user_ids: vec!["bob".into(), "carol".into()],
+            })),
+            ..to_user("", r#"{"x":1}"#)
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let seqs: Vec<(String, u64)> = list
+        .inbox_seqs
+        .into_iter()
+        .map(|s| (s.user_id, s.seq))
+        .collect();
+    assert_eq!(seqs, [("bob".into(), 2), ("carol".into(), 1)]);
+    assert_eq!(all_seqs(&mut client, H::UserId("carol".into())).await, [1]);
+
+    for expected in 1..=3 {
+        let t = client
+            .publish(to_topic("fights:live", "{}"))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(t.seq, expected);
+    }
+    assert_eq!(
+        all_seqs(&mut client, H::Topic("fights:live".into())).await,
+        [1, 2, 3]
+    );
+
+    let b = client
+        .publish(pb::PublishRequest {
+            target: Some(P::Broadcast(true)),
+            ..to_user("", "{}")
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((b.seq, b.duplicate), (0, false));
+    assert!(!b.message_id.is_empty());
+    svc.stop().await;
+}
+
+#[tokio::test]
+async fn concurrent_publishers_get_every_seq_once() {
+    const PUBLISHERS: usize = 64;
+    const EACH: usize = 500;
+    let svc = Svc::start().await;
+    for target in [P::UserId("hot".into()), P::Topic("room:hot".into())] {
+        let mut tasks = Vec::new();
+        for _ in 0..PUBLISHERS {
+            let mut client = svc.client().await;
+            let target = target.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut seqs = Vec::with_capacity(EACH);
+                for i in 0..EACH {
+                    let req = pb::PublishRequest {
+                        target: Some(target.clone()),
+                        ..to_user("", &i.to_string())
+                    };
+                    seqs.push(client.publish(req).await.expect("publish").into_inner().seq);
+                }
+                seqs
+            }));
+        }
+        let mut seqs = Vec::new();
+        for task in tasks {
+            let mine = task.await.unwrap();
+            // One caller's publishes commit in the order it made them.
+            assert!(mine.windows(2).all(|w| w[0] < w[1]), "per-caller order");
+            seqs.extend(mine);
+        }
+        seqs.sort_unstable();
+        let expected: Vec<u64> = (1..=(PUBLISHERS * EACH) as u64).collect();
+        assert_eq!(seqs, expected, "answers for {target:?}: exactly 1..=32000");
+    }
+    let mut client = svc.client().await;
+    let stored = all_seqs(&mut client, H::UserId("hot".into())).await;
+    assert_eq!(stored, (1..=(PUBLISHERS * EACH) as u64).collect::<Vec<_>>());
+    svc.stop().await;
+}
+
+#[tokio::test]
+async fn a_repeated_idempotency_key_stores_once() {
+    let svc = Svc::start().await;
+    let mut client = svc.client().await;
+    let keyed = |data: &str| pb::PublishRequest {
+        idempotency_key: "order-7".into(),
+        ..to_user("dora", data)
+    };
+    let first = client
+        .publish(keyed(r#"{"n":1}"#))
+        .await
+        .unwrap()
+        .into_inner();
+    let again = client
+        .publish(keyed(r#"{"n":2}"#))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!first.duplicate);
+    assert!(again.duplicate);
+    assert_eq!(
+        (again.message_id, again.seq),
+        (first.message_id.clone(), first.seq)
+    );
+    let page = client
+        .history(history_of_user("dora", 0, 0))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(page.messages.len(), 1);
+    assert_eq!(page.messages[0].data, r#"{"n":1}"#);
+
+    // Within one batch too, and per item.
+    let batch = client
+        .publish_batch(pb::PublishBatchRequest {
+            requests: vec![
+                pb::PublishRequest {
+                    idempotency_key: "b-1".into(),
+                    ..to_user("dora", "1")
+                },
+                pb::PublishRequest {
+                    idempotency_key: "b-1".into(),
+                    ..to_user("dora", "2")
+                },
+                to_user("dora", "not json"),
+                keyed("3"),
+            ],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let ok = |i: usize| match &batch.results[i].result {
+        Some(pb::publish_result::Result::Ok(r)) => r.clone(),
+        other => panic!("item {i}: {other:?}"),
+    };
+    assert_eq!((ok(0).seq, ok(0).duplicate), (2, false));
+    assert_eq!((ok(1).seq, ok(1).duplicate), (2, true));
+    match &batch.results[2].result {
+        Some(pb::publish_result::Result::Error(e)) => {
+            assert_eq!(e.code, Code::InvalidArgument as i32);
+            assert!(e.message.contains("JSON"), "{}", e.message);
+        }
+        other => panic!("item 2: {other:?}"),
+    }
+    assert_eq!(
+        (ok(3).message_id, ok(3).duplicate),
+        (first.message_id, true)
+    );
+    assert_eq!(
+        all_seqs(&mut client, H::UserId("dora".into())).await,
+        [1, 2]
+    );
+    svc.stop().await;
+}
+
+#[tokio::test]
+async fn every_bad_input_gets_its_status() {
+    let svc = Svc::start().await;
+    let mut client = svc.client().await;
+    let many: Vec<String> = (0..10_001).map(|i| format!("u{i}")).collect();
+    let cases: Vec<(&str, pb::PublishRequest, Code, &str)> = vec![
+        (
+            "no target",
+            pb::PublishRequest {
+                target: None,
+                ..to_user("", "{}")
+            },
+            Code::InvalidArgument,
+            "no target",
+        ),
+        (
+            "empty user",
+            to_user("", "{}"),
+            Code::InvalidArgument,
+            "user_id is empty",
+        ),
+        (
+            "empty users",
+            pb::PublishRequest {
+                target: Some(P::Users(pb::UserList::default())),
+                ..to_user("", "{}")
+            },
+            Code::InvalidArgument,
+            "users is empty",
+        ),
+        (
+            "invalid json",
+            to_user("a", "{nope"),
+            Code::InvalidArgument,
+            "not valid JSON",
+        ),
+        (
+            "empty data",
+            to_user("a", ""),
+            Code::InvalidArgument,
+            "not valid JSON",
+        ),
+        (
+            "data too large",
+            to_user("a", &format!("\"{}\"", "x".repeat(64 * 1024))),
+            Code::InvalidArgument,
+            "over the limit of 65536",
+        ),
+        (
+            "too many users",
+            pb::PublishRequest {
+                target: Some(P::Users(pb::UserList { user_ids: many })),
+                ..to_user("", "{}")
+            },
+            Code::InvalidArgument,
+            "10001 users",
+        ),
+        (
+            "topic without colon",
+            to_topic("fights", "{}"),
+            Code::InvalidArgument,
+            "no ':'",
+        ),
+        (
+            "upper-case namespace",
+            to_topic("Fights:x", "{}"),
+            Code::InvalidArgument,
+            "[a-z0-9_-]",
+        ),
+        (
+            "topic too long",
+            to_topic(&format!("room:{}", "x".repeat(251)), "{}"),
+            Code::InvalidArgument,
+            "over the limit of 255",
+        ),
+        (
+            "unknown namespace",
+            to_topic("chat:1", "{}"),
+            Code::InvalidArgument,
+            "unknown namespace \"chat\"",
+        ),
+        (
+            "empty event",
+            pb::PublishRequest {
+                event: String::new(),
+                ..to_user("a", "{}")
+            },
+            Code::InvalidArgument,
+            "event is empty",
+        ),
+        (
+            "ttl over a month",
+            pb::PublishRequest {
+                ttl_seconds: 40 * 24 * 3600,
+                ..to_user("a", "{}")
+            },
+            Code::InvalidArgument,
+            "ttl_seconds",
+        ),
+        (
+            "broadcast false",
+            pb::PublishRequest {
+                target: Some(P::Broadcast(false)),
+                ..to_user("", "{}")
+            },
+            Code::InvalidArgument,
+            "no target",
+        ),
+    ];
+    for (name, req, code, needle) in cases {
+        let status = client.publish(req).await.expect_err(name);
+        assert_eq!(status.code(), code, "{name}: {status:?}");
+        assert!(
+            status.message().contains(needle),
+            "{name}: {:?} lacks {needle:?}",
+            status.message()
+        );
+    }
+    // Over the gRPC size limit: refused before decoding. tonic answers
+    // OUT_OF_RANGE here (the gRPC spec suggests RESOURCE_EXHAUSTED).
+    let huge = to_user(
+        "a",
+        &format!("\"{}\"", "x".repeat(notify_svc::MAX_REQUEST_BYTES)),
+    );
+    let status = client.publish(huge).await.unwrap_err();
+    assert_eq!(status.code(), Code::OutOfRange);
+    assert!(status.message().contains("too large"), "{status:?}");
+    let batch = pb::PublishBatchRequest {
+        requests: vec![to_user("a", "1"); 1001],
+    };
+    let status = client.publish_batch(batch).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(status.message().contains("1001 requests"));
+    let status = client
+        .emit_fight_event(pb::EmitFightEventRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unimplemented);
+    assert!(!status.message().is_empty());
+    let status = client
+        .history(pb::HistoryRequest {
+            target: Some(H::Topic("nope".into())),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    let status = client
+        .disconnect(pb::DisconnectRequest {
+            target: Some(pb::disconnect_request::Target::ConnectionId(
+                "not-a-uuid".into(),
+            )),
+            reason: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    // Nothing of the above was stored.
+    assert!(
+        all_seqs(&mut client, H::UserId("a".into()))
+            .await
+            .is_empty()
+    );
+    svc.stop().await;
+}
+
+#[tokio::test]
+async fn a_topic_log_keeps_its_namespace_size() {
+    let db = test_support::TestDb::create().await;
+    let svc = Svc::start_with(db, |cfg| {
+        cfg.topics.set(
+            "ticker",
+            NamespacePolicy {
+                subscribe: SubscribeRule::AnyUser,
+                client_publish: false,
+                log_max_len: 10,
+                log_max_age: Duration::from_secs(3600),
+            },
+        );
+    })
+    .await;
+    let mut client = svc.client().await;
+    for i in 0..15 {
+        client
+            .publish(to_topic("ticker:btc", &i.to_string()))
+            .await
+            .unwrap();
+    }
+    // One batch larger than the log as well.
+    let batch = pb::PublishBatchRequest {
+        requests: vec![to_topic("ticker:btc", "\"b\""); 25],
+    };
+    client.publish_batch(batch).await.unwrap();
+    let seqs = all_seqs(&mut client, H::Topic("ticker:btc".into())).await;
+    assert_eq!(seqs, (31..=40).collect::<Vec<u64>>());
+    svc.stop().await;
+}
+
+#[tokio::test]
+async fn watch_streams_what_is_published_after_it_started() {
+    let svc = Svc::start().await;
+    let mut client = svc.client().await;
+    client
+        .publish(to_topic("fights:live", r#""before""#))
+        .await
+        .unwrap();
+    let mut live = client
+        .watch(pb::WatchRequest {
+            target: Some(pb::watch_request::Target::Topic("fights:live".into())),
+            since: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut replay = client
+        .watch(pb::WatchRequest {
+            target: Some(pb::watch_request::Target::UserId("erin".into())),
+            since: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    for i in 0..5 {
+        client
+            .publish(to_topic("fights:live", &i.to_string()))
+            .await
+            .unwrap();
+        client
+            .publish(to_user("erin", &i.to_string()))
+            .await
+            .unwrap();
+    }
+    for (stream, first_seq) in [(&mut live, 2), (&mut replay, 1)] {
+        for i in 0..5u64 {
+            let m = tokio::time::timeout(Duration::from_secs(10), stream.next())
+                .await
+                .expect("message within 10 s")
+                .expect("stream open")
+                .expect("no error");
+            assert_eq!(
+                (m.seq, m.data.as_str()),
+                (first_seq + i, i.to_string().as_str())
+            );
+        }
+    }
+    // `since` replays stored messages first, then goes live without a seam.
+    let mut resumed = client
+        .watch(pb::WatchRequest {
+            target: Some(pb::watch_request::Target::UserId("erin".into())),
+            since: 3,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    client.publish(to_user("erin", "5")).await.unwrap();
+    let mut seqs = Vec::new();
+    while seqs.len() < 3 {
+        let m = tokio::time::timeout(Duration::from_secs(10), resumed.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        seqs.push(m.seq);
+    }
+    assert_eq!(seqs, [4, 5, 6]);
+    drop((live, replay, resumed));
+    svc.stop().await;
+}
+
+#[tokio::test]
+async fn subscriptions_and_presence() {
+    let svc = Svc::start().await;
+    let mut client = svc.client().await;
+    client.publish(to_topic("room:lobby", "{}")).await.unwrap();
+    let sub = |user: &str| pb::SubscribeRequest {
+        user_id: user.into(),
+        topic: "room:lobby".into(),
+    };
+    let first = client.subscribe(sub("fay")).await.unwrap().into_inner();
+    assert_eq!((first.created, first.topic_seq), (true, 1));
+    assert!(
+        !client
+            .subscribe(sub("fay"))
+            .await
+            .unwrap()
+            .into_inner()
+            .created
+    );
+    client.subscribe(sub("gus")).await.unwrap();
+    let presence = |target| pb::GetPresenceRequest {
+        target: Some(target),
+    };
+    let count = client
+        .get_presence(presence(pb::get_presence_request::Target::Topic(
+            "room:lobby".into(),
+        )))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(count.subscribers, 2);
+    let gone = client
+        .unsubscribe(pb::UnsubscribeRequest {
+            user_id: "gus".into(),
+            topic: "room:lobby".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(gone.removed);
+    let status = client
+        .subscribe(pb::SubscribeRequest {
+            user_id: "fay".into(),
+            topic: "chat:x".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+
+    // The registry is empty until bridges attach: presence is empty, a
+    // disconnect reaches nobody, an unknown connection is NOT_FOUND.
+    let conns = client
+        .get_presence(presence(pb::get_presence_request::Target::UserId(
+            "fay".into(),
+        )))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(conns.connections.is_empty());
+    let d = client
+        .disconnect(pb::DisconnectRequest {
+            target: Some(pb::disconnect_request::Target::UserId("fay".into())),
+            reason: "bye".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(d.disconnected, 0);
+    let status = client
+        .disconnect(pb::DisconnectRequest {
+            target: Some(pb::disconnect_request::Target::ConnectionId(uuid_string())),
+            reason: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::NotFound);
+    svc.stop().await;
+}
+
+fn uuid_string() -> String {
+    notify_core::ConnectionId::new().to_string()
+}
+
+#[tokio::test]
+async fn history_pages_follow_next_since() {
+    let svc = Svc::start().await;
+    let mut client = svc.client().await;
+    let batch = pb::PublishBatchRequest {
+        requests: vec![to_user("hal", "1"); 250],
+    };
+    client.publish_batch(batch).await.unwrap();
+    let page = client
+        .history(history_of_user("hal", 0, 0))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (
+            page.messages.len(),
+            page.has_more,
+            page.next_since,
+            page.head_seq
+        ),
+        (100, true, 100, 250)
+    );
+    let page = client
+        .history(history_of_user("hal", 200, 5000))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (page.messages.len(), page.has_more, page.next_since),
+        (50, false, 250)
+    );
+    let unique: HashSet<_> = page.messages.iter().map(|m| m.message_id.clone()).collect();
+    assert_eq!(unique.len(), 50);
+    svc.stop().await;
+}

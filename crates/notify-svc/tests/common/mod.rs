@@ -1,0 +1,163 @@
+//! Starts a real notify-svc in-process on loopback ports against a fresh
+//! Postgres database, and gives tests a gRPC client.
+
+#![allow(dead_code)]
+
+use std::{net::SocketAddr, time::Duration};
+
+use clap::Parser;
+use notify_proto::v1::{self as pb, notify_client::NotifyClient};
+use notify_svc::{Config, RunError, SvcArgs};
+use test_support::TestDb;
+use tokio::{net::TcpListener, task::JoinHandle};
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+
+#[derive(Parser)]
+struct Cli {
+    #[command(flatten)]
+    svc: SvcArgs,
+}
+
+/// Parses notify-svc flags as the binary would.
+pub fn config(database_url: &str, flags: &[&str]) -> Config {
+    let mut argv = vec!["notify-svc", "--database-url", database_url];
+    argv.extend_from_slice(flags);
+    let cli = Cli::try_parse_from(argv).expect("flags parse");
+    Config::from_args(&cli.svc).expect("valid config")
+}
+
+pub struct Svc {
+    pub grpc: SocketAddr,
+    pub http: SocketAddr,
+    pub shutdown: CancellationToken,
+    pub handle: JoinHandle<Result<(), RunError>>,
+    pub db: TestDb,
+}
+
+impl Svc {
+    pub async fn start() -> Self {
+        Self::start_with(TestDb::create().await, |_| {}).await
+    }
+
+    /// Starts with `tweak` applied to the configuration.
+    pub async fn start_with(db: TestDb, tweak: impl FnOnce(&mut Config)) -> Self {
+        let mut cfg = config(&db.url, &[]);
+        tweak(&mut cfg);
+        Self::start_config(db, cfg).await
+    }
+
+    pub async fn start_config(db: TestDb, cfg: Config) -> Self {
+        let grpc_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let http_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (grpc, http) = (
+            grpc_listener.local_addr().unwrap(),
+            http_listener.local_addr().unwrap(),
+        );
+        let shutdown = CancellationToken::new();
+        let handle = tokio::spawn(notify_svc::run(
+            cfg,
+            grpc_listener,
+            http_listener,
+            shutdown.clone(),
+        ));
+        let svc = Self {
+            grpc,
+            http,
+            shutdown,
+            handle,
+            db,
+        };
+        svc.wait_serving().await;
+        svc
+    }
+
+    pub async fn wait_serving(&self) {
+        let url = format!("http://{}", self.grpc);
+        test_support::eventually("notify-svc SERVING", Duration::from_secs(20), || {
+            let url = url.clone();
+            async move {
+                let channel = Channel::from_shared(url).ok()?.connect().await.ok()?;
+                let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+                let status = health
+                    .check(tonic_health::pb::HealthCheckRequest {
+                        service: "notify.v1.Notify".into(),
+                    })
+                    .await
+                    .ok()?
+                    .into_inner()
+                    .status;
+                (status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32)
+                    .then_some(())
+            }
+        })
+        .await;
+    }
+
+    pub async fn client(&self) -> NotifyClient<Channel> {
+        NotifyClient::connect(format!("http://{}", self.grpc))
+            .await
+            .expect("connect")
+    }
+
+    pub async fn stop(self) -> TestDb {
+        self.shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(15), self.handle)
+            .await
+            .expect("notify-svc stops within 15 s")
+            .expect("join")
+            .expect("clean stop");
+        self.db
+    }
+}
+
+pub fn to_user(user: &str, data: &str) -> pb::PublishRequest {
+    pb::PublishRequest {
+        target: Some(pb::publish_request::Target::UserId(user.into())),
+        event: "note".into(),
+        data: data.into(),
+        ..Default::default()
+    }
+}
+
+pub fn to_topic(topic: &str, data: &str) -> pb::PublishRequest {
+    pb::PublishRequest {
+        target: Some(pb::publish_request::Target::Topic(topic.into())),
+        event: "note".into(),
+        data: data.into(),
+        ..Default::default()
+    }
+}
+
+pub fn history_of_user(user: &str, since: u64, limit: u32) -> pb::HistoryRequest {
+    pb::HistoryRequest {
+        target: Some(pb::history_request::Target::UserId(user.into())),
+        since,
+        limit,
+    }
+}
+
+/// Every seq of a feed's history, read page by page.
+pub async fn all_seqs(
+    client: &mut NotifyClient<Channel>,
+    target: pb::history_request::Target,
+) -> Vec<u64> {
+    let mut seqs = Vec::new();
+    let mut since = 0;
+    loop {
+        let page = client
+            .history(pb::HistoryRequest {
+                target: Some(target.clone()),
+                since,
+                limit: 1000,
+            })
+            .await
+            .expect("history")
+            .into_inner();
+        seqs.extend(page.messages.iter().map(|m| m.seq));
+        since = page.next_since;
+        if !page.has_more {
+            return seqs;
+        }
+    }
+}

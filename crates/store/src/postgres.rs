@@ -1,0 +1,822 @@
+//! The Postgres backend of [`Store`], built for RDS Proxy.
+//!
+//! RDS Proxy (and pgbouncer in transaction mode) hands a client a different
+//! server connection per transaction and *pins* a client to one connection
+//! once it leaves session state behind. Nothing here does:
+//! - every statement goes through `query_typed` / `batch_execute`: unnamed
+//!   statements with explicit parameter types, never a named `PREPARE`
+//!   (deadpool's `prepare_cached` is not used anywhere);
+//! - no session `SET`, no `LISTEN`, no advisory locks, no temporary tables;
+//! - a group commit is one explicit transaction of a handful of multi-row
+//!   statements (`unnest` of arrays), so the proxy multiplexes freely.
+//!
+//! Gap-free seqs come from the heads tables: a batch bumps `inbox_heads` /
+//! `topic_heads` by the number of seqs it needs (rows locked in key order, so
+//! concurrent batches never deadlock) and numbers its items from the reserved
+//! range; a rolled-back batch rolls its bump back too.
+
+use std::{
+    collections::{HashMap, HashSet},
+    fmt,
+    str::FromStr,
+    time::{Duration, SystemTime},
+};
+
+use async_trait::async_trait;
+use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod};
+use notify_core::{ConnectionId, MessageId, Target, Topic, TopicPolicy, UserId};
+use tokio_postgres::{NoTls, types::Type};
+use uuid::Uuid;
+
+use crate::{
+    Committed, ConnectionRecord, Feed, HistoryPage, PublishItem, Store, StoreError, StoredMessage,
+    Swept, migrate,
+    plan::{Origin, SeqDemand, in_batch_origins},
+};
+
+const SWEEP_CHUNK: i64 = crate::SWEEP_CHUNK as i64;
+
+/// How to reach Postgres.
+#[derive(Clone)]
+pub struct PgStoreConfig {
+    /// `postgres://user:password@host:port/db`.
+    pub url: String,
+    /// Connections in the pool (each group commit holds one).
+    pub pool_size: usize,
+    /// Limit for connecting and for waiting on a pooled connection.
+    pub connect_timeout: Duration,
+    /// Limit for one statement or one whole group commit.
+    pub query_timeout: Duration,
+    /// How long an idempotency key is remembered.
+    pub idempotency_window: Duration,
+}
+
+impl PgStoreConfig {
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            pool_size: 16,
+            connect_timeout: Duration::from_secs(5),
+            query_timeout: Duration::from_secs(10),
+            idempotency_window: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+impl fmt::Debug for PgStoreConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PgStoreConfig")
+            .field("url", &redact_url(&self.url))
+            .field("pool_size", &self.pool_size)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("query_timeout", &self.query_timeout)
+            .field("idempotency_window", &self.idempotency_window)
+            .finish()
+    }
+}
+
+/// The URL with its password replaced, for logs.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    match rest.split_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
+    }
+}
+
+/// The Postgres store: a connection pool plus the SQL beside each method.
+#[derive(Clone)]
+pub struct PgStore {
+    pool: Pool,
+    config: PgStoreConfig,
+}
+
+impl fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PgStore")
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+impl PgStore {
+    /// Builds the pool; connections are opened on first use.
+    pub fn new(config: PgStoreConfig) -> Result<Self, StoreError> {
+        let mut pg = tokio_postgres::Config::from_str(&config.url)
+            .map_err(|e| StoreError::Internal(format!("bad DATABASE_URL: {e}")))?;
+        pg.connect_timeout(config.connect_timeout);
+        // Detects a dead server (failover, network cut) instead of waiting on a
+        // half-open socket forever.
+        pg.keepalives_idle(Duration::from_secs(30));
+        if pg.get_application_name().is_none() {
+            pg.application_name("notify");
+        }
+        let manager = Manager::from_config(
+            pg,
+            NoTls,
+            ManagerConfig {
+                // Fast: no round trip per checkout. Clean would send DISCARD ALL,
+                // which we never need since no session state is ever set.
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(config.pool_size)
+            .wait_timeout(Some(config.connect_timeout))
+            .create_timeout(Some(config.connect_timeout))
+            .recycle_timeout(Some(config.connect_timeout))
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .build()
+            .map_err(|e| StoreError::Internal(format!("pool: {e}")))?;
+        Ok(Self { pool, config })
+    }
+
+    pub fn config(&self) -> &PgStoreConfig {
+        &self.config
+    }
+
+    /// Applies pending migrations; returns how many were applied.
+    pub async fn migrate(&self) -> Result<usize, StoreError> {
+        let mut client = self.client().await?;
+        let client: &mut tokio_postgres::Client = &mut client;
+        migrate::run(client, migrate::POSTGRES).await
+    }
+
+    async fn client(&self) -> Result<Object, StoreError> {
+        self.pool.get().await.map_err(|e| match e {
+            PoolError::Backend(e) => classify(e),
+            other => StoreError::Unavailable(other.to_string()),
+        })
+    }
+
+    /// Runs a read or a single statement with the query timeout. A timed-out
+    /// statement leaves no transaction open, so the connection can be reused.
+    async fn timed<T>(
+        &self,
+        fut: impl Future<Output = Result<T, tokio_postgres::Error>>,
+    ) -> Result<T, StoreError> {
+        match tokio::time::timeout(self.config.query_timeout, fut).await {
+            Ok(result) => result.map_err(classify),
+            Err(_) => Err(StoreError::Unavailable(format!(
+                "no answer within {:?}",
+                self.config.query_timeout
+            ))),
+        }
+    }
+}
+
+/// Sorts a `tokio_postgres` error into retryable or not.
+pub(crate) fn classify(e: tokio_postgres::Error) -> StoreError {
+    if let Some(db) = e.as_db_error() {
+        let code = db.code().code();
+        // 08 connection, 53 resources, 57 operator intervention (shutdown,
+        // cancel), 40 serialization/deadlock: a retry may succeed.
+        return if ["08", "53", "57", "40"].iter().any(|c| code.starts_with(c)) {
+            StoreError::Unavailable(format!("{}: {}", code, db.message()))
+        } else {
+            StoreError::Internal(format!("{}: {}", code, db.message()))
+        };
+    }
+    // No SQLSTATE: I/O, closed connection, connect failure.
+    StoreError::Unavailable(e.to_string())
+}
+
+fn to_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+fn to_u64(n: i64) -> u64 {
+    u64::try_from(n).unwrap_or(0)
+}
+
+// === impl Store ===
+
+#[async_trait]
+impl Store for PgStore {
+    #[tracing::instrument(skip_all, fields(items = items.len()))]
+    async fn commit(&self, items: &[PublishItem]) -> Result<Vec<Committed>, StoreError> {
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut client = self.client().await?;
+        let window = self.config.idempotency_window;
+        let outcome = tokio::time::timeout(
+            self.config.query_timeout,
+            commit_batch(&mut client, items, window),
+        )
+        .await;
+        match outcome {
+            Ok(result) => result.map_err(classify),
+            Err(_) => {
+                // The transaction may be half done: never hand this connection
+                // to anyone else. Dropping it makes the server roll back.
+                drop(Object::take(client));
+                Err(StoreError::Unavailable(format!(
+                    "commit not confirmed within {:?}",
+                    self.config.query_timeout
+                )))
+            }
+        }
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn history(
+        &self,
+        feed: &Feed,
+        since: u64,
+        limit: u32,
+    ) -> Result<HistoryPage, StoreError> {
+        let client = self.client().await?;
+        let since = to_i64(since);
+        let limit = i64::from(limit);
+        let read = async {
+            let (rows, head) = match feed {
+                Feed::Inbox(user) => {
+                    let rows = client
+                        .query_typed(
+                            "SELECT i.seq, m.id, m.event, m.data, m.created_at
+                             FROM inbox i JOIN messages m ON m.id = i.message_id
+                             WHERE i.user_id = $1 AND i.seq > $2 AND i.expires_at > now()
+                             ORDER BY i.seq LIMIT $3",
+                            &[
+                                (&user.as_str(), Type::TEXT),
+                                (&since, Type::INT8),
+                                (&limit, Type::INT8),
+                            ],
+                        )
+                        .await?;
+                    let head = client
+                        .query_typed(
+                            "SELECT last_seq FROM inbox_heads WHERE user_id = $1",
+                            &[(&user.as_str(), Type::TEXT)],
+                        )
+                        .await?;
+                    (rows, head)
+                }
+                Feed::Topic(topic) => {
+                    let rows = client
+                        .query_typed(
+                            "SELECT seq, message_id, event, data, created_at FROM topic_log
+                             WHERE topic = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+                            &[
+                                (&topic.as_str(), Type::TEXT),
+                                (&since, Type::INT8),
+                                (&limit, Type::INT8),
+                            ],
+                        )
+                        .await?;
+                    let head = client
+                        .query_typed(
+                            "SELECT last_seq FROM topic_heads WHERE topic = $1",
+                            &[(&topic.as_str(), Type::TEXT)],
+                        )
+                        .await?;
+                    (rows, head)
+                }
+            };
+            Ok((rows, head))
+        };
+        let (rows, head) = self.timed(read).await?;
+        let messages = rows
+            .iter()
+            .map(|row| StoredMessage {
+                seq: to_u64(row.get(0)),
+                message_id: MessageId(row.get(1)),
+                event: row.get(2),
+                data: row.get(3),
+                ts: row.get(4),
+            })
+            .collect();
+        let head_seq = head.first().map(|r| to_u64(r.get(0))).unwrap_or(0);
+        Ok(HistoryPage { messages, head_seq })
+    }
+
+    async fn subscribe(&self, user: &UserId, topic: &Topic) -> Result<(bool, u64), StoreError> {
+        let client = self.client().await?;
+        let rows = self
+            .timed(client.query_typed(
+                "WITH ins AS (
+                    INSERT INTO subscriptions (user_id, topic) VALUES ($1, $2)
+                    ON CONFLICT DO NOTHING RETURNING 1
+                 )
+                 SELECT EXISTS (SELECT 1 FROM ins),
+                        COALESCE((SELECT last_seq FROM topic_heads WHERE topic = $2), 0)",
+                &[(&user.as_str(), Type::TEXT), (&topic.as_str(), Type::TEXT)],
+            ))
+            .await?;
+        let row = rows
+            .first()
+            .ok_or_else(|| StoreError::Internal("subscribe returned no row".into()))?;
+        Ok((row.get(0), to_u64(row.get(1))))
+    }
+
+    async fn unsubscribe(&self, user: &UserId, topic: &Topic) -> Result<bool, StoreError> {
+        let client = self.client().await?;
+        let rows = self
+            .timed(client.query_typed(
+                "DELETE FROM subscriptions WHERE user_id = $1 AND topic = $2 RETURNING 1",
+                &[(&user.as_str(), Type::TEXT), (&topic.as_str(), Type::TEXT)],
+            ))
+            .await?;
+        Ok(!rows.is_empty())
+    }
+
+    async fn subscriber_count(&self, topic: &Topic) -> Result<u64, StoreError> {
+        let client = self.client().await?;
+        let rows = self
+            .timed(client.query_typed(
+                "SELECT count(*) FROM subscriptions WHERE topic = $1",
+                &[(&topic.as_str(), Type::TEXT)],
+            ))
+            .await?;
+        Ok(rows.first().map(|r| to_u64(r.get(0))).unwrap_or(0))
+    }
+
+    async fn subscriptions_of(&self, user: &UserId) -> Result<Vec<Topic>, StoreError> {
+        let client = self.client().await?;
+        let rows = self
+            .timed(client.query_typed(
+                "SELECT topic FROM subscriptions WHERE user_id = $1 ORDER BY topic",
+                &[(&user.as_str(), Type::TEXT)],
+            ))
+            .await?;
+        // Rows were validated on the way in; a name that no longer parses is skipped.
+        Ok(rows
+            .iter()
+            .filter_map(|r| Topic::parse(r.get(0)).ok())
+            .collect())
+    }
+
+    async fn register_connection(&self, record: &ConnectionRecord) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        self.timed(client.query_typed(
+            "INSERT INTO connections (connection_id, user_id, bridge_id, connected_at, last_seen)
+             VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (connection_id) DO UPDATE
+               SET bridge_id = excluded.bridge_id, last_seen = excluded.last_seen",
+            &[
+                (&record.connection_id.0, Type::UUID),
+                (&record.user_id.as_str(), Type::TEXT),
+                (&record.bridge_id.as_str(), Type::TEXT),
+                (&record.connected_at, Type::TIMESTAMPTZ),
+                (&record.last_seen, Type::TIMESTAMPTZ),
+            ],
+        ))
+        .await?;
+        Ok(())
+    }
+
+    async fn remove_connection(&self, id: ConnectionId) -> Result<bool, StoreError> {
+        let client = self.client().await?;
+        let rows = self
+            .timed(client.query_typed(
+                "DELETE FROM connections WHERE connection_id = $1 RETURNING 1",
+                &[(&id.0, Type::UUID)],
+            ))
+            .await?;
+        Ok(!rows.is_empty())
+    }
+
+    async fn connections_of(&self, user: &UserId) -> Result<Vec<ConnectionRecord>, StoreError> {
+        let client = self.client().await?;
+        let rows = self
+            .timed(client.query_typed(
+                "SELECT connection_id, user_id, bridge_id, connected_at, last_seen
+                 FROM connections WHERE user_id = $1 ORDER BY connected_at",
+                &[(&user.as_str(), Type::TEXT)],
+            ))
+            .await?;
+        rows.iter().map(connection_record).collect()
+    }
+
+    async fn connection(&self, id: ConnectionId) -> Result<Option<ConnectionRecord>, StoreError> {
+        let client = self.client().await?;
+        let rows = self
+            .timed(client.query_typed(
+                "SELECT connection_id, user_id, bridge_id, connected_at, last_seen
+                 FROM connections WHERE connection_id = $1",
+                &[(&id.0, Type::UUID)],
+            ))
+            .await?;
+        rows.first().map(connection_record).transpose()
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn sweep(&self, topics: &TopicPolicy) -> Result<Swept, StoreError> {
+        let client = self.client().await?;
+        let chunk = |table: &'static str| {
+            format!(
+                "DELETE FROM {table} WHERE ctid IN \
+                 (SELECT ctid FROM {table} WHERE expires_at <= now() LIMIT $1)"
+            )
+        };
+        let mut swept = Swept::default();
+        for (table, count) in [
+            ("inbox", &mut swept.inbox),
+            ("messages", &mut swept.messages),
+            ("idempotency_keys", &mut swept.idempotency_keys),
+        ] {
+            *count = self
+                .timed(client.execute_typed(&chunk(table), &[(&SWEEP_CHUNK, Type::INT8)]))
+                .await?;
+        }
+        let now = SystemTime::now();
+        for (namespace, policy) in topics.iter() {
+            let (from, to) = (format!("{namespace}:"), format!("{namespace};"));
+            let cutoff = now.checked_sub(policy.log_max_age).unwrap_or(now);
+            swept.topic_log += self
+                .timed(client.execute_typed(
+                    "DELETE FROM topic_log WHERE ctid IN (
+                        SELECT ctid FROM topic_log
+                        WHERE topic >= $1 AND topic < $2 AND created_at < $3 LIMIT $4)",
+                    &[
+                        (&from, Type::TEXT),
+                        (&to, Type::TEXT),
+                        (&cutoff, Type::TIMESTAMPTZ),
+                        (&SWEEP_CHUNK, Type::INT8),
+                    ],
+                ))
+                .await?;
+        }
+        Ok(swept)
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        self.timed(client.query_typed("SELECT 1", &[])).await?;
+        Ok(())
+    }
+}
+
+fn connection_record(row: &tokio_postgres::Row) -> Result<ConnectionRecord, StoreError> {
+    let user: &str = row.get(1);
+    Ok(ConnectionRecord {
+        connection_id: ConnectionId(row.get(0)),
+        user_id: UserId::parse("user_id", user).map_err(|e| StoreError::Internal(e.to_string()))?,
+        bridge_id: row.get(2),
+        connected_at: row.get(3),
+        last_seen: row.get(4),
+    })
+}
+
+// === the group commit ===
+
+/// An idempotency key found already stored: the original's answer.
+struct StoredKey {
+    message_id: Uuid,
+    seq: i64,
+    created_at: SystemTime,
+}
+
+/// Commits `items` in one transaction of multi-row statements.
+async fn commit_batch(
+    client: &mut Object,
+    items: &[PublishItem],
+    window: Duration,
+) -> Result<Vec<Committed>, tokio_postgres::Error> {
+    let now = SystemTime::now();
+    let origins = in_batch_origins(items);
+    let tx = client.transaction().await?;
+
+    // 1. Claim idempotency keys (in key order: the global lock order is keys,
+    //    then inbox heads, then topic heads). An expired key is taken over.
+    let mut keyed: Vec<usize> = (0..items.len())
+        .filter(|&i| origins[i] == Origin::Fresh && items[i].publish.idempotency_key.is_some())
+        .collect();
+    keyed.sort_by_key(|&i| (&items[i].caller, &items[i].publish.idempotency_key));
+    let key_of = |i: usize| {
+        (
+            items[i].caller.as_str(),
+            items[i]
+                .publish
+                .idempotency_key
+                .as_deref()
+                .unwrap_or_default(),
+        )
+    };
+    let mut stored: HashMap<usize, StoredKey> = HashMap::new();
+    if !keyed.is_empty() {
+        let callers: Vec<&str> = keyed.iter().map(|&i| key_of(i).0).collect();
+        let keys: Vec<&str> = keyed.iter().map(|&i| key_of(i).1).collect();
+        let ids: Vec<Uuid> = keyed.iter().map(|&i| items[i].message_id.0).collect();
+        let expires = now + window;
+        let claimed = tx
+            .query_typed(
+                "INSERT INTO idempotency_keys (caller, key, message_id, created_at, expires_at)
+                 SELECT c, k, m, $4, $5 FROM unnest($1::text[], $2::text[], $3::uuid[]) AS u(c, k, m)
+                 ORDER BY c, k
+                 ON CONFLICT (caller, key) DO UPDATE
+                   SET message_id = excluded.message_id, seq = 0,
+                       created_at = excluded.created_at, expires_at = excluded.expires_at
+                   WHERE idempotency_keys.expires_at <= excluded.created_at
+                 RETURNING caller, key",
+                &[
+                    (&callers, Type::TEXT_ARRAY),
+                    (&keys, Type::TEXT_ARRAY),
+                    (&ids, Type::UUID_ARRAY),
+                    (&now, Type::TIMESTAMPTZ),
+                    (&expires, Type::TIMESTAMPTZ),
+                ],
+            )
+            .await?;
+        let claimed: HashSet<(String, String)> =
+            claimed.iter().map(|r| (r.get(0), r.get(1))).collect();
+        let seen: Vec<usize> = keyed
+            .iter()
+            .copied()
+            .filter(|&i| {
+                let (c, k) = key_of(i);
+                !claimed.contains(&(c.to_owned(), k.to_owned()))
+            })
+            .collect();
+        if !seen.is_empty() {
+            let callers: Vec<&str> = seen.iter().map(|&i| key_of(i).0).collect();
+            let keys: Vec<&str> = seen.iter().map(|&i| key_of(i).1).collect();
+            let rows = tx
+                .query_typed(
+                    "SELECT k.caller, k.key, k.message_id, k.seq, k.created_at
+                     FROM idempotency_keys k
+                     JOIN unnest($1::text[], $2::text[]) AS u(c, ky) ON k.caller = u.c AND k.key = u.ky",
+                    &[(&callers, Type::TEXT_ARRAY), (&keys, Type::TEXT_ARRAY)],
+                )
+                .await?;
+            let mut found: HashMap<(String, String), StoredKey> = rows
+                .iter()
+                .map(|r| {
+                    let key = (r.get(0), r.get(1));
+                    let value = StoredKey {
+                        message_id: r.get(2),
+                        seq: r.get(3),
+                        created_at: r.get(4),
+                    };
+                    (key, value)
+                })
+                .collect();
+            for i in seen {
+                let (c, k) = key_of(i);
+                if let Some(original) = found.remove(&(c.to_owned(), k.to_owned())) {
+                    stored.insert(i, original);
+                }
+            }
+        }
+    }
+    let new: Vec<bool> = (0..items.len())
+        .map(|i| origins[i] == Origin::Fresh && !stored.contains_key(&i))
+        .collect();
+
+    // 2. Reserve seqs by bumping the heads, in key order.
+    let demand = SeqDemand::of(items, &new);
+    let user_last = bump_heads(&tx, HEADS_INBOX, &demand.users).await?;
+    let topic_last = bump_heads(&tx, HEADS_TOPIC, &demand.topics).await?;
+    let assigned = demand.assign(items, &new, &user_last, &topic_last);
+
+    // 3. Store payloads and feed entries.
+    insert_inbox(&tx, items, &new, &assigned, now).await?;
+    insert_topic_log(&tx, items, &new, &assigned, &topic_last, now).await?;
+
+    // 4. Remember each new key's seq for its future duplicates.
+    let key_seqs: Vec<(usize, i64)> = keyed
+        .iter()
+        .filter(|&&i| new[i] && assigned[i].seq > 0)
+        .map(|&i| (i, to_i64(assigned[i].seq)))
+        .collect();
+    if !key_seqs.is_empty() {
+        let callers: Vec<&str> = key_seqs.iter().map(|&(i, _)| key_of(i).0).collect();
+        let keys: Vec<&str> = key_seqs.iter().map(|&(i, _)| key_of(i).1).collect();
+        let seqs: Vec<i64> = key_seqs.iter().map(|&(_, s)| s).collect();
+        tx.execute_typed(
+            "UPDATE idempotency_keys k SET seq = u.s
+             FROM unnest($1::text[], $2::text[], $3::int8[]) AS u(c, ky, s)
+             WHERE k.caller = u.c AND k.key = u.ky",
+            &[
+                (&callers, Type::TEXT_ARRAY),
+                (&keys, Type::TEXT_ARRAY),
+                (&seqs, Type::INT8_ARRAY),
+            ],
+        )
+        .await?;
+    }
+    tx.commit().await?;
+
+    let mut results: Vec<Committed> = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let result = match origins[i] {
+            Origin::SameAs(first) => Committed {
+                duplicate: true,
+                inbox_seqs: Vec::new(),
+                ..results[first].clone()
+            },
+            Origin::Fresh => match stored.remove(&i) {
+                Some(original) => Committed {
+                    message_id: MessageId(original.message_id),
+                    seq: to_u64(original.seq),
+                    duplicate: true,
+                    inbox_seqs: Vec::new(),
+                    ts: original.created_at,
+                },
+                None => Committed {
+                    message_id: item.message_id,
+                    seq: assigned[i].seq,
+                    duplicate: false,
+                    inbox_seqs: assigned[i].inbox_seqs.clone(),
+                    ts: now,
+                },
+            },
+        };
+        results.push(result);
+    }
+    Ok(results)
+}
+
+const HEADS_INBOX: &str = "INSERT INTO inbox_heads (user_id, last_seq)
+     SELECT k, n FROM unnest($1::text[], $2::int8[]) AS t(k, n) ORDER BY k
+     ON CONFLICT (user_id) DO UPDATE SET last_seq = inbox_heads.last_seq + excluded.last_seq
+     RETURNING user_id, last_seq";
+
+const HEADS_TOPIC: &str = "INSERT INTO topic_heads (topic, last_seq)
+     SELECT k, n FROM unnest($1::text[], $2::int8[]) AS t(k, n) ORDER BY k
+     ON CONFLICT (topic) DO UPDATE SET last_seq = topic_heads.last_seq + excluded.last_seq
+     RETURNING topic, last_seq";
+
+/// Adds each key's demand to its head; returns the new last seqs.
+async fn bump_heads(
+    tx: &deadpool_postgres::Transaction<'_>,
+    sql: &str,
+    demand: &std::collections::BTreeMap<&str, u64>,
+) -> Result<HashMap<String, u64>, tokio_postgres::Error> {
+    if demand.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let keys: Vec<&str> = demand.keys().copied().collect();
+    let counts: Vec<i64> = demand.values().map(|&n| to_i64(n)).collect();
+    let rows = tx
+        .query_typed(
+            sql,
+            &[(&keys, Type::TEXT_ARRAY), (&counts, Type::INT8_ARRAY)],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| (r.get::<_, String>(0), to_u64(r.get(1))))
+        .collect())
+}
+
+/// Stores user-targeted payloads once and one inbox row per recipient.
+async fn insert_inbox(
+    tx: &deadpool_postgres::Transaction<'_>,
+    items: &[PublishItem],
+    new: &[bool],
+    assigned: &[crate::plan::Assigned],
+    now: SystemTime,
+) -> Result<(), tokio_postgres::Error> {
+    let (mut ids, mut callers, mut events, mut datas, mut expiries) = (
+        Vec::<Uuid>::new(),
+        Vec::<&str>::new(),
+        Vec::<&str>::new(),
+        Vec::<&str>::new(),
+        Vec::<SystemTime>::new(),
+    );
+    let (mut users, mut seqs, mut refs, mut row_expiries) = (
+        Vec::<&str>::new(),
+        Vec::<i64>::new(),
+        Vec::<Uuid>::new(),
+        Vec::<SystemTime>::new(),
+    );
+    for (i, item) in items.iter().enumerate().filter(|(i, _)| new[*i]) {
+        let p = &item.publish;
+        let expires = now + p.ttl;
+        let recipients: Vec<(&UserId, u64)> = match &p.target {
+            Target::User(user) => vec![(user, assigned[i].seq)],
+            Target::Users(_) => assigned[i]
+                .inbox_seqs
+                .iter()
+                .map(|(u, s)| (u, *s))
+                .collect(),
+            Target::Topic(_) | Target::Broadcast => continue,
+        };
+        for (user, seq) in recipients {
+            users.push(user.as_str());
+            seqs.push(to_i64(seq));
+            refs.push(item.message_id.0);
+            row_expiries.push(expires);
+        }
+        ids.push(item.message_id.0);
+        callers.push(&item.caller);
+        events.push(&p.event);
+        datas.push(&p.data);
+        expiries.push(expires);
+    }
+    if ids.is_empty() {
+        return Ok(());
+    }
+    tx.execute_typed(
+        "WITH m AS (
+            INSERT INTO messages (id, caller, event, data, created_at, expires_at)
+            SELECT id, c, e, d, $6, x
+            FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::timestamptz[])
+                 AS t(id, c, e, d, x)
+         )
+         INSERT INTO inbox (user_id, seq, message_id, expires_at)
+         SELECT * FROM unnest($7::text[], $8::int8[], $9::uuid[], $10::timestamptz[])",
+        &[
+            (&ids, Type::UUID_ARRAY),
+            (&callers, Type::TEXT_ARRAY),
+            (&events, Type::TEXT_ARRAY),
+            (&datas, Type::TEXT_ARRAY),
+            (&expiries, Type::TIMESTAMPTZ_ARRAY),
+            (&now, Type::TIMESTAMPTZ),
+            (&users, Type::TEXT_ARRAY),
+            (&seqs, Type::INT8_ARRAY),
+            (&refs, Type::UUID_ARRAY),
+            (&row_expiries, Type::TIMESTAMPTZ_ARRAY),
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Appends topic messages to their logs and trims each log to its size. Items
+/// that would be trimmed at once (more new messages than the log keeps) are
+/// not written at all: a data-modifying CTE cannot see its sibling's rows.
+async fn insert_topic_log(
+    tx: &deadpool_postgres::Transaction<'_>,
+    items: &[PublishItem],
+    new: &[bool],
+    assigned: &[crate::plan::Assigned],
+    topic_last: &HashMap<String, u64>,
+    now: SystemTime,
+) -> Result<(), tokio_postgres::Error> {
+    let mut keep_after: HashMap<&str, u64> = HashMap::new();
+    let (mut topics, mut seqs, mut ids, mut callers, mut events, mut datas) = (
+        Vec::<&str>::new(),
+        Vec::<i64>::new(),
+        Vec::<Uuid>::new(),
+        Vec::<&str>::new(),
+        Vec::<&str>::new(),
+        Vec::<&str>::new(),
+    );
+    for (i, item) in items.iter().enumerate().filter(|(i, _)| new[*i]) {
+        let Target::Topic(topic) = &item.publish.target else {
+            continue;
+        };
+        let last = topic_last.get(topic.as_str()).copied().unwrap_or(0);
+        let floor = last.saturating_sub(u64::from(item.log_max_len.max(1)));
+        keep_after.insert(topic.as_str(), floor);
+        if assigned[i].seq <= floor {
+            continue;
+        }
+        topics.push(topic.as_str());
+        seqs.push(to_i64(assigned[i].seq));
+        ids.push(item.message_id.0);
+        callers.push(&item.caller);
+        events.push(&item.publish.event);
+        datas.push(&item.publish.data);
+    }
+    if keep_after.is_empty() {
+        return Ok(());
+    }
+    let trim_topics: Vec<&str> = keep_after.keys().copied().collect();
+    let trim_floors: Vec<i64> = keep_after.values().map(|&f| to_i64(f)).collect();
+    tx.execute_typed(
+        "WITH trimmed AS (
+            DELETE FROM topic_log l USING unnest($8::text[], $9::int8[]) AS k(topic, floor)
+            WHERE l.topic = k.topic AND l.seq <= k.floor
+         )
+         INSERT INTO topic_log (topic, seq, message_id, caller, event, data, created_at)
+         SELECT t, s, id, c, e, d, $7
+         FROM unnest($1::text[], $2::int8[], $3::uuid[], $4::text[], $5::text[], $6::text[])
+              AS u(t, s, id, c, e, d)",
+        &[
+            (&topics, Type::TEXT_ARRAY),
+            (&seqs, Type::INT8_ARRAY),
+            (&ids, Type::UUID_ARRAY),
+            (&callers, Type::TEXT_ARRAY),
+            (&events, Type::TEXT_ARRAY),
+            (&datas, Type::TEXT_ARRAY),
+            (&now, Type::TIMESTAMPTZ),
+            (&trim_topics, Type::TEXT_ARRAY),
+            (&trim_floors, Type::INT8_ARRAY),
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn redacts_the_password_only() {
+        assert_eq!(
+            redact_url("postgres://u:secret@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
+        assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
+    }
+}
