@@ -170,11 +170,9 @@ pub async fn follow(
                 Err(broadcast::error::RecvError::Closed) => return,
             },
         };
-        if behind {
-            if let Err(e) = catch_up(store.as_ref(), &feed, &mut last, &out).await {
-                // Keep the stream; the next tick tries again.
-                tracing::warn!(error = %e, "watch catch-up failed");
-            }
+        if behind && let Err(e) = catch_up(store.as_ref(), &feed, &mut last, &out).await {
+            // Keep the stream; the next tick tries again.
+            tracing::warn!(error = %e, "watch catch-up failed");
         }
     }
 }

@@ -1,0 +1,291 @@
+//! `notify-bench`: drives a running notify-svc and prints what it measured.
+//!
+//! `notify-bench publish` runs C concurrent `Publish` callers for a fixed time
+//! and prints durable publishes/s, p50/p99 latency and the CPU used by
+//! notify-svc and by Postgres over the measured window (read from /proc).
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use hdrhistogram::Histogram;
+use notify_proto::v1::{self as pb, notify_client::NotifyClient};
+use tonic::{metadata::MetadataValue, transport::Channel};
+
+#[derive(Parser)]
+#[command(name = "notify-bench", about = "Benchmarks of the notify platform")]
+struct Cli {
+    #[command(subcommand)]
+    command: Bench,
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    /// Durable publishes/s and latency at C concurrent callers.
+    Publish(PublishArgs),
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum TargetKind {
+    /// Each publish to one of --users users' inboxes.
+    User,
+    /// Each publish to one of --users topics `room:bench-N`.
+    Topic,
+}
+
+#[derive(clap::Args)]
+struct PublishArgs {
+    /// notify-svc gRPC endpoint.
+    #[arg(long, default_value = "http://127.0.0.1:50051")]
+    url: String,
+    /// Concurrent callers (each has one request in flight at a time).
+    #[arg(long, short = 'c', default_value_t = 256)]
+    concurrency: usize,
+    /// HTTP/2 connections the callers share.
+    #[arg(long, default_value_t = 8)]
+    connections: usize,
+    /// Measured seconds (after the warm-up).
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Warm-up seconds, not measured.
+    #[arg(long, default_value_t = 2)]
+    warmup: u64,
+    #[arg(long, value_enum, default_value_t = TargetKind::User)]
+    target: TargetKind,
+    /// Distinct users (or topics) the publishes spread over.
+    #[arg(long, default_value_t = 10_000)]
+    users: usize,
+    /// Size of each message's JSON data in bytes.
+    #[arg(long, default_value_t = 100)]
+    data_bytes: usize,
+    /// Give every publish an idempotency key.
+    #[arg(long)]
+    idempotency_keys: bool,
+    /// Bearer token, if notify-svc has NOTIFY_API_TOKENS.
+    #[arg(long, env = "NOTIFY_TOKEN")]
+    token: Option<String>,
+    /// Process name whose CPU is reported as notify-svc's.
+    #[arg(long, default_value = "notify-svc")]
+    svc_process: String,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Bench::Publish(args) => publish(args).await,
+    }
+}
+
+struct Shared {
+    measuring: AtomicBool,
+    stop: AtomicBool,
+    ok: AtomicU64,
+    errors: AtomicU64,
+}
+
+async fn publish(args: PublishArgs) -> anyhow::Result<()> {
+    if args.concurrency == 0 || args.connections == 0 || args.users == 0 {
+        bail!("--concurrency, --connections and --users must be at least 1");
+    }
+    let mut channels = Vec::new();
+    for _ in 0..args.connections {
+        channels.push(
+            Channel::from_shared(args.url.clone())?
+                .connect()
+                .await
+                .with_context(|| format!("connecting to {}", args.url))?,
+        );
+    }
+    let token: Option<MetadataValue<_>> = match &args.token {
+        Some(t) => Some(format!("Bearer {t}").parse().context("token")?),
+        None => None,
+    };
+    let data = format!(
+        "{{\"pad\":\"{}\"}}",
+        "x".repeat(args.data_bytes.saturating_sub(10))
+    );
+    let shared = Arc::new(Shared {
+        measuring: AtomicBool::new(false),
+        stop: AtomicBool::new(false),
+        ok: AtomicU64::new(0),
+        errors: AtomicU64::new(0),
+    });
+    let mut tasks = Vec::new();
+    for caller in 0..args.concurrency {
+        let mut client = NotifyClient::new(channels[caller % channels.len()].clone());
+        let (shared, data, token) = (shared.clone(), data.clone(), token.clone());
+        let (target, users, keys) = (args.target, args.users, args.idempotency_keys);
+        tasks.push(tokio::spawn(async move {
+            let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram");
+            let mut n: u64 = caller as u64;
+            let mut first_error = None;
+            while !shared.stop.load(Ordering::Relaxed) {
+                // A cheap spread over users: a multiplicative hash of the counter.
+                n = n.wrapping_add(0x9E37_79B9_7F4A_7C15);
+                let who = (n >> 33) as usize % users;
+                let target = match target {
+                    TargetKind::User => pb::publish_request::Target::UserId(format!("bench-{who}")),
+                    TargetKind::Topic => {
+                        pb::publish_request::Target::Topic(format!("room:bench-{who}"))
+                    }
+                };
+                let mut req = tonic::Request::new(pb::PublishRequest {
+                    target: Some(target),
+                    event: "bench".into(),
+                    data: data.clone(),
+                    idempotency_key: if keys {
+                        format!("bench-{caller}-{n}")
+                    } else {
+                        String::new()
+                    },
+                    ttl_seconds: 3600,
+                });
+                if let Some(t) = &token {
+                    req.metadata_mut().insert("authorization", t.clone());
+                }
+                let started = Instant::now();
+                let result = client.publish(req).await;
+                let took = started.elapsed();
+                if !shared.measuring.load(Ordering::Relaxed) {
+                    continue;
+                }
+                match result {
+                    Ok(_) => {
+                        shared.ok.fetch_add(1, Ordering::Relaxed);
+                        let _ = hist.record(took.as_micros().max(1) as u64);
+                    }
+                    Err(status) => {
+                        shared.errors.fetch_add(1, Ordering::Relaxed);
+                        first_error.get_or_insert(status);
+                    }
+                }
+            }
+            (hist, first_error)
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(args.warmup)).await;
+    let cpu_before = CpuSample::take(&args.svc_process);
+    shared.measuring.store(true, Ordering::Relaxed);
+    let started = Instant::now();
+    tokio::time::sleep(Duration::from_secs(args.seconds)).await;
+    shared.measuring.store(false, Ordering::Relaxed);
+    let elapsed = started.elapsed();
+    let cpu_after = CpuSample::take(&args.svc_process);
+    shared.stop.store(true, Ordering::Relaxed);
+
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let mut first_error = None;
+    for task in tasks {
+        let (h, e) = task.await?;
+        hist.add(h)?;
+        if first_error.is_none() {
+            first_error = e;
+        }
+    }
+    let ok = shared.ok.load(Ordering::Relaxed);
+    let errors = shared.errors.load(Ordering::Relaxed);
+    let secs = elapsed.as_secs_f64();
+    let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
+    println!(
+        "publish bench: C={} connections={} target={} spread={} data={}B keys={} measured={:.1}s cores={}",
+        args.concurrency,
+        args.connections,
+        match args.target {
+            TargetKind::User => "user",
+            TargetKind::Topic => "topic",
+        },
+        args.users,
+        data.len(),
+        args.idempotency_keys,
+        secs,
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+    );
+    println!("  publishes/s   {:>10.0}", ok as f64 / secs);
+    println!("  ok / errors   {ok} / {errors}");
+    println!(
+        "  latency ms    p50 {:.2}  p99 {:.2}  max {:.2}",
+        ms(0.5),
+        ms(0.99),
+        ms(1.0)
+    );
+    let (svc, pg) = cpu_before.percent_until(&cpu_after, elapsed);
+    println!(
+        "  cpu %         {} {svc:.0}  postgres {pg:.0}  (100 = one core)",
+        args.svc_process
+    );
+    if let Some(e) = first_error {
+        println!("  first error   {:?}: {}", e.code(), e.message());
+    }
+    Ok(())
+}
+
+/// CPU ticks used so far by the service's and Postgres's processes.
+struct CpuSample {
+    svc: u64,
+    postgres: u64,
+    ticks_per_sec: f64,
+}
+
+impl CpuSample {
+    fn take(svc_name: &str) -> Self {
+        let (mut svc, mut postgres) = (0, 0);
+        if let Ok(dir) = std::fs::read_dir("/proc") {
+            for entry in dir.flatten() {
+                let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+                    continue;
+                };
+                // comm is in parentheses and may hold spaces; fields follow the last ')'.
+                let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+                    continue;
+                };
+                let comm = &stat[open + 1..close];
+                let fields: Vec<&str> = stat[close + 2..].split_whitespace().collect();
+                // utime and stime are fields 14 and 15 of stat, 11 and 12 after comm/state.
+                let ticks = fields
+                    .get(11)
+                    .and_then(|u| u.parse::<u64>().ok())
+                    .unwrap_or(0)
+                    + fields
+                        .get(12)
+                        .and_then(|s| s.parse::<u64>().ok())
+                        .unwrap_or(0);
+                if comm == svc_name {
+                    svc += ticks;
+                } else if comm == "postgres" {
+                    postgres += ticks;
+                }
+            }
+        }
+        Self {
+            svc,
+            postgres,
+            ticks_per_sec: clock_ticks(),
+        }
+    }
+
+    /// CPU% (100 = one core) of each over `elapsed`. Postgres backends that
+    /// exit during the window are missed; the pool keeps them alive.
+    fn percent_until(&self, later: &Self, elapsed: Duration) -> (f64, f64) {
+        let pct = |a: u64, b: u64| {
+            b.saturating_sub(a) as f64 / self.ticks_per_sec / elapsed.as_secs_f64() * 100.0
+        };
+        (pct(self.svc, later.svc), pct(self.postgres, later.postgres))
+    }
+}
+
+fn clock_ticks() -> f64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        // Linux's USER_HZ is 100 on every common architecture.
+        .unwrap_or(100.0)
+}
