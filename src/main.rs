@@ -20,9 +20,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the platform in one process (today: notify-svc against DATABASE_URL).
+    /// Run the platform in one process (today: notify-svc on Postgres).
     ///
-    /// Example: DATABASE_URL=postgres://postgres@127.0.0.1:5432/notify notify up
+    /// Without DATABASE_URL it uses (and creates) the database `notify` on the
+    /// local Postgres at 127.0.0.1:5432.
+    ///
+    /// Example: DATABASE_URL=postgres://app:secret@db:5432/notify notify up
     Up {
         #[command(flatten)]
         svc: notify_svc::SvcArgs,
@@ -36,8 +39,21 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
-async fn up(args: notify_svc::SvcArgs) -> anyhow::Result<()> {
+/// Where `notify up` keeps its data when DATABASE_URL is not set: the local
+/// Postgres (the embedded SQLite default replaces this with its own issue).
+const LOCAL_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/notify";
+
+async fn up(mut args: notify_svc::SvcArgs) -> anyhow::Result<()> {
     notify_svc::logging::init(&args.log_format);
+    if args.database_url.is_none() {
+        args.database_url = Some(LOCAL_DATABASE_URL.into());
+        if notify_store::postgres::create_database_if_missing(LOCAL_DATABASE_URL)
+            .await
+            .with_context(|| format!("preparing the local database {LOCAL_DATABASE_URL}"))?
+        {
+            println!("created database `notify` on the local Postgres");
+        }
+    }
     let config = match notify_svc::Config::from_args(&args) {
         Ok(config) => config,
         Err(problems) => {
@@ -64,7 +80,7 @@ async fn up(args: notify_svc::SvcArgs) -> anyhow::Result<()> {
     );
     println!(
         "  database     {}",
-        notify_store::postgres::redact_url(&args.database_url)
+        notify_store::postgres::redact_url(args.database_url.as_deref().unwrap_or_default())
     );
     println!("Ctrl-C stops it cleanly.");
     let shutdown = CancellationToken::new();

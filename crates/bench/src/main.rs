@@ -214,9 +214,9 @@ async fn publish(args: PublishArgs) -> anyhow::Result<()> {
         ms(0.99),
         ms(1.0)
     );
-    let (svc, pg) = cpu_before.percent_until(&cpu_after, elapsed);
+    let (svc, pg, bench) = cpu_before.percent_until(&cpu_after, elapsed);
     println!(
-        "  cpu %         {} {svc:.0}  postgres {pg:.0}  (100 = one core)",
+        "  cpu %         {} {svc:.0}  postgres {pg:.0}  this bench {bench:.0}  (100 = one core)",
         args.svc_process
     );
     if let Some(e) = first_error {
@@ -225,16 +225,18 @@ async fn publish(args: PublishArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// CPU ticks used so far by the service's and Postgres's processes.
+/// CPU ticks used so far by the service's, Postgres's and this bench's processes.
 struct CpuSample {
     svc: u64,
     postgres: u64,
+    bench: u64,
     ticks_per_sec: f64,
 }
 
 impl CpuSample {
     fn take(svc_name: &str) -> Self {
-        let (mut svc, mut postgres) = (0, 0);
+        let (mut svc, mut postgres, mut bench) = (0, 0, 0);
+        let me = std::process::id().to_string();
         if let Ok(dir) = std::fs::read_dir("/proc") {
             for entry in dir.flatten() {
                 let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
@@ -255,7 +257,9 @@ impl CpuSample {
                         .get(12)
                         .and_then(|s| s.parse::<u64>().ok())
                         .unwrap_or(0);
-                if comm == svc_name {
+                if entry.file_name().to_str() == Some(me.as_str()) {
+                    bench += ticks;
+                } else if comm == svc_name {
                     svc += ticks;
                 } else if comm == "postgres" {
                     postgres += ticks;
@@ -265,17 +269,22 @@ impl CpuSample {
         Self {
             svc,
             postgres,
+            bench,
             ticks_per_sec: clock_ticks(),
         }
     }
 
     /// CPU% (100 = one core) of each over `elapsed`. Postgres backends that
     /// exit during the window are missed; the pool keeps them alive.
-    fn percent_until(&self, later: &Self, elapsed: Duration) -> (f64, f64) {
+    fn percent_until(&self, later: &Self, elapsed: Duration) -> (f64, f64, f64) {
         let pct = |a: u64, b: u64| {
             b.saturating_sub(a) as f64 / self.ticks_per_sec / elapsed.as_secs_f64() * 100.0
         };
-        (pct(self.svc, later.svc), pct(self.postgres, later.postgres))
+        (
+            pct(self.svc, later.svc),
+            pct(self.postgres, later.postgres),
+            pct(self.bench, later.bench),
+        )
     }
 }
 

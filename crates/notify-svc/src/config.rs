@@ -18,7 +18,7 @@ pub struct SvcArgs {
 
     /// Postgres URL, e.g. postgres://notify:secret@db:5432/notify.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
-    pub database_url: String,
+    pub database_url: Option<String>,
 
     /// Static caller tokens, `name=token,name2=token2`. None: loopback callers only.
     #[arg(
@@ -74,7 +74,10 @@ impl fmt::Debug for SvcArgs {
             .field("http_addr", &self.http_addr)
             .field(
                 "database_url",
-                &notify_store::postgres::redact_url(&self.database_url),
+                &self
+                    .database_url
+                    .as_deref()
+                    .map(notify_store::postgres::redact_url),
             )
             .field("api_tokens", &"***")
             .field("group_commit", &self.group_commit)
@@ -117,11 +120,15 @@ impl Config {
             problems.push(e);
             CallerTokens::default()
         });
-        if !args.database_url.starts_with("postgres://")
-            && !args.database_url.starts_with("postgresql://")
+        let database_url = args.database_url.clone().unwrap_or_default();
+        if database_url.is_empty() {
+            problems.push("DATABASE_URL (or --database-url) is required: postgres://…".into());
+        } else if !database_url.starts_with("postgres://")
+            && !database_url.starts_with("postgresql://")
         {
-            problems
-                .push("DATABASE_URL must be postgres://… (SQLite arrives with `notify up`)".into());
+            problems.push(
+                "DATABASE_URL must be postgres://… (the SQLite store is not built yet)".into(),
+            );
         }
         if args.db_pool_size == 0 {
             problems.push("--db-pool-size must be at least 1".into());
@@ -150,7 +157,7 @@ impl Config {
             (1, Duration::ZERO)
         };
         Ok(Self {
-            database_url: args.database_url.clone(),
+            database_url,
             db_pool_size: args.db_pool_size,
             db_timeout: Duration::from_millis(args.db_timeout_ms),
             idempotency_window: Duration::from_secs(args.idempotency_window_secs),

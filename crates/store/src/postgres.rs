@@ -89,6 +89,42 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
+/// Creates the database `url` names if it does not exist, connecting to the
+/// server's `postgres` database to do so. For local development (`notify up`);
+/// production databases are provisioned by their operators.
+pub async fn create_database_if_missing(url: &str) -> Result<bool, StoreError> {
+    let config = tokio_postgres::Config::from_str(url)
+        .map_err(|e| StoreError::Internal(format!("bad DATABASE_URL: {e}")))?;
+    let name = config
+        .get_dbname()
+        .ok_or_else(|| StoreError::Internal("DATABASE_URL names no database".into()))?
+        .to_owned();
+    if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        return Err(StoreError::Internal(format!(
+            "database name {name:?}: create it yourself (only [A-Za-z0-9_] names are created)"
+        )));
+    }
+    let mut admin = config.clone();
+    admin.dbname("postgres");
+    let (client, connection) = admin.connect(NoTls).await.map_err(classify)?;
+    tokio::spawn(connection);
+    let exists = client
+        .query_typed(
+            "SELECT 1 FROM pg_database WHERE datname = $1",
+            &[(&name.as_str(), Type::TEXT)],
+        )
+        .await
+        .map_err(classify)?;
+    if !exists.is_empty() {
+        return Ok(false);
+    }
+    client
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await
+        .map_err(classify)?;
+    Ok(true)
+}
+
 /// The Postgres store: a connection pool plus the SQL beside each method.
 #[derive(Clone)]
 pub struct PgStore {
