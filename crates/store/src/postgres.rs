@@ -239,11 +239,11 @@ impl Store for PgStore {
         if items.is_empty() {
             return Ok(Vec::new());
         }
-        let mut client = self.client().await?;
+        let client = self.client().await?;
         let window = self.config.idempotency_window;
         let outcome = tokio::time::timeout(
             self.config.query_timeout,
-            commit_batch(&mut client, items, window),
+            commit_batch(&client, items, window),
         )
         .await;
         match outcome {
@@ -509,15 +509,36 @@ struct StoredKey {
     created_at: SystemTime,
 }
 
-/// Commits `items` in one transaction of multi-row statements.
+/// Commits `items` in one transaction; on failure makes sure the
+/// transaction is over before the connection goes back to the pool.
 async fn commit_batch(
-    client: &mut Object,
+    client: &tokio_postgres::Client,
+    items: &[PublishItem],
+    window: Duration,
+) -> Result<Vec<Committed>, tokio_postgres::Error> {
+    let result = commit_pipelined(client, items, window).await;
+    if result.is_err() && !client.is_closed() {
+        // Ends the transaction if the failure came before COMMIT was sent; a
+        // harmless warning ("no transaction in progress") if it came after.
+        let _ = client.batch_execute("ROLLBACK").await;
+    }
+    result
+}
+
+/// One transaction of multi-row statements, pipelined: statements that do not
+/// depend on each other's answers are sent together (`try_join!` polls in
+/// order, and tokio-postgres sends a query on its first poll), so an ordinary
+/// batch costs two round trips: [BEGIN, bump heads] and [inserts, COMMIT]. A
+/// statement that fails aborts the transaction, and the COMMIT queued behind
+/// it then rolls back, so nothing half-done is ever committed.
+async fn commit_pipelined(
+    tx: &tokio_postgres::Client,
     items: &[PublishItem],
     window: Duration,
 ) -> Result<Vec<Committed>, tokio_postgres::Error> {
     let now = SystemTime::now();
     let origins = in_batch_origins(items);
-    let tx = client.transaction().await?;
+    let mut begun = false;
 
     // 1. Claim idempotency keys (in key order: the global lock order is keys,
     //    then inbox heads, then topic heads). An expired key is taken over.
@@ -541,8 +562,16 @@ async fn commit_batch(
         let keys: Vec<&str> = keyed.iter().map(|&i| key_of(i).1).collect();
         let ids: Vec<Uuid> = keyed.iter().map(|&i| items[i].message_id.0).collect();
         let expires = now + window;
-        let claimed = tx
-            .query_typed(
+        let claim_params: [(&(dyn tokio_postgres::types::ToSql + Sync), Type); 5] = [
+            (&callers, Type::TEXT_ARRAY),
+            (&keys, Type::TEXT_ARRAY),
+            (&ids, Type::UUID_ARRAY),
+            (&now, Type::TIMESTAMPTZ),
+            (&expires, Type::TIMESTAMPTZ),
+        ];
+        let (_, claimed) = futures::try_join!(
+            tx.batch_execute("BEGIN"),
+            tx.query_typed(
                 "INSERT INTO idempotency_keys (caller, key, message_id, created_at, expires_at)
                  SELECT c, k, m, $4, $5 FROM unnest($1::text[], $2::text[], $3::uuid[]) AS u(c, k, m)
                  ORDER BY c, k
@@ -551,15 +580,10 @@ async fn commit_batch(
                        created_at = excluded.created_at, expires_at = excluded.expires_at
                    WHERE idempotency_keys.expires_at <= excluded.created_at
                  RETURNING caller, key",
-                &[
-                    (&callers, Type::TEXT_ARRAY),
-                    (&keys, Type::TEXT_ARRAY),
-                    (&ids, Type::UUID_ARRAY),
-                    (&now, Type::TIMESTAMPTZ),
-                    (&expires, Type::TIMESTAMPTZ),
-                ],
+                &claim_params,
             )
-            .await?;
+        )?;
+        begun = true;
         let claimed: HashSet<(String, String)> =
             claimed.iter().map(|r| (r.get(0), r.get(1))).collect();
         let seen: Vec<usize> = keyed
@@ -607,24 +631,33 @@ async fn commit_batch(
 
     // 2. Reserve seqs by bumping the heads, in key order.
     let demand = SeqDemand::of(items, &new);
-    let user_last = bump_heads(&tx, HEADS_INBOX, &demand.users).await?;
-    let topic_last = bump_heads(&tx, HEADS_TOPIC, &demand.topics).await?;
+    let begin = async {
+        match begun {
+            true => Ok(()),
+            false => tx.batch_execute("BEGIN").await,
+        }
+    };
+    let (_, user_last, topic_last) = futures::try_join!(
+        begin,
+        bump_heads(tx, HEADS_INBOX, &demand.users),
+        bump_heads(tx, HEADS_TOPIC, &demand.topics),
+    )?;
     let assigned = demand.assign(items, &new, &user_last, &topic_last);
 
-    // 3. Store payloads and feed entries.
-    insert_inbox(&tx, items, &new, &assigned, now).await?;
-    insert_topic_log(&tx, items, &new, &assigned, &topic_last, now).await?;
-
-    // 4. Remember each new key's seq for its future duplicates.
+    // 3. Store payloads, feed entries and each new key's seq (for its future
+    //    duplicates), and commit: one round trip.
     let key_seqs: Vec<(usize, i64)> = keyed
         .iter()
         .filter(|&&i| new[i] && assigned[i].seq > 0)
         .map(|&i| (i, to_i64(assigned[i].seq)))
         .collect();
-    if !key_seqs.is_empty() {
-        let callers: Vec<&str> = key_seqs.iter().map(|&(i, _)| key_of(i).0).collect();
-        let keys: Vec<&str> = key_seqs.iter().map(|&(i, _)| key_of(i).1).collect();
-        let seqs: Vec<i64> = key_seqs.iter().map(|&(_, s)| s).collect();
+    let callers: Vec<&str> = key_seqs.iter().map(|&(i, _)| key_of(i).0).collect();
+    let keys: Vec<&str> = key_seqs.iter().map(|&(i, _)| key_of(i).1).collect();
+    let seqs: Vec<i64> = key_seqs.iter().map(|&(_, s)| s).collect();
+    let remember_keys = async {
+        if seqs.is_empty() {
+            return Ok(0);
+        }
         tx.execute_typed(
             "UPDATE idempotency_keys k SET seq = u.s
              FROM unnest($1::text[], $2::text[], $3::int8[]) AS u(c, ky, s)
@@ -635,9 +668,14 @@ async fn commit_batch(
                 (&seqs, Type::INT8_ARRAY),
             ],
         )
-        .await?;
-    }
-    tx.commit().await?;
+        .await
+    };
+    futures::try_join!(
+        insert_inbox(tx, items, &new, &assigned, now),
+        insert_topic_log(tx, items, &new, &assigned, &topic_last, now),
+        remember_keys,
+        tx.batch_execute("COMMIT"),
+    )?;
 
     let mut results: Vec<Committed> = Vec::with_capacity(items.len());
     for (i, item) in items.iter().enumerate() {
@@ -681,7 +719,7 @@ const HEADS_TOPIC: &str = "INSERT INTO topic_heads (topic, last_seq)
 
 /// Adds each key's demand to its head; returns the new last seqs.
 async fn bump_heads(
-    tx: &deadpool_postgres::Transaction<'_>,
+    tx: &tokio_postgres::Client,
     sql: &str,
     demand: &std::collections::BTreeMap<&str, u64>,
 ) -> Result<HashMap<String, u64>, tokio_postgres::Error> {
@@ -704,7 +742,7 @@ async fn bump_heads(
 
 /// Stores user-targeted payloads once and one inbox row per recipient.
 async fn insert_inbox(
-    tx: &deadpool_postgres::Transaction<'_>,
+    tx: &tokio_postgres::Client,
     items: &[PublishItem],
     new: &[bool],
     assigned: &[crate::plan::Assigned],
@@ -780,7 +818,7 @@ async fn insert_inbox(
 /// that would be trimmed at once (more new messages than the log keeps) are
 /// not written at all: a data-modifying CTE cannot see its sibling's rows.
 async fn insert_topic_log(
-    tx: &deadpool_postgres::Transaction<'_>,
+    tx: &tokio_postgres::Client,
     items: &[PublishItem],
     new: &[bool],
     assigned: &[crate::plan::Assigned],

@@ -1,0 +1,197 @@
+//! The Postgres store against a real server: migrations, multi-replica
+//! commits, retention.
+
+use std::{sync::Arc, time::Duration};
+
+use notify_core::{
+    MessageId, NamespacePolicy, Publish, SubscribeRule, Target, Topic, TopicPolicy, UserId,
+};
+use notify_store::{Feed, PgStore, PgStoreConfig, PublishItem, Store, StoreError, migrate};
+use test_support::TestDb;
+
+fn store(db: &TestDb) -> PgStore {
+    PgStore::new(PgStoreConfig::new(db.url.clone())).expect("pool")
+}
+
+fn user(name: &str) -> UserId {
+    UserId::parse("user", name).unwrap()
+}
+
+fn item(target: Target) -> PublishItem {
+    PublishItem {
+        caller: "test".into(),
+        message_id: MessageId::new(),
+        publish: Publish {
+            target,
+            event: "e".into(),
+            data: "{}".into(),
+            idempotency_key: None,
+            ttl: Duration::from_secs(3600),
+        },
+        log_max_len: 100,
+    }
+}
+
+async fn sql(db: &TestDb, statement: &str) {
+    let (client, conn) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    client.batch_execute(statement).await.unwrap();
+}
+
+#[tokio::test]
+async fn migrations_apply_once_even_when_runners_race() {
+    let db = TestDb::create().await;
+    let runners: Vec<_> = (0..4)
+        .map(|_| {
+            let s = store(&db);
+            tokio::spawn(async move { s.migrate().await })
+        })
+        .collect();
+    let mut applied = 0;
+    for r in runners {
+        applied += r.await.unwrap().expect("every runner succeeds");
+    }
+    assert_eq!(applied, migrate::POSTGRES.len());
+    assert_eq!(store(&db).migrate().await.unwrap(), 0);
+
+    sql(
+        &db,
+        "UPDATE schema_migrations SET checksum = checksum + 1 WHERE version = 1",
+    )
+    .await;
+    match store(&db).migrate().await {
+        Err(StoreError::MigrationChanged { version: 1, .. }) => {}
+        other => panic!("expected MigrationChanged, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn two_replicas_committing_overlapping_batches_keep_seqs_gap_free() {
+    let db = TestDb::create().await;
+    let replicas = [Arc::new(store(&db)), Arc::new(store(&db))];
+    replicas[0].migrate().await.unwrap();
+    let users: Vec<UserId> = (0..5).map(|i| user(&format!("u{i}"))).collect();
+    let topic = Topic::parse("room:shared").unwrap();
+    let mut tasks = Vec::new();
+    for worker in 0..8usize {
+        let store = replicas[worker % 2].clone();
+        let (users, topic) = (users.clone(), topic.clone());
+        tasks.push(tokio::spawn(async move {
+            for round in 0..40usize {
+                // Each batch touches users in a different order, plus lists and the topic:
+                // lock order must not depend on batch order.
+                let mut batch: Vec<PublishItem> = (0..users.len())
+                    .map(|k| {
+                        item(Target::User(
+                            users[(k * (worker + 1) + round) % users.len()].clone(),
+                        ))
+                    })
+                    .collect();
+                batch.push(item(Target::Users(users.iter().rev().cloned().collect())));
+                batch.push(item(Target::Topic(topic.clone())));
+                store.commit(&batch).await.expect("commit");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let reader = &replicas[1];
+    for u in &users {
+        let page = reader
+            .history(&Feed::Inbox(u.clone()), 0, 10_000)
+            .await
+            .unwrap();
+        let seqs: Vec<u64> = page.messages.iter().map(|m| m.seq).collect();
+        // 8 workers × 40 rounds × (1 direct + 1 list) per user.
+        assert_eq!(seqs, (1..=640).collect::<Vec<_>>(), "{u}");
+        assert_eq!(page.head_seq, 640);
+    }
+    let page = reader
+        .history(&Feed::Topic(topic), 0, 10_000)
+        .await
+        .unwrap();
+    // 320 published; the log keeps the newest 100.
+    assert_eq!(page.head_seq, 320);
+    assert_eq!(page.messages.first().map(|m| m.seq), Some(221));
+    assert_eq!(page.messages.len(), 100);
+}
+
+#[tokio::test]
+async fn the_sweeper_drops_expired_messages_and_old_topic_entries() {
+    let db = TestDb::create().await;
+    let s = store(&db);
+    s.migrate().await.unwrap();
+    let topic = Topic::parse("ticker:x").unwrap();
+    let mut batch: Vec<PublishItem> = (0..3).map(|_| item(Target::User(user("ann")))).collect();
+    batch.extend((0..3).map(|_| item(Target::Topic(topic.clone()))));
+    s.commit(&batch).await.unwrap();
+    // Age two inbox entries past their TTL and one topic entry past two hours.
+    sql(
+        &db,
+        "UPDATE inbox SET expires_at = now() - interval '1 second' WHERE seq <= 2;
+         UPDATE messages SET expires_at = now() - interval '1 second'
+           WHERE id IN (SELECT message_id FROM inbox WHERE seq <= 2);
+         UPDATE topic_log SET created_at = now() - interval '2 hours' WHERE seq = 1;",
+    )
+    .await;
+    let mut policy = TopicPolicy::empty();
+    policy.set(
+        "ticker",
+        NamespacePolicy {
+            subscribe: SubscribeRule::AnyUser,
+            client_publish: false,
+            log_max_len: 100,
+            log_max_age: Duration::from_secs(3600),
+        },
+    );
+    let swept = s.sweep(&policy).await.unwrap();
+    assert_eq!((swept.inbox, swept.messages, swept.topic_log), (2, 2, 1));
+    let inbox = s.history(&Feed::Inbox(user("ann")), 0, 100).await.unwrap();
+    assert_eq!(
+        inbox.messages.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        [3]
+    );
+    let log = s.history(&Feed::Topic(topic), 0, 100).await.unwrap();
+    assert_eq!(
+        log.messages.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        [2, 3]
+    );
+    // Heads are kept: new messages continue the numbering.
+    let more = s.commit(&[item(Target::User(user("ann")))]).await.unwrap();
+    assert_eq!(more[0].seq, 4);
+}
+
+#[tokio::test]
+async fn expired_idempotency_keys_are_taken_over() {
+    let db = TestDb::create().await;
+    let s = store(&db);
+    s.migrate().await.unwrap();
+    let keyed = || {
+        let mut i = item(Target::User(user("bo")));
+        i.publish.idempotency_key = Some("k".into());
+        i
+    };
+    let first = s.commit(&[keyed()]).await.unwrap();
+    let again = s.commit(&[keyed()]).await.unwrap();
+    assert!(again[0].duplicate);
+    assert_eq!(
+        (again[0].message_id, again[0].seq),
+        (first[0].message_id, 1)
+    );
+    sql(
+        &db,
+        "UPDATE idempotency_keys SET expires_at = now() - interval '1 second'",
+    )
+    .await;
+    let after = s.commit(&[keyed()]).await.unwrap();
+    assert!(!after[0].duplicate);
+    assert_eq!(after[0].seq, 2);
+    let swept = s.sweep(&TopicPolicy::empty()).await.unwrap();
+    assert_eq!(
+        swept.idempotency_keys, 0,
+        "the taken-over key is live again"
+    );
+}
