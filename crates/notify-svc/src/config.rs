@@ -47,7 +47,9 @@ pub struct SvcArgs {
     pub batch_linger_us: u64,
 
     /// Group commits in flight at once.
-    #[arg(long, env = "NOTIFY_COMMITTERS", default_value_t = 4)]
+    // 2: on 2 cores, 1 and 2 gave the same throughput (2 with a lower p99) and
+    // 4 lost a fifth to CPU contention (docs/benchmarks.md).
+    #[arg(long, env = "NOTIFY_COMMITTERS", default_value_t = 2)]
     pub committers: usize,
 
     /// Largest `data` accepted, in bytes.

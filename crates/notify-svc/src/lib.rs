@@ -24,7 +24,6 @@ use std::{sync::Arc, time::Duration};
 use notify_proto::v1::notify_server::NotifyServer;
 use notify_store::{PgStore, PgStoreConfig, Store, StoreError};
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic_health::ServingStatus;
 
@@ -136,6 +135,12 @@ pub async fn run(
         .map_err(|e| RunError::Io(std::io::Error::other(e.to_string())))?;
 
     tracing::info!(addr = ?grpc.local_addr().ok(), "notify-svc serving gRPC");
+    // serve_with_incoming ignores the builder's socket options: set them here.
+    // Without TCP_NODELAY, Nagle plus delayed ACKs held multi-segment requests
+    // (a PublishBatch) for 40 ms.
+    let incoming = tonic::transport::server::TcpIncoming::from(grpc)
+        .with_nodelay(Some(true))
+        .with_keepalive(Some(Duration::from_secs(60)));
     let stopping = {
         let health = health.clone();
         let ready = ready.clone();
@@ -158,7 +163,7 @@ pub async fn run(
         .add_service(health_service)
         .add_service(reflection)
         .add_service(notify)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), stopping)
+        .serve_with_incoming_shutdown(incoming, stopping)
         .await;
     background.cancel();
     tracker.close();

@@ -817,6 +817,11 @@ async fn insert_inbox(
 /// Appends topic messages to their logs and trims each log to its size. Items
 /// that would be trimmed at once (more new messages than the log keeps) are
 /// not written at all: a data-modifying CTE cannot see its sibling's rows.
+///
+/// The trim deletes exactly the seqs this batch pushed out of the window,
+/// `(floor - new, floor]`: a tight index range, and nothing at all for a log
+/// still shorter than its limit. Rows below that range are gone already (or,
+/// after the limit was lowered, left to the age sweeper).
 async fn insert_topic_log(
     tx: &tokio_postgres::Client,
     items: &[PublishItem],
@@ -825,7 +830,8 @@ async fn insert_topic_log(
     topic_last: &HashMap<String, u64>,
     now: SystemTime,
 ) -> Result<(), tokio_postgres::Error> {
-    let mut keep_after: HashMap<&str, u64> = HashMap::new();
+    // Per topic: (floor = highest seq that falls out of the log, new messages).
+    let mut windows: HashMap<&str, (u64, u64)> = HashMap::new();
     let (mut topics, mut seqs, mut ids, mut callers, mut events, mut datas) = (
         Vec::<&str>::new(),
         Vec::<i64>::new(),
@@ -840,7 +846,7 @@ async fn insert_topic_log(
         };
         let last = topic_last.get(topic.as_str()).copied().unwrap_or(0);
         let floor = last.saturating_sub(u64::from(item.log_max_len.max(1)));
-        keep_after.insert(topic.as_str(), floor);
+        windows.entry(topic.as_str()).or_insert((floor, 0)).1 += 1;
         if assigned[i].seq <= floor {
             continue;
         }
@@ -851,15 +857,21 @@ async fn insert_topic_log(
         events.push(&item.publish.event);
         datas.push(&item.publish.data);
     }
-    if keep_after.is_empty() {
+    if windows.is_empty() {
         return Ok(());
     }
-    let trim_topics: Vec<&str> = keep_after.keys().copied().collect();
-    let trim_floors: Vec<i64> = keep_after.values().map(|&f| to_i64(f)).collect();
+    let trims = windows.iter().filter(|(_, (floor, _))| *floor > 0);
+    let (mut trim_topics, mut trim_from, mut trim_to) = (Vec::new(), Vec::new(), Vec::new());
+    for (topic, (floor, new)) in trims {
+        trim_topics.push(*topic);
+        trim_from.push(to_i64(floor.saturating_sub(*new)));
+        trim_to.push(to_i64(*floor));
+    }
     tx.execute_typed(
         "WITH trimmed AS (
-            DELETE FROM topic_log l USING unnest($8::text[], $9::int8[]) AS k(topic, floor)
-            WHERE l.topic = k.topic AND l.seq <= k.floor
+            DELETE FROM topic_log l
+            USING unnest($8::text[], $9::int8[], $10::int8[]) AS k(topic, after, upto)
+            WHERE l.topic = k.topic AND l.seq > k.after AND l.seq <= k.upto
          )
          INSERT INTO topic_log (topic, seq, message_id, caller, event, data, created_at)
          SELECT t, s, id, c, e, d, $7
@@ -874,7 +886,8 @@ async fn insert_topic_log(
             (&datas, Type::TEXT_ARRAY),
             (&now, Type::TIMESTAMPTZ),
             (&trim_topics, Type::TEXT_ARRAY),
-            (&trim_floors, Type::INT8_ARRAY),
+            (&trim_from, Type::INT8_ARRAY),
+            (&trim_to, Type::INT8_ARRAY),
         ],
     )
     .await?;

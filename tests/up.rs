@@ -1,0 +1,87 @@
+//! `notify up`, the README's first command, as a user runs it: the real binary
+//! on free loopback ports, a publish over gRPC, History, Ctrl-C.
+
+use std::{process::Stdio, time::Duration};
+
+use notify_proto::v1::{self as pb, notify_client::NotifyClient};
+use test_support::{TestDb, eventually, free_port};
+use tokio::{io::AsyncBufReadExt, process::Command};
+
+#[tokio::test]
+async fn notify_up_serves_the_api_and_stops_on_ctrl_c() {
+    let db = TestDb::create().await;
+    let grpc = format!("127.0.0.1:{}", free_port());
+    let http = format!("127.0.0.1:{}", free_port());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_notify"))
+        .args(["up", "--grpc-addr", &grpc, "--http-addr", &http])
+        .env("DATABASE_URL", &db.url)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn notify up");
+
+    // It tells the user where things are.
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut banner = String::new();
+    while let Ok(Some(line)) = lines.next_line().await {
+        banner.push_str(&line);
+        banner.push('\n');
+        if line.contains("Ctrl-C") {
+            break;
+        }
+    }
+    assert!(banner.contains(&format!("grpc://{grpc}")), "{banner}");
+    assert!(
+        banner.contains(&format!("http://{http}/healthz")),
+        "{banner}"
+    );
+
+    let url = format!("http://{grpc}");
+    let mut client = eventually("notify up answers gRPC", Duration::from_secs(30), || {
+        let url = url.clone();
+        async move { NotifyClient::connect(url).await.ok() }
+    })
+    .await;
+    let sent = eventually("first publish", Duration::from_secs(30), || {
+        let mut client = client.clone();
+        async move {
+            client
+                .publish(pb::PublishRequest {
+                    target: Some(pb::publish_request::Target::UserId("alice".into())),
+                    event: "hello".into(),
+                    data: r#"{"from":"readme"}"#.into(),
+                    ..Default::default()
+                })
+                .await
+                .ok()
+        }
+    })
+    .await
+    .into_inner();
+    assert_eq!(sent.seq, 1);
+    let page = client
+        .history(pb::HistoryRequest {
+            target: Some(pb::history_request::Target::UserId("alice".into())),
+            since: 0,
+            limit: 10,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(page.messages[0].message_id, sent.message_id);
+
+    let pid = child.id().expect("running").to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-INT", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = tokio::time::timeout(Duration::from_secs(15), child.wait())
+        .await
+        .expect("stops within 15 s")
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+}
