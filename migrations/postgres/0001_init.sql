@@ -55,7 +55,7 @@ CREATE TABLE topic_log (
 );
 
 -- Idempotency keys per caller. seq is the target's seq (0 for user lists and
--- broadcast), filled in by the same transaction that stored the message.
+-- broadcast), written by the same transaction that stored the message.
 CREATE TABLE idempotency_keys (
     caller     text NOT NULL,
     key        text NOT NULL,
@@ -86,3 +86,17 @@ CREATE TABLE connections (
 );
 CREATE INDEX connections_user_id ON connections (user_id);
 CREATE INDEX connections_bridge_id ON connections (bridge_id);
+
+-- Fails the calling statement (and so its group-commit transaction) when fewer
+-- idempotency keys were claimed than the batch expected: a key was taken. The
+-- committer then retries with those items answered from the stored keys. An
+-- error, not a result, because the transaction's COMMIT is already queued
+-- behind this statement in the same round trip.
+CREATE FUNCTION notify_claim_keys(claimed bigint, expected bigint) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF claimed <> expected THEN
+        RAISE EXCEPTION 'idempotency key already taken' USING ERRCODE = 'NTK01';
+    END IF;
+END
+$$;

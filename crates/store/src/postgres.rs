@@ -16,7 +16,7 @@
 //! range; a rolled-back batch rolls its bump back too.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashMap,
     fmt,
     str::FromStr,
     time::{Duration, SystemTime},
@@ -211,8 +211,12 @@ pub(crate) fn classify(e: tokio_postgres::Error) -> StoreError {
     if let Some(db) = e.as_db_error() {
         let code = db.code().code();
         // 08 connection, 53 resources, 57 operator intervention (shutdown,
-        // cancel), 40 serialization/deadlock: a retry may succeed.
-        return if ["08", "53", "57", "40"].iter().any(|c| code.starts_with(c)) {
+        // cancel), 40 serialization/deadlock, and keys still contended after
+        // every attempt: a retry may succeed.
+        return if ["08", "53", "57", "40", KEY_TAKEN]
+            .iter()
+            .any(|c| code.starts_with(c))
+        {
             StoreError::Unavailable(format!("{}: {}", code, db.message()))
         } else {
             StoreError::Internal(format!("{}: {}", code, db.message()))
@@ -503,177 +507,181 @@ fn connection_record(row: &tokio_postgres::Row) -> Result<ConnectionRecord, Stor
 // === the group commit ===
 
 /// An idempotency key found already stored: the original's answer.
+#[derive(Clone)]
 struct StoredKey {
     message_id: Uuid,
     seq: i64,
     created_at: SystemTime,
 }
 
+/// SQLSTATE raised by `notify_claim_keys` (migration 0001) when a key of the
+/// batch is already taken.
+const KEY_TAKEN: &str = "NTK01";
+
+/// Most attempts of one batch; each retry learns of at least one key taken
+/// by a concurrent caller, so a third attempt is already rare.
+const COMMIT_ATTEMPTS: usize = 4;
+
 /// Commits `items` in one transaction; on failure makes sure the
 /// transaction is over before the connection goes back to the pool.
+///
+/// Idempotency keys are claimed optimistically: the batch is numbered as if
+/// every key were new and the keys are inserted with their seqs in the same
+/// round trip as the messages. A key already taken raises [`KEY_TAKEN`], which
+/// aborts the transaction (the queued COMMIT then rolls back); the batch is
+/// retried with those items answered from the stored keys. Repeats are rare
+/// (retries after a timeout), so the common case pays one key write and no
+/// extra round trip.
 async fn commit_batch(
     client: &tokio_postgres::Client,
     items: &[PublishItem],
     window: Duration,
 ) -> Result<Vec<Committed>, tokio_postgres::Error> {
-    let result = commit_pipelined(client, items, window).await;
-    if result.is_err() && !client.is_closed() {
-        // Ends the transaction if the failure came before COMMIT was sent; a
-        // harmless warning ("no transaction in progress") if it came after.
-        let _ = client.batch_execute("ROLLBACK").await;
+    let origins = in_batch_origins(items);
+    let mut stored: HashMap<usize, StoredKey> = HashMap::new();
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let result = commit_attempt(client, items, &origins, &stored, window).await;
+        let key_taken = matches!(&result, Err(e) if e.code().map(|c| c.code()) == Some(KEY_TAKEN));
+        if result.is_err() && !client.is_closed() {
+            // Ends the transaction if the failure came before COMMIT was sent; a
+            // harmless warning ("no transaction in progress") if it came after.
+            let _ = client.batch_execute("ROLLBACK").await;
+        }
+        if !key_taken || attempt == COMMIT_ATTEMPTS {
+            return result;
+        }
+        stored.extend(stored_keys(client, items, &origins, &stored).await?);
     }
-    result
+}
+
+/// The caller and key of a keyed item.
+fn key_of(item: &PublishItem) -> (&str, &str) {
+    (
+        item.caller.as_str(),
+        item.publish.idempotency_key.as_deref().unwrap_or_default(),
+    )
+}
+
+/// The stored, unexpired keys of the batch's fresh keyed items not yet known.
+async fn stored_keys(
+    client: &tokio_postgres::Client,
+    items: &[PublishItem],
+    origins: &[Origin],
+    known: &HashMap<usize, StoredKey>,
+) -> Result<HashMap<usize, StoredKey>, tokio_postgres::Error> {
+    let asked: Vec<usize> = (0..items.len())
+        .filter(|&i| origins[i] == Origin::Fresh && items[i].publish.idempotency_key.is_some())
+        .filter(|i| !known.contains_key(i))
+        .collect();
+    let callers: Vec<&str> = asked.iter().map(|&i| key_of(&items[i]).0).collect();
+    let keys: Vec<&str> = asked.iter().map(|&i| key_of(&items[i]).1).collect();
+    let rows = client
+        .query_typed(
+            "SELECT k.caller, k.key, k.message_id, k.seq, k.created_at
+             FROM idempotency_keys k
+             JOIN unnest($1::text[], $2::text[]) AS u(c, ky) ON k.caller = u.c AND k.key = u.ky
+             WHERE k.expires_at > now()",
+            &[(&callers, Type::TEXT_ARRAY), (&keys, Type::TEXT_ARRAY)],
+        )
+        .await?;
+    let mut found: HashMap<(String, String), StoredKey> = rows
+        .iter()
+        .map(|r| {
+            let value = StoredKey {
+                message_id: r.get(2),
+                seq: r.get(3),
+                created_at: r.get(4),
+            };
+            ((r.get(0), r.get(1)), value)
+        })
+        .collect();
+    Ok(asked
+        .into_iter()
+        .filter_map(|i| {
+            let (c, k) = key_of(&items[i]);
+            found.remove(&(c.to_owned(), k.to_owned())).map(|v| (i, v))
+        })
+        .collect())
 }
 
 /// One transaction of multi-row statements, pipelined: statements that do not
 /// depend on each other's answers are sent together (`try_join!` polls in
-/// order, and tokio-postgres sends a query on its first poll), so an ordinary
-/// batch costs two round trips: [BEGIN, bump heads] and [inserts, COMMIT]. A
+/// order, and tokio-postgres sends a query on its first poll), so a batch
+/// costs two round trips: [BEGIN, bump heads] and [inserts, keys, COMMIT]. A
 /// statement that fails aborts the transaction, and the COMMIT queued behind
-/// it then rolls back, so nothing half-done is ever committed.
-async fn commit_pipelined(
+/// it then rolls back, so nothing half-done is ever committed. Lock order is
+/// the same in every transaction (inbox heads, topic heads, keys; each in key
+/// order), so concurrent batches never deadlock.
+async fn commit_attempt(
     tx: &tokio_postgres::Client,
     items: &[PublishItem],
+    origins: &[Origin],
+    stored: &HashMap<usize, StoredKey>,
     window: Duration,
 ) -> Result<Vec<Committed>, tokio_postgres::Error> {
     let now = SystemTime::now();
-    let origins = in_batch_origins(items);
-    let mut begun = false;
-
-    // 1. Claim idempotency keys (in key order: the global lock order is keys,
-    //    then inbox heads, then topic heads). An expired key is taken over.
-    let mut keyed: Vec<usize> = (0..items.len())
-        .filter(|&i| origins[i] == Origin::Fresh && items[i].publish.idempotency_key.is_some())
-        .collect();
-    keyed.sort_by_key(|&i| (&items[i].caller, &items[i].publish.idempotency_key));
-    let key_of = |i: usize| {
-        (
-            items[i].caller.as_str(),
-            items[i]
-                .publish
-                .idempotency_key
-                .as_deref()
-                .unwrap_or_default(),
-        )
-    };
-    let mut stored: HashMap<usize, StoredKey> = HashMap::new();
-    if !keyed.is_empty() {
-        let callers: Vec<&str> = keyed.iter().map(|&i| key_of(i).0).collect();
-        let keys: Vec<&str> = keyed.iter().map(|&i| key_of(i).1).collect();
-        let ids: Vec<Uuid> = keyed.iter().map(|&i| items[i].message_id.0).collect();
-        let expires = now + window;
-        let claim_params: [(&(dyn tokio_postgres::types::ToSql + Sync), Type); 5] = [
-            (&callers, Type::TEXT_ARRAY),
-            (&keys, Type::TEXT_ARRAY),
-            (&ids, Type::UUID_ARRAY),
-            (&now, Type::TIMESTAMPTZ),
-            (&expires, Type::TIMESTAMPTZ),
-        ];
-        let (_, claimed) = futures::try_join!(
-            tx.batch_execute("BEGIN"),
-            tx.query_typed(
-                "INSERT INTO idempotency_keys (caller, key, message_id, created_at, expires_at)
-                 SELECT c, k, m, $4, $5 FROM unnest($1::text[], $2::text[], $3::uuid[]) AS u(c, k, m)
-                 ORDER BY c, k
-                 ON CONFLICT (caller, key) DO UPDATE
-                   SET message_id = excluded.message_id, seq = 0,
-                       created_at = excluded.created_at, expires_at = excluded.expires_at
-                   WHERE idempotency_keys.expires_at <= excluded.created_at
-                 RETURNING caller, key",
-                &claim_params,
-            )
-        )?;
-        begun = true;
-        let claimed: HashSet<(String, String)> =
-            claimed.iter().map(|r| (r.get(0), r.get(1))).collect();
-        let seen: Vec<usize> = keyed
-            .iter()
-            .copied()
-            .filter(|&i| {
-                let (c, k) = key_of(i);
-                !claimed.contains(&(c.to_owned(), k.to_owned()))
-            })
-            .collect();
-        if !seen.is_empty() {
-            let callers: Vec<&str> = seen.iter().map(|&i| key_of(i).0).collect();
-            let keys: Vec<&str> = seen.iter().map(|&i| key_of(i).1).collect();
-            let rows = tx
-                .query_typed(
-                    "SELECT k.caller, k.key, k.message_id, k.seq, k.created_at
-                     FROM idempotency_keys k
-                     JOIN unnest($1::text[], $2::text[]) AS u(c, ky) ON k.caller = u.c AND k.key = u.ky",
-                    &[(&callers, Type::TEXT_ARRAY), (&keys, Type::TEXT_ARRAY)],
-                )
-                .await?;
-            let mut found: HashMap<(String, String), StoredKey> = rows
-                .iter()
-                .map(|r| {
-                    let key = (r.get(0), r.get(1));
-                    let value = StoredKey {
-                        message_id: r.get(2),
-                        seq: r.get(3),
-                        created_at: r.get(4),
-                    };
-                    (key, value)
-                })
-                .collect();
-            for i in seen {
-                let (c, k) = key_of(i);
-                if let Some(original) = found.remove(&(c.to_owned(), k.to_owned())) {
-                    stored.insert(i, original);
-                }
-            }
-        }
-    }
     let new: Vec<bool> = (0..items.len())
         .map(|i| origins[i] == Origin::Fresh && !stored.contains_key(&i))
         .collect();
 
-    // 2. Reserve seqs by bumping the heads, in key order.
+    // 1. Reserve seqs by bumping the heads.
     let demand = SeqDemand::of(items, &new);
-    let begin = async {
-        match begun {
-            true => Ok(()),
-            false => tx.batch_execute("BEGIN").await,
-        }
-    };
     let (_, user_last, topic_last) = futures::try_join!(
-        begin,
+        tx.batch_execute("BEGIN"),
         bump_heads(tx, HEADS_INBOX, &demand.users),
         bump_heads(tx, HEADS_TOPIC, &demand.topics),
     )?;
     let assigned = demand.assign(items, &new, &user_last, &topic_last);
 
-    // 3. Store payloads, feed entries and each new key's seq (for its future
-    //    duplicates), and commit: one round trip.
-    let key_seqs: Vec<(usize, i64)> = keyed
-        .iter()
-        .filter(|&&i| new[i] && assigned[i].seq > 0)
-        .map(|&i| (i, to_i64(assigned[i].seq)))
+    // 2. Store payloads, feed entries and the new keys with their answers, and
+    //    commit: one round trip.
+    let mut keyed: Vec<usize> = (0..items.len())
+        .filter(|&i| new[i] && items[i].publish.idempotency_key.is_some())
         .collect();
-    let callers: Vec<&str> = key_seqs.iter().map(|&(i, _)| key_of(i).0).collect();
-    let keys: Vec<&str> = key_seqs.iter().map(|&(i, _)| key_of(i).1).collect();
-    let seqs: Vec<i64> = key_seqs.iter().map(|&(_, s)| s).collect();
-    let remember_keys = async {
-        if seqs.is_empty() {
-            return Ok(0);
+    keyed.sort_by_key(|&i| key_of(&items[i]));
+    let callers: Vec<&str> = keyed.iter().map(|&i| key_of(&items[i]).0).collect();
+    let keys: Vec<&str> = keyed.iter().map(|&i| key_of(&items[i]).1).collect();
+    let ids: Vec<Uuid> = keyed.iter().map(|&i| items[i].message_id.0).collect();
+    let seqs: Vec<i64> = keyed.iter().map(|&i| to_i64(assigned[i].seq)).collect();
+    let expected = keyed.len() as i64;
+    let expires = now + window;
+    let claim_params: [(&(dyn tokio_postgres::types::ToSql + Sync), Type); 7] = [
+        (&callers, Type::TEXT_ARRAY),
+        (&keys, Type::TEXT_ARRAY),
+        (&ids, Type::UUID_ARRAY),
+        (&seqs, Type::INT8_ARRAY),
+        (&now, Type::TIMESTAMPTZ),
+        (&expires, Type::TIMESTAMPTZ),
+        (&expected, Type::INT8),
+    ];
+    let claim_keys = async {
+        if keyed.is_empty() {
+            return Ok(Vec::new());
         }
-        tx.execute_typed(
-            "UPDATE idempotency_keys k SET seq = u.s
-             FROM unnest($1::text[], $2::text[], $3::int8[]) AS u(c, ky, s)
-             WHERE k.caller = u.c AND k.key = u.ky",
-            &[
-                (&callers, Type::TEXT_ARRAY),
-                (&keys, Type::TEXT_ARRAY),
-                (&seqs, Type::INT8_ARRAY),
-            ],
+        // An expired key is taken over; a live one fails the whole statement.
+        tx.query_typed(
+            "WITH claimed AS (
+                INSERT INTO idempotency_keys (caller, key, message_id, seq, created_at, expires_at)
+                SELECT c, k, m, s, $5, $6
+                FROM unnest($1::text[], $2::text[], $3::uuid[], $4::int8[]) AS u(c, k, m, s)
+                ORDER BY c, k
+                ON CONFLICT (caller, key) DO UPDATE
+                  SET message_id = excluded.message_id, seq = excluded.seq,
+                      created_at = excluded.created_at, expires_at = excluded.expires_at
+                  WHERE idempotency_keys.expires_at <= excluded.created_at
+                RETURNING 1
+             )
+             SELECT notify_claim_keys((SELECT count(*) FROM claimed), $7)",
+            &claim_params,
         )
         .await
     };
     futures::try_join!(
         insert_inbox(tx, items, &new, &assigned, now),
         insert_topic_log(tx, items, &new, &assigned, &topic_last, now),
-        remember_keys,
+        claim_keys,
         tx.batch_execute("COMMIT"),
     )?;
 
@@ -685,7 +693,7 @@ async fn commit_pipelined(
                 inbox_seqs: Vec::new(),
                 ..results[first].clone()
             },
-            Origin::Fresh => match stored.remove(&i) {
+            Origin::Fresh => match stored.get(&i) {
                 Some(original) => Committed {
                     message_id: MessageId(original.message_id),
                     seq: to_u64(original.seq),

@@ -195,3 +195,69 @@ async fn expired_idempotency_keys_are_taken_over() {
         "the taken-over key is live again"
     );
 }
+
+#[tokio::test]
+async fn racing_replicas_store_each_idempotency_key_once() {
+    let db = TestDb::create().await;
+    let replicas = [Arc::new(store(&db)), Arc::new(store(&db))];
+    replicas[0].migrate().await.unwrap();
+    let mut tasks = Vec::new();
+    for worker in 0..8usize {
+        let store = replicas[worker % 2].clone();
+        tasks.push(tokio::spawn(async move {
+            let mut answers = Vec::new();
+            for round in 0..5usize {
+                // Every worker publishes the same 20 keys, in its own order,
+                // mixed with one unkeyed message per batch.
+                let mut batch: Vec<PublishItem> = (0..20usize)
+                    .map(|k| {
+                        let key = (k * (worker + 3) + round) % 20;
+                        let mut i = item(Target::User(user(&format!("r{}", key % 4))));
+                        i.publish.idempotency_key = Some(format!("key-{key}"));
+                        i
+                    })
+                    .collect();
+                batch.push(item(Target::User(user("r0"))));
+                let done = store.commit(&batch).await.expect("commit");
+                for (i, c) in batch.iter().zip(done) {
+                    if let Some(k) = &i.publish.idempotency_key {
+                        answers.push((k.clone(), c.message_id, c.seq, c.duplicate));
+                    }
+                }
+            }
+            answers
+        }));
+    }
+    let mut by_key: std::collections::HashMap<String, Vec<(MessageId, u64, bool)>> =
+        Default::default();
+    for t in tasks {
+        for (k, id, seq, dup) in t.await.unwrap() {
+            by_key.entry(k).or_default().push((id, seq, dup));
+        }
+    }
+    assert_eq!(by_key.len(), 20);
+    for (key, answers) in &by_key {
+        assert_eq!(
+            answers.iter().filter(|a| !a.2).count(),
+            1,
+            "{key}: exactly one original"
+        );
+        let (id, seq, _) = answers[0];
+        assert!(
+            answers.iter().all(|a| (a.0, a.1) == (id, seq)),
+            "{key}: every answer names the original"
+        );
+    }
+    // 20 keyed originals + 40 unkeyed messages, gap-free per user.
+    let mut total = 0;
+    for u in 0..4 {
+        let page = replicas[1]
+            .history(&Feed::Inbox(user(&format!("r{u}"))), 0, 1000)
+            .await
+            .unwrap();
+        let seqs: Vec<u64> = page.messages.iter().map(|m| m.seq).collect();
+        assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>());
+        total += seqs.len();
+    }
+    assert_eq!(total, 20 + 40);
+}
