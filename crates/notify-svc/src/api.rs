@@ -453,15 +453,13 @@ impl pb::notify_server::Notify for NotifyApi {
         };
         let key = self.counted("Watch", key)?;
         let since = (req.since > 0).then_some(req.since);
+        // Opened before answering: what is committed after the call returns is streamed.
+        let watcher = watch::Watcher::open(self.store.as_ref(), &self.hub, key.clone(), since)
+            .await
+            .map_err(status::store)?;
         let (tx, rx) = mpsc::channel(WATCH_STREAM_BUFFER);
-        self.tracker.spawn(watch::follow(
-            self.store.clone(),
-            self.hub.clone(),
-            key.clone(),
-            since,
-            tx,
-            self.shutdown.clone(),
-        ));
+        self.tracker
+            .spawn(watcher.run(self.store.clone(), tx, self.shutdown.clone()));
         let stream = ReceiverStream::new(rx).map(move |item| match item {
             Ok(m) => Ok(stored_message(&key, m)),
             Err(watch::WatchError::Store(e)) => Err(status::store(e)),

@@ -117,62 +117,79 @@ pub enum WatchError {
     Lagged(u64),
 }
 
-/// Streams `key` into `out` until the receiver goes away or `shutdown`.
-/// `since`: for a feed, replay stored messages after this seq first (None:
-/// from the current head on).
-pub async fn follow(
-    store: Arc<dyn Store>,
-    hub: WatchHub,
-    key: WatchKey,
-    since: Option<u64>,
-    out: mpsc::Sender<Result<StoredMessage, WatchError>>,
-    shutdown: CancellationToken,
-) {
-    // Subscribe before reading the store: anything committed from here on is
-    // either in the read or in the subscription.
-    let mut sub = hub.subscribe(key.clone());
-    let feed = match key {
-        WatchKey::Broadcast => return follow_broadcast(sub, out, shutdown).await,
-        WatchKey::Feed(feed) => feed,
-    };
-    let mut last = match since {
-        Some(since) => since,
-        None => match store.history(&feed, 0, 0).await {
-            Ok(page) => page.head_seq,
-            Err(e) => {
-                let _ = out.send(Err(e.into())).await;
-                return;
+/// A watch that has subscribed and knows where it starts: everything
+/// committed after [`Watcher::open`] returned is streamed.
+pub struct Watcher {
+    sub: Subscription,
+    /// For a feed: the last seq already accounted for.
+    feed: Option<(Feed, u64)>,
+}
+
+impl Watcher {
+    /// Subscribes to `key`, then (for a feed) fixes the starting seq: `since`,
+    /// or the feed's current head for a live-only watch.
+    pub async fn open(
+        store: &dyn Store,
+        hub: &WatchHub,
+        key: WatchKey,
+        since: Option<u64>,
+    ) -> Result<Self, StoreError> {
+        // Subscribe before reading the store: anything committed from here on is
+        // either in the read or in the subscription.
+        let sub = hub.subscribe(key.clone());
+        let feed = match key {
+            WatchKey::Broadcast => None,
+            WatchKey::Feed(feed) => {
+                let last = match since {
+                    Some(since) => since,
+                    None => store.history(&feed, 0, 0).await?.head_seq,
+                };
+                Some((feed, last))
             }
-        },
-    };
-    if let Err(e) = catch_up(store.as_ref(), &feed, &mut last, &out).await {
-        let _ = out.send(Err(e.into())).await;
-        return;
-    }
-    let mut tick = tokio::time::interval(CATCH_UP_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        let behind = tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = out.closed() => return,
-            _ = tick.tick() => true,
-            live = sub.rx.recv() => match live {
-                Ok(m) if m.seq <= last => false,
-                Ok(m) if m.seq == last + 1 => {
-                    last = m.seq;
-                    if out.send(Ok((*m).clone())).await.is_err() {
-                        return;
-                    }
-                    false
-                }
-                // A gap (another replica committed in between) or a lag: read the store.
-                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => true,
-                Err(broadcast::error::RecvError::Closed) => return,
-            },
         };
-        if behind && let Err(e) = catch_up(store.as_ref(), &feed, &mut last, &out).await {
-            // Keep the stream; the next tick tries again.
-            tracing::warn!(error = %e, "watch catch-up failed");
+        Ok(Self { sub, feed })
+    }
+
+    /// Streams into `out` until the receiver goes away or `shutdown`.
+    pub async fn run(
+        self,
+        store: Arc<dyn Store>,
+        out: mpsc::Sender<Result<StoredMessage, WatchError>>,
+        shutdown: CancellationToken,
+    ) {
+        let Self { mut sub, feed } = self;
+        let Some((feed, mut last)) = feed else {
+            return follow_broadcast(sub, out, shutdown).await;
+        };
+        if let Err(e) = catch_up(store.as_ref(), &feed, &mut last, &out).await {
+            let _ = out.send(Err(e.into())).await;
+            return;
+        }
+        let mut tick = tokio::time::interval(CATCH_UP_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let behind = tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = out.closed() => return,
+                _ = tick.tick() => true,
+                live = sub.rx.recv() => match live {
+                    Ok(m) if m.seq <= last => false,
+                    Ok(m) if m.seq == last + 1 => {
+                        last = m.seq;
+                        if out.send(Ok((*m).clone())).await.is_err() {
+                            return;
+                        }
+                        false
+                    }
+                    // A gap (another replica committed in between) or a lag: read the store.
+                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => true,
+                    Err(broadcast::error::RecvError::Closed) => return,
+                },
+            };
+            if behind && let Err(e) = catch_up(store.as_ref(), &feed, &mut last, &out).await {
+                // Keep the stream; the next tick tries again.
+                tracing::warn!(error = %e, "watch catch-up failed");
+            }
         }
     }
 }

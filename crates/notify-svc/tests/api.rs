@@ -595,3 +595,74 @@ async fn history_pages_follow_next_since() {
     assert_eq!(unique.len(), 50);
     svc.stop().await;
 }
+
+#[tokio::test]
+async fn watch_sees_what_another_replica_commits() {
+    let a = Svc::start().await;
+    let b = Svc::replica(&a.db.as_ref().unwrap().url).await;
+    let mut on_a = a.client().await;
+    let mut on_b = b.client().await;
+    let mut watch = on_a
+        .watch(pb::WatchRequest {
+            target: Some(pb::watch_request::Target::Topic("room:both".into())),
+            since: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    // Interleave: B's messages reach A's watcher through the store.
+    for i in 0..3 {
+        on_b.publish(to_topic("room:both", &format!("{}", 2 * i)))
+            .await
+            .unwrap();
+        on_a.publish(to_topic("room:both", &format!("{}", 2 * i + 1)))
+            .await
+            .unwrap();
+    }
+    on_b.publish(to_topic("room:both", "6")).await.unwrap();
+    let mut seen = Vec::new();
+    while seen.len() < 7 {
+        let m = tokio::time::timeout(Duration::from_secs(10), watch.next())
+            .await
+            .expect("within 10 s (catch-up runs every second)")
+            .unwrap()
+            .unwrap();
+        seen.push((m.seq, m.data));
+    }
+    let expected: Vec<(u64, String)> = (1..=7).map(|s| (s, (s - 1).to_string())).collect();
+    assert_eq!(seen, expected);
+    drop(watch);
+    b.stop().await;
+    a.stop().await;
+}
+
+#[tokio::test]
+async fn watch_broadcast_is_live_only() {
+    let svc = Svc::start().await;
+    let mut client = svc.client().await;
+    let broadcast = |data: &str| pb::PublishRequest {
+        target: Some(P::Broadcast(true)),
+        ..to_user("", data)
+    };
+    client.publish(broadcast("\"before\"")).await.unwrap();
+    let mut watch = client
+        .watch(pb::WatchRequest {
+            target: Some(pb::watch_request::Target::Broadcast(true)),
+            since: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    client.publish(broadcast("\"live\"")).await.unwrap();
+    let m = tokio::time::timeout(Duration::from_secs(10), watch.next())
+        .await
+        .expect("a live broadcast within 10 s")
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (m.seq, m.data.as_str(), m.topic.as_str(), m.user_id.as_str()),
+        (0, "\"live\"", "", "")
+    );
+    drop(watch);
+    svc.stop().await;
+}

@@ -32,7 +32,8 @@ pub struct Svc {
     pub http: SocketAddr,
     pub shutdown: CancellationToken,
     pub handle: JoinHandle<Result<(), RunError>>,
-    pub db: TestDb,
+    /// The database this instance owns (None for a second replica on it).
+    pub db: Option<TestDb>,
 }
 
 impl Svc {
@@ -48,6 +49,15 @@ impl Svc {
     }
 
     pub async fn start_config(db: TestDb, cfg: Config) -> Self {
+        Self::start_inner(Some(db), cfg).await
+    }
+
+    /// Another replica on `url`'s database, which it does not own.
+    pub async fn replica(url: &str) -> Self {
+        Self::start_inner(None, config(url, &[])).await
+    }
+
+    async fn start_inner(db: Option<TestDb>, cfg: Config) -> Self {
         let grpc_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let http_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let (grpc, http) = (
@@ -100,7 +110,7 @@ impl Svc {
             .expect("connect")
     }
 
-    pub async fn stop(self) -> TestDb {
+    pub async fn stop(self) -> Option<TestDb> {
         self.shutdown.cancel();
         tokio::time::timeout(Duration::from_secs(15), self.handle)
             .await
