@@ -12,7 +12,7 @@ CREATE TABLE inbox_heads (
     last_seq bigint NOT NULL
 );
 
--- Payloads of user-targeted messages, stored once however many inboxes
+-- Payloads of messages to user lists, stored once however many inboxes
 -- reference them. data is JSON text checked by notify-svc: text, not jsonb,
 -- because Postgres never looks inside and parsing it would cost its CPU.
 CREATE TABLE messages (
@@ -27,10 +27,18 @@ CREATE TABLE messages (
 -- so a tiny index that costs nearly nothing on insert is enough.
 CREATE INDEX messages_expires_at ON messages USING brin (expires_at);
 
+-- One row per recipient. A message to one user (the common case) carries its
+-- payload inline: one row and one index entry instead of two of each. A row
+-- of a user-list message has caller/event/data NULL and its payload in
+-- messages.
 CREATE TABLE inbox (
     user_id    text COLLATE "C" NOT NULL,
     seq        bigint NOT NULL,
     message_id uuid NOT NULL,
+    caller     text,
+    event      text,
+    data       text,
+    created_at timestamptz NOT NULL,
     expires_at timestamptz NOT NULL,
     PRIMARY KEY (user_id, seq)
 );

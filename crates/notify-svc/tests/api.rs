@@ -62,11 +62,23 @@ async fn user_lists_topics_and_broadcast_are_accepted() {
         .into_inner();
     let seqs: Vec<(String, u64)> = list
         .inbox_seqs
-        .into_iter()
+        .iter()
+        .cloned()
         .map(|s| (s.user_id, s.seq))
         .collect();
     assert_eq!(seqs, [("bob".into(), 2), ("carol".into(), 1)]);
-    assert_eq!(all_seqs(&mut client, H::UserId("carol".into())).await, [1]);
+    let carol = client
+        .history(history_of_user("carol", 0, 0))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(carol.messages.len(), 1);
+    let m = &carol.messages[0];
+    assert_eq!(
+        (m.seq, m.data.as_str(), m.event.as_str()),
+        (1, r#"{"x":1}"#, "note")
+    );
+    assert_eq!(m.message_id, list.message_id);
 
     for expected in 1..=3 {
         let t = client

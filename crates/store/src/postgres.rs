@@ -279,8 +279,10 @@ impl Store for PgStore {
                 Feed::Inbox(user) => {
                     let rows = client
                         .query_typed(
-                            "SELECT i.seq, m.id, m.event, m.data, m.created_at
-                             FROM inbox i JOIN messages m ON m.id = i.message_id
+                            "SELECT i.seq, i.message_id, COALESCE(i.event, m.event),
+                                    COALESCE(i.data, m.data), i.created_at
+                             FROM inbox i
+                             LEFT JOIN messages m ON i.event IS NULL AND m.id = i.message_id
                              WHERE i.user_id = $1 AND i.seq > $2 AND i.expires_at > now()
                              ORDER BY i.seq LIMIT $3",
                             &[
@@ -756,6 +758,7 @@ async fn insert_inbox(
     assigned: &[crate::plan::Assigned],
     now: SystemTime,
 ) -> Result<(), tokio_postgres::Error> {
+    // Shared payloads (user lists), stored once in `messages`.
     let (mut ids, mut callers, mut events, mut datas, mut expiries) = (
         Vec::<Uuid>::new(),
         Vec::<&str>::new(),
@@ -763,37 +766,49 @@ async fn insert_inbox(
         Vec::<&str>::new(),
         Vec::<SystemTime>::new(),
     );
+    // Inbox rows; a single-user message carries its payload inline.
     let (mut users, mut seqs, mut refs, mut row_expiries) = (
         Vec::<&str>::new(),
         Vec::<i64>::new(),
         Vec::<Uuid>::new(),
         Vec::<SystemTime>::new(),
     );
+    let (mut row_callers, mut row_events, mut row_datas) = (
+        Vec::<Option<&str>>::new(),
+        Vec::<Option<&str>>::new(),
+        Vec::<Option<&str>>::new(),
+    );
     for (i, item) in items.iter().enumerate().filter(|(i, _)| new[*i]) {
         let p = &item.publish;
         let expires = now + p.ttl;
-        let recipients: Vec<(&UserId, u64)> = match &p.target {
-            Target::User(user) => vec![(user, assigned[i].seq)],
+        // (recipient, seq, payload inline)
+        let rows: Vec<(&str, u64, bool)> = match &p.target {
+            Target::User(user) => vec![(user.as_str(), assigned[i].seq, true)],
             Target::Users(_) => assigned[i]
                 .inbox_seqs
                 .iter()
-                .map(|(u, s)| (u, *s))
+                .map(|(u, s)| (u.as_str(), *s, false))
                 .collect(),
             Target::Topic(_) | Target::Broadcast => continue,
         };
-        for (user, seq) in recipients {
-            users.push(user.as_str());
+        for (user, seq, inline) in rows {
+            users.push(user);
             seqs.push(to_i64(seq));
             refs.push(item.message_id.0);
             row_expiries.push(expires);
+            row_callers.push(inline.then_some(item.caller.as_str()));
+            row_events.push(inline.then_some(p.event.as_str()));
+            row_datas.push(inline.then_some(p.data.as_str()));
         }
-        ids.push(item.message_id.0);
-        callers.push(&item.caller);
-        events.push(&p.event);
-        datas.push(&p.data);
-        expiries.push(expires);
+        if matches!(p.target, Target::Users(_)) {
+            ids.push(item.message_id.0);
+            callers.push(&item.caller);
+            events.push(&p.event);
+            datas.push(&p.data);
+            expiries.push(expires);
+        }
     }
-    if ids.is_empty() {
+    if users.is_empty() {
         return Ok(());
     }
     tx.execute_typed(
@@ -803,8 +818,10 @@ async fn insert_inbox(
             FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::timestamptz[])
                  AS t(id, c, e, d, x)
          )
-         INSERT INTO inbox (user_id, seq, message_id, expires_at)
-         SELECT * FROM unnest($7::text[], $8::int8[], $9::uuid[], $10::timestamptz[])",
+         INSERT INTO inbox (user_id, seq, message_id, caller, event, data, created_at, expires_at)
+         SELECT u, s, id, c, e, d, $6, x
+         FROM unnest($7::text[], $8::int8[], $9::uuid[], $10::text[], $11::text[], $12::text[],
+                     $13::timestamptz[]) AS t(u, s, id, c, e, d, x)",
         &[
             (&ids, Type::UUID_ARRAY),
             (&callers, Type::TEXT_ARRAY),
@@ -815,6 +832,9 @@ async fn insert_inbox(
             (&users, Type::TEXT_ARRAY),
             (&seqs, Type::INT8_ARRAY),
             (&refs, Type::UUID_ARRAY),
+            (&row_callers, Type::TEXT_ARRAY),
+            (&row_events, Type::TEXT_ARRAY),
+            (&row_datas, Type::TEXT_ARRAY),
             (&row_expiries, Type::TIMESTAMPTZ_ARRAY),
         ],
     )

@@ -125,15 +125,22 @@ async fn the_sweeper_drops_expired_messages_and_old_topic_entries() {
     let s = store(&db);
     s.migrate().await.unwrap();
     let topic = Topic::parse("ticker:x").unwrap();
-    let mut batch: Vec<PublishItem> = (0..3).map(|_| item(Target::User(user("ann")))).collect();
+    // ann gets 1, 2 inline, 3 from a user list (payload in messages), 4 inline.
+    let mut batch: Vec<PublishItem> = vec![
+        item(Target::User(user("ann"))),
+        item(Target::User(user("ann"))),
+        item(Target::Users(vec![user("ann"), user("bea")])),
+        item(Target::User(user("ann"))),
+    ];
     batch.extend((0..3).map(|_| item(Target::Topic(topic.clone()))));
     s.commit(&batch).await.unwrap();
-    // Age two inbox entries past their TTL and one topic entry past two hours.
+    // Age ann's first three entries (and so the list's payload and bea's
+    // entry) past their TTL, and one topic entry past two hours.
     sql(
         &db,
-        "UPDATE inbox SET expires_at = now() - interval '1 second' WHERE seq <= 2;
-         UPDATE messages SET expires_at = now() - interval '1 second'
-           WHERE id IN (SELECT message_id FROM inbox WHERE seq <= 2);
+        "UPDATE messages SET expires_at = now() - interval '1 second';
+         UPDATE inbox SET expires_at = now() - interval '1 second'
+           WHERE seq <= 3 OR user_id = 'bea';
          UPDATE topic_log SET created_at = now() - interval '2 hours' WHERE seq = 1;",
     )
     .await;
@@ -148,12 +155,14 @@ async fn the_sweeper_drops_expired_messages_and_old_topic_entries() {
         },
     );
     let swept = s.sweep(&policy).await.unwrap();
-    assert_eq!((swept.inbox, swept.messages, swept.topic_log), (2, 2, 1));
+    assert_eq!((swept.inbox, swept.messages, swept.topic_log), (4, 1, 1));
     let inbox = s.history(&Feed::Inbox(user("ann")), 0, 100).await.unwrap();
     assert_eq!(
         inbox.messages.iter().map(|m| m.seq).collect::<Vec<_>>(),
-        [3]
+        [4]
     );
+    let bea = s.history(&Feed::Inbox(user("bea")), 0, 100).await.unwrap();
+    assert!(bea.messages.is_empty());
     let log = s.history(&Feed::Topic(topic), 0, 100).await.unwrap();
     assert_eq!(
         log.messages.iter().map(|m| m.seq).collect::<Vec<_>>(),
@@ -161,7 +170,7 @@ async fn the_sweeper_drops_expired_messages_and_old_topic_entries() {
     );
     // Heads are kept: new messages continue the numbering.
     let more = s.commit(&[item(Target::User(user("ann")))]).await.unwrap();
-    assert_eq!(more[0].seq, 4);
+    assert_eq!(more[0].seq, 5);
 }
 
 #[tokio::test]
