@@ -5,11 +5,6 @@ use clap::Parser;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-// mimalloc: the publish path allocates many small short-lived buffers (h2
-// frames, prost messages, parameter arrays); glibc malloc cost ~12% of CPU.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(
     name = "notify-svc",
