@@ -9,6 +9,28 @@ use crate::ValidationError;
 /// Longest accepted user id in bytes; Cognito `sub`s are 36.
 pub const MAX_USER_ID_BYTES: usize = 128;
 
+/// Checks a text field: non-empty, at most `max` bytes, no control characters.
+pub(crate) fn bounded_text(
+    field: &'static str,
+    raw: &str,
+    max: usize,
+) -> Result<String, ValidationError> {
+    if raw.is_empty() {
+        return Err(ValidationError::Empty { field });
+    }
+    if raw.len() > max {
+        return Err(ValidationError::TooLong {
+            field,
+            len: raw.len(),
+            max,
+        });
+    }
+    if raw.chars().any(char::is_control) {
+        return Err(ValidationError::ControlCharacter { field });
+    }
+    Ok(raw.to_owned())
+}
+
 /// A user, as the `sub` claim of their token names them.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct UserId(String);
@@ -16,20 +38,7 @@ pub struct UserId(String);
 impl UserId {
     /// Checks that `raw` is a usable id: non-empty, bounded, no control characters.
     pub fn parse(field: &'static str, raw: &str) -> Result<Self, ValidationError> {
-        if raw.is_empty() {
-            return Err(ValidationError::Empty { field });
-        }
-        if raw.len() > MAX_USER_ID_BYTES {
-            return Err(ValidationError::TooLong {
-                field,
-                len: raw.len(),
-                max: MAX_USER_ID_BYTES,
-            });
-        }
-        if raw.chars().any(char::is_control) {
-            return Err(ValidationError::ControlCharacter { field });
-        }
-        Ok(Self(raw.to_owned()))
+        bounded_text(field, raw, MAX_USER_ID_BYTES).map(Self)
     }
 
     pub fn as_str(&self) -> &str {

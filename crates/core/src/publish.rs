@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::{Topic, TopicPolicy, UserId, ValidationError};
+use crate::{Topic, TopicPolicy, UserId, ValidationError, ids::bounded_text};
 
 /// Where a message goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -177,23 +177,6 @@ fn json_depth(json: &str) -> usize {
         }
     }
     max
-}
-
-fn bounded_text(field: &'static str, raw: &str, max: usize) -> Result<String, ValidationError> {
-    if raw.is_empty() {
-        return Err(ValidationError::Empty { field });
-    }
-    if raw.len() > max {
-        return Err(ValidationError::TooLong {
-            field,
-            len: raw.len(),
-            max,
-        });
-    }
-    if raw.chars().any(char::is_control) {
-        return Err(ValidationError::ControlCharacter { field });
-    }
-    Ok(raw.to_owned())
 }
 
 #[cfg(test)]

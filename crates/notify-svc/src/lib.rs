@@ -77,12 +77,7 @@ pub async fn run(
     ));
 
     let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_service_status("", ServingStatus::NotServing)
-        .await;
-    health
-        .set_service_status(SERVICE_NAME, ServingStatus::NotServing)
-        .await;
+    report(&health, ServingStatus::NotServing).await;
 
     if !migrate(&pg, &shutdown).await? {
         let _ = ops_server.await;
@@ -148,12 +143,7 @@ pub async fn run(
         async move {
             shutdown.cancelled().await;
             ready.set(false);
-            health
-                .set_service_status("", ServingStatus::NotServing)
-                .await;
-            health
-                .set_service_status(SERVICE_NAME, ServingStatus::NotServing)
-                .await;
+            report(&health, ServingStatus::NotServing).await;
             tracing::info!("shutting down: draining in-flight calls");
         }
     };
@@ -199,6 +189,12 @@ async fn migrate(store: &PgStore, shutdown: &CancellationToken) -> Result<bool, 
     }
 }
 
+/// Sets the API's gRPC health, and the server's overall ("") with it.
+async fn report(health: &tonic_health::server::HealthReporter, status: ServingStatus) {
+    health.set_service_status("", status).await;
+    health.set_service_status(SERVICE_NAME, status).await;
+}
+
 /// Keeps readiness and gRPC health in step with the database.
 async fn probe(
     store: Arc<dyn Store>,
@@ -216,8 +212,7 @@ async fn probe(
             } else {
                 ServingStatus::NotServing
             };
-            health.set_service_status("", status).await;
-            health.set_service_status(SERVICE_NAME, status).await;
+            report(&health, status).await;
             ready.set(up);
             metrics.set_ready(up);
             if up {
