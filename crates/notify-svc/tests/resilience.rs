@@ -92,6 +92,24 @@ async fn a_database_outage_is_unavailable_never_a_hang_and_heals() {
     })
     .await;
 
+    // gRPC health says the same to load balancers.
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", svc.grpc))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let health = tonic_health::pb::health_client::HealthClient::new(channel)
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "notify.v1.Notify".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        health.status,
+        tonic_health::pb::health_check_response::ServingStatus::NotServing as i32
+    );
+
     relay.restore();
     let seq = test_support::eventually("publish works again", Duration::from_secs(15), || {
         let mut client = client.clone();
