@@ -43,6 +43,8 @@ pub struct SvcArgs {
     pub batch_max: usize,
 
     /// How long a batch waits for more publishes once a committer is free, in µs.
+    // 0: batches fill by themselves while committers are busy; 1 ms showed no
+    // gain at C=64 or C=256 (docs/benchmarks.md) and costs latency when idle.
     #[arg(long, env = "NOTIFY_BATCH_LINGER_US", default_value_t = 0)]
     pub batch_linger_us: u64,
 

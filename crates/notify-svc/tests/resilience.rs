@@ -180,3 +180,63 @@ async fn http_get(url: &str) -> Option<String> {
     stream.read_to_string(&mut out).await.ok()?;
     Some(out)
 }
+
+#[tokio::test]
+async fn a_full_publish_queue_is_resource_exhausted_and_loses_nothing() {
+    let db = TestDb::create().await;
+    let svc = Svc::start_with(db, |cfg| {
+        cfg.pipeline.committers = 1;
+        cfg.pipeline.queue = 2;
+    })
+    .await;
+    let mut client = svc.client().await;
+    client.publish(to_user("zed", "0")).await.unwrap();
+    // Hold zed's inbox head: the next commit waits on the row lock.
+    let url = &svc.db.as_ref().unwrap().url;
+    let (locker, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    locker
+        .batch_execute("BEGIN; SELECT * FROM inbox_heads WHERE user_id = 'zed' FOR UPDATE")
+        .await
+        .unwrap();
+
+    let mut waiting = Vec::new();
+    let mut refused = None;
+    for i in 1..=10 {
+        let mut c = client.clone();
+        let mut call = tokio::spawn(async move { c.publish(to_user("zed", &i.to_string())).await });
+        // A call still pending after 300 ms is waiting (committing or queued).
+        match tokio::time::timeout(Duration::from_millis(300), &mut call).await {
+            Ok(result) => {
+                refused = Some(
+                    result
+                        .unwrap()
+                        .expect_err("nothing can commit while the head is locked"),
+                );
+                break;
+            }
+            Err(_) => waiting.push(call),
+        }
+    }
+    let status = refused.expect("the queue fills up");
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(status.message().contains("retry"), "{}", status.message());
+    // One in the blocked commit, two in the queue.
+    assert_eq!(waiting.len(), 3);
+
+    locker.batch_execute("COMMIT").await.unwrap();
+    for call in waiting {
+        call.await
+            .unwrap()
+            .expect("a queued publish commits once the lock is gone");
+    }
+    let seqs = common::all_seqs(
+        &mut client,
+        notify_proto::v1::history_request::Target::UserId("zed".into()),
+    )
+    .await;
+    assert_eq!(seqs, [1, 2, 3, 4], "the refused publish stored nothing");
+    svc.stop().await;
+}
