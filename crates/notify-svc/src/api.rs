@@ -4,7 +4,7 @@
 use std::{
     pin::Pin,
     sync::Arc,
-    time::{SystemTime, UNIX_EPOCH},
+    time::{Instant, SystemTime, UNIX_EPOCH},
 };
 
 use notify_core::{
@@ -101,11 +101,18 @@ impl NotifyApi {
         }
     }
 
-    fn counted<T>(&self, method: &'static str, result: Result<T, Status>) -> Result<T, Status> {
+    /// Runs one call and records its status code and duration.
+    async fn counted<T>(
+        &self,
+        method: &'static str,
+        call: impl Future<Output = Result<T, Status>>,
+    ) -> Result<T, Status> {
+        let started = Instant::now();
+        let result = call.await;
         let code = result
             .as_ref()
             .map_or_else(|s| s.code(), |_| tonic::Code::Ok);
-        self.metrics.rpc(method, code);
+        self.metrics.rpc(method, code, started.elapsed());
         result
     }
 
@@ -290,8 +297,9 @@ impl pb::notify_server::Notify for NotifyApi {
         &self,
         req: Request<pb::PublishRequest>,
     ) -> Result<Response<pb::PublishResponse>, Status> {
-        let result = self.publish_one(req).await;
-        self.counted("Publish", result).map(Response::new)
+        self.counted("Publish", self.publish_one(req))
+            .await
+            .map(Response::new)
     }
 
     #[tracing::instrument(skip_all)]
@@ -299,28 +307,29 @@ impl pb::notify_server::Notify for NotifyApi {
         &self,
         req: Request<pb::PublishBatchRequest>,
     ) -> Result<Response<pb::PublishBatchResponse>, Status> {
-        let result = NotifyApi::publish_batch(self, req).await;
-        self.counted("PublishBatch", result).map(Response::new)
+        self.counted("PublishBatch", NotifyApi::publish_batch(self, req))
+            .await
+            .map(Response::new)
     }
 
     async fn emit_fight_event(
         &self,
         _req: Request<pb::EmitFightEventRequest>,
     ) -> Result<Response<pb::EmitFightEventResponse>, Status> {
-        self.counted(
-            "EmitFightEvent",
+        self.counted("EmitFightEvent", async {
             Err(Status::unimplemented(
                 "EmitFightEvent is not available yet (it ships with BetTracker); \
                  publish to `fight:{id}`/`fights:live` with Publish meanwhile",
-            )),
-        )
+            ))
+        })
+        .await
     }
 
     async fn subscribe(
         &self,
         req: Request<pb::SubscribeRequest>,
     ) -> Result<Response<pb::SubscribeResponse>, Status> {
-        let result = async {
+        let call = async {
             let req = req.into_inner();
             let user = user_id(&req.user_id)?;
             let topic = self.topic(&req.topic)?;
@@ -330,16 +339,15 @@ impl pb::notify_server::Notify for NotifyApi {
                 .await
                 .map_err(status::store)?;
             Ok(pb::SubscribeResponse { created, topic_seq })
-        }
-        .await;
-        self.counted("Subscribe", result).map(Response::new)
+        };
+        self.counted("Subscribe", call).await.map(Response::new)
     }
 
     async fn unsubscribe(
         &self,
         req: Request<pb::UnsubscribeRequest>,
     ) -> Result<Response<pb::UnsubscribeResponse>, Status> {
-        let result = async {
+        let call = async {
             let req = req.into_inner();
             let user = user_id(&req.user_id)?;
             let topic = self.topic(&req.topic)?;
@@ -349,9 +357,8 @@ impl pb::notify_server::Notify for NotifyApi {
                 .await
                 .map_err(status::store)?;
             Ok(pb::UnsubscribeResponse { removed })
-        }
-        .await;
-        self.counted("Unsubscribe", result).map(Response::new)
+        };
+        self.counted("Unsubscribe", call).await.map(Response::new)
     }
 
     async fn get_presence(
@@ -359,7 +366,7 @@ impl pb::notify_server::Notify for NotifyApi {
         req: Request<pb::GetPresenceRequest>,
     ) -> Result<Response<pb::GetPresenceResponse>, Status> {
         use pb::get_presence_request::Target as T;
-        let result = async {
+        let call = async {
             match req.into_inner().target {
                 Some(T::UserId(user)) => {
                     let records = self
@@ -386,9 +393,8 @@ impl pb::notify_server::Notify for NotifyApi {
                 }
                 None => Err(status::invalid(ValidationError::NoTarget)),
             }
-        }
-        .await;
-        self.counted("GetPresence", result).map(Response::new)
+        };
+        self.counted("GetPresence", call).await.map(Response::new)
     }
 
     async fn disconnect(
@@ -396,7 +402,7 @@ impl pb::notify_server::Notify for NotifyApi {
         req: Request<pb::DisconnectRequest>,
     ) -> Result<Response<pb::DisconnectResponse>, Status> {
         use pb::disconnect_request::Target as T;
-        let result = async {
+        let call = async {
             let req = req.into_inner();
             if req.reason.len() > MAX_REASON_BYTES {
                 return Err(status::invalid(ValidationError::TooLong {
@@ -424,17 +430,17 @@ impl pb::notify_server::Notify for NotifyApi {
             // bridge attaches no registered connection can be told to close.
             tracing::info!(connections = targets.len(), reason = %req.reason, "disconnect requested");
             Ok(pb::DisconnectResponse { disconnected: 0 })
-        }
-        .await;
-        self.counted("Disconnect", result).map(Response::new)
+        };
+        self.counted("Disconnect", call).await.map(Response::new)
     }
 
     async fn history(
         &self,
         req: Request<pb::HistoryRequest>,
     ) -> Result<Response<pb::HistoryResponse>, Status> {
-        let result = self.history_page(req.into_inner()).await;
-        self.counted("History", result).map(Response::new)
+        self.counted("History", self.history_page(req.into_inner()))
+            .await
+            .map(Response::new)
     }
 
     type WatchStream = WatchStream;
@@ -445,18 +451,23 @@ impl pb::notify_server::Notify for NotifyApi {
     ) -> Result<Response<Self::WatchStream>, Status> {
         use pb::watch_request::Target as T;
         let req = req.into_inner();
-        let key = match req.target {
-            Some(T::UserId(user)) => self.feed(Some(&user), None).map(WatchKey::Feed),
-            Some(T::Topic(topic)) => self.feed(None, Some(&topic)).map(WatchKey::Feed),
-            Some(T::Broadcast(true)) => Ok(WatchKey::Broadcast),
-            Some(T::Broadcast(false)) | None => Err(status::invalid(ValidationError::NoTarget)),
+        let open = async {
+            let key = match req.target {
+                Some(T::UserId(user)) => self.feed(Some(&user), None).map(WatchKey::Feed)?,
+                Some(T::Topic(topic)) => self.feed(None, Some(&topic)).map(WatchKey::Feed)?,
+                Some(T::Broadcast(true)) => WatchKey::Broadcast,
+                Some(T::Broadcast(false)) | None => {
+                    return Err(status::invalid(ValidationError::NoTarget));
+                }
+            };
+            let since = (req.since > 0).then_some(req.since);
+            // Opened before answering: what is committed after the call returns is streamed.
+            let watcher = watch::Watcher::open(self.store.as_ref(), &self.hub, key.clone(), since)
+                .await
+                .map_err(status::store)?;
+            Ok((key, watcher))
         };
-        let key = self.counted("Watch", key)?;
-        let since = (req.since > 0).then_some(req.since);
-        // Opened before answering: what is committed after the call returns is streamed.
-        let watcher = watch::Watcher::open(self.store.as_ref(), &self.hub, key.clone(), since)
-            .await
-            .map_err(status::store)?;
+        let (key, watcher) = self.counted("Watch", open).await?;
         let (tx, rx) = mpsc::channel(WATCH_STREAM_BUFFER);
         self.tracker
             .spawn(watcher.run(self.store.clone(), tx, self.shutdown.clone()));

@@ -12,6 +12,11 @@ use prometheus_client::{
 };
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MethodLabels {
+    pub method: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RpcLabels {
     pub method: &'static str,
     pub code: &'static str,
@@ -22,6 +27,7 @@ pub struct RpcLabels {
 pub struct Metrics {
     registry: Arc<Mutex<Registry>>,
     rpcs: Family<RpcLabels, Counter>,
+    rpc_seconds: Family<MethodLabels, Histogram>,
     published: Counter,
     duplicates: Counter,
     commit_batch: Histogram,
@@ -44,6 +50,14 @@ impl Metrics {
             "rpc_requests",
             "gRPC requests by method and status code",
             rpcs.clone(),
+        );
+        let rpc_seconds = Family::<MethodLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new([0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0])
+        });
+        registry.register(
+            "rpc_seconds",
+            "gRPC handling time by method (Watch: until the stream opened)",
+            rpc_seconds.clone(),
         );
         let published = Counter::default();
         registry.register(
@@ -87,6 +101,7 @@ impl Metrics {
         Self {
             registry: Arc::new(Mutex::new(registry)),
             rpcs,
+            rpc_seconds,
             published,
             duplicates,
             commit_batch,
@@ -96,7 +111,10 @@ impl Metrics {
         }
     }
 
-    pub fn rpc(&self, method: &'static str, code: tonic::Code) {
+    pub fn rpc(&self, method: &'static str, code: tonic::Code, took: Duration) {
+        self.rpc_seconds
+            .get_or_create(&MethodLabels { method })
+            .observe(took.as_secs_f64());
         let code = match code {
             tonic::Code::Ok => "OK",
             tonic::Code::InvalidArgument => "INVALID_ARGUMENT",

@@ -13,7 +13,8 @@ pub fn invalid(e: ValidationError) -> Status {
 pub fn store(e: StoreError) -> Status {
     match e {
         StoreError::Unavailable(msg) => Status::unavailable(format!(
-            "database unavailable ({msg}); nothing was confirmed, retry with the same idempotency key"
+            "database unavailable ({msg}); retry later (a publish retried with the same \
+             idempotency key is never stored twice)"
         )),
         StoreError::Internal(msg) => {
             tracing::error!(error = %msg, "store error");

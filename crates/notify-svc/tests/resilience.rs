@@ -151,6 +151,14 @@ async fn ops_endpoints_answer() {
         metrics.contains("notify_rpc_requests_total{method=\"Publish\",code=\"OK\"} 1"),
         "{metrics}"
     );
+    assert!(
+        metrics.contains("notify_rpc_seconds_count{method=\"Publish\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("notify_commit_batch_items_count 1"),
+        "{metrics}"
+    );
     svc.stop().await;
 }
 
