@@ -29,6 +29,12 @@ struct Cli {
 enum Bench {
     /// Durable publishes/s and latency at C concurrent callers.
     Publish(PublishArgs),
+    /// A Notify server whose Publish answers at once and stores nothing: run
+    /// `publish` against it to measure the gRPC stack's own ceiling here.
+    NoopServer {
+        #[arg(long, default_value = "127.0.0.1:50152")]
+        addr: std::net::SocketAddr,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -82,8 +88,11 @@ struct PublishArgs {
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Bench::Publish(args) => publish(args).await,
+        Bench::NoopServer { addr } => noop::serve(addr).await,
     }
 }
+
+mod noop;
 
 struct Shared {
     measuring: AtomicBool,
