@@ -1,0 +1,215 @@
+//! The signing keys: a JWKS fetched from its source, cached by `kid`, and
+//! refetched when a token names a key the cache does not hold, at most once
+//! per [`REFETCH_GAP`] however many such tokens arrive (an unknown-kid flood
+//! must not become a flood of fetches).
+
+use std::{
+    collections::HashMap,
+    path::PathBuf,
+    sync::{
+        Arc, RwLock,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use http_body_util::{BodyExt, Empty, Limited};
+use jsonwebtoken::DecodingKey;
+use serde::Deserialize;
+
+use crate::AuthError;
+
+/// Least time between two fetches caused by unknown kids.
+pub const REFETCH_GAP: Duration = Duration::from_secs(30);
+/// Limit for one JWKS fetch.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest JWKS document accepted; Cognito's are about 1 KiB.
+const MAX_JWKS_BYTES: usize = 256 * 1024;
+
+/// Where the JWKS comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySource {
+    /// `http://…` (`https://` arrives with the Cognito TLS work).
+    Url(String),
+    /// `file:PATH`.
+    File(PathBuf),
+    /// A JWKS document given in memory (the dev issuer's).
+    Inline(String),
+}
+
+impl KeySource {
+    /// Parses `AUTH_JWKS_URL`: `http://…`, `https://…` or `file:PATH`.
+    pub fn parse(raw: &str) -> Result<Self, AuthError> {
+        if let Some(path) = raw.strip_prefix("file:") {
+            return Ok(Self::File(PathBuf::from(path)));
+        }
+        if raw.starts_with("http://") {
+            return Ok(Self::Url(raw.to_owned()));
+        }
+        if raw.starts_with("https://") {
+            return Err(AuthError::Keys(
+                "https JWKS URLs are not supported yet: serve the JWKS over http:// on a \
+                 private network or use file:PATH"
+                    .into(),
+            ));
+        }
+        Err(AuthError::Keys(format!(
+            "JWKS source {raw:?}: use http://… or file:PATH"
+        )))
+    }
+
+    async fn fetch(&self) -> Result<String, AuthError> {
+        match self {
+            Self::Inline(doc) => Ok(doc.clone()),
+            Self::File(path) => tokio::fs::read_to_string(path)
+                .await
+                .map_err(|e| AuthError::Keys(format!("{}: {e}", path.display()))),
+            Self::Url(url) => tokio::time::timeout(FETCH_TIMEOUT, fetch_http(url))
+                .await
+                .map_err(|_| {
+                    AuthError::Keys(format!("{url}: no answer within {FETCH_TIMEOUT:?}"))
+                })?,
+        }
+    }
+}
+
+async fn fetch_http(url: &str) -> Result<String, AuthError> {
+    let err = |e: &dyn std::fmt::Display| AuthError::Keys(format!("{url}: {e}"));
+    let uri: hyper::Uri = url.parse().map_err(|e| err(&e))?;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Empty<bytes::Bytes>>();
+    let response = client.get(uri).await.map_err(|e| err(&e))?;
+    if !response.status().is_success() {
+        return Err(err(&format!("HTTP {}", response.status())));
+    }
+    let body = Limited::new(response.into_body(), MAX_JWKS_BYTES)
+        .collect()
+        .await
+        .map_err(|e| err(&e))?
+        .to_bytes();
+    String::from_utf8(body.to_vec()).map_err(|e| err(&e))
+}
+
+#[derive(Deserialize)]
+struct Jwks {
+    keys: Vec<Jwk>,
+}
+
+#[derive(Deserialize)]
+struct Jwk {
+    kty: String,
+    kid: Option<String>,
+    alg: Option<String>,
+    #[serde(rename = "use")]
+    use_: Option<String>,
+    n: Option<String>,
+    e: Option<String>,
+}
+
+/// Parses a JWKS, keeping the RSA signing keys usable for RS256.
+fn parse_jwks(doc: &str) -> Result<HashMap<String, DecodingKey>, AuthError> {
+    let jwks: Jwks =
+        serde_json::from_str(doc).map_err(|e| AuthError::Keys(format!("JWKS: {e}")))?;
+    let mut keys = HashMap::new();
+    for jwk in jwks.keys {
+        let usable = jwk.kty == "RSA"
+            && jwk.alg.as_deref().is_none_or(|a| a == "RS256")
+            && jwk.use_.as_deref().is_none_or(|u| u == "sig");
+        let (Some(kid), Some(n), Some(e)) = (jwk.kid, jwk.n, jwk.e) else {
+            continue;
+        };
+        if !usable {
+            continue;
+        }
+        match DecodingKey::from_rsa_components(&n, &e) {
+            Ok(key) => {
+                keys.insert(kid, key);
+            }
+            Err(e) => tracing::warn!(kid, error = %e, "skipping unusable JWKS key"),
+        }
+    }
+    Ok(keys)
+}
+
+struct Cache {
+    keys: HashMap<String, DecodingKey>,
+    fetched_at: Option<Instant>,
+}
+
+/// Cached signing keys of one source; cheap to clone.
+#[derive(Clone)]
+pub struct KeySet {
+    source: Arc<KeySource>,
+    cache: Arc<RwLock<Cache>>,
+    // One fetch at a time; others wait for its result.
+    fetching: Arc<tokio::sync::Mutex<()>>,
+    fetches: Arc<AtomicU64>,
+}
+
+impl KeySet {
+    pub fn new(source: KeySource) -> Self {
+        Self {
+            source: Arc::new(source),
+            cache: Arc::new(RwLock::new(Cache {
+                keys: HashMap::new(),
+                fetched_at: None,
+            })),
+            fetching: Arc::default(),
+            fetches: Arc::default(),
+        }
+    }
+
+    /// How many times the source was read (for metrics and tests).
+    pub fn fetches(&self) -> u64 {
+        self.fetches.load(Ordering::Relaxed)
+    }
+
+    /// The key named `kid`, fetching the JWKS first if it was never fetched or
+    /// (at most once per [`REFETCH_GAP`]) if the key is unknown.
+    pub async fn key(&self, kid: &str) -> Result<DecodingKey, AuthError> {
+        if let Some(key) = self.cached(kid)? {
+            return Ok(key);
+        }
+        let _one_fetch = self.fetching.lock().await;
+        // Someone else may have fetched while we waited.
+        if let Some(key) = self.cached(kid)? {
+            return Ok(key);
+        }
+        self.fetch().await?;
+        self.cached(kid)?
+            .ok_or_else(|| AuthError::UnknownKey(kid.chars().take(64).collect()))
+    }
+
+    /// Fetches now, whatever the cache holds (start-up, tests).
+    pub async fn refresh(&self) -> Result<usize, AuthError> {
+        let _one_fetch = self.fetching.lock().await;
+        self.fetch().await
+    }
+
+    /// `Ok(None)` means: fetch (never fetched, or unknown and the gap passed).
+    fn cached(&self, kid: &str) -> Result<Option<DecodingKey>, AuthError> {
+        let cache = self.cache.read().expect("key cache lock");
+        if let Some(key) = cache.keys.get(kid) {
+            return Ok(Some(key.clone()));
+        }
+        match cache.fetched_at {
+            Some(at) if at.elapsed() < REFETCH_GAP => {
+                Err(AuthError::UnknownKey(kid.chars().take(64).collect()))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    async fn fetch(&self) -> Result<usize, AuthError> {
+        self.fetches.fetch_add(1, Ordering::Relaxed);
+        let result = self.source.fetch().await.and_then(|doc| parse_jwks(&doc));
+        let mut cache = self.cache.write().expect("key cache lock");
+        // A failed fetch counts too: an unreachable JWKS is retried after the gap,
+        // not by every token.
+        cache.fetched_at = Some(Instant::now());
+        let keys = result?;
+        let count = keys.len();
+        cache.keys = keys;
+        Ok(count)
+    }
+}

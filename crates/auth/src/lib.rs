@@ -1,0 +1,24 @@
+//! Who a token says its bearer is: verification of Cognito-style RS256 JWTs.
+//!
+//! - [`Verifier`] checks a token against the keys of a [`KeySet`] (a JWKS at
+//!   an `http://` URL or a `file:` path, cached, refetched on an unknown `kid`
+//!   at most once per 30 s) and the configured issuer and app clients, and
+//!   yields an [`Identity`].
+//! - [`DevIssuer`] mints tokens of the same shape with a local RSA key whose
+//!   JWKS the verifier trusts in dev mode: one verification path for dev and
+//!   Cognito.
+//!
+//! The algorithm comes from the key (every key is RS256), never from the
+//! token: `none`, `HS*` and anything else a token names is refused.
+
+mod dev;
+mod error;
+mod identity;
+mod keys;
+mod verify;
+
+pub use dev::{DevIssuer, DevToken};
+pub use error::AuthError;
+pub use identity::{Identity, TokenUse};
+pub use keys::{KeySet, KeySource};
+pub use verify::{Verifier, VerifierConfig};
