@@ -30,13 +30,66 @@ enum Command {
         #[command(flatten)]
         svc: notify_svc::SvcArgs,
     },
+    /// Mint a dev token (RS256, local dev key) for a WebSocket client.
+    ///
+    /// Example: notify token --user alice --realm eu --groups admin
+    Token(TokenArgs),
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Up { svc } => up(svc).await,
+        Command::Token(args) => token(args),
     }
+}
+
+#[derive(clap::Args)]
+struct TokenArgs {
+    /// The user (`sub`) the token names.
+    #[arg(long)]
+    user: String,
+    /// `custom:realm` claim, for `realm:{R}:…` topics.
+    #[arg(long)]
+    realm: Option<String>,
+    /// `cognito:groups`, comma separated (e.g. admin).
+    #[arg(long, value_delimiter = ',')]
+    groups: Vec<String>,
+    /// `scope`, comma separated (e.g. notify/publish).
+    #[arg(long, value_delimiter = ',')]
+    scopes: Vec<String>,
+    /// Mint an ID token (`aud`) instead of an access token (`client_id`).
+    #[arg(long)]
+    id_token: bool,
+    /// Lifetime in seconds.
+    #[arg(long, default_value_t = 3600)]
+    ttl_secs: u64,
+    /// Where the dev key lives (created on first use; `notify up` uses the same).
+    #[arg(long, default_value = ".notify")]
+    data_dir: std::path::PathBuf,
+}
+
+/// Prints a dev token: RS256 with the local dev key, shaped like Cognito's.
+fn token(args: TokenArgs) -> anyhow::Result<()> {
+    let issuer = notify_auth::DevIssuer::load_or_create(
+        &args.data_dir.join(notify_auth::DEV_KEY_FILE),
+        notify_auth::DEV_ISSUER,
+        notify_auth::DEV_CLIENT_ID,
+    )?;
+    let token = issuer.mint(&notify_auth::DevToken {
+        user: args.user,
+        realm: args.realm,
+        groups: args.groups,
+        scopes: args.scopes,
+        token_use: if args.id_token {
+            notify_auth::TokenUse::Id
+        } else {
+            notify_auth::TokenUse::Access
+        },
+        ttl: std::time::Duration::from_secs(args.ttl_secs),
+    })?;
+    println!("{token}");
+    Ok(())
 }
 
 /// Where `notify up` keeps its data when DATABASE_URL is not set: the local

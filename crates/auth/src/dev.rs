@@ -14,6 +14,13 @@ use serde::Serialize;
 
 use crate::{AuthError, KeySource, TokenUse, verify::now_secs};
 
+/// Issuer of dev tokens (`notify token`, `notify up`).
+pub const DEV_ISSUER: &str = "http://127.0.0.1/notify-dev";
+/// App client of dev tokens.
+pub const DEV_CLIENT_ID: &str = "notify-dev";
+/// File name of the dev key inside the data directory.
+pub const DEV_KEY_FILE: &str = "dev-key.der";
+
 /// RSA size of the dev key; what Cognito uses.
 const KEY_BITS: usize = 2048;
 

@@ -17,7 +17,7 @@ mod identity;
 mod keys;
 mod verify;
 
-pub use dev::{DevIssuer, DevToken};
+pub use dev::{DEV_CLIENT_ID, DEV_ISSUER, DEV_KEY_FILE, DevIssuer, DevToken};
 pub use error::AuthError;
 pub use identity::{Identity, TokenUse};
 pub use keys::{KeySet, KeySource};

@@ -1,0 +1,48 @@
+//! `notify token`: the real binary mints a token the verifier accepts with the
+//! same dev key.
+
+use std::time::Duration;
+
+use notify_auth::{
+    DEV_CLIENT_ID, DEV_ISSUER, DEV_KEY_FILE, DevIssuer, KeySet, TokenUse, Verifier, VerifierConfig,
+};
+
+#[tokio::test]
+async fn notify_token_mints_what_the_verifier_accepts() {
+    let dir = std::env::temp_dir().join(format!("notify-token-{}", std::process::id()));
+    let run = |extra: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_notify"))
+            .args(["token", "--user", "alice", "--data-dir"])
+            .arg(&dir)
+            .args(extra)
+            .output()
+            .expect("run notify token");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    };
+    let access = run(&["--realm", "eu", "--groups", "admin,ops"]);
+    let id = run(&["--id-token"]);
+
+    let issuer =
+        DevIssuer::load_or_create(&dir.join(DEV_KEY_FILE), DEV_ISSUER, DEV_CLIENT_ID).unwrap();
+    let verifier = Verifier::new(
+        KeySet::new(issuer.key_source()),
+        VerifierConfig {
+            issuer: DEV_ISSUER.into(),
+            client_ids: vec![DEV_CLIENT_ID.into()],
+            leeway: Duration::from_secs(5),
+        },
+    );
+    let who = verifier.verify(&access).await.unwrap();
+    assert_eq!(
+        (who.user.as_str(), who.realm.as_deref()),
+        ("alice", Some("eu"))
+    );
+    assert_eq!(who.groups, ["admin", "ops"]);
+    assert_eq!(verifier.verify(&id).await.unwrap().token_use, TokenUse::Id);
+    std::fs::remove_dir_all(&dir).ok();
+}
