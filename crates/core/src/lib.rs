@@ -15,4 +15,4 @@ pub mod topic;
 pub use error::ValidationError;
 pub use ids::{ConnectionId, MessageId, UserId};
 pub use publish::{Limits, Publish, Target};
-pub use topic::{NamespacePolicy, SubscribeRule, Topic, TopicPolicy};
+pub use topic::{Forbidden, NamespacePolicy, Subject, SubscribeRule, Topic, TopicPolicy};

@@ -7,7 +7,7 @@
 
 use std::{collections::BTreeMap, fmt, time::Duration};
 
-use crate::ValidationError;
+use crate::{UserId, ValidationError};
 
 /// Longest topic name in bytes.
 pub const MAX_TOPIC_BYTES: usize = 255;
@@ -101,6 +101,20 @@ pub struct NamespacePolicy {
     pub log_max_age: Duration,
 }
 
+/// Who is asking to subscribe or publish: the parts of a verified token the
+/// policy looks at.
+#[derive(Debug, Clone, Copy)]
+pub struct Subject<'a> {
+    pub user: &'a UserId,
+    /// The `custom:realm` claim.
+    pub realm: Option<&'a str>,
+}
+
+/// Why a subject may not use a topic; the message is for the client.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Forbidden(pub String);
+
 /// The configured namespaces. Topics outside them are refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TopicPolicy {
@@ -162,6 +176,42 @@ impl TopicPolicy {
             })
     }
 
+    /// Whether `subject` may subscribe to `topic` (DESIGN §5): any user, only
+    /// users of the realm named after the namespace, or only the user named
+    /// there. Unknown namespaces are refused.
+    pub fn may_subscribe(&self, subject: Subject<'_>, topic: &Topic) -> Result<(), Forbidden> {
+        let policy = self.namespace(topic).map_err(|_| {
+            Forbidden(format!(
+                "namespace {:?} is not open to clients",
+                topic.namespace()
+            ))
+        })?;
+        // The first segment after the namespace: `realm:{R}:…`, `private:{sub}:…`.
+        let owner = topic.rest().split(':').next().unwrap_or_default();
+        match policy.subscribe {
+            SubscribeRule::AnyUser => Ok(()),
+            SubscribeRule::Realm if subject.realm == Some(owner) => Ok(()),
+            SubscribeRule::Realm => Err(Forbidden(format!(
+                "{topic} belongs to realm {owner:?}, not yours"
+            ))),
+            SubscribeRule::Owner if subject.user.as_str() == owner => Ok(()),
+            SubscribeRule::Owner => Err(Forbidden(format!("{topic} belongs to another user"))),
+        }
+    }
+
+    /// Whether `subject` may publish to `topic` from a client connection: the
+    /// namespace must allow it and the subject must be allowed to subscribe.
+    pub fn may_client_publish(&self, subject: Subject<'_>, topic: &Topic) -> Result<(), Forbidden> {
+        self.may_subscribe(subject, topic)?;
+        match self.namespace(topic) {
+            Ok(policy) if policy.client_publish => Ok(()),
+            _ => Err(Forbidden(format!(
+                "clients may not publish to {:?} topics",
+                topic.namespace()
+            ))),
+        }
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = (&str, &NamespacePolicy)> {
         self.namespaces.iter().map(|(k, v)| (k.as_str(), v))
     }
@@ -207,6 +257,38 @@ mod tests {
             err.to_string(),
             "unknown namespace \"chat\"; configured: fight, fights, private, realm, room"
         );
+    }
+
+    #[test]
+    fn subscribe_and_publish_rules_follow_the_design() {
+        let policy = TopicPolicy::default();
+        let alice = UserId::parse("u", "alice").unwrap();
+        let in_eu = Subject {
+            user: &alice,
+            realm: Some("eu"),
+        };
+        let nowhere = Subject {
+            user: &alice,
+            realm: None,
+        };
+        let t = |raw: &str| Topic::parse(raw).unwrap();
+        let sub = |who, raw: &str| policy.may_subscribe(who, &t(raw)).is_ok();
+        let publish = |who, raw: &str| policy.may_client_publish(who, &t(raw)).is_ok();
+        assert!(sub(nowhere, "fights:live"));
+        assert!(sub(in_eu, "realm:eu:odds"));
+        assert!(!sub(nowhere, "realm:eu:odds"));
+        assert!(!sub(in_eu, "realm:us:odds"));
+        assert!(sub(nowhere, "private:alice:inbox"));
+        assert!(sub(nowhere, "private:alice"));
+        assert!(!sub(nowhere, "private:bob:inbox"));
+        assert!(!sub(nowhere, "chat:1"));
+        assert!(publish(nowhere, "room:lobby"));
+        assert!(!publish(nowhere, "fights:live"));
+        assert!(!publish(in_eu, "realm:eu:odds"));
+        let err = policy
+            .may_subscribe(nowhere, &t("private:bob:x"))
+            .unwrap_err();
+        assert_eq!(err.to_string(), "private:bob:x belongs to another user");
     }
 
     #[test]
