@@ -1,0 +1,358 @@
+//! The client protocol of DESIGN §5, as types: what clients send (routed by
+//! `action`, API Gateway's `$request.body.action` convention), what the bridge
+//! answers (tagged by `type`), error codes and close codes. No I/O here.
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+/// Close code: server restarting, reconnect elsewhere.
+pub const CLOSE_RESTARTING: u16 = 1012;
+/// Close code: disconnected by the API (`Disconnect`).
+pub const CLOSE_DISCONNECTED: u16 = 4003;
+/// Close code: slow consumer, the send queue went over its bound.
+pub const CLOSE_SLOW_CONSUMER: u16 = 4008;
+/// Close code: the token expired without a `refresh`.
+pub const CLOSE_TOKEN_EXPIRED: u16 = 4009;
+
+/// The `id` a client may put on a frame; echoed in the reply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum FrameId {
+    Number(u64),
+    Text(String),
+}
+
+/// What a client asks for.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Action {
+    Subscribe {
+        topic: String,
+        #[serde(default)]
+        since: Option<u64>,
+        #[serde(default)]
+        id: Option<FrameId>,
+    },
+    Unsubscribe {
+        topic: String,
+        #[serde(default)]
+        id: Option<FrameId>,
+    },
+    /// Cumulative inbox ack.
+    Ack {
+        seq: u64,
+        #[serde(default)]
+        id: Option<FrameId>,
+    },
+    Publish {
+        topic: String,
+        /// The JSON value to publish. A tree, not a `RawValue`: serde cannot
+        /// hand raw values through an internally tagged enum; key order is
+        /// kept (`preserve_order`), whitespace is not.
+        data: serde_json::Value,
+        #[serde(default)]
+        event: Option<String>,
+        #[serde(default)]
+        id: Option<FrameId>,
+    },
+    Ping {
+        #[serde(default)]
+        id: Option<FrameId>,
+    },
+    /// API Gateway's keep-alive name for ping.
+    ExtendTtl {
+        #[serde(default)]
+        id: Option<FrameId>,
+    },
+    Refresh {
+        token: String,
+        #[serde(default)]
+        id: Option<FrameId>,
+    },
+}
+
+impl Action {
+    pub fn id(&self) -> Option<&FrameId> {
+        match self {
+            Self::Subscribe { id, .. }
+            | Self::Unsubscribe { id, .. }
+            | Self::Ack { id, .. }
+            | Self::Publish { id, .. }
+            | Self::Ping { id }
+            | Self::ExtendTtl { id }
+            | Self::Refresh { id, .. } => id.as_ref(),
+        }
+    }
+}
+
+/// The error codes of `error` frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    BadRequest,
+    Forbidden,
+    RateLimited,
+    TooLarge,
+    UnknownAction,
+}
+
+/// A frame the bridge refuses, with what to answer.
+#[derive(Debug, Clone)]
+pub struct FrameError {
+    pub code: ErrorCode,
+    pub message: String,
+    /// The frame's `id`, when it could be read.
+    pub id: Option<FrameId>,
+}
+
+const ACTIONS: [&str; 7] = [
+    "subscribe",
+    "unsubscribe",
+    "ack",
+    "publish",
+    "ping",
+    "extend_ttl",
+    "refresh",
+];
+
+/// Parses one text frame. An unknown or missing `action` is `unknown_action`
+/// (DESIGN §5's wording); a known action with wrong fields is `bad_request`
+/// naming the problem.
+pub fn parse(text: &str) -> Result<Action, FrameError> {
+    match serde_json::from_str::<Action>(text) {
+        Ok(action) => Ok(action),
+        Err(e) => {
+            // Read what can be read to route the error and echo the id.
+            #[derive(Deserialize)]
+            struct Envelope {
+                action: Option<serde_json::Value>,
+                id: Option<FrameId>,
+            }
+            let Ok(envelope) = serde_json::from_str::<Envelope>(text) else {
+                return Err(FrameError {
+                    code: ErrorCode::BadRequest,
+                    message: "frames are JSON objects with an \"action\"".into(),
+                    id: None,
+                });
+            };
+            let known = envelope
+                .action
+                .as_ref()
+                .and_then(|a| a.as_str())
+                .is_some_and(|a| ACTIONS.contains(&a));
+            Err(if known {
+                FrameError {
+                    code: ErrorCode::BadRequest,
+                    message: e.to_string(),
+                    id: envelope.id,
+                }
+            } else {
+                FrameError {
+                    code: ErrorCode::UnknownAction,
+                    message: "That's not a valid action".into(),
+                    id: envelope.id,
+                }
+            })
+        }
+    }
+}
+
+/// What the bridge sends.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerFrame<'a> {
+    Welcome {
+        connection_id: &'a str,
+        user_id: &'a str,
+        /// The user's inbox head.
+        seq: u64,
+    },
+    Message {
+        id: &'a str,
+        seq: u64,
+        /// Absent for inbox messages.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        topic: Option<&'a str>,
+        event: &'a str,
+        /// The published JSON value itself.
+        data: &'a RawValue,
+        /// Commit time, Unix milliseconds.
+        ts: i64,
+    },
+    Subscribed {
+        topic: &'a str,
+        seq: u64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a FrameId>,
+    },
+    Unsubscribed {
+        topic: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a FrameId>,
+    },
+    Published {
+        seq: u64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a FrameId>,
+    },
+    Pong {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a FrameId>,
+    },
+    Refreshed {
+        /// New expiry, Unix seconds.
+        exp: u64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a FrameId>,
+    },
+    Error {
+        code: ErrorCode,
+        message: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a FrameId>,
+    },
+}
+
+impl ServerFrame<'_> {
+    /// The frame as JSON text. Serialising these types cannot fail.
+    pub fn to_text(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_sample_frames_of_the_design() {
+        let frame = |text: &str| parse(text).unwrap();
+        assert!(matches!(
+            frame(r#"{"action":"subscribe","topic":"fights:live","since":12}"#),
+            Action::Subscribe { ref topic, since: Some(12), id: None } if topic == "fights:live"
+        ));
+        assert!(matches!(
+            frame(r#"{"action":"unsubscribe","topic":"fights:live","id":"u1"}"#),
+            Action::Unsubscribe { id: Some(FrameId::Text(ref i)), .. } if i == "u1"
+        ));
+        assert!(matches!(
+            frame(r#"{"action":"ack","seq":42}"#),
+            Action::Ack { seq: 42, id: None }
+        ));
+        let Action::Publish { topic, data, .. } =
+            frame(r#"{"action":"publish","topic":"room:lobby","data":{"text":"hi","n":[1,2]}}"#)
+        else {
+            panic!("not a publish");
+        };
+        assert_eq!(
+            (topic.as_str(), data.to_string().as_str()),
+            ("room:lobby", r#"{"text":"hi","n":[1,2]}"#)
+        );
+        assert!(matches!(
+            frame(r#"{"action":"ping","id":7}"#),
+            Action::Ping {
+                id: Some(FrameId::Number(7))
+            }
+        ));
+        assert!(matches!(
+            frame(r#"{"action":"extend_ttl"}"#),
+            Action::ExtendTtl { id: None }
+        ));
+        assert!(matches!(
+            frame(r#"{"action":"refresh","token":"t"}"#),
+            Action::Refresh { ref token, id: None } if token == "t"
+        ));
+    }
+
+    #[test]
+    fn refuses_what_is_not_a_valid_frame() {
+        let unknown = parse(r#"{"action":"dance","id":3}"#).unwrap_err();
+        assert_eq!(unknown.code, ErrorCode::UnknownAction);
+        assert_eq!(unknown.message, "That's not a valid action");
+        assert_eq!(unknown.id, Some(FrameId::Number(3)));
+        assert_eq!(
+            parse(r#"{"topic":"x"}"#).unwrap_err().code,
+            ErrorCode::UnknownAction
+        );
+        assert_eq!(
+            parse(r#"{"action":5}"#).unwrap_err().code,
+            ErrorCode::UnknownAction
+        );
+        let missing = parse(r#"{"action":"subscribe","id":"s"}"#).unwrap_err();
+        assert_eq!(missing.code, ErrorCode::BadRequest);
+        assert!(missing.message.contains("topic"), "{}", missing.message);
+        assert_eq!(missing.id, Some(FrameId::Text("s".into())));
+        assert_eq!(
+            parse(r#"{"action":"ack","seq":-1}"#).unwrap_err().code,
+            ErrorCode::BadRequest
+        );
+        assert_eq!(
+            parse(r#"{"action":"ping","extra":1}"#).unwrap_err().code,
+            ErrorCode::BadRequest
+        );
+        for junk in [
+            "",
+            "null",
+            "[1]",
+            "\"ping\"",
+            "{",
+            "{\"action\":\"ping\"} trailing",
+        ] {
+            assert_eq!(
+                parse(junk).unwrap_err().code,
+                ErrorCode::BadRequest,
+                "{junk:?}"
+            );
+        }
+        let deep = format!(
+            "{{\"action\":\"publish\",\"topic\":\"room:a\",\"data\":{}1{}}}",
+            "[".repeat(500),
+            "]".repeat(500)
+        );
+        assert_eq!(
+            parse(&deep).unwrap_err().code,
+            ErrorCode::BadRequest,
+            "recursion limit, no stack overflow"
+        );
+    }
+
+    #[test]
+    fn server_frames_serialise_as_the_design_shows() {
+        let data = RawValue::from_string(r#"{"fight":42}"#.into()).unwrap();
+        let message = ServerFrame::Message {
+            id: "m1",
+            seq: 3,
+            topic: None,
+            event: "fight_created",
+            data: &data,
+            ts: 1_700_000_000_000,
+        };
+        assert_eq!(
+            message.to_text(),
+            r#"{"type":"message","id":"m1","seq":3,"event":"fight_created","data":{"fight":42},"ts":1700000000000}"#
+        );
+        let id = FrameId::Text("a".into());
+        let error = ServerFrame::Error {
+            code: ErrorCode::UnknownAction,
+            message: "That's not a valid action",
+            id: Some(&id),
+        };
+        assert_eq!(
+            error.to_text(),
+            r#"{"type":"error","code":"unknown_action","message":"That's not a valid action","id":"a"}"#
+        );
+        assert_eq!(
+            ServerFrame::Pong { id: None }.to_text(),
+            r#"{"type":"pong"}"#
+        );
+        assert_eq!(
+            ServerFrame::Welcome {
+                connection_id: "c",
+                user_id: "u",
+                seq: 9
+            }
+            .to_text(),
+            r#"{"type":"welcome","connection_id":"c","user_id":"u","seq":9}"#
+        );
+    }
+}
