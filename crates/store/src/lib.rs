@@ -125,6 +125,13 @@ pub trait Store: Send + Sync + 'static {
     async fn history(&self, feed: &Feed, since: u64, limit: u32)
     -> Result<HistoryPage, StoreError>;
 
+    /// Records cumulative inbox acks (user, highest seq seen). An ack never
+    /// moves backwards and never past the user's last seq.
+    async fn ack(&self, acks: &[(UserId, u64)]) -> Result<(), StoreError>;
+
+    /// Where a user's inbox stands: (acked seq, head seq).
+    async fn inbox_position(&self, user: &UserId) -> Result<(u64, u64), StoreError>;
+
     /// Subscribes; returns whether it was new and the topic's current seq.
     async fn subscribe(&self, user: &UserId, topic: &Topic) -> Result<(bool, u64), StoreError>;
 

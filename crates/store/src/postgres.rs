@@ -338,6 +338,49 @@ impl Store for PgStore {
         Ok(HistoryPage { messages, head_seq })
     }
 
+    async fn ack(&self, acks: &[(UserId, u64)]) -> Result<(), StoreError> {
+        // One entry per user (the highest), in key order: ack batches lock
+        // their rows in the same order and never deadlock each other.
+        let mut highest: std::collections::BTreeMap<&str, i64> = Default::default();
+        for (user, seq) in acks {
+            let slot = highest.entry(user.as_str()).or_default();
+            *slot = (*slot).max(to_i64(*seq));
+        }
+        if highest.is_empty() {
+            return Ok(());
+        }
+        let users: Vec<&str> = highest.keys().copied().collect();
+        let seqs: Vec<i64> = highest.values().copied().collect();
+        let client = self.client().await?;
+        self.timed(client.execute_typed(
+            "INSERT INTO inbox_acks (user_id, acked_seq)
+             SELECT u.user_id, LEAST(u.seq, h.last_seq)
+             FROM unnest($1::text[], $2::int8[]) AS u(user_id, seq)
+             JOIN inbox_heads h ON h.user_id = u.user_id
+             ORDER BY u.user_id
+             ON CONFLICT (user_id) DO UPDATE
+               SET acked_seq = GREATEST(inbox_acks.acked_seq, excluded.acked_seq)",
+            &[(&users, Type::TEXT_ARRAY), (&seqs, Type::INT8_ARRAY)],
+        ))
+        .await?;
+        Ok(())
+    }
+
+    async fn inbox_position(&self, user: &UserId) -> Result<(u64, u64), StoreError> {
+        let client = self.client().await?;
+        let rows = self
+            .timed(client.query_typed(
+                "SELECT COALESCE((SELECT acked_seq FROM inbox_acks WHERE user_id = $1), 0),
+                        COALESCE((SELECT last_seq FROM inbox_heads WHERE user_id = $1), 0)",
+                &[(&user.as_str(), Type::TEXT)],
+            ))
+            .await?;
+        let row = rows
+            .first()
+            .ok_or_else(|| StoreError::Internal("inbox position returned no row".into()))?;
+        Ok((to_u64(row.get(0)), to_u64(row.get(1))))
+    }
+
     async fn subscribe(&self, user: &UserId, topic: &Topic) -> Result<(bool, u64), StoreError> {
         let client = self.client().await?;
         let rows = self

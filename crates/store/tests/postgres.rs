@@ -270,3 +270,26 @@ async fn racing_replicas_store_each_idempotency_key_once() {
     }
     assert_eq!(total, 20 + 40);
 }
+
+#[tokio::test]
+async fn acks_are_cumulative_and_bounded_by_the_head() {
+    let db = TestDb::create().await;
+    let s = store(&db);
+    s.migrate().await.unwrap();
+    let batch: Vec<PublishItem> = (0..10).map(|_| item(Target::User(user("cy")))).collect();
+    s.commit(&batch).await.unwrap();
+    assert_eq!(s.inbox_position(&user("cy")).await.unwrap(), (0, 10));
+    // Several acks for one user in a batch: the highest counts.
+    s.ack(&[(user("cy"), 4), (user("cy"), 6), (user("cy"), 5)])
+        .await
+        .unwrap();
+    assert_eq!(s.inbox_position(&user("cy")).await.unwrap(), (6, 10));
+    // Never backwards, never past the head, nothing for users without messages.
+    s.ack(&[(user("cy"), 3)]).await.unwrap();
+    assert_eq!(s.inbox_position(&user("cy")).await.unwrap(), (6, 10));
+    s.ack(&[(user("cy"), 99), (user("nobody"), 5)])
+        .await
+        .unwrap();
+    assert_eq!(s.inbox_position(&user("cy")).await.unwrap(), (10, 10));
+    assert_eq!(s.inbox_position(&user("nobody")).await.unwrap(), (0, 0));
+}
