@@ -8,7 +8,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // in edition 2024 and a system protoc must never be picked up.
     let root = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?).join("../../proto");
     let out = PathBuf::from(env::var("OUT_DIR")?);
-    let protos = [root.join("notify/v1/notify.proto")];
+    let protos = [
+        root.join("notify/v1/notify.proto"),
+        root.join("notify/v1/bridge.proto"),
+    ];
 
     let mut config = tonic_prost_build::Config::new();
     config.protoc_executable(protoc);

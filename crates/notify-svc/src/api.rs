@@ -11,7 +11,7 @@ use notify_core::{
     ConnectionId, MessageId, Publish, Target, Topic, TopicPolicy, UserId, ValidationError,
 };
 use notify_proto::{convert::raw_publish, v1 as pb};
-use notify_store::{Committed, ConnectionRecord, Feed, PublishItem, Store, StoredMessage};
+use notify_store::{ConnectionRecord, Feed, PublishItem, Store, StoredMessage};
 use tokio::sync::mpsc;
 use tokio_stream::{Stream, StreamExt, wrappers::ReceiverStream};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
@@ -20,7 +20,8 @@ use tonic::{Request, Response, Status};
 use crate::{
     caller::caller_of,
     metrics::Metrics,
-    pipeline::Publisher,
+    pipeline::{Published, Publisher},
+    router::Router,
     status,
     watch::{self, WatchHub, WatchKey},
 };
@@ -30,6 +31,8 @@ pub const MAX_BATCH_REQUESTS: usize = 1000;
 /// Default and largest `History` page.
 const DEFAULT_PAGE: u32 = 100;
 const MAX_PAGE: u32 = 1000;
+/// WebSocket close code for "disconnected by the API" (DESIGN §5).
+const CLOSE_DISCONNECTED: u32 = 4003;
 /// A WebSocket close reason is at most 123 bytes.
 const MAX_REASON_BYTES: usize = 123;
 /// Messages buffered per Watch stream before the watcher slows its producer.
@@ -41,6 +44,7 @@ pub struct NotifyApi {
     store: Arc<dyn Store>,
     publisher: Publisher,
     hub: WatchHub,
+    router: Router,
     topics: Arc<TopicPolicy>,
     limits: Arc<notify_core::Limits>,
     metrics: Metrics,
@@ -54,6 +58,7 @@ impl NotifyApi {
         store: Arc<dyn Store>,
         publisher: Publisher,
         hub: WatchHub,
+        router: Router,
         topics: TopicPolicy,
         limits: notify_core::Limits,
         metrics: Metrics,
@@ -64,6 +69,7 @@ impl NotifyApi {
             store,
             publisher,
             hub,
+            router,
             topics: Arc::new(topics),
             limits: Arc::new(limits),
             metrics,
@@ -221,19 +227,21 @@ fn user_id(raw: &str) -> Result<UserId, Status> {
     UserId::parse("user_id", raw).map_err(status::invalid)
 }
 
-fn millis(t: SystemTime) -> i64 {
+pub(crate) fn millis(t: SystemTime) -> i64 {
     t.duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
-fn publish_response(done: Committed) -> pb::PublishResponse {
+fn publish_response(published: Published) -> pb::PublishResponse {
+    let Published {
+        committed: done,
+        delivered,
+    } = published;
     pb::PublishResponse {
         message_id: done.message_id.to_string(),
         seq: done.seq,
         duplicate: done.duplicate,
-        // Live delivery to bridges arrives with BridgeLink; no connection can
-        // be reached before a bridge attaches.
-        delivered: 0,
+        delivered,
         inbox_seqs: done
             .inbox_seqs
             .into_iter()
@@ -411,25 +419,29 @@ impl pb::notify_server::Notify for NotifyApi {
                     max: MAX_REASON_BYTES,
                 }));
             }
-            let targets = match req.target {
-                Some(T::UserId(user)) => self
-                    .store
-                    .connections_of(&user_id(&user)?)
-                    .await
-                    .map_err(status::store)?,
+            let targets: Vec<ConnectionId> = match req.target {
+                Some(T::UserId(user)) => self.router.connections_of(&user_id(&user)?),
                 Some(T::ConnectionId(id)) => {
                     let id = ConnectionId::parse("connection_id", &id).map_err(status::invalid)?;
-                    let record = self.store.connection(id).await.map_err(status::store)?;
-                    vec![record.ok_or_else(|| {
-                        Status::not_found(format!("connection {id} is not registered"))
-                    })?]
+                    let known = !self.router.connections_of_ids(&[id]).is_empty()
+                        || self
+                            .store
+                            .connection(id)
+                            .await
+                            .map_err(status::store)?
+                            .is_some();
+                    if !known {
+                        return Err(Status::not_found(format!(
+                            "connection {id} is not registered"
+                        )));
+                    }
+                    vec![id]
                 }
                 None => return Err(status::invalid(ValidationError::NoTarget)),
             };
-            // Kicks travel to bridges over BridgeLink (the bridge issue); until a
-            // bridge attaches no registered connection can be told to close.
-            tracing::info!(connections = targets.len(), reason = %req.reason, "disconnect requested");
-            Ok(pb::DisconnectResponse { disconnected: 0 })
+            let disconnected = self.router.kick(&targets, CLOSE_DISCONNECTED, &req.reason);
+            tracing::info!(disconnected, reason = %req.reason, "disconnect requested");
+            Ok(pb::DisconnectResponse { disconnected })
         };
         self.counted("Disconnect", call).await.map(Response::new)
     }

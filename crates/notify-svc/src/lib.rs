@@ -10,18 +10,20 @@
 pub mod api;
 pub mod caller;
 pub mod config;
+pub mod link;
 pub mod logging;
 pub mod metrics;
 pub mod ops;
 pub mod pipeline;
 pub mod retention;
+pub mod router;
 pub mod signals;
 pub mod status;
 pub mod watch;
 
 use std::{sync::Arc, time::Duration};
 
-use notify_proto::v1::notify_server::NotifyServer;
+use notify_proto::v1::{bridge_link_server::BridgeLinkServer, notify_server::NotifyServer};
 use notify_store::{PgStore, PgStoreConfig, Store, StoreError};
 use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
@@ -86,10 +88,12 @@ pub async fn run(
     let store: Arc<dyn Store> = Arc::new(pg);
     let topics = config.topics.clone();
     let hub = watch::WatchHub::default();
+    let router = router::Router::default();
     let publisher = pipeline::Publisher::start(
         store.clone(),
         config.pipeline.clone(),
         hub.clone(),
+        router.clone(),
         metrics.clone(),
         &tracker,
     );
@@ -109,19 +113,34 @@ pub async fn run(
         background.clone(),
     ));
 
+    let link = link::Link::new(
+        store.clone(),
+        router.clone(),
+        publisher.clone(),
+        topics.clone(),
+        config.limits.clone(),
+        tracker.clone(),
+        shutdown.clone(),
+    );
     let api = api::NotifyApi::new(
         store,
         publisher,
         hub,
+        router,
         topics,
         config.limits.clone(),
         metrics,
         shutdown.clone(),
         tracker.clone(),
     );
+    let authenticator = caller::Authenticator::new(config.tokens.clone());
     let notify = tonic::service::interceptor::InterceptedService::new(
         NotifyServer::new(api).max_decoding_message_size(MAX_REQUEST_BYTES),
-        caller::Authenticator::new(config.tokens.clone()),
+        authenticator.clone(),
+    );
+    let bridge_link = tonic::service::interceptor::InterceptedService::new(
+        BridgeLinkServer::new(link).max_decoding_message_size(MAX_REQUEST_BYTES),
+        authenticator,
     );
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(notify_proto::FILE_DESCRIPTOR_SET)
@@ -153,6 +172,7 @@ pub async fn run(
         .add_service(health_service)
         .add_service(reflection)
         .add_service(notify)
+        .add_service(bridge_link)
         .serve_with_incoming_shutdown(incoming, stopping)
         .await;
     background.cancel();

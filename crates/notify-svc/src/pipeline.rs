@@ -7,13 +7,14 @@
 //! committers are busy, new jobs pile up in the queue and the next batch takes
 //! them all: the busier the service, the bigger the batches.
 
-use std::{sync::Arc, time::Instant};
+use std::{collections::HashMap, sync::Arc, time::Instant};
 
+use notify_core::ConnectionId;
 use notify_store::{Committed, PublishItem, Store, StoreError};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_util::task::TaskTracker;
 
-use crate::{config::PipelineConfig, metrics::Metrics, watch::WatchHub};
+use crate::{config::PipelineConfig, metrics::Metrics, router::Router, watch::WatchHub};
 
 /// Why a publish was not committed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -26,9 +27,18 @@ pub enum PipelineError {
     Stopped,
 }
 
+/// A committed publish and how many live connections it reached.
+#[derive(Debug, Clone)]
+pub struct Published {
+    pub committed: Committed,
+    pub delivered: u32,
+}
+
 struct Job {
     items: Vec<PublishItem>,
-    reply: oneshot::Sender<Result<Vec<Committed>, PipelineError>>,
+    /// A client publish is not delivered back to its sender.
+    exclude: Option<ConnectionId>,
+    reply: oneshot::Sender<Result<Vec<Published>, PipelineError>>,
 }
 
 /// Handle to submit publishes; cheap to clone. The pipeline stops once every
@@ -44,6 +54,7 @@ impl Publisher {
         store: Arc<dyn Store>,
         config: PipelineConfig,
         hub: WatchHub,
+        router: Router,
         metrics: Metrics,
         tracker: &TaskTracker,
     ) -> Self {
@@ -51,6 +62,7 @@ impl Publisher {
         let committers = Committers {
             store,
             hub,
+            router,
             metrics,
             tracker: tracker.clone(),
         };
@@ -58,12 +70,35 @@ impl Publisher {
         Self { queue }
     }
 
-    /// Commits `items` (in one batch with whatever else is queued) and returns
-    /// their results in order.
-    pub async fn publish(&self, items: Vec<PublishItem>) -> Result<Vec<Committed>, PipelineError> {
+    /// Commits `items` (in one batch with whatever else is queued), hands them
+    /// to the bridges, and returns their results in order.
+    pub async fn publish(&self, items: Vec<PublishItem>) -> Result<Vec<Published>, PipelineError> {
+        self.submit(items, None).await
+    }
+
+    /// Like [`publish`](Self::publish), for a client's publish: its sender
+    /// connection does not get it back.
+    pub async fn publish_from(
+        &self,
+        item: PublishItem,
+        sender: ConnectionId,
+    ) -> Result<Published, PipelineError> {
+        let mut done = self.submit(vec![item], Some(sender)).await?;
+        done.pop().ok_or(PipelineError::Stopped)
+    }
+
+    async fn submit(
+        &self,
+        items: Vec<PublishItem>,
+        exclude: Option<ConnectionId>,
+    ) -> Result<Vec<Published>, PipelineError> {
         let (reply, answer) = oneshot::channel();
         self.queue
-            .try_send(Job { items, reply })
+            .try_send(Job {
+                items,
+                exclude,
+                reply,
+            })
             .map_err(|e| match e {
                 mpsc::error::TrySendError::Full(_) => PipelineError::Overloaded,
                 mpsc::error::TrySendError::Closed(_) => PipelineError::Stopped,
@@ -76,6 +111,7 @@ impl Publisher {
 struct Committers {
     store: Arc<dyn Store>,
     hub: WatchHub,
+    router: Router,
     metrics: Metrics,
     tracker: TaskTracker,
 }
@@ -127,7 +163,11 @@ impl Committers {
     async fn commit(&self, jobs: Vec<Job>) {
         let mut items = Vec::with_capacity(jobs.iter().map(|j| j.items.len()).sum());
         let mut replies = Vec::with_capacity(jobs.len());
+        let mut exclude = HashMap::new();
         for job in jobs {
+            if let Some(sender) = job.exclude {
+                exclude.extend((items.len()..items.len() + job.items.len()).map(|i| (i, sender)));
+            }
             replies.push((job.items.len(), job.reply));
             items.extend(job.items);
         }
@@ -141,9 +181,17 @@ impl Committers {
                 self.metrics
                     .committed(committed.len() as u64 - duplicates, duplicates);
                 self.hub.publish(&items, &committed);
-                let mut committed = committed.into_iter();
+                let delivered = self.router.deliver(&items, &committed, &exclude);
+                let mut published =
+                    committed
+                        .into_iter()
+                        .zip(delivered)
+                        .map(|(committed, delivered)| Published {
+                            committed,
+                            delivered,
+                        });
                 for (n, reply) in replies {
-                    let _ = reply.send(Ok(committed.by_ref().take(n).collect()));
+                    let _ = reply.send(Ok(published.by_ref().take(n).collect()));
                 }
             }
             Err(e) => {

@@ -147,6 +147,10 @@ pub trait Store: Send + Sync + 'static {
     /// Adds or refreshes a connection in the registry.
     async fn register_connection(&self, record: &ConnectionRecord) -> Result<(), StoreError>;
 
+    /// Removes every connection registered by a bridge (its stream ended, or
+    /// it is about to re-send its full state); returns how many.
+    async fn remove_bridge(&self, bridge_id: &str) -> Result<u64, StoreError>;
+
     /// Removes a connection; returns whether it was there.
     async fn remove_connection(&self, id: ConnectionId) -> Result<bool, StoreError>;
 

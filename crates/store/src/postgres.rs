@@ -456,6 +456,15 @@ impl Store for PgStore {
         Ok(())
     }
 
+    async fn remove_bridge(&self, bridge_id: &str) -> Result<u64, StoreError> {
+        let client = self.client().await?;
+        self.timed(client.execute_typed(
+            "DELETE FROM connections WHERE bridge_id = $1",
+            &[(&bridge_id, Type::TEXT)],
+        ))
+        .await
+    }
+
     async fn remove_connection(&self, id: ConnectionId) -> Result<bool, StoreError> {
         let client = self.client().await?;
         let rows = self

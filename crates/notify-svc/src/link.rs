@@ -1,0 +1,268 @@
+//! `BridgeLink.Attach`: the server side of the link every bridge keeps to
+//! every notify-svc replica (DESIGN §6).
+//!
+//! The first message is the bridge's Hello with its full state: routing and
+//! the persisted connection registry are rebuilt from it (a notify-svc that
+//! restarted knows every live connection again at once). Changes follow;
+//! deliveries, kicks and client-publish results go down. When the stream ends
+//! the bridge's connections leave routing and the registry, unless the bridge
+//! already re-attached.
+
+use std::{pin::Pin, sync::Arc, time::UNIX_EPOCH};
+
+use notify_core::{
+    ConnectionId, MessageId, Publish, Target, Topic, TopicPolicy, UserId, publish::RawPublish,
+};
+use notify_proto::v1::{self as pb, bridge_up::Msg as Up};
+use notify_store::{ConnectionRecord, PublishItem, Store};
+use tokio::sync::mpsc;
+use tokio_stream::{Stream, StreamExt, wrappers::ReceiverStream};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::{
+    pipeline::Publisher,
+    router::{BRIDGE_QUEUE, Router},
+    status,
+};
+
+/// Longest bridge id.
+const MAX_BRIDGE_ID_BYTES: usize = 128;
+
+/// State shared by every Attach stream.
+#[derive(Clone)]
+pub struct Link {
+    store: Arc<dyn Store>,
+    router: Router,
+    publisher: Publisher,
+    topics: Arc<TopicPolicy>,
+    limits: Arc<notify_core::Limits>,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+}
+
+impl Link {
+    pub fn new(
+        store: Arc<dyn Store>,
+        router: Router,
+        publisher: Publisher,
+        topics: TopicPolicy,
+        limits: notify_core::Limits,
+        tracker: TaskTracker,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Self {
+            store,
+            router,
+            publisher,
+            topics: Arc::new(topics),
+            limits: Arc::new(limits),
+            tracker,
+            shutdown,
+        }
+    }
+
+    async fn opened(&self, bridge: &str, conn: pb::LiveConnection) {
+        let (Ok(id), Ok(user)) = (
+            ConnectionId::parse("connection_id", &conn.connection_id),
+            UserId::parse("user_id", &conn.user_id),
+        ) else {
+            tracing::warn!(bridge, "bridge reported a connection with a bad id");
+            return;
+        };
+        let topics = conn
+            .topics
+            .iter()
+            .filter_map(|t| Topic::parse(t).ok())
+            .collect();
+        self.router.open(bridge, id, user.clone(), topics);
+        let at = UNIX_EPOCH
+            + std::time::Duration::from_millis(u64::try_from(conn.connected_at_ms).unwrap_or(0));
+        let record = ConnectionRecord {
+            connection_id: id,
+            user_id: user,
+            bridge_id: bridge.to_owned(),
+            connected_at: at,
+            last_seen: std::time::SystemTime::now(),
+        };
+        if let Err(e) = self.store.register_connection(&record).await {
+            tracing::warn!(bridge, error = %e, "registering a connection failed");
+        }
+    }
+
+    async fn handle(&self, bridge: &str, msg: Up, down: &mpsc::Sender<pb::BridgeDown>) {
+        match msg {
+            Up::Hello(_) => tracing::warn!(bridge, "second hello ignored"),
+            Up::Opened(opened) => {
+                if let Some(conn) = opened.connection {
+                    self.opened(bridge, conn).await;
+                }
+            }
+            Up::Closed(closed) => {
+                if let Ok(id) = ConnectionId::parse("connection_id", &closed.connection_id) {
+                    self.router.close(id);
+                    if let Err(e) = self.store.remove_connection(id).await {
+                        tracing::warn!(bridge, error = %e, "removing a connection failed");
+                    }
+                }
+            }
+            Up::Subscribed(s) => {
+                if let (Ok(id), Ok(topic)) = (
+                    ConnectionId::parse("connection_id", &s.connection_id),
+                    Topic::parse(&s.topic),
+                ) {
+                    self.router.subscribe(id, topic);
+                }
+            }
+            Up::Unsubscribed(s) => {
+                if let (Ok(id), Ok(topic)) = (
+                    ConnectionId::parse("connection_id", &s.connection_id),
+                    Topic::parse(&s.topic),
+                ) {
+                    self.router.unsubscribe(id, &topic);
+                }
+            }
+            Up::Acks(acks) => {
+                let acks: Vec<(UserId, u64)> = acks
+                    .acks
+                    .into_iter()
+                    .filter_map(|a| Some((UserId::parse("user_id", &a.user_id).ok()?, a.seq)))
+                    .collect();
+                if let Err(e) = self.store.ack(&acks).await {
+                    tracing::warn!(bridge, error = %e, "persisting acks failed");
+                }
+            }
+            Up::Publish(publish) => {
+                // Its own task: a commit takes milliseconds, the stream's other
+                // messages must not wait for it.
+                let (link, bridge, down) = (self.clone(), bridge.to_owned(), down.clone());
+                self.tracker.spawn(async move {
+                    let result = link.client_publish(&bridge, &publish).await;
+                    let (seq, code, message) = match result {
+                        Ok(seq) => (seq, 0, String::new()),
+                        Err(s) => (0, s.code() as i32, s.message().to_owned()),
+                    };
+                    let answer = pb::ClientPublishResult {
+                        request_id: publish.request_id,
+                        seq,
+                        code,
+                        message,
+                    };
+                    let msg = pb::bridge_down::Msg::PublishResult(answer);
+                    let _ = down.send(pb::BridgeDown { msg: Some(msg) }).await;
+                });
+            }
+        }
+    }
+
+    async fn client_publish(&self, bridge: &str, p: &pb::ClientPublish) -> Result<u64, Status> {
+        let sender =
+            ConnectionId::parse("connection_id", &p.connection_id).map_err(status::invalid)?;
+        let event = if p.event.is_empty() {
+            "client_publish"
+        } else {
+            &p.event
+        };
+        let raw = RawPublish {
+            topic: Some(&p.topic),
+            event,
+            data: &p.data,
+            ..Default::default()
+        };
+        let publish =
+            Publish::validate(raw, &self.limits, &self.topics).map_err(status::invalid)?;
+        let Target::Topic(topic) = &publish.target else {
+            return Err(Status::invalid_argument("client publishes go to topics"));
+        };
+        let log_max_len = self
+            .topics
+            .namespace(topic)
+            .map_err(status::invalid)?
+            .log_max_len;
+        let item = PublishItem {
+            // Client publishes are accounted to the bridge that carried them.
+            caller: format!("bridge:{bridge}"),
+            message_id: MessageId::new(),
+            publish,
+            log_max_len,
+        };
+        let done = self
+            .publisher
+            .publish_from(item, sender)
+            .await
+            .map_err(status::pipeline)?;
+        Ok(done.committed.seq)
+    }
+}
+
+type AttachStream = Pin<Box<dyn Stream<Item = Result<pb::BridgeDown, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::bridge_link_server::BridgeLink for Link {
+    type AttachStream = AttachStream;
+
+    async fn attach(
+        &self,
+        req: Request<Streaming<pb::BridgeUp>>,
+    ) -> Result<Response<Self::AttachStream>, Status> {
+        let mut up = req.into_inner();
+        let hello = match up.message().await? {
+            Some(pb::BridgeUp {
+                msg: Some(Up::Hello(hello)),
+            }) => hello,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "the first message of Attach must be hello",
+                ));
+            }
+        };
+        let bridge = hello.bridge_id.clone();
+        if bridge.is_empty()
+            || bridge.len() > MAX_BRIDGE_ID_BYTES
+            || bridge.chars().any(char::is_control)
+        {
+            return Err(Status::invalid_argument(
+                "bridge_id must be 1 to 128 printable bytes",
+            ));
+        }
+        let (down, rx) = mpsc::channel(BRIDGE_QUEUE);
+        let generation = self.router.attach(&bridge, down.clone());
+        // The Hello is the whole truth about this bridge: replace its rows.
+        if let Err(e) = self.store.remove_bridge(&bridge).await {
+            tracing::warn!(bridge, error = %e, "clearing the bridge's registry failed");
+        }
+        let count = hello.connections.len();
+        for conn in hello.connections {
+            self.opened(&bridge, conn).await;
+        }
+        tracing::info!(bridge, connections = count, "bridge attached");
+
+        let link = self.clone();
+        self.tracker.spawn(async move {
+            loop {
+                let next = tokio::select! {
+                    () = link.shutdown.cancelled() => break,
+                    next = up.message() => next,
+                };
+                match next {
+                    Ok(Some(pb::BridgeUp { msg: Some(msg) })) => {
+                        link.handle(&bridge, msg, &down).await
+                    }
+                    Ok(Some(_)) => {}
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::debug!(bridge, error = %e, "bridge stream ended");
+                        break;
+                    }
+                }
+            }
+            if link.router.detach(&bridge, generation) {
+                if let Err(e) = link.store.remove_bridge(&bridge).await {
+                    tracing::warn!(bridge, error = %e, "clearing the bridge's registry failed");
+                }
+                tracing::info!(bridge, "bridge detached");
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx).map(Ok))))
+    }
+}

@@ -1,0 +1,258 @@
+//! BridgeLink as a bridge speaks it: attach with full state, receive
+//! deliveries and kicks, report changes; presence follows.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Svc, to_topic, to_user};
+use notify_core::ConnectionId;
+use notify_proto::v1::{
+    self as pb, bridge_down::Msg as Down, bridge_link_client::BridgeLinkClient,
+    bridge_up::Msg as Up,
+};
+use tokio::sync::mpsc;
+use tokio_stream::{StreamExt, wrappers::ReceiverStream};
+use tonic::Streaming;
+
+struct FakeBridge {
+    up: mpsc::Sender<pb::BridgeUp>,
+    down: Streaming<pb::BridgeDown>,
+}
+
+impl FakeBridge {
+    async fn attach(svc: &Svc, id: &str, connections: Vec<pb::LiveConnection>) -> Self {
+        let (up, rx) = mpsc::channel(64);
+        let hello = pb::BridgeHello {
+            bridge_id: id.into(),
+            connections,
+        };
+        up.send(pb::BridgeUp {
+            msg: Some(Up::Hello(hello)),
+        })
+        .await
+        .unwrap();
+        let mut client = BridgeLinkClient::connect(format!("http://{}", svc.grpc))
+            .await
+            .unwrap();
+        let down = client
+            .attach(ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
+        Self { up, down }
+    }
+
+    async fn send(&self, msg: Up) {
+        self.up.send(pb::BridgeUp { msg: Some(msg) }).await.unwrap();
+    }
+
+    async fn next(&mut self) -> Down {
+        tokio::time::timeout(Duration::from_secs(10), self.down.next())
+            .await
+            .expect("a message from notify-svc within 10 s")
+            .expect("stream open")
+            .expect("no error")
+            .msg
+            .expect("a message")
+    }
+}
+
+fn live(id: ConnectionId, user: &str, topics: &[&str]) -> pb::LiveConnection {
+    pb::LiveConnection {
+        connection_id: id.to_string(),
+        user_id: user.into(),
+        connected_at_ms: 1,
+        topics: topics.iter().map(|t| t.to_string()).collect(),
+    }
+}
+
+async fn presence(svc: &Svc, user: &str) -> Vec<String> {
+    let mut client = svc.client().await;
+    let req = pb::GetPresenceRequest {
+        target: Some(pb::get_presence_request::Target::UserId(user.into())),
+    };
+    let answer = client.get_presence(req).await.unwrap().into_inner();
+    answer
+        .connections
+        .into_iter()
+        .map(|c| c.connection_id)
+        .collect()
+}
+
+#[tokio::test]
+async fn an_attached_bridge_gets_deliveries_and_kicks_and_presence_follows() {
+    let svc = Svc::start().await;
+    let (phone, laptop) = (ConnectionId::new(), ConnectionId::new());
+    let mut bridge = FakeBridge::attach(&svc, "b1", vec![live(phone, "alice", &["room:x"])]).await;
+    let mut client = svc.client().await;
+
+    // The Hello's connection is routed and registered.
+    let sent = test_support::eventually("alice routed", Duration::from_secs(10), || {
+        let mut client = client.clone();
+        async move {
+            let r = client
+                .publish(to_user("alice", "1"))
+                .await
+                .ok()?
+                .into_inner();
+            (r.delivered == 1).then_some(r)
+        }
+    })
+    .await;
+    let Down::Delivery(d) = bridge.next().await else {
+        panic!("expected a delivery")
+    };
+    let m = d.message.unwrap();
+    assert_eq!(
+        (m.user_id.as_str(), m.message_id.as_str()),
+        ("alice", sent.message_id.as_str())
+    );
+    assert_eq!(presence(&svc, "alice").await, [phone.to_string()]);
+
+    // A second device opens; a topic message goes to the bridge once.
+    bridge
+        .send(Up::Opened(pb::ConnectionOpened {
+            connection: Some(live(laptop, "alice", &[])),
+        }))
+        .await;
+    bridge
+        .send(Up::Subscribed(pb::TopicSubscribed {
+            connection_id: laptop.to_string(),
+            topic: "room:x".into(),
+        }))
+        .await;
+    let delivered = test_support::eventually("two subscribers", Duration::from_secs(10), || {
+        let mut client = client.clone();
+        async move {
+            let r = client
+                .publish(to_topic("room:x", "2"))
+                .await
+                .ok()?
+                .into_inner();
+            (r.delivered == 2).then_some(r.delivered)
+        }
+    })
+    .await;
+    assert_eq!(delivered, 2);
+    // Drain what the probes delivered; every topic delivery names the topic.
+    while let Ok(Some(Ok(msg))) =
+        tokio::time::timeout(Duration::from_millis(300), bridge.down.next()).await
+    {
+        if let Some(Down::Delivery(d)) = msg.msg {
+            let m = d.message.unwrap();
+            assert!(m.topic == "room:x" || m.user_id == "alice", "{m:?}");
+        }
+    }
+
+    // Disconnect kicks both of alice's connections with 4003.
+    let answer = client
+        .disconnect(pb::DisconnectRequest {
+            target: Some(pb::disconnect_request::Target::UserId("alice".into())),
+            reason: "bye".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(answer.disconnected, 2);
+    let Down::Kick(kick) = bridge.next().await else {
+        panic!("expected a kick")
+    };
+    assert_eq!((kick.close_code, kick.reason.as_str()), (4003, "bye"));
+    assert_eq!(kick.connection_ids.len(), 2);
+
+    // The bridge closes one; then its stream ends and the registry empties.
+    bridge
+        .send(Up::Closed(pb::ConnectionClosed {
+            connection_id: phone.to_string(),
+        }))
+        .await;
+    test_support::eventually("phone gone", Duration::from_secs(10), || async {
+        (presence(&svc, "alice").await == [laptop.to_string()]).then_some(())
+    })
+    .await;
+    drop(bridge);
+    test_support::eventually("bridge detached", Duration::from_secs(10), || async {
+        presence(&svc, "alice").await.is_empty().then_some(())
+    })
+    .await;
+    svc.stop().await;
+}
+
+#[tokio::test]
+async fn client_publishes_commit_and_skip_their_sender() {
+    let svc = Svc::start().await;
+    let (sender, other) = (ConnectionId::new(), ConnectionId::new());
+    let mut bridge = FakeBridge::attach(
+        &svc,
+        "b2",
+        vec![
+            live(sender, "sam", &["room:lobby"]),
+            live(other, "ola", &["room:lobby"]),
+        ],
+    )
+    .await;
+    let publish = |request_id, topic: &str| {
+        Up::Publish(pb::ClientPublish {
+            request_id,
+            connection_id: sender.to_string(),
+            user_id: "sam".into(),
+            topic: topic.into(),
+            event: String::new(),
+            data: r#"{"text":"hi"}"#.into(),
+        })
+    };
+    bridge.send(publish(7, "room:lobby")).await;
+    let mut result = None;
+    let mut delivery = None;
+    while result.is_none() || delivery.is_none() {
+        match bridge.next().await {
+            Down::PublishResult(r) => result = Some(r),
+            Down::Delivery(d) => delivery = Some(d),
+            Down::Kick(k) => panic!("unexpected kick {k:?}"),
+        }
+    }
+    let (result, delivery) = (result.unwrap(), delivery.unwrap());
+    assert_eq!((result.request_id, result.seq, result.code), (7, 1, 0));
+    assert_eq!(delivery.exclude_connection_id, sender.to_string());
+    assert_eq!(delivery.message.unwrap().data, r#"{"text":"hi"}"#);
+
+    // A bad topic comes back as an error result, nothing stored.
+    bridge.send(publish(8, "nope")).await;
+    let Down::PublishResult(bad) = bridge.next().await else {
+        panic!("expected a result")
+    };
+    assert_eq!(
+        (bad.request_id, bad.code),
+        (8, tonic::Code::InvalidArgument as i32)
+    );
+    let mut client = svc.client().await;
+    let seqs = common::all_seqs(
+        &mut client,
+        pb::history_request::Target::Topic("room:lobby".into()),
+    )
+    .await;
+    assert_eq!(seqs, [1]);
+    drop(bridge);
+    svc.stop().await;
+}
+
+#[tokio::test]
+async fn attach_must_start_with_hello() {
+    let svc = Svc::start().await;
+    let (up, rx) = mpsc::channel(4);
+    up.send(pb::BridgeUp {
+        msg: Some(Up::Closed(pb::ConnectionClosed {
+            connection_id: "x".into(),
+        })),
+    })
+    .await
+    .unwrap();
+    let mut client = BridgeLinkClient::connect(format!("http://{}", svc.grpc))
+        .await
+        .unwrap();
+    let status = client.attach(ReceiverStream::new(rx)).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert!(status.message().contains("hello"));
+    svc.stop().await;
+}
