@@ -65,6 +65,7 @@ async fn notify_up_serves_the_api_and_stops_on_ctrl_c() {
             target: Some(pb::history_request::Target::UserId("alice".into())),
             since: 0,
             limit: 10,
+            after_acked: false,
         })
         .await
         .unwrap()

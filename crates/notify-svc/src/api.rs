@@ -201,15 +201,30 @@ impl NotifyApi {
             0 => DEFAULT_PAGE,
             n => n.min(MAX_PAGE),
         };
+        let acked_seq = match &feed {
+            Feed::Inbox(user) => {
+                self.store
+                    .inbox_position(user)
+                    .await
+                    .map_err(status::store)?
+                    .0
+            }
+            Feed::Topic(_) => 0,
+        };
+        let since = if req.after_acked {
+            req.since.max(acked_seq)
+        } else {
+            req.since
+        };
         // One more than asked tells whether another page follows.
         let mut page = self
             .store
-            .history(&feed, req.since, limit + 1)
+            .history(&feed, since, limit + 1)
             .await
             .map_err(status::store)?;
         let has_more = page.messages.len() > limit as usize;
         page.messages.truncate(limit as usize);
-        let next_since = page.messages.last().map_or(req.since, |m| m.seq);
+        let next_since = page.messages.last().map_or(since, |m| m.seq);
         Ok(pb::HistoryResponse {
             messages: page
                 .messages
@@ -219,6 +234,7 @@ impl NotifyApi {
             next_since,
             has_more,
             head_seq: page.head_seq,
+            acked_seq,
         })
     }
 }

@@ -256,3 +256,44 @@ async fn attach_must_start_with_hello() {
     assert!(status.message().contains("hello"));
     svc.stop().await;
 }
+
+#[tokio::test]
+async fn acks_from_a_bridge_move_where_history_resumes() {
+    let svc = Svc::start().await;
+    let conn = ConnectionId::new();
+    let bridge = FakeBridge::attach(&svc, "b3", vec![live(conn, "rae", &[])]).await;
+    let mut client = svc.client().await;
+    for i in 1..=5 {
+        client
+            .publish(to_user("rae", &i.to_string()))
+            .await
+            .unwrap();
+    }
+    let ack = |seq| pb::InboxSeq {
+        user_id: "rae".into(),
+        seq,
+    };
+    bridge
+        .send(Up::Acks(pb::InboxAcks {
+            acks: vec![ack(2), ack(3)],
+        }))
+        .await;
+    let page = test_support::eventually("acks persisted", Duration::from_secs(10), || {
+        let mut client = client.clone();
+        async move {
+            let req = pb::HistoryRequest {
+                target: Some(pb::history_request::Target::UserId("rae".into())),
+                since: 0,
+                limit: 0,
+                after_acked: true,
+            };
+            let page = client.history(req).await.ok()?.into_inner();
+            (page.acked_seq == 3).then_some(page)
+        }
+    })
+    .await;
+    let seqs: Vec<u64> = page.messages.iter().map(|m| m.seq).collect();
+    assert_eq!((seqs, page.head_seq, page.next_since), (vec![4, 5], 5, 5));
+    drop(bridge);
+    svc.stop().await;
+}

@@ -144,6 +144,7 @@ pub fn history_of_user(user: &str, since: u64, limit: u32) -> pb::HistoryRequest
         target: Some(pb::history_request::Target::UserId(user.into())),
         since,
         limit,
+        after_acked: false,
     }
 }
 
@@ -160,6 +161,7 @@ pub async fn all_seqs(
                 target: Some(target.clone()),
                 since,
                 limit: 1000,
+                after_acked: false,
             })
             .await
             .expect("history")
