@@ -97,7 +97,7 @@ fn token(args: TokenArgs) -> anyhow::Result<()> {
 const LOCAL_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/notify";
 
 async fn up(mut args: notify_svc::SvcArgs) -> anyhow::Result<()> {
-    notify_svc::logging::init(&args.log_format);
+    notify_ops::logging::init(&args.log_format);
     if args.database_url.is_none() {
         args.database_url = Some(LOCAL_DATABASE_URL.into());
         if notify_store::postgres::create_database_if_missing(LOCAL_DATABASE_URL)
@@ -137,7 +137,7 @@ async fn up(mut args: notify_svc::SvcArgs) -> anyhow::Result<()> {
     );
     println!("Ctrl-C stops it cleanly.");
     let shutdown = CancellationToken::new();
-    tokio::spawn(notify_svc::signals::cancel_on_signal(shutdown.clone()));
+    tokio::spawn(notify_ops::signals::cancel_on_signal(shutdown.clone()));
     notify_svc::run(config, grpc, http, shutdown).await?;
     Ok(())
 }

@@ -1,11 +1,109 @@
 //! The WebSocket bridge of the notify platform (DESIGN §5, §6).
 //!
-//! So far: [`protocol`], the client ↔ bridge wire types and the frame parser,
-//! free of I/O and tested against DESIGN §5's sample frames; [`rate`], the
-//! per-connection inbound rate limit; [`sequencer`], the gap-free seam
-//! between replay and live delivery. The server (hyper upgrade,
-//! tokio-tungstenite, BridgeLink) is the next step of its issue.
+//! Clients connect to `GET /ws` with a token; [`server`] verifies it before
+//! the upgrade, [`connection`] runs each socket, [`hub`] knows the local
+//! connections and reports them over [`link`] to every notify-svc replica,
+//! whose deliveries it fans out. [`protocol`] holds the wire types,
+//! [`sequencer`] the gap-free seam between replay and live, [`rate`] the
+//! inbound rate limit.
 
+pub mod connection;
+pub mod hub;
+pub mod link;
 pub mod protocol;
 pub mod rate;
 pub mod sequencer;
+pub mod server;
+
+use std::{sync::Arc, time::Duration};
+
+use notify_auth::Verifier;
+use notify_core::TopicPolicy;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// How often pending acks go up.
+const ACK_FLUSH_EVERY: Duration = Duration::from_millis(500);
+
+/// Everything a bridge needs.
+pub struct BridgeConfig {
+    pub bridge_id: String,
+    /// notify-svc endpoints; the bridge attaches to each.
+    pub notify_urls: Vec<String>,
+    pub notify_token: Option<String>,
+    pub verifier: Verifier,
+    pub topics: TopicPolicy,
+    /// Outbound frames queued per connection before it is closed with 4008.
+    pub send_queue: usize,
+    /// Largest inbound frame.
+    pub max_frame: usize,
+    pub rate_per_sec: u32,
+    pub burst: u32,
+    pub ping_every: Duration,
+}
+
+/// Serves WebSocket clients on `listener` until `shutdown`, then closes every
+/// socket with 1012, sends the last acks and returns.
+pub async fn run(
+    config: BridgeConfig,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let first = config
+        .notify_urls
+        .first()
+        .ok_or_else(|| anyhow::anyhow!("no notify-svc URL configured"))?;
+    let credential = link::Credential::new(config.notify_token.as_deref())?;
+    let hub = hub::Hub::new(&config.bridge_id);
+    let pending = link::Pending::default();
+    let api = link::Api::new(first, credential.clone())?;
+    // Links outlive the sockets a little: the last acks and Closed reports go up.
+    let links_stop = CancellationToken::new();
+    let mut links = Vec::new();
+    for (index, url) in config.notify_urls.iter().enumerate() {
+        links.push(tokio::spawn(link::run(
+            index,
+            url.clone(),
+            credential.clone(),
+            hub.clone(),
+            pending.clone(),
+            links_stop.clone(),
+        )));
+    }
+    let flusher = {
+        let (hub, stop) = (hub.clone(), links_stop.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(ACK_FLUSH_EVERY);
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    _ = tick.tick() => hub.flush_acks(),
+                }
+            }
+        })
+    };
+    let shared = Arc::new(connection::Shared {
+        hub: hub.clone(),
+        api,
+        pending,
+        verifier: config.verifier,
+        topics: config.topics,
+        queue: config.send_queue,
+        rate_per_sec: config.rate_per_sec,
+        burst: config.burst,
+        ping_every: config.ping_every,
+        shutdown: shutdown.clone(),
+    });
+    tracing::info!(addr = ?listener.local_addr().ok(), bridge = %config.bridge_id, "bridge serving WebSocket");
+    server::serve(listener, shared, config.max_frame).await;
+    hub.flush_acks();
+    // Give the links a moment to carry the last messages up.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    links_stop.cancel();
+    let _ = flusher.await;
+    for l in links {
+        let _ = l.await;
+    }
+    tracing::info!("bridge stopped");
+    Ok(())
+}

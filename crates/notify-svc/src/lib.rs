@@ -11,13 +11,11 @@ pub mod api;
 pub mod caller;
 pub mod config;
 pub mod link;
-pub mod logging;
 pub mod metrics;
 pub mod ops;
 pub mod pipeline;
 pub mod retention;
 pub mod router;
-pub mod signals;
 pub mod status;
 pub mod watch;
 

@@ -19,7 +19,7 @@ struct Cli {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    notify_svc::logging::init(&cli.svc.log_format);
+    notify_ops::logging::init(&cli.svc.log_format);
     let config = match notify_svc::Config::from_args(&cli.svc) {
         Ok(config) => config,
         Err(problems) => {
@@ -36,7 +36,7 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding ops HTTP {}", cli.svc.http_addr))?;
     let shutdown = CancellationToken::new();
-    tokio::spawn(notify_svc::signals::cancel_on_signal(shutdown.clone()));
+    tokio::spawn(notify_ops::signals::cancel_on_signal(shutdown.clone()));
     notify_svc::run(config, grpc, http, shutdown).await?;
     Ok(())
 }

@@ -1,0 +1,178 @@
+//! The bridge's side of `BridgeLink.Attach`: one task per notify-svc replica,
+//! re-attaching with exponential backoff (and its full state) whenever the
+//! stream ends; plus the plain Notify client the bridge reads history with.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use notify_proto::v1::{
+    self as pb, bridge_down::Msg as Down, bridge_link_client::BridgeLinkClient,
+    notify_client::NotifyClient,
+};
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{
+    Request, Status,
+    metadata::MetadataValue,
+    transport::{Channel, Endpoint},
+};
+
+use crate::hub::Hub;
+
+/// Up-stream messages queued per link; a link that falls this far behind is
+/// re-attached, and its Hello carries the state again.
+const UP_QUEUE: usize = 16_384;
+const BACKOFF_FIRST: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Limit for one History call during a replay.
+const HISTORY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Adds the bridge's credential to every call.
+#[derive(Clone)]
+pub struct Credential(Option<MetadataValue<tonic::metadata::Ascii>>);
+
+impl Credential {
+    pub fn new(token: Option<&str>) -> anyhow::Result<Self> {
+        Ok(Self(match token {
+            Some(t) => Some(format!("Bearer {t}").parse()?),
+            None => None,
+        }))
+    }
+
+    fn apply<T>(&self, mut req: Request<T>) -> Request<T> {
+        if let Some(value) = &self.0 {
+            req.metadata_mut().insert("authorization", value.clone());
+        }
+        req
+    }
+}
+
+/// Client publishes waiting for their result, by request id.
+#[derive(Clone, Default)]
+pub struct Pending {
+    next: Arc<AtomicU64>,
+    waiters: Arc<Mutex<HashMap<u64, oneshot::Sender<pb::ClientPublishResult>>>>,
+}
+
+impl Pending {
+    /// A new request id and the receiver of its result.
+    pub fn register(&self) -> (u64, oneshot::Receiver<pb::ClientPublishResult>) {
+        let id = self.next.fetch_add(1, Ordering::Relaxed) + 1;
+        let (tx, rx) = oneshot::channel();
+        self.waiters.lock().expect("pending lock").insert(id, tx);
+        (id, rx)
+    }
+
+    pub fn forget(&self, id: u64) {
+        self.waiters.lock().expect("pending lock").remove(&id);
+    }
+
+    fn resolve(&self, result: pb::ClientPublishResult) {
+        let waiter = self
+            .waiters
+            .lock()
+            .expect("pending lock")
+            .remove(&result.request_id);
+        if let Some(tx) = waiter {
+            let _ = tx.send(result);
+        }
+    }
+}
+
+/// Keeps link `index` to `url` attached until `shutdown`.
+pub async fn run(
+    index: usize,
+    url: String,
+    credential: Credential,
+    hub: Hub,
+    pending: Pending,
+    shutdown: CancellationToken,
+) {
+    let mut backoff = BACKOFF_FIRST;
+    while !shutdown.is_cancelled() {
+        match attach_once(index, &url, &credential, &hub, &pending, &shutdown).await {
+            Ok(()) => backoff = BACKOFF_FIRST,
+            Err(e) => {
+                tracing::warn!(url, error = %e, retry_in = ?backoff, "BridgeLink not attached")
+            }
+        }
+        hub.detach_link(index);
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+async fn attach_once(
+    index: usize,
+    url: &str,
+    credential: &Credential,
+    hub: &Hub,
+    pending: &Pending,
+    shutdown: &CancellationToken,
+) -> Result<(), Status> {
+    let channel = Endpoint::from_shared(url.to_owned())
+        .map_err(|e| Status::invalid_argument(e.to_string()))?
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_nodelay(true)
+        .connect()
+        .await
+        .map_err(|e| Status::unavailable(e.to_string()))?;
+    let (up, up_rx) = mpsc::channel(UP_QUEUE);
+    hub.attach_link(index, up);
+    let mut client = BridgeLinkClient::new(channel).max_decoding_message_size(16 * 1024 * 1024);
+    let mut down = client
+        .attach(credential.apply(Request::new(ReceiverStream::new(up_rx))))
+        .await?
+        .into_inner();
+    tracing::info!(url, "BridgeLink attached");
+    loop {
+        let next = tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            next = down.message() => next?,
+        };
+        match next.and_then(|d| d.msg) {
+            Some(Down::Delivery(d)) => hub.deliver(d),
+            Some(Down::Kick(k)) => hub.kick(k),
+            Some(Down::PublishResult(r)) => pending.resolve(r),
+            None => return Err(Status::unavailable("notify-svc ended the stream")),
+        }
+    }
+}
+
+/// The Notify API as the bridge uses it (history for replays).
+#[derive(Clone)]
+pub struct Api {
+    client: NotifyClient<Channel>,
+    credential: Credential,
+}
+
+impl Api {
+    /// Connects lazily to `url`.
+    pub fn new(url: &str, credential: Credential) -> anyhow::Result<Self> {
+        let channel = Endpoint::from_shared(url.to_owned())?
+            .connect_timeout(Duration::from_secs(5))
+            .tcp_nodelay(true)
+            .connect_lazy();
+        Ok(Self {
+            client: NotifyClient::new(channel),
+            credential,
+        })
+    }
+
+    pub async fn history(&self, req: pb::HistoryRequest) -> Result<pb::HistoryResponse, Status> {
+        let mut client = self.client.clone();
+        let mut req = self.credential.apply(Request::new(req));
+        req.set_timeout(HISTORY_TIMEOUT);
+        Ok(client.history(req).await?.into_inner())
+    }
+}

@@ -1,0 +1,120 @@
+//! The `bridge` binary: config from flags and `BRIDGE_*`/`AUTH_*` environment,
+//! logs, bind, run until SIGTERM/SIGINT (sockets close with 1012).
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use anyhow::Context;
+use clap::Parser;
+use notify_auth::{
+    DEV_CLIENT_ID, DEV_ISSUER, DEV_KEY_FILE, DevIssuer, KeySet, KeySource, Verifier, VerifierConfig,
+};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(
+    name = "bridge",
+    version,
+    about = "WebSocket bridge of the notify platform"
+)]
+struct Cli {
+    /// WebSocket listen address (clients connect to /ws).
+    #[arg(long, env = "BRIDGE_WS_ADDR", default_value = "127.0.0.1:8080")]
+    ws_addr: SocketAddr,
+    /// notify-svc endpoints, comma separated; the bridge attaches to each.
+    #[arg(
+        long,
+        env = "BRIDGE_NOTIFY_URLS",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:50051"
+    )]
+    notify_urls: Vec<String>,
+    /// Stable id of this bridge in the connection registry (default: hostname + port).
+    #[arg(long, env = "BRIDGE_ID")]
+    bridge_id: Option<String>,
+    /// The bridge's credential for notify-svc (a NOTIFY_API_TOKENS token).
+    #[arg(long, env = "BRIDGE_NOTIFY_TOKEN", hide_env_values = true)]
+    notify_token: Option<String>,
+    /// JWKS of the token issuer: http://… or file:PATH.
+    #[arg(long, env = "AUTH_JWKS_URL")]
+    jwks_url: Option<String>,
+    /// Expected `iss` of tokens.
+    #[arg(long, env = "AUTH_ISSUER")]
+    issuer: Option<String>,
+    /// Allowed app clients, comma separated.
+    #[arg(long, env = "AUTH_CLIENT_IDS", value_delimiter = ',')]
+    client_ids: Vec<String>,
+    /// Trust the dev issuer (`notify token`) whose key lives in --data-dir.
+    #[arg(long, env = "AUTH_DEV", default_value_t = false, action = clap::ArgAction::Set)]
+    auth_dev: bool,
+    /// Where the dev key lives.
+    #[arg(long, env = "BRIDGE_DATA_DIR", default_value = ".notify")]
+    data_dir: PathBuf,
+    /// Outbound frames queued per connection before it is closed with 4008.
+    #[arg(long, env = "BRIDGE_SEND_QUEUE", default_value_t = 1024)]
+    send_queue: usize,
+    /// Client frames per second per connection (burst twice that).
+    #[arg(long, env = "BRIDGE_RATE", default_value_t = 50)]
+    rate: u32,
+    /// Log format: pretty or json.
+    #[arg(long, env = "BRIDGE_LOG_FORMAT", default_value = "pretty")]
+    log_format: String,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    notify_ops::logging::init(&cli.log_format);
+    let verifier = if cli.auth_dev {
+        if !cli.ws_addr.ip().is_loopback() {
+            anyhow::bail!("AUTH_DEV=1 is for loopback only; bind BRIDGE_WS_ADDR to 127.0.0.1");
+        }
+        let issuer =
+            DevIssuer::load_or_create(&cli.data_dir.join(DEV_KEY_FILE), DEV_ISSUER, DEV_CLIENT_ID)?;
+        Verifier::new(
+            KeySet::new(issuer.key_source()),
+            VerifierConfig {
+                issuer: DEV_ISSUER.into(),
+                client_ids: vec![DEV_CLIENT_ID.into()],
+                leeway: Duration::from_secs(5),
+            },
+        )
+    } else {
+        let (Some(jwks), Some(issuer)) = (&cli.jwks_url, &cli.issuer) else {
+            anyhow::bail!("set AUTH_JWKS_URL and AUTH_ISSUER (or AUTH_DEV=1 on loopback)");
+        };
+        if cli.client_ids.is_empty() {
+            anyhow::bail!("AUTH_CLIENT_IDS is empty: every token would be refused");
+        }
+        Verifier::new(
+            KeySet::new(KeySource::parse(jwks)?),
+            VerifierConfig {
+                issuer: issuer.clone(),
+                client_ids: cli.client_ids.clone(),
+                leeway: Duration::from_secs(5),
+            },
+        )
+    };
+    let listener = TcpListener::bind(cli.ws_addr)
+        .await
+        .with_context(|| format!("binding {}", cli.ws_addr))?;
+    let bridge_id = cli.bridge_id.clone().unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/etc/hostname").unwrap_or_else(|_| "bridge".into());
+        format!("{}:{}", host.trim(), cli.ws_addr.port())
+    });
+    let config = notify_bridge::BridgeConfig {
+        bridge_id,
+        notify_urls: cli.notify_urls,
+        notify_token: cli.notify_token,
+        verifier,
+        topics: notify_core::TopicPolicy::default(),
+        send_queue: cli.send_queue,
+        max_frame: 64 * 1024,
+        rate_per_sec: cli.rate,
+        burst: cli.rate.saturating_mul(2),
+        ping_every: Duration::from_secs(25),
+    };
+    let shutdown = CancellationToken::new();
+    tokio::spawn(notify_ops::signals::cancel_on_signal(shutdown.clone()));
+    notify_bridge::run(config, listener, shutdown).await
+}

@@ -1,0 +1,170 @@
+//! The HTTP side: `GET /ws` is authenticated before anything else (a bad
+//! token gets 401 with a JSON body and nothing is stored), then upgraded to a
+//! WebSocket handled by [`connection::serve`](crate::connection::serve).
+
+use std::{convert::Infallible, sync::Arc};
+
+use http_body_util::Full;
+use hyper::{
+    Request, Response, StatusCode,
+    body::{Bytes, Incoming},
+    header,
+    service::service_fn,
+};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio_tungstenite::{
+    WebSocketStream,
+    tungstenite::{handshake::derive_accept_key, protocol::Role, protocol::WebSocketConfig},
+};
+use tokio_util::task::TaskTracker;
+
+use crate::connection::{self, Shared};
+
+/// Accepts until shutdown; returns once every connection has ended.
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>, max_frame: usize) {
+    let tracker = TaskTracker::new();
+    loop {
+        let accepted = tokio::select! {
+            () = shared.shutdown.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let Ok((stream, _)) = accepted else { continue };
+        let _ = stream.set_nodelay(true);
+        let (shared, tracker2) = (shared.clone(), tracker.clone());
+        tracker.spawn(async move {
+            let service = service_fn(move |req| {
+                let (shared, tracker) = (shared.clone(), tracker2.clone());
+                async move { Ok::<_, Infallible>(handle(req, shared, tracker, max_frame).await) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades();
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "HTTP connection ended");
+            }
+        });
+    }
+    tracker.close();
+    tracker.wait().await;
+}
+
+fn json(status: StatusCode, body: serde_json::Value) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// `token` and `since` from the query string.
+fn query_params(req: &Request<Incoming>) -> (Option<String>, Option<Result<u64, ()>>) {
+    let (mut token, mut since) = (None, None);
+    for pair in req.uri().query().unwrap_or_default().split('&') {
+        match pair.split_once('=') {
+            Some(("token", v)) => token = Some(v.to_owned()),
+            Some(("since", v)) => since = Some(v.parse::<u64>().map_err(|_| ())),
+            _ => {}
+        }
+    }
+    (token, since)
+}
+
+async fn handle(
+    req: Request<Incoming>,
+    shared: Arc<Shared>,
+    tracker: TaskTracker,
+    max_frame: usize,
+) -> Response<Full<Bytes>> {
+    if req.uri().path() != "/ws" {
+        return json(
+            StatusCode::NOT_FOUND,
+            serde_json::json!({"error": "not_found", "message": "WebSocket endpoint is /ws"}),
+        );
+    }
+    let is_upgrade = req
+        .headers()
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    let Some(key) = req.headers().get(header::SEC_WEBSOCKET_KEY).cloned() else {
+        return json(
+            StatusCode::BAD_REQUEST,
+            serde_json::json!({"error": "bad_request", "message": "expected a WebSocket upgrade"}),
+        );
+    };
+    if !is_upgrade {
+        return json(
+            StatusCode::BAD_REQUEST,
+            serde_json::json!({"error": "bad_request", "message": "expected a WebSocket upgrade"}),
+        );
+    }
+    let (query_token, since) = query_params(&req);
+    let header_token = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::to_owned);
+    let Some(token) = header_token.or(query_token) else {
+        return json(
+            StatusCode::UNAUTHORIZED,
+            serde_json::json!({"error": "unauthorized", "message": "a token is required: Authorization: Bearer … or ?token="}),
+        );
+    };
+    let since = match since {
+        None => None,
+        Some(Ok(n)) => Some(n),
+        Some(Err(())) => {
+            return json(
+                StatusCode::BAD_REQUEST,
+                serde_json::json!({"error": "bad_request", "message": "since must be a non-negative integer"}),
+            );
+        }
+    };
+    let identity = match shared.verifier.verify(&token).await {
+        Ok(identity) => identity,
+        Err(e) => {
+            return json(
+                StatusCode::UNAUTHORIZED,
+                serde_json::json!({"error": "unauthorized", "reason": e.reason(), "message": e.to_string()}),
+            );
+        }
+    };
+
+    let accept = derive_accept_key(key.as_bytes());
+    tracker.spawn(async move {
+        match hyper::upgrade::on(req).await {
+            Ok(upgraded) => {
+                let config = WebSocketConfig::default()
+                    .max_message_size(Some(max_frame))
+                    .max_frame_size(Some(max_frame));
+                let ws = WebSocketStream::from_raw_socket(
+                    TokioIo::new(upgraded),
+                    Role::Server,
+                    Some(config),
+                )
+                .await;
+                connection::serve(ws, identity, since, shared).await;
+            }
+            Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+        }
+    });
+    let mut response = Response::new(Full::new(Bytes::new()));
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::UPGRADE,
+        header::HeaderValue::from_static("websocket"),
+    );
+    headers.insert(
+        header::CONNECTION,
+        header::HeaderValue::from_static("Upgrade"),
+    );
+    if let Ok(value) = header::HeaderValue::from_str(&accept) {
+        headers.insert(header::SEC_WEBSOCKET_ACCEPT, value);
+    }
+    response
+}

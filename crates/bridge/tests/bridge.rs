@@ -1,0 +1,281 @@
+//! The bridge end to end: a real notify-svc (in-process, real gRPC, real
+//! Postgres), a real bridge, real WebSocket clients.
+
+use std::{sync::Arc, time::Duration};
+
+use clap::Parser;
+use futures::{SinkExt, StreamExt};
+use notify_auth::{DevIssuer, DevToken, KeySet, Verifier, VerifierConfig};
+use notify_bridge::BridgeConfig;
+use notify_proto::v1::{self as pb, notify_client::NotifyClient};
+use serde_json::Value;
+use test_support::TestDb;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_tungstenite::{
+    MaybeTlsStream, WebSocketStream,
+    tungstenite::{Message, client::IntoClientRequest},
+};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+struct SvcCli {
+    #[command(flatten)]
+    svc: notify_svc::SvcArgs,
+}
+
+struct Platform {
+    grpc: String,
+    ws: String,
+    issuer: Arc<DevIssuer>,
+    shutdown: CancellationToken,
+    _db: TestDb,
+}
+
+impl Platform {
+    async fn start() -> Self {
+        let db = TestDb::create().await;
+        let shutdown = CancellationToken::new();
+        let cli = SvcCli::try_parse_from(["notify-svc", "--database-url", &db.url]).unwrap();
+        let config = notify_svc::Config::from_args(&cli.svc).unwrap();
+        let grpc_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let http_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let grpc = format!("http://{}", grpc_listener.local_addr().unwrap());
+        tokio::spawn(notify_svc::run(
+            config,
+            grpc_listener,
+            http_listener,
+            shutdown.clone(),
+        ));
+        test_support::eventually("notify-svc answers", Duration::from_secs(20), || {
+            let grpc = grpc.clone();
+            async move {
+                let mut c = NotifyClient::connect(grpc).await.ok()?;
+                c.history(history("probe")).await.ok().map(|_| ())
+            }
+        })
+        .await;
+
+        let issuer = Arc::new(DevIssuer::generate("http://dev", "app").unwrap());
+        let verifier = Verifier::new(
+            KeySet::new(issuer.key_source()),
+            VerifierConfig {
+                issuer: "http://dev".into(),
+                client_ids: vec!["app".into()],
+                leeway: Duration::from_secs(5),
+            },
+        );
+        let ws_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let ws = format!("ws://{}/ws", ws_listener.local_addr().unwrap());
+        let config = BridgeConfig {
+            bridge_id: "bridge-test".into(),
+            notify_urls: vec![grpc.clone()],
+            notify_token: None,
+            verifier,
+            topics: notify_core::TopicPolicy::default(),
+            send_queue: 1024,
+            max_frame: 64 * 1024,
+            rate_per_sec: 100,
+            burst: 200,
+            ping_every: Duration::from_secs(25),
+        };
+        tokio::spawn(notify_bridge::run(config, ws_listener, shutdown.clone()));
+        Self {
+            grpc,
+            ws,
+            issuer,
+            shutdown,
+            _db: db,
+        }
+    }
+
+    fn token(&self, user: &str) -> String {
+        self.issuer.mint(&DevToken::access(user)).unwrap()
+    }
+
+    async fn connect(&self, user: &str, query: &str) -> Client {
+        let mut req = format!("{}{query}", self.ws).into_client_request().unwrap();
+        req.headers_mut().insert(
+            "authorization",
+            format!("Bearer {}", self.token(user)).parse().unwrap(),
+        );
+        let (ws, _) = tokio_tungstenite::connect_async(req)
+            .await
+            .expect("upgrade");
+        Client { ws }
+    }
+
+    async fn api(&self) -> NotifyClient<tonic::transport::Channel> {
+        NotifyClient::connect(self.grpc.clone()).await.unwrap()
+    }
+}
+
+impl Drop for Platform {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+fn history(user: &str) -> pb::HistoryRequest {
+    pb::HistoryRequest {
+        target: Some(pb::history_request::Target::UserId(user.into())),
+        since: 0,
+        limit: 1,
+        after_acked: false,
+    }
+}
+
+fn to_user(user: &str, data: &str) -> pb::PublishRequest {
+    pb::PublishRequest {
+        target: Some(pb::publish_request::Target::UserId(user.into())),
+        event: "note".into(),
+        data: data.into(),
+        ..Default::default()
+    }
+}
+
+struct Client {
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+impl Client {
+    async fn next(&mut self) -> Value {
+        loop {
+            let msg = tokio::time::timeout(Duration::from_secs(10), self.ws.next())
+                .await
+                .expect("a frame within 10 s")
+                .expect("socket open")
+                .expect("no socket error");
+            if let Message::Text(text) = msg {
+                return serde_json::from_str(text.as_str()).unwrap();
+            }
+        }
+    }
+
+    async fn send(&mut self, frame: Value) {
+        self.ws
+            .send(Message::text(frame.to_string()))
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_client_gets_welcome_replay_then_live_messages_in_order() {
+    let p = Platform::start().await;
+    let mut api = p.api().await;
+    for i in 1..=3 {
+        api.publish(to_user("alice", &format!("{{\"n\":{i}}}")))
+            .await
+            .unwrap();
+    }
+    let mut alice = p.connect("alice", "").await;
+    let welcome = alice.next().await;
+    assert_eq!(welcome["type"], "welcome");
+    assert_eq!(welcome["user_id"], "alice");
+    assert_eq!(welcome["seq"], 3);
+    for i in 1..=3 {
+        let m = alice.next().await;
+        assert_eq!(
+            (m["type"].as_str(), m["seq"].as_u64()),
+            (Some("message"), Some(i))
+        );
+        assert_eq!(m["data"]["n"], i, "data is the JSON value itself");
+    }
+    // Live, once the bridge is attached.
+    let sent = test_support::eventually("live delivery", Duration::from_secs(10), || {
+        let mut api = api.clone();
+        async move {
+            let r = api
+                .publish(to_user("alice", r#"{"n":4}"#))
+                .await
+                .ok()?
+                .into_inner();
+            (r.delivered == 1).then_some(r)
+        }
+    })
+    .await;
+    // Probes before the link attached went to the inbox: they arrive in order too.
+    let mut last = 3;
+    loop {
+        let m = alice.next().await;
+        let seq = m["seq"].as_u64().unwrap();
+        assert_eq!(seq, last + 1, "no gap, no duplicate");
+        last = seq;
+        if m["id"] == sent.message_id.as_str() {
+            break;
+        }
+    }
+    // Ack, reconnect: only what came after the ack is replayed.
+    alice
+        .send(serde_json::json!({"action": "ack", "seq": last}))
+        .await;
+    api.publish(to_user("alice", r#"{"n":"after"}"#))
+        .await
+        .unwrap();
+    let m = alice.next().await;
+    assert_eq!(m["seq"].as_u64(), Some(last + 1));
+    drop(alice);
+    let mut again = test_support::eventually("ack persisted", Duration::from_secs(10), || async {
+        let mut c = p.connect("alice", "").await;
+        let welcome = c.next().await;
+        assert_eq!(welcome["type"], "welcome");
+        let m = c.next().await;
+        (m["seq"].as_u64() == Some(last + 1)).then_some(c)
+    })
+    .await;
+    again
+        .send(serde_json::json!({"action": "ping", "id": 1}))
+        .await;
+    let pong = again.next().await;
+    assert_eq!(
+        (pong["type"].as_str(), pong["id"].as_u64()),
+        (Some("pong"), Some(1))
+    );
+}
+
+#[tokio::test]
+async fn bad_tokens_are_refused_before_the_upgrade_and_bad_frames_get_errors() {
+    let p = Platform::start().await;
+    for (header, reason) in [(None, None), (Some("Bearer garbage"), Some("malformed"))] {
+        let mut req = p.ws.as_str().into_client_request().unwrap();
+        if let Some(h) = header {
+            req.headers_mut()
+                .insert("authorization", h.parse().unwrap());
+        }
+        let err = tokio_tungstenite::connect_async(req).await.unwrap_err();
+        let tokio_tungstenite::tungstenite::Error::Http(response) = err else {
+            panic!("expected an HTTP refusal, got {err:?}");
+        };
+        assert_eq!(response.status(), 401);
+        let body: Value = serde_json::from_slice(response.body().as_deref().unwrap()).unwrap();
+        assert_eq!(body["error"], "unauthorized");
+        if let Some(reason) = reason {
+            assert_eq!(body["reason"], reason);
+        }
+    }
+    let mut bob = p.connect("bob", "").await;
+    assert_eq!(bob.next().await["type"], "welcome");
+    bob.send(serde_json::json!({"action": "dance", "id": "d"}))
+        .await;
+    let e = bob.next().await;
+    assert_eq!(
+        (e["type"].as_str(), e["code"].as_str()),
+        (Some("error"), Some("unknown_action"))
+    );
+    assert_eq!(
+        (e["message"].as_str(), e["id"].as_str()),
+        (Some("That's not a valid action"), Some("d"))
+    );
+    bob.send(serde_json::json!({"action": "subscribe", "topic": "private:carol:x"}))
+        .await;
+    assert_eq!(bob.next().await["code"], "forbidden");
+    bob.send(serde_json::json!({"action": "subscribe", "topic": "fights:live", "id": 5}))
+        .await;
+    let s = bob.next().await;
+    assert_eq!(
+        (s["type"].as_str(), s["topic"].as_str(), s["id"].as_u64()),
+        (Some("subscribed"), Some("fights:live"), Some(5))
+    );
+    bob.ws.send(Message::binary(vec![1, 2, 3])).await.unwrap();
+    assert_eq!(bob.next().await["code"], "bad_request");
+}
