@@ -1,6 +1,7 @@
-//! The `notify` binary: `notify up` runs the platform in one process. (The
-//! embedded SQLite default, the bridge, bet-tracker and the CLI subcommands
-//! join as their issues land; for now `up` runs notify-svc on Postgres.)
+//! The `notify` binary: `notify up` runs notify-svc and a WebSocket bridge in
+//! one process, linked over loopback gRPC exactly as in production, with the
+//! dev token issuer; `notify token` mints dev tokens. (The embedded SQLite
+//! default, bet-tracker and the other CLI subcommands join as their issues land.)
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -20,7 +21,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the platform in one process (today: notify-svc on Postgres).
+    /// Run the platform in one process: notify-svc and a bridge (dev tokens).
     ///
     /// Without DATABASE_URL it uses (and creates) the database `notify` on the
     /// local Postgres at 127.0.0.1:5432.
@@ -29,6 +30,12 @@ enum Command {
     Up {
         #[command(flatten)]
         svc: notify_svc::SvcArgs,
+        /// WebSocket listen address of the bridge (loopback: dev tokens).
+        #[arg(long, env = "BRIDGE_WS_ADDR", default_value = "127.0.0.1:8080")]
+        ws_addr: std::net::SocketAddr,
+        /// Where the dev key (and later the embedded database) lives.
+        #[arg(long, default_value = ".notify")]
+        data_dir: std::path::PathBuf,
     },
     /// Mint a dev token (RS256, local dev key) for a WebSocket client.
     ///
@@ -39,7 +46,11 @@ enum Command {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Command::Up { svc } => up(svc).await,
+        Command::Up {
+            svc,
+            ws_addr,
+            data_dir,
+        } => up(svc, ws_addr, data_dir).await,
         Command::Token(args) => token(args),
     }
 }
@@ -96,8 +107,15 @@ fn token(args: TokenArgs) -> anyhow::Result<()> {
 /// Postgres (the embedded SQLite default replaces this with its own issue).
 const LOCAL_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/notify";
 
-async fn up(mut args: notify_svc::SvcArgs) -> anyhow::Result<()> {
+async fn up(
+    mut args: notify_svc::SvcArgs,
+    ws_addr: std::net::SocketAddr,
+    data_dir: std::path::PathBuf,
+) -> anyhow::Result<()> {
     notify_ops::logging::init(&args.log_format);
+    if !ws_addr.ip().is_loopback() {
+        anyhow::bail!("notify up trusts dev tokens: bind --ws-addr to loopback");
+    }
     if args.database_url.is_none() {
         args.database_url = Some(LOCAL_DATABASE_URL.into());
         if notify_store::postgres::create_database_if_missing(LOCAL_DATABASE_URL)
@@ -122,7 +140,41 @@ async fn up(mut args: notify_svc::SvcArgs) -> anyhow::Result<()> {
     let http = TcpListener::bind(args.http_addr)
         .await
         .with_context(|| format!("binding ops HTTP {}", args.http_addr))?;
+    let ws = TcpListener::bind(ws_addr)
+        .await
+        .with_context(|| format!("binding WebSocket {ws_addr}"))?;
+    let issuer = notify_auth::DevIssuer::load_or_create(
+        &data_dir.join(notify_auth::DEV_KEY_FILE),
+        notify_auth::DEV_ISSUER,
+        notify_auth::DEV_CLIENT_ID,
+    )?;
+    let verifier = notify_auth::Verifier::new(
+        notify_auth::KeySet::new(issuer.key_source()),
+        notify_auth::VerifierConfig {
+            issuer: notify_auth::DEV_ISSUER.into(),
+            client_ids: vec![notify_auth::DEV_CLIENT_ID.into()],
+            leeway: std::time::Duration::from_secs(5),
+        },
+    );
+    let token = issuer.mint(&notify_auth::DevToken {
+        ttl: std::time::Duration::from_secs(24 * 3600),
+        ..notify_auth::DevToken::access("alice")
+    })?;
+    let bridge = notify_bridge::BridgeConfig {
+        bridge_id: format!("up:{}", ws_addr.port()),
+        // The same gRPC link as production, over loopback.
+        notify_urls: vec![format!("http://{}", args.grpc_addr)],
+        notify_token: None,
+        verifier,
+        topics: config.topics.clone(),
+        send_queue: 1024,
+        max_frame: 64 * 1024,
+        rate_per_sec: 50,
+        burst: 100,
+        ping_every: std::time::Duration::from_secs(25),
+    };
     println!("notify is starting");
+    println!("  WebSocket    ws://{ws_addr}/ws");
     println!(
         "  gRPC API     grpc://{}   (try: grpcurl -plaintext {} list)",
         args.grpc_addr, args.grpc_addr
@@ -135,9 +187,34 @@ async fn up(mut args: notify_svc::SvcArgs) -> anyhow::Result<()> {
         "  database     {}",
         notify_store::postgres::redact_url(args.database_url.as_deref().unwrap_or_default())
     );
+    println!("  dev token    (user alice, 24 h; more with `notify token --user NAME`)");
+    println!("TOKEN={token}");
+    println!("  connect:     websocat \"ws://{ws_addr}/ws?token=$TOKEN\"");
+    println!(
+        "  publish:     grpcurl -plaintext -d '{{\"user_id\":\"alice\",\"event\":\"hello\",\"data\":\"{{}}\"}}' {} notify.v1.Notify/Publish",
+        args.grpc_addr
+    );
     println!("Ctrl-C stops it cleanly.");
     let shutdown = CancellationToken::new();
     tokio::spawn(notify_ops::signals::cancel_on_signal(shutdown.clone()));
-    notify_svc::run(config, grpc, http, shutdown).await?;
+    // The bridge stops first (sockets close with 1012, last acks go up),
+    // then notify-svc drains.
+    let bridge_stop = shutdown.child_token();
+    let svc_stop = CancellationToken::new();
+    let bridge = tokio::spawn(notify_bridge::run(bridge, ws, bridge_stop));
+    let mut svc = tokio::spawn(notify_svc::run(config, grpc, http, svc_stop.clone()));
+    tokio::select! {
+        () = shutdown.cancelled() => {}
+        // notify-svc ended by itself: a fatal error (e.g. a changed migration).
+        ended = &mut svc => {
+            shutdown.cancel();
+            let _ = bridge.await;
+            ended??;
+            return Ok(());
+        }
+    }
+    bridge.await??;
+    svc_stop.cancel();
+    svc.await??;
     Ok(())
 }

@@ -1,5 +1,6 @@
 //! `notify up`, the README's first command, as a user runs it: the real binary
-//! on free loopback ports, a publish over gRPC, History, Ctrl-C.
+//! on free loopback ports, a WebSocket client with the printed dev token, a
+//! publish over gRPC that reaches it, Ctrl-C.
 
 use std::{process::Stdio, time::Duration};
 
@@ -12,8 +13,20 @@ async fn notify_up_serves_the_api_and_stops_on_ctrl_c() {
     let db = TestDb::create().await;
     let grpc = format!("127.0.0.1:{}", free_port());
     let http = format!("127.0.0.1:{}", free_port());
+    let ws = format!("127.0.0.1:{}", free_port());
+    let data = std::env::temp_dir().join(format!("notify-up-{}", std::process::id()));
     let mut child = Command::new(env!("CARGO_BIN_EXE_notify"))
-        .args(["up", "--grpc-addr", &grpc, "--http-addr", &http])
+        .args([
+            "up",
+            "--grpc-addr",
+            &grpc,
+            "--http-addr",
+            &http,
+            "--ws-addr",
+            &ws,
+        ])
+        .arg("--data-dir")
+        .arg(&data)
         .env("DATABASE_URL", &db.url)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
@@ -36,6 +49,12 @@ async fn notify_up_serves_the_api_and_stops_on_ctrl_c() {
         banner.contains(&format!("http://{http}/healthz")),
         "{banner}"
     );
+    assert!(banner.contains(&format!("ws://{ws}/ws")), "{banner}");
+    let token = banner
+        .lines()
+        .find_map(|l| l.strip_prefix("TOKEN="))
+        .expect("a dev token line")
+        .to_owned();
 
     let url = format!("http://{grpc}");
     let mut client = eventually("notify up answers gRPC", Duration::from_secs(30), || {
@@ -60,6 +79,31 @@ async fn notify_up_serves_the_api_and_stops_on_ctrl_c() {
     .await
     .into_inner();
     assert_eq!(sent.seq, 1);
+
+    // The printed token connects; the message is replayed, the next one live.
+    use futures::StreamExt;
+    let (mut socket, _) = tokio_tungstenite::connect_async(format!("ws://{ws}/ws?token={token}"))
+        .await
+        .expect("WebSocket upgrade with the dev token");
+    let mut frames = Vec::new();
+    while frames.len() < 2 {
+        let frame = tokio::time::timeout(Duration::from_secs(10), socket.next())
+            .await
+            .expect("a frame within 10 s")
+            .unwrap()
+            .unwrap();
+        if let tokio_tungstenite::tungstenite::Message::Text(t) = frame {
+            frames.push(serde_json::from_str::<serde_json::Value>(t.as_str()).unwrap());
+        }
+    }
+    assert_eq!(frames[0]["type"], "welcome");
+    assert_eq!(
+        (
+            frames[1]["seq"].as_u64(),
+            frames[1]["data"]["from"].as_str()
+        ),
+        (Some(1), Some("readme"))
+    );
     let page = client
         .history(pb::HistoryRequest {
             target: Some(pb::history_request::Target::UserId("alice".into())),
@@ -85,4 +129,5 @@ async fn notify_up_serves_the_api_and_stops_on_ctrl_c() {
         .expect("stops within 15 s")
         .unwrap();
     assert!(status.success(), "{status:?}");
+    std::fs::remove_dir_all(&data).ok();
 }
