@@ -71,6 +71,24 @@ enum Internal {
 
 type Socket = WebSocketStream<TokioIo<Upgraded>>;
 
+/// What woke the connection loop.
+enum Event {
+    Ping,
+    Deliver(pb::StoredMessage),
+    Internal(Internal),
+    Frame(String),
+    Binary,
+    TooLarge,
+}
+
+fn slow_consumer() -> End {
+    End::Close(protocol::CLOSE_SLOW_CONSUMER, "slow consumer".into())
+}
+
+/// How long the closing handshake may take: a peer that does not read gets
+/// its socket dropped instead.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Why the loop ended, and how to close.
 enum End {
     Close(u16, String),
@@ -108,7 +126,7 @@ pub async fn serve(mut ws: Socket, identity: Identity, since: Option<u64>, share
             code: CloseCode::from(code),
             reason: reason.into(),
         };
-        let _ = ws.close(Some(frame)).await;
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.close(Some(frame))).await;
     }
     tracing::debug!(conn = %id, "disconnected");
 }
@@ -182,13 +200,11 @@ impl Conn {
         let mut unanswered_pings = 0u32;
         loop {
             let expiry = self.expiry();
-            let result = tokio::select! {
+            let event = tokio::select! {
                 () = self.shared.shutdown.cancelled() => {
                     return End::Close(protocol::CLOSE_RESTARTING, "server restarting".into());
                 }
-                () = slow.cancelled() => {
-                    return End::Close(protocol::CLOSE_SLOW_CONSUMER, "slow consumer".into());
-                }
+                () = slow.cancelled() => return slow_consumer(),
                 () = tokio::time::sleep(expiry) => {
                     return End::Close(protocol::CLOSE_TOKEN_EXPIRED, "token expired".into());
                 }
@@ -198,35 +214,63 @@ impl Conn {
                         return End::Close(1001, "no pong".into());
                     }
                     unanswered_pings += 1;
-                    ws.send(Message::Ping(Vec::new().into())).await.map_err(|_| End::Gone)
+                    Event::Ping
                 }
                 out = rx.recv() => match out {
-                    Some(Outbound::Deliver(message)) => self.delivered(ws, message).await,
+                    Some(Outbound::Deliver(message)) => Event::Deliver(message),
                     Some(Outbound::Kick { code, reason }) => return End::Close(code, reason),
                     None => return End::Gone,
                 },
                 internal = internal_rx.recv() => match internal {
-                    Some(Internal::Read(feed, read)) => self.read(ws, feed, read).await,
-                    Some(Internal::Reply(text)) => send(ws, text).await,
-                    None => Ok(()),
+                    Some(internal) => Event::Internal(internal),
+                    None => continue,
                 },
                 frame = ws.next() => match frame {
-                    Some(Ok(Message::Text(text))) => self.frame(ws, text.as_str()).await,
-                    Some(Ok(Message::Binary(_))) => {
-                        send(ws, error_text(ErrorCode::BadRequest, "binary frames are not accepted: send JSON text", None)).await
-                    }
+                    Some(Ok(Message::Text(text))) => Event::Frame(text.as_str().to_owned()),
+                    Some(Ok(Message::Binary(_))) => Event::Binary,
                     Some(Ok(Message::Pong(_))) => {
                         unanswered_pings = 0;
-                        Ok(())
+                        continue;
                     }
-                    Some(Ok(Message::Ping(_) | Message::Frame(_))) => Ok(()),
+                    Some(Ok(Message::Ping(_) | Message::Frame(_))) => continue,
                     Some(Ok(Message::Close(_))) | None => return End::Gone,
-                    Some(Err(tokio_tungstenite::tungstenite::Error::Capacity(_))) => {
-                        let _ = send(ws, error_text(ErrorCode::TooLarge, "frame over 64 KiB", None)).await;
-                        return End::Close(1009, "frame too large".into());
-                    }
+                    Some(Err(tokio_tungstenite::tungstenite::Error::Capacity(_))) => Event::TooLarge,
                     Some(Err(_)) => return End::Gone,
                 },
+            };
+            // Handling writes to the socket; a client that stops reading must
+            // not hold the task: the hub's overflow signal interrupts it.
+            let handled = async {
+                match event {
+                    Event::Ping => ws
+                        .send(Message::Ping(Vec::new().into()))
+                        .await
+                        .map_err(|_| End::Gone),
+                    Event::Deliver(message) => self.delivered(ws, message).await,
+                    Event::Internal(Internal::Read(feed, read)) => self.read(ws, feed, read).await,
+                    Event::Internal(Internal::Reply(text)) => send(ws, text).await,
+                    Event::Frame(text) => self.frame(ws, &text).await,
+                    Event::Binary => {
+                        let text = error_text(
+                            ErrorCode::BadRequest,
+                            "binary frames are not accepted: send JSON text",
+                            None,
+                        );
+                        send(ws, text).await
+                    }
+                    Event::TooLarge => {
+                        let _ = send(
+                            ws,
+                            error_text(ErrorCode::TooLarge, "frame over 64 KiB", None),
+                        )
+                        .await;
+                        Err(End::Close(1009, "frame too large".into()))
+                    }
+                }
+            };
+            let result = tokio::select! {
+                result = handled => result,
+                () = slow.cancelled() => return slow_consumer(),
             };
             if let Err(end) = result {
                 return end;

@@ -33,6 +33,10 @@ struct Platform {
 
 impl Platform {
     async fn start() -> Self {
+        Self::start_with_queue(1024).await
+    }
+
+    async fn start_with_queue(send_queue: usize) -> Self {
         let db = TestDb::create().await;
         let shutdown = CancellationToken::new();
         let cli = SvcCli::try_parse_from(["notify-svc", "--database-url", &db.url]).unwrap();
@@ -72,7 +76,7 @@ impl Platform {
             notify_token: None,
             verifier,
             topics: notify_core::TopicPolicy::default(),
-            send_queue: 1024,
+            send_queue,
             max_frame: 64 * 1024,
             rate_per_sec: 100,
             burst: 200,
@@ -278,4 +282,245 @@ async fn bad_tokens_are_refused_before_the_upgrade_and_bad_frames_get_errors() {
     );
     bob.ws.send(Message::binary(vec![1, 2, 3])).await.unwrap();
     assert_eq!(bob.next().await["code"], "bad_request");
+}
+
+fn presence_req(user: &str) -> pb::GetPresenceRequest {
+    pb::GetPresenceRequest {
+        target: Some(pb::get_presence_request::Target::UserId(user.into())),
+    }
+}
+
+#[tokio::test]
+async fn presence_follows_connections_and_messages_reach_exactly_their_targets() {
+    let p = Platform::start().await;
+    let mut api = p.api().await;
+    let mut phone = p.connect("amy", "").await;
+    let mut laptop = p.connect("amy", "").await;
+    let mut ben = p.connect("ben", "").await;
+    let mut bystander = p.connect("cal", "").await;
+    for c in [&mut phone, &mut laptop, &mut ben, &mut bystander] {
+        assert_eq!(c.next().await["type"], "welcome");
+    }
+    let connections = test_support::eventually(
+        "amy's two devices registered",
+        Duration::from_secs(10),
+        || {
+            let mut api = api.clone();
+            async move {
+                let n = api
+                    .get_presence(presence_req("amy"))
+                    .await
+                    .ok()?
+                    .into_inner()
+                    .connections;
+                (n.len() == 2).then_some(n)
+            }
+        },
+    )
+    .await;
+    assert!(connections.iter().all(|c| c.bridge_id == "bridge-test"));
+
+    // A user message reaches both of amy's devices, nobody else.
+    let r = api
+        .publish(to_user("amy", r#""to amy""#))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.delivered, 2);
+    for c in [&mut phone, &mut laptop] {
+        assert_eq!(c.next().await["data"], "to amy");
+    }
+    // A user list: amy (2 devices) and ben.
+    let list = pb::PublishRequest {
+        target: Some(pb::publish_request::Target::Users(pb::UserList {
+            user_ids: vec!["amy".into(), "ben".into()],
+        })),
+        ..to_user("", r#""to both""#)
+    };
+    assert_eq!(api.publish(list).await.unwrap().into_inner().delivered, 3);
+    for c in [&mut phone, &mut laptop, &mut ben] {
+        assert_eq!(c.next().await["data"], "to both");
+    }
+    // A topic: only the subscribers; a client publish skips its sender.
+    for c in [&mut laptop, &mut ben] {
+        c.send(serde_json::json!({"action": "subscribe", "topic": "room:lobby"}))
+            .await;
+        assert_eq!(c.next().await["type"], "subscribed");
+    }
+    let r = test_support::eventually("both subscribers routed", Duration::from_secs(10), || {
+        let mut api = api.clone();
+        async move {
+            let req = pb::PublishRequest {
+                target: Some(pb::publish_request::Target::Topic("room:lobby".into())),
+                ..to_user("", r#""topic""#)
+            };
+            let r = api.publish(req).await.ok()?.into_inner();
+            (r.delivered == 2).then_some(r)
+        }
+    })
+    .await;
+    for c in [&mut laptop, &mut ben] {
+        // Earlier probes may have reached some subscribers first: skip to this one.
+        loop {
+            let m = c.next().await;
+            if m["id"] == r.message_id.as_str() {
+                assert_eq!(m["topic"], "room:lobby");
+                break;
+            }
+        }
+    }
+    ben.send(serde_json::json!({"action": "publish", "topic": "room:lobby", "data": {"hi": 1}, "id": "p"})).await;
+    let ack = ben.next().await;
+    assert_eq!(
+        (ack["type"].as_str(), ack["id"].as_str()),
+        (Some("published"), Some("p"))
+    );
+    let got = laptop.next().await;
+    assert_eq!(
+        (got["data"]["hi"].as_u64(), got["seq"].as_u64()),
+        (Some(1), ack["seq"].as_u64())
+    );
+    ben.send(serde_json::json!({"action": "publish", "topic": "fights:live", "data": 1}))
+        .await;
+    assert_eq!(ben.next().await["code"], "forbidden");
+    // Broadcast reaches all four sockets.
+    let b = pb::PublishRequest {
+        target: Some(pb::publish_request::Target::Broadcast(true)),
+        ..to_user("", r#""all""#)
+    };
+    assert_eq!(api.publish(b).await.unwrap().into_inner().delivered, 4);
+    for c in [&mut phone, &mut laptop, &mut ben, &mut bystander] {
+        assert_eq!(c.next().await["data"], "all");
+    }
+    // The bystander never got anything else.
+    let quiet = tokio::time::timeout(Duration::from_millis(300), bystander.ws.next()).await;
+    assert!(quiet.is_err(), "bystander received {quiet:?}");
+
+    // Disconnect closes amy's sockets with 4003 and presence empties.
+    let d = api
+        .disconnect(pb::DisconnectRequest {
+            target: Some(pb::disconnect_request::Target::UserId("amy".into())),
+            reason: "account closed".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(d.disconnected, 2);
+    for c in [&mut phone, &mut laptop] {
+        let close = closing_code(c).await;
+        assert_eq!(close, Some(4003));
+    }
+    test_support::eventually("presence empty", Duration::from_secs(10), || {
+        let mut api = api.clone();
+        async move {
+            let n = api
+                .get_presence(presence_req("amy"))
+                .await
+                .ok()?
+                .into_inner()
+                .connections;
+            n.is_empty().then_some(())
+        }
+    })
+    .await;
+}
+
+/// Reads until the close frame; its code.
+async fn closing_code(c: &mut Client) -> Option<u16> {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), c.ws.next())
+            .await
+            .ok()??
+        {
+            Ok(Message::Close(frame)) => return frame.map(|f| u16::from(f.code)),
+            Ok(_) => continue,
+            Err(_) => return None,
+        }
+    }
+}
+
+#[tokio::test]
+async fn offline_messages_replay_in_order_and_acks_move_the_resume_point() {
+    let p = Platform::start().await;
+    let mut api = p.api().await;
+    let batch = pb::PublishBatchRequest {
+        requests: (1..=100).map(|i| to_user("dan", &i.to_string())).collect(),
+    };
+    api.publish_batch(batch).await.unwrap();
+    let mut dan = p.connect("dan", "").await;
+    assert_eq!(dan.next().await["seq"], 100);
+    for i in 1..=100u64 {
+        assert_eq!(dan.next().await["seq"].as_u64(), Some(i));
+    }
+    dan.send(serde_json::json!({"action": "ack", "seq": 60}))
+        .await;
+    drop(dan);
+    let mut again =
+        test_support::eventually("ack 60 persisted", Duration::from_secs(10), || async {
+            let mut c = p.connect("dan", "").await;
+            c.next().await;
+            (c.next().await["seq"].as_u64() == Some(61)).then_some(c)
+        })
+        .await;
+    for i in 62..=100u64 {
+        assert_eq!(again.next().await["seq"].as_u64(), Some(i));
+    }
+    // ?since= overrides the ack.
+    let mut from_90 = p.connect("dan", "?since=90").await;
+    from_90.next().await;
+    assert_eq!(from_90.next().await["seq"].as_u64(), Some(91));
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_closed_with_4008_and_others_get_everything() {
+    let p = Platform::start_with_queue(32).await;
+    let mut api = p.api().await;
+    let mut stuck = p.connect("eve", "").await;
+    let mut reader = p.connect("fay", "").await;
+    assert_eq!(stuck.next().await["type"], "welcome");
+    assert_eq!(reader.next().await["type"], "welcome");
+    for c in [&mut stuck, &mut reader] {
+        c.send(serde_json::json!({"action": "subscribe", "topic": "room:burst"}))
+            .await;
+        assert_eq!(c.next().await["type"], "subscribed");
+    }
+    // ~10 MB to the topic while eve reads nothing: the socket buffers and her
+    // queue (32 here) fill up; the bridge must close her, not wait for her.
+    let data = format!("\"{}\"", "x".repeat(60 * 1024));
+    let reader_task = tokio::spawn(async move {
+        let mut seqs = Vec::new();
+        while seqs.len() < 170 {
+            let m = reader.next().await;
+            if m["type"] == "message" {
+                seqs.push(m["seq"].as_u64().unwrap());
+            }
+        }
+        seqs
+    });
+    for _ in 0..170 {
+        let req = pb::PublishRequest {
+            target: Some(pb::publish_request::Target::Topic("room:burst".into())),
+            ..to_user("", &data)
+        };
+        api.publish(req).await.unwrap();
+    }
+    let seqs = tokio::time::timeout(Duration::from_secs(30), reader_task)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        seqs,
+        (1..=170).collect::<Vec<_>>(),
+        "the reader got everything in order"
+    );
+    assert_eq!(closing_code(&mut stuck).await, Some(4008));
+}
+
+#[tokio::test]
+async fn shutdown_closes_sockets_with_1012() {
+    let p = Platform::start().await;
+    let mut gus = p.connect("gus", "").await;
+    assert_eq!(gus.next().await["type"], "welcome");
+    p.shutdown.cancel();
+    assert_eq!(closing_code(&mut gus).await, Some(1012));
 }
