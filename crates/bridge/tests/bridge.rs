@@ -27,8 +27,34 @@ struct Platform {
     grpc: String,
     ws: String,
     issuer: Arc<DevIssuer>,
+    verifier: Verifier,
+    /// Stops the bridges.
     shutdown: CancellationToken,
-    _db: TestDb,
+    /// Stops notify-svc.
+    svc_stop: CancellationToken,
+    svc: Option<tokio::task::JoinHandle<Result<(), notify_svc::RunError>>>,
+    db: TestDb,
+}
+
+async fn start_svc(
+    db_url: &str,
+    grpc_listener: TcpListener,
+    stop: CancellationToken,
+) -> tokio::task::JoinHandle<Result<(), notify_svc::RunError>> {
+    let cli = SvcCli::try_parse_from(["notify-svc", "--database-url", db_url]).unwrap();
+    let config = notify_svc::Config::from_args(&cli.svc).unwrap();
+    let http_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let grpc = format!("http://{}", grpc_listener.local_addr().unwrap());
+    let handle = tokio::spawn(notify_svc::run(config, grpc_listener, http_listener, stop));
+    test_support::eventually("notify-svc answers", Duration::from_secs(20), || {
+        let grpc = grpc.clone();
+        async move {
+            let mut c = NotifyClient::connect(grpc).await.ok()?;
+            c.history(history("probe")).await.ok().map(|_| ())
+        }
+    })
+    .await;
+    handle
 }
 
 impl Platform {
@@ -39,25 +65,10 @@ impl Platform {
     async fn start_with_queue(send_queue: usize) -> Self {
         let db = TestDb::create().await;
         let shutdown = CancellationToken::new();
-        let cli = SvcCli::try_parse_from(["notify-svc", "--database-url", &db.url]).unwrap();
-        let config = notify_svc::Config::from_args(&cli.svc).unwrap();
+        let svc_stop = CancellationToken::new();
         let grpc_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let http_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let grpc = format!("http://{}", grpc_listener.local_addr().unwrap());
-        tokio::spawn(notify_svc::run(
-            config,
-            grpc_listener,
-            http_listener,
-            shutdown.clone(),
-        ));
-        test_support::eventually("notify-svc answers", Duration::from_secs(20), || {
-            let grpc = grpc.clone();
-            async move {
-                let mut c = NotifyClient::connect(grpc).await.ok()?;
-                c.history(history("probe")).await.ok().map(|_| ())
-            }
-        })
-        .await;
+        let svc = start_svc(&db.url, grpc_listener, svc_stop.clone()).await;
 
         let issuer = Arc::new(DevIssuer::generate("http://dev", "app").unwrap());
         let verifier = Verifier::new(
@@ -68,13 +79,29 @@ impl Platform {
                 leeway: Duration::from_secs(5),
             },
         );
+        let mut platform = Self {
+            grpc,
+            ws: String::new(),
+            issuer,
+            verifier,
+            shutdown,
+            svc_stop,
+            svc: Some(svc),
+            db,
+        };
+        platform.ws = platform.add_bridge("bridge-test", send_queue).await;
+        platform
+    }
+
+    /// Starts a bridge attached to the notify-svc; returns its WebSocket URL.
+    async fn add_bridge(&self, id: &str, send_queue: usize) -> String {
         let ws_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let ws = format!("ws://{}/ws", ws_listener.local_addr().unwrap());
         let config = BridgeConfig {
-            bridge_id: "bridge-test".into(),
-            notify_urls: vec![grpc.clone()],
+            bridge_id: id.into(),
+            notify_urls: vec![self.grpc.clone()],
             notify_token: None,
-            verifier,
+            verifier: self.verifier.clone(),
             topics: notify_core::TopicPolicy::default(),
             send_queue,
             max_frame: 64 * 1024,
@@ -82,14 +109,29 @@ impl Platform {
             burst: 200,
             ping_every: Duration::from_secs(25),
         };
-        tokio::spawn(notify_bridge::run(config, ws_listener, shutdown.clone()));
-        Self {
-            grpc,
-            ws,
-            issuer,
-            shutdown,
-            _db: db,
+        tokio::spawn(notify_bridge::run(
+            config,
+            ws_listener,
+            self.shutdown.clone(),
+        ));
+        ws
+    }
+
+    /// Stops notify-svc and starts a new one on the same address and database.
+    async fn restart_svc(&mut self) {
+        self.svc_stop.cancel();
+        if let Some(handle) = self.svc.take() {
+            handle.await.unwrap().unwrap();
         }
+        let addr = self.grpc.trim_start_matches("http://").to_owned();
+        let listener =
+            test_support::eventually("the port is free again", Duration::from_secs(10), || {
+                let addr = addr.clone();
+                async move { TcpListener::bind(&addr).await.ok() }
+            })
+            .await;
+        self.svc_stop = CancellationToken::new();
+        self.svc = Some(start_svc(&self.db.url, listener, self.svc_stop.clone()).await);
     }
 
     fn token(&self, user: &str) -> String {
@@ -97,7 +139,11 @@ impl Platform {
     }
 
     async fn connect(&self, user: &str, query: &str) -> Client {
-        let mut req = format!("{}{query}", self.ws).into_client_request().unwrap();
+        self.connect_to(&self.ws, user, query).await
+    }
+
+    async fn connect_to(&self, ws: &str, user: &str, query: &str) -> Client {
+        let mut req = format!("{ws}{query}").into_client_request().unwrap();
         req.headers_mut().insert(
             "authorization",
             format!("Bearer {}", self.token(user)).parse().unwrap(),
@@ -116,6 +162,7 @@ impl Platform {
 impl Drop for Platform {
     fn drop(&mut self) {
         self.shutdown.cancel();
+        self.svc_stop.cancel();
     }
 }
 
@@ -523,4 +570,136 @@ async fn shutdown_closes_sockets_with_1012() {
     assert_eq!(gus.next().await["type"], "welcome");
     p.shutdown.cancel();
     assert_eq!(closing_code(&mut gus).await, Some(1012));
+}
+
+#[tokio::test]
+async fn a_storm_during_connect_arrives_exactly_once_in_order() {
+    let p = Platform::start().await;
+    let api = p.api().await;
+    // 5,000 messages to hal, published by 8 callers while hal connects and replays.
+    let storm = tokio::spawn(async move {
+        let mut tasks = Vec::new();
+        for _ in 0..8 {
+            let mut api = api.clone();
+            tasks.push(tokio::spawn(async move {
+                for _ in 0..625 {
+                    api.publish(to_user("hal", "1")).await.unwrap();
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+    });
+    // Connect once the storm is under way, so replay and live overlap.
+    let probe = p.api().await;
+    test_support::eventually("storm under way", Duration::from_secs(10), || {
+        let mut probe = probe.clone();
+        async move {
+            let head = probe
+                .history(history("hal"))
+                .await
+                .ok()?
+                .into_inner()
+                .head_seq;
+            (head >= 200).then_some(())
+        }
+    })
+    .await;
+    let mut hal = p.connect("hal", "").await;
+    assert_eq!(hal.next().await["type"], "welcome");
+    for expected in 1..=5000u64 {
+        let m = hal.next().await;
+        assert_eq!(m["seq"].as_u64(), Some(expected), "no gap, no duplicate");
+    }
+    storm.await.unwrap();
+    let extra = tokio::time::timeout(Duration::from_millis(300), hal.ws.next()).await;
+    assert!(extra.is_err(), "nothing after 5000: {extra:?}");
+}
+
+#[tokio::test]
+async fn two_bridges_share_one_notify_svc() {
+    let p = Platform::start().await;
+    let second = p.add_bridge("bridge-two", 1024).await;
+    let mut api = p.api().await;
+    let mut ivy = p.connect("ivy", "").await;
+    let mut jon = p.connect_to(&second, "jon", "").await;
+    let mut jon_first = p.connect("jon", "").await;
+    for c in [&mut ivy, &mut jon, &mut jon_first] {
+        assert_eq!(c.next().await["type"], "welcome");
+        c.send(serde_json::json!({"action": "subscribe", "topic": "fights:live"}))
+            .await;
+        assert_eq!(c.next().await["type"], "subscribed");
+    }
+    let r = test_support::eventually(
+        "three subscribers on two bridges",
+        Duration::from_secs(10),
+        || {
+            let mut api = api.clone();
+            async move {
+                let req = pb::PublishRequest {
+                    target: Some(pb::publish_request::Target::Topic("fights:live".into())),
+                    ..to_user("", r#""go""#)
+                };
+                let r = api.publish(req).await.ok()?.into_inner();
+                (r.delivered == 3).then_some(r)
+            }
+        },
+    )
+    .await;
+    for c in [&mut ivy, &mut jon, &mut jon_first] {
+        loop {
+            let m = c.next().await;
+            if m["id"] == r.message_id.as_str() {
+                break;
+            }
+        }
+    }
+    let to_jon = api
+        .publish(to_user("jon", r#""both devices""#))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(to_jon.delivered, 2);
+    for c in [&mut jon, &mut jon_first] {
+        assert_eq!(c.next().await["data"], "both devices");
+    }
+}
+
+#[tokio::test]
+async fn clients_keep_their_sockets_across_a_notify_svc_restart() {
+    let mut p = Platform::start().await;
+    let mut kim = p.connect("kim", "").await;
+    assert_eq!(kim.next().await["type"], "welcome");
+    kim.send(serde_json::json!({"action": "subscribe", "topic": "room:r"}))
+        .await;
+    assert_eq!(kim.next().await["type"], "subscribed");
+    p.restart_svc().await;
+    // The bridge re-attaches with its full state: kim's inbox and topic work again.
+    let mut api = p.api().await;
+    let r = test_support::eventually("bridge re-attached", Duration::from_secs(20), || {
+        let mut api = api.clone();
+        async move {
+            let r = api
+                .publish(to_user("kim", r#""after restart""#))
+                .await
+                .ok()?
+                .into_inner();
+            (r.delivered == 1).then_some(r)
+        }
+    })
+    .await;
+    loop {
+        let m = kim.next().await;
+        assert_eq!(m["type"], "message", "the socket stayed open");
+        if m["id"] == r.message_id.as_str() {
+            break;
+        }
+    }
+    let topic = pb::PublishRequest {
+        target: Some(pb::publish_request::Target::Topic("room:r".into())),
+        ..to_user("", r#""topic after restart""#)
+    };
+    assert_eq!(api.publish(topic).await.unwrap().into_inner().delivered, 1);
+    assert_eq!(kim.next().await["data"], "topic after restart");
 }
