@@ -33,6 +33,9 @@ enum Command {
         /// WebSocket listen address of the bridge (loopback: dev tokens).
         #[arg(long, env = "BRIDGE_WS_ADDR", default_value = "127.0.0.1:8080")]
         ws_addr: std::net::SocketAddr,
+        /// Ops HTTP of the bridge (/healthz, /readyz, /metrics).
+        #[arg(long, env = "BRIDGE_HTTP_ADDR", default_value = "127.0.0.1:9465")]
+        bridge_http_addr: std::net::SocketAddr,
         /// Where the dev key (and later the embedded database) lives.
         #[arg(long, default_value = ".notify")]
         data_dir: std::path::PathBuf,
@@ -49,8 +52,9 @@ async fn main() -> anyhow::Result<()> {
         Command::Up {
             svc,
             ws_addr,
+            bridge_http_addr,
             data_dir,
-        } => up(svc, ws_addr, data_dir).await,
+        } => up(svc, ws_addr, bridge_http_addr, data_dir).await,
         Command::Token(args) => token(args),
     }
 }
@@ -110,6 +114,7 @@ const LOCAL_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/notify";
 async fn up(
     mut args: notify_svc::SvcArgs,
     ws_addr: std::net::SocketAddr,
+    bridge_http_addr: std::net::SocketAddr,
     data_dir: std::path::PathBuf,
 ) -> anyhow::Result<()> {
     notify_ops::logging::init(&args.log_format);
@@ -143,6 +148,9 @@ async fn up(
     let ws = TcpListener::bind(ws_addr)
         .await
         .with_context(|| format!("binding WebSocket {ws_addr}"))?;
+    let bridge_ops = TcpListener::bind(bridge_http_addr)
+        .await
+        .with_context(|| format!("binding bridge ops HTTP {bridge_http_addr}"))?;
     let issuer = notify_auth::DevIssuer::load_or_create(
         &data_dir.join(notify_auth::DEV_KEY_FILE),
         notify_auth::DEV_ISSUER,
@@ -172,9 +180,12 @@ async fn up(
         rate_per_sec: 50,
         burst: 100,
         ping_every: std::time::Duration::from_secs(25),
+        max_per_user: 20,
+        max_connections: 100_000,
+        ops: Some(bridge_ops),
     };
     println!("notify is starting");
-    println!("  WebSocket    ws://{ws_addr}/ws");
+    println!("  WebSocket    ws://{ws_addr}/ws   (bridge ops: http://{bridge_http_addr}/metrics)");
     println!(
         "  gRPC API     grpc://{}   (try: grpcurl -plaintext {} list)",
         args.grpc_addr, args.grpc_addr

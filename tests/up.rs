@@ -14,6 +14,7 @@ async fn notify_up_serves_the_api_and_stops_on_ctrl_c() {
     let grpc = format!("127.0.0.1:{}", free_port());
     let http = format!("127.0.0.1:{}", free_port());
     let ws = format!("127.0.0.1:{}", free_port());
+    let bridge_http = format!("127.0.0.1:{}", free_port());
     let data = std::env::temp_dir().join(format!("notify-up-{}", std::process::id()));
     let mut child = Command::new(env!("CARGO_BIN_EXE_notify"))
         .args([
@@ -24,6 +25,8 @@ async fn notify_up_serves_the_api_and_stops_on_ctrl_c() {
             &http,
             "--ws-addr",
             &ws,
+            "--bridge-http-addr",
+            &bridge_http,
         ])
         .arg("--data-dir")
         .arg(&data)
@@ -116,6 +119,15 @@ async fn notify_up_serves_the_api_and_stops_on_ctrl_c() {
         .into_inner();
     assert_eq!(page.messages[0].message_id, sent.message_id);
 
+    // The bridge's ops port counts the connection.
+    let metrics = http_get(&bridge_http, "/metrics").await;
+    assert!(metrics.contains("bridge_connects_total 1"), "{metrics}");
+    let ready = http_get(&bridge_http, "/readyz").await;
+    assert!(
+        ready.lines().next().unwrap_or_default().contains(" 200 "),
+        "{ready}"
+    );
+
     let pid = child.id().expect("running").to_string();
     assert!(
         std::process::Command::new("kill")
@@ -130,4 +142,17 @@ async fn notify_up_serves_the_api_and_stops_on_ctrl_c() {
         .unwrap();
     assert!(status.success(), "{status:?}");
     std::fs::remove_dir_all(&data).ok();
+}
+
+/// A bare HTTP/1.0 GET; the whole answer as text.
+async fn http_get(addr: &str, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = String::new();
+    stream.read_to_string(&mut out).await.unwrap();
+    out
 }

@@ -45,6 +45,9 @@ const PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
 /// What every connection shares.
 pub struct Shared {
     pub hub: Hub,
+    pub metrics: crate::metrics::Metrics,
+    pub max_per_user: usize,
+    pub max_connections: usize,
     pub api: Api,
     pub pending: Pending,
     pub verifier: Verifier,
@@ -111,6 +114,8 @@ pub async fn serve(mut ws: Socket, identity: Identity, since: Option<u64>, share
     let (tx, mut rx) = mpsc::channel(shared.queue);
     let slow = CancellationToken::new();
     shared.hub.open(id, identity.user.clone(), tx, slow.clone());
+    shared.metrics.connects.inc();
+    shared.metrics.connections.inc();
     tracing::debug!(conn = %id, user = %identity.user, "connected");
 
     let end = match start(&mut ws, id, identity, since, shared.clone()).await {
@@ -121,6 +126,10 @@ pub async fn serve(mut ws: Socket, identity: Identity, since: Option<u64>, share
     };
     shared.hub.close(id);
     shared.hub.flush_acks();
+    shared.metrics.connections.dec();
+    if matches!(end, End::Close(code, _) if code == protocol::CLOSE_SLOW_CONSUMER) {
+        shared.metrics.slow_consumers.inc();
+    }
     if let End::Close(code, reason) = end {
         let frame = CloseFrame {
             code: CloseCode::from(code),
@@ -170,6 +179,10 @@ async fn start(
         internal,
         bucket,
     };
+    conn.shared
+        .metrics
+        .replayed
+        .inc_by(first.messages.len() as u64);
     let outcome = conn.inbox.stored(page(first.messages), !first.has_more);
     conn.emit(ws, &Feed::Inbox, outcome).await?;
     Ok((conn, internal_rx))
@@ -324,6 +337,10 @@ impl Conn {
             }
         };
         let complete = !response.has_more;
+        self.shared
+            .metrics
+            .replayed
+            .inc_by(response.messages.len() as u64);
         let outcome = match &feed {
             Feed::Inbox => self.inbox.stored(page(response.messages), complete),
             Feed::Topic(t) => match self.topics.get_mut(t) {
@@ -370,6 +387,7 @@ impl Conn {
     }
 
     async fn write_message(&self, ws: &mut Socket, m: &pb::StoredMessage) -> Result<(), End> {
+        self.shared.metrics.messages_out.inc();
         // Stored data was validated as JSON on the way in.
         let Ok(data) = RawValue::from_string(m.data.clone()) else {
             return Ok(());
@@ -386,6 +404,7 @@ impl Conn {
     }
 
     async fn frame(&mut self, ws: &mut Socket, text: &str) -> Result<(), End> {
+        self.shared.metrics.frames_in.inc();
         if !self.bucket.allow(Instant::now()) {
             let wait = self.bucket.retry_after().as_millis();
             let message = format!("too many frames; retry in {wait} ms");

@@ -10,6 +10,7 @@
 pub mod connection;
 pub mod hub;
 pub mod link;
+pub mod metrics;
 pub mod protocol;
 pub mod rate;
 pub mod sequencer;
@@ -40,6 +41,12 @@ pub struct BridgeConfig {
     pub rate_per_sec: u32,
     pub burst: u32,
     pub ping_every: Duration,
+    /// Connections per user on this bridge; more are refused with 429.
+    pub max_per_user: usize,
+    /// Connections on this bridge; more are refused with 503.
+    pub max_connections: usize,
+    /// Where to serve /healthz, /readyz and /metrics, if anywhere.
+    pub ops: Option<TcpListener>,
 }
 
 /// Serves WebSocket clients on `listener` until `shutdown`, then closes every
@@ -82,8 +89,20 @@ pub async fn run(
             }
         })
     };
+    let metrics = metrics::Metrics::default();
+    if let Some(ops) = config.ops {
+        tokio::spawn(metrics::serve(
+            ops,
+            hub.clone(),
+            metrics.clone(),
+            links_stop.clone(),
+        ));
+    }
     let shared = Arc::new(connection::Shared {
         hub: hub.clone(),
+        metrics,
+        max_per_user: config.max_per_user,
+        max_connections: config.max_connections,
         api,
         pending,
         verifier: config.verifier,

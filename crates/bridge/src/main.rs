@@ -53,6 +53,15 @@ struct Cli {
     /// Outbound frames queued per connection before it is closed with 4008.
     #[arg(long, env = "BRIDGE_SEND_QUEUE", default_value_t = 1024)]
     send_queue: usize,
+    /// Ops HTTP listen address (/healthz, /readyz, /metrics).
+    #[arg(long, env = "BRIDGE_HTTP_ADDR", default_value = "127.0.0.1:9465")]
+    http_addr: SocketAddr,
+    /// Connections one user may hold on this bridge.
+    #[arg(long, env = "BRIDGE_MAX_PER_USER", default_value_t = 20)]
+    max_per_user: usize,
+    /// Connections this bridge accepts.
+    #[arg(long, env = "BRIDGE_MAX_CONNECTIONS", default_value_t = 100_000)]
+    max_connections: usize,
     /// Client frames per second per connection (burst twice that).
     #[arg(long, env = "BRIDGE_RATE", default_value_t = 50)]
     rate: u32,
@@ -98,6 +107,9 @@ async fn main() -> anyhow::Result<()> {
     let listener = TcpListener::bind(cli.ws_addr)
         .await
         .with_context(|| format!("binding {}", cli.ws_addr))?;
+    let ops = TcpListener::bind(cli.http_addr)
+        .await
+        .with_context(|| format!("binding {}", cli.http_addr))?;
     let bridge_id = cli.bridge_id.clone().unwrap_or_else(|| {
         let host = std::fs::read_to_string("/etc/hostname").unwrap_or_else(|_| "bridge".into());
         format!("{}:{}", host.trim(), cli.ws_addr.port())
@@ -113,6 +125,9 @@ async fn main() -> anyhow::Result<()> {
         rate_per_sec: cli.rate,
         burst: cli.rate.saturating_mul(2),
         ping_every: Duration::from_secs(25),
+        max_per_user: cli.max_per_user,
+        max_connections: cli.max_connections,
+        ops: Some(ops),
     };
     let shutdown = CancellationToken::new();
     tokio::spawn(notify_ops::signals::cancel_on_signal(shutdown.clone()));

@@ -127,12 +127,28 @@ async fn handle(
     let identity = match shared.verifier.verify(&token).await {
         Ok(identity) => identity,
         Err(e) => {
+            shared.metrics.refused(e.reason());
             return json(
                 StatusCode::UNAUTHORIZED,
                 serde_json::json!({"error": "unauthorized", "reason": e.reason(), "message": e.to_string()}),
             );
         }
     };
+    if shared.hub.len() >= shared.max_connections {
+        shared.metrics.refused("bridge_full");
+        return json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            serde_json::json!({"error": "unavailable", "message": "this bridge is full; connect to another"}),
+        );
+    }
+    if shared.hub.count_user(&identity.user) >= shared.max_per_user {
+        shared.metrics.refused("user_limit");
+        return json(
+            StatusCode::TOO_MANY_REQUESTS,
+            serde_json::json!({"error": "too_many_connections",
+                "message": format!("at most {} connections per user", shared.max_per_user)}),
+        );
+    }
 
     let accept = derive_accept_key(key.as_bytes());
     tracker.spawn(async move {

@@ -108,6 +108,9 @@ impl Platform {
             rate_per_sec: 100,
             burst: 200,
             ping_every: Duration::from_secs(25),
+            max_per_user: 10,
+            max_connections: 1000,
+            ops: None,
         };
         tokio::spawn(notify_bridge::run(
             config,
@@ -702,4 +705,24 @@ async fn clients_keep_their_sockets_across_a_notify_svc_restart() {
     };
     assert_eq!(api.publish(topic).await.unwrap().into_inner().delivered, 1);
     assert_eq!(kim.next().await["data"], "topic after restart");
+}
+
+#[tokio::test]
+async fn a_user_over_the_connection_limit_is_refused_with_429() {
+    let p = Platform::start().await;
+    let mut open = Vec::new();
+    for _ in 0..10 {
+        let mut c = p.connect("lou", "").await;
+        assert_eq!(c.next().await["type"], "welcome");
+        open.push(c);
+    }
+    let url = format!("{}?token={}", p.ws, p.token("lou"));
+    let err = tokio_tungstenite::connect_async(url).await.unwrap_err();
+    let tokio_tungstenite::tungstenite::Error::Http(response) = err else {
+        panic!("expected an HTTP refusal, got {err:?}");
+    };
+    assert_eq!(response.status(), 429);
+    // Another user is not affected.
+    let mut other = p.connect("max", "").await;
+    assert_eq!(other.next().await["type"], "welcome");
 }
