@@ -29,6 +29,8 @@ struct Cli {
 enum Bench {
     /// Durable publishes/s and latency at C concurrent callers.
     Publish(PublishArgs),
+    /// WebSocket bridge figures: connects/s, RSS per connection, fan-out.
+    Ws(ws::WsArgs),
     /// A Notify server whose Publish answers at once and stores nothing: run
     /// `publish` against it to measure the gRPC stack's own ceiling here.
     NoopServer {
@@ -89,10 +91,52 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Bench::Publish(args) => publish(args).await,
         Bench::NoopServer { addr } => noop::serve(addr).await,
+        Bench::Ws(args) => ws::run(args).await,
     }
 }
 
 mod noop;
+mod ws;
+
+/// The first process whose name is `name`.
+fn find_pid(name: &str) -> Option<u32> {
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let comm = std::fs::read_to_string(e.path().join("comm")).ok()?;
+        (comm.trim() == name).then_some(pid)
+    })
+}
+
+/// Resident memory of `pid`, KiB.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// CPU ticks (user + system) used by `pid` so far.
+fn cpu_ticks(pid: u32) -> u64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0;
+    };
+    let Some(close) = stat.rfind(')') else {
+        return 0;
+    };
+    let fields: Vec<&str> = stat[close + 2..].split_whitespace().collect();
+    fields
+        .get(11)
+        .and_then(|u| u.parse::<u64>().ok())
+        .unwrap_or(0)
+        + fields
+            .get(12)
+            .and_then(|s| s.parse::<u64>().ok())
+            .unwrap_or(0)
+}
 
 struct Shared {
     measuring: AtomicBool,

@@ -45,7 +45,7 @@ struct Cli {
     #[arg(long, env = "AUTH_CLIENT_IDS", value_delimiter = ',')]
     client_ids: Vec<String>,
     /// Trust the dev issuer (`notify token`) whose key lives in --data-dir.
-    #[arg(long, env = "AUTH_DEV", default_value_t = false, action = clap::ArgAction::Set)]
+    #[arg(long, env = "AUTH_DEV", default_value_t = false, action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
     auth_dev: bool,
     /// Where the dev key lives.
     #[arg(long, env = "BRIDGE_DATA_DIR", default_value = ".notify")]

@@ -154,7 +154,11 @@ async fn handle(
     tracker.spawn(async move {
         match hyper::upgrade::on(req).await {
             Ok(upgraded) => {
+                // tungstenite's defaults reserve 128 KiB each for reading and
+                // write batching per socket; idle connections need almost none.
                 let config = WebSocketConfig::default()
+                    .read_buffer_size(4 * 1024)
+                    .write_buffer_size(0)
                     .max_message_size(Some(max_frame))
                     .max_frame_size(Some(max_frame));
                 let ws = WebSocketStream::from_raw_socket(

@@ -35,7 +35,7 @@ pub struct SvcArgs {
 
     /// Group commit: gather concurrent publishes into one transaction. Off means
     /// one transaction per publish (for comparison only).
-    #[arg(long, env = "NOTIFY_GROUP_COMMIT", default_value_t = true, action = clap::ArgAction::Set)]
+    #[arg(long, env = "NOTIFY_GROUP_COMMIT", default_value_t = true, action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
     pub group_commit: bool,
 
     /// Most publishes in one group commit.
