@@ -726,3 +726,101 @@ async fn a_user_over_the_connection_limit_is_refused_with_429() {
     let mut other = p.connect("max", "").await;
     assert_eq!(other.next().await["type"], "welcome");
 }
+
+#[tokio::test]
+async fn limits_refresh_and_topic_replay() {
+    let p = Platform::start().await;
+    let mut api = p.api().await;
+    let mut ned = p.connect("ned", "").await;
+    assert_eq!(ned.next().await["type"], "welcome");
+
+    // Topic `since`: the missed part of the log, then live.
+    for i in 1..=3 {
+        let req = pb::PublishRequest {
+            target: Some(pb::publish_request::Target::Topic("room:t".into())),
+            ..to_user("", &i.to_string())
+        };
+        api.publish(req).await.unwrap();
+    }
+    ned.send(serde_json::json!({"action": "subscribe", "topic": "room:t", "since": 1}))
+        .await;
+    let s = ned.next().await;
+    assert_eq!(
+        (s["type"].as_str(), s["seq"].as_u64()),
+        (Some("subscribed"), Some(3))
+    );
+    for seq in 2..=3u64 {
+        let m = ned.next().await;
+        assert_eq!(
+            (m["topic"].as_str(), m["seq"].as_u64()),
+            (Some("room:t"), Some(seq))
+        );
+    }
+    let req = pb::PublishRequest {
+        target: Some(pb::publish_request::Target::Topic("room:t".into())),
+        ..to_user("", "4")
+    };
+    api.publish(req).await.unwrap();
+    assert_eq!(ned.next().await["seq"].as_u64(), Some(4));
+
+    // Refresh with a new token of the same user.
+    ned.send(serde_json::json!({"action": "refresh", "token": p.token("ned"), "id": "r"}))
+        .await;
+    let r = ned.next().await;
+    assert_eq!(
+        (r["type"].as_str(), r["id"].as_str()),
+        (Some("refreshed"), Some("r"))
+    );
+    assert!(r["exp"].as_u64().unwrap() > 0);
+    ned.send(serde_json::json!({"action": "refresh", "token": p.token("someone-else")}))
+        .await;
+    assert_eq!(ned.next().await["code"], "forbidden");
+
+    // Over 200 frames at once (burst 200, 100/s): some are rate limited.
+    for _ in 0..300 {
+        ned.send(serde_json::json!({"action": "ping"})).await;
+    }
+    let mut limited = 0;
+    for _ in 0..300 {
+        if ned.next().await["code"] == "rate_limited" {
+            limited += 1;
+        }
+    }
+    assert!(limited > 0, "no frame was rate limited");
+
+    // A frame over 64 KiB: too_large, then the socket closes.
+    let big = format!(
+        "{{\"action\":\"ping\",\"pad\":\"{}\"}}",
+        "x".repeat(70 * 1024)
+    );
+    ned.ws.send(Message::text(big)).await.unwrap();
+    loop {
+        let frame = tokio::time::timeout(Duration::from_secs(10), ned.ws.next())
+            .await
+            .unwrap();
+        match frame {
+            Some(Ok(Message::Text(t))) if t.as_str().contains("too_large") => break,
+            Some(Ok(_)) => continue,
+            other => panic!("expected too_large, got {other:?}"),
+        }
+    }
+    assert_eq!(closing_code(&mut ned).await, Some(1009));
+}
+
+#[tokio::test]
+async fn an_expired_token_closes_the_socket_with_4009() {
+    let p = Platform::start().await;
+    let token = p
+        .issuer
+        .mint(&DevToken {
+            ttl: Duration::from_secs(2),
+            ..DevToken::access("oz")
+        })
+        .unwrap();
+    let (ws, _) = tokio_tungstenite::connect_async(format!("{}?token={token}", p.ws))
+        .await
+        .unwrap();
+    let mut oz = Client { ws };
+    assert_eq!(oz.next().await["type"], "welcome");
+    assert_eq!(closing_code(&mut oz).await, Some(4009));
+}
