@@ -18,7 +18,6 @@ use hyper_util::rt::TokioIo;
 use notify_auth::{Identity, Verifier};
 use notify_core::{ConnectionId, Subject, Topic, TopicPolicy};
 use notify_proto::v1::{self as pb, bridge_up::Msg as Up};
-use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 use tokio_tungstenite::{
     WebSocketStream,
@@ -30,7 +29,7 @@ use tokio_tungstenite::{
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    hub::{Hub, Outbound},
+    hub::{Hub, Outbound, Prepared},
     link::{Api, Pending},
     protocol::{self, Action, ErrorCode, FrameId, ServerFrame},
     rate::TokenBucket,
@@ -77,7 +76,7 @@ type Socket = WebSocketStream<TokioIo<Upgraded>>;
 /// What woke the connection loop.
 enum Event {
     Ping,
-    Deliver(pb::StoredMessage),
+    Deliver(Arc<Prepared>),
     Internal(Internal),
     Frame(String),
     Binary,
@@ -102,8 +101,8 @@ struct Conn {
     id: ConnectionId,
     identity: Identity,
     shared: Arc<Shared>,
-    inbox: Sequencer<pb::StoredMessage>,
-    topics: HashMap<Topic, Sequencer<pb::StoredMessage>>,
+    inbox: Sequencer<Arc<Prepared>>,
+    topics: HashMap<Topic, Sequencer<Arc<Prepared>>>,
     internal: mpsc::Sender<Internal>,
     bucket: TokenBucket,
 }
@@ -188,8 +187,12 @@ async fn start(
     Ok((conn, internal_rx))
 }
 
-fn page(messages: Vec<pb::StoredMessage>) -> Vec<(u64, pb::StoredMessage)> {
-    messages.into_iter().map(|m| (m.seq, m)).collect()
+fn page(messages: Vec<pb::StoredMessage>) -> Vec<(u64, Arc<Prepared>)> {
+    messages
+        .into_iter()
+        .filter_map(Prepared::new)
+        .map(|m| (m.seq, m))
+        .collect()
 }
 
 async fn send(ws: &mut Socket, text: String) -> Result<(), End> {
@@ -299,7 +302,7 @@ impl Conn {
             .unwrap_or_default()
     }
 
-    async fn delivered(&mut self, ws: &mut Socket, message: pb::StoredMessage) -> Result<(), End> {
+    async fn delivered(&mut self, ws: &mut Socket, message: Arc<Prepared>) -> Result<(), End> {
         if !message.user_id.is_empty() {
             let outcome = self.inbox.live(message.seq, message);
             return self.emit(ws, &Feed::Inbox, outcome).await;
@@ -355,7 +358,7 @@ impl Conn {
         &mut self,
         ws: &mut Socket,
         feed: &Feed,
-        outcome: Outcome<pb::StoredMessage>,
+        outcome: Outcome<Arc<Prepared>>,
     ) -> Result<(), End> {
         for message in &outcome.emit {
             self.write_message(ws, message).await?;
@@ -386,21 +389,12 @@ impl Conn {
         });
     }
 
-    async fn write_message(&self, ws: &mut Socket, m: &pb::StoredMessage) -> Result<(), End> {
+    async fn write_message(&self, ws: &mut Socket, m: &Prepared) -> Result<(), End> {
         self.shared.metrics.messages_out.inc();
-        // Stored data was validated as JSON on the way in.
-        let Ok(data) = RawValue::from_string(m.data.clone()) else {
-            return Ok(());
-        };
-        let frame = ServerFrame::Message {
-            id: &m.message_id,
-            seq: m.seq,
-            topic: (!m.topic.is_empty()).then_some(m.topic.as_str()),
-            event: &m.event,
-            data: &data,
-            ts: m.ts_ms,
-        };
-        send(ws, frame.to_text()).await
+        // The frame was encoded once for every connection it goes to.
+        ws.send(Message::Text(m.frame.clone()))
+            .await
+            .map_err(|_| End::Gone)
     }
 
     async fn frame(&mut self, ws: &mut Socket, text: &str) -> Result<(), End> {

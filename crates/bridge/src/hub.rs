@@ -15,13 +15,52 @@ use std::{
 
 use notify_core::{ConnectionId, Topic, UserId};
 use notify_proto::v1::{self as pb, bridge_up::Msg as Up};
+use serde_json::value::RawValue;
 use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
+
+use crate::protocol::ServerFrame;
+
+/// A message ready to send: what ordering needs, and its `message` frame,
+/// encoded once and shared by every connection it goes to.
+#[derive(Debug)]
+pub struct Prepared {
+    pub seq: u64,
+    /// Set for inbox messages.
+    pub user_id: String,
+    /// Set for topic messages.
+    pub topic: String,
+    pub frame: Utf8Bytes,
+}
+
+impl Prepared {
+    /// Encodes the frame; `None` if the stored data is not JSON (it was
+    /// validated on the way in, so this does not happen).
+    pub fn new(m: pb::StoredMessage) -> Option<Arc<Self>> {
+        let data = RawValue::from_string(m.data).ok()?;
+        let frame = ServerFrame::Message {
+            id: &m.message_id,
+            seq: m.seq,
+            topic: (!m.topic.is_empty()).then_some(m.topic.as_str()),
+            event: &m.event,
+            data: &data,
+            ts: m.ts_ms,
+        }
+        .to_text();
+        Some(Arc::new(Self {
+            seq: m.seq,
+            user_id: m.user_id,
+            topic: m.topic,
+            frame: frame.into(),
+        }))
+    }
+}
 
 /// What a connection task receives from the hub.
 #[derive(Debug)]
 pub enum Outbound {
-    Deliver(pb::StoredMessage),
+    Deliver(Arc<Prepared>),
     Kick { code: u16, reason: String },
 }
 
@@ -227,7 +266,8 @@ impl Hub {
 
     /// Hands a delivery to the connections it is for.
     pub fn deliver(&self, delivery: pb::Delivery) {
-        let Some(message) = delivery.message else {
+        // Encoded once, outside the lock, for every connection it goes to.
+        let Some(message) = delivery.message.and_then(Prepared::new) else {
             return;
         };
         let s = self.state.lock().expect("hub lock");
@@ -253,7 +293,7 @@ impl Hub {
             if let Some(entry) = s.conns.get(id)
                 && entry
                     .tx
-                    .try_send(Outbound::Deliver(message.clone()))
+                    .try_send(Outbound::Deliver(Arc::clone(&message)))
                     .is_err()
             {
                 entry.slow.cancel();

@@ -129,12 +129,26 @@ where
     }
 }
 
-/// A loopback port free at the time of the call.
+/// A loopback port free at the time of the call, for a process the test
+/// spawns. Chosen below the kernel's ephemeral range (32768+ by default), so
+/// the `bind(…:0)` of tests running in parallel can never take it between
+/// this call and the spawned process's bind.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind 127.0.0.1:0")
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    // Spread processes apart: pid and time pick a start, a counter steps on.
+    let seed = std::process::id().wrapping_mul(2_654_435_761).wrapping_add(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos()),
+    );
+    for _ in 0..1000 {
+        let step = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = 20_000 + (seed.wrapping_add(step.wrapping_mul(7919)) % 12_000) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port in 20000..32000");
 }
 
 #[cfg(test)]
