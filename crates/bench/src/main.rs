@@ -121,21 +121,25 @@ fn rss_kib(pid: u32) -> u64 {
 
 /// CPU ticks (user + system) used by `pid` so far.
 fn cpu_ticks(pid: u32) -> u64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0;
-    };
-    let Some(close) = stat.rfind(')') else {
-        return 0;
-    };
-    let fields: Vec<&str> = stat[close + 2..].split_whitespace().collect();
-    fields
-        .get(11)
-        .and_then(|u| u.parse::<u64>().ok())
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| stat_ticks(&stat).map(|(_, ticks)| ticks))
         .unwrap_or(0)
-        + fields
-            .get(12)
-            .and_then(|s| s.parse::<u64>().ok())
+}
+
+/// The command name and user + system CPU ticks of a `/proc/PID/stat` line.
+fn stat_ticks(stat: &str) -> Option<(&str, u64)> {
+    // comm is in parentheses and may hold spaces; fields follow the last ')'.
+    let (open, close) = (stat.find('(')?, stat.rfind(')')?);
+    let fields: Vec<&str> = stat.get(close + 2..)?.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of stat, 11 and 12 after comm/state.
+    let field = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<u64>().ok())
             .unwrap_or(0)
+    };
+    Some((&stat[open + 1..close], field(11) + field(12)))
 }
 
 struct Shared {
@@ -333,21 +337,9 @@ impl CpuSample {
                 let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
                     continue;
                 };
-                // comm is in parentheses and may hold spaces; fields follow the last ')'.
-                let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+                let Some((comm, ticks)) = stat_ticks(&stat) else {
                     continue;
                 };
-                let comm = &stat[open + 1..close];
-                let fields: Vec<&str> = stat[close + 2..].split_whitespace().collect();
-                // utime and stime are fields 14 and 15 of stat, 11 and 12 after comm/state.
-                let ticks = fields
-                    .get(11)
-                    .and_then(|u| u.parse::<u64>().ok())
-                    .unwrap_or(0)
-                    + fields
-                        .get(12)
-                        .and_then(|s| s.parse::<u64>().ok())
-                        .unwrap_or(0);
                 if entry.file_name().to_str() == Some(me.as_str()) {
                     bench += ticks;
                 } else if comm == svc_name {

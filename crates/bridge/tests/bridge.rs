@@ -178,6 +178,31 @@ fn history(user: &str) -> pb::HistoryRequest {
     }
 }
 
+fn to_topic(topic: &str, data: &str) -> pb::PublishRequest {
+    pb::PublishRequest {
+        target: Some(pb::publish_request::Target::Topic(topic.into())),
+        ..to_user("", data)
+    }
+}
+
+/// Publishes to `topic` until the answer says it reached `reached` connections
+/// (subscriptions propagate to notify-svc asynchronously).
+async fn publish_until_routed(
+    api: &NotifyClient<tonic::transport::Channel>,
+    topic: &str,
+    data: &str,
+    reached: u32,
+) -> pb::PublishResponse {
+    test_support::eventually("subscribers routed", Duration::from_secs(10), || {
+        let mut api = api.clone();
+        async move {
+            let r = api.publish(to_topic(topic, data)).await.ok()?.into_inner();
+            (r.delivered == reached).then_some(r)
+        }
+    })
+    .await
+}
+
 fn to_user(user: &str, data: &str) -> pb::PublishRequest {
     pb::PublishRequest {
         target: Some(pb::publish_request::Target::UserId(user.into())),
@@ -397,18 +422,7 @@ async fn presence_follows_connections_and_messages_reach_exactly_their_targets()
             .await;
         assert_eq!(c.next().await["type"], "subscribed");
     }
-    let r = test_support::eventually("both subscribers routed", Duration::from_secs(10), || {
-        let mut api = api.clone();
-        async move {
-            let req = pb::PublishRequest {
-                target: Some(pb::publish_request::Target::Topic("room:lobby".into())),
-                ..to_user("", r#""topic""#)
-            };
-            let r = api.publish(req).await.ok()?.into_inner();
-            (r.delivered == 2).then_some(r)
-        }
-    })
-    .await;
+    let r = publish_until_routed(&api, "room:lobby", r#""topic""#, 2).await;
     for c in [&mut laptop, &mut ben] {
         // Earlier probes may have reached some subscribers first: skip to this one.
         loop {
@@ -634,22 +648,7 @@ async fn two_bridges_share_one_notify_svc() {
             .await;
         assert_eq!(c.next().await["type"], "subscribed");
     }
-    let r = test_support::eventually(
-        "three subscribers on two bridges",
-        Duration::from_secs(10),
-        || {
-            let mut api = api.clone();
-            async move {
-                let req = pb::PublishRequest {
-                    target: Some(pb::publish_request::Target::Topic("fights:live".into())),
-                    ..to_user("", r#""go""#)
-                };
-                let r = api.publish(req).await.ok()?.into_inner();
-                (r.delivered == 3).then_some(r)
-            }
-        },
-    )
-    .await;
+    let r = publish_until_routed(&api, "fights:live", r#""go""#, 3).await;
     for c in [&mut ivy, &mut jon, &mut jon_first] {
         loop {
             let m = c.next().await;
