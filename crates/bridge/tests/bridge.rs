@@ -562,10 +562,7 @@ async fn a_client_that_stops_reading_is_closed_with_4008_and_others_get_everythi
         seqs
     });
     for _ in 0..170 {
-        let req = pb::PublishRequest {
-            target: Some(pb::publish_request::Target::Topic("room:burst".into())),
-            ..to_user("", &data)
-        };
+        let req = to_topic("room:burst", &data);
         api.publish(req).await.unwrap();
     }
     let seqs = tokio::time::timeout(Duration::from_secs(30), reader_task)
@@ -698,10 +695,7 @@ async fn clients_keep_their_sockets_across_a_notify_svc_restart() {
             break;
         }
     }
-    let topic = pb::PublishRequest {
-        target: Some(pb::publish_request::Target::Topic("room:r".into())),
-        ..to_user("", r#""topic after restart""#)
-    };
+    let topic = to_topic("room:r", r#""topic after restart""#);
     assert_eq!(api.publish(topic).await.unwrap().into_inner().delivered, 1);
     assert_eq!(kim.next().await["data"], "topic after restart");
 }
@@ -755,10 +749,7 @@ async fn limits_refresh_and_topic_replay() {
             (Some("room:t"), Some(seq))
         );
     }
-    let req = pb::PublishRequest {
-        target: Some(pb::publish_request::Target::Topic("room:t".into())),
-        ..to_user("", "4")
-    };
+    let req = to_topic("room:t", "4");
     api.publish(req).await.unwrap();
     assert_eq!(ned.next().await["seq"].as_u64(), Some(4));
 
