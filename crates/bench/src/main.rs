@@ -119,14 +119,6 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-/// CPU ticks (user + system) used by `pid` so far.
-fn cpu_ticks(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|stat| stat_ticks(&stat).map(|(_, ticks)| ticks))
-        .unwrap_or(0)
-}
-
 /// The command name and user + system CPU ticks of a `/proc/PID/stat` line.
 fn stat_ticks(stat: &str) -> Option<(&str, u64)> {
     // comm is in parentheses and may hold spaces; fields follow the last ')'.
@@ -250,13 +242,13 @@ async fn publish(args: PublishArgs) -> anyhow::Result<()> {
         }));
     }
     tokio::time::sleep(Duration::from_secs(args.warmup)).await;
-    let cpu_before = CpuSample::take(&args.svc_process);
+    let cpu_before = CpuSample::take(&[&args.svc_process, "postgres"]);
     shared.measuring.store(true, Ordering::Relaxed);
     let started = Instant::now();
     tokio::time::sleep(Duration::from_secs(args.seconds)).await;
     shared.measuring.store(false, Ordering::Relaxed);
     let elapsed = started.elapsed();
-    let cpu_after = CpuSample::take(&args.svc_process);
+    let cpu_after = CpuSample::take(&[&args.svc_process, "postgres"]);
     shared.stop.store(true, Ordering::Relaxed);
 
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
@@ -285,7 +277,7 @@ async fn publish(args: PublishArgs) -> anyhow::Result<()> {
         data.len(),
         args.idempotency_keys,
         secs,
-        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        machine_cores(),
     );
     println!(
         "  publishes/s   {:>10.0}   (messages committed per second)",
@@ -298,7 +290,8 @@ async fn publish(args: PublishArgs) -> anyhow::Result<()> {
         ms(0.99),
         ms(1.0)
     );
-    let (svc, pg, bench) = cpu_before.percent_until(&cpu_after, elapsed);
+    let (named, bench) = cpu_before.percent_until(&cpu_after, elapsed);
+    let (svc, pg) = (named[0], named[1]);
     println!(
         "  cpu %         {} {svc:.0}  postgres {pg:.0}  this bench {bench:.0}  (100 = one core)",
         args.svc_process
@@ -320,17 +313,18 @@ fn splitmix64(state: &mut u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// CPU ticks used so far by the service's, Postgres's and this bench's processes.
+/// CPU ticks used so far by the processes with the given names (summed per
+/// name) and by this bench.
 struct CpuSample {
-    svc: u64,
-    postgres: u64,
+    named: Vec<u64>,
     bench: u64,
     ticks_per_sec: f64,
 }
 
 impl CpuSample {
-    fn take(svc_name: &str) -> Self {
-        let (mut svc, mut postgres, mut bench) = (0, 0, 0);
+    fn take(names: &[&str]) -> Self {
+        let mut named = vec![0; names.len()];
+        let mut bench = 0;
         let me = std::process::id().to_string();
         if let Ok(dir) = std::fs::read_dir("/proc") {
             for entry in dir.flatten() {
@@ -342,33 +336,43 @@ impl CpuSample {
                 };
                 if entry.file_name().to_str() == Some(me.as_str()) {
                     bench += ticks;
-                } else if comm == svc_name {
-                    svc += ticks;
-                } else if comm == "postgres" {
-                    postgres += ticks;
+                } else if let Some(i) = names.iter().position(|n| *n == comm) {
+                    named[i] += ticks;
                 }
             }
         }
         Self {
-            svc,
-            postgres,
+            named,
             bench,
             ticks_per_sec: clock_ticks(),
         }
     }
 
-    /// CPU% (100 = one core) of each over `elapsed`. Postgres backends that
-    /// exit during the window are missed; the pool keeps them alive.
-    fn percent_until(&self, later: &Self, elapsed: Duration) -> (f64, f64, f64) {
+    /// CPU% (100 = one core) of each name, and of this bench, over
+    /// `elapsed`. Processes that exit during the window are missed (Postgres
+    /// backends: the pools keep them alive).
+    fn percent_until(&self, later: &Self, elapsed: Duration) -> (Vec<f64>, f64) {
         let pct = |a: u64, b: u64| {
             b.saturating_sub(a) as f64 / self.ticks_per_sec / elapsed.as_secs_f64() * 100.0
         };
-        (
-            pct(self.svc, later.svc),
-            pct(self.postgres, later.postgres),
-            pct(self.bench, later.bench),
-        )
+        let named = self
+            .named
+            .iter()
+            .zip(&later.named)
+            .map(|(a, b)| pct(*a, *b))
+            .collect();
+        (named, pct(self.bench, later.bench))
     }
+}
+
+/// Cores of the machine (not of this process's CPU affinity: the benches
+/// run pinned).
+fn machine_cores() -> usize {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .map(|s| s.lines().filter(|l| l.starts_with("processor")).count())
+        .ok()
+        .filter(|n| *n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(0, |n| n.get()))
 }
 
 fn clock_ticks() -> f64 {

@@ -3,7 +3,8 @@
 //! 127.0.0.x source addresses), then subscribes them all to one topic and
 //! publishes M messages over gRPC with the send time inside each payload.
 //! Prints connects/s, the bridge's RSS per idle connection, deliveries/s,
-//! publish→receive latency p50/p99, and the bridge's CPU.
+//! deliveries per second of bridge CPU, publish→receive latency p50/p99, and
+//! where the CPU went — each over `--runs` rounds and their median.
 
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
@@ -14,13 +15,15 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use futures::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use notify_auth::{DEV_CLIENT_ID, DEV_ISSUER, DEV_KEY_FILE, DevIssuer, DevToken};
 use notify_proto::v1::{self as pb, notify_client::NotifyClient};
 use tokio::{net::TcpSocket, sync::Mutex};
 use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest};
+
+use crate::CpuSample;
 
 #[derive(clap::Args)]
 pub struct WsArgs {
@@ -36,12 +39,15 @@ pub struct WsArgs {
     /// WebSocket clients.
     #[arg(long, short = 'n', default_value_t = 1000)]
     clients: usize,
-    /// Messages published to the topic all clients follow.
+    /// Messages published to the topic all clients follow, per round.
     #[arg(long, short = 'm', default_value_t = 1000)]
     messages: usize,
     /// Publish rate, messages per second (0: as fast as commits allow).
     #[arg(long, default_value_t = 0)]
     rate: u32,
+    /// Rounds of connects and of fan-out; the median is reported.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
     /// Concurrent connects while opening the clients.
     #[arg(long, default_value_t = 64)]
     connect_concurrency: usize,
@@ -52,6 +58,9 @@ pub struct WsArgs {
     /// Process name of the bridge, for RSS and CPU.
     #[arg(long, default_value = "bridge")]
     bridge_process: String,
+    /// Process name of notify-svc, for CPU.
+    #[arg(long, default_value = "notify-svc")]
+    svc_process: String,
 }
 
 type Socket =
@@ -73,21 +82,60 @@ async fn connect(ws: SocketAddr, source: IpAddr, token: &str) -> anyhow::Result<
     Ok(socket)
 }
 
-pub async fn run(args: WsArgs) -> anyhow::Result<()> {
-    let issuer =
-        DevIssuer::load_or_create(&args.data_dir.join(DEV_KEY_FILE), DEV_ISSUER, DEV_CLIENT_ID)?;
-    let tokens: Vec<String> = (0..args.clients)
-        .map(|i| issuer.mint(&DevToken::access(&format!("bench-ws-{i}"))))
-        .collect::<Result<_, _>>()?;
-    let pid = crate::find_pid(&args.bridge_process)
-        .context("bridge process not found (--bridge-process)")?;
-    let rss_before = crate::rss_kib(pid);
+/// Where the CPU went during a phase, % of one core.
+struct CpuShare {
+    bridge: f64,
+    svc: f64,
+    postgres: f64,
+    bench: f64,
+}
 
-    // Phase 1: connects/s.
-    let started = Instant::now();
-    let sockets = Arc::new(Mutex::new(Vec::with_capacity(args.clients)));
+impl std::fmt::Display for CpuShare {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "cpu % bridge {:.0}, notify-svc {:.0}, postgres {:.0}, bench {:.0}",
+            self.bridge, self.svc, self.postgres, self.bench
+        )
+    }
+}
+
+/// Measures CPU of the platform's processes over a phase.
+struct CpuWatch<'a> {
+    names: [&'a str; 3],
+    before: CpuSample,
+    started: Instant,
+}
+
+impl<'a> CpuWatch<'a> {
+    fn start(args: &'a WsArgs) -> Self {
+        let names = [args.bridge_process.as_str(), &args.svc_process, "postgres"];
+        Self {
+            before: CpuSample::take(&names),
+            names,
+            started: Instant::now(),
+        }
+    }
+
+    fn stop(&self) -> (Duration, CpuShare) {
+        let elapsed = self.started.elapsed();
+        let (named, bench) = self
+            .before
+            .percent_until(&CpuSample::take(&self.names), elapsed);
+        let share = CpuShare {
+            bridge: named[0],
+            svc: named[1],
+            postgres: named[2],
+            bench,
+        };
+        (elapsed, share)
+    }
+}
+
+/// Opens every client, `concurrency` at a time.
+async fn connect_all(args: &WsArgs, tokens: &Arc<Vec<String>>) -> anyhow::Result<Vec<Socket>> {
+    let sockets = Arc::new(Mutex::new(Vec::with_capacity(tokens.len())));
     let next = Arc::new(AtomicU64::new(0));
-    let tokens = Arc::new(tokens);
     let mut tasks = Vec::new();
     for _ in 0..args.connect_concurrency {
         let (sockets, next, tokens) = (sockets.clone(), next.clone(), tokens.clone());
@@ -107,32 +155,45 @@ pub async fn run(args: WsArgs) -> anyhow::Result<()> {
     for t in tasks {
         t.await??;
     }
-    let connect_secs = started.elapsed().as_secs_f64();
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let rss_after = crate::rss_kib(pid);
-    let per_conn = (rss_after.saturating_sub(rss_before)) as f64 * 1024.0 / args.clients as f64;
+    Ok(std::mem::take(&mut *sockets.lock().await))
+}
 
-    // Phase 2: subscribe everyone to one topic.
-    let topic = format!("room:bench-{}", std::process::id());
-    let mut sockets = std::mem::take(&mut *sockets.lock().await);
-    for s in &mut sockets {
-        s.send(Message::text(
-            serde_json::json!({"action": "subscribe", "topic": topic}).to_string(),
-        ))
-        .await?;
-    }
-    for s in &mut sockets {
-        loop {
-            let msg = s.next().await.context("socket closed")??;
-            if let Message::Text(t) = msg
-                && t.as_str().contains("\"subscribed\"")
-            {
-                break;
-            }
-        }
-    }
+/// The send time a bench payload carries, without parsing the whole frame
+/// (the bench's core must not be what limits the figures).
+fn sent_us(frame: &str) -> Option<u64> {
+    const KEY: &str = "\"sent_us\":";
+    let start = frame.find(KEY)? + KEY.len();
+    let digits = &frame[start..];
+    let end = digits
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(digits.len());
+    digits[..end].parse().ok()
+}
 
-    // Phase 3: fan-out; every client records publish→receive latency.
+fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// One fan-out round's figures.
+struct Round {
+    deliveries: u64,
+    per_sec: f64,
+    per_bridge_cpu_sec: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    max_ms: f64,
+    cpu: CpuShare,
+}
+
+/// Publishes `messages` to `topic`; every client records publish→receive latency.
+async fn fan_out(
+    args: &WsArgs,
+    api: &mut NotifyClient<tonic::transport::Channel>,
+    topic: &str,
+    sockets: Vec<Socket>,
+) -> anyhow::Result<(Round, Vec<Socket>)> {
     let expected = args.messages;
     let hist = Arc::new(std::sync::Mutex::new(Histogram::<u64>::new_with_bounds(
         1, 60_000_000, 3,
@@ -147,14 +208,8 @@ pub async fn run(args: WsArgs) -> anyhow::Result<()> {
             while got < expected {
                 let Some(Ok(msg)) = s.next().await else { break };
                 let Message::Text(t) = msg else { continue };
-                let Ok(v) = serde_json::from_str::<serde_json::Value>(t.as_str()) else {
-                    continue;
-                };
-                if let Some(sent) = v["data"]["sent_us"].as_u64() {
-                    let now = SystemTime::now()
-                        .duration_since(UNIX_EPOCH)
-                        .map_or(0, |d| d.as_micros() as u64);
-                    let _ = local.record(now.saturating_sub(sent).max(1));
+                if let Some(sent) = sent_us(t.as_str()) {
+                    let _ = local.record(now_us().saturating_sub(sent).max(1));
                     got += 1;
                 }
             }
@@ -163,35 +218,62 @@ pub async fn run(args: WsArgs) -> anyhow::Result<()> {
             s
         }));
     }
-    let mut api = NotifyClient::connect(args.grpc.clone()).await?;
-    let cpu_before = crate::cpu_ticks(pid);
-    let fanout_started = Instant::now();
+    let cpu = CpuWatch::start(args);
     let gap = (args.rate > 0).then(|| Duration::from_secs_f64(1.0 / f64::from(args.rate)));
-    for _ in 0..args.messages {
-        let sent_us = SystemTime::now().duration_since(UNIX_EPOCH)?.as_micros() as u64;
+    let started = tokio::time::Instant::now();
+    for i in 0..args.messages {
+        if let Some(gap) = gap {
+            // A steady schedule: a slow call does not shift the ones after it.
+            tokio::time::sleep_until(started + gap * i as u32).await;
+        }
         api.publish(pb::PublishRequest {
-            target: Some(pb::publish_request::Target::Topic(topic.clone())),
+            target: Some(pb::publish_request::Target::Topic(topic.to_owned())),
             event: "bench".into(),
-            data: serde_json::json!({"sent_us": sent_us}).to_string(),
+            data: format!("{{\"sent_us\":{}}}", now_us()),
             ..Default::default()
         })
         .await?;
-        if let Some(gap) = gap {
-            tokio::time::sleep(gap).await;
-        }
     }
     let mut sockets = Vec::new();
     for r in readers {
         sockets.push(r.await?);
     }
-    let fanout_secs = fanout_started.elapsed().as_secs_f64();
-    let bridge_cpu_secs =
-        crate::cpu_ticks(pid).saturating_sub(cpu_before) as f64 / crate::clock_ticks();
+    let (elapsed, cpu) = cpu.stop();
     let deliveries = received.load(Ordering::Relaxed);
     let hist = hist.lock().expect("hist");
     let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
+    let bridge_cpu_secs = cpu.bridge / 100.0 * elapsed.as_secs_f64();
+    let round = Round {
+        deliveries,
+        per_sec: deliveries as f64 / elapsed.as_secs_f64(),
+        per_bridge_cpu_sec: deliveries as f64 / bridge_cpu_secs.max(1e-9),
+        p50_ms: ms(0.5),
+        p99_ms: ms(0.99),
+        max_ms: ms(1.0),
+        cpu,
+    };
+    Ok((round, sockets))
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(0.0)
+}
+
+pub async fn run(args: WsArgs) -> anyhow::Result<()> {
+    if args.runs == 0 || args.clients == 0 {
+        bail!("--runs and --clients must be at least 1");
+    }
+    let issuer =
+        DevIssuer::load_or_create(&args.data_dir.join(DEV_KEY_FILE), DEV_ISSUER, DEV_CLIENT_ID)?;
+    let tokens: Vec<String> = (0..args.clients)
+        .map(|i| issuer.mint(&DevToken::access(&format!("bench-ws-{i}"))))
+        .collect::<Result<_, _>>()?;
+    let tokens = Arc::new(tokens);
+    let pid = crate::find_pid(&args.bridge_process)
+        .context("bridge process not found (--bridge-process)")?;
     println!(
-        "ws bench: clients={} messages={} rate={} cores={}",
+        "ws bench: clients={} messages={} rate={} runs={} machine cores={}",
         args.clients,
         args.messages,
         if args.rate == 0 {
@@ -199,31 +281,85 @@ pub async fn run(args: WsArgs) -> anyhow::Result<()> {
         } else {
             args.rate.to_string()
         },
-        std::thread::available_parallelism().map_or(0, |n| n.get())
+        args.runs,
+        crate::machine_cores()
+    );
+
+    // Phase 1: connects/s, each round from no connection at all; the RSS
+    // growth is taken in the first round (freed memory is kept by the
+    // allocator for the next).
+    let rss_before = crate::rss_kib(pid);
+    let mut connect_rates = Vec::new();
+    let mut sockets = Vec::new();
+    for round in 0..args.runs {
+        if round > 0 {
+            drop(std::mem::take(&mut sockets));
+            // Let the bridge see every close before the next storm.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        let cpu = CpuWatch::start(&args);
+        sockets = connect_all(&args, &tokens).await?;
+        let (elapsed, share) = cpu.stop();
+        let rate = args.clients as f64 / elapsed.as_secs_f64();
+        println!("  connects/s            {rate:>10.0}   ({share})");
+        connect_rates.push(rate);
+        if round == 0 {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let rss_after = crate::rss_kib(pid);
+            let per_conn =
+                rss_after.saturating_sub(rss_before) as f64 * 1024.0 / args.clients as f64;
+            println!("  bridge RSS / idle conn {:>9.2} KB", per_conn / 1000.0);
+        }
+    }
+
+    // Phase 2: subscribe everyone to one topic; `subscribed` means in routing.
+    let topic = format!("room:bench-{}", std::process::id());
+    let subscribe = serde_json::json!({"action": "subscribe", "topic": topic}).to_string();
+    for s in &mut sockets {
+        s.send(Message::text(subscribe.clone())).await?;
+    }
+    for s in &mut sockets {
+        loop {
+            let msg = s.next().await.context("socket closed")??;
+            if let Message::Text(t) = msg
+                && t.as_str().contains("\"subscribed\"")
+            {
+                break;
+            }
+        }
+    }
+
+    // Phase 3: fan-out rounds.
+    let mut api = NotifyClient::connect(args.grpc.clone()).await?;
+    let mut rounds = Vec::new();
+    for _ in 0..args.runs {
+        let (round, back) = fan_out(&args, &mut api, &topic, sockets).await?;
+        sockets = back;
+        println!(
+            "  fan-out: {} of {} delivered, {:.0}/s, {:.0} per bridge-CPU-s, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms   ({})",
+            round.deliveries,
+            args.clients * args.messages,
+            round.per_sec,
+            round.per_bridge_cpu_sec,
+            round.p50_ms,
+            round.p99_ms,
+            round.max_ms,
+            round.cpu
+        );
+        rounds.push(round);
+    }
+    let of = |f: fn(&Round) -> f64| median(rounds.iter().map(f).collect());
+    println!("median of {}:", args.runs);
+    println!("  connects/s              {:>10.0}", median(connect_rates));
+    println!("  deliveries/s            {:>10.0}", of(|r| r.per_sec));
+    println!(
+        "  deliveries/bridge-CPU-s {:>10.0}",
+        of(|r| r.per_bridge_cpu_sec)
     );
     println!(
-        "  connects/s            {:>10.0}",
-        args.clients as f64 / connect_secs
-    );
-    println!("  bridge RSS / idle conn {:>9.2} KB", per_conn / 1000.0);
-    println!(
-        "  deliveries            {deliveries} of {}",
-        args.clients * args.messages
-    );
-    println!(
-        "  deliveries/s          {:>10.0}",
-        deliveries as f64 / fanout_secs
-    );
-    println!(
-        "  deliveries/bridge-CPU-s {:>8.0}   (bridge CPU {:.0} %)",
-        deliveries as f64 / bridge_cpu_secs.max(1e-9),
-        bridge_cpu_secs / fanout_secs * 100.0
-    );
-    println!(
-        "  latency ms            p50 {:.2}  p99 {:.2}  max {:.2}",
-        ms(0.5),
-        ms(0.99),
-        ms(1.0)
+        "  latency ms              p50 {:.2}  p99 {:.2}",
+        of(|r| r.p50_ms),
+        of(|r| r.p99_ms)
     );
     drop(sockets);
     Ok(())

@@ -8,6 +8,7 @@
 
 use std::{
     collections::HashMap,
+    pin::Pin,
     sync::Arc,
     time::{Duration, Instant, SystemTime},
 };
@@ -18,7 +19,6 @@ use hyper_util::rt::TokioIo;
 use notify_auth::{Identity, Verifier};
 use notify_core::{ConnectionId, Subject, Topic, TopicPolicy};
 use notify_proto::v1::{self as pb, bridge_up::Msg as Up};
-use tokio::sync::mpsc;
 use tokio_tungstenite::{
     WebSocketStream,
     tungstenite::{
@@ -29,9 +29,10 @@ use tokio_tungstenite::{
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    hub::{Hub, Outbound, Prepared},
+    hub::{Hub, Outbound, Position, Prepared, Registration},
     link::{Api, Pending},
     protocol::{self, Action, ErrorCode, FrameId, ServerFrame},
+    queue::SendQueue,
     rate::TokenBucket,
     sequencer::{Outcome, Sequencer},
 };
@@ -40,6 +41,11 @@ use crate::{
 const PAGE: u32 = 500;
 /// How long a client publish may wait for its commit.
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
+/// Deliveries written per flush at most.
+const FLUSH_BATCH: usize = 64;
+/// How long a registration may wait for notify-svc's answers before the
+/// client is told to come back (1013).
+const REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What every connection shares.
 pub struct Shared {
@@ -60,12 +66,14 @@ pub struct Shared {
 
 /// Which feed a store read was for.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-enum Feed {
+pub enum Feed {
     Inbox,
     Topic(Topic),
 }
 
-enum Internal {
+/// Results of a connection's own background work, sent to itself.
+#[derive(Debug)]
+pub enum Local {
     Read(Feed, Result<pb::HistoryResponse, tonic::Status>),
     /// A reply computed off the loop (client publish results).
     Reply(String),
@@ -77,7 +85,7 @@ type Socket = WebSocketStream<TokioIo<Upgraded>>;
 enum Event {
     Ping,
     Deliver(Arc<Prepared>),
-    Internal(Internal),
+    Local(Local),
     Frame(String),
     Binary,
     TooLarge,
@@ -87,7 +95,7 @@ fn slow_consumer() -> End {
     End::Close(protocol::CLOSE_SLOW_CONSUMER, "slow consumer".into())
 }
 
-/// How long the closing handshake may take: a peer that does not read gets
+/// How long the closing handshake may take: a peer that does not answer gets
 /// its socket dropped instead.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -99,28 +107,50 @@ enum End {
 
 struct Conn {
     id: ConnectionId,
-    identity: Identity,
+    identity: Box<Identity>,
     shared: Arc<Shared>,
     inbox: Sequencer<Arc<Prepared>>,
     topics: HashMap<Topic, Sequencer<Arc<Prepared>>>,
-    internal: mpsc::Sender<Internal>,
+    /// Its own queue, for [`Local`] results.
+    me: Arc<SendQueue>,
     bucket: TokenBucket,
 }
 
+/// An upgraded socket as the server hands it over.
+pub struct Accepted {
+    pub ws: Socket,
+    /// The client's resume point (`?since=`), if it gave one.
+    pub since: Option<u64>,
+}
+
 /// Serves one upgraded connection until it ends.
-pub async fn serve(mut ws: Socket, identity: Identity, since: Option<u64>, shared: Arc<Shared>) {
+///
+/// Arguments are boxed on purpose: an async fn keeps its arguments and their
+/// moved copies side by side in its state for the connection's whole life,
+/// and idle connections are what a bridge holds most of.
+pub async fn serve(accepted: Box<Accepted>, identity: Box<Identity>, shared: Arc<Shared>) {
+    let mut accepted = accepted;
     let id = ConnectionId::new();
-    let (tx, mut rx) = mpsc::channel(shared.queue);
+    let queue = SendQueue::new(shared.queue);
     let slow = CancellationToken::new();
-    shared.hub.open(id, identity.user.clone(), tx, slow.clone());
+    let registration = shared
+        .hub
+        .open(id, identity.user.clone(), queue.clone(), slow.clone());
     shared.metrics.connects.inc();
     shared.metrics.connections.inc();
     tracing::debug!(conn = %id, user = %identity.user, "connected");
 
-    let end = match start(&mut ws, id, identity, since, shared.clone()).await {
-        Ok((mut conn, mut internal_rx)) => {
-            conn.run(&mut ws, &mut rx, &mut internal_rx, &slow).await
-        }
+    let opening = Opening {
+        id,
+        identity,
+        since: accepted.since,
+        registration,
+        me: queue.clone(),
+        shared: shared.clone(),
+    };
+    let started = start_boxed(&mut accepted.ws, opening);
+    let end = match started.await {
+        Ok(mut conn) => conn.run(&mut accepted.ws, &queue, &slow).await,
         Err(end) => end,
     };
     shared.hub.close(id);
@@ -134,57 +164,92 @@ pub async fn serve(mut ws: Socket, identity: Identity, since: Option<u64>, share
             code: CloseCode::from(code),
             reason: reason.into(),
         };
-        let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.close(Some(frame))).await;
+        let ws = &mut accepted.ws;
+        let closing = async {
+            let _ = ws.close(Some(frame)).await;
+            // The closing handshake: read (and drop) until the client's own
+            // close, so that frames it sends meanwhile (a pong, an ack) do
+            // not meet a closed socket, whose reset would destroy our close
+            // frame before the client reads it.
+            while let Some(Ok(_)) = ws.next().await {}
+        };
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, closing).await;
     }
     tracing::debug!(conn = %id, "disconnected");
 }
 
-/// Welcome and the first inbox page; the connection is registered already.
-async fn start(
+/// [`start`], boxed by a plain function: a start runs once, and an async
+/// caller would keep room for the unboxed future in its own state (rustc
+/// keeps such temporaries) for the connection's whole life.
+fn start_boxed(
     ws: &mut Socket,
+    opening: Opening,
+) -> Pin<Box<impl Future<Output = Result<Box<Conn>, End>> + '_>> {
+    Box::pin(start(ws, opening))
+}
+
+/// What a connection starts from.
+struct Opening {
     id: ConnectionId,
-    identity: Identity,
+    identity: Box<Identity>,
+    /// The client's resume point (`?since=`), if it gave one.
     since: Option<u64>,
+    registration: Registration,
+    /// The connection's own queue.
+    me: Arc<SendQueue>,
     shared: Arc<Shared>,
-) -> Result<(Conn, mpsc::Receiver<Internal>), End> {
-    let first = shared
-        .api
-        .history(pb::HistoryRequest {
-            target: Some(pb::history_request::Target::UserId(
-                identity.user.to_string(),
-            )),
-            since: since.unwrap_or(0),
-            limit: PAGE,
-            after_acked: since.is_none(),
-        })
+}
+
+/// Waits for a registration to be in routing on every notify-svc.
+async fn registered(registration: Registration) -> Result<Position, String> {
+    match tokio::time::timeout(REGISTER_TIMEOUT, registration).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(_)) => Err("connection closed".into()),
+        Err(_) => Err("notify-svc did not answer in time".into()),
+    }
+}
+
+/// Welcome, then the replay (if the inbox holds anything after the resume
+/// point) once the connection is in routing everywhere.
+async fn start(ws: &mut Socket, opening: Opening) -> Result<Box<Conn>, End> {
+    let Opening {
+        id,
+        identity,
+        since,
+        registration,
+        me,
+        shared,
+    } = opening;
+    let position = registered(registration)
         .await
-        .map_err(|e| End::Close(1011, format!("inbox unavailable: {}", e.message())))?;
+        .map_err(|e| End::Close(protocol::CLOSE_TRY_AGAIN, format!("inbox unavailable: {e}")))?;
     let welcome = ServerFrame::Welcome {
         connection_id: &id.to_string(),
         user_id: identity.user.as_str(),
-        seq: first.head_seq,
+        seq: position.head_seq,
     };
     send(ws, welcome.to_text()).await?;
-    let after = since.unwrap_or(first.acked_seq);
+    let after = since.unwrap_or(position.acked_seq);
     let (inbox, _) = Sequencer::resume(after);
-    let (internal, internal_rx) = mpsc::channel(64);
     let bucket = TokenBucket::new(shared.rate_per_sec, shared.burst, Instant::now());
-    let mut conn = Conn {
+    let mut conn = Box::new(Conn {
         id,
         identity,
         shared,
         inbox,
         topics: HashMap::new(),
-        internal,
+        me,
         bucket,
-    };
-    conn.shared
-        .metrics
-        .replayed
-        .inc_by(first.messages.len() as u64);
-    let outcome = conn.inbox.stored(page(first.messages), !first.has_more);
-    conn.emit(ws, &Feed::Inbox, outcome).await?;
-    Ok((conn, internal_rx))
+    });
+    if position.head_seq > after {
+        conn.fetch(Feed::Inbox, after, Duration::ZERO);
+    } else {
+        // Nothing stored after the resume point: live at once.
+        let outcome = conn.inbox.stored(Vec::new(), true);
+        conn.emit(ws, || Feed::Inbox, outcome).await?;
+    }
+    ws.flush().await.map_err(|_| End::Gone)?;
+    Ok(conn)
 }
 
 fn page(messages: Vec<pb::StoredMessage>) -> Vec<(u64, Arc<Prepared>)> {
@@ -195,8 +260,10 @@ fn page(messages: Vec<pb::StoredMessage>) -> Vec<(u64, Arc<Prepared>)> {
         .collect()
 }
 
+/// Queues a frame; it goes out with the next flush (or once the write
+/// buffer is over its size).
 async fn send(ws: &mut Socket, text: String) -> Result<(), End> {
-    ws.send(Message::text(text)).await.map_err(|_| End::Gone)
+    ws.feed(Message::text(text)).await.map_err(|_| End::Gone)
 }
 
 fn error_text(code: ErrorCode, message: &str, id: Option<&FrameId>) -> String {
@@ -204,13 +271,7 @@ fn error_text(code: ErrorCode, message: &str, id: Option<&FrameId>) -> String {
 }
 
 impl Conn {
-    async fn run(
-        &mut self,
-        ws: &mut Socket,
-        rx: &mut mpsc::Receiver<Outbound>,
-        internal_rx: &mut mpsc::Receiver<Internal>,
-        slow: &CancellationToken,
-    ) -> End {
+    async fn run(&mut self, ws: &mut Socket, queue: &SendQueue, slow: &CancellationToken) -> End {
         let mut ping = tokio::time::interval(self.shared.ping_every);
         ping.tick().await;
         let mut unanswered_pings = 0u32;
@@ -232,14 +293,10 @@ impl Conn {
                     unanswered_pings += 1;
                     Event::Ping
                 }
-                out = rx.recv() => match out {
-                    Some(Outbound::Deliver(message)) => Event::Deliver(message),
-                    Some(Outbound::Kick { code, reason }) => return End::Close(code, reason),
-                    None => return End::Gone,
-                },
-                internal = internal_rx.recv() => match internal {
-                    Some(internal) => Event::Internal(internal),
-                    None => continue,
+                out = queue.pop() => match out {
+                    Outbound::Deliver(message) => Event::Deliver(message),
+                    Outbound::Close(order) => return End::Close(order.code, order.reason),
+                    Outbound::Local(local) => Event::Local(*local),
                 },
                 frame = ws.next() => match frame {
                     Some(Ok(Message::Text(text))) => Event::Frame(text.as_str().to_owned()),
@@ -256,23 +313,43 @@ impl Conn {
             };
             // Handling writes to the socket; a client that stops reading must
             // not hold the task: the hub's overflow signal interrupts it.
+            // Frames are queued and go out in one flush at the end.
             let handled = async {
                 match event {
                     Event::Ping => ws
-                        .send(Message::Ping(Vec::new().into()))
+                        .feed(Message::Ping(Vec::new().into()))
                         .await
-                        .map_err(|_| End::Gone),
-                    Event::Deliver(message) => self.delivered(ws, message).await,
-                    Event::Internal(Internal::Read(feed, read)) => self.read(ws, feed, read).await,
-                    Event::Internal(Internal::Reply(text)) => send(ws, text).await,
-                    Event::Frame(text) => self.frame(ws, &text).await,
+                        .map_err(|_| End::Gone)?,
+                    Event::Deliver(message) => {
+                        self.delivered(ws, message).await?;
+                        // Deliveries already waiting join the same flush: one
+                        // write for many frames when a fan-out runs ahead of
+                        // the socket (a loopback send costs more than a frame).
+                        for _ in 1..FLUSH_BATCH {
+                            match queue.try_pop() {
+                                Some(Outbound::Deliver(m)) => self.delivered(ws, m).await?,
+                                Some(Outbound::Close(order)) => {
+                                    return Err(End::Close(order.code, order.reason));
+                                }
+                                Some(Outbound::Local(local)) => {
+                                    self.local(ws, *local).await?;
+                                    break;
+                                }
+                                None => break,
+                            }
+                        }
+                    }
+                    Event::Local(local) => self.local(ws, local).await?,
+                    // Boxed: frame handling is rare next to deliveries, and
+                    // its future (token checks, registrations) is large.
+                    Event::Frame(text) => Box::pin(self.frame(ws, &text)).await?,
                     Event::Binary => {
                         let text = error_text(
                             ErrorCode::BadRequest,
                             "binary frames are not accepted: send JSON text",
                             None,
                         );
-                        send(ws, text).await
+                        send(ws, text).await?
                     }
                     Event::TooLarge => {
                         let _ = send(
@@ -280,9 +357,10 @@ impl Conn {
                             error_text(ErrorCode::TooLarge, "frame over 64 KiB", None),
                         )
                         .await;
-                        Err(End::Close(1009, "frame too large".into()))
+                        return Err(End::Close(1009, "frame too large".into()));
                     }
                 }
+                ws.flush().await.map_err(|_| End::Gone)
             };
             let result = tokio::select! {
                 result = handled => result,
@@ -291,6 +369,13 @@ impl Conn {
             if let Err(end) = result {
                 return end;
             }
+        }
+    }
+
+    async fn local(&mut self, ws: &mut Socket, local: Local) -> Result<(), End> {
+        match local {
+            Local::Read(feed, read) => Box::pin(self.read(ws, feed, read)).await,
+            Local::Reply(text) => send(ws, text).await,
         }
     }
 
@@ -305,17 +390,14 @@ impl Conn {
     async fn delivered(&mut self, ws: &mut Socket, message: Arc<Prepared>) -> Result<(), End> {
         if !message.user_id.is_empty() {
             let outcome = self.inbox.live(message.seq, message);
-            return self.emit(ws, &Feed::Inbox, outcome).await;
+            return self.emit(ws, || Feed::Inbox, outcome).await;
         }
-        if !message.topic.is_empty() {
-            let Ok(topic) = Topic::parse(&message.topic) else {
+        if let Some(topic) = &message.topic {
+            let Some(seq) = self.topics.get_mut(topic) else {
                 return Ok(());
             };
-            let Some(seq) = self.topics.get_mut(&topic) else {
-                return Ok(());
-            };
-            let outcome = seq.live(message.seq, message);
-            return self.emit(ws, &Feed::Topic(topic), outcome).await;
+            let outcome = seq.live(message.seq, Arc::clone(&message));
+            return self.emit(ws, || Feed::Topic(topic.clone()), outcome).await;
         }
         self.write_message(ws, &message).await
     }
@@ -351,26 +433,28 @@ impl Conn {
                 None => return Ok(()), // unsubscribed meanwhile
             },
         };
-        self.emit(ws, &feed, outcome).await
+        self.emit(ws, || feed, outcome).await
     }
 
+    /// Sends what the sequencer released; `feed` names the feed if a store
+    /// read is needed (built only then: the common live path allocates nothing).
     async fn emit(
         &mut self,
         ws: &mut Socket,
-        feed: &Feed,
+        feed: impl FnOnce() -> Feed,
         outcome: Outcome<Arc<Prepared>>,
     ) -> Result<(), End> {
         for message in &outcome.emit {
             self.write_message(ws, message).await?;
         }
         if let Some(after) = outcome.fetch_after {
-            self.fetch(feed.clone(), after, Duration::ZERO);
+            self.fetch(feed(), after, Duration::ZERO);
         }
         Ok(())
     }
 
     fn fetch(&self, feed: Feed, after: u64, delay: Duration) {
-        let (api, internal) = (self.shared.api.clone(), self.internal.clone());
+        let (api, me) = (self.shared.api.clone(), self.me.clone());
         let target = match &feed {
             Feed::Inbox => pb::history_request::Target::UserId(self.identity.user.to_string()),
             Feed::Topic(t) => pb::history_request::Target::Topic(t.to_string()),
@@ -385,14 +469,14 @@ impl Conn {
                     after_acked: false,
                 })
                 .await;
-            let _ = internal.send(Internal::Read(feed, read)).await;
+            me.push_local(Outbound::Local(Box::new(Local::Read(feed, read))));
         });
     }
 
     async fn write_message(&self, ws: &mut Socket, m: &Prepared) -> Result<(), End> {
         self.shared.metrics.messages_out.inc();
         // The frame was encoded once for every connection it goes to.
-        ws.send(Message::Text(m.frame.clone()))
+        ws.feed(Message::Text(m.frame.clone()))
             .await
             .map_err(|_| End::Gone)
     }
@@ -442,7 +526,7 @@ impl Conn {
             Action::Refresh { token, .. } => {
                 Some(match self.shared.verifier.verify(&token).await {
                     Ok(fresh) if fresh.user == self.identity.user => {
-                        self.identity = fresh;
+                        *self.identity = fresh;
                         let exp = self
                             .identity
                             .expires_at
@@ -488,25 +572,16 @@ impl Conn {
         if let Err(e) = self.shared.topics.may_subscribe(self.subject(), &topic) {
             return error_text(ErrorCode::Forbidden, &e.to_string(), id);
         }
-        // Register first, then read: nothing committed in between is missed.
-        self.shared.hub.subscribe(self.id, topic.clone());
-        let head = self
-            .shared
-            .api
-            .history(pb::HistoryRequest {
-                target: Some(pb::history_request::Target::Topic(topic.to_string())),
-                since: u64::MAX >> 1,
-                limit: 1,
-                after_acked: false,
-            })
-            .await;
-        let head = match head {
-            Ok(r) => r.head_seq,
+        // In routing first, then the head as read after that: nothing
+        // committed in between is missed.
+        let registration = self.shared.hub.subscribe(self.id, topic.clone());
+        let head = match registered(registration).await {
+            Ok(position) => position.head_seq,
             Err(e) => {
                 self.shared.hub.unsubscribe(self.id, &topic);
                 return error_text(
                     ErrorCode::BadRequest,
-                    &format!("topic unavailable: {}", e.message()),
+                    &format!("topic unavailable: {e}"),
                     id,
                 );
             }
@@ -528,13 +603,13 @@ impl Conn {
         .to_text()
     }
 
-    /// Sends a client publish up; the reply arrives through `internal`.
+    /// Sends a client publish up; the reply comes back as a [`Local`].
     fn publish(&self, raw: &str, data: &str, event: Option<&str>, id: Option<FrameId>) {
-        let internal = self.internal.clone();
+        let me = self.me.clone();
         let reply = move |text: String| {
-            let internal = internal.clone();
+            let me = me.clone();
             async move {
-                let _ = internal.send(Internal::Reply(text)).await;
+                me.push_local(Outbound::Local(Box::new(Local::Reply(text))));
             }
         };
         let topic = match Topic::parse(raw) {

@@ -16,11 +16,11 @@ use std::{
 use notify_core::{ConnectionId, Topic, UserId};
 use notify_proto::v1::{self as pb, bridge_up::Msg as Up};
 use serde_json::value::RawValue;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
 
-use crate::protocol::ServerFrame;
+use crate::{protocol::ServerFrame, queue::SendQueue};
 
 /// A message ready to send: what ordering needs, and its `message` frame,
 /// encoded once and shared by every connection it goes to.
@@ -29,8 +29,8 @@ pub struct Prepared {
     pub seq: u64,
     /// Set for inbox messages.
     pub user_id: String,
-    /// Set for topic messages.
-    pub topic: String,
+    /// Set for topic messages (parsed once, not per connection).
+    pub topic: Option<Topic>,
     pub frame: Utf8Bytes,
 }
 
@@ -48,27 +48,75 @@ impl Prepared {
             ts: m.ts_ms,
         }
         .to_text();
+        let topic = if m.topic.is_empty() {
+            None
+        } else {
+            Some(Topic::parse(&m.topic).ok()?)
+        };
         Some(Arc::new(Self {
             seq: m.seq,
             user_id: m.user_id,
-            topic: m.topic,
+            topic,
             frame: frame.into(),
         }))
     }
 }
 
-/// What a connection task receives from the hub.
+/// Where a feed stood once its registration was in routing everywhere.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Position {
+    pub head_seq: u64,
+    /// The inbox's cumulative ack (0 for topics).
+    pub acked_seq: u64,
+}
+
+/// Resolves when every link answered the ticket (or gave up on it).
+pub type Registration = oneshot::Receiver<Result<Position, String>>;
+
+/// A ticket waiting for the links' answers.
+struct Waiting {
+    conn: ConnectionId,
+    links: HashSet<usize>,
+    /// The highest positions answered: the latest read covers every
+    /// registration (heads and acks only grow).
+    best: Option<Position>,
+    error: Option<String>,
+    tx: oneshot::Sender<Result<Position, String>>,
+}
+
+impl Waiting {
+    fn finish(self) {
+        let result = match (self.error, self.best) {
+            (Some(e), _) => Err(e),
+            (None, Some(best)) => Ok(best),
+            (None, None) => Err("notify-svc detached before answering".into()),
+        };
+        let _ = self.tx.send(result);
+    }
+}
+
+/// What a connection task receives, in one bounded queue: deliveries and
+/// close orders from the hub, and the results of its own background work
+/// (queued behind deliveries; one queue per connection keeps idle ones small).
 #[derive(Debug)]
 pub enum Outbound {
     Deliver(Arc<Prepared>),
-    Kick { code: u16, reason: String },
+    Close(Box<CloseOrder>),
+    Local(Box<crate::connection::Local>),
+}
+
+/// Close the connection with this code and reason.
+#[derive(Debug)]
+pub struct CloseOrder {
+    pub code: u16,
+    pub reason: String,
 }
 
 struct Entry {
     user: UserId,
     connected_at_ms: i64,
     topics: HashSet<Topic>,
-    tx: mpsc::Sender<Outbound>,
+    queue: Arc<SendQueue>,
     /// Cancelled when the queue overflowed: the connection closes with 4008.
     slow: CancellationToken,
 }
@@ -82,9 +130,31 @@ struct State {
     links: HashMap<usize, mpsc::Sender<pb::BridgeUp>>,
     /// Highest ack per user not yet sent up.
     acks: HashMap<UserId, u64>,
+    tickets: HashMap<u64, Waiting>,
+    last_ticket: u64,
 }
 
 impl State {
+    /// A ticket waited on by every link attached now; resolved at once with
+    /// an error when there is none.
+    fn ticket(&mut self, conn: ConnectionId) -> (u64, Registration) {
+        let (tx, rx) = oneshot::channel();
+        if self.links.is_empty() {
+            let _ = tx.send(Err("no notify-svc attached".into()));
+            return (0, rx);
+        }
+        self.last_ticket += 1;
+        let waiting = Waiting {
+            conn,
+            links: self.links.keys().copied().collect(),
+            best: None,
+            error: None,
+            tx,
+        };
+        self.tickets.insert(self.last_ticket, waiting);
+        (self.last_ticket, rx)
+    }
+
     fn up(&self, msg: Up) {
         for tx in self.links.values() {
             // A full link is about to be replaced; its Hello will carry the state.
@@ -143,7 +213,44 @@ impl Hub {
     }
 
     pub fn detach_link(&self, index: usize) {
-        self.state.lock().expect("hub lock").links.remove(&index);
+        let mut s = self.state.lock().expect("hub lock");
+        s.links.remove(&index);
+        // Its answers will not come: stop waiting for them.
+        let done: Vec<u64> = s
+            .tickets
+            .iter_mut()
+            .filter_map(|(ticket, w)| {
+                (w.links.remove(&index) && w.links.is_empty()).then_some(*ticket)
+            })
+            .collect();
+        for ticket in done {
+            if let Some(w) = s.tickets.remove(&ticket) {
+                w.finish();
+            }
+        }
+    }
+
+    /// Link `index` answered a ticket.
+    pub fn registered(&self, index: usize, answer: pb::Registered) {
+        let mut s = self.state.lock().expect("hub lock");
+        let Some(w) = s.tickets.get_mut(&answer.ticket) else {
+            return;
+        };
+        if !w.links.remove(&index) {
+            return;
+        }
+        if answer.error.is_empty() {
+            let best = w.best.get_or_insert_default();
+            best.head_seq = best.head_seq.max(answer.head_seq);
+            best.acked_seq = best.acked_seq.max(answer.acked_seq);
+        } else {
+            w.error = Some(answer.error);
+        }
+        if w.links.is_empty()
+            && let Some(w) = s.tickets.remove(&answer.ticket)
+        {
+            w.finish();
+        }
     }
 
     /// A link to send a client publish on (any attached one).
@@ -152,17 +259,19 @@ impl Hub {
         s.links.values().next().cloned()
     }
 
-    /// Registers a connection and reports it up.
+    /// Registers a connection and reports it up; the registration resolves
+    /// with the inbox's positions once it is in routing everywhere.
     pub fn open(
         &self,
         id: ConnectionId,
         user: UserId,
-        tx: mpsc::Sender<Outbound>,
+        queue: Arc<SendQueue>,
         slow: CancellationToken,
-    ) {
+    ) -> Registration {
         let mut s = self.state.lock().expect("hub lock");
         let connected_at_ms = millis(SystemTime::now());
         s.by_user.entry(user.clone()).or_default().insert(id);
+        let (ticket, registration) = s.ticket(id);
         s.up(Up::Opened(pb::ConnectionOpened {
             connection: Some(pb::LiveConnection {
                 connection_id: id.to_string(),
@@ -170,6 +279,7 @@ impl Hub {
                 connected_at_ms,
                 topics: Vec::new(),
             }),
+            ticket,
         }));
         s.conns.insert(
             id,
@@ -177,10 +287,11 @@ impl Hub {
                 user,
                 connected_at_ms,
                 topics: HashSet::new(),
-                tx,
+                queue,
                 slow,
             },
         );
+        registration
     }
 
     /// Forgets a connection and reports it up.
@@ -189,6 +300,8 @@ impl Hub {
         let Some(entry) = s.conns.remove(&id) else {
             return;
         };
+        // Nobody waits for these answers any more.
+        s.tickets.retain(|_, w| w.conn != id);
         if let Some(set) = s.by_user.get_mut(&entry.user) {
             set.remove(&id);
             if set.is_empty() {
@@ -208,18 +321,25 @@ impl Hub {
         }));
     }
 
-    pub fn subscribe(&self, id: ConnectionId, topic: Topic) {
+    /// Subscribes a connection (again, if it was: the registration still
+    /// answers with the topic's head).
+    pub fn subscribe(&self, id: ConnectionId, topic: Topic) -> Registration {
         let mut s = self.state.lock().expect("hub lock");
         let Some(entry) = s.conns.get_mut(&id) else {
-            return;
+            let (tx, rx) = oneshot::channel();
+            let _ = tx.send(Err("connection closed".into()));
+            return rx;
         };
         if entry.topics.insert(topic.clone()) {
             s.by_topic.entry(topic.clone()).or_default().insert(id);
-            s.up(Up::Subscribed(pb::TopicSubscribed {
-                connection_id: id.to_string(),
-                topic: topic.to_string(),
-            }));
         }
+        let (ticket, registration) = s.ticket(id);
+        s.up(Up::Subscribed(pb::TopicSubscribed {
+            connection_id: id.to_string(),
+            topic: topic.to_string(),
+            ticket,
+        }));
+        registration
     }
 
     pub fn unsubscribe(&self, id: ConnectionId, topic: &Topic) {
@@ -270,6 +390,8 @@ impl Hub {
         let Some(message) = delivery.message.and_then(Prepared::new) else {
             return;
         };
+        let exclude =
+            ConnectionId::parse("exclude_connection_id", &delivery.exclude_connection_id).ok();
         let s = self.state.lock().expect("hub lock");
         let targets: Vec<&ConnectionId> = if !message.user_id.is_empty() {
             UserId::parse("user_id", &message.user_id)
@@ -277,23 +399,22 @@ impl Hub {
                 .and_then(|u| s.by_user.get(&u))
                 .map(|set| set.iter().collect())
                 .unwrap_or_default()
-        } else if !message.topic.is_empty() {
-            Topic::parse(&message.topic)
-                .ok()
-                .and_then(|t| s.by_topic.get(&t))
+        } else if let Some(topic) = &message.topic {
+            s.by_topic
+                .get(topic)
                 .map(|set| set.iter().collect())
                 .unwrap_or_default()
         } else {
             s.conns.keys().collect()
         };
         for id in targets {
-            if id.to_string() == delivery.exclude_connection_id {
+            if Some(*id) == exclude {
                 continue;
             }
             if let Some(entry) = s.conns.get(id)
                 && entry
-                    .tx
-                    .try_send(Outbound::Deliver(Arc::clone(&message)))
+                    .queue
+                    .push(Outbound::Deliver(Arc::clone(&message)))
                     .is_err()
             {
                 entry.slow.cancel();
@@ -310,11 +431,11 @@ impl Hub {
                 continue;
             };
             if let Some(entry) = s.conns.get(&id) {
-                let out = Outbound::Kick {
+                let out = Outbound::Close(Box::new(CloseOrder {
                     code,
                     reason: kick.reason.clone(),
-                };
-                if entry.tx.try_send(out).is_err() {
+                }));
+                if entry.queue.push(out).is_err() {
                     entry.slow.cancel();
                 }
             }

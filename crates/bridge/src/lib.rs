@@ -12,6 +12,7 @@ pub mod hub;
 pub mod link;
 pub mod metrics;
 pub mod protocol;
+pub mod queue;
 pub mod rate;
 pub mod sequencer;
 pub mod server;

@@ -144,6 +144,7 @@ async fn attach_once(
             Some(Down::Delivery(d)) => hub.deliver(d),
             Some(Down::Kick(k)) => hub.kick(k),
             Some(Down::PublishResult(r)) => pending.resolve(r),
+            Some(Down::Registered(r)) => hub.registered(index, r),
             None => return Err(Status::unavailable("notify-svc ended the stream")),
         }
     }

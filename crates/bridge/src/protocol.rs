@@ -7,6 +7,8 @@ use serde_json::value::RawValue;
 
 /// Close code: server restarting, reconnect elsewhere.
 pub const CLOSE_RESTARTING: u16 = 1012;
+/// The inbox could not be read (notify-svc or its store is away): reconnect with backoff.
+pub const CLOSE_TRY_AGAIN: u16 = 1013;
 /// Close code: disconnected by the API (`Disconnect`).
 pub const CLOSE_DISCONNECTED: u16 = 4003;
 /// Close code: slow consumer, the send queue went over its bound.

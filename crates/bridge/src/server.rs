@@ -134,6 +134,13 @@ async fn handle(
             );
         }
     };
+    if shared.hub.any_link().is_none() {
+        shared.metrics.refused("no_notify_svc");
+        return json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            serde_json::json!({"error": "unavailable", "message": "this bridge reaches no notify-svc; retry or connect to another"}),
+        );
+    }
     if shared.hub.len() >= shared.max_connections {
         shared.metrics.refused("bridge_full");
         return json(
@@ -151,14 +158,20 @@ async fn handle(
     }
 
     let accept = derive_accept_key(key.as_bytes());
+    let serving = tracker.clone();
     tracker.spawn(async move {
         match hyper::upgrade::on(req).await {
             Ok(upgraded) => {
-                // tungstenite's defaults reserve 128 KiB each for reading and
-                // write batching per socket; idle connections need almost none.
+                // tungstenite's default reserves 128 KiB for reading per
+                // socket; 1 KiB holds any ack or subscribe in one read (a
+                // 64 KiB client publish takes more reads, and is rare), and
+                // idle connections are most of a bridge. Writes are queued
+                // until the connection flushes (or 16 KiB wait), so a burst
+                // goes out in one syscall; the write buffer is not
+                // preallocated.
                 let config = WebSocketConfig::default()
-                    .read_buffer_size(4 * 1024)
-                    .write_buffer_size(0)
+                    .read_buffer_size(1024)
+                    .write_buffer_size(16 * 1024)
                     .max_message_size(Some(max_frame))
                     .max_frame_size(Some(max_frame));
                 let ws = WebSocketStream::from_raw_socket(
@@ -167,7 +180,11 @@ async fn handle(
                     Some(config),
                 )
                 .await;
-                connection::serve(ws, identity, since, shared).await;
+                // A task of its own, sized to the connection alone: this one
+                // also holds the upgrade's state, which an idle socket should
+                // not carry for its whole life (~3 KB each).
+                let accepted = Box::new(connection::Accepted { ws, since });
+                serving.spawn(connection::serve(accepted, Box::new(identity), shared));
             }
             Err(e) => tracing::debug!(error = %e, "upgrade failed"),
         }

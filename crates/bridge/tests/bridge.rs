@@ -95,9 +95,23 @@ impl Platform {
 
     /// Starts a bridge attached to the notify-svc; returns its WebSocket URL.
     async fn add_bridge(&self, id: &str, send_queue: usize) -> String {
+        let config = self.bridge_config(id, send_queue);
+        self.run_bridge(config).await
+    }
+
+    async fn run_bridge(&self, config: BridgeConfig) -> String {
         let ws_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let ws = format!("ws://{}/ws", ws_listener.local_addr().unwrap());
-        let config = BridgeConfig {
+        tokio::spawn(notify_bridge::run(
+            config,
+            ws_listener,
+            self.shutdown.clone(),
+        ));
+        ws
+    }
+
+    fn bridge_config(&self, id: &str, send_queue: usize) -> BridgeConfig {
+        BridgeConfig {
             bridge_id: id.into(),
             notify_urls: vec![self.grpc.clone()],
             notify_token: None,
@@ -111,13 +125,7 @@ impl Platform {
             max_per_user: 10,
             max_connections: 1000,
             ops: None,
-        };
-        tokio::spawn(notify_bridge::run(
-            config,
-            ws_listener,
-            self.shutdown.clone(),
-        ));
-        ws
+        }
     }
 
     /// Stops notify-svc and starts a new one on the same address and database.
@@ -185,22 +193,22 @@ fn to_topic(topic: &str, data: &str) -> pb::PublishRequest {
     }
 }
 
-/// Publishes to `topic` until the answer says it reached `reached` connections
-/// (subscriptions propagate to notify-svc asynchronously).
-async fn publish_until_routed(
+/// Publishes to a topic once; `subscribed` means routed, so no retries:
+/// the answer must already count every subscriber.
+async fn publish_to_subscribers(
     api: &NotifyClient<tonic::transport::Channel>,
     topic: &str,
     data: &str,
-    reached: u32,
+    subscribers: u32,
 ) -> pb::PublishResponse {
-    test_support::eventually("subscribers routed", Duration::from_secs(10), || {
-        let mut api = api.clone();
-        async move {
-            let r = api.publish(to_topic(topic, data)).await.ok()?.into_inner();
-            (r.delivered == reached).then_some(r)
-        }
-    })
-    .await
+    let r = api
+        .clone()
+        .publish(to_topic(topic, data))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.delivered, subscribers, "every subscriber is routed");
+    r
 }
 
 fn to_user(user: &str, data: &str) -> pb::PublishRequest {
@@ -260,30 +268,20 @@ async fn a_client_gets_welcome_replay_then_live_messages_in_order() {
         );
         assert_eq!(m["data"]["n"], i, "data is the JSON value itself");
     }
-    // Live, once the bridge is attached.
-    let sent = test_support::eventually("live delivery", Duration::from_secs(10), || {
-        let mut api = api.clone();
-        async move {
-            let r = api
-                .publish(to_user("alice", r#"{"n":4}"#))
-                .await
-                .ok()?
-                .into_inner();
-            (r.delivered == 1).then_some(r)
-        }
-    })
-    .await;
-    // Probes before the link attached went to the inbox: they arrive in order too.
-    let mut last = 3;
-    loop {
-        let m = alice.next().await;
-        let seq = m["seq"].as_u64().unwrap();
-        assert_eq!(seq, last + 1, "no gap, no duplicate");
-        last = seq;
-        if m["id"] == sent.message_id.as_str() {
-            break;
-        }
-    }
+    // Live: `welcome` comes once the connection is routed, so the very next
+    // publish reaches it.
+    let sent = api
+        .publish(to_user("alice", r#"{"n":4}"#))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(sent.delivered, 1);
+    let m = alice.next().await;
+    assert_eq!(
+        (m["seq"].as_u64(), m["id"].as_str()),
+        (Some(4), Some(sent.message_id.as_str()))
+    );
+    let last = 4;
     // Ack, reconnect: only what came after the ack is replayed.
     alice
         .send(serde_json::json!({"action": "ack", "seq": last}))
@@ -422,16 +420,13 @@ async fn presence_follows_connections_and_messages_reach_exactly_their_targets()
             .await;
         assert_eq!(c.next().await["type"], "subscribed");
     }
-    let r = publish_until_routed(&api, "room:lobby", r#""topic""#, 2).await;
+    let r = publish_to_subscribers(&api, "room:lobby", r#""topic""#, 2).await;
     for c in [&mut laptop, &mut ben] {
-        // Earlier probes may have reached some subscribers first: skip to this one.
-        loop {
-            let m = c.next().await;
-            if m["id"] == r.message_id.as_str() {
-                assert_eq!(m["topic"], "room:lobby");
-                break;
-            }
-        }
+        let m = c.next().await;
+        assert_eq!(
+            (m["id"].as_str(), m["topic"].as_str()),
+            (Some(r.message_id.as_str()), Some("room:lobby"))
+        );
     }
     ben.send(serde_json::json!({"action": "publish", "topic": "room:lobby", "data": {"hi": 1}, "id": "p"})).await;
     let ack = ben.next().await;
@@ -645,14 +640,9 @@ async fn two_bridges_share_one_notify_svc() {
             .await;
         assert_eq!(c.next().await["type"], "subscribed");
     }
-    let r = publish_until_routed(&api, "fights:live", r#""go""#, 3).await;
+    let r = publish_to_subscribers(&api, "fights:live", r#""go""#, 3).await;
     for c in [&mut ivy, &mut jon, &mut jon_first] {
-        loop {
-            let m = c.next().await;
-            if m["id"] == r.message_id.as_str() {
-                break;
-            }
-        }
+        assert_eq!(c.next().await["id"], r.message_id.as_str());
     }
     let to_jon = api
         .publish(to_user("jon", r#""both devices""#))
@@ -813,4 +803,66 @@ async fn an_expired_token_closes_the_socket_with_4009() {
     let mut oz = Client { ws };
     assert_eq!(oz.next().await["type"], "welcome");
     assert_eq!(closing_code(&mut oz).await, Some(4009));
+}
+
+#[tokio::test]
+async fn a_bridge_that_reaches_no_notify_svc_refuses_with_503() {
+    let p = Platform::start().await;
+    // Nothing listens on this port.
+    let mut config = p.bridge_config("bridge-alone", 1024);
+    config.notify_urls = vec![format!("http://127.0.0.1:{}", test_support::free_port())];
+    let ws = p.run_bridge(config).await;
+    let mut req = ws.into_client_request().unwrap();
+    req.headers_mut().insert(
+        "authorization",
+        format!("Bearer {}", p.token("kim")).parse().unwrap(),
+    );
+    let refused = test_support::eventually("the bridge listens", Duration::from_secs(10), || {
+        let req = req.clone();
+        async move {
+            match tokio_tungstenite::connect_async(req).await {
+                Err(tokio_tungstenite::tungstenite::Error::Http(response)) => Some(response),
+                _ => None,
+            }
+        }
+    })
+    .await;
+    assert_eq!(refused.status(), 503);
+    let body: Value = serde_json::from_slice(refused.body().as_deref().unwrap()).unwrap();
+    assert_eq!(body["error"], "unavailable");
+}
+
+#[tokio::test]
+async fn a_client_that_answers_no_pings_is_closed_and_one_that_does_stays() {
+    let p = Platform::start().await;
+    let mut config = p.bridge_config("bridge-pings", 1024);
+    config.ping_every = Duration::from_millis(100);
+    let ws = p.run_bridge(config).await;
+    let mut silent = p.connect_to(&ws, "lea", "").await;
+    let mut alive = p.connect_to(&ws, "max", "").await;
+    assert_eq!(silent.next().await["type"], "welcome");
+    assert_eq!(alive.next().await["type"], "welcome");
+    // `alive` reads (tungstenite answers each ping); `silent` does not read
+    // at all for a while, so its pongs never go out.
+    let reading = tokio::spawn(async move {
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(800);
+        let mut pings = 0;
+        while let Ok(Some(Ok(msg))) = tokio::time::timeout_at(deadline, alive.ws.next()).await {
+            match msg {
+                Message::Ping(_) => pings += 1,
+                Message::Close(frame) => panic!("a client that answers was closed: {frame:?}"),
+                _ => {}
+            }
+        }
+        (pings, alive)
+    });
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let (pings, mut alive) = reading.await.unwrap();
+    assert!(pings >= 4, "pings every 100 ms, got {pings}");
+    assert_eq!(closing_code(&mut silent).await, Some(1001));
+    // The answering client still works.
+    alive
+        .send(serde_json::json!({"action": "ping", "id": 1}))
+        .await;
+    assert_eq!(alive.next().await["type"], "pong");
 }

@@ -3,7 +3,9 @@
 //! [`run`] wires the parts: the [`caller`] interceptor authenticates, [`api`]
 //! validates and serves `notify.v1.Notify`, [`pipeline`] group-commits
 //! publishes to the store, [`watch`] fans committed messages out to `Watch`
-//! streams, [`ops`] serves health and [`metrics`], [`retention`] sweeps old
+//! streams, [`link`] serves the bridges' `BridgeLink` with the [`router`]
+//! (who is where), the [`registry`] writer and [`tickets`] (registration
+//! barriers), [`ops`] serves health and [`metrics`], [`retention`] sweeps old
 //! data. gRPC health and reflection are served beside the API. Errors become
 //! gRPC statuses in one place, [`status`].
 
@@ -14,9 +16,11 @@ pub mod link;
 pub mod metrics;
 pub mod ops;
 pub mod pipeline;
+pub mod registry;
 pub mod retention;
 pub mod router;
 pub mod status;
+pub mod tickets;
 pub mod watch;
 
 use std::{sync::Arc, time::Duration};

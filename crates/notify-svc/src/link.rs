@@ -14,7 +14,7 @@ use notify_core::{
     ConnectionId, MessageId, Publish, Target, Topic, TopicPolicy, UserId, publish::RawPublish,
 };
 use notify_proto::v1::{self as pb, bridge_up::Msg as Up};
-use notify_store::{ConnectionRecord, PublishItem, Store};
+use notify_store::{ConnectionRecord, Feed, PublishItem, Store};
 use tokio::sync::mpsc;
 use tokio_stream::{Stream, StreamExt, wrappers::ReceiverStream};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
@@ -22,8 +22,10 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::{
     pipeline::Publisher,
+    registry::{Change, Registry},
     router::{BRIDGE_QUEUE, Router},
     status,
+    tickets::{Ask, Tickets},
 };
 
 /// Longest bridge id.
@@ -33,6 +35,8 @@ const MAX_BRIDGE_ID_BYTES: usize = 128;
 #[derive(Clone)]
 pub struct Link {
     store: Arc<dyn Store>,
+    registry: Registry,
+    tickets: Tickets,
     router: Router,
     publisher: Publisher,
     topics: Arc<TopicPolicy>,
@@ -52,6 +56,8 @@ impl Link {
         shutdown: CancellationToken,
     ) -> Self {
         Self {
+            registry: Registry::start(store.clone(), &tracker, shutdown.clone()),
+            tickets: Tickets::start(store.clone(), &tracker),
             store,
             router,
             publisher,
@@ -62,13 +68,15 @@ impl Link {
         }
     }
 
-    async fn opened(&self, bridge: &str, conn: pb::LiveConnection) {
+    /// Puts a connection in routing, then queues its registry row; returns
+    /// its user (for a ticket's inbox read).
+    async fn opened(&self, bridge: &str, conn: pb::LiveConnection) -> Option<UserId> {
         let (Ok(id), Ok(user)) = (
             ConnectionId::parse("connection_id", &conn.connection_id),
             UserId::parse("user_id", &conn.user_id),
         ) else {
             tracing::warn!(bridge, "bridge reported a connection with a bad id");
-            return;
+            return None;
         };
         let topics = conn
             .topics
@@ -80,13 +88,21 @@ impl Link {
             + std::time::Duration::from_millis(u64::try_from(conn.connected_at_ms).unwrap_or(0));
         let record = ConnectionRecord {
             connection_id: id,
-            user_id: user,
+            user_id: user.clone(),
             bridge_id: bridge.to_owned(),
             connected_at: at,
             last_seen: std::time::SystemTime::now(),
         };
-        if let Err(e) = self.store.register_connection(&record).await {
-            tracing::warn!(bridge, error = %e, "registering a connection failed");
+        self.registry.change(Change::Open(record)).await;
+        Some(user)
+    }
+
+    /// Answers a ticket once its registration is in routing (it is: the
+    /// router changed synchronously before this is called).
+    async fn answer(&self, ticket: u64, feed: Feed, down: &mpsc::Sender<pb::BridgeDown>) {
+        if ticket != 0 {
+            let down = down.clone();
+            self.tickets.ask(Ask { ticket, feed, down }).await;
         }
     }
 
@@ -94,16 +110,16 @@ impl Link {
         match msg {
             Up::Hello(_) => tracing::warn!(bridge, "second hello ignored"),
             Up::Opened(opened) => {
-                if let Some(conn) = opened.connection {
-                    self.opened(bridge, conn).await;
+                if let Some(conn) = opened.connection
+                    && let Some(user) = self.opened(bridge, conn).await
+                {
+                    self.answer(opened.ticket, Feed::Inbox(user), down).await;
                 }
             }
             Up::Closed(closed) => {
                 if let Ok(id) = ConnectionId::parse("connection_id", &closed.connection_id) {
                     self.router.close(id);
-                    if let Err(e) = self.store.remove_connection(id).await {
-                        tracing::warn!(bridge, error = %e, "removing a connection failed");
-                    }
+                    self.registry.change(Change::Close(id)).await;
                 }
             }
             Up::Subscribed(s) => {
@@ -111,7 +127,8 @@ impl Link {
                     ConnectionId::parse("connection_id", &s.connection_id),
                     Topic::parse(&s.topic),
                 ) {
-                    self.router.subscribe(id, topic);
+                    self.router.subscribe(id, topic.clone());
+                    self.answer(s.ticket, Feed::Topic(topic), down).await;
                 }
             }
             Up::Unsubscribed(s) => {
@@ -128,9 +145,14 @@ impl Link {
                     .into_iter()
                     .filter_map(|a| Some((UserId::parse("user_id", &a.user_id).ok()?, a.seq)))
                     .collect();
-                if let Err(e) = self.store.ack(&acks).await {
-                    tracing::warn!(bridge, error = %e, "persisting acks failed");
-                }
+                // Off the stream: acks commute (the highest wins), routing
+                // changes must not wait for them.
+                let (store, bridge) = (self.store.clone(), bridge.to_owned());
+                self.tracker.spawn(async move {
+                    if let Err(e) = store.ack(&acks).await {
+                        tracing::warn!(bridge, error = %e, "persisting acks failed");
+                    }
+                });
             }
             Up::Publish(publish) => {
                 // Its own task: a commit takes milliseconds, the stream's other
@@ -228,9 +250,9 @@ impl pb::bridge_link_server::BridgeLink for Link {
         let (down, rx) = mpsc::channel(BRIDGE_QUEUE);
         let generation = self.router.attach(&bridge, down.clone());
         // The Hello is the whole truth about this bridge: replace its rows.
-        if let Err(e) = self.store.remove_bridge(&bridge).await {
-            tracing::warn!(bridge, error = %e, "clearing the bridge's registry failed");
-        }
+        self.registry
+            .change(Change::ClearBridge(bridge.clone()))
+            .await;
         let count = hello.connections.len();
         for conn in hello.connections {
             self.opened(&bridge, conn).await;
@@ -257,9 +279,9 @@ impl pb::bridge_link_server::BridgeLink for Link {
                 }
             }
             if link.router.detach(&bridge, generation) {
-                if let Err(e) = link.store.remove_bridge(&bridge).await {
-                    tracing::warn!(bridge, error = %e, "clearing the bridge's registry failed");
-                }
+                link.registry
+                    .change(Change::ClearBridge(bridge.clone()))
+                    .await;
                 tracing::info!(bridge, "bridge detached");
             }
         });

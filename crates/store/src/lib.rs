@@ -76,6 +76,15 @@ pub struct HistoryPage {
     pub head_seq: u64,
 }
 
+/// Where a feed stands.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Position {
+    /// The last seq handed out (0 if none).
+    pub head_seq: u64,
+    /// The inbox's cumulative ack (always 0 for a topic).
+    pub acked_seq: u64,
+}
+
 /// A live connection as the registry knows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConnectionRecord {
@@ -132,6 +141,10 @@ pub trait Store: Send + Sync + 'static {
     /// Where a user's inbox stands: (acked seq, head seq).
     async fn inbox_position(&self, user: &UserId) -> Result<(u64, u64), StoreError>;
 
+    /// Where many feeds stand, in the order asked: one read for a batch of
+    /// registrations (a connect storm asks for thousands at once).
+    async fn positions(&self, feeds: &[Feed]) -> Result<Vec<Position>, StoreError>;
+
     /// Subscribes; returns whether it was new and the topic's current seq.
     async fn subscribe(&self, user: &UserId, topic: &Topic) -> Result<(bool, u64), StoreError>;
 
@@ -144,15 +157,15 @@ pub trait Store: Send + Sync + 'static {
     /// Topics `user` is subscribed to.
     async fn subscriptions_of(&self, user: &UserId) -> Result<Vec<Topic>, StoreError>;
 
-    /// Adds or refreshes a connection in the registry.
-    async fn register_connection(&self, record: &ConnectionRecord) -> Result<(), StoreError>;
+    /// Adds or refreshes connections in the registry.
+    async fn register_connections(&self, records: &[ConnectionRecord]) -> Result<(), StoreError>;
 
     /// Removes every connection registered by a bridge (its stream ended, or
     /// it is about to re-send its full state); returns how many.
     async fn remove_bridge(&self, bridge_id: &str) -> Result<u64, StoreError>;
 
-    /// Removes a connection; returns whether it was there.
-    async fn remove_connection(&self, id: ConnectionId) -> Result<bool, StoreError>;
+    /// Removes connections; returns how many were there.
+    async fn remove_connections(&self, ids: &[ConnectionId]) -> Result<u64, StoreError>;
 
     /// The registered connections of a user.
     async fn connections_of(&self, user: &UserId) -> Result<Vec<ConnectionRecord>, StoreError>;

@@ -29,8 +29,8 @@ use tokio_postgres::{NoTls, types::Type};
 use uuid::Uuid;
 
 use crate::{
-    Committed, ConnectionRecord, Feed, HistoryPage, PublishItem, Store, StoreError, StoredMessage,
-    Swept, migrate,
+    Committed, ConnectionRecord, Feed, HistoryPage, Position, PublishItem, Store, StoreError,
+    StoredMessage, Swept, migrate,
     plan::{Origin, SeqDemand, in_batch_origins},
 };
 
@@ -381,6 +381,67 @@ impl Store for PgStore {
         Ok((to_u64(row.get(0)), to_u64(row.get(1))))
     }
 
+    async fn positions(&self, feeds: &[Feed]) -> Result<Vec<Position>, StoreError> {
+        let mut users = Vec::new();
+        let mut topics = Vec::new();
+        for feed in feeds {
+            match feed {
+                Feed::Inbox(u) => users.push(u.as_str()),
+                Feed::Topic(t) => topics.push(t.as_str()),
+            }
+        }
+        let client = self.client().await?;
+        // Both reads go out together (pipelined on one connection).
+        let inboxes = async {
+            if users.is_empty() {
+                return Ok(Vec::new());
+            }
+            client
+                .query_typed(
+                    "SELECT COALESCE(h.last_seq, 0), COALESCE(a.acked_seq, 0)
+                     FROM unnest($1::text[]) WITH ORDINALITY AS u(user_id, ord)
+                     LEFT JOIN inbox_heads h USING (user_id)
+                     LEFT JOIN inbox_acks a USING (user_id)
+                     ORDER BY u.ord",
+                    &[(&users, Type::TEXT_ARRAY)],
+                )
+                .await
+        };
+        let topic_heads = async {
+            if topics.is_empty() {
+                return Ok(Vec::new());
+            }
+            client
+                .query_typed(
+                    "SELECT COALESCE(h.last_seq, 0), 0::int8
+                     FROM unnest($1::text[]) WITH ORDINALITY AS t(topic, ord)
+                     LEFT JOIN topic_heads h USING (topic)
+                     ORDER BY t.ord",
+                    &[(&topics, Type::TEXT_ARRAY)],
+                )
+                .await
+        };
+        let (inboxes, topic_heads) = self
+            .timed(async { futures::try_join!(inboxes, topic_heads) })
+            .await?;
+        let position = |row: &tokio_postgres::Row| Position {
+            head_seq: to_u64(row.get(0)),
+            acked_seq: to_u64(row.get(1)),
+        };
+        let (mut inboxes, mut topic_heads) = (inboxes.iter(), topic_heads.iter());
+        feeds
+            .iter()
+            .map(|feed| {
+                let row = match feed {
+                    Feed::Inbox(_) => inboxes.next(),
+                    Feed::Topic(_) => topic_heads.next(),
+                };
+                row.map(position)
+                    .ok_or_else(|| StoreError::Internal("positions: a row is missing".into()))
+            })
+            .collect()
+    }
+
     async fn subscribe(&self, user: &UserId, topic: &Topic) -> Result<(bool, u64), StoreError> {
         let client = self.client().await?;
         let rows = self
@@ -437,19 +498,30 @@ impl Store for PgStore {
             .collect())
     }
 
-    async fn register_connection(&self, record: &ConnectionRecord) -> Result<(), StoreError> {
+    async fn register_connections(&self, records: &[ConnectionRecord]) -> Result<(), StoreError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<Uuid> = records.iter().map(|r| r.connection_id.0).collect();
+        let users: Vec<&str> = records.iter().map(|r| r.user_id.as_str()).collect();
+        let bridges: Vec<&str> = records.iter().map(|r| r.bridge_id.as_str()).collect();
+        let connected: Vec<SystemTime> = records.iter().map(|r| r.connected_at).collect();
+        let seen: Vec<SystemTime> = records.iter().map(|r| r.last_seen).collect();
         let client = self.client().await?;
-        self.timed(client.query_typed(
+        // Sorted by id so concurrent batches lock rows in one order.
+        self.timed(client.execute_typed(
             "INSERT INTO connections (connection_id, user_id, bridge_id, connected_at, last_seen)
-             VALUES ($1, $2, $3, $4, $5)
+             SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[],
+                                  $4::timestamptz[], $5::timestamptz[])
+             ORDER BY 1
              ON CONFLICT (connection_id) DO UPDATE
                SET bridge_id = excluded.bridge_id, last_seen = excluded.last_seen",
             &[
-                (&record.connection_id.0, Type::UUID),
-                (&record.user_id.as_str(), Type::TEXT),
-                (&record.bridge_id.as_str(), Type::TEXT),
-                (&record.connected_at, Type::TIMESTAMPTZ),
-                (&record.last_seen, Type::TIMESTAMPTZ),
+                (&ids, Type::UUID_ARRAY),
+                (&users, Type::TEXT_ARRAY),
+                (&bridges, Type::TEXT_ARRAY),
+                (&connected, Type::TIMESTAMPTZ_ARRAY),
+                (&seen, Type::TIMESTAMPTZ_ARRAY),
             ],
         ))
         .await?;
@@ -465,15 +537,17 @@ impl Store for PgStore {
         .await
     }
 
-    async fn remove_connection(&self, id: ConnectionId) -> Result<bool, StoreError> {
+    async fn remove_connections(&self, ids: &[ConnectionId]) -> Result<u64, StoreError> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let ids: Vec<Uuid> = ids.iter().map(|id| id.0).collect();
         let client = self.client().await?;
-        let rows = self
-            .timed(client.query_typed(
-                "DELETE FROM connections WHERE connection_id = $1 RETURNING 1",
-                &[(&id.0, Type::UUID)],
-            ))
-            .await?;
-        Ok(!rows.is_empty())
+        self.timed(client.execute_typed(
+            "DELETE FROM connections WHERE connection_id = ANY($1)",
+            &[(&ids, Type::UUID_ARRAY)],
+        ))
+        .await
     }
 
     async fn connections_of(&self, user: &UserId) -> Result<Vec<ConnectionRecord>, StoreError> {

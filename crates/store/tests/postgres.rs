@@ -293,3 +293,67 @@ async fn acks_are_cumulative_and_bounded_by_the_head() {
     assert_eq!(s.inbox_position(&user("cy")).await.unwrap(), (10, 10));
     assert_eq!(s.inbox_position(&user("nobody")).await.unwrap(), (0, 0));
 }
+
+#[tokio::test]
+async fn positions_of_many_feeds_come_back_in_the_order_asked() {
+    let db = TestDb::create().await;
+    let s = store(&db);
+    s.migrate().await.unwrap();
+    let news = Topic::parse("room:news").unwrap();
+    let mut batch: Vec<PublishItem> = (0..3).map(|_| item(Target::User(user("dee")))).collect();
+    batch.extend((0..5).map(|_| item(Target::Topic(news.clone()))));
+    batch.push(item(Target::User(user("eve"))));
+    s.commit(&batch).await.unwrap();
+    s.ack(&[(user("dee"), 2)]).await.unwrap();
+
+    let feeds = [
+        Feed::Topic(news.clone()),
+        Feed::Inbox(user("eve")),
+        Feed::Inbox(user("nobody")),
+        Feed::Inbox(user("dee")),
+        Feed::Topic(Topic::parse("room:quiet").unwrap()),
+        Feed::Inbox(user("dee")),
+    ];
+    let got: Vec<(u64, u64)> = s
+        .positions(&feeds)
+        .await
+        .unwrap()
+        .iter()
+        .map(|p| (p.head_seq, p.acked_seq))
+        .collect();
+    assert_eq!(got, [(5, 0), (1, 0), (0, 0), (3, 2), (0, 0), (3, 2)]);
+    assert!(s.positions(&[]).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn the_registry_takes_and_drops_connections_in_batches() {
+    let db = TestDb::create().await;
+    let s = store(&db);
+    s.migrate().await.unwrap();
+    let now = std::time::SystemTime::now();
+    let record = |name: &str, bridge: &str| notify_store::ConnectionRecord {
+        connection_id: notify_core::ConnectionId::new(),
+        user_id: user(name),
+        bridge_id: bridge.into(),
+        connected_at: now,
+        last_seen: now,
+    };
+    let records = [
+        record("fay", "b1"),
+        record("fay", "b2"),
+        record("gus", "b1"),
+    ];
+    s.register_connections(&records).await.unwrap();
+    // Registering again refreshes instead of failing.
+    s.register_connections(&records[..1]).await.unwrap();
+    assert_eq!(s.connections_of(&user("fay")).await.unwrap().len(), 2);
+
+    let gone = [records[0].connection_id, notify_core::ConnectionId::new()];
+    assert_eq!(s.remove_connections(&gone).await.unwrap(), 1);
+    let left = s.connections_of(&user("fay")).await.unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].bridge_id, "b2");
+    assert_eq!(s.remove_bridge("b1").await.unwrap(), 1);
+    assert!(s.connections_of(&user("gus")).await.unwrap().is_empty());
+    assert_eq!(s.remove_connections(&[]).await.unwrap(), 0);
+}
