@@ -1,7 +1,9 @@
 //! The signing keys: a JWKS fetched from its source, cached by `kid`, and
 //! refetched when a token names a key the cache does not hold, at most once
 //! per [`REFETCH_GAP`] however many such tokens arrive (an unknown-kid flood
-//! must not become a flood of fetches).
+//! must not become a flood of fetches). Keys are kept parsed (aws-lc's
+//! Montgomery context included): building it per token was most of an RS256
+//! check.
 
 use std::{
     collections::HashMap,
@@ -13,8 +15,10 @@ use std::{
     time::{Duration, Instant},
 };
 
+use aws_lc_rs::signature::{ParsedPublicKey, RSA_PKCS1_2048_8192_SHA256};
+use base64::Engine;
 use http_body_util::{BodyExt, Empty, Limited};
-use jsonwebtoken::DecodingKey;
+use rsa::{BigUint, RsaPublicKey, pkcs1::EncodeRsaPublicKey};
 use serde::Deserialize;
 
 use crate::AuthError;
@@ -106,8 +110,36 @@ struct Jwk {
     e: Option<String>,
 }
 
+/// An RS256 verification key, parsed once.
+pub struct SigningKey(ParsedPublicKey);
+
+impl SigningKey {
+    /// From a JWK's base64url `n` and `e`.
+    fn from_components(n: &str, e: &str) -> Result<Self, String> {
+        let b64 = |v: &str| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(v.trim_end_matches('='))
+                .map_err(|e| format!("bad base64: {e}"))
+        };
+        let public = RsaPublicKey::new(
+            BigUint::from_bytes_be(&b64(n)?),
+            BigUint::from_bytes_be(&b64(e)?),
+        )
+        .map_err(|e| e.to_string())?;
+        let der = public.to_pkcs1_der().map_err(|e| e.to_string())?;
+        ParsedPublicKey::new(&RSA_PKCS1_2048_8192_SHA256, der.as_bytes())
+            .map(Self)
+            .map_err(|e| e.to_string())
+    }
+
+    /// Checks an RS256 (PKCS#1 v1.5, SHA-256) signature of `message`.
+    pub fn verify(&self, message: &[u8], signature: &[u8]) -> bool {
+        self.0.verify_sig(message, signature).is_ok()
+    }
+}
+
 /// Parses a JWKS, keeping the RSA signing keys usable for RS256.
-fn parse_jwks(doc: &str) -> Result<HashMap<String, DecodingKey>, AuthError> {
+fn parse_jwks(doc: &str) -> Result<HashMap<String, Arc<SigningKey>>, AuthError> {
     let jwks: Jwks =
         serde_json::from_str(doc).map_err(|e| AuthError::Keys(format!("JWKS: {e}")))?;
     let mut keys = HashMap::new();
@@ -121,9 +153,9 @@ fn parse_jwks(doc: &str) -> Result<HashMap<String, DecodingKey>, AuthError> {
         if !usable {
             continue;
         }
-        match DecodingKey::from_rsa_components(&n, &e) {
+        match SigningKey::from_components(&n, &e) {
             Ok(key) => {
-                keys.insert(kid, key);
+                keys.insert(kid, Arc::new(key));
             }
             Err(e) => tracing::warn!(kid, error = %e, "skipping unusable JWKS key"),
         }
@@ -132,7 +164,7 @@ fn parse_jwks(doc: &str) -> Result<HashMap<String, DecodingKey>, AuthError> {
 }
 
 struct Cache {
-    keys: HashMap<String, DecodingKey>,
+    keys: HashMap<String, Arc<SigningKey>>,
     fetched_at: Option<Instant>,
 }
 
@@ -166,7 +198,7 @@ impl KeySet {
 
     /// The key named `kid`, fetching the JWKS first if it was never fetched or
     /// (at most once per [`REFETCH_GAP`]) if the key is unknown.
-    pub async fn key(&self, kid: &str) -> Result<DecodingKey, AuthError> {
+    pub async fn key(&self, kid: &str) -> Result<Arc<SigningKey>, AuthError> {
         if let Some(key) = self.cached(kid)? {
             return Ok(key);
         }
@@ -187,7 +219,7 @@ impl KeySet {
     }
 
     /// `Ok(None)` means: fetch (never fetched, or unknown and the gap passed).
-    fn cached(&self, kid: &str) -> Result<Option<DecodingKey>, AuthError> {
+    fn cached(&self, kid: &str) -> Result<Option<Arc<SigningKey>>, AuthError> {
         let cache = self.cache.read().expect("key cache lock");
         if let Some(key) = cache.keys.get(kid) {
             return Ok(Some(key.clone()));

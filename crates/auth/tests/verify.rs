@@ -146,6 +146,30 @@ async fn bad_tokens_are_refused_with_their_reason() {
                 .unwrap(),
             "claims",
         ),
+        (
+            "no sub",
+            issuer
+                .sign(&json!({"iss": ISSUER, "exp": now() + 60, "token_use": "access", "client_id": CLIENT}))
+                .unwrap(),
+            "claims",
+        ),
+        (
+            "no iss",
+            issuer
+                .sign(&json!({"sub": "a", "exp": now() + 60, "token_use": "access", "client_id": CLIENT}))
+                .unwrap(),
+            "claims",
+        ),
+        (
+            "signature not base64",
+            format!("{head}.{}.!!", good.split('.').nth(1).unwrap()),
+            "malformed",
+        ),
+        (
+            "signature cut short",
+            format!("{head}.{}.{}", good.split('.').nth(1).unwrap(), &sig[..sig.len() / 2]),
+            "signature",
+        ),
         ("alg none", alg_none, "malformed"),
         ("HS256 with the public key", hs256, "algorithm"),
         ("tampered payload", tampered, "signature"),
@@ -157,6 +181,19 @@ async fn bad_tokens_are_refused_with_their_reason() {
         let err = verifier.verify(&token).await.expect_err(name);
         assert_eq!(err.reason(), reason, "{name}: {err}");
     }
+}
+
+#[tokio::test]
+async fn clock_skew_within_the_leeway_is_tolerated() {
+    let (issuer, verifier) = setup();
+    let mut c = claims();
+    c["exp"] = json!(now() - 2);
+    c["nbf"] = json!(now() + 2);
+    let token = issuer.sign(&c).unwrap();
+    assert_eq!(
+        verifier.verify(&token).await.unwrap().user.as_str(),
+        "alice"
+    );
 }
 
 #[tokio::test]
