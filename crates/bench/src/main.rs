@@ -31,6 +31,8 @@ enum Bench {
     Publish(PublishArgs),
     /// WebSocket bridge figures: connects/s, RSS per connection, fan-out.
     Ws(ws::WsArgs),
+    /// The cost of one write per subscriber per message on this machine.
+    SendFloor(floor::FloorArgs),
     /// A Notify server whose Publish answers at once and stores nothing: run
     /// `publish` against it to measure the gRPC stack's own ceiling here.
     NoopServer {
@@ -92,9 +94,11 @@ async fn main() -> anyhow::Result<()> {
         Bench::Publish(args) => publish(args).await,
         Bench::NoopServer { addr } => noop::serve(addr).await,
         Bench::Ws(args) => ws::run(args).await,
+        Bench::SendFloor(args) => floor::run(&args),
     }
 }
 
+mod floor;
 mod noop;
 mod ws;
 
