@@ -19,6 +19,7 @@ use tonic::{Request, Response, Status};
 
 use crate::{
     caller::caller_of,
+    fight,
     metrics::Metrics,
     pipeline::{Published, Publisher},
     router::Router,
@@ -189,6 +190,50 @@ impl NotifyApi {
         Ok(pb::PublishBatchResponse { results })
     }
 
+    /// A fight event becomes its messages (see [`fight`]), committed together,
+    /// each under `{key}#{n}` so a retry stores only what is missing.
+    async fn emit_fight(
+        &self,
+        req: Request<pb::EmitFightEventRequest>,
+    ) -> Result<pb::EmitFightEventResponse, Status> {
+        let caller = caller_of(&req)?;
+        let r = req.get_ref();
+        let event = r
+            .event
+            .as_ref()
+            .ok_or_else(|| Status::invalid_argument("event is required"))?;
+        let messages = fight::messages(event).map_err(Status::invalid_argument)?;
+        let mut items = Vec::with_capacity(messages.len());
+        for (n, m) in messages.into_iter().enumerate() {
+            let target = match m.to {
+                fight::Recipient::Inbox(user) => pb::publish_request::Target::UserId(user),
+                fight::Recipient::Topic(topic) => pb::publish_request::Target::Topic(topic),
+            };
+            let publish = pb::PublishRequest {
+                target: Some(target),
+                event: m.event.into(),
+                data: m.data,
+                idempotency_key: if r.idempotency_key.is_empty() {
+                    String::new()
+                } else {
+                    format!("{}#{n}", r.idempotency_key)
+                },
+                ..Default::default()
+            };
+            items.push(self.item(&caller.name, &publish).map_err(status::invalid)?);
+        }
+        let done = self
+            .publisher
+            .publish(items)
+            .await
+            .map_err(status::pipeline)?;
+        let duplicate = !done.is_empty() && done.iter().all(|d| d.committed.duplicate);
+        Ok(pb::EmitFightEventResponse {
+            published: done.into_iter().map(publish_response).collect(),
+            duplicate,
+        })
+    }
+
     async fn history_page(&self, req: pb::HistoryRequest) -> Result<pb::HistoryResponse, Status> {
         use pb::history_request::Target as T;
         let (user, topic) = match &req.target {
@@ -338,15 +383,11 @@ impl pb::notify_server::Notify for NotifyApi {
 
     async fn emit_fight_event(
         &self,
-        _req: Request<pb::EmitFightEventRequest>,
+        req: Request<pb::EmitFightEventRequest>,
     ) -> Result<Response<pb::EmitFightEventResponse>, Status> {
-        self.counted("EmitFightEvent", async {
-            Err(Status::unimplemented(
-                "EmitFightEvent is not available yet (it ships with BetTracker); \
-                 publish to `fight:{id}`/`fights:live` with Publish meanwhile",
-            ))
-        })
-        .await
+        self.counted("EmitFightEvent", NotifyApi::emit_fight(self, req))
+            .await
+            .map(Response::new)
     }
 
     async fn subscribe(

@@ -1,7 +1,8 @@
 //! notify-svc: the Notify gRPC API of the platform.
 //!
 //! [`run`] wires the parts: the [`caller`] interceptor authenticates, [`api`]
-//! validates and serves `notify.v1.Notify`, [`pipeline`] group-commits
+//! validates and serves `notify.v1.Notify` ([`fight`] maps fight events to
+//! their messages), [`pipeline`] group-commits
 //! publishes to the store, [`watch`] fans committed messages out to `Watch`
 //! streams, [`link`] serves the bridges' `BridgeLink` with the [`router`]
 //! (who is where), the [`registry`] writer and [`tickets`] (registration
@@ -12,6 +13,7 @@
 pub mod api;
 pub mod caller;
 pub mod config;
+pub mod fight;
 pub mod link;
 pub mod metrics;
 pub mod ops;

@@ -357,8 +357,8 @@ async fn every_bad_input_gets_its_status() {
         .emit_fight_event(pb::EmitFightEventRequest::default())
         .await
         .unwrap_err();
-    assert_eq!(status.code(), Code::Unimplemented);
-    assert!(!status.message().is_empty());
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(status.message().contains("event is required"), "{status:?}");
     let status = client
         .history(pb::HistoryRequest {
             target: Some(H::Topic("nope".into())),
@@ -713,5 +713,96 @@ async fn reflection_lists_the_services_like_grpcurl_list() {
         );
     }
     drop(answers);
+    svc.stop().await;
+}
+
+fn accepted_fight(id: &str) -> pb::EmitFightEventRequest {
+    pb::EmitFightEventRequest {
+        event: Some(pb::FightEvent {
+            kind: Some(pb::fight_event::Kind::Accepted(pb::FightAccepted {
+                fight: Some(pb::Fight {
+                    fight_id: id.into(),
+                    creator_id: "cora".into(),
+                    acceptor_id: "abe".into(),
+                    stake: 500,
+                    currency: "EUR".into(),
+                    status: pb::FightStatus::Accepted as i32,
+                    ..Default::default()
+                }),
+            })),
+        }),
+        idempotency_key: format!("fight-outbox:{id}"),
+    }
+}
+
+#[tokio::test]
+async fn a_fight_event_reaches_both_fighters_and_its_topics_once() {
+    let svc = Svc::start().await;
+    let mut client = svc.client().await;
+    let answer = client
+        .emit_fight_event(accepted_fight("f-7"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        answer.published.len(),
+        4,
+        "two inboxes, fight:f-7, fights:live"
+    );
+    assert!(!answer.duplicate);
+    for user in ["cora", "abe"] {
+        let page = client
+            .history(history_of_user(user, 0, 10))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(page.messages.len(), 1, "{user}");
+        assert_eq!(page.messages[0].event, "fight_accepted");
+        let data: serde_json::Value = serde_json::from_str(&page.messages[0].data).unwrap();
+        assert_eq!(data["fight"]["fight_id"], "f-7");
+        assert_eq!(data["fight"]["status"], "accepted");
+    }
+    for topic in ["fight:f-7", "fights:live"] {
+        assert_eq!(
+            all_seqs(&mut client, H::Topic(topic.into())).await,
+            [1],
+            "{topic}"
+        );
+    }
+
+    // The tracker retries after a lost answer: nothing is stored twice.
+    let again = client
+        .emit_fight_event(accepted_fight("f-7"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(again.duplicate);
+    let ids = |r: &pb::EmitFightEventResponse| {
+        r.published
+            .iter()
+            .map(|p| p.message_id.clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(ids(&again), ids(&answer));
+    assert_eq!(
+        all_seqs(&mut client, H::Topic("fights:live".into())).await,
+        [1]
+    );
+
+    // A bad event names what is wrong and stores nothing.
+    let mut bad = accepted_fight("f-8");
+    if let Some(pb::fight_event::Kind::Accepted(a)) =
+        bad.event.as_mut().and_then(|e| e.kind.as_mut())
+    {
+        a.fight.as_mut().unwrap().acceptor_id.clear();
+    }
+    let status = client.emit_fight_event(bad).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(status.message().contains("acceptor_id"), "{status:?}");
+    assert!(
+        all_seqs(&mut client, H::Topic("fight:f-8".into()))
+            .await
+            .is_empty()
+    );
     svc.stop().await;
 }
