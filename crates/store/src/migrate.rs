@@ -43,6 +43,11 @@ pub const POSTGRES: &[Migration] = &[
         name: "inbox_acks",
         sql: include_str!("../../../migrations/postgres/0002_inbox_acks.sql"),
     },
+    Migration {
+        version: 3,
+        name: "fights",
+        sql: include_str!("../../../migrations/postgres/0003_fights.sql"),
+    },
 ];
 
 const CREATE_HISTORY: &str = "CREATE TABLE IF NOT EXISTS schema_migrations (

@@ -357,3 +357,101 @@ async fn the_registry_takes_and_drops_connections_in_batches() {
     assert!(s.connections_of(&user("gus")).await.unwrap().is_empty());
     assert_eq!(s.remove_connections(&[]).await.unwrap(), 0);
 }
+
+async fn connect(db: &TestDb) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    client
+}
+
+const NEW_FIGHT: &str =
+    "INSERT INTO fights (id, creator_id, stake, currency, status, accept_deadline)
+     VALUES ($1, 'cora', 500, 'EUR', 'open', now() + interval '1 hour')";
+
+/// (id, fight_id, old_status, new_status) of the whole outbox.
+async fn outbox(client: &tokio_postgres::Client) -> Vec<(i64, String, Option<String>, String)> {
+    client
+        .query(
+            "SELECT id, fight_id, old_status, new_status FROM fight_outbox ORDER BY id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect()
+}
+
+#[tokio::test]
+async fn every_fight_change_lands_in_the_outbox_with_gap_free_ids() {
+    let db = TestDb::create().await;
+    store(&db).migrate().await.unwrap();
+    let c = connect(&db).await;
+    c.execute(NEW_FIGHT, &[&"f1"]).await.unwrap();
+    c.batch_execute(
+        "UPDATE fights SET status = 'accepted', acceptor_id = 'abe' WHERE id = 'f1';
+         UPDATE fights SET status = 'completed', winner_id = 'abe' WHERE id = 'f1';",
+    )
+    .await
+    .unwrap();
+    // A rolled-back change leaves no hole behind.
+    c.batch_execute("BEGIN").await.unwrap();
+    c.execute(NEW_FIGHT, &[&"rolled-back"]).await.unwrap();
+    c.batch_execute("ROLLBACK").await.unwrap();
+    c.execute(NEW_FIGHT, &[&"f2"]).await.unwrap();
+
+    let s = |v: &str| v.to_owned();
+    assert_eq!(
+        outbox(&c).await,
+        [
+            (1, s("f1"), None, s("open")),
+            (2, s("f1"), Some(s("open")), s("accepted")),
+            (3, s("f1"), Some(s("accepted")), s("completed")),
+            (4, s("f2"), None, s("open")),
+        ]
+    );
+    let text: String = c
+        .query_one("SELECT fight::text FROM fight_outbox WHERE id = 3", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let row: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(
+        (row["winner_id"].as_str(), row["stake"].as_i64()),
+        (Some("abe"), Some(500))
+    );
+}
+
+#[tokio::test]
+async fn outbox_ids_are_handed_out_in_commit_order() {
+    let db = TestDb::create().await;
+    store(&db).migrate().await.unwrap();
+    let (first, second, reader) = (connect(&db).await, connect(&db).await, connect(&db).await);
+    first.batch_execute("BEGIN").await.unwrap();
+    first.execute(NEW_FIGHT, &[&"early"]).await.unwrap();
+    // The second writer waits for the first's commit to get its id.
+    let late = tokio::spawn(async move {
+        second.batch_execute("BEGIN").await.unwrap();
+        second.execute(NEW_FIGHT, &[&"late"]).await.unwrap();
+        second.batch_execute("COMMIT").await.unwrap();
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !late.is_finished(),
+        "the second writer waits on the head row"
+    );
+    assert!(
+        outbox(&reader).await.is_empty(),
+        "nothing visible before a commit"
+    );
+    first.batch_execute("COMMIT").await.unwrap();
+    late.await.unwrap();
+    let ids: Vec<(i64, String)> = outbox(&reader)
+        .await
+        .into_iter()
+        .map(|(id, fight, ..)| (id, fight))
+        .collect();
+    assert_eq!(ids, [(1, "early".to_owned()), (2, "late".to_owned())]);
+}
