@@ -2,5 +2,12 @@
 //! every change through `EmitFightEvent`.
 //!
 //! - [`event`]: an outbox row → the typed fight event notify-svc receives.
+//! - [`source`]: the outbox, the cursor, the lease and overdue fights in Postgres.
+//! - [`tracker`]: the loop that emits them, holding the lease.
 
 pub mod event;
+pub mod source;
+pub mod tracker;
+
+pub use source::Source;
+pub use tracker::{Stats, TrackerConfig, run};

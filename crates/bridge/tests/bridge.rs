@@ -3,7 +3,6 @@
 
 use std::{sync::Arc, time::Duration};
 
-use clap::Parser;
 use futures::{SinkExt, StreamExt};
 use notify_auth::{DevIssuer, DevToken, KeySet, Verifier, VerifierConfig};
 use notify_bridge::BridgeConfig;
@@ -16,12 +15,6 @@ use tokio_tungstenite::{
     tungstenite::{Message, client::IntoClientRequest},
 };
 use tokio_util::sync::CancellationToken;
-
-#[derive(Parser)]
-struct SvcCli {
-    #[command(flatten)]
-    svc: notify_svc::SvcArgs,
-}
 
 struct Platform {
     grpc: String,
@@ -41,8 +34,7 @@ async fn start_svc(
     grpc_listener: TcpListener,
     stop: CancellationToken,
 ) -> tokio::task::JoinHandle<Result<(), notify_svc::RunError>> {
-    let cli = SvcCli::try_parse_from(["notify-svc", "--database-url", db_url]).unwrap();
-    let config = notify_svc::Config::from_args(&cli.svc).unwrap();
+    let config = notify_svc::Config::for_database(db_url).unwrap();
     let http_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let grpc = format!("http://{}", grpc_listener.local_addr().unwrap());
     let handle = tokio::spawn(notify_svc::run(config, grpc_listener, http_listener, stop));

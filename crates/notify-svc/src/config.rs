@@ -117,6 +117,23 @@ pub struct PipelineConfig {
 }
 
 impl Config {
+    /// Every default on `database_url` (and `NOTIFY_*` from the environment):
+    /// for a notify-svc run in-process, as tests and `notify up` do.
+    pub fn for_database(database_url: &str) -> Result<Self, Vec<String>> {
+        #[derive(clap::Parser)]
+        struct Defaults {
+            #[command(flatten)]
+            svc: SvcArgs,
+        }
+        let defaults = <Defaults as clap::Parser>::try_parse_from([
+            "notify-svc",
+            "--database-url",
+            database_url,
+        ])
+        .map_err(|e| vec![e.to_string()])?;
+        Self::from_args(&defaults.svc)
+    }
+
     /// Checks everything at once and reports every problem together.
     pub fn from_args(args: &SvcArgs) -> Result<Self, Vec<String>> {
         let mut problems = Vec::new();

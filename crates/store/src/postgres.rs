@@ -140,35 +140,42 @@ impl fmt::Debug for PgStore {
     }
 }
 
+/// A pool set up the way every part of the platform talks to Postgres
+/// (timeouts, keepalives, no per-checkout round trip, nothing that pins a
+/// connection); connections open on first use.
+pub fn pool(config: &PgStoreConfig) -> Result<Pool, StoreError> {
+    let mut pg = tokio_postgres::Config::from_str(&config.url)
+        .map_err(|e| StoreError::Internal(format!("bad DATABASE_URL: {e}")))?;
+    pg.connect_timeout(config.connect_timeout);
+    // Detects a dead server (failover, network cut) instead of waiting on a
+    // half-open socket forever.
+    pg.keepalives_idle(Duration::from_secs(30));
+    if pg.get_application_name().is_none() {
+        pg.application_name("notify");
+    }
+    let manager = Manager::from_config(
+        pg,
+        NoTls,
+        ManagerConfig {
+            // Fast: no round trip per checkout. Clean would send DISCARD ALL,
+            // which we never need since no session state is ever set.
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(manager)
+        .max_size(config.pool_size)
+        .wait_timeout(Some(config.connect_timeout))
+        .create_timeout(Some(config.connect_timeout))
+        .recycle_timeout(Some(config.connect_timeout))
+        .runtime(deadpool_postgres::Runtime::Tokio1)
+        .build()
+        .map_err(|e| StoreError::Internal(format!("pool: {e}")))
+}
+
 impl PgStore {
     /// Builds the pool; connections are opened on first use.
     pub fn new(config: PgStoreConfig) -> Result<Self, StoreError> {
-        let mut pg = tokio_postgres::Config::from_str(&config.url)
-            .map_err(|e| StoreError::Internal(format!("bad DATABASE_URL: {e}")))?;
-        pg.connect_timeout(config.connect_timeout);
-        // Detects a dead server (failover, network cut) instead of waiting on a
-        // half-open socket forever.
-        pg.keepalives_idle(Duration::from_secs(30));
-        if pg.get_application_name().is_none() {
-            pg.application_name("notify");
-        }
-        let manager = Manager::from_config(
-            pg,
-            NoTls,
-            ManagerConfig {
-                // Fast: no round trip per checkout. Clean would send DISCARD ALL,
-                // which we never need since no session state is ever set.
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
-        let pool = Pool::builder(manager)
-            .max_size(config.pool_size)
-            .wait_timeout(Some(config.connect_timeout))
-            .create_timeout(Some(config.connect_timeout))
-            .recycle_timeout(Some(config.connect_timeout))
-            .runtime(deadpool_postgres::Runtime::Tokio1)
-            .build()
-            .map_err(|e| StoreError::Internal(format!("pool: {e}")))?;
+        let pool = pool(&config)?;
         Ok(Self { pool, config })
     }
 
@@ -207,7 +214,7 @@ impl PgStore {
 }
 
 /// Sorts a `tokio_postgres` error into retryable or not.
-pub(crate) fn classify(e: tokio_postgres::Error) -> StoreError {
+pub fn classify(e: tokio_postgres::Error) -> StoreError {
     if let Some(db) = e.as_db_error() {
         let code = db.code().code();
         // 08 connection, 53 resources, 57 operator intervention (shutdown,

@@ -1,0 +1,121 @@
+//! The `bet-tracker` binary: config from flags and `TRACKER_*`/`DATABASE_URL`
+//! environment, logs, run until SIGTERM/SIGINT (the lease is given back).
+//! Under systemd (`Type=notify`) it sends READY=1 after its first successful
+//! poll and feeds the watchdog while its loop turns.
+
+use std::{
+    sync::{Arc, atomic::Ordering},
+    time::Duration,
+};
+
+use bet_tracker::{Source, Stats, TrackerConfig};
+use clap::Parser;
+use notify_store::PgStoreConfig;
+use sd_notify::NotifyState;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(
+    name = "bet-tracker",
+    version,
+    about = "Turns every change of a live fight into notifications"
+)]
+struct Cli {
+    /// The database holding `fights` and its outbox.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    database_url: String,
+    /// notify-svc's gRPC endpoint.
+    #[arg(
+        long,
+        env = "TRACKER_NOTIFY_URL",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    notify_url: String,
+    /// This tracker's credential for notify-svc (a NOTIFY_API_TOKENS token).
+    #[arg(long, env = "TRACKER_NOTIFY_TOKEN", hide_env_values = true)]
+    notify_token: Option<String>,
+    /// This instance's name in the lease (default: hostname and pid).
+    #[arg(long, env = "TRACKER_ID")]
+    tracker_id: Option<String>,
+    /// Trackers with the same group share one cursor and one lease.
+    #[arg(long, env = "TRACKER_GROUP", default_value = "bet-tracker")]
+    group: String,
+    /// Lease length, ms: a standby takes over this long after the active one died.
+    #[arg(long, env = "TRACKER_LEASE_MS", default_value_t = 10_000)]
+    lease_ms: u64,
+    /// Poll delay while changes flow, ms.
+    #[arg(long, env = "TRACKER_POLL_MIN_MS", default_value_t = 10)]
+    poll_min_ms: u64,
+    /// Longest poll delay when idle, ms.
+    #[arg(long, env = "TRACKER_POLL_MAX_MS", default_value_t = 500)]
+    poll_max_ms: u64,
+    /// Log format: pretty or json.
+    #[arg(long, env = "TRACKER_LOG_FORMAT", default_value = "pretty")]
+    log_format: String,
+}
+
+fn default_id() -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "localhost".into());
+    format!("{host}-{}", std::process::id())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    notify_ops::logging::init(&cli.log_format);
+    let holder = cli.tracker_id.clone().unwrap_or_else(default_id);
+    let mut config = TrackerConfig::new(&holder, &cli.notify_url);
+    config.notify_token = cli.notify_token.clone();
+    config.lease_ttl = Duration::from_millis(cli.lease_ms.max(1000));
+    config.poll_min = Duration::from_millis(cli.poll_min_ms);
+    config.poll_max = Duration::from_millis(cli.poll_max_ms.max(cli.poll_min_ms));
+    let source = Source::new(&PgStoreConfig::new(cli.database_url.clone()), &cli.group)?;
+    let stats = Arc::new(Stats::default());
+    let shutdown = CancellationToken::new();
+    tokio::spawn(notify_ops::signals::cancel_on_signal(shutdown.clone()));
+    tokio::spawn(systemd(stats.clone(), shutdown.clone()));
+    tracing::info!(
+        holder,
+        group = cli.group,
+        notify = cli.notify_url,
+        "bet-tracker starting"
+    );
+    bet_tracker::run(config, source, stats, shutdown).await?;
+    let _ = sd_notify::notify(&[NotifyState::Stopping]);
+    tracing::info!("bet-tracker stopped");
+    Ok(())
+}
+
+/// READY=1 once the first poll succeeded; WATCHDOG=1 at half the watchdog
+/// period, but only while the loop turns (a stuck loop gets restarted).
+async fn systemd(stats: Arc<Stats>, shutdown: CancellationToken) {
+    let period = sd_notify::watchdog_enabled().map(|d| d / 2);
+    let tick = period
+        .unwrap_or(Duration::from_millis(200))
+        .min(Duration::from_millis(200));
+    let mut ready = false;
+    let mut last_beat = 0;
+    let mut last_ping = tokio::time::Instant::now();
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(tick) => {}
+        }
+        if !ready && stats.ready.load(Ordering::Relaxed) {
+            ready = true;
+            let _ = sd_notify::notify(&[NotifyState::Ready]);
+        }
+        if let Some(period) = period
+            && last_ping.elapsed() >= period
+        {
+            let beat = stats.beats.load(Ordering::Relaxed);
+            if beat != last_beat {
+                last_beat = beat;
+                last_ping = tokio::time::Instant::now();
+                let _ = sd_notify::notify(&[NotifyState::Watchdog]);
+            }
+        }
+    }
+}

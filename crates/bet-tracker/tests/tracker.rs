@@ -1,0 +1,324 @@
+//! The tracker against a real Postgres and a real notify-svc (in-process,
+//! real gRPC): fight changes become notifications exactly once, across
+//! restarts, with two trackers, and for overdue fights.
+
+use std::{
+    sync::{Arc, atomic::Ordering},
+    time::Duration,
+};
+
+use bet_tracker::{Source, Stats, TrackerConfig};
+use notify_proto::v1::{self as pb, notify_client::NotifyClient};
+use notify_store::PgStoreConfig;
+use test_support::TestDb;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+struct Platform {
+    grpc: String,
+    db: TestDb,
+    stop: CancellationToken,
+}
+
+impl Platform {
+    async fn start() -> Self {
+        let db = TestDb::create().await;
+        let config = notify_svc::Config::for_database(&db.url).unwrap();
+        let grpc_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let http_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let grpc = format!("http://{}", grpc_listener.local_addr().unwrap());
+        let stop = CancellationToken::new();
+        tokio::spawn(notify_svc::run(
+            config,
+            grpc_listener,
+            http_listener,
+            stop.clone(),
+        ));
+        test_support::eventually("notify-svc answers", Duration::from_secs(20), || {
+            let grpc = grpc.clone();
+            async move {
+                let mut c = NotifyClient::connect(grpc).await.ok()?;
+                c.history(inbox("probe")).await.ok().map(|_| ())
+            }
+        })
+        .await;
+        Self { grpc, db, stop }
+    }
+
+    fn tracker(&self, holder: &str) -> (Arc<Stats>, CancellationToken) {
+        let (stats, stop, _task) = self.tracker_task(holder);
+        (stats, stop)
+    }
+
+    /// A tracker, and its task to abort (a kill: no lease given back).
+    fn tracker_task(
+        &self,
+        holder: &str,
+    ) -> (
+        Arc<Stats>,
+        CancellationToken,
+        tokio::task::JoinHandle<anyhow::Result<()>>,
+    ) {
+        let mut config = TrackerConfig::new(holder, &self.grpc);
+        config.lease_ttl = Duration::from_secs(1);
+        let source = Source::new(&PgStoreConfig::new(self.db.url.clone()), "bet-tracker").unwrap();
+        let stats = Arc::new(Stats::default());
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(bet_tracker::run(
+            config,
+            source,
+            stats.clone(),
+            stop.clone(),
+        ));
+        (stats, stop, task)
+    }
+
+    async fn sql(&self, statement: &str) {
+        let (client, conn) = tokio_postgres::connect(&self.db.url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        client.batch_execute(statement).await.unwrap();
+    }
+
+    async fn events_of(&self, target: pb::history_request::Target) -> Vec<(String, String)> {
+        let mut client = NotifyClient::connect(self.grpc.clone()).await.unwrap();
+        let req = pb::HistoryRequest {
+            target: Some(target),
+            since: 0,
+            limit: 1000,
+            after_acked: false,
+        };
+        let page = client.history(req).await.unwrap().into_inner();
+        page.messages
+            .into_iter()
+            .map(|m| {
+                let data: serde_json::Value = serde_json::from_str(&m.data).unwrap();
+                (
+                    m.event,
+                    data["fight"]["fight_id"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned(),
+                )
+            })
+            .collect()
+    }
+}
+
+impl Drop for Platform {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+fn inbox(user: &str) -> pb::HistoryRequest {
+    pb::HistoryRequest {
+        target: Some(pb::history_request::Target::UserId(user.into())),
+        since: 0,
+        limit: 1,
+        after_acked: false,
+    }
+}
+
+fn user(u: &str) -> pb::history_request::Target {
+    pb::history_request::Target::UserId(u.into())
+}
+
+fn topic(t: &str) -> pb::history_request::Target {
+    pb::history_request::Target::Topic(t.into())
+}
+
+const LIFE_OF_F1: &str = "
+    INSERT INTO fights (id, creator_id, stake, currency, status, accept_deadline)
+      VALUES ('f1', 'cora', 500, 'EUR', 'open', now() + interval '1 hour');
+    UPDATE fights SET status = 'accepted', acceptor_id = 'abe' WHERE id = 'f1';
+    UPDATE fights SET status = 'completed', winner_id = 'abe' WHERE id = 'f1';";
+
+fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+    list.iter()
+        .map(|(a, b)| ((*a).to_owned(), (*b).to_owned()))
+        .collect()
+}
+
+#[tokio::test]
+async fn every_change_reaches_its_recipients_once_even_after_a_replay() {
+    let p = Platform::start().await;
+    p.sql(LIFE_OF_F1).await;
+    let (stats, stop) = p.tracker("t1");
+    test_support::eventually("three changes emitted", Duration::from_secs(20), || async {
+        (stats.cursor.load(Ordering::Relaxed) == 3).then_some(())
+    })
+    .await;
+    assert!(stats.ready.load(Ordering::Relaxed) && stats.active.load(Ordering::Relaxed));
+    stop.cancel();
+
+    let expected_cora = pairs(&[
+        ("fight_created", "f1"),
+        ("fight_accepted", "f1"),
+        ("fight_completed", "f1"),
+    ]);
+    assert_eq!(p.events_of(user("cora")).await, expected_cora);
+    assert_eq!(
+        p.events_of(user("abe")).await,
+        pairs(&[("fight_accepted", "f1"), ("fight_completed", "f1")])
+    );
+    assert_eq!(p.events_of(topic("fights:live")).await, expected_cora);
+    assert_eq!(
+        p.events_of(topic("fight:f1")).await,
+        pairs(&[("fight_accepted", "f1"), ("fight_completed", "f1")])
+    );
+
+    // A tracker that died after emitting but before writing its cursor
+    // emits the same changes again: nothing is stored twice.
+    p.sql("UPDATE tracker_cursors SET outbox_id = 0").await;
+    tokio::time::sleep(Duration::from_millis(1200)).await; // the old lease runs out
+    let (again, stop) = p.tracker("t1-restarted");
+    test_support::eventually("replayed", Duration::from_secs(20), || async {
+        (again.cursor.load(Ordering::Relaxed) == 3).then_some(())
+    })
+    .await;
+    stop.cancel();
+    assert_eq!(again.emitted.load(Ordering::Relaxed), 3);
+    assert_eq!(p.events_of(user("cora")).await, expected_cora);
+    assert_eq!(p.events_of(topic("fights:live")).await, expected_cora);
+}
+
+#[tokio::test]
+async fn one_of_two_trackers_emits_and_the_other_takes_over() {
+    let p = Platform::start().await;
+    let (first, _first_stop, first_task) = p.tracker_task("t-a");
+    test_support::eventually("t-a active", Duration::from_secs(20), || async {
+        first.active.load(Ordering::Relaxed).then_some(())
+    })
+    .await;
+    let (second, second_stop) = p.tracker("t-b");
+    p.sql(LIFE_OF_F1).await;
+    test_support::eventually(
+        "emitted by the active one",
+        Duration::from_secs(20),
+        || async { (first.cursor.load(Ordering::Relaxed) == 3).then_some(()) },
+    )
+    .await;
+    assert_eq!(
+        second.emitted.load(Ordering::Relaxed),
+        0,
+        "the standby emits nothing"
+    );
+    assert!(!second.active.load(Ordering::Relaxed));
+
+    // The active one dies without giving its lease up: the standby waits
+    // for it to run out (1 s here), then takes over.
+    first_task.abort();
+    p.sql(
+        "INSERT INTO fights (id, creator_id, stake, currency, status, accept_deadline)
+           VALUES ('f2', 'dora', 100, 'EUR', 'open', now() + interval '1 hour');",
+    )
+    .await;
+    test_support::eventually("the standby took over", Duration::from_secs(20), || async {
+        (second.cursor.load(Ordering::Relaxed) == 4).then_some(())
+    })
+    .await;
+    second_stop.cancel();
+    assert_eq!(second.emitted.load(Ordering::Relaxed), 1);
+    assert_eq!(
+        p.events_of(topic("fights:live")).await,
+        pairs(&[
+            ("fight_created", "f1"),
+            ("fight_accepted", "f1"),
+            ("fight_completed", "f1"),
+            ("fight_created", "f2"),
+        ])
+    );
+}
+
+#[tokio::test]
+async fn an_open_fight_past_its_deadline_expires_once() {
+    let p = Platform::start().await;
+    p.sql(
+        "INSERT INTO fights (id, creator_id, stake, currency, status, accept_deadline)
+           VALUES ('late', 'eve', 100, 'EUR', 'open', now() - interval '1 second'),
+                  ('fine', 'eve', 100, 'EUR', 'open', now() + interval '1 hour');",
+    )
+    .await;
+    let (stats, stop) = p.tracker("t-exp");
+    test_support::eventually("expired", Duration::from_secs(20), || async {
+        (stats.expired.load(Ordering::Relaxed) == 1).then_some(())
+    })
+    .await;
+    // More sweeps pass: still once.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    stop.cancel();
+    assert_eq!(stats.expired.load(Ordering::Relaxed), 1);
+    let expired: Vec<_> = p
+        .events_of(user("eve"))
+        .await
+        .into_iter()
+        .filter(|(event, _)| event == "fight_expired")
+        .collect();
+    assert_eq!(expired, pairs(&[("fight_expired", "late")]));
+}
+
+#[tokio::test]
+async fn the_binary_says_ready_to_systemd_emits_and_stops_on_sigterm() {
+    let p = Platform::start().await;
+    p.sql(LIFE_OF_F1).await;
+    let dir = std::env::temp_dir().join(format!("bet-tracker-notify-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let socket_path = dir.join("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_bet-tracker"))
+        .env("DATABASE_URL", &p.db.url)
+        .env("TRACKER_NOTIFY_URL", &p.grpc)
+        .env("TRACKER_ID", "bin")
+        .env("NOTIFY_SOCKET", &socket_path)
+        .env("RUST_LOG", "warn")
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let said = tokio::task::spawn_blocking(move || {
+        let mut buf = [0u8; 256];
+        let n = socket
+            .recv(&mut buf)
+            .expect("a message on NOTIFY_SOCKET within 20 s");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    })
+    .await
+    .unwrap();
+    assert!(said.contains("READY=1"), "{said:?}");
+    let expected = pairs(&[
+        ("fight_created", "f1"),
+        ("fight_accepted", "f1"),
+        ("fight_completed", "f1"),
+    ]);
+    test_support::eventually("emitted by the binary", Duration::from_secs(20), || async {
+        (p.events_of(user("cora")).await == expected).then_some(())
+    })
+    .await;
+
+    // SIGTERM: it stops, gives its lease back and exits 0.
+    let pid = child.id().unwrap().to_string();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
+        .await
+        .expect("exits within 20 s")
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    let (client, conn) = tokio_postgres::connect(&p.db.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let leases = client
+        .query("SELECT holder FROM tracker_leases", &[])
+        .await
+        .unwrap();
+    assert!(leases.is_empty(), "the lease was given back");
+    std::fs::remove_dir_all(&dir).ok();
+}
