@@ -4,10 +4,13 @@
 //! - [`event`]: an outbox row → the typed fight event notify-svc receives.
 //! - [`source`]: the outbox, the cursor, the lease and overdue fights in Postgres.
 //! - [`tracker`]: the loop that emits them, holding the lease.
+//! - [`metrics`]: what it did (`tracker_*` series) and its ops HTTP port.
 
 pub mod event;
+pub mod metrics;
 pub mod source;
 pub mod tracker;
 
+pub use metrics::Stats;
 pub use source::Source;
-pub use tracker::{Stats, TrackerConfig, run};
+pub use tracker::{TrackerConfig, run};

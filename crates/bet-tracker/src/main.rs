@@ -8,6 +8,7 @@ use std::{
     time::Duration,
 };
 
+use anyhow::Context;
 use bet_tracker::{Source, Stats, TrackerConfig};
 use clap::Parser;
 use notify_store::PgStoreConfig;
@@ -49,6 +50,9 @@ struct Cli {
     /// Longest poll delay when idle, ms.
     #[arg(long, env = "TRACKER_POLL_MAX_MS", default_value_t = 500)]
     poll_max_ms: u64,
+    /// Ops HTTP listen address (/healthz, /readyz, /metrics).
+    #[arg(long, env = "TRACKER_HTTP_ADDR", default_value = "127.0.0.1:9466")]
+    http_addr: std::net::SocketAddr,
     /// Log format: pretty or json.
     #[arg(long, env = "TRACKER_LOG_FORMAT", default_value = "pretty")]
     log_format: String,
@@ -74,6 +78,14 @@ async fn main() -> anyhow::Result<()> {
     let source = Source::new(&PgStoreConfig::new(cli.database_url.clone()), &cli.group)?;
     let stats = Arc::new(Stats::default());
     let shutdown = CancellationToken::new();
+    let ops = tokio::net::TcpListener::bind(cli.http_addr)
+        .await
+        .with_context(|| format!("binding the ops port {}", cli.http_addr))?;
+    tokio::spawn(bet_tracker::metrics::serve(
+        ops,
+        stats.clone(),
+        shutdown.clone(),
+    ));
     tokio::spawn(notify_ops::signals::cancel_on_signal(shutdown.clone()));
     tokio::spawn(systemd(stats.clone(), shutdown.clone()));
     tracing::info!(

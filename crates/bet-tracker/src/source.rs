@@ -119,6 +119,24 @@ impl Source {
         Ok(moved == 1)
     }
 
+    /// How far the outbox is ahead of `cursor`: rows, and the age in seconds
+    /// of the oldest of them (0 when caught up).
+    pub async fn lag(&self, cursor: i64) -> Result<(i64, f64), StoreError> {
+        let rows = self
+            .client()
+            .await?
+            .query_typed(
+                "SELECT h.last_id - $1,
+                        COALESCE(EXTRACT(EPOCH FROM now() - o.recorded_at)::float8, 0)
+                 FROM fight_outbox_head h
+                 LEFT JOIN fight_outbox o ON o.id = $1 + 1",
+                &[(&cursor, Type::INT8)],
+            )
+            .await
+            .map_err(classify)?;
+        Ok(rows.first().map_or((0, 0.0), |r| (r.get(0), r.get(1))))
+    }
+
     /// Up to `limit` outbox rows after `after`, oldest first. The outbox's
     /// ids are gap-free in commit order (see the migration), so what comes
     /// back is complete up to its last id.

@@ -9,10 +9,7 @@
 //! lease.
 
 use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering},
-    },
+    sync::{Arc, atomic::Ordering},
     time::Duration,
 };
 
@@ -24,6 +21,7 @@ use tonic::{Code, Request, metadata::MetadataValue, transport::Channel};
 
 use crate::{
     event::{Change, FightRow},
+    metrics::Stats,
     source::Source,
 };
 
@@ -60,26 +58,24 @@ impl TrackerConfig {
     }
 }
 
-/// What a tracker did, for metrics and tests.
-#[derive(Debug, Default)]
-pub struct Stats {
-    pub emitted: AtomicU64,
-    pub expired: AtomicU64,
-    /// Changes notify-svc refused as invalid (logged and passed over).
-    pub rejected: AtomicU64,
-    pub active: AtomicBool,
-    /// The first poll succeeded (systemd READY=1).
-    pub ready: AtomicBool,
-    pub cursor: AtomicI64,
-    /// Turns of the loop, waits included: moves while the loop is alive
-    /// (the systemd watchdog is fed only while it does).
-    pub beats: AtomicU64,
-}
-
 const RETRY_FIRST: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(5);
 /// How often overdue open fights are looked for.
 const EXPIRY_EVERY: Duration = Duration::from_secs(1);
+
+/// The kind of an event, as the metrics label it.
+fn kind_name(event: &pb::FightEvent) -> &'static str {
+    use pb::fight_event::Kind;
+    match &event.kind {
+        Some(Kind::Created(_)) => "created",
+        Some(Kind::Accepted(_)) => "accepted",
+        Some(Kind::Completed(_)) => "completed",
+        Some(Kind::Cancelled(_)) => "cancelled",
+        Some(Kind::Expired(_)) => "expired",
+        Some(Kind::Updated(_)) => "updated",
+        None => "none",
+    }
+}
 
 /// Why emitting stopped.
 enum Stop {
@@ -137,11 +133,11 @@ impl Tracker {
         let mut next_expiry = Instant::now();
         while !self.shutdown.is_cancelled() {
             if !self.renew_if_due().await {
-                self.stats.active.store(false, Ordering::Relaxed);
+                self.stats.active.set(0);
                 self.pause(self.config.lease_ttl / 3).await;
                 continue;
             }
-            self.stats.active.store(true, Ordering::Relaxed);
+            self.stats.active.set(1);
             let polled = self.poll().await;
             let delay = match polled {
                 Ok(n) if n as i64 >= self.config.batch => Duration::ZERO,
@@ -228,6 +224,10 @@ impl Tracker {
             .retry_store(|s| async move { s.changes(cursor, batch).await })
             .await?;
         self.stats.ready.store(true, Ordering::Relaxed);
+        if let Ok((behind, age)) = self.source.lag(cursor).await {
+            self.stats.lag_events.set(behind);
+            self.stats.lag_seconds.set(age);
+        }
         let Some(last) = changes.last().map(|c| c.outbox_id) else {
             return Ok(0);
         };
@@ -244,7 +244,7 @@ impl Tracker {
         if !moved {
             return Err(Stop::LeaseLost);
         }
-        self.stats.cursor.store(last, Ordering::Relaxed);
+        self.stats.cursor.set(last);
         Ok(changes.len())
     }
 
@@ -253,12 +253,14 @@ impl Tracker {
             Ok(event) => event,
             Err(e) => {
                 tracing::error!(error = %e, "outbox row is not a fight: passed over");
-                self.stats.rejected.fetch_add(1, Ordering::Relaxed);
+                self.stats.rejected.inc();
                 return Ok(());
             }
         };
-        self.emit(event, change.idempotency_key()).await?;
-        self.stats.emitted.fetch_add(1, Ordering::Relaxed);
+        let kind = kind_name(&event);
+        if self.emit(event, change.idempotency_key()).await? {
+            self.stats.emitted(kind);
+        }
         Ok(())
     }
 
@@ -286,22 +288,26 @@ impl Tracker {
                 fight: Some(proto),
             })),
         };
-        self.emit(event, format!("fight-expired:{}", fight.id))
-            .await?;
+        if self
+            .emit(event, format!("fight-expired:{}", fight.id))
+            .await?
+        {
+            self.stats.emitted("expired");
+            self.stats.expired.inc();
+        }
         let id = fight.id.clone();
         self.retry_store(|s| {
             let id = id.clone();
             async move { s.expired(&id).await }
         })
         .await?;
-        self.stats.expired.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
-    /// Calls EmitFightEvent until it succeeds, backing off; an event
-    /// notify-svc refuses as invalid is logged and passed over (retrying it
-    /// would stop every event behind it).
-    async fn emit(&mut self, event: pb::FightEvent, key: String) -> Result<(), Stop> {
+    /// Calls EmitFightEvent until it succeeds (`true`), backing off; an
+    /// event notify-svc refuses as invalid is logged and passed over
+    /// (`false`: retrying it would stop every event behind it).
+    async fn emit(&mut self, event: pb::FightEvent, key: String) -> Result<bool, Stop> {
         let mut retry = RETRY_FIRST;
         loop {
             if self.shutdown.is_cancelled() {
@@ -319,15 +325,15 @@ impl Tracker {
                 req.metadata_mut().insert("authorization", token.clone());
             }
             match self.client.emit_fight_event(req).await {
-                Ok(_) => return Ok(()),
+                Ok(_) => return Ok(true),
                 Err(status) if status.code() == Code::InvalidArgument => {
                     tracing::error!(
                         key,
                         message = status.message(),
                         "notify-svc refused a fight event: passed over"
                     );
-                    self.stats.rejected.fetch_add(1, Ordering::Relaxed);
-                    return Ok(());
+                    self.stats.rejected.inc();
+                    return Ok(false);
                 }
                 Err(status) => {
                     tracing::warn!(key, code = ?status.code(), message = status.message(), retry_in = ?retry, "EmitFightEvent failed");

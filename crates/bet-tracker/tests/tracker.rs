@@ -112,6 +112,17 @@ impl Drop for Platform {
     }
 }
 
+/// A plain HTTP GET: the status line, headers and body as text.
+async fn http_get(addr: &str, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    response
+}
+
 fn inbox(user: &str) -> pb::HistoryRequest {
     pb::HistoryRequest {
         target: Some(pb::history_request::Target::UserId(user.into())),
@@ -147,10 +158,10 @@ async fn every_change_reaches_its_recipients_once_even_after_a_replay() {
     p.sql(LIFE_OF_F1).await;
     let (stats, stop) = p.tracker("t1");
     test_support::eventually("three changes emitted", Duration::from_secs(20), || async {
-        (stats.cursor.load(Ordering::Relaxed) == 3).then_some(())
+        (stats.cursor.get() == 3).then_some(())
     })
     .await;
-    assert!(stats.ready.load(Ordering::Relaxed) && stats.active.load(Ordering::Relaxed));
+    assert!(stats.ready.load(Ordering::Relaxed) && stats.active.get() == 1);
     stop.cancel();
 
     let expected_cora = pairs(&[
@@ -175,11 +186,11 @@ async fn every_change_reaches_its_recipients_once_even_after_a_replay() {
     tokio::time::sleep(Duration::from_millis(1200)).await; // the old lease runs out
     let (again, stop) = p.tracker("t1-restarted");
     test_support::eventually("replayed", Duration::from_secs(20), || async {
-        (again.cursor.load(Ordering::Relaxed) == 3).then_some(())
+        (again.cursor.get() == 3).then_some(())
     })
     .await;
     stop.cancel();
-    assert_eq!(again.emitted.load(Ordering::Relaxed), 3);
+    assert_eq!(again.emitted.get(), 3);
     assert_eq!(p.events_of(user("cora")).await, expected_cora);
     assert_eq!(p.events_of(topic("fights:live")).await, expected_cora);
 }
@@ -189,7 +200,7 @@ async fn one_of_two_trackers_emits_and_the_other_takes_over() {
     let p = Platform::start().await;
     let (first, _first_stop, first_task) = p.tracker_task("t-a");
     test_support::eventually("t-a active", Duration::from_secs(20), || async {
-        first.active.load(Ordering::Relaxed).then_some(())
+        (first.active.get() == 1).then_some(())
     })
     .await;
     let (second, second_stop) = p.tracker("t-b");
@@ -197,15 +208,11 @@ async fn one_of_two_trackers_emits_and_the_other_takes_over() {
     test_support::eventually(
         "emitted by the active one",
         Duration::from_secs(20),
-        || async { (first.cursor.load(Ordering::Relaxed) == 3).then_some(()) },
+        || async { (first.cursor.get() == 3).then_some(()) },
     )
     .await;
-    assert_eq!(
-        second.emitted.load(Ordering::Relaxed),
-        0,
-        "the standby emits nothing"
-    );
-    assert!(!second.active.load(Ordering::Relaxed));
+    assert_eq!(second.emitted.get(), 0, "the standby emits nothing");
+    assert_eq!(second.active.get(), 0);
 
     // The active one dies without giving its lease up: the standby waits
     // for it to run out (1 s here), then takes over.
@@ -216,11 +223,11 @@ async fn one_of_two_trackers_emits_and_the_other_takes_over() {
     )
     .await;
     test_support::eventually("the standby took over", Duration::from_secs(20), || async {
-        (second.cursor.load(Ordering::Relaxed) == 4).then_some(())
+        (second.cursor.get() == 4).then_some(())
     })
     .await;
     second_stop.cancel();
-    assert_eq!(second.emitted.load(Ordering::Relaxed), 1);
+    assert_eq!(second.emitted.get(), 1);
     assert_eq!(
         p.events_of(topic("fights:live")).await,
         pairs(&[
@@ -243,13 +250,13 @@ async fn an_open_fight_past_its_deadline_expires_once() {
     .await;
     let (stats, stop) = p.tracker("t-exp");
     test_support::eventually("expired", Duration::from_secs(20), || async {
-        (stats.expired.load(Ordering::Relaxed) == 1).then_some(())
+        (stats.expired.get() == 1).then_some(())
     })
     .await;
     // More sweeps pass: still once.
     tokio::time::sleep(Duration::from_millis(2500)).await;
     stop.cancel();
-    assert_eq!(stats.expired.load(Ordering::Relaxed), 1);
+    assert_eq!(stats.expired.get(), 1);
     let expired: Vec<_> = p
         .events_of(user("eve"))
         .await
@@ -270,8 +277,10 @@ async fn the_binary_says_ready_to_systemd_emits_and_stops_on_sigterm() {
     socket
         .set_read_timeout(Some(Duration::from_secs(20)))
         .unwrap();
+    let ops = format!("127.0.0.1:{}", test_support::free_port());
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_bet-tracker"))
         .env("DATABASE_URL", &p.db.url)
+        .env("TRACKER_HTTP_ADDR", &ops)
         .env("TRACKER_NOTIFY_URL", &p.grpc)
         .env("TRACKER_ID", "bin")
         .env("NOTIFY_SOCKET", &socket_path)
@@ -298,6 +307,24 @@ async fn the_binary_says_ready_to_systemd_emits_and_stops_on_sigterm() {
         (p.events_of(user("cora")).await == expected).then_some(())
     })
     .await;
+
+    // The ops port says what happened.
+    assert!(http_get(&ops, "/readyz").await.starts_with("HTTP/1.1 200"));
+    let metrics =
+        test_support::eventually("metrics caught up", Duration::from_secs(10), || async {
+            let m = http_get(&ops, "/metrics").await;
+            m.contains("tracker_outbox_lag_events 0").then_some(m)
+        })
+        .await;
+    for series in [
+        "tracker_events_total 3",
+        "tracker_events_by_kind_total{kind=\"accepted\"} 1",
+        "tracker_lease_active 1",
+        "tracker_cursor 3",
+        "tracker_rejected_total 0",
+    ] {
+        assert!(metrics.contains(series), "{series} missing in:\n{metrics}");
+    }
 
     // SIGTERM: it stops, gives its lease back and exits 0.
     let pid = child.id().unwrap().to_string();

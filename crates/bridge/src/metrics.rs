@@ -4,9 +4,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use axum::{
-    Router, extract::State, http::StatusCode, http::header, response::IntoResponse, routing::get,
-};
+use notify_ops::endpoints::{self, Probe};
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
     metrics::{counter::Counter, family::Family, gauge::Gauge},
@@ -109,41 +107,29 @@ impl Metrics {
     }
 }
 
-#[derive(Clone)]
-struct Ops {
+/// What a bridge tells its ops port.
+struct BridgeProbe {
     hub: Hub,
     metrics: Metrics,
 }
 
-/// Serves the ops endpoints until `shutdown`.
-pub async fn serve(listener: TcpListener, hub: Hub, metrics: Metrics, shutdown: CancellationToken) {
-    let app = Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics_text))
-        .with_state(Ops { hub, metrics });
-    let _ = axum::serve(listener, app)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await;
-}
+impl Probe for BridgeProbe {
+    fn ready(&self) -> Result<(), &'static str> {
+        match self.hub.any_link() {
+            Some(_) => Ok(()),
+            None => Err("no notify-svc link attached"),
+        }
+    }
 
-async fn readyz(State(ops): State<Ops>) -> impl IntoResponse {
-    if ops.hub.any_link().is_some() {
-        (StatusCode::OK, "ready\n")
-    } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: no notify-svc link attached\n",
-        )
+    fn metrics(&self) -> String {
+        self.metrics.encode()
     }
 }
 
-async fn metrics_text(State(ops): State<Ops>) -> impl IntoResponse {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        ops.metrics.encode(),
-    )
+/// Serves the ops endpoints until `shutdown`.
+pub async fn serve(listener: TcpListener, hub: Hub, metrics: Metrics, shutdown: CancellationToken) {
+    let probe = Arc::new(BridgeProbe { hub, metrics });
+    if let Err(e) = endpoints::serve(listener, probe, shutdown).await {
+        tracing::warn!(error = %e, "ops port stopped");
+    }
 }

@@ -6,9 +6,7 @@ use std::sync::{
     atomic::{AtomicBool, Ordering},
 };
 
-use axum::{
-    Router, extract::State, http::StatusCode, http::header, response::IntoResponse, routing::get,
-};
+use notify_ops::endpoints::{self, Probe};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -28,10 +26,24 @@ impl Readiness {
     }
 }
 
-#[derive(Clone)]
-struct Ops {
+/// What notify-svc tells its ops port.
+struct SvcProbe {
     ready: Readiness,
     metrics: Metrics,
+}
+
+impl Probe for SvcProbe {
+    fn ready(&self) -> Result<(), &'static str> {
+        if self.ready.get() {
+            Ok(())
+        } else {
+            Err("database unreachable or not migrated")
+        }
+    }
+
+    fn metrics(&self) -> String {
+        self.metrics.encode()
+    }
 }
 
 /// Serves the ops endpoints until `shutdown`.
@@ -41,33 +53,6 @@ pub async fn serve(
     metrics: Metrics,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let app = Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics_text))
-        .with_state(Ops { ready, metrics });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
-}
-
-async fn readyz(State(ops): State<Ops>) -> impl IntoResponse {
-    if ops.ready.get() {
-        (StatusCode::OK, "ready\n")
-    } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: database unreachable or not migrated\n",
-        )
-    }
-}
-
-async fn metrics_text(State(ops): State<Ops>) -> impl IntoResponse {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        ops.metrics.encode(),
-    )
+    let probe = Arc::new(SvcProbe { ready, metrics });
+    endpoints::serve(listener, probe, shutdown).await
 }
