@@ -18,31 +18,61 @@ struct Platform {
     grpc: String,
     db: TestDb,
     stop: CancellationToken,
+    svc: Option<tokio::task::JoinHandle<Result<(), notify_svc::RunError>>>,
 }
 
 impl Platform {
     async fn start() -> Self {
         let db = TestDb::create().await;
-        let config = notify_svc::Config::for_database(&db.url).unwrap();
         let grpc_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let http_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let grpc = format!("http://{}", grpc_listener.local_addr().unwrap());
-        let stop = CancellationToken::new();
-        tokio::spawn(notify_svc::run(
+        let mut platform = Self {
+            grpc,
+            db,
+            stop: CancellationToken::new(),
+            svc: None,
+        };
+        platform.serve(grpc_listener).await;
+        platform
+    }
+
+    async fn serve(&mut self, grpc_listener: TcpListener) {
+        let config = notify_svc::Config::for_database(&self.db.url).unwrap();
+        let http_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        self.stop = CancellationToken::new();
+        self.svc = Some(tokio::spawn(notify_svc::run(
             config,
             grpc_listener,
             http_listener,
-            stop.clone(),
-        ));
+            self.stop.clone(),
+        )));
         test_support::eventually("notify-svc answers", Duration::from_secs(20), || {
-            let grpc = grpc.clone();
+            let grpc = self.grpc.clone();
             async move {
                 let mut c = NotifyClient::connect(grpc).await.ok()?;
                 c.history(inbox("probe")).await.ok().map(|_| ())
             }
         })
         .await;
-        Self { grpc, db, stop }
+    }
+
+    async fn stop_svc(&mut self) {
+        self.stop.cancel();
+        if let Some(svc) = self.svc.take() {
+            svc.await.unwrap().unwrap();
+        }
+    }
+
+    /// notify-svc again, on the same address and database.
+    async fn restart_svc(&mut self) {
+        let addr = self.grpc.trim_start_matches("http://").to_owned();
+        let listener =
+            test_support::eventually("the port is free again", Duration::from_secs(10), || {
+                let addr = addr.clone();
+                async move { TcpListener::bind(&addr).await.ok() }
+            })
+            .await;
+        self.serve(listener).await;
     }
 
     fn tracker(&self, holder: &str) -> (Arc<Stats>, CancellationToken) {
@@ -348,4 +378,36 @@ async fn the_binary_says_ready_to_systemd_emits_and_stops_on_sigterm() {
         .unwrap();
     assert!(leases.is_empty(), "the lease was given back");
     std::fs::remove_dir_all(&dir).ok();
+}
+
+#[tokio::test]
+async fn changes_made_while_notify_svc_is_down_arrive_once_it_is_back() {
+    let mut p = Platform::start().await;
+    let (stats, stop) = p.tracker("t-outage");
+    test_support::eventually("active", Duration::from_secs(20), || async {
+        (stats.active.get() == 1).then_some(())
+    })
+    .await;
+    p.stop_svc().await;
+    p.sql(LIFE_OF_F1).await;
+    // The tracker keeps trying (backing off) and moves nothing meanwhile.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(stats.cursor.get(), 0);
+    assert_eq!(stats.emitted.get(), 0);
+    p.restart_svc().await;
+    test_support::eventually(
+        "all emitted after the outage",
+        Duration::from_secs(30),
+        || async { (stats.cursor.get() == 3).then_some(()) },
+    )
+    .await;
+    stop.cancel();
+    assert_eq!(
+        p.events_of(user("cora")).await,
+        pairs(&[
+            ("fight_created", "f1"),
+            ("fight_accepted", "f1"),
+            ("fight_completed", "f1"),
+        ])
+    );
 }
