@@ -5,9 +5,11 @@
 //! - [`source`]: the outbox, the cursor, the lease and overdue fights in Postgres.
 //! - [`tracker`]: the loop that emits them, holding the lease.
 //! - [`metrics`]: what it did (`tracker_*` series) and its ops HTTP port.
+//! - [`simulate`]: fights living their life at a steady rate (demos, benches).
 
 pub mod event;
 pub mod metrics;
+pub mod simulate;
 pub mod source;
 pub mod tracker;
 

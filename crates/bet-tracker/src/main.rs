@@ -56,6 +56,25 @@ struct Cli {
     /// Log format: pretty or json.
     #[arg(long, env = "TRACKER_LOG_FORMAT", default_value = "pretty")]
     log_format: String,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(clap::Subcommand)]
+enum Command {
+    /// Drive fights through their life in the `fights` table, as BetService
+    /// would (demos, benches): `bet-tracker simulate --rate 1000`.
+    Simulate {
+        /// Fight changes per second.
+        #[arg(long, default_value_t = 20)]
+        rate: u32,
+        /// Users fights are drawn between.
+        #[arg(long, default_value_t = 100)]
+        users: u32,
+        /// Stop after this many seconds (default: until Ctrl-C).
+        #[arg(long)]
+        seconds: Option<u64>,
+    },
 }
 
 fn default_id() -> String {
@@ -69,6 +88,26 @@ fn default_id() -> String {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     notify_ops::logging::init(&cli.log_format);
+    if let Some(Command::Simulate {
+        rate,
+        users,
+        seconds,
+    }) = cli.command
+    {
+        let shutdown = CancellationToken::new();
+        tokio::spawn(notify_ops::signals::cancel_on_signal(shutdown.clone()));
+        let sim = bet_tracker::simulate::Simulation {
+            rate,
+            users,
+            duration: seconds.map(Duration::from_secs),
+        };
+        tracing::info!(rate, users, "simulating fights");
+        let written =
+            bet_tracker::simulate::run(&PgStoreConfig::new(cli.database_url), sim, shutdown)
+                .await?;
+        tracing::info!(written, "simulation done");
+        return Ok(());
+    }
     let holder = cli.tracker_id.clone().unwrap_or_else(default_id);
     let mut config = TrackerConfig::new(&holder, &cli.notify_url);
     config.notify_token = cli.notify_token.clone();

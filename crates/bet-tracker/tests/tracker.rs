@@ -411,3 +411,51 @@ async fn changes_made_while_notify_svc_is_down_arrive_once_it_is_back() {
         ])
     );
 }
+
+#[tokio::test]
+async fn a_simulation_reaches_the_lobby_topic_change_for_change() {
+    let p = Platform::start().await;
+    let (stats, stop, task) = p.tracker_task("t-sim");
+    let sim = bet_tracker::simulate::Simulation {
+        rate: 200,
+        users: 20,
+        duration: Some(Duration::from_millis(1500)),
+    };
+    let written = bet_tracker::simulate::run(
+        &PgStoreConfig::new(p.db.url.clone()),
+        sim,
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    assert!(
+        written >= 250,
+        "{written} changes written in 1.5 s at 200/s"
+    );
+    test_support::eventually("caught up", Duration::from_secs(30), || async {
+        (stats.cursor.get() == written as i64).then_some(())
+    })
+    .await;
+    stop.cancel();
+    task.await.unwrap().unwrap();
+    // Every change (and every expiry) is one message on fights:live: its
+    // head seq counts them (the log itself keeps only the newest).
+    let mut client = NotifyClient::connect(p.grpc.clone()).await.unwrap();
+    let head = client
+        .history(pb::HistoryRequest {
+            target: Some(topic("fights:live")),
+            since: 0,
+            limit: 1,
+            after_acked: false,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .head_seq;
+    assert_eq!(
+        head,
+        written + stats.expired.get(),
+        "one lobby message per change"
+    );
+    assert_eq!(stats.rejected.get(), 0);
+}
