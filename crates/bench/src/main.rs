@@ -31,6 +31,8 @@ enum Bench {
     Publish(PublishArgs),
     /// WebSocket bridge figures: connects/s, RSS per connection, fan-out.
     Ws(ws::WsArgs),
+    /// BetTracker's lag: fight change committed -> WebSocket frame.
+    Fights(fights::FightsArgs),
     /// The cost of one write per subscriber per message on this machine.
     SendFloor(floor::FloorArgs),
     /// A Notify server whose Publish answers at once and stores nothing: run
@@ -95,9 +97,11 @@ async fn main() -> anyhow::Result<()> {
         Bench::NoopServer { addr } => noop::serve(addr).await,
         Bench::Ws(args) => ws::run(args).await,
         Bench::SendFloor(args) => floor::run(&args),
+        Bench::Fights(args) => fights::run(args).await,
     }
 }
 
+mod fights;
 mod floor;
 mod noop;
 mod ws;

@@ -63,10 +63,10 @@ pub struct WsArgs {
     svc_process: String,
 }
 
-type Socket =
+pub(crate) type Socket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-async fn connect(ws: SocketAddr, source: IpAddr, token: &str) -> anyhow::Result<Socket> {
+pub(crate) async fn connect(ws: SocketAddr, source: IpAddr, token: &str) -> anyhow::Result<Socket> {
     let socket = TcpSocket::new_v4()?;
     socket.bind(SocketAddr::new(source, 0))?;
     let stream = socket.connect(ws).await?;
