@@ -156,14 +156,7 @@ async fn up(
         notify_auth::DEV_ISSUER,
         notify_auth::DEV_CLIENT_ID,
     )?;
-    let verifier = notify_auth::Verifier::new(
-        notify_auth::KeySet::new(issuer.key_source()),
-        notify_auth::VerifierConfig {
-            issuer: notify_auth::DEV_ISSUER.into(),
-            client_ids: vec![notify_auth::DEV_CLIENT_ID.into()],
-            leeway: std::time::Duration::from_secs(5),
-        },
-    );
+    let verifier = issuer.verifier();
     let token = issuer.mint(&notify_auth::DevToken {
         ttl: std::time::Duration::from_secs(24 * 3600),
         ..notify_auth::DevToken::access("alice")

@@ -145,6 +145,19 @@ impl DevIssuer {
         &self.issuer
     }
 
+    /// A verifier that accepts this issuer's tokens (and only them), through
+    /// the same checks as Cognito's, with a 5 s clock leeway.
+    pub fn verifier(&self) -> crate::Verifier {
+        crate::Verifier::new(
+            crate::KeySet::new(self.key_source()),
+            crate::VerifierConfig {
+                issuer: self.issuer.clone(),
+                client_ids: vec![self.client_id.clone()],
+                leeway: Duration::from_secs(5),
+            },
+        )
+    }
+
     pub fn client_id(&self) -> &str {
         &self.client_id
     }

@@ -80,14 +80,7 @@ async fn main() -> anyhow::Result<()> {
         }
         let issuer =
             DevIssuer::load_or_create(&cli.data_dir.join(DEV_KEY_FILE), DEV_ISSUER, DEV_CLIENT_ID)?;
-        Verifier::new(
-            KeySet::new(issuer.key_source()),
-            VerifierConfig {
-                issuer: DEV_ISSUER.into(),
-                client_ids: vec![DEV_CLIENT_ID.into()],
-                leeway: Duration::from_secs(5),
-            },
-        )
+        issuer.verifier()
     } else {
         let (Some(jwks), Some(issuer)) = (&cli.jwks_url, &cli.issuer) else {
             anyhow::bail!("set AUTH_JWKS_URL and AUTH_ISSUER (or AUTH_DEV=1 on loopback)");

@@ -4,7 +4,7 @@
 use std::{sync::Arc, time::Duration};
 
 use futures::{SinkExt, StreamExt};
-use notify_auth::{DevIssuer, DevToken, KeySet, Verifier, VerifierConfig};
+use notify_auth::{DevIssuer, DevToken, Verifier};
 use notify_bridge::BridgeConfig;
 use notify_proto::v1::{self as pb, notify_client::NotifyClient};
 use serde_json::Value;
@@ -63,14 +63,7 @@ impl Platform {
         let svc = start_svc(&db.url, grpc_listener, svc_stop.clone()).await;
 
         let issuer = Arc::new(DevIssuer::generate("http://dev", "app").unwrap());
-        let verifier = Verifier::new(
-            KeySet::new(issuer.key_source()),
-            VerifierConfig {
-                issuer: "http://dev".into(),
-                client_ids: vec!["app".into()],
-                leeway: Duration::from_secs(5),
-            },
-        );
+        let verifier = issuer.verifier();
         let mut platform = Self {
             grpc,
             ws: String::new(),

@@ -1,0 +1,189 @@
+//! Fight events as clients see them: the creator, the acceptor and a
+//! spectator of `fights:live`, each a real WebSocket client of a real
+//! bridge, with the tracker and notify-svc in between.
+
+use std::{sync::Arc, time::Duration};
+
+use bet_tracker::{Source, Stats, TrackerConfig};
+use futures::{SinkExt, StreamExt};
+use notify_auth::{DevIssuer, DevToken};
+use notify_bridge::BridgeConfig;
+use notify_proto::v1::notify_client::NotifyClient;
+use notify_store::PgStoreConfig;
+use serde_json::Value;
+use test_support::TestDb;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_tungstenite::{
+    MaybeTlsStream, WebSocketStream,
+    tungstenite::{Message, client::IntoClientRequest},
+};
+use tokio_util::sync::CancellationToken;
+
+type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+async fn next_frame(ws: &mut Socket) -> Value {
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(20), ws.next())
+            .await
+            .expect("a frame within 20 s")
+            .expect("socket open")
+            .expect("no socket error");
+        if let Message::Text(text) = msg {
+            return serde_json::from_str(text.as_str()).unwrap();
+        }
+    }
+}
+
+/// The next `n` message frames: (event, topic or "inbox", message id).
+async fn messages(ws: &mut Socket, n: usize) -> Vec<(String, String, String)> {
+    let mut out = Vec::new();
+    while out.len() < n {
+        let f = next_frame(ws).await;
+        if f["type"] == "message" {
+            out.push((
+                f["event"].as_str().unwrap().to_owned(),
+                f["topic"].as_str().unwrap_or("inbox").to_owned(),
+                f["id"].as_str().unwrap().to_owned(),
+            ));
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn creator_acceptor_and_spectator_each_see_their_events_once_in_order() {
+    let db = TestDb::create().await;
+    let stop = CancellationToken::new();
+    let grpc_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let grpc = format!("http://{}", grpc_listener.local_addr().unwrap());
+    let config = notify_svc::Config::for_database(&db.url).unwrap();
+    let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    tokio::spawn(notify_svc::run(config, grpc_listener, http, stop.clone()));
+    test_support::eventually("notify-svc answers", Duration::from_secs(20), || {
+        let grpc = grpc.clone();
+        async move { NotifyClient::connect(grpc).await.ok().map(|_| ()) }
+    })
+    .await;
+
+    let issuer = Arc::new(DevIssuer::generate("http://dev", "app").unwrap());
+    let verifier = issuer.verifier();
+    let ws_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let ws_url = format!("ws://{}/ws", ws_listener.local_addr().unwrap());
+    let bridge = BridgeConfig {
+        bridge_id: "bridge-fights".into(),
+        notify_urls: vec![grpc.clone()],
+        notify_token: None,
+        verifier,
+        topics: notify_core::TopicPolicy::default(),
+        send_queue: 1024,
+        max_frame: 64 * 1024,
+        rate_per_sec: 100,
+        burst: 200,
+        ping_every: Duration::from_secs(25),
+        max_per_user: 10,
+        max_connections: 100,
+        ops: None,
+    };
+    tokio::spawn(notify_bridge::run(bridge, ws_listener, stop.clone()));
+    let connect = |user: &str| {
+        let mut req = ws_url.as_str().into_client_request().unwrap();
+        let token = issuer.mint(&DevToken::access(user)).unwrap();
+        req.headers_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        async move {
+            test_support::eventually("the bridge takes clients", Duration::from_secs(20), || {
+                let req = req.clone();
+                async move {
+                    tokio_tungstenite::connect_async(req)
+                        .await
+                        .ok()
+                        .map(|(ws, _)| ws)
+                }
+            })
+            .await
+        }
+    };
+    let (mut cora, mut abe, mut sam) = (
+        connect("cora").await,
+        connect("abe").await,
+        connect("sam").await,
+    );
+    for ws in [&mut cora, &mut abe, &mut sam] {
+        assert_eq!(next_frame(ws).await["type"], "welcome");
+    }
+    sam.send(Message::text(
+        r#"{"action":"subscribe","topic":"fights:live"}"#,
+    ))
+    .await
+    .unwrap();
+    assert_eq!(next_frame(&mut sam).await["type"], "subscribed");
+
+    let tracker_stop = CancellationToken::new();
+    let source = Source::new(&PgStoreConfig::new(db.url.clone()), "bet-tracker").unwrap();
+    tokio::spawn(bet_tracker::run(
+        TrackerConfig::new("t-ws", &grpc),
+        source,
+        Arc::new(Stats::default()),
+        tracker_stop.clone(),
+    ));
+    let (sql, conn) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    sql.batch_execute(
+        "INSERT INTO fights (id, creator_id, stake, currency, status, accept_deadline)
+           VALUES ('f9', 'cora', 500, 'EUR', 'open', now() + interval '1 hour');
+         UPDATE fights SET status = 'accepted', acceptor_id = 'abe' WHERE id = 'f9';
+         UPDATE fights SET status = 'completed', winner_id = 'cora' WHERE id = 'f9';",
+    )
+    .await
+    .unwrap();
+
+    let names = |got: &[(String, String, String)]| {
+        got.iter()
+            .map(|(event, feed, _)| format!("{event}@{feed}"))
+            .collect::<Vec<_>>()
+    };
+    let cora_got = messages(&mut cora, 3).await;
+    assert_eq!(
+        names(&cora_got),
+        [
+            "fight_created@inbox",
+            "fight_accepted@inbox",
+            "fight_completed@inbox"
+        ]
+    );
+    let abe_got = messages(&mut abe, 2).await;
+    assert_eq!(
+        names(&abe_got),
+        ["fight_accepted@inbox", "fight_completed@inbox"]
+    );
+    let sam_got = messages(&mut sam, 3).await;
+    assert_eq!(
+        names(&sam_got),
+        [
+            "fight_created@fights:live",
+            "fight_accepted@fights:live",
+            "fight_completed@fights:live"
+        ]
+    );
+    for got in [&cora_got, &abe_got, &sam_got] {
+        let ids: std::collections::HashSet<&str> = got.iter().map(|m| m.2.as_str()).collect();
+        assert_eq!(ids.len(), got.len(), "distinct message ids");
+    }
+    // Exactly once: nothing else arrives for a while.
+    for ws in [&mut cora, &mut abe, &mut sam] {
+        let extra = tokio::time::timeout(Duration::from_millis(700), async {
+            loop {
+                let f = next_frame(ws).await;
+                if f["type"] == "message" {
+                    return f;
+                }
+            }
+        })
+        .await;
+        assert!(extra.is_err(), "an extra message: {extra:?}");
+    }
+    tracker_stop.cancel();
+    stop.cancel();
+}
