@@ -34,8 +34,8 @@ async fn next_frame(ws: &mut Socket) -> Value {
     }
 }
 
-/// The next `n` message frames: (event, topic or "inbox", message id).
-async fn messages(ws: &mut Socket, n: usize) -> Vec<(String, String, String)> {
+/// The next `n` message frames: (event, topic or "inbox", message id, fight id).
+async fn messages(ws: &mut Socket, n: usize) -> Vec<(String, String, String, String)> {
     let mut out = Vec::new();
     while out.len() < n {
         let f = next_frame(ws).await;
@@ -44,6 +44,7 @@ async fn messages(ws: &mut Socket, n: usize) -> Vec<(String, String, String)> {
                 f["event"].as_str().unwrap().to_owned(),
                 f["topic"].as_str().unwrap_or("inbox").to_owned(),
                 f["id"].as_str().unwrap().to_owned(),
+                f["data"]["fight"]["fight_id"].as_str().unwrap().to_owned(),
             ));
         }
     }
@@ -134,31 +135,48 @@ async fn creator_acceptor_and_spectator_each_see_their_events_once_in_order() {
         "INSERT INTO fights (id, creator_id, stake, currency, status, accept_deadline)
            VALUES ('f9', 'cora', 500, 'EUR', 'open', now() + interval '1 hour');
          UPDATE fights SET status = 'accepted', acceptor_id = 'abe' WHERE id = 'f9';
-         UPDATE fights SET status = 'completed', winner_id = 'cora' WHERE id = 'f9';",
+         UPDATE fights SET status = 'completed', winner_id = 'cora' WHERE id = 'f9';
+         INSERT INTO fights (id, creator_id, stake, currency, status, accept_deadline)
+           VALUES ('f10', 'cora', 100, 'EUR', 'open', now() + interval '1 hour');
+         UPDATE fights SET status = 'cancelled' WHERE id = 'f10';
+         INSERT INTO fights (id, creator_id, stake, currency, status, accept_deadline)
+           VALUES ('f11', 'cora', 100, 'EUR', 'open', now() - interval '1 second');",
     )
     .await
     .unwrap();
 
-    let names = |got: &[(String, String, String)]| {
+    let names = |got: &[(String, String, String, String)]| {
         got.iter()
-            .map(|(event, feed, _)| format!("{event}@{feed}"))
+            .filter(|m| m.3 == "f9")
+            .map(|(event, feed, ..)| format!("{event}@{feed}"))
             .collect::<Vec<_>>()
     };
-    let cora_got = messages(&mut cora, 3).await;
+    // Fights go concurrently: each fight's events in order, fights apart.
+    let cora_got = messages(&mut cora, 7).await;
+    let of = |fight: &str| {
+        cora_got
+            .iter()
+            .filter(|m| m.3 == fight)
+            .map(|(event, feed, ..)| format!("{event}@{feed}"))
+            .collect::<Vec<_>>()
+    };
     assert_eq!(
-        names(&cora_got),
+        of("f9"),
         [
             "fight_created@inbox",
             "fight_accepted@inbox",
             "fight_completed@inbox"
         ]
     );
+    assert_eq!(of("f10"), ["fight_created@inbox", "fight_cancelled@inbox"]);
+    assert_eq!(of("f11"), ["fight_created@inbox", "fight_expired@inbox"]);
     let abe_got = messages(&mut abe, 2).await;
     assert_eq!(
         names(&abe_got),
         ["fight_accepted@inbox", "fight_completed@inbox"]
     );
-    let sam_got = messages(&mut sam, 3).await;
+    // The lobby sees every fight: 3 + 2 + 2 events.
+    let sam_got = messages(&mut sam, 7).await;
     assert_eq!(
         names(&sam_got),
         [

@@ -391,7 +391,7 @@ async fn changes_made_while_notify_svc_is_down_arrive_once_it_is_back() {
     p.stop_svc().await;
     p.sql(LIFE_OF_F1).await;
     // The tracker keeps trying (backing off) and moves nothing meanwhile.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
     assert_eq!(stats.cursor.get(), 0);
     assert_eq!(stats.emitted.get(), 0);
     p.restart_svc().await;
@@ -563,4 +563,55 @@ async fn a_tracker_killed_mid_stream_loses_and_doubles_nothing() {
             }
         }
     }
+}
+
+#[tokio::test]
+async fn the_tracker_rides_out_a_database_outage() {
+    let p = Platform::start().await;
+    let relay = test_support::Relay::start(test_support::postgres_addr(&p.db.url)).await;
+    let mut config = TrackerConfig::new("t-db", &p.grpc);
+    config.lease_ttl = Duration::from_secs(1);
+    let through_relay = test_support::via(&p.db.url, relay.addr);
+    let mut pg = PgStoreConfig::new(through_relay);
+    pg.connect_timeout = Duration::from_secs(1);
+    let source = Source::new(&pg, "bet-tracker").unwrap();
+    let stats = Arc::new(Stats::default());
+    let stop = CancellationToken::new();
+    tokio::spawn(bet_tracker::run(
+        config,
+        source,
+        stats.clone(),
+        stop.clone(),
+    ));
+    test_support::eventually("active", Duration::from_secs(20), || async {
+        (stats.active.get() == 1).then_some(())
+    })
+    .await;
+
+    // The tracker loses its database (the writes still land: BetService has
+    // its own connection), then gets it back.
+    relay.cut();
+    p.sql(LIFE_OF_F1).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        stats.cursor.get(),
+        0,
+        "nothing read while the database is away"
+    );
+    relay.restore();
+    test_support::eventually(
+        "caught up after the outage",
+        Duration::from_secs(30),
+        || async { (stats.cursor.get() == 3).then_some(()) },
+    )
+    .await;
+    stop.cancel();
+    assert_eq!(
+        p.events_of(user("cora")).await,
+        pairs(&[
+            ("fight_created", "f1"),
+            ("fight_accepted", "f1"),
+            ("fight_completed", "f1"),
+        ])
+    );
 }
