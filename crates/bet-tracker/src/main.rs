@@ -12,7 +12,6 @@ use anyhow::Context;
 use bet_tracker::{Source, Stats, TrackerConfig};
 use clap::Parser;
 use notify_store::PgStoreConfig;
-use sd_notify::NotifyState;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
@@ -134,39 +133,30 @@ async fn main() -> anyhow::Result<()> {
         "bet-tracker starting"
     );
     bet_tracker::run(config, source, stats, shutdown).await?;
-    let _ = sd_notify::notify(&[NotifyState::Stopping]);
+    notify_ops::systemd::stopping();
     tracing::info!("bet-tracker stopped");
     Ok(())
 }
 
-/// READY=1 once the first poll succeeded; WATCHDOG=1 at half the watchdog
-/// period, but only while the loop turns (a stuck loop gets restarted).
+/// READY=1 once the first poll succeeded; the watchdog is fed only while
+/// the tracker's loop turns (a stuck loop gets restarted).
 async fn systemd(stats: Arc<Stats>, shutdown: CancellationToken) {
-    let period = sd_notify::watchdog_enabled().map(|d| d / 2);
-    let tick = period
-        .unwrap_or(Duration::from_millis(200))
-        .min(Duration::from_millis(200));
-    let mut ready = false;
-    let mut last_beat = 0;
-    let mut last_ping = tokio::time::Instant::now();
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(tick) => {}
-        }
-        if !ready && stats.ready.load(Ordering::Relaxed) {
-            ready = true;
-            let _ = sd_notify::notify(&[NotifyState::Ready]);
-        }
-        if let Some(period) = period
-            && last_ping.elapsed() >= period
-        {
-            let beat = stats.beats.load(Ordering::Relaxed);
-            if beat != last_beat {
-                last_beat = beat;
-                last_ping = tokio::time::Instant::now();
-                let _ = sd_notify::notify(&[NotifyState::Watchdog]);
+    let ready = {
+        let (stats, shutdown) = (stats.clone(), shutdown.clone());
+        async move {
+            while !stats.ready.load(Ordering::Relaxed) {
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep(Duration::from_millis(50)) => {}
+                }
             }
+            notify_ops::systemd::ready();
         }
-    }
+    };
+    let mut last_beat = 0;
+    let alive = move || {
+        let beat = stats.beats.load(Ordering::Relaxed);
+        std::mem::replace(&mut last_beat, beat) != beat
+    };
+    tokio::join!(ready, notify_ops::systemd::watchdog(alive, shutdown));
 }

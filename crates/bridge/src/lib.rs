@@ -115,7 +115,10 @@ pub async fn run(
         shutdown: shutdown.clone(),
     });
     tracing::info!(addr = ?listener.local_addr().ok(), bridge = %config.bridge_id, "bridge serving WebSocket");
+    notify_ops::systemd::ready();
+    tokio::spawn(notify_ops::systemd::watchdog(|| true, shutdown.clone()));
     server::serve(listener, shared, config.max_frame).await;
+    notify_ops::systemd::stopping();
     hub.flush_acks();
     // Give the links a moment to carry the last messages up.
     tokio::time::sleep(Duration::from_millis(100)).await;

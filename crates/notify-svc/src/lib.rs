@@ -153,6 +153,8 @@ pub async fn run(
         .map_err(|e| RunError::Io(std::io::Error::other(e.to_string())))?;
 
     tracing::info!(addr = ?grpc.local_addr().ok(), "notify-svc serving gRPC");
+    notify_ops::systemd::ready();
+    tokio::spawn(notify_ops::systemd::watchdog(|| true, shutdown.clone()));
     // serve_with_incoming ignores the builder's socket options: set them here.
     // Without TCP_NODELAY, Nagle plus delayed ACKs held multi-segment requests
     // (a PublishBatch) for 40 ms.
@@ -165,6 +167,7 @@ pub async fn run(
         let shutdown = shutdown.clone();
         async move {
             shutdown.cancelled().await;
+            notify_ops::systemd::stopping();
             ready.set(false);
             report(&health, ServingStatus::NotServing).await;
             tracing::info!("shutting down: draining in-flight calls");

@@ -23,27 +23,33 @@ struct Binary {
     grpc: String,
 }
 
+/// The notify-svc binary on free ports: (command, gRPC address).
+fn command(database_url: &str) -> (Command, String) {
+    let grpc = format!("127.0.0.1:{}", free_port());
+    let http = format!("127.0.0.1:{}", free_port());
+    let mut command = Command::new(env!("CARGO_BIN_EXE_notify-svc"));
+    command
+        .args([
+            "--grpc-addr",
+            &grpc,
+            "--http-addr",
+            &http,
+            "--database-url",
+            database_url,
+        ])
+        .env(
+            "RUST_LOG",
+            std::env::var("NOTIFY_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .stdout(Stdio::null())
+        .kill_on_drop(true);
+    (command, grpc)
+}
+
 impl Binary {
     async fn start(database_url: &str) -> Self {
-        let grpc = format!("127.0.0.1:{}", free_port());
-        let http = format!("127.0.0.1:{}", free_port());
-        let child = Command::new(env!("CARGO_BIN_EXE_notify-svc"))
-            .args([
-                "--grpc-addr",
-                &grpc,
-                "--http-addr",
-                &http,
-                "--database-url",
-                database_url,
-            ])
-            .env(
-                "RUST_LOG",
-                std::env::var("NOTIFY_TEST_LOG").unwrap_or_else(|_| "warn".into()),
-            )
-            .stdout(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn notify-svc");
+        let (mut command, grpc) = command(database_url);
+        let child = command.spawn().expect("spawn notify-svc");
         let url = format!("http://{grpc}");
         eventually("notify-svc accepts gRPC", Duration::from_secs(30), || {
             let url = url.clone();
@@ -179,4 +185,38 @@ async fn sigterm_drains_in_flight_publishes_and_exits_0() {
     assert_all_stored(&second.grpc, &acked).await;
     second.signal("KILL");
     second.child.wait().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_binary_tells_systemd_it_is_ready_once_migrated() {
+    let db = TestDb::create().await;
+    let dir = std::env::temp_dir().join(format!("notify-svc-notify-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let socket_path = dir.join("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let (mut command, grpc) = command(&db.url);
+    let _child = command
+        .env("NOTIFY_SOCKET", &socket_path)
+        .spawn()
+        .expect("spawn notify-svc");
+    let said = tokio::task::spawn_blocking(move || {
+        let mut buf = [0u8; 256];
+        let n = socket.recv(&mut buf).expect("READY=1 within 30 s");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    })
+    .await
+    .unwrap();
+    assert!(said.contains("READY=1"), "{said:?}");
+    // Ready means served: a call answers at once.
+    let mut client = NotifyClient::connect(format!("http://{grpc}"))
+        .await
+        .unwrap();
+    client
+        .history(common::history_of_user("probe", 0, 1))
+        .await
+        .unwrap();
+    std::fs::remove_dir_all(&dir).ok();
 }

@@ -1,8 +1,10 @@
 //! What every notify service process shares, so that service crates never
 //! depend on each other: [`logging`] (pretty or JSON `tracing` output),
-//! [`signals`] (SIGTERM/SIGINT as one cancellation) and [`endpoints`] (the
-//! ops HTTP port: health, readiness, metrics).
+//! [`signals`] (SIGTERM/SIGINT as one cancellation), [`endpoints`] (the
+//! ops HTTP port: health, readiness, metrics) and [`systemd`] (READY=1 and
+//! the watchdog under `Type=notify`).
 
 pub mod endpoints;
 pub mod logging;
 pub mod signals;
+pub mod systemd;
