@@ -138,6 +138,7 @@ async fn creator_acceptor_and_spectator_each_see_their_events_once_in_order() {
          UPDATE fights SET status = 'completed', winner_id = 'cora' WHERE id = 'f9';
          INSERT INTO fights (id, creator_id, stake, currency, status, accept_deadline)
            VALUES ('f10', 'cora', 100, 'EUR', 'open', now() + interval '1 hour');
+         UPDATE fights SET stake = 200 WHERE id = 'f10';
          UPDATE fights SET status = 'cancelled' WHERE id = 'f10';
          INSERT INTO fights (id, creator_id, stake, currency, status, accept_deadline)
            VALUES ('f11', 'cora', 100, 'EUR', 'open', now() - interval '1 second');",
@@ -175,8 +176,18 @@ async fn creator_acceptor_and_spectator_each_see_their_events_once_in_order() {
         names(&abe_got),
         ["fight_accepted@inbox", "fight_completed@inbox"]
     );
-    // The lobby sees every fight: 3 + 2 + 2 events.
-    let sam_got = messages(&mut sam, 7).await;
+    // The lobby sees every fight: 3 + 3 (an edit is lobby news, not inbox
+    // news) + 2 events.
+    let sam_got = messages(&mut sam, 8).await;
+    let updated: Vec<_> = sam_got
+        .iter()
+        .filter(|m| m.3 == "f10")
+        .map(|m| m.0.as_str())
+        .collect();
+    assert_eq!(
+        updated,
+        ["fight_created", "fight_updated", "fight_cancelled"]
+    );
     assert_eq!(
         names(&sam_got),
         [
