@@ -1,7 +1,11 @@
 //! The `notify` binary: `notify up` runs notify-svc and a WebSocket bridge in
 //! one process, linked over loopback gRPC exactly as in production, with the
-//! dev token issuer; `notify token` mints dev tokens. (The embedded SQLite
-//! default, bet-tracker and the other CLI subcommands join as their issues land.)
+//! dev token issuer; `notify token` mints dev tokens; the rest of the CLI
+//! ([`cli`]: publish, tail, history, presence, disconnect, migrate) talks to
+//! any deployment. (The embedded SQLite default and bet-tracker in `up` join
+//! with their issue.)
+
+mod cli;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -15,6 +19,8 @@ use tokio_util::sync::CancellationToken;
     about = "The notify real-time notification platform"
 )]
 struct Cli {
+    #[command(flatten)]
+    endpoint: cli::Endpoint,
     #[command(subcommand)]
     command: Command,
 }
@@ -44,18 +50,64 @@ enum Command {
     ///
     /// Example: notify token --user alice --realm eu --groups admin
     Token(TokenArgs),
+    /// Publish one message; prints its id and seq as JSON.
+    #[command(
+        after_help = "Examples:\n  notify publish --user alice --data '{\"text\":\"hi\"}'\n  echo '{\"score\":3}' | notify publish --topic room:lobby --event score\n  notify publish --users alice,bob --key order-42 --data '\"shipped\"'"
+    )]
+    Publish(cli::PublishArgs),
+    /// Follow a user, a topic or the broadcasts live: one JSON per line.
+    #[command(
+        after_help = "Examples:\n  notify tail --topic fights:live\n  notify tail --user alice --since 0"
+    )]
+    Tail(cli::TailArgs),
+    /// Print a user's inbox or a topic's log after --since: one JSON per line.
+    #[command(
+        after_help = "Examples:\n  notify history --user alice\n  notify history --topic fights:live --since 120"
+    )]
+    History(cli::FeedArgs),
+    /// A user's live connections, or a topic's subscriber count.
+    #[command(
+        after_help = "Examples:\n  notify presence --user alice\n  notify presence --topic room:lobby"
+    )]
+    Presence(cli::PresenceArgs),
+    /// Close a user's sockets (or one connection) with 4003.
+    #[command(
+        after_help = "Examples:\n  notify disconnect --user alice --reason 'account locked'\n  notify disconnect --connection 0193…"
+    )]
+    Disconnect(cli::DisconnectArgs),
+    /// Apply the database migrations to DATABASE_URL.
+    #[command(
+        after_help = "Example:\n  DATABASE_URL=postgres://notify@db:5432/notify notify migrate"
+    )]
+    Migrate {
+        #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+        database_url: String,
+    },
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    match Cli::parse().command {
+async fn main() -> std::process::ExitCode {
+    let Cli { endpoint, command } = Cli::parse();
+    let done: Result<(), cli::Failure> = match command {
         Command::Up {
             svc,
             ws_addr,
             bridge_http_addr,
             data_dir,
-        } => up(svc, ws_addr, bridge_http_addr, data_dir).await,
-        Command::Token(args) => token(args),
+        } => up(svc, ws_addr, bridge_http_addr, data_dir)
+            .await
+            .map_err(Into::into),
+        Command::Token(args) => token(args).map_err(Into::into),
+        Command::Publish(args) => cli::publish(&endpoint, args).await,
+        Command::Tail(args) => cli::tail(&endpoint, args).await,
+        Command::History(args) => cli::history(&endpoint, args).await,
+        Command::Presence(args) => cli::presence(&endpoint, args).await,
+        Command::Disconnect(args) => cli::disconnect(&endpoint, args).await,
+        Command::Migrate { database_url } => cli::migrate(&database_url).await,
+    };
+    match done {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(failure) => failure.report(),
     }
 }
 
