@@ -1,9 +1,9 @@
 //! The `notify` binary: `notify up` runs notify-svc and a WebSocket bridge in
 //! one process, linked over loopback gRPC exactly as in production, with the
-//! dev token issuer; `notify token` mints dev tokens; the rest of the CLI
+//! dev token issuer, and bet-tracker (`--simulate` adds a stream of fights);
+//! `notify token` mints dev tokens; the rest of the CLI
 //! ([`cli`]: publish, tail, history, presence, disconnect, migrate) talks to
-//! any deployment. (The embedded SQLite default and bet-tracker in `up` join
-//! with their issue.)
+//! any deployment. (The embedded SQLite default joins with its issue.)
 
 mod cli;
 
@@ -27,7 +27,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the platform in one process: notify-svc and a bridge (dev tokens).
+    /// Run the platform in one process: notify-svc, a bridge (dev tokens) and bet-tracker.
     ///
     /// Without DATABASE_URL it uses (and creates) the database `notify` on the
     /// local Postgres at 127.0.0.1:5432.
@@ -45,6 +45,10 @@ enum Command {
         /// Where the dev key (and later the embedded database) lives.
         #[arg(long, default_value = ".notify")]
         data_dir: std::path::PathBuf,
+        /// Also drive fights through their life (a few changes a second), so
+        /// fight events flow at once: `notify tail --topic fights:live`.
+        #[arg(long)]
+        simulate: bool,
     },
     /// Mint a dev token (RS256, local dev key) for a WebSocket client.
     ///
@@ -94,7 +98,8 @@ async fn main() -> std::process::ExitCode {
             ws_addr,
             bridge_http_addr,
             data_dir,
-        } => up(svc, ws_addr, bridge_http_addr, data_dir)
+            simulate,
+        } => up(svc, ws_addr, bridge_http_addr, data_dir, simulate)
             .await
             .map_err(Into::into),
         Command::Token(args) => token(args).map_err(Into::into),
@@ -168,6 +173,7 @@ async fn up(
     ws_addr: std::net::SocketAddr,
     bridge_http_addr: std::net::SocketAddr,
     data_dir: std::path::PathBuf,
+    simulate: bool,
 ) -> anyhow::Result<()> {
     notify_ops::logging::init(&args.log_format);
     if !ws_addr.ip().is_loopback() {
@@ -182,6 +188,16 @@ async fn up(
             println!("created database `notify` on the local Postgres");
         }
     }
+    // Migrated before anything starts: the tracker and the simulation use
+    // the schema at once (notify-svc's own run then finds nothing to do).
+    let migrations = notify_store::PgStore::new(notify_store::PgStoreConfig::new(
+        args.database_url.clone().unwrap_or_default(),
+    ))
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    migrations
+        .migrate()
+        .await
+        .map_err(|e| anyhow::anyhow!("migrating the database: {e}"))?;
     let config = match notify_svc::Config::from_args(&args) {
         Ok(config) => config,
         Err(problems) => {
@@ -247,8 +263,17 @@ async fn up(
     println!("TOKEN={token}");
     println!("  connect:     websocat \"ws://{ws_addr}/ws?token=$TOKEN\"");
     println!(
-        "  publish:     grpcurl -plaintext -d '{{\"user_id\":\"alice\",\"event\":\"hello\",\"data\":\"{{}}\"}}' {} notify.v1.Notify/Publish",
+        "  publish:     notify publish --url http://{} --user alice --data '{{\"text\":\"hi\"}}'",
         args.grpc_addr
+    );
+    println!(
+        "  fights:      notify tail --url http://{} --topic fights:live{}",
+        args.grpc_addr,
+        if simulate {
+            "   (simulated fights are running)"
+        } else {
+            "   (add --simulate for a stream of fights)"
+        }
     );
     println!("Ctrl-C stops it cleanly.");
     let shutdown = CancellationToken::new();
@@ -257,8 +282,30 @@ async fn up(
     // then notify-svc drains.
     let bridge_stop = shutdown.child_token();
     let svc_stop = CancellationToken::new();
+    let database_url = args.database_url.clone().unwrap_or_default();
     let bridge = tokio::spawn(notify_bridge::run(bridge, ws, bridge_stop));
     let mut svc = tokio::spawn(notify_svc::run(config, grpc, http, svc_stop.clone()));
+    // BetTracker, through the same loopback gRPC as any producer.
+    let store = notify_store::PgStoreConfig::new(database_url.clone());
+    let tracker = tokio::spawn(bet_tracker::run(
+        bet_tracker::TrackerConfig::new("notify-up", &format!("http://{}", args.grpc_addr)),
+        bet_tracker::Source::new(&store, "bet-tracker")?,
+        std::sync::Arc::new(bet_tracker::Stats::default()),
+        shutdown.child_token(),
+    ));
+    if simulate {
+        let sim = bet_tracker::simulate::Simulation {
+            rate: 5,
+            users: 20,
+            duration: None,
+        };
+        let stop = shutdown.child_token();
+        tokio::spawn(async move {
+            if let Err(e) = bet_tracker::simulate::run(&store, sim, stop).await {
+                tracing::warn!(error = %e, "the fight simulation stopped");
+            }
+        });
+    }
     tokio::select! {
         () = shutdown.cancelled() => {}
         // notify-svc ended by itself: a fatal error (e.g. a changed migration).
@@ -270,6 +317,7 @@ async fn up(
         }
     }
     bridge.await??;
+    tracker.await??;
     svc_stop.cancel();
     svc.await??;
     Ok(())

@@ -8,14 +8,31 @@ use notify_proto::v1::{self as pb, notify_client::NotifyClient};
 use test_support::{TestDb, eventually, free_port};
 use tokio::{io::AsyncBufReadExt, process::Command};
 
-#[tokio::test]
-async fn notify_up_serves_the_api_and_stops_on_ctrl_c() {
-    let db = TestDb::create().await;
+/// `notify up` on free loopback ports; returns it with its addresses once
+/// its banner is out.
+struct Up {
+    child: tokio::process::Child,
+    grpc: String,
+    http: String,
+    ws: String,
+    bridge_http: String,
+    banner: String,
+    data: std::path::PathBuf,
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        std::fs::remove_dir_all(&self.data).ok();
+    }
+}
+
+async fn start_up(db: &TestDb, extra: &[&str]) -> Up {
     let grpc = format!("127.0.0.1:{}", free_port());
     let http = format!("127.0.0.1:{}", free_port());
     let ws = format!("127.0.0.1:{}", free_port());
     let bridge_http = format!("127.0.0.1:{}", free_port());
-    let data = std::env::temp_dir().join(format!("notify-up-{}", std::process::id()));
+    let data =
+        std::env::temp_dir().join(format!("notify-up-{}-{}", std::process::id(), free_port()));
     let mut child = Command::new(env!("CARGO_BIN_EXE_notify"))
         .args([
             "up",
@@ -28,6 +45,7 @@ async fn notify_up_serves_the_api_and_stops_on_ctrl_c() {
             "--bridge-http-addr",
             &bridge_http,
         ])
+        .args(extra)
         .arg("--data-dir")
         .arg(&data)
         .env("DATABASE_URL", &db.url)
@@ -47,12 +65,35 @@ async fn notify_up_serves_the_api_and_stops_on_ctrl_c() {
             break;
         }
     }
+    Up {
+        child,
+        grpc,
+        http,
+        ws,
+        bridge_http,
+        banner,
+        data,
+    }
+}
+
+#[tokio::test]
+async fn notify_up_serves_the_api_and_stops_on_ctrl_c() {
+    let db = TestDb::create().await;
+    let mut up = start_up(&db, &[]).await;
+    let (grpc, http, ws, bridge_http) = (
+        up.grpc.clone(),
+        up.http.clone(),
+        up.ws.clone(),
+        up.bridge_http.clone(),
+    );
+    let (banner, child) = (up.banner.clone(), &mut up.child);
     assert!(banner.contains(&format!("grpc://{grpc}")), "{banner}");
     assert!(
         banner.contains(&format!("http://{http}/healthz")),
         "{banner}"
     );
     assert!(banner.contains(&format!("ws://{ws}/ws")), "{banner}");
+    assert!(banner.contains("notify publish --url"), "{banner}");
     let token = banner
         .lines()
         .find_map(|l| l.strip_prefix("TOKEN="))
@@ -141,7 +182,6 @@ async fn notify_up_serves_the_api_and_stops_on_ctrl_c() {
         .expect("stops within 15 s")
         .unwrap();
     assert!(status.success(), "{status:?}");
-    std::fs::remove_dir_all(&data).ok();
 }
 
 /// A bare HTTP/1.0 GET; the whole answer as text.
@@ -155,4 +195,41 @@ async fn http_get(addr: &str, path: &str) -> String {
     let mut out = String::new();
     stream.read_to_string(&mut out).await.unwrap();
     out
+}
+
+#[tokio::test]
+async fn notify_up_simulate_puts_fight_events_on_the_lobby() {
+    let db = TestDb::create().await;
+    let up = start_up(&db, &["--simulate"]).await;
+    assert!(
+        up.banner.contains("simulated fights are running"),
+        "{}",
+        up.banner
+    );
+    let url = format!("http://{}", up.grpc);
+    let events = eventually(
+        "fight events on fights:live",
+        Duration::from_secs(30),
+        || {
+            let url = url.clone();
+            async move {
+                let mut client = NotifyClient::connect(url).await.ok()?;
+                let page = client
+                    .history(pb::HistoryRequest {
+                        target: Some(pb::history_request::Target::Topic("fights:live".into())),
+                        since: 0,
+                        limit: 100,
+                        after_acked: false,
+                    })
+                    .await
+                    .ok()?
+                    .into_inner();
+                (page.messages.len() >= 3).then_some(page.messages)
+            }
+        },
+    )
+    .await;
+    assert_eq!(events[0].event, "fight_created");
+    assert!(events.iter().all(|m| m.event.starts_with("fight_")));
+    drop(up);
 }
