@@ -176,6 +176,15 @@ const LIFE_OF_F1: &str = "
     UPDATE fights SET status = 'accepted', acceptor_id = 'abe' WHERE id = 'f1';
     UPDATE fights SET status = 'completed', winner_id = 'abe' WHERE id = 'f1';";
 
+/// What LIFE_OF_F1 becomes for its creator (and for the lobby).
+fn life_of_f1() -> Vec<(String, String)> {
+    pairs(&[
+        ("fight_created", "f1"),
+        ("fight_accepted", "f1"),
+        ("fight_completed", "f1"),
+    ])
+}
+
 fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
     list.iter()
         .map(|(a, b)| ((*a).to_owned(), (*b).to_owned()))
@@ -194,11 +203,7 @@ async fn every_change_reaches_its_recipients_once_even_after_a_replay() {
     assert!(stats.ready.load(Ordering::Relaxed) && stats.active.get() == 1);
     stop.cancel();
 
-    let expected_cora = pairs(&[
-        ("fight_created", "f1"),
-        ("fight_accepted", "f1"),
-        ("fight_completed", "f1"),
-    ]);
+    let expected_cora = life_of_f1();
     assert_eq!(p.events_of(user("cora")).await, expected_cora);
     assert_eq!(
         p.events_of(user("abe")).await,
@@ -328,11 +333,7 @@ async fn the_binary_says_ready_to_systemd_emits_and_stops_on_sigterm() {
     .await
     .unwrap();
     assert!(said.contains("READY=1"), "{said:?}");
-    let expected = pairs(&[
-        ("fight_created", "f1"),
-        ("fight_accepted", "f1"),
-        ("fight_completed", "f1"),
-    ]);
+    let expected = life_of_f1();
     test_support::eventually("emitted by the binary", Duration::from_secs(20), || async {
         (p.events_of(user("cora")).await == expected).then_some(())
     })
@@ -402,14 +403,7 @@ async fn changes_made_while_notify_svc_is_down_arrive_once_it_is_back() {
     )
     .await;
     stop.cancel();
-    assert_eq!(
-        p.events_of(user("cora")).await,
-        pairs(&[
-            ("fight_created", "f1"),
-            ("fight_accepted", "f1"),
-            ("fight_completed", "f1"),
-        ])
-    );
+    assert_eq!(p.events_of(user("cora")).await, life_of_f1());
 }
 
 #[tokio::test]
@@ -606,12 +600,5 @@ async fn the_tracker_rides_out_a_database_outage() {
     )
     .await;
     stop.cancel();
-    assert_eq!(
-        p.events_of(user("cora")).await,
-        pairs(&[
-            ("fight_created", "f1"),
-            ("fight_accepted", "f1"),
-            ("fight_completed", "f1"),
-        ])
-    );
+    assert_eq!(p.events_of(user("cora")).await, life_of_f1());
 }
