@@ -120,12 +120,7 @@ impl Platform {
             handle.await.unwrap().unwrap();
         }
         let addr = self.grpc.trim_start_matches("http://").to_owned();
-        let listener =
-            test_support::eventually("the port is free again", Duration::from_secs(10), || {
-                let addr = addr.clone();
-                async move { TcpListener::bind(&addr).await.ok() }
-            })
-            .await;
+        let listener = test_support::rebind(&addr).await;
         self.svc_stop = CancellationToken::new();
         self.svc = Some(start_svc(&self.db.url, listener, self.svc_stop.clone()).await);
     }

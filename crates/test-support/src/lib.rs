@@ -129,6 +129,17 @@ where
     }
 }
 
+/// Binds `addr` again once the process that held it let go (a service
+/// restarted on the same address), trying for up to 10 s.
+pub async fn rebind(addr: &str) -> tokio::net::TcpListener {
+    eventually(
+        "the port is free again",
+        Duration::from_secs(10),
+        || async { tokio::net::TcpListener::bind(addr).await.ok() },
+    )
+    .await
+}
+
 /// A loopback port free at the time of the call, for a process the test
 /// spawns. Chosen below the kernel's ephemeral range (32768+ by default), so
 /// the `bind(…:0)` of tests running in parallel can never take it between
