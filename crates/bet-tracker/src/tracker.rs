@@ -177,12 +177,17 @@ async fn keep_lease(source: Source, config: TrackerConfig, lease: Lease, stats: 
 async fn emit_while_leased(config: &TrackerConfig, source: &Source, emitter: &Emitter) {
     let mut idle = config.poll_min;
     let mut next_expiry = Instant::now();
+    // Read from the database whenever this tracker (re)becomes active, then
+    // kept here: only the lease holder moves it. A stale (lower) value after
+    // another tracker's turn only re-emits what the keys recognise.
+    let mut cursor = None;
     while !emitter.shutdown.is_cancelled() {
         if !emitter.lease.valid() {
+            cursor = None;
             emitter.pause(config.poll_max).await;
             continue;
         }
-        let delay = match poll(config, source, emitter).await {
+        let delay = match poll(config, source, emitter, &mut cursor).await {
             Ok(n) if n as i64 >= config.batch => Duration::ZERO,
             Ok(0) => {
                 idle = (idle * 2).min(config.poll_max);
@@ -193,7 +198,10 @@ async fn emit_while_leased(config: &TrackerConfig, source: &Source, emitter: &Em
                 idle
             }
             Err(Stop::Shutdown) => return,
-            Err(Stop::LeaseLost) => continue,
+            Err(Stop::LeaseLost) => {
+                cursor = None;
+                continue;
+            }
         };
         if Instant::now() >= next_expiry {
             match expire(source, emitter).await {
@@ -207,8 +215,17 @@ async fn emit_while_leased(config: &TrackerConfig, source: &Source, emitter: &Em
 }
 
 /// Emits one batch of changes after the cursor; returns how many.
-async fn poll(config: &TrackerConfig, source: &Source, emitter: &Emitter) -> Result<usize, Stop> {
-    let cursor = emitter.store(|| source.cursor()).await?;
+async fn poll(
+    config: &TrackerConfig,
+    source: &Source,
+    emitter: &Emitter,
+    known: &mut Option<i64>,
+) -> Result<usize, Stop> {
+    let cursor = match *known {
+        Some(cursor) => cursor,
+        None => emitter.store(|| source.cursor()).await?,
+    };
+    *known = Some(cursor);
     let batch = config.batch;
     let changes = emitter.store(|| source.changes(cursor, batch)).await?;
     emitter
@@ -257,6 +274,7 @@ async fn poll(config: &TrackerConfig, source: &Source, emitter: &Emitter) -> Res
         return Err(Stop::LeaseLost);
     }
     emitter.stats.cursor.set(last);
+    *known = Some(last);
     Ok(changes.len())
 }
 

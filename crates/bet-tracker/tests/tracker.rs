@@ -66,12 +66,7 @@ impl Platform {
     /// notify-svc again, on the same address and database.
     async fn restart_svc(&mut self) {
         let addr = self.grpc.trim_start_matches("http://").to_owned();
-        let listener =
-            test_support::eventually("the port is free again", Duration::from_secs(10), || {
-                let addr = addr.clone();
-                async move { TcpListener::bind(&addr).await.ok() }
-            })
-            .await;
+        let listener = test_support::rebind(&addr).await;
         self.serve(listener).await;
     }
 
