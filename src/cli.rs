@@ -27,10 +27,12 @@ pub struct Endpoint {
     pub token: Option<String>,
 }
 
-/// Why a command failed: the server said no, or it could not be asked.
+/// Why a command failed: the server said no, it could not be asked, or the
+/// command line itself was wrong in a way clap cannot see.
 pub enum Failure {
     Refused(Status),
     Other(anyhow::Error),
+    Usage(String),
 }
 
 impl From<Status> for Failure {
@@ -53,6 +55,10 @@ impl Failure {
                 eprintln!("notify: {:?}: {}", status.code(), status.message());
             }
             Self::Other(e) => eprintln!("notify: {e:#}"),
+            Self::Usage(why) => {
+                eprintln!("notify: {why}");
+                return std::process::ExitCode::from(2);
+            }
         }
         std::process::ExitCode::from(1)
     }
@@ -341,15 +347,18 @@ pub async fn disconnect(endpoint: &Endpoint, args: DisconnectArgs) -> Result<(),
 /// Applies the migrations to `DATABASE_URL` (the same runner notify-svc
 /// uses at start-up; racing runners apply each once).
 pub async fn migrate(database_url: &str) -> Result<(), Failure> {
-    let store = notify_store::PgStore::new(notify_store::PgStoreConfig::new(database_url))
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let applied = store
+    let database = notify_store::Database::from_url(database_url)
+        .map_err(|e| Failure::Usage(e.to_string()))?;
+    let known = match database {
+        notify_store::Database::Postgres(_) => notify_store::migrate::POSTGRES.len(),
+        notify_store::Database::Sqlite(_) => notify_store::migrate::SQLITE.len(),
+    };
+    let applied = database
+        .store()
+        .map_err(|e| anyhow::anyhow!("{e}"))?
         .migrate()
         .await
         .map_err(|e| anyhow::anyhow!("migrating: {e}"))?;
-    println!(
-        "{}",
-        json!({"applied": applied, "known": notify_store::migrate::POSTGRES.len()})
-    );
+    println!("{}", json!({"applied": applied, "known": known}));
     Ok(())
 }

@@ -3,7 +3,7 @@
 //! dev token issuer, and bet-tracker (`--simulate` adds a stream of fights);
 //! `notify token` mints dev tokens; the rest of the CLI
 //! ([`cli`]: publish, tail, history, presence, disconnect, migrate) talks to
-//! any deployment. (The embedded SQLite default joins with its issue.)
+//! any deployment. Without DATABASE_URL, `up` runs on embedded SQLite.
 
 mod cli;
 
@@ -29,10 +29,13 @@ struct Cli {
 enum Command {
     /// Run the platform in one process: notify-svc, a bridge (dev tokens) and bet-tracker.
     ///
-    /// Without DATABASE_URL it uses (and creates) the database `notify` on the
-    /// local Postgres at 127.0.0.1:5432.
+    /// Without DATABASE_URL it keeps everything in an embedded SQLite
+    /// database, DATA_DIR/notify.db (nothing to install). DATABASE_URL may
+    /// name Postgres instead, or another SQLite file.
     ///
-    /// Example: DATABASE_URL=postgres://app:secret@db:5432/notify notify up
+    /// Examples:
+    ///   notify up --simulate
+    ///   DATABASE_URL=postgres://app:secret@db:5432/notify notify up
     Up {
         #[command(flatten)]
         svc: notify_svc::SvcArgs,
@@ -42,7 +45,7 @@ enum Command {
         /// Ops HTTP of the bridge (/healthz, /readyz, /metrics).
         #[arg(long, env = "BRIDGE_HTTP_ADDR", default_value = "127.0.0.1:9465")]
         bridge_http_addr: std::net::SocketAddr,
-        /// Where the dev key (and later the embedded database) lives.
+        /// Where the dev key and the embedded database live.
         #[arg(long, default_value = ".notify")]
         data_dir: std::path::PathBuf,
         /// Also drive fights through their life (a few changes a second), so
@@ -79,9 +82,9 @@ enum Command {
         after_help = "Examples:\n  notify disconnect --user alice --reason 'account locked'\n  notify disconnect --connection 0193…"
     )]
     Disconnect(cli::DisconnectArgs),
-    /// Apply the database migrations to DATABASE_URL.
+    /// Apply the database migrations to DATABASE_URL (Postgres or SQLite).
     #[command(
-        after_help = "Example:\n  DATABASE_URL=postgres://notify@db:5432/notify notify migrate"
+        after_help = "Examples:\n  DATABASE_URL=postgres://notify@db:5432/notify notify migrate\n  notify migrate --database-url sqlite:.notify/notify.db"
     )]
     Migrate {
         #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
@@ -164,9 +167,8 @@ fn token(args: TokenArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Where `notify up` keeps its data when DATABASE_URL is not set: the local
-/// Postgres (the embedded SQLite default replaces this with its own issue).
-const LOCAL_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/notify";
+/// `notify up`'s database file in its data directory when DATABASE_URL is not set.
+const DATABASE_FILE: &str = "notify.db";
 
 async fn up(
     mut args: notify_svc::SvcArgs,
@@ -180,24 +182,9 @@ async fn up(
         anyhow::bail!("notify up trusts dev tokens: bind --ws-addr to loopback");
     }
     if args.database_url.is_none() {
-        args.database_url = Some(LOCAL_DATABASE_URL.into());
-        if notify_store::postgres::create_database_if_missing(LOCAL_DATABASE_URL)
-            .await
-            .with_context(|| format!("preparing the local database {LOCAL_DATABASE_URL}"))?
-        {
-            println!("created database `notify` on the local Postgres");
-        }
+        let file = data_dir.join(DATABASE_FILE);
+        args.database_url = Some(format!("sqlite:{}", file.display()));
     }
-    // Migrated before anything starts: the tracker and the simulation use
-    // the schema at once (notify-svc's own run then finds nothing to do).
-    let migrations = notify_store::PgStore::new(notify_store::PgStoreConfig::new(
-        args.database_url.clone().unwrap_or_default(),
-    ))
-    .map_err(|e| anyhow::anyhow!("{e}"))?;
-    migrations
-        .migrate()
-        .await
-        .map_err(|e| anyhow::anyhow!("migrating the database: {e}"))?;
     let config = match notify_svc::Config::from_args(&args) {
         Ok(config) => config,
         Err(problems) => {
@@ -207,6 +194,15 @@ async fn up(
             std::process::exit(2);
         }
     };
+    let database = config.database.clone();
+    // Migrated before anything starts: the tracker and the simulation use
+    // the schema at once (notify-svc's own run then finds nothing to do).
+    database
+        .store()
+        .map_err(|e| anyhow::anyhow!("opening {database}: {e}"))?
+        .migrate()
+        .await
+        .map_err(|e| anyhow::anyhow!("migrating {database}: {e}"))?;
     let grpc = TcpListener::bind(args.grpc_addr)
         .await
         .with_context(|| format!("binding gRPC {}", args.grpc_addr))?;
@@ -255,10 +251,7 @@ async fn up(
         "  ops HTTP     http://{}/healthz  /readyz  /metrics",
         args.http_addr
     );
-    println!(
-        "  database     {}",
-        notify_store::postgres::redact_url(args.database_url.as_deref().unwrap_or_default())
-    );
+    println!("  database     {database}");
     println!("  dev token    (user alice, 24 h; more with `notify token --user NAME`)");
     println!("TOKEN={token}");
     println!("  connect:     websocat \"ws://{ws_addr}/ws?token=$TOKEN\"");
@@ -282,14 +275,12 @@ async fn up(
     // then notify-svc drains.
     let bridge_stop = shutdown.child_token();
     let svc_stop = CancellationToken::new();
-    let database_url = args.database_url.clone().unwrap_or_default();
     let bridge = tokio::spawn(notify_bridge::run(bridge, ws, bridge_stop));
     let mut svc = tokio::spawn(notify_svc::run(config, grpc, http, svc_stop.clone()));
     // BetTracker, through the same loopback gRPC as any producer.
-    let store = notify_store::PgStoreConfig::new(database_url.clone());
     let tracker = tokio::spawn(bet_tracker::run(
         bet_tracker::TrackerConfig::new("notify-up", &format!("http://{}", args.grpc_addr)),
-        bet_tracker::Source::new(&store, "bet-tracker")?,
+        bet_tracker::Source::new(&database, "bet-tracker")?,
         std::sync::Arc::new(bet_tracker::Stats::default()),
         shutdown.child_token(),
     ));
@@ -301,7 +292,7 @@ async fn up(
         };
         let stop = shutdown.child_token();
         tokio::spawn(async move {
-            if let Err(e) = bet_tracker::simulate::run(&store, sim, stop).await {
+            if let Err(e) = bet_tracker::simulate::run(&database, sim, stop).await {
                 tracing::warn!(error = %e, "the fight simulation stopped");
             }
         });

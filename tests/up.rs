@@ -1,15 +1,18 @@
 //! `notify up`, the README's first command, as a user runs it: the real binary
-//! on free loopback ports, a WebSocket client with the printed dev token, a
-//! publish over gRPC that reaches it, Ctrl-C.
+//! on free loopback ports — on its embedded SQLite by default, on Postgres
+//! when DATABASE_URL says so — a WebSocket client with a dev token, a
+//! publish that reaches it, Ctrl-C, a restart on the same data directory.
 
-use std::{process::Stdio, time::Duration};
+use std::{path::Path, process::Stdio, time::Duration};
 
+use futures::{SinkExt, StreamExt};
 use notify_proto::v1::{self as pb, notify_client::NotifyClient};
-use test_support::{TestDb, eventually, free_port};
+use serde_json::Value;
+use test_support::{TestDb, TestDir, eventually, free_port};
 use tokio::{io::AsyncBufReadExt, process::Command};
+use tokio_tungstenite::tungstenite::Message;
 
-/// `notify up` on free loopback ports; returns it with its addresses once
-/// its banner is out.
+/// `notify up` on free loopback ports, started once its banner is out.
 struct Up {
     child: tokio::process::Child,
     grpc: String,
@@ -17,76 +20,155 @@ struct Up {
     ws: String,
     bridge_http: String,
     banner: String,
-    data: std::path::PathBuf,
 }
 
-impl Drop for Up {
-    fn drop(&mut self) {
-        std::fs::remove_dir_all(&self.data).ok();
-    }
-}
+impl Up {
+    /// Starts `notify up` with `data` as its data directory, on `database_url`
+    /// (None: its default, SQLite in the data directory).
+    async fn start(data: &Path, database_url: Option<&str>, extra: &[&str]) -> Self {
+        let grpc = format!("127.0.0.1:{}", free_port());
+        let http = format!("127.0.0.1:{}", free_port());
+        let ws = format!("127.0.0.1:{}", free_port());
+        let bridge_http = format!("127.0.0.1:{}", free_port());
+        let mut command = Command::new(env!("CARGO_BIN_EXE_notify"));
+        command
+            .args([
+                "up",
+                "--grpc-addr",
+                &grpc,
+                "--http-addr",
+                &http,
+                "--ws-addr",
+                &ws,
+                "--bridge-http-addr",
+                &bridge_http,
+            ])
+            .args(extra)
+            .arg("--data-dir")
+            .arg(data)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .kill_on_drop(true);
+        match database_url {
+            Some(url) => command.env("DATABASE_URL", url),
+            None => command.env_remove("DATABASE_URL"),
+        };
+        let mut child = command.spawn().expect("spawn notify up");
 
-async fn start_up(db: &TestDb, extra: &[&str]) -> Up {
-    let grpc = format!("127.0.0.1:{}", free_port());
-    let http = format!("127.0.0.1:{}", free_port());
-    let ws = format!("127.0.0.1:{}", free_port());
-    let bridge_http = format!("127.0.0.1:{}", free_port());
-    let data =
-        std::env::temp_dir().join(format!("notify-up-{}-{}", std::process::id(), free_port()));
-    let mut child = Command::new(env!("CARGO_BIN_EXE_notify"))
-        .args([
-            "up",
-            "--grpc-addr",
-            &grpc,
-            "--http-addr",
-            &http,
-            "--ws-addr",
-            &ws,
-            "--bridge-http-addr",
-            &bridge_http,
-        ])
-        .args(extra)
-        .arg("--data-dir")
-        .arg(&data)
-        .env("DATABASE_URL", &db.url)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn notify up");
-
-    // It tells the user where things are.
-    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut banner = String::new();
-    while let Ok(Some(line)) = lines.next_line().await {
-        banner.push_str(&line);
-        banner.push('\n');
-        if line.contains("Ctrl-C") {
-            break;
+        // It tells the user where things are.
+        let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut banner = String::new();
+        while let Ok(Some(line)) = lines.next_line().await {
+            banner.push_str(&line);
+            banner.push('\n');
+            if line.contains("Ctrl-C") {
+                break;
+            }
+        }
+        Self {
+            child,
+            grpc,
+            http,
+            ws,
+            bridge_http,
+            banner,
         }
     }
-    Up {
-        child,
-        grpc,
-        http,
-        ws,
-        bridge_http,
-        banner,
-        data,
+
+    /// A gRPC client, once notify-svc answers.
+    async fn client(&self) -> NotifyClient<tonic::transport::Channel> {
+        let url = format!("http://{}", self.grpc);
+        eventually("notify up answers gRPC", Duration::from_secs(30), || {
+            let url = url.clone();
+            async move { NotifyClient::connect(url).await.ok() }
+        })
+        .await
     }
+
+    /// A WebSocket with `token`, once the bridge takes them (it answers 503
+    /// until its link to notify-svc is up).
+    async fn socket(
+        &self,
+        token: &str,
+    ) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>
+    {
+        let url = format!("ws://{}/ws?token={}", self.ws, token.trim());
+        eventually("the bridge takes sockets", Duration::from_secs(30), || {
+            let url = url.clone();
+            async move { Some(tokio_tungstenite::connect_async(url).await.ok()?.0) }
+        })
+        .await
+    }
+
+    /// Ctrl-C, as a user stops it: it must exit cleanly.
+    async fn stop(mut self) {
+        let pid = self.child.id().expect("running").to_string();
+        assert!(
+            std::process::Command::new("kill")
+                .args(["-INT", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+        let status = tokio::time::timeout(Duration::from_secs(15), self.child.wait())
+            .await
+            .expect("stops within 15 s")
+            .unwrap();
+        assert!(status.success(), "{status:?}");
+    }
+}
+
+/// Runs the `notify` CLI; its stdout, which must be a success.
+async fn notify(args: Vec<String>) -> String {
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_notify"))
+            .args(&args)
+            .env_remove("DATABASE_URL")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "notify failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The next `n` text frames (JSON) of a socket, 10 s each at most.
+async fn frames<S>(socket: &mut S, n: usize) -> Vec<Value>
+where
+    S: futures::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
+{
+    let mut got = Vec::new();
+    while got.len() < n {
+        let frame = tokio::time::timeout(Duration::from_secs(10), socket.next())
+            .await
+            .expect("a frame within 10 s")
+            .expect("socket open")
+            .expect("frame");
+        if let Message::Text(t) = frame {
+            got.push(serde_json::from_str(t.as_str()).unwrap());
+        }
+    }
+    got
 }
 
 #[tokio::test]
-async fn notify_up_serves_the_api_and_stops_on_ctrl_c() {
+async fn notify_up_on_postgres_serves_the_api_and_stops_on_ctrl_c() {
     let db = TestDb::create().await;
-    let mut up = start_up(&db, &[]).await;
+    let data = TestDir::create("up-postgres");
+    let up = Up::start(&data.path, Some(&db.url), &[]).await;
     let (grpc, http, ws, bridge_http) = (
         up.grpc.clone(),
         up.http.clone(),
         up.ws.clone(),
         up.bridge_http.clone(),
     );
-    let (banner, child) = (up.banner.clone(), &mut up.child);
+    let banner = up.banner.clone();
+    assert!(banner.contains("database     postgres://"), "{banner}");
     assert!(banner.contains(&format!("grpc://{grpc}")), "{banner}");
     assert!(
         banner.contains(&format!("http://{http}/healthz")),
@@ -100,12 +182,7 @@ async fn notify_up_serves_the_api_and_stops_on_ctrl_c() {
         .expect("a dev token line")
         .to_owned();
 
-    let url = format!("http://{grpc}");
-    let mut client = eventually("notify up answers gRPC", Duration::from_secs(30), || {
-        let url = url.clone();
-        async move { NotifyClient::connect(url).await.ok() }
-    })
-    .await;
+    let mut client = up.client().await;
     let sent = eventually("first publish", Duration::from_secs(30), || {
         let mut client = client.clone();
         async move {
@@ -124,22 +201,11 @@ async fn notify_up_serves_the_api_and_stops_on_ctrl_c() {
     .into_inner();
     assert_eq!(sent.seq, 1);
 
-    // The printed token connects; the message is replayed, the next one live.
-    use futures::StreamExt;
+    // The printed token connects; the message is replayed.
     let (mut socket, _) = tokio_tungstenite::connect_async(format!("ws://{ws}/ws?token={token}"))
         .await
         .expect("WebSocket upgrade with the dev token");
-    let mut frames = Vec::new();
-    while frames.len() < 2 {
-        let frame = tokio::time::timeout(Duration::from_secs(10), socket.next())
-            .await
-            .expect("a frame within 10 s")
-            .unwrap()
-            .unwrap();
-        if let tokio_tungstenite::tungstenite::Message::Text(t) = frame {
-            frames.push(serde_json::from_str::<serde_json::Value>(t.as_str()).unwrap());
-        }
-    }
+    let frames = frames(&mut socket, 2).await;
     assert_eq!(frames[0]["type"], "welcome");
     assert_eq!(
         (
@@ -169,19 +235,7 @@ async fn notify_up_serves_the_api_and_stops_on_ctrl_c() {
         "{ready}"
     );
 
-    let pid = child.id().expect("running").to_string();
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-INT", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let status = tokio::time::timeout(Duration::from_secs(15), child.wait())
-        .await
-        .expect("stops within 15 s")
-        .unwrap();
-    assert!(status.success(), "{status:?}");
+    up.stop().await;
 }
 
 /// A bare HTTP/1.0 GET; the whole answer as text.
@@ -199,8 +253,9 @@ async fn http_get(addr: &str, path: &str) -> String {
 
 #[tokio::test]
 async fn notify_up_simulate_puts_fight_events_on_the_lobby() {
-    let db = TestDb::create().await;
-    let up = start_up(&db, &["--simulate"]).await;
+    // On the default store: the fights trigger and outbox live in SQLite too.
+    let data = TestDir::create("up-simulate");
+    let up = Up::start(&data.path, None, &["--simulate"]).await;
     assert!(
         up.banner.contains("simulated fights are running"),
         "{}",
@@ -231,5 +286,85 @@ async fn notify_up_simulate_puts_fight_events_on_the_lobby() {
     .await;
     assert_eq!(events[0].event, "fight_created");
     assert!(events.iter().all(|m| m.event.starts_with("fight_")));
-    drop(up);
+    let fight: Value = serde_json::from_str(&events[0].data).unwrap();
+    assert!(fight["fight"]["stake"].as_i64().unwrap_or(0) > 0, "{fight}");
+    up.stop().await;
+}
+
+#[tokio::test]
+async fn notify_up_keeps_messages_across_a_restart_on_its_sqlite_data_dir() {
+    let data = TestDir::create("up-sqlite");
+    let dir = data.path.display().to_string();
+    let up = Up::start(&data.path, None, &[]).await;
+    assert!(
+        up.banner
+            .contains(&format!("database     sqlite:{dir}/notify.db")),
+        "{}",
+        up.banner
+    );
+    up.client().await;
+    let grpc = format!("http://{}", up.grpc);
+    let publish = |text: &str| {
+        let data = format!("{{\"text\":\"{text}\"}}");
+        notify(
+            ["publish", "--url", &grpc, "--user", "bob", "--data", &data]
+                .map(String::from)
+                .to_vec(),
+        )
+    };
+
+    // A token from `notify token` (same data dir, so the same dev key).
+    let token = notify(
+        ["token", "--user", "bob", "--data-dir", &dir]
+            .map(String::from)
+            .to_vec(),
+    )
+    .await;
+    let mut socket = up.socket(&token).await;
+    assert_eq!(frames(&mut socket, 1).await[0]["type"], "welcome");
+    let sent: Value = serde_json::from_str(&publish("live").await).unwrap();
+    let live = frames(&mut socket, 1).await;
+    assert_eq!(
+        (live[0]["seq"].as_u64(), live[0]["data"]["text"].as_str()),
+        (Some(1), Some("live"))
+    );
+    assert_eq!(live[0]["id"], sent["message_id"]);
+    socket
+        .send(Message::text(r#"{"action":"ack","seq":1}"#))
+        .await
+        .unwrap();
+    socket.close(None).await.unwrap();
+    // Offline now: this one waits in bob's inbox.
+    publish("while you were away").await;
+    up.stop().await;
+
+    // Same data dir: the message, the ack and the dev key are all still there.
+    let up = Up::start(&data.path, None, &[]).await;
+    up.client().await;
+    let mut socket = up.socket(&token).await;
+    let got = frames(&mut socket, 2).await;
+    assert_eq!(got[0]["type"], "welcome");
+    assert_eq!(
+        (got[1]["seq"].as_u64(), got[1]["data"]["text"].as_str()),
+        (Some(2), Some("while you were away")),
+        "replayed after the acked seq 1"
+    );
+    drop(socket);
+    up.stop().await;
+
+    // Nothing left to migrate in that file.
+    let migrated: Value = serde_json::from_str(
+        &notify(
+            [
+                "migrate",
+                "--database-url",
+                &format!("sqlite:{dir}/notify.db"),
+            ]
+            .map(String::from)
+            .to_vec(),
+        )
+        .await,
+    )
+    .unwrap();
+    assert_eq!(migrated["applied"], 0);
 }

@@ -16,7 +16,8 @@
 use notify_proto::v1::{self as pb, fight_event::Kind};
 use serde::Deserialize;
 
-/// The row as the outbox trigger stored it (`to_jsonb(NEW)`).
+/// The row as the outbox trigger stored it (`to_jsonb(NEW)`, or SQLite's
+/// `json_object` of every column).
 #[derive(Debug, Clone, Deserialize)]
 pub struct FightRow {
     pub id: String,
@@ -26,7 +27,7 @@ pub struct FightRow {
     pub currency: String,
     pub status: String,
     pub winner_id: Option<String>,
-    /// Timestamps as Postgres writes them in JSON (RFC 3339).
+    /// Timestamps in RFC 3339, as the database writes them in JSON.
     pub accept_deadline: String,
     pub created_at: String,
     pub updated_at: String,
@@ -60,9 +61,18 @@ fn status(raw: &str) -> pb::FightStatus {
     }
 }
 
-/// Unix milliseconds of a timestamp as Postgres writes it in JSON
-/// (`2026-11-23T15:04:05.123456+00:00`: `YYYY-MM-DDTHH:MM:SS[.f]±HH[:MM]`).
+/// Unix milliseconds of an RFC 3339 timestamp as Postgres writes it in JSON
+/// (`2026-11-23T15:04:05.123456+00:00`: `YYYY-MM-DDTHH:MM:SS[.f]±HH[:MM]`)
+/// or as the SQLite schema keeps it (`2026-11-23T15:04:05.123Z`).
 fn millis(raw: &str) -> Option<i64> {
+    let utc;
+    let raw = match raw.strip_suffix('Z') {
+        Some(clock) => {
+            utc = format!("{clock}+00:00");
+            utc.as_str()
+        }
+        None => raw,
+    };
     let (date, rest) = raw.split_once('T')?;
     let mut d = date.splitn(3, '-').map(|p| p.parse::<i64>().ok());
     let (y, m, day) = (d.next()??, d.next()??, d.next()??);
@@ -229,13 +239,14 @@ mod tests {
     }
 
     #[test]
-    fn postgres_timestamps_become_unix_milliseconds() {
+    fn rfc3339_timestamps_become_unix_milliseconds() {
         let fight = row("open", None, None).to_proto().unwrap();
         assert_eq!(fight.accept_deadline_ms, 1_795_449_600_000);
         assert_eq!(fight.created_at_ms, 1_795_446_245_123);
         // +02:00 is two hours ahead of UTC.
         assert_eq!(fight.updated_at_ms, 1_795_446_245_500);
         assert_eq!(millis("1970-01-01T00:00:00+00:00"), Some(0));
+        assert_eq!(millis("1970-01-01T00:00:01.250Z"), Some(1250));
         assert_eq!(millis("not a time"), None);
         let mut bad = row("open", None, None);
         bad.created_at = "yesterday".into();

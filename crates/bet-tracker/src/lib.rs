@@ -2,7 +2,7 @@
 //! every change through `EmitFightEvent`.
 //!
 //! - [`event`]: an outbox row → the typed fight event notify-svc receives.
-//! - [`source`]: the outbox, the cursor, the lease and overdue fights in Postgres.
+//! - [`source`]: the outbox, the cursor, the lease and overdue fights (Postgres or SQLite).
 //! - [`tracker`]: the loop that emits them, holding the lease.
 //! - [`metrics`]: what it did (`tracker_*` series) and its ops HTTP port.
 //! - [`simulate`]: fights living their life at a steady rate (demos, benches).

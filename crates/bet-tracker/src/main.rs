@@ -11,7 +11,7 @@ use std::{
 use anyhow::Context;
 use bet_tracker::{Source, Stats, TrackerConfig};
 use clap::Parser;
-use notify_store::PgStoreConfig;
+use notify_store::Database;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
     about = "Turns every change of a live fight into notifications"
 )]
 struct Cli {
-    /// The database holding `fights` and its outbox.
+    /// The database holding `fights` and its outbox: postgres://… or sqlite:PATH.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     database_url: String,
     /// notify-svc's gRPC endpoint.
@@ -102,7 +102,7 @@ async fn main() -> anyhow::Result<()> {
         };
         tracing::info!(rate, users, "simulating fights");
         let written =
-            bet_tracker::simulate::run(&PgStoreConfig::new(cli.database_url), sim, shutdown)
+            bet_tracker::simulate::run(&Database::from_url(&cli.database_url)?, sim, shutdown)
                 .await?;
         tracing::info!(written, "simulation done");
         return Ok(());
@@ -113,7 +113,7 @@ async fn main() -> anyhow::Result<()> {
     config.lease_ttl = Duration::from_millis(cli.lease_ms.max(1000));
     config.poll_min = Duration::from_millis(cli.poll_min_ms);
     config.poll_max = Duration::from_millis(cli.poll_max_ms.max(cli.poll_min_ms));
-    let source = Source::new(&PgStoreConfig::new(cli.database_url.clone()), &cli.group)?;
+    let source = Source::new(&Database::from_url(&cli.database_url)?, &cli.group)?;
     let stats = Arc::new(Stats::default());
     let shutdown = CancellationToken::new();
     let ops = tokio::net::TcpListener::bind(cli.http_addr)

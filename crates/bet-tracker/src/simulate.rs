@@ -12,10 +12,11 @@ use std::{
     time::Duration,
 };
 
-use deadpool_postgres::Pool;
-use notify_store::{PgStoreConfig, StoreError, postgres::classify};
+use notify_store::{
+    Database, StoreError,
+    fights::{FightBook, NewFight},
+};
 use tokio::{sync::Semaphore, task::JoinSet};
-use tokio_postgres::types::Type;
 use tokio_util::sync::CancellationToken;
 
 /// How a simulation runs.
@@ -74,13 +75,15 @@ impl Dice {
 
 /// Runs the simulation; returns how many changes were written.
 pub async fn run(
-    config: &PgStoreConfig,
+    database: &Database,
     sim: Simulation,
     shutdown: CancellationToken,
 ) -> Result<u64, StoreError> {
-    let mut pg = config.clone();
-    pg.pool_size = IN_FLIGHT;
-    let pool = notify_store::postgres::pool(&pg)?;
+    let mut database = database.clone();
+    if let Database::Postgres(pg) = &mut database {
+        pg.pool_size = IN_FLIGHT;
+    }
+    let book = database.fight_book()?;
     let run_id = std::process::id();
     let pools = Arc::new(Mutex::new(Pools::default()));
     let slots = Arc::new(Semaphore::new(IN_FLIGHT));
@@ -124,10 +127,10 @@ pub async fn run(
             }
         };
         let permit = slots.clone().acquire_owned().await.expect("semaphore open");
-        let (pool, pools) = (pool.clone(), pools.clone());
+        let (book, pools) = (book.clone(), pools.clone());
         let stake = 100 * (1 + dice.below(50) as i64);
         tasks.spawn(async move {
-            let result = apply(&pool, &pools, step, stake).await;
+            let result = apply(book.as_ref(), &pools, step, stake).await;
             drop(permit);
             result
         });
@@ -147,48 +150,28 @@ fn user(n: u32) -> String {
 }
 
 async fn apply(
-    pool: &Pool,
+    book: &dyn FightBook,
     pools: &Mutex<Pools>,
     step: Step,
     stake: i64,
 ) -> Result<(), StoreError> {
-    let client = pool
-        .get()
-        .await
-        .map_err(|e| StoreError::Unavailable(e.to_string()))?;
     match step {
         Step::Create(fight, expires_soon) => {
-            let deadline_ms: i64 = if expires_soon { 1_000 } else { 3_600_000 };
-            client
-                .execute_typed(
-                    "INSERT INTO fights (id, creator_id, stake, currency, status, accept_deadline,
-                                         created_at, updated_at)
-                     VALUES ($1, $2, $3, 'EUR', 'open',
-                             clock_timestamp() + $4 * interval '1 millisecond',
-                             clock_timestamp(), clock_timestamp())",
-                    &[
-                        (&fight.id, Type::TEXT),
-                        (&user(fight.creator), Type::TEXT),
-                        (&stake, Type::INT8),
-                        (&deadline_ms, Type::INT8),
-                    ],
-                )
-                .await
-                .map_err(classify)?;
+            let within = Duration::from_secs(if expires_soon { 1 } else { 3600 });
+            book.create(&NewFight {
+                id: &fight.id,
+                creator_id: &user(fight.creator),
+                stake,
+                currency: "EUR",
+                accept_within: within,
+            })
+            .await?;
             if !expires_soon {
                 pools.lock().expect("pools lock").open.push_back(fight);
             }
         }
         Step::Accept(fight) => {
-            client
-                .execute_typed(
-                    "UPDATE fights SET status = 'accepted', acceptor_id = $2,
-                                       updated_at = clock_timestamp()
-                     WHERE id = $1",
-                    &[(&fight.id, Type::TEXT), (&user(fight.acceptor), Type::TEXT)],
-                )
-                .await
-                .map_err(classify)?;
+            book.accept(&fight.id, &user(fight.acceptor)).await?;
             pools.lock().expect("pools lock").accepted.push_back(fight);
         }
         Step::Complete(fight) => {
@@ -197,26 +180,9 @@ async fn apply(
             } else {
                 fight.acceptor
             };
-            client
-                .execute_typed(
-                    "UPDATE fights SET status = 'completed', winner_id = $2,
-                                       updated_at = clock_timestamp()
-                     WHERE id = $1",
-                    &[(&fight.id, Type::TEXT), (&user(winner), Type::TEXT)],
-                )
-                .await
-                .map_err(classify)?;
+            book.complete(&fight.id, &user(winner)).await?;
         }
-        Step::Cancel(fight) => {
-            client
-                .execute_typed(
-                    "UPDATE fights SET status = 'cancelled', updated_at = clock_timestamp()
-                     WHERE id = $1",
-                    &[(&fight.id, Type::TEXT)],
-                )
-                .await
-                .map_err(classify)?;
-        }
+        Step::Cancel(fight) => book.cancel(&fight.id).await?,
     }
     Ok(())
 }

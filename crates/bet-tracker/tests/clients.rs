@@ -9,7 +9,7 @@ use futures::{SinkExt, StreamExt};
 use notify_auth::{DevIssuer, DevToken};
 use notify_bridge::BridgeConfig;
 use notify_proto::v1::notify_client::NotifyClient;
-use notify_store::PgStoreConfig;
+use notify_store::{Database, PgStoreConfig};
 use serde_json::Value;
 use test_support::TestDb;
 use tokio::net::{TcpListener, TcpStream};
@@ -120,7 +120,11 @@ async fn creator_acceptor_and_spectator_each_see_their_events_once_in_order() {
     assert_eq!(next_frame(&mut sam).await["type"], "subscribed");
 
     let tracker_stop = CancellationToken::new();
-    let source = Source::new(&PgStoreConfig::new(db.url.clone()), "bet-tracker").unwrap();
+    let source = Source::new(
+        &Database::Postgres(PgStoreConfig::new(db.url.clone())),
+        "bet-tracker",
+    )
+    .unwrap();
     tokio::spawn(bet_tracker::run(
         TrackerConfig::new("t-ws", &grpc),
         source,

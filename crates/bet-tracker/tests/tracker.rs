@@ -9,7 +9,7 @@ use std::{
 
 use bet_tracker::{Source, Stats, TrackerConfig};
 use notify_proto::v1::{self as pb, notify_client::NotifyClient};
-use notify_store::PgStoreConfig;
+use notify_store::{Database, PgStoreConfig};
 use test_support::TestDb;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -86,7 +86,11 @@ impl Platform {
     ) {
         let mut config = TrackerConfig::new(holder, &self.grpc);
         config.lease_ttl = Duration::from_secs(1);
-        let source = Source::new(&PgStoreConfig::new(self.db.url.clone()), "bet-tracker").unwrap();
+        let source = Source::new(
+            &Database::Postgres(PgStoreConfig::new(self.db.url.clone())),
+            "bet-tracker",
+        )
+        .unwrap();
         let stats = Arc::new(Stats::default());
         let stop = CancellationToken::new();
         let task = tokio::spawn(bet_tracker::run(
@@ -411,7 +415,7 @@ async fn a_simulation_reaches_the_lobby_topic_change_for_change() {
         duration: Some(Duration::from_millis(1500)),
     };
     let written = bet_tracker::simulate::run(
-        &PgStoreConfig::new(p.db.url.clone()),
+        &Database::Postgres(PgStoreConfig::new(p.db.url.clone())),
         sim,
         CancellationToken::new(),
     )
@@ -478,9 +482,13 @@ async fn a_tracker_killed_mid_stream_loses_and_doubles_nothing() {
                 users: 10,
                 duration: Some(Duration::from_secs(2)),
             };
-            bet_tracker::simulate::run(&PgStoreConfig::new(url), sim, CancellationToken::new())
-                .await
-                .unwrap()
+            bet_tracker::simulate::run(
+                &Database::Postgres(PgStoreConfig::new(url)),
+                sim,
+                CancellationToken::new(),
+            )
+            .await
+            .unwrap()
         }
     });
     // kill -9 in the middle of the stream: whatever it emitted after its
@@ -563,7 +571,7 @@ async fn the_tracker_rides_out_a_database_outage() {
     let through_relay = test_support::via(&p.db.url, relay.addr);
     let mut pg = PgStoreConfig::new(through_relay);
     pg.connect_timeout = Duration::from_secs(1);
-    let source = Source::new(&pg, "bet-tracker").unwrap();
+    let source = Source::new(&Database::Postgres(pg), "bet-tracker").unwrap();
     let stats = Arc::new(Stats::default());
     let stop = CancellationToken::new();
     tokio::spawn(bet_tracker::run(

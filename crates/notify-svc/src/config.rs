@@ -4,6 +4,7 @@
 use std::{collections::HashMap, fmt, net::SocketAddr, time::Duration};
 
 use notify_core::{Limits, TopicPolicy};
+use notify_store::Database;
 
 /// Command-line and environment configuration of notify-svc.
 #[derive(Clone, clap::Args)]
@@ -16,7 +17,8 @@ pub struct SvcArgs {
     #[arg(long, env = "NOTIFY_HTTP_ADDR", default_value = "127.0.0.1:9464")]
     pub http_addr: SocketAddr,
 
-    /// Postgres URL, e.g. postgres://notify:secret@db:5432/notify.
+    /// Database URL: postgres://notify:secret@db:5432/notify, or
+    /// sqlite:PATH[?synchronous=full|normal] for a single node.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
 
@@ -95,10 +97,8 @@ impl fmt::Debug for SvcArgs {
 /// The validated configuration `run` needs.
 #[derive(Clone)]
 pub struct Config {
-    pub database_url: String,
-    pub db_pool_size: usize,
-    pub db_timeout: Duration,
-    pub idempotency_window: Duration,
+    /// The backend and its settings (pool size, timeouts, key window).
+    pub database: Database,
     pub tokens: CallerTokens,
     pub pipeline: PipelineConfig,
     pub limits: Limits,
@@ -142,15 +142,16 @@ impl Config {
             CallerTokens::default()
         });
         let database_url = args.database_url.clone().unwrap_or_default();
-        if database_url.is_empty() {
-            problems.push("DATABASE_URL (or --database-url) is required: postgres://…".into());
-        } else if !database_url.starts_with("postgres://")
-            && !database_url.starts_with("postgresql://")
-        {
+        let database = if database_url.is_empty() {
             problems.push(
-                "DATABASE_URL must be postgres://… (the SQLite store is not built yet)".into(),
+                "DATABASE_URL (or --database-url) is required: postgres://… or sqlite:PATH".into(),
             );
-        }
+            None
+        } else {
+            Database::from_url(&database_url)
+                .map_err(|e| problems.push(e.to_string()))
+                .ok()
+        };
         if args.db_pool_size == 0 {
             problems.push("--db-pool-size must be at least 1".into());
         }
@@ -169,8 +170,17 @@ impl Config {
                 args.log_format
             ));
         }
-        if !problems.is_empty() {
+        let Some(mut database) = database.filter(|_| problems.is_empty()) else {
             return Err(problems);
+        };
+        let idempotency_window = Duration::from_secs(args.idempotency_window_secs);
+        match &mut database {
+            Database::Postgres(pg) => {
+                pg.pool_size = args.db_pool_size;
+                pg.query_timeout = Duration::from_millis(args.db_timeout_ms);
+                pg.idempotency_window = idempotency_window;
+            }
+            Database::Sqlite(lite) => lite.idempotency_window = idempotency_window,
         }
         let (max_batch, linger) = if args.group_commit {
             (args.batch_max, Duration::from_micros(args.batch_linger_us))
@@ -178,10 +188,7 @@ impl Config {
             (1, Duration::ZERO)
         };
         Ok(Self {
-            database_url,
-            db_pool_size: args.db_pool_size,
-            db_timeout: Duration::from_millis(args.db_timeout_ms),
-            idempotency_window: Duration::from_secs(args.idempotency_window_secs),
+            database,
             tokens,
             pipeline: PipelineConfig {
                 max_batch,

@@ -28,7 +28,7 @@ pub mod watch;
 use std::{sync::Arc, time::Duration};
 
 use notify_proto::v1::{bridge_link_server::BridgeLinkServer, notify_server::NotifyServer};
-use notify_store::{PgStore, PgStoreConfig, Store, StoreError};
+use notify_store::{Store, StoreError};
 use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic_health::ServingStatus;
@@ -65,13 +65,7 @@ pub async fn run(
     http: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
-    let pg = PgStore::new(PgStoreConfig {
-        url: config.database_url.clone(),
-        pool_size: config.db_pool_size,
-        connect_timeout: Duration::from_secs(5),
-        query_timeout: config.db_timeout,
-        idempotency_window: config.idempotency_window,
-    })?;
+    let store = config.database.store()?;
     let metrics = metrics::Metrics::new();
     let ready = ops::Readiness::default();
     let tracker = TaskTracker::new();
@@ -85,11 +79,10 @@ pub async fn run(
     let (health, health_service) = tonic_health::server::health_reporter();
     report(&health, ServingStatus::NotServing).await;
 
-    if !migrate(&pg, &shutdown).await? {
+    if !migrate(store.as_ref(), &shutdown).await? {
         let _ = ops_server.await;
         return Ok(());
     }
-    let store: Arc<dyn Store> = Arc::new(pg);
     let topics = config.topics.clone();
     let hub = watch::WatchHub::default();
     let router = router::Router::default();
@@ -195,7 +188,7 @@ pub async fn run(
 
 /// Applies migrations, retrying while the database is unreachable. Returns
 /// false if `shutdown` came first.
-async fn migrate(store: &PgStore, shutdown: &CancellationToken) -> Result<bool, RunError> {
+async fn migrate(store: &dyn Store, shutdown: &CancellationToken) -> Result<bool, RunError> {
     let mut wait = Duration::from_millis(100);
     loop {
         match store.migrate().await {

@@ -6,22 +6,31 @@
 //! - [`plan`]: the backend-neutral part of a commit (in-batch idempotency,
 //!   seq assignment), so every backend numbers messages the same way.
 //! - [`postgres`]: the production backend on deadpool-postgres, safe behind RDS Proxy.
-//! - [`migrate`]: the lock-free migration runner and the embedded SQL files.
+//! - [`sqlite`]: the embedded backend (bundled SQLite, WAL) for `notify up`.
+//! - [`database`]: picks the backend a URL names.
+//! - [`fights`]: BetTracker's and BetService's views of the fights tables.
+//! - [`migrate`]: the migration runners and the embedded SQL files.
 //!
 //! Backend error types never cross the trait: everything is a [`StoreError`].
+//! Both backends pass one conformance suite (`tests/conformance.rs`).
 
+pub mod database;
 pub mod error;
+pub mod fights;
 pub mod migrate;
 pub mod plan;
 pub mod postgres;
+pub mod sqlite;
 
 use std::time::SystemTime;
 
 use async_trait::async_trait;
 use notify_core::{ConnectionId, MessageId, Publish, Topic, TopicPolicy, UserId};
 
+pub use database::Database;
 pub use error::StoreError;
 pub use postgres::{PgStore, PgStoreConfig};
+pub use sqlite::{SqliteConfig, SqliteStore};
 
 /// One publish on its way into a group commit.
 #[derive(Debug, Clone)]
@@ -126,6 +135,10 @@ impl Swept {
 /// strictly increasing per feed under any concurrency, across processes.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
+    /// Applies the migrations not applied yet; returns how many this call
+    /// applied. Safe to run from many processes at once.
+    async fn migrate(&self) -> Result<usize, StoreError>;
+
     /// Commits a batch in one transaction. Results come in item order; either
     /// all items are committed or the call fails and none is.
     async fn commit(&self, items: &[PublishItem]) -> Result<Vec<Committed>, StoreError>;

@@ -1,4 +1,6 @@
-//! The migration runner: embedded SQL files applied in version order at start-up.
+//! The migrations: embedded SQL files applied in version order at start-up,
+//! and the Postgres runner (the SQLite one is [`crate::sqlite::db::migrate`]:
+//! SQLite's single writer makes it one transaction).
 //!
 //! Lock-free and RDS-Proxy-safe: no advisory lock and no session state. Each
 //! migration runs in its own transaction that first inserts its row into
@@ -49,6 +51,13 @@ pub const POSTGRES: &[Migration] = &[
         sql: include_str!("../../../migrations/postgres/0003_fights.sql"),
     },
 ];
+
+/// The SQLite migrations, in order.
+pub const SQLITE: &[Migration] = &[Migration {
+    version: 1,
+    name: "init",
+    sql: include_str!("../../../migrations/sqlite/0001_init.sql"),
+}];
 
 const CREATE_HISTORY: &str = "CREATE TABLE IF NOT EXISTS schema_migrations (
     version    integer PRIMARY KEY,

@@ -7,12 +7,19 @@
 //!    are really new; the backend reserves them by bumping the heads.
 //! 3. [`SeqDemand::assign`]: hands each item its seqs in batch order from the
 //!    reserved ranges.
+//!
+//! What to write then is shared too: [`inbox_rows`] and [`shared_payloads`]
+//! for inboxes, [`topic_appends`] for topic logs (rows and trims), and
+//! [`results`] for the answers, so both backends store and answer alike.
 
-use std::collections::{BTreeMap, HashMap};
+use std::{
+    collections::{BTreeMap, HashMap},
+    time::SystemTime,
+};
 
-use notify_core::{Target, UserId};
+use notify_core::{MessageId, Target, UserId};
 
-use crate::PublishItem;
+use crate::{Committed, PublishItem};
 
 /// Where an item's result comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,6 +48,51 @@ pub fn in_batch_origins(items: &[PublishItem]) -> Vec<Origin> {
             None => Origin::Fresh,
         })
         .collect()
+}
+
+/// An idempotency key found already stored: the original's answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredKey {
+    pub message_id: MessageId,
+    /// The target's seq (0 for user lists and broadcast).
+    pub seq: u64,
+    pub ts: SystemTime,
+}
+
+/// The time a batch is stamped with, whole microseconds: what both backends
+/// can store, so a publish's answer and its history entry carry one time.
+pub fn commit_time() -> SystemTime {
+    let now = SystemTime::now();
+    match now.duration_since(std::time::UNIX_EPOCH) {
+        Ok(d) => std::time::UNIX_EPOCH + std::time::Duration::from_micros(d.as_micros() as u64),
+        Err(_) => now,
+    }
+}
+
+/// Which items are stored: first of their key in the batch and not already
+/// in the database.
+pub fn new_items(origins: &[Origin], stored: &HashMap<usize, StoredKey>) -> Vec<bool> {
+    (0..origins.len())
+        .map(|i| origins[i] == Origin::Fresh && !stored.contains_key(&i))
+        .collect()
+}
+
+/// The keyed items that are stored, sorted by (caller, key): backends write
+/// keys in this order so concurrent batches lock them in one order.
+pub fn new_keys(items: &[PublishItem], new: &[bool]) -> Vec<usize> {
+    let mut keyed: Vec<usize> = (0..items.len())
+        .filter(|&i| new[i] && items[i].publish.idempotency_key.is_some())
+        .collect();
+    keyed.sort_by_key(|&i| key_of(&items[i]));
+    keyed
+}
+
+/// The caller and key of an item (key empty if it has none).
+pub fn key_of(item: &PublishItem) -> (&str, &str) {
+    (
+        item.caller.as_str(),
+        item.publish.idempotency_key.as_deref().unwrap_or_default(),
+    )
 }
 
 /// The seqs a batch needs, per user and per topic. Sorted maps: backends lock
@@ -132,6 +184,146 @@ impl<'a> SeqDemand<'a> {
     }
 }
 
+/// One inbox entry to write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InboxRow<'a> {
+    pub user: &'a str,
+    pub seq: u64,
+    /// The item it comes from.
+    pub item: usize,
+    /// A single-user message carries its payload in the row; a user list's
+    /// rows point at the payload stored once in `messages`.
+    pub inline: bool,
+}
+
+/// The inbox entries of the new items, in batch order.
+pub fn inbox_rows<'a>(
+    items: &'a [PublishItem],
+    new: &[bool],
+    assigned: &'a [Assigned],
+) -> Vec<InboxRow<'a>> {
+    let mut rows = Vec::new();
+    for (i, item) in items.iter().enumerate().filter(|(i, _)| new[*i]) {
+        match &item.publish.target {
+            Target::User(user) => rows.push(InboxRow {
+                user: user.as_str(),
+                seq: assigned[i].seq,
+                item: i,
+                inline: true,
+            }),
+            Target::Users(_) => rows.extend(assigned[i].inbox_seqs.iter().map(|(u, s)| InboxRow {
+                user: u.as_str(),
+                seq: *s,
+                item: i,
+                inline: false,
+            })),
+            Target::Topic(_) | Target::Broadcast => {}
+        }
+    }
+    rows
+}
+
+/// The new items whose payload is stored once for many inboxes (user lists).
+pub fn shared_payloads(items: &[PublishItem], new: &[bool]) -> Vec<usize> {
+    (0..items.len())
+        .filter(|&i| new[i] && matches!(items[i].publish.target, Target::Users(_)))
+        .collect()
+}
+
+/// What a batch appends to topic logs and what it pushes out of them.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct TopicAppends<'a> {
+    /// Items to append. Items that the same batch would push out of their
+    /// log again are left out.
+    pub rows: Vec<usize>,
+    /// Per topic, the seqs this batch pushed out of the window: delete
+    /// `after < seq <= upto`. Rows below that range are gone already (or,
+    /// after a log's limit was lowered, left to the age sweeper).
+    pub trims: Vec<Trim<'a>>,
+}
+
+/// A range of a topic log to delete.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Trim<'a> {
+    pub topic: &'a str,
+    pub after: u64,
+    pub upto: u64,
+}
+
+/// The topic log writes of the new items, given each topic's last seq after
+/// the bump.
+pub fn topic_appends<'a>(
+    items: &'a [PublishItem],
+    new: &[bool],
+    assigned: &[Assigned],
+    topic_last: &HashMap<String, u64>,
+) -> TopicAppends<'a> {
+    // Per topic: (floor = highest seq that falls out of the log, new messages).
+    let mut windows: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
+    let mut rows = Vec::new();
+    for (i, item) in items.iter().enumerate().filter(|(i, _)| new[*i]) {
+        let Target::Topic(topic) = &item.publish.target else {
+            continue;
+        };
+        let last = topic_last.get(topic.as_str()).copied().unwrap_or(0);
+        let floor = last.saturating_sub(u64::from(item.log_max_len.max(1)));
+        windows.entry(topic.as_str()).or_insert((floor, 0)).1 += 1;
+        if assigned[i].seq > floor {
+            rows.push(i);
+        }
+    }
+    let trims = windows
+        .into_iter()
+        .filter(|(_, (floor, _))| *floor > 0)
+        .map(|(topic, (floor, new))| Trim {
+            topic,
+            after: floor.saturating_sub(new),
+            upto: floor,
+        })
+        .collect();
+    TopicAppends { rows, trims }
+}
+
+/// The answers of a committed batch, in item order: new items with their
+/// seqs, repeats of a stored key with the original's answer, repeats within
+/// the batch with their first item's.
+pub fn results(
+    items: &[PublishItem],
+    origins: &[Origin],
+    stored: &HashMap<usize, StoredKey>,
+    assigned: &[Assigned],
+    now: SystemTime,
+) -> Vec<Committed> {
+    let mut results: Vec<Committed> = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let result = match origins[i] {
+            Origin::SameAs(first) => Committed {
+                duplicate: true,
+                inbox_seqs: Vec::new(),
+                ..results[first].clone()
+            },
+            Origin::Fresh => match stored.get(&i) {
+                Some(original) => Committed {
+                    message_id: original.message_id,
+                    seq: original.seq,
+                    duplicate: true,
+                    inbox_seqs: Vec::new(),
+                    ts: original.ts,
+                },
+                None => Committed {
+                    message_id: item.message_id,
+                    seq: assigned[i].seq,
+                    duplicate: false,
+                    inbox_seqs: assigned[i].inbox_seqs.clone(),
+                    ts: now,
+                },
+            },
+        };
+        results.push(result);
+    }
+    results
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -198,5 +390,31 @@ mod tests {
         assert_eq!(got[1].inbox_seqs, vec![(user("v"), 1), (user("u"), 12)]);
         assert_eq!(got[2].seq, 5);
         assert_eq!(got[3], Assigned::default());
+    }
+
+    #[test]
+    fn a_batch_longer_than_the_log_writes_only_what_it_keeps() {
+        let topic = Topic::parse("room:x").unwrap();
+        let mut items: Vec<PublishItem> = (0..5)
+            .map(|_| item("c", Target::Topic(topic.clone()), None))
+            .collect();
+        for i in &mut items {
+            i.log_max_len = 3;
+        }
+        let new = [true; 5];
+        // The log was at 4 (seqs 2..=4 kept); the batch takes 5..=9.
+        let demand = SeqDemand::of(&items, &new);
+        let last = HashMap::from([("room:x".to_string(), 9)]);
+        let assigned = demand.assign(&items, &new, &HashMap::new(), &last);
+        let appends = topic_appends(&items, &new, &assigned, &last);
+        assert_eq!(appends.rows, [2, 3, 4], "seqs 7, 8, 9");
+        assert_eq!(
+            appends.trims,
+            [Trim {
+                topic: "room:x",
+                after: 1,
+                upto: 6
+            }]
+        );
     }
 }

@@ -4,6 +4,7 @@
 //!   dropped when the fixture is. The server comes from `DATABASE_URL` (any
 //!   database on it; default `postgres://postgres@127.0.0.1:5432/postgres`).
 //!   No server is a test failure that says how to start one, never a skip.
+//! - [`TestDir`]: a fresh temporary directory per test (SQLite files, keys).
 //! - [`eventually`]: poll a condition until a deadline instead of sleeping.
 //! - [`free_port`]: a loopback port nobody listens on, for spawned binaries.
 
@@ -49,6 +50,39 @@ impl TestDb {
             url,
             name,
             admin_url,
+        }
+    }
+}
+
+/// An empty directory of its own for one test, removed when dropped.
+pub struct TestDir {
+    pub path: std::path::PathBuf,
+}
+
+impl TestDir {
+    pub fn create(what: &str) -> Self {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "notify-{what}-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path)
+            .unwrap_or_else(|e| panic!("creating {}: {e}", path.display()));
+        Self { path }
+    }
+
+    /// A path inside the directory.
+    pub fn join(&self, name: &str) -> std::path::PathBuf {
+        self.path.join(name)
+    }
+}
+
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        if std::env::var_os("NOTIFY_TEST_KEEP_DB").is_none() {
+            let _ = std::fs::remove_dir_all(&self.path);
         }
     }
 }

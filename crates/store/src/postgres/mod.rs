@@ -14,6 +14,10 @@
 //! `topic_heads` by the number of seqs it needs (rows locked in key order, so
 //! concurrent batches never deadlock) and numbers its items from the reserved
 //! range; a rolled-back batch rolls its bump back too.
+//!
+//! [`fights`]: BetTracker's outbox, cursor and lease, and BetService's writes.
+
+pub mod fights;
 
 use std::{
     collections::HashMap,
@@ -31,7 +35,10 @@ use uuid::Uuid;
 use crate::{
     Committed, ConnectionRecord, Feed, HistoryPage, Position, PublishItem, Store, StoreError,
     StoredMessage, Swept, migrate,
-    plan::{Origin, SeqDemand, in_batch_origins},
+    plan::{
+        Assigned, Origin, SeqDemand, StoredKey, commit_time, in_batch_origins, inbox_rows, key_of,
+        new_items, new_keys, results, shared_payloads, topic_appends,
+    },
 };
 
 const SWEEP_CHUNK: i64 = crate::SWEEP_CHUNK as i64;
@@ -89,42 +96,6 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
-/// Creates the database `url` names if it does not exist, connecting to the
-/// server's `postgres` database to do so. For local development (`notify up`);
-/// production databases are provisioned by their operators.
-pub async fn create_database_if_missing(url: &str) -> Result<bool, StoreError> {
-    let config = tokio_postgres::Config::from_str(url)
-        .map_err(|e| StoreError::Internal(format!("bad DATABASE_URL: {e}")))?;
-    let name = config
-        .get_dbname()
-        .ok_or_else(|| StoreError::Internal("DATABASE_URL names no database".into()))?
-        .to_owned();
-    if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-        return Err(StoreError::Internal(format!(
-            "database name {name:?}: create it yourself (only [A-Za-z0-9_] names are created)"
-        )));
-    }
-    let mut admin = config.clone();
-    admin.dbname("postgres");
-    let (client, connection) = admin.connect(NoTls).await.map_err(classify)?;
-    tokio::spawn(connection);
-    let exists = client
-        .query_typed(
-            "SELECT 1 FROM pg_database WHERE datname = $1",
-            &[(&name.as_str(), Type::TEXT)],
-        )
-        .await
-        .map_err(classify)?;
-    if !exists.is_empty() {
-        return Ok(false);
-    }
-    client
-        .batch_execute(&format!("CREATE DATABASE {name}"))
-        .await
-        .map_err(classify)?;
-    Ok(true)
-}
-
 /// The Postgres store: a connection pool plus the SQL beside each method.
 #[derive(Clone)]
 pub struct PgStore {
@@ -172,6 +143,8 @@ pub fn pool(config: &PgStoreConfig) -> Result<Pool, StoreError> {
         .map_err(|e| StoreError::Internal(format!("pool: {e}")))
 }
 
+pub use fights::{PgFightBook, PgFightLog};
+
 impl PgStore {
     /// Builds the pool; connections are opened on first use.
     pub fn new(config: PgStoreConfig) -> Result<Self, StoreError> {
@@ -181,13 +154,6 @@ impl PgStore {
 
     pub fn config(&self) -> &PgStoreConfig {
         &self.config
-    }
-
-    /// Applies pending migrations; returns how many were applied.
-    pub async fn migrate(&self) -> Result<usize, StoreError> {
-        let mut client = self.client().await?;
-        let client: &mut tokio_postgres::Client = &mut client;
-        migrate::run(client, migrate::POSTGRES).await
     }
 
     async fn client(&self) -> Result<Object, StoreError> {
@@ -245,6 +211,12 @@ fn to_u64(n: i64) -> u64 {
 
 #[async_trait]
 impl Store for PgStore {
+    async fn migrate(&self) -> Result<usize, StoreError> {
+        let mut client = self.client().await?;
+        let client: &mut tokio_postgres::Client = &mut client;
+        migrate::run(client, migrate::POSTGRES).await
+    }
+
     #[tracing::instrument(skip_all, fields(items = items.len()))]
     async fn commit(&self, items: &[PublishItem]) -> Result<Vec<Committed>, StoreError> {
         if items.is_empty() {
@@ -641,14 +613,6 @@ fn connection_record(row: &tokio_postgres::Row) -> Result<ConnectionRecord, Stor
 
 // === the group commit ===
 
-/// An idempotency key found already stored: the original's answer.
-#[derive(Clone)]
-struct StoredKey {
-    message_id: Uuid,
-    seq: i64,
-    created_at: SystemTime,
-}
-
 /// SQLSTATE raised by `notify_claim_keys` (migration 0001) when a key of the
 /// batch is already taken.
 const KEY_TAKEN: &str = "NTK01";
@@ -691,14 +655,6 @@ async fn commit_batch(
     }
 }
 
-/// The caller and key of a keyed item.
-fn key_of(item: &PublishItem) -> (&str, &str) {
-    (
-        item.caller.as_str(),
-        item.publish.idempotency_key.as_deref().unwrap_or_default(),
-    )
-}
-
 /// The stored, unexpired keys of the batch's fresh keyed items not yet known.
 async fn stored_keys(
     client: &tokio_postgres::Client,
@@ -725,9 +681,9 @@ async fn stored_keys(
         .iter()
         .map(|r| {
             let value = StoredKey {
-                message_id: r.get(2),
-                seq: r.get(3),
-                created_at: r.get(4),
+                message_id: MessageId(r.get(2)),
+                seq: to_u64(r.get(3)),
+                ts: r.get(4),
             };
             ((r.get(0), r.get(1)), value)
         })
@@ -756,10 +712,8 @@ async fn commit_attempt(
     stored: &HashMap<usize, StoredKey>,
     window: Duration,
 ) -> Result<Vec<Committed>, tokio_postgres::Error> {
-    let now = SystemTime::now();
-    let new: Vec<bool> = (0..items.len())
-        .map(|i| origins[i] == Origin::Fresh && !stored.contains_key(&i))
-        .collect();
+    let now = commit_time();
+    let new = new_items(origins, stored);
 
     // 1. Reserve seqs by bumping the heads.
     let demand = SeqDemand::of(items, &new);
@@ -772,10 +726,7 @@ async fn commit_attempt(
 
     // 2. Store payloads, feed entries and the new keys with their answers, and
     //    commit: one round trip.
-    let mut keyed: Vec<usize> = (0..items.len())
-        .filter(|&i| new[i] && items[i].publish.idempotency_key.is_some())
-        .collect();
-    keyed.sort_by_key(|&i| key_of(&items[i]));
+    let keyed = new_keys(items, &new);
     let callers: Vec<&str> = keyed.iter().map(|&i| key_of(&items[i]).0).collect();
     let keys: Vec<&str> = keyed.iter().map(|&i| key_of(&items[i]).1).collect();
     let ids: Vec<Uuid> = keyed.iter().map(|&i| items[i].message_id.0).collect();
@@ -820,34 +771,7 @@ async fn commit_attempt(
         tx.batch_execute("COMMIT"),
     )?;
 
-    let mut results: Vec<Committed> = Vec::with_capacity(items.len());
-    for (i, item) in items.iter().enumerate() {
-        let result = match origins[i] {
-            Origin::SameAs(first) => Committed {
-                duplicate: true,
-                inbox_seqs: Vec::new(),
-                ..results[first].clone()
-            },
-            Origin::Fresh => match stored.get(&i) {
-                Some(original) => Committed {
-                    message_id: MessageId(original.message_id),
-                    seq: to_u64(original.seq),
-                    duplicate: true,
-                    inbox_seqs: Vec::new(),
-                    ts: original.created_at,
-                },
-                None => Committed {
-                    message_id: item.message_id,
-                    seq: assigned[i].seq,
-                    duplicate: false,
-                    inbox_seqs: assigned[i].inbox_seqs.clone(),
-                    ts: now,
-                },
-            },
-        };
-        results.push(result);
-    }
-    Ok(results)
+    Ok(results(items, origins, stored, &assigned, now))
 }
 
 const HEADS_INBOX: &str = "INSERT INTO inbox_heads (user_id, last_seq)
@@ -888,62 +812,43 @@ async fn insert_inbox(
     tx: &tokio_postgres::Client,
     items: &[PublishItem],
     new: &[bool],
-    assigned: &[crate::plan::Assigned],
+    assigned: &[Assigned],
     now: SystemTime,
 ) -> Result<(), tokio_postgres::Error> {
-    // Shared payloads (user lists), stored once in `messages`.
-    let (mut ids, mut callers, mut events, mut datas, mut expiries) = (
-        Vec::<Uuid>::new(),
-        Vec::<&str>::new(),
-        Vec::<&str>::new(),
-        Vec::<&str>::new(),
-        Vec::<SystemTime>::new(),
-    );
-    // Inbox rows; a single-user message carries its payload inline.
-    let (mut users, mut seqs, mut refs, mut row_expiries) = (
-        Vec::<&str>::new(),
-        Vec::<i64>::new(),
-        Vec::<Uuid>::new(),
-        Vec::<SystemTime>::new(),
-    );
-    let (mut row_callers, mut row_events, mut row_datas) = (
-        Vec::<Option<&str>>::new(),
-        Vec::<Option<&str>>::new(),
-        Vec::<Option<&str>>::new(),
-    );
-    for (i, item) in items.iter().enumerate().filter(|(i, _)| new[*i]) {
-        let p = &item.publish;
-        let expires = now + p.ttl;
-        // (recipient, seq, payload inline)
-        let rows: Vec<(&str, u64, bool)> = match &p.target {
-            Target::User(user) => vec![(user.as_str(), assigned[i].seq, true)],
-            Target::Users(_) => assigned[i]
-                .inbox_seqs
-                .iter()
-                .map(|(u, s)| (u.as_str(), *s, false))
-                .collect(),
-            Target::Topic(_) | Target::Broadcast => continue,
-        };
-        for (user, seq, inline) in rows {
-            users.push(user);
-            seqs.push(to_i64(seq));
-            refs.push(item.message_id.0);
-            row_expiries.push(expires);
-            row_callers.push(inline.then_some(item.caller.as_str()));
-            row_events.push(inline.then_some(p.event.as_str()));
-            row_datas.push(inline.then_some(p.data.as_str()));
-        }
-        if matches!(p.target, Target::Users(_)) {
-            ids.push(item.message_id.0);
-            callers.push(&item.caller);
-            events.push(&p.event);
-            datas.push(&p.data);
-            expiries.push(expires);
-        }
-    }
-    if users.is_empty() {
+    let rows = inbox_rows(items, new, assigned);
+    if rows.is_empty() {
         return Ok(());
     }
+    // Shared payloads (user lists), stored once in `messages`.
+    let shared = shared_payloads(items, new);
+    let ids: Vec<Uuid> = shared.iter().map(|&i| items[i].message_id.0).collect();
+    let callers: Vec<&str> = shared.iter().map(|&i| items[i].caller.as_str()).collect();
+    let events: Vec<&str> = shared
+        .iter()
+        .map(|&i| items[i].publish.event.as_str())
+        .collect();
+    let datas: Vec<&str> = shared
+        .iter()
+        .map(|&i| items[i].publish.data.as_str())
+        .collect();
+    let expiries: Vec<SystemTime> = shared.iter().map(|&i| now + items[i].publish.ttl).collect();
+    // Inbox rows; a single-user message carries its payload inline.
+    let users: Vec<&str> = rows.iter().map(|r| r.user).collect();
+    let seqs: Vec<i64> = rows.iter().map(|r| to_i64(r.seq)).collect();
+    let refs: Vec<Uuid> = rows.iter().map(|r| items[r.item].message_id.0).collect();
+    let row_expiries: Vec<SystemTime> = rows
+        .iter()
+        .map(|r| now + items[r.item].publish.ttl)
+        .collect();
+    let inline = |f: fn(&PublishItem) -> &str| -> Vec<Option<&str>> {
+        rows.iter()
+            .map(|r| r.inline.then(|| f(&items[r.item])))
+            .collect()
+    };
+    let row_callers = inline(|i| &i.caller);
+    let row_events = inline(|i| &i.publish.event);
+    let row_datas = inline(|i| &i.publish.data);
+
     tx.execute_typed(
         "WITH m AS (
             INSERT INTO messages (id, caller, event, data, created_at, expires_at)
@@ -975,59 +880,40 @@ async fn insert_inbox(
     Ok(())
 }
 
-/// Appends topic messages to their logs and trims each log to its size. Items
-/// that would be trimmed at once (more new messages than the log keeps) are
-/// not written at all: a data-modifying CTE cannot see its sibling's rows.
-///
-/// The trim deletes exactly the seqs this batch pushed out of the window,
-/// `(floor - new, floor]`: a tight index range, and nothing at all for a log
-/// still shorter than its limit. Rows below that range are gone already (or,
-/// after the limit was lowered, left to the age sweeper).
+/// Appends topic messages to their logs and trims each log to its size
+/// ([`topic_appends`] says what): one statement, the trim as a CTE.
 async fn insert_topic_log(
     tx: &tokio_postgres::Client,
     items: &[PublishItem],
     new: &[bool],
-    assigned: &[crate::plan::Assigned],
+    assigned: &[Assigned],
     topic_last: &HashMap<String, u64>,
     now: SystemTime,
 ) -> Result<(), tokio_postgres::Error> {
-    // Per topic: (floor = highest seq that falls out of the log, new messages).
-    let mut windows: HashMap<&str, (u64, u64)> = HashMap::new();
-    let (mut topics, mut seqs, mut ids, mut callers, mut events, mut datas) = (
-        Vec::<&str>::new(),
-        Vec::<i64>::new(),
-        Vec::<Uuid>::new(),
-        Vec::<&str>::new(),
-        Vec::<&str>::new(),
-        Vec::<&str>::new(),
-    );
-    for (i, item) in items.iter().enumerate().filter(|(i, _)| new[*i]) {
-        let Target::Topic(topic) = &item.publish.target else {
-            continue;
-        };
-        let last = topic_last.get(topic.as_str()).copied().unwrap_or(0);
-        let floor = last.saturating_sub(u64::from(item.log_max_len.max(1)));
-        windows.entry(topic.as_str()).or_insert((floor, 0)).1 += 1;
-        if assigned[i].seq <= floor {
-            continue;
-        }
-        topics.push(topic.as_str());
-        seqs.push(to_i64(assigned[i].seq));
-        ids.push(item.message_id.0);
-        callers.push(&item.caller);
-        events.push(&item.publish.event);
-        datas.push(&item.publish.data);
-    }
-    if windows.is_empty() {
+    let appends = topic_appends(items, new, assigned, topic_last);
+    if appends.rows.is_empty() && appends.trims.is_empty() {
         return Ok(());
     }
-    let trims = windows.iter().filter(|(_, (floor, _))| *floor > 0);
-    let (mut trim_topics, mut trim_from, mut trim_to) = (Vec::new(), Vec::new(), Vec::new());
-    for (topic, (floor, new)) in trims {
-        trim_topics.push(*topic);
-        trim_from.push(to_i64(floor.saturating_sub(*new)));
-        trim_to.push(to_i64(*floor));
-    }
+    let rows = &appends.rows;
+    let topic = |i: usize| match &items[i].publish.target {
+        Target::Topic(t) => t.as_str(),
+        _ => "",
+    };
+    let topics: Vec<&str> = rows.iter().map(|&i| topic(i)).collect();
+    let seqs: Vec<i64> = rows.iter().map(|&i| to_i64(assigned[i].seq)).collect();
+    let ids: Vec<Uuid> = rows.iter().map(|&i| items[i].message_id.0).collect();
+    let callers: Vec<&str> = rows.iter().map(|&i| items[i].caller.as_str()).collect();
+    let events: Vec<&str> = rows
+        .iter()
+        .map(|&i| items[i].publish.event.as_str())
+        .collect();
+    let datas: Vec<&str> = rows
+        .iter()
+        .map(|&i| items[i].publish.data.as_str())
+        .collect();
+    let trim_topics: Vec<&str> = appends.trims.iter().map(|t| t.topic).collect();
+    let trim_from: Vec<i64> = appends.trims.iter().map(|t| to_i64(t.after)).collect();
+    let trim_to: Vec<i64> = appends.trims.iter().map(|t| to_i64(t.upto)).collect();
     tx.execute_typed(
         "WITH trimmed AS (
             DELETE FROM topic_log l

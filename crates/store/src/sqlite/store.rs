@@ -1,0 +1,578 @@
+//! [`Store`] on SQLite: the statements of each method, run through [`Db`].
+
+use std::{collections::HashMap, time::SystemTime};
+
+use async_trait::async_trait;
+use notify_core::{ConnectionId, MessageId, Target, Topic, TopicPolicy, UserId};
+use rusqlite::{Connection, OptionalExtension, params};
+use uuid::Uuid;
+
+use super::{Db, SqliteConfig, db::migrate, micros, time};
+use crate::{
+    Committed, ConnectionRecord, Feed, HistoryPage, Position, PublishItem, SWEEP_CHUNK, Store,
+    StoreError, StoredMessage, Swept, migrate as migrations,
+    plan::{
+        Origin, SeqDemand, StoredKey, commit_time, in_batch_origins, inbox_rows, key_of, new_items,
+        new_keys, results, shared_payloads, topic_appends,
+    },
+};
+
+/// The SQLite store.
+#[derive(Clone)]
+pub struct SqliteStore {
+    db: Db,
+    config: SqliteConfig,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+impl SqliteStore {
+    /// Opens the database file (created if missing); call [`Store::migrate`]
+    /// before anything else.
+    pub fn open(config: SqliteConfig) -> Result<Self, StoreError> {
+        Ok(Self {
+            db: Db::open(&config)?,
+            config,
+        })
+    }
+
+    pub fn config(&self) -> &SqliteConfig {
+        &self.config
+    }
+}
+
+fn to_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+fn to_u64(n: i64) -> u64 {
+    u64::try_from(n).unwrap_or(0)
+}
+
+fn uuid(bytes: [u8; 16]) -> Uuid {
+    Uuid::from_bytes(bytes)
+}
+
+fn user_of(raw: &str) -> rusqlite::Result<UserId> {
+    UserId::parse("user_id", raw).map_err(|e| rusqlite::Error::ToSqlConversionFailure(e.into()))
+}
+
+const SWEEP: i64 = SWEEP_CHUNK as i64;
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn migrate(&self) -> Result<usize, StoreError> {
+        migrate(&self.db, migrations::SQLITE).await
+    }
+
+    #[tracing::instrument(skip_all, fields(items = items.len()))]
+    async fn commit(&self, items: &[PublishItem]) -> Result<Vec<Committed>, StoreError> {
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        let items = items.to_vec();
+        let window = self.config.idempotency_window;
+        self.db
+            .write(move |conn| commit_batch(conn, &items, window))
+            .await
+    }
+
+    async fn history(
+        &self,
+        feed: &Feed,
+        since: u64,
+        limit: u32,
+    ) -> Result<HistoryPage, StoreError> {
+        let feed = feed.clone();
+        let since = to_i64(since);
+        let now = micros(SystemTime::now());
+        self.db
+            .read(move |conn| {
+                let (rows_sql, head_sql, key) = match &feed {
+                    Feed::Inbox(user) => (
+                        "SELECT i.seq, i.message_id, COALESCE(i.event, m.event),
+                                COALESCE(i.data, m.data), i.created_at
+                         FROM inbox i
+                         LEFT JOIN messages m ON i.event IS NULL AND m.id = i.message_id
+                         WHERE i.user_id = ?1 AND i.seq > ?2 AND i.expires_at > ?4
+                         ORDER BY i.seq LIMIT ?3",
+                        "SELECT last_seq FROM inbox_heads WHERE user_id = ?1",
+                        user.as_str(),
+                    ),
+                    Feed::Topic(topic) => (
+                        "SELECT seq, message_id, event, data, created_at FROM topic_log
+                         WHERE topic = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+                        "SELECT last_seq FROM topic_heads WHERE topic = ?1",
+                        topic.as_str(),
+                    ),
+                };
+                let mut rows = conn.prepare_cached(rows_sql)?;
+                let limit = i64::from(limit);
+                // Inbox entries also stop at their expiry (?4); topic entries
+                // stay until the sweeper removes them.
+                let bound: &[&dyn rusqlite::ToSql] = match &feed {
+                    Feed::Inbox(_) => &[&key, &since, &limit, &now],
+                    Feed::Topic(_) => &[&key, &since, &limit],
+                };
+                let messages = rows
+                    .query_map(bound, |r| {
+                        Ok(StoredMessage {
+                            seq: to_u64(r.get(0)?),
+                            message_id: MessageId(uuid(r.get(1)?)),
+                            event: r.get(2)?,
+                            data: r.get(3)?,
+                            ts: time(r.get(4)?),
+                        })
+                    })?
+                    .collect::<rusqlite::Result<Vec<_>>>()?;
+                let head: Option<i64> = conn
+                    .prepare_cached(head_sql)?
+                    .query_row([key], |r| r.get(0))
+                    .optional()?;
+                Ok(HistoryPage {
+                    messages,
+                    head_seq: head.map_or(0, to_u64),
+                })
+            })
+            .await
+    }
+
+    async fn ack(&self, acks: &[(UserId, u64)]) -> Result<(), StoreError> {
+        let mut highest: HashMap<String, i64> = HashMap::new();
+        for (user, seq) in acks {
+            let slot = highest.entry(user.as_str().to_owned()).or_default();
+            *slot = (*slot).max(to_i64(*seq));
+        }
+        if highest.is_empty() {
+            return Ok(());
+        }
+        self.db
+            .write(move |conn| {
+                let mut upsert = conn.prepare_cached(
+                    "INSERT INTO inbox_acks (user_id, acked_seq)
+                     SELECT user_id, MIN(?2, last_seq) FROM inbox_heads WHERE user_id = ?1
+                     ON CONFLICT (user_id) DO UPDATE
+                       SET acked_seq = MAX(acked_seq, excluded.acked_seq)",
+                )?;
+                for (user, seq) in &highest {
+                    upsert.execute(params![user, seq])?;
+                }
+                Ok(())
+            })
+            .await
+    }
+
+    async fn inbox_position(&self, user: &UserId) -> Result<(u64, u64), StoreError> {
+        let position = self.positions(&[Feed::Inbox(user.clone())]).await?;
+        Ok((position[0].acked_seq, position[0].head_seq))
+    }
+
+    async fn positions(&self, feeds: &[Feed]) -> Result<Vec<Position>, StoreError> {
+        if feeds.is_empty() {
+            return Ok(Vec::new());
+        }
+        let feeds = feeds.to_vec();
+        self.db
+            .read(move |conn| {
+                let mut inbox = conn.prepare_cached(
+                    "SELECT COALESCE((SELECT last_seq FROM inbox_heads WHERE user_id = ?1), 0),
+                            COALESCE((SELECT acked_seq FROM inbox_acks WHERE user_id = ?1), 0)",
+                )?;
+                let mut topic = conn.prepare_cached(
+                    "SELECT COALESCE((SELECT last_seq FROM topic_heads WHERE topic = ?1), 0), 0",
+                )?;
+                feeds
+                    .iter()
+                    .map(|feed| {
+                        let (statement, key) = match feed {
+                            Feed::Inbox(u) => (&mut inbox, u.as_str()),
+                            Feed::Topic(t) => (&mut topic, t.as_str()),
+                        };
+                        statement.query_row([key], |r| {
+                            Ok(Position {
+                                head_seq: to_u64(r.get(0)?),
+                                acked_seq: to_u64(r.get(1)?),
+                            })
+                        })
+                    })
+                    .collect()
+            })
+            .await
+    }
+
+    async fn subscribe(&self, user: &UserId, topic: &Topic) -> Result<(bool, u64), StoreError> {
+        let (user, topic) = (user.as_str().to_owned(), topic.as_str().to_owned());
+        let now = micros(SystemTime::now());
+        self.db
+            .write(move |conn| {
+                let added = conn
+                    .prepare_cached(
+                        "INSERT INTO subscriptions (user_id, topic, created_at) VALUES (?1, ?2, ?3)
+                         ON CONFLICT DO NOTHING",
+                    )?
+                    .execute(params![user, topic, now])?;
+                let head: i64 = conn
+                    .prepare_cached(
+                        "SELECT COALESCE((SELECT last_seq FROM topic_heads WHERE topic = ?1), 0)",
+                    )?
+                    .query_row([&topic], |r| r.get(0))?;
+                Ok((added == 1, to_u64(head)))
+            })
+            .await
+    }
+
+    async fn unsubscribe(&self, user: &UserId, topic: &Topic) -> Result<bool, StoreError> {
+        let (user, topic) = (user.as_str().to_owned(), topic.as_str().to_owned());
+        self.db
+            .write(move |conn| {
+                let removed = conn
+                    .prepare_cached("DELETE FROM subscriptions WHERE user_id = ?1 AND topic = ?2")?
+                    .execute([&user, &topic])?;
+                Ok(removed == 1)
+            })
+            .await
+    }
+
+    async fn subscriber_count(&self, topic: &Topic) -> Result<u64, StoreError> {
+        let topic = topic.as_str().to_owned();
+        self.db
+            .read(move |conn| {
+                conn.prepare_cached("SELECT count(*) FROM subscriptions WHERE topic = ?1")?
+                    .query_row([&topic], |r| r.get::<_, i64>(0))
+                    .map(to_u64)
+            })
+            .await
+    }
+
+    async fn subscriptions_of(&self, user: &UserId) -> Result<Vec<Topic>, StoreError> {
+        let user = user.as_str().to_owned();
+        let names: Vec<String> = self
+            .db
+            .read(move |conn| {
+                conn.prepare_cached(
+                    "SELECT topic FROM subscriptions WHERE user_id = ?1 ORDER BY topic",
+                )?
+                .query_map([&user], |r| r.get(0))?
+                .collect()
+            })
+            .await?;
+        // Rows were validated on the way in; a name that no longer parses is skipped.
+        Ok(names.iter().filter_map(|n| Topic::parse(n).ok()).collect())
+    }
+
+    async fn register_connections(&self, records: &[ConnectionRecord]) -> Result<(), StoreError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let records = records.to_vec();
+        self.db
+            .write(move |conn| {
+                let mut upsert = conn.prepare_cached(
+                    "INSERT INTO connections (connection_id, user_id, bridge_id, connected_at,
+                                              last_seen)
+                     VALUES (?1, ?2, ?3, ?4, ?5)
+                     ON CONFLICT (connection_id) DO UPDATE
+                       SET bridge_id = excluded.bridge_id, last_seen = excluded.last_seen",
+                )?;
+                for r in &records {
+                    upsert.execute(params![
+                        r.connection_id.0.as_bytes(),
+                        r.user_id.as_str(),
+                        r.bridge_id,
+                        micros(r.connected_at),
+                        micros(r.last_seen),
+                    ])?;
+                }
+                Ok(())
+            })
+            .await
+    }
+
+    async fn remove_bridge(&self, bridge_id: &str) -> Result<u64, StoreError> {
+        let bridge_id = bridge_id.to_owned();
+        self.db
+            .write(move |conn| {
+                conn.prepare_cached("DELETE FROM connections WHERE bridge_id = ?1")?
+                    .execute([&bridge_id])
+                    .map(|n| n as u64)
+            })
+            .await
+    }
+
+    async fn remove_connections(&self, ids: &[ConnectionId]) -> Result<u64, StoreError> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let ids = ids.to_vec();
+        self.db
+            .write(move |conn| {
+                let mut delete =
+                    conn.prepare_cached("DELETE FROM connections WHERE connection_id = ?1")?;
+                let mut removed = 0;
+                for id in &ids {
+                    removed += delete.execute([id.0.as_bytes()])? as u64;
+                }
+                Ok(removed)
+            })
+            .await
+    }
+
+    async fn connections_of(&self, user: &UserId) -> Result<Vec<ConnectionRecord>, StoreError> {
+        let user = user.as_str().to_owned();
+        self.db
+            .read(move |conn| {
+                conn.prepare_cached(
+                    "SELECT connection_id, user_id, bridge_id, connected_at, last_seen
+                     FROM connections WHERE user_id = ?1 ORDER BY connected_at",
+                )?
+                .query_map([&user], connection_record)?
+                .collect()
+            })
+            .await
+    }
+
+    async fn connection(&self, id: ConnectionId) -> Result<Option<ConnectionRecord>, StoreError> {
+        self.db
+            .read(move |conn| {
+                conn.prepare_cached(
+                    "SELECT connection_id, user_id, bridge_id, connected_at, last_seen
+                     FROM connections WHERE connection_id = ?1",
+                )?
+                .query_row([id.0.as_bytes()], connection_record)
+                .optional()
+            })
+            .await
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn sweep(&self, topics: &TopicPolicy) -> Result<Swept, StoreError> {
+        let now = SystemTime::now();
+        let cutoffs: Vec<(String, String, i64)> = topics
+            .iter()
+            .map(|(namespace, policy)| {
+                let cutoff = now.checked_sub(policy.log_max_age).unwrap_or(now);
+                (
+                    format!("{namespace}:"),
+                    format!("{namespace};"),
+                    micros(cutoff),
+                )
+            })
+            .collect();
+        let now = micros(now);
+        // One chunk per table per job: the writer is never held long.
+        let mut swept = Swept::default();
+        for (table, count) in [
+            ("inbox", &mut swept.inbox),
+            ("messages", &mut swept.messages),
+            ("idempotency_keys", &mut swept.idempotency_keys),
+        ] {
+            *count = self
+                .db
+                .write(move |conn| {
+                    conn.prepare_cached(&format!(
+                        "DELETE FROM {table} WHERE rowid IN
+                         (SELECT rowid FROM {table} WHERE expires_at <= ?1 LIMIT ?2)"
+                    ))?
+                    .execute([now, SWEEP])
+                    .map(|n| n as u64)
+                })
+                .await?;
+        }
+        for (from, to, cutoff) in cutoffs {
+            swept.topic_log += self
+                .db
+                .write(move |conn| {
+                    conn.prepare_cached(
+                        "DELETE FROM topic_log WHERE rowid IN (
+                            SELECT rowid FROM topic_log
+                            WHERE topic >= ?1 AND topic < ?2 AND created_at < ?3 LIMIT ?4)",
+                    )?
+                    .execute(params![from, to, cutoff, SWEEP])
+                    .map(|n| n as u64)
+                })
+                .await?;
+        }
+        Ok(swept)
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.db
+            .read(|conn| conn.query_row("SELECT 1", [], |_| Ok(())))
+            .await
+    }
+}
+
+fn connection_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<ConnectionRecord> {
+    Ok(ConnectionRecord {
+        connection_id: ConnectionId(uuid(r.get(0)?)),
+        user_id: user_of(&r.get::<_, String>(1)?)?,
+        bridge_id: r.get(2)?,
+        connected_at: time(r.get(3)?),
+        last_seen: time(r.get(4)?),
+    })
+}
+
+// === the group commit ===
+
+/// Numbers and stores one batch inside the writer's transaction. Keys are
+/// looked up first: nobody else can write until the commit, so what is not
+/// there now is this batch's to take.
+fn commit_batch<'a>(
+    conn: &Connection,
+    items: &'a [PublishItem],
+    window: std::time::Duration,
+) -> rusqlite::Result<Vec<Committed>> {
+    let now = commit_time();
+    let now_us = micros(now);
+    let origins = in_batch_origins(items);
+    let mut stored: HashMap<usize, StoredKey> = HashMap::new();
+    {
+        let mut lookup = conn.prepare_cached(
+            "SELECT message_id, seq, created_at FROM idempotency_keys
+             WHERE caller = ?1 AND key = ?2 AND expires_at > ?3",
+        )?;
+        for (i, item) in items.iter().enumerate() {
+            if origins[i] != Origin::Fresh || item.publish.idempotency_key.is_none() {
+                continue;
+            }
+            let (caller, key) = key_of(item);
+            let found = lookup
+                .query_row(params![caller, key, now_us], |r| {
+                    Ok(StoredKey {
+                        message_id: MessageId(uuid(r.get(0)?)),
+                        seq: to_u64(r.get(1)?),
+                        ts: time(r.get(2)?),
+                    })
+                })
+                .optional()?;
+            if let Some(original) = found {
+                stored.insert(i, original);
+            }
+        }
+    }
+    let new = new_items(&origins, &stored);
+
+    // Reserve seqs by bumping the heads.
+    let demand = SeqDemand::of(items, &new);
+    let user_last = bump_heads(
+        conn,
+        "INSERT INTO inbox_heads (user_id, last_seq) VALUES (?1, ?2)
+         ON CONFLICT (user_id) DO UPDATE SET last_seq = last_seq + excluded.last_seq
+         RETURNING last_seq",
+        &demand.users,
+    )?;
+    let topic_last = bump_heads(
+        conn,
+        "INSERT INTO topic_heads (topic, last_seq) VALUES (?1, ?2)
+         ON CONFLICT (topic) DO UPDATE SET last_seq = last_seq + excluded.last_seq
+         RETURNING last_seq",
+        &demand.topics,
+    )?;
+    let assigned = demand.assign(items, &new, &user_last, &topic_last);
+
+    // Payloads and inbox entries.
+    let mut payload = conn.prepare_cached(
+        "INSERT INTO messages (id, caller, event, data, created_at, expires_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?;
+    for i in shared_payloads(items, &new) {
+        let item = &items[i];
+        payload.execute(params![
+            item.message_id.0.as_bytes(),
+            item.caller,
+            item.publish.event,
+            item.publish.data,
+            now_us,
+            micros(now + item.publish.ttl),
+        ])?;
+    }
+    let mut entry = conn.prepare_cached(
+        "INSERT INTO inbox (user_id, seq, message_id, caller, event, data, created_at, expires_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )?;
+    for row in inbox_rows(items, &new, &assigned) {
+        let item = &items[row.item];
+        let inline = |v: &'a str| row.inline.then_some(v);
+        entry.execute(params![
+            row.user,
+            to_i64(row.seq),
+            item.message_id.0.as_bytes(),
+            inline(&item.caller),
+            inline(&item.publish.event),
+            inline(&item.publish.data),
+            now_us,
+            micros(now + item.publish.ttl),
+        ])?;
+    }
+
+    // Topic logs: trim what this batch pushed out, append what it keeps.
+    let appends = topic_appends(items, &new, &assigned, &topic_last);
+    let mut trim =
+        conn.prepare_cached("DELETE FROM topic_log WHERE topic = ?1 AND seq > ?2 AND seq <= ?3")?;
+    for t in &appends.trims {
+        trim.execute(params![t.topic, to_i64(t.after), to_i64(t.upto)])?;
+    }
+    let mut append = conn.prepare_cached(
+        "INSERT INTO topic_log (topic, seq, message_id, caller, event, data, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?;
+    for &i in &appends.rows {
+        let item = &items[i];
+        let Target::Topic(topic) = &item.publish.target else {
+            continue;
+        };
+        append.execute(params![
+            topic.as_str(),
+            to_i64(assigned[i].seq),
+            item.message_id.0.as_bytes(),
+            item.caller,
+            item.publish.event,
+            item.publish.data,
+            now_us,
+        ])?;
+    }
+
+    // The new keys with their answers; an expired key is taken over.
+    let mut claim = conn.prepare_cached(
+        "INSERT INTO idempotency_keys (caller, key, message_id, seq, created_at, expires_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+         ON CONFLICT (caller, key) DO UPDATE
+           SET message_id = excluded.message_id, seq = excluded.seq,
+               created_at = excluded.created_at, expires_at = excluded.expires_at",
+    )?;
+    let expires = micros(now + window);
+    for i in new_keys(items, &new) {
+        let (caller, key) = key_of(&items[i]);
+        claim.execute(params![
+            caller,
+            key,
+            items[i].message_id.0.as_bytes(),
+            to_i64(assigned[i].seq),
+            now_us,
+            expires,
+        ])?;
+    }
+    Ok(results(items, &origins, &stored, &assigned, now))
+}
+
+/// Adds each key's demand to its head; returns the new last seqs.
+fn bump_heads(
+    conn: &Connection,
+    sql: &str,
+    demand: &std::collections::BTreeMap<&str, u64>,
+) -> rusqlite::Result<HashMap<String, u64>> {
+    let mut bump = conn.prepare_cached(sql)?;
+    demand
+        .iter()
+        .map(|(key, n)| {
+            let last: i64 = bump.query_row(params![key, to_i64(*n)], |r| r.get(0))?;
+            Ok((key.to_string(), to_u64(last)))
+        })
+        .collect()
+}

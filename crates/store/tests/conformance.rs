@@ -1,0 +1,686 @@
+//! The store conformance suite: every test body runs against both backends,
+//! Postgres and SQLite, each on a fresh database of its own. A behaviour
+//! that differs between the two is a bug in one of them.
+//!
+//! Covered: migrations (racing runners, changed files), group commits from
+//! two replicas (gap-free seqs, idempotency keys stored once), retention,
+//! acks, positions, subscriptions, the connection registry, and the fights
+//! outbox with BetTracker's lease and cursor.
+
+use std::{sync::Arc, time::Duration};
+
+use notify_core::{
+    MessageId, NamespacePolicy, Publish, SubscribeRule, Target, Topic, TopicPolicy, UserId,
+};
+use notify_store::{
+    Database, Feed, PgStoreConfig, PublishItem, SqliteConfig, Store, StoreError,
+    fights::{FightBook, FightLog, NewFight},
+    migrate,
+};
+use test_support::{TestDb, TestDir};
+
+/// One fresh database of either backend.
+enum Backend {
+    Postgres(TestDb),
+    Sqlite(TestDir),
+}
+
+/// The same statement in each dialect (for what the trait cannot do, like
+/// aging rows). SQLite keeps times as Unix microseconds.
+struct Sql {
+    postgres: &'static str,
+    sqlite: &'static str,
+}
+
+impl Sql {
+    fn both(sql: &'static str) -> Self {
+        Self {
+            postgres: sql,
+            sqlite: sql,
+        }
+    }
+}
+
+impl Backend {
+    async fn postgres() -> Self {
+        Self::Postgres(TestDb::create().await)
+    }
+
+    fn sqlite() -> Self {
+        Self::Sqlite(TestDir::create("store-conformance"))
+    }
+
+    fn database(&self) -> Database {
+        match self {
+            Self::Postgres(db) => Database::Postgres(PgStoreConfig::new(db.url.clone())),
+            Self::Sqlite(dir) => Database::Sqlite(SqliteConfig::new(dir.join("notify.db"))),
+        }
+    }
+
+    /// A store of its own on this database: another replica.
+    fn store(&self) -> Arc<dyn Store> {
+        self.database().store().expect("store")
+    }
+
+    async fn migrated(&self) -> Arc<dyn Store> {
+        let store = self.store();
+        store.migrate().await.expect("migrate");
+        store
+    }
+
+    fn migrations(&self) -> usize {
+        match self {
+            Self::Postgres(_) => migrate::POSTGRES.len(),
+            Self::Sqlite(_) => migrate::SQLITE.len(),
+        }
+    }
+
+    fn fight_log(&self, group: &str) -> Arc<dyn FightLog> {
+        self.database().fight_log(group).expect("fight log")
+    }
+
+    fn fight_book(&self) -> Arc<dyn FightBook> {
+        self.database().fight_book().expect("fight book")
+    }
+
+    /// Runs raw SQL, outside the store.
+    async fn sql(&self, sql: Sql) {
+        match self {
+            Self::Postgres(db) => {
+                let (client, conn) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
+                    .await
+                    .unwrap();
+                tokio::spawn(conn);
+                client.batch_execute(sql.postgres).await.unwrap();
+            }
+            Self::Sqlite(dir) => {
+                let conn = rusqlite::Connection::open(dir.join("notify.db")).unwrap();
+                conn.busy_timeout(Duration::from_secs(5)).unwrap();
+                conn.execute_batch(sql.sqlite).unwrap();
+            }
+        }
+    }
+}
+
+/// Instantiates each test body once per backend.
+macro_rules! conformance {
+    ($($test:ident),* $(,)?) => {
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $test() {
+                    super::$test(super::Backend::postgres().await).await;
+                }
+            )*
+        }
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $test() {
+                    super::$test(super::Backend::sqlite()).await;
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    migrations_apply_once_even_when_runners_race,
+    two_replicas_committing_overlapping_batches_keep_seqs_gap_free,
+    the_sweeper_drops_expired_messages_and_old_topic_entries,
+    expired_idempotency_keys_are_taken_over,
+    racing_replicas_store_each_idempotency_key_once,
+    acks_are_cumulative_and_bounded_by_the_head,
+    positions_of_many_feeds_come_back_in_the_order_asked,
+    subscriptions_are_sets_per_user,
+    the_registry_takes_and_drops_connections_in_batches,
+    history_pages_through_a_feed_and_hides_expired_entries,
+    every_fight_change_lands_in_the_outbox_with_gap_free_ids,
+    one_tracker_holds_the_lease_and_only_it_moves_the_cursor,
+    open_fights_past_their_deadline_are_overdue_until_recorded,
+);
+
+fn user(name: &str) -> UserId {
+    UserId::parse("user", name).unwrap()
+}
+
+fn item(target: Target) -> PublishItem {
+    PublishItem {
+        caller: "test".into(),
+        message_id: MessageId::new(),
+        publish: Publish {
+            target,
+            event: "e".into(),
+            data: "{}".into(),
+            idempotency_key: None,
+            ttl: Duration::from_secs(3600),
+        },
+        log_max_len: 100,
+    }
+}
+
+async fn migrations_apply_once_even_when_runners_race(db: Backend) {
+    let runners: Vec<_> = (0..4)
+        .map(|_| {
+            let s = db.store();
+            tokio::spawn(async move { s.migrate().await })
+        })
+        .collect();
+    let mut applied = 0;
+    for r in runners {
+        applied += r.await.unwrap().expect("every runner succeeds");
+    }
+    assert_eq!(applied, db.migrations());
+    assert_eq!(db.store().migrate().await.unwrap(), 0);
+
+    db.sql(Sql::both(
+        "UPDATE schema_migrations SET checksum = checksum + 1 WHERE version = 1",
+    ))
+    .await;
+    match db.store().migrate().await {
+        Err(StoreError::MigrationChanged { version: 1, .. }) => {}
+        other => panic!("expected MigrationChanged, got {other:?}"),
+    }
+}
+
+async fn two_replicas_committing_overlapping_batches_keep_seqs_gap_free(db: Backend) {
+    let replicas = [db.migrated().await, db.store()];
+    let users: Vec<UserId> = (0..5).map(|i| user(&format!("u{i}"))).collect();
+    let topic = Topic::parse("room:shared").unwrap();
+    let mut tasks = Vec::new();
+    for worker in 0..8usize {
+        let store = replicas[worker % 2].clone();
+        let (users, topic) = (users.clone(), topic.clone());
+        tasks.push(tokio::spawn(async move {
+            for round in 0..40usize {
+                // Each batch touches users in a different order, plus lists and the topic:
+                // lock order must not depend on batch order.
+                let mut batch: Vec<PublishItem> = (0..users.len())
+                    .map(|k| {
+                        item(Target::User(
+                            users[(k * (worker + 1) + round) % users.len()].clone(),
+                        ))
+                    })
+                    .collect();
+                batch.push(item(Target::Users(users.iter().rev().cloned().collect())));
+                batch.push(item(Target::Topic(topic.clone())));
+                store.commit(&batch).await.expect("commit");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let reader = &replicas[1];
+    for u in &users {
+        let page = reader
+            .history(&Feed::Inbox(u.clone()), 0, 10_000)
+            .await
+            .unwrap();
+        let seqs: Vec<u64> = page.messages.iter().map(|m| m.seq).collect();
+        // 8 workers × 40 rounds × (1 direct + 1 list) per user.
+        assert_eq!(seqs, (1..=640).collect::<Vec<_>>(), "{u}");
+        assert_eq!(page.head_seq, 640);
+    }
+    let page = reader
+        .history(&Feed::Topic(topic), 0, 10_000)
+        .await
+        .unwrap();
+    // 320 published; the log keeps the newest 100.
+    assert_eq!(page.head_seq, 320);
+    assert_eq!(page.messages.first().map(|m| m.seq), Some(221));
+    assert_eq!(page.messages.len(), 100);
+}
+
+async fn the_sweeper_drops_expired_messages_and_old_topic_entries(db: Backend) {
+    let s = db.migrated().await;
+    let topic = Topic::parse("ticker:x").unwrap();
+    // ann gets 1, 2 inline, 3 from a user list (payload in messages), 4 inline.
+    let mut batch: Vec<PublishItem> = vec![
+        item(Target::User(user("ann"))),
+        item(Target::User(user("ann"))),
+        item(Target::Users(vec![user("ann"), user("bea")])),
+        item(Target::User(user("ann"))),
+    ];
+    batch.extend((0..3).map(|_| item(Target::Topic(topic.clone()))));
+    s.commit(&batch).await.unwrap();
+    // Age ann's first three entries (and so the list's payload and bea's
+    // entry) past their TTL, and one topic entry past two hours.
+    db.sql(Sql {
+        postgres: "UPDATE messages SET expires_at = now() - interval '1 second';
+                   UPDATE inbox SET expires_at = now() - interval '1 second'
+                     WHERE seq <= 3 OR user_id = 'bea';
+                   UPDATE topic_log SET created_at = now() - interval '2 hours' WHERE seq = 1;",
+        sqlite: "UPDATE messages SET expires_at = 0;
+                 UPDATE inbox SET expires_at = 0 WHERE seq <= 3 OR user_id = 'bea';
+                 UPDATE topic_log SET created_at = 0 WHERE seq = 1;",
+    })
+    .await;
+    let mut policy = TopicPolicy::empty();
+    policy.set(
+        "ticker",
+        NamespacePolicy {
+            subscribe: SubscribeRule::AnyUser,
+            client_publish: false,
+            log_max_len: 100,
+            log_max_age: Duration::from_secs(3600),
+        },
+    );
+    let swept = s.sweep(&policy).await.unwrap();
+    assert_eq!((swept.inbox, swept.messages, swept.topic_log), (4, 1, 1));
+    let inbox = s.history(&Feed::Inbox(user("ann")), 0, 100).await.unwrap();
+    assert_eq!(
+        inbox.messages.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        [4]
+    );
+    let bea = s.history(&Feed::Inbox(user("bea")), 0, 100).await.unwrap();
+    assert!(bea.messages.is_empty());
+    let log = s.history(&Feed::Topic(topic), 0, 100).await.unwrap();
+    assert_eq!(
+        log.messages.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        [2, 3]
+    );
+    // Heads are kept: new messages continue the numbering.
+    let more = s.commit(&[item(Target::User(user("ann")))]).await.unwrap();
+    assert_eq!(more[0].seq, 5);
+}
+
+async fn expired_idempotency_keys_are_taken_over(db: Backend) {
+    let s = db.migrated().await;
+    let keyed = || {
+        let mut i = item(Target::User(user("bo")));
+        i.publish.idempotency_key = Some("k".into());
+        i
+    };
+    let first = s.commit(&[keyed()]).await.unwrap();
+    let again = s.commit(&[keyed()]).await.unwrap();
+    assert!(again[0].duplicate);
+    assert_eq!(
+        (again[0].message_id, again[0].seq),
+        (first[0].message_id, 1)
+    );
+    db.sql(Sql {
+        postgres: "UPDATE idempotency_keys SET expires_at = now() - interval '1 second'",
+        sqlite: "UPDATE idempotency_keys SET expires_at = 0",
+    })
+    .await;
+    let after = s.commit(&[keyed()]).await.unwrap();
+    assert!(!after[0].duplicate);
+    assert_eq!(after[0].seq, 2);
+    let swept = s.sweep(&TopicPolicy::empty()).await.unwrap();
+    assert_eq!(
+        swept.idempotency_keys, 0,
+        "the taken-over key is live again"
+    );
+}
+
+async fn racing_replicas_store_each_idempotency_key_once(db: Backend) {
+    let replicas = [db.migrated().await, db.store()];
+    let mut tasks = Vec::new();
+    for worker in 0..8usize {
+        let store = replicas[worker % 2].clone();
+        tasks.push(tokio::spawn(async move {
+            let mut answers = Vec::new();
+            for round in 0..5usize {
+                // Every worker publishes the same 20 keys, in its own order,
+                // mixed with one unkeyed message per batch.
+                let mut batch: Vec<PublishItem> = (0..20usize)
+                    .map(|k| {
+                        let key = (k * (worker + 3) + round) % 20;
+                        let mut i = item(Target::User(user(&format!("r{}", key % 4))));
+                        i.publish.idempotency_key = Some(format!("key-{key}"));
+                        i
+                    })
+                    .collect();
+                batch.push(item(Target::User(user("r0"))));
+                let done = store.commit(&batch).await.expect("commit");
+                for (i, c) in batch.iter().zip(done) {
+                    if let Some(k) = &i.publish.idempotency_key {
+                        answers.push((k.clone(), c.message_id, c.seq, c.duplicate));
+                    }
+                }
+            }
+            answers
+        }));
+    }
+    let mut by_key: std::collections::HashMap<String, Vec<(MessageId, u64, bool)>> =
+        Default::default();
+    for t in tasks {
+        for (k, id, seq, dup) in t.await.unwrap() {
+            by_key.entry(k).or_default().push((id, seq, dup));
+        }
+    }
+    assert_eq!(by_key.len(), 20);
+    for (key, answers) in &by_key {
+        assert_eq!(
+            answers.iter().filter(|a| !a.2).count(),
+            1,
+            "{key}: exactly one original"
+        );
+        let (id, seq, _) = answers[0];
+        assert!(
+            answers.iter().all(|a| (a.0, a.1) == (id, seq)),
+            "{key}: every answer names the original"
+        );
+    }
+    // 20 keyed originals + 40 unkeyed messages, gap-free per user.
+    let mut total = 0;
+    for u in 0..4 {
+        let page = replicas[1]
+            .history(&Feed::Inbox(user(&format!("r{u}"))), 0, 1000)
+            .await
+            .unwrap();
+        let seqs: Vec<u64> = page.messages.iter().map(|m| m.seq).collect();
+        assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>());
+        total += seqs.len();
+    }
+    assert_eq!(total, 20 + 40);
+}
+
+async fn acks_are_cumulative_and_bounded_by_the_head(db: Backend) {
+    let s = db.migrated().await;
+    let batch: Vec<PublishItem> = (0..10).map(|_| item(Target::User(user("cy")))).collect();
+    s.commit(&batch).await.unwrap();
+    assert_eq!(s.inbox_position(&user("cy")).await.unwrap(), (0, 10));
+    // Several acks for one user in a batch: the highest counts.
+    s.ack(&[(user("cy"), 4), (user("cy"), 6), (user("cy"), 5)])
+        .await
+        .unwrap();
+    assert_eq!(s.inbox_position(&user("cy")).await.unwrap(), (6, 10));
+    // Never backwards, never past the head, nothing for users without messages.
+    s.ack(&[(user("cy"), 3)]).await.unwrap();
+    assert_eq!(s.inbox_position(&user("cy")).await.unwrap(), (6, 10));
+    s.ack(&[(user("cy"), 99), (user("nobody"), 5)])
+        .await
+        .unwrap();
+    assert_eq!(s.inbox_position(&user("cy")).await.unwrap(), (10, 10));
+    assert_eq!(s.inbox_position(&user("nobody")).await.unwrap(), (0, 0));
+}
+
+async fn positions_of_many_feeds_come_back_in_the_order_asked(db: Backend) {
+    let s = db.migrated().await;
+    let news = Topic::parse("room:news").unwrap();
+    let mut batch: Vec<PublishItem> = (0..3).map(|_| item(Target::User(user("dee")))).collect();
+    batch.extend((0..5).map(|_| item(Target::Topic(news.clone()))));
+    batch.push(item(Target::User(user("eve"))));
+    s.commit(&batch).await.unwrap();
+    s.ack(&[(user("dee"), 2)]).await.unwrap();
+
+    let feeds = [
+        Feed::Topic(news.clone()),
+        Feed::Inbox(user("eve")),
+        Feed::Inbox(user("nobody")),
+        Feed::Inbox(user("dee")),
+        Feed::Topic(Topic::parse("room:quiet").unwrap()),
+        Feed::Inbox(user("dee")),
+    ];
+    let got: Vec<(u64, u64)> = s
+        .positions(&feeds)
+        .await
+        .unwrap()
+        .iter()
+        .map(|p| (p.head_seq, p.acked_seq))
+        .collect();
+    assert_eq!(got, [(5, 0), (1, 0), (0, 0), (3, 2), (0, 0), (3, 2)]);
+    assert!(s.positions(&[]).await.unwrap().is_empty());
+}
+
+async fn the_registry_takes_and_drops_connections_in_batches(db: Backend) {
+    let s = db.migrated().await;
+    let now = std::time::SystemTime::now();
+    let record = |name: &str, bridge: &str| notify_store::ConnectionRecord {
+        connection_id: notify_core::ConnectionId::new(),
+        user_id: user(name),
+        bridge_id: bridge.into(),
+        connected_at: now,
+        last_seen: now,
+    };
+    let records = [
+        record("fay", "b1"),
+        record("fay", "b2"),
+        record("gus", "b1"),
+    ];
+    s.register_connections(&records).await.unwrap();
+    // Registering again refreshes instead of failing.
+    s.register_connections(&records[..1]).await.unwrap();
+    assert_eq!(s.connections_of(&user("fay")).await.unwrap().len(), 2);
+
+    let gone = [records[0].connection_id, notify_core::ConnectionId::new()];
+    assert_eq!(s.remove_connections(&gone).await.unwrap(), 1);
+    let left = s.connections_of(&user("fay")).await.unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].bridge_id, "b2");
+    assert_eq!(s.remove_bridge("b1").await.unwrap(), 1);
+    assert!(s.connections_of(&user("gus")).await.unwrap().is_empty());
+    assert_eq!(s.remove_connections(&[]).await.unwrap(), 0);
+}
+
+async fn subscriptions_are_sets_per_user(db: Backend) {
+    let s = db.migrated().await;
+    let (lobby, news) = (
+        Topic::parse("room:lobby").unwrap(),
+        Topic::parse("room:news").unwrap(),
+    );
+    s.commit(&[
+        item(Target::Topic(lobby.clone())),
+        item(Target::Topic(lobby.clone())),
+    ])
+    .await
+    .unwrap();
+    // New, then already there; the topic's head comes with it.
+    assert_eq!(s.subscribe(&user("hal"), &lobby).await.unwrap(), (true, 2));
+    assert_eq!(s.subscribe(&user("hal"), &lobby).await.unwrap(), (false, 2));
+    assert_eq!(s.subscribe(&user("hal"), &news).await.unwrap(), (true, 0));
+    assert_eq!(s.subscribe(&user("ida"), &lobby).await.unwrap(), (true, 2));
+    assert_eq!(s.subscriber_count(&lobby).await.unwrap(), 2);
+    assert_eq!(
+        s.subscriptions_of(&user("hal")).await.unwrap(),
+        [lobby.clone(), news.clone()]
+    );
+    assert!(s.unsubscribe(&user("hal"), &lobby).await.unwrap());
+    assert!(!s.unsubscribe(&user("hal"), &lobby).await.unwrap());
+    assert_eq!(s.subscriber_count(&lobby).await.unwrap(), 1);
+    assert_eq!(s.subscriptions_of(&user("hal")).await.unwrap(), [news]);
+    assert!(
+        s.subscriptions_of(&user("nobody"))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+async fn history_pages_through_a_feed_and_hides_expired_entries(db: Backend) {
+    let s = db.migrated().await;
+    let jo = user("jo");
+    let mut batch: Vec<PublishItem> = (0..5)
+        .map(|n| {
+            let mut i = item(Target::User(jo.clone()));
+            i.publish.event = format!("e{n}");
+            i.publish.data = format!("{{\"n\":{n}}}");
+            i
+        })
+        .collect();
+    // A list message's payload is stored once and read through the join.
+    let mut list = item(Target::Users(vec![jo.clone(), user("kim")]));
+    list.publish.data = "\"shared\"".into();
+    batch.push(list.clone());
+    // Already expired when it is read: never shown, though it took a seq.
+    let mut gone = item(Target::User(jo.clone()));
+    gone.publish.ttl = Duration::ZERO;
+    batch.push(gone);
+    let committed = s.commit(&batch).await.unwrap();
+    assert_eq!(committed[5].inbox_seqs, [(jo.clone(), 6), (user("kim"), 1)]);
+
+    let first = s.history(&Feed::Inbox(jo.clone()), 0, 2).await.unwrap();
+    assert_eq!(first.head_seq, 7);
+    assert_eq!(
+        first
+            .messages
+            .iter()
+            .map(|m| (m.seq, m.event.as_str(), m.data.as_str()))
+            .collect::<Vec<_>>(),
+        [(1, "e0", "{\"n\":0}"), (2, "e1", "{\"n\":1}")]
+    );
+    assert_eq!(first.messages[0].message_id, committed[0].message_id);
+    assert_eq!(first.messages[0].ts, committed[0].ts);
+    let rest = s.history(&Feed::Inbox(jo.clone()), 2, 100).await.unwrap();
+    assert_eq!(
+        rest.messages.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        [3, 4, 5, 6]
+    );
+    assert_eq!(rest.messages[3].data, "\"shared\"");
+    let kim = s.history(&Feed::Inbox(user("kim")), 0, 100).await.unwrap();
+    assert_eq!(kim.messages[0].message_id, list.message_id);
+    let none = s
+        .history(&Feed::Inbox(user("nobody")), 0, 100)
+        .await
+        .unwrap();
+    assert_eq!((none.messages.len(), none.head_seq), (0, 0));
+}
+
+async fn every_fight_change_lands_in_the_outbox_with_gap_free_ids(db: Backend) {
+    db.migrated().await;
+    let (book, log) = (db.fight_book(), db.fight_log("bet-tracker"));
+    let fight = |id| NewFight {
+        id,
+        creator_id: "cora",
+        stake: 500,
+        currency: "EUR",
+        accept_within: Duration::from_secs(3600),
+    };
+    book.create(&fight("f1")).await.unwrap();
+    book.accept("f1", "abe").await.unwrap();
+    book.restake("f1", 700).await.unwrap();
+    book.complete("f1", "abe").await.unwrap();
+    book.create(&fight("f2")).await.unwrap();
+    book.cancel("f2").await.unwrap();
+    assert!(book.accept("no-such-fight", "abe").await.is_err());
+
+    let rows = log.changes(0, 100).await.unwrap();
+    let got: Vec<(i64, Option<&str>)> = rows
+        .iter()
+        .map(|r| (r.id, r.old_status.as_deref()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (1, None),
+            (2, Some("open")),
+            (3, Some("accepted")),
+            (4, Some("accepted")),
+            (5, None),
+            (6, Some("open")),
+        ]
+    );
+    let row: serde_json::Value = serde_json::from_str(&rows[3].fight).unwrap();
+    assert_eq!(
+        (
+            row["id"].as_str(),
+            row["status"].as_str(),
+            row["winner_id"].as_str(),
+            row["acceptor_id"].as_str(),
+            row["stake"].as_i64(),
+            row["currency"].as_str()
+        ),
+        (
+            Some("f1"),
+            Some("completed"),
+            Some("abe"),
+            Some("abe"),
+            Some(700),
+            Some("EUR")
+        )
+    );
+    for field in ["accept_deadline", "created_at", "updated_at"] {
+        let text = row[field].as_str().unwrap_or_default();
+        assert!(text.len() >= 20 && text.contains('T'), "{field}: {text:?}");
+    }
+    assert_eq!(log.changes(4, 1).await.unwrap()[0].id, 5, "pages by id");
+    let (behind, age) = log.lag(2).await.unwrap();
+    assert_eq!(behind, 4);
+    assert!(
+        (0.0..60.0).contains(&age),
+        "age of the oldest unread: {age}"
+    );
+    assert_eq!(log.lag(6).await.unwrap(), (0, 0.0));
+}
+
+async fn one_tracker_holds_the_lease_and_only_it_moves_the_cursor(db: Backend) {
+    db.migrated().await;
+    let (a, b) = (db.fight_log("group"), db.fight_log("group"));
+    let other_group = db.fight_log("other");
+    let ttl = Duration::from_secs(30);
+    assert!(a.hold_lease("a", ttl).await.unwrap());
+    assert!(
+        a.hold_lease("a", ttl).await.unwrap(),
+        "renewed by its holder"
+    );
+    assert!(!b.hold_lease("b", ttl).await.unwrap(), "held by a");
+    assert!(
+        other_group.hold_lease("b", ttl).await.unwrap(),
+        "groups apart"
+    );
+
+    assert_eq!(a.cursor().await.unwrap(), 0);
+    assert!(a.advance("a", 5).await.unwrap());
+    assert!(
+        !b.advance("b", 9).await.unwrap(),
+        "fenced: b holds no lease"
+    );
+    assert!(a.advance("a", 3).await.unwrap());
+    assert_eq!(b.cursor().await.unwrap(), 5, "never backwards, shared");
+    assert_eq!(other_group.cursor().await.unwrap(), 0);
+
+    // Given back: the standby takes it at once.
+    a.release_lease("a").await.unwrap();
+    assert!(!a.advance("a", 6).await.unwrap());
+    assert!(b.hold_lease("b", Duration::from_millis(200)).await.unwrap());
+    // Lapsed: anyone may take it.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(
+        !b.advance("b", 7).await.unwrap(),
+        "an expired lease fences too"
+    );
+    assert!(a.hold_lease("a", ttl).await.unwrap());
+    assert!(a.advance("a", 7).await.unwrap());
+    assert_eq!(a.cursor().await.unwrap(), 7);
+}
+
+async fn open_fights_past_their_deadline_are_overdue_until_recorded(db: Backend) {
+    db.migrated().await;
+    let (book, log) = (db.fight_book(), db.fight_log("bet-tracker"));
+    let fight = |id, within| NewFight {
+        id,
+        creator_id: "cora",
+        stake: 100,
+        currency: "EUR",
+        accept_within: within,
+    };
+    book.create(&fight("late", Duration::from_millis(10)))
+        .await
+        .unwrap();
+    book.create(&fight("taken", Duration::from_millis(10)))
+        .await
+        .unwrap();
+    book.accept("taken", "abe").await.unwrap();
+    book.create(&fight("later", Duration::from_millis(50)))
+        .await
+        .unwrap();
+    book.create(&fight("fresh", Duration::from_secs(3600)))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let ids = |rows: Vec<String>| -> Vec<String> {
+        rows.iter()
+            .map(|r| {
+                let v: serde_json::Value = serde_json::from_str(r).unwrap();
+                v["id"].as_str().unwrap_or_default().to_owned()
+            })
+            .collect()
+    };
+    assert_eq!(ids(log.overdue(10).await.unwrap()), ["late", "later"]);
+    assert_eq!(ids(log.overdue(1).await.unwrap()), ["late"]);
+    log.expired("late").await.unwrap();
+    log.expired("late").await.unwrap();
+    assert_eq!(ids(log.overdue(10).await.unwrap()), ["later"]);
+}
