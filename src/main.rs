@@ -6,6 +6,7 @@
 //! any deployment. Without DATABASE_URL, `up` runs on embedded SQLite.
 
 mod cli;
+mod connect;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -57,6 +58,13 @@ enum Command {
     ///
     /// Example: notify token --user alice --realm eu --groups admin
     Token(TokenArgs),
+    /// Connect to a bridge over WebSocket and print every frame as one JSON line.
+    ///
+    /// Inbox messages are acked as they are printed (--no-ack to keep them).
+    #[command(
+        after_help = "Examples:\n  notify connect --user alice                       # dev token from ./.notify\n  notify connect --user bob --topic fights:live\n  notify connect --ws wss://push.example.com/ws --token \"$ACCESS_TOKEN\""
+    )]
+    Connect(connect::ConnectArgs),
     /// Publish one message; prints its id and seq as JSON.
     #[command(
         after_help = "Examples:\n  notify publish --user alice --data '{\"text\":\"hi\"}'\n  echo '{\"score\":3}' | notify publish --topic room:lobby --event score\n  notify publish --users alice,bob --key order-42 --data '\"shipped\"'"
@@ -106,6 +114,7 @@ async fn main() -> std::process::ExitCode {
             .await
             .map_err(Into::into),
         Command::Token(args) => token(args).map_err(Into::into),
+        Command::Connect(args) => connect::connect(args).await,
         Command::Publish(args) => cli::publish(&endpoint, args).await,
         Command::Tail(args) => cli::tail(&endpoint, args).await,
         Command::History(args) => cli::history(&endpoint, args).await,
@@ -142,6 +151,19 @@ struct TokenArgs {
     /// Where the dev key lives (created on first use; `notify up` uses the same).
     #[arg(long, default_value = ".notify")]
     data_dir: std::path::PathBuf,
+}
+
+/// A dev access token for `user`, valid for a day, with the dev key in `data_dir`.
+fn mint_dev_token(data_dir: &std::path::Path, user: &str) -> anyhow::Result<String> {
+    let issuer = notify_auth::DevIssuer::load_or_create(
+        &data_dir.join(notify_auth::DEV_KEY_FILE),
+        notify_auth::DEV_ISSUER,
+        notify_auth::DEV_CLIENT_ID,
+    )?;
+    Ok(issuer.mint(&notify_auth::DevToken {
+        ttl: std::time::Duration::from_secs(24 * 3600),
+        ..notify_auth::DevToken::access(user)
+    })?)
 }
 
 /// Prints a dev token: RS256 with the local dev key, shaped like Cognito's.
@@ -221,10 +243,7 @@ async fn up(
         notify_auth::DEV_CLIENT_ID,
     )?;
     let verifier = issuer.verifier();
-    let token = issuer.mint(&notify_auth::DevToken {
-        ttl: std::time::Duration::from_secs(24 * 3600),
-        ..notify_auth::DevToken::access("alice")
-    })?;
+    let token = mint_dev_token(&data_dir, "alice")?;
     let bridge = notify_bridge::BridgeConfig {
         bridge_id: format!("up:{}", ws_addr.port()),
         // The same gRPC link as production, over loopback.

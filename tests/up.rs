@@ -288,6 +288,39 @@ async fn notify_up_simulate_puts_fight_events_on_the_lobby() {
     assert!(events.iter().all(|m| m.event.starts_with("fight_")));
     let fight: Value = serde_json::from_str(&events[0].data).unwrap();
     assert!(fight["fight"]["stake"].as_i64().unwrap_or(0) > 0, "{fight}");
+
+    // What the README's quick start shows: `notify connect` follows the lobby.
+    let mut watcher = Command::new(env!("CARGO_BIN_EXE_notify"))
+        .args(["connect", "--user", "carol", "--topic", "fights:live"])
+        .args(["--ws", &format!("ws://{}/ws", up.ws)])
+        .arg("--data-dir")
+        .arg(&data.path)
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(watcher.stdout.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    while !seen.iter().any(|f: &Value| f["topic"] == "fights:live") {
+        let line = tokio::time::timeout(Duration::from_secs(15), lines.next_line())
+            .await
+            .expect("a frame within 15 s")
+            .unwrap()
+            .expect("notify connect still running");
+        seen.push(serde_json::from_str(&line).unwrap());
+    }
+    assert_eq!(seen[0]["type"], "welcome", "{seen:?}");
+    assert!(seen.iter().any(|f| f["type"] == "subscribed"), "{seen:?}");
+    let pid = watcher.id().unwrap().to_string();
+    std::process::Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(10), watcher.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "Ctrl-C closes normally: {status:?}");
     up.stop().await;
 }
 

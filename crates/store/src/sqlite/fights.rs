@@ -189,7 +189,7 @@ impl SqliteFightBook {
             .db
             .write(move |conn| {
                 conn.prepare_cached(&sql)?
-                    .execute(rusqlite::params_from_iter(values))
+                    .execute(rusqlite::params_from_iter(values.iter()))
             })
             .await?;
         if changed == 0 {

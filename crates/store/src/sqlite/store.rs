@@ -65,6 +65,11 @@ fn user_of(raw: &str) -> rusqlite::Result<UserId> {
 
 const SWEEP: i64 = SWEEP_CHUNK as i64;
 
+/// A user's inbox head: the row of `inbox` at the largest seq (see the
+/// migration for why heads live there).
+const HEAD_OF_INBOX: &str =
+    "SELECT last_seq FROM inbox WHERE user_id = ?1 AND seq = 9223372036854775807";
+
 #[async_trait]
 impl Store for SqliteStore {
     async fn migrate(&self) -> Result<usize, StoreError> {
@@ -100,9 +105,10 @@ impl Store for SqliteStore {
                                 COALESCE(i.data, m.data), i.created_at
                          FROM inbox i
                          LEFT JOIN messages m ON i.event IS NULL AND m.id = i.message_id
-                         WHERE i.user_id = ?1 AND i.seq > ?2 AND i.expires_at > ?4
+                         WHERE i.user_id = ?1 AND i.seq > ?2 AND i.seq < 9223372036854775807
+                           AND i.expires_at > ?4
                          ORDER BY i.seq LIMIT ?3",
-                        "SELECT last_seq FROM inbox_heads WHERE user_id = ?1",
+                        HEAD_OF_INBOX,
                         user.as_str(),
                     ),
                     Feed::Topic(topic) => (
@@ -156,7 +162,8 @@ impl Store for SqliteStore {
             .write(move |conn| {
                 let mut upsert = conn.prepare_cached(
                     "INSERT INTO inbox_acks (user_id, acked_seq)
-                     SELECT user_id, MIN(?2, last_seq) FROM inbox_heads WHERE user_id = ?1
+                     SELECT user_id, MIN(?2, last_seq) FROM inbox
+                     WHERE user_id = ?1 AND seq = 9223372036854775807
                      ON CONFLICT (user_id) DO UPDATE
                        SET acked_seq = MAX(acked_seq, excluded.acked_seq)",
                 )?;
@@ -181,7 +188,8 @@ impl Store for SqliteStore {
         self.db
             .read(move |conn| {
                 let mut inbox = conn.prepare_cached(
-                    "SELECT COALESCE((SELECT last_seq FROM inbox_heads WHERE user_id = ?1), 0),
+                    "SELECT COALESCE((SELECT last_seq FROM inbox
+                                      WHERE user_id = ?1 AND seq = 9223372036854775807), 0),
                             COALESCE((SELECT acked_seq FROM inbox_acks WHERE user_id = ?1), 0)",
                 )?;
                 let mut topic = conn.prepare_cached(
@@ -367,17 +375,18 @@ impl Store for SqliteStore {
         let now = micros(now);
         // One chunk per table per job: the writer is never held long.
         let mut swept = Swept::default();
-        for (table, count) in [
-            ("inbox", &mut swept.inbox),
-            ("messages", &mut swept.messages),
-            ("idempotency_keys", &mut swept.idempotency_keys),
+        // (table, its key): inbox has no rowid (see the migration).
+        for (table, key, count) in [
+            ("inbox", "user_id, seq", &mut swept.inbox),
+            ("messages", "rowid", &mut swept.messages),
+            ("idempotency_keys", "rowid", &mut swept.idempotency_keys),
         ] {
             *count = self
                 .db
                 .write(move |conn| {
                     conn.prepare_cached(&format!(
-                        "DELETE FROM {table} WHERE rowid IN
-                         (SELECT rowid FROM {table} WHERE expires_at <= ?1 LIMIT ?2)"
+                        "DELETE FROM {table} WHERE ({key}) IN
+                         (SELECT {key} FROM {table} WHERE expires_at <= ?1 LIMIT ?2)"
                     ))?
                     .execute([now, SWEEP])
                     .map(|n| n as u64)
@@ -389,8 +398,8 @@ impl Store for SqliteStore {
                 .db
                 .write(move |conn| {
                     conn.prepare_cached(
-                        "DELETE FROM topic_log WHERE rowid IN (
-                            SELECT rowid FROM topic_log
+                        "DELETE FROM topic_log WHERE (topic, seq) IN (
+                            SELECT topic, seq FROM topic_log
                             WHERE topic >= ?1 AND topic < ?2 AND created_at < ?3 LIMIT ?4)",
                     )?
                     .execute(params![from, to, cutoff, SWEEP])
@@ -462,8 +471,9 @@ fn commit_batch<'a>(
     let demand = SeqDemand::of(items, &new);
     let user_last = bump_heads(
         conn,
-        "INSERT INTO inbox_heads (user_id, last_seq) VALUES (?1, ?2)
-         ON CONFLICT (user_id) DO UPDATE SET last_seq = last_seq + excluded.last_seq
+        "INSERT INTO inbox (user_id, seq, message_id, created_at, expires_at, last_seq)
+         VALUES (?1, 9223372036854775807, x'', 0, 9223372036854775807, ?2)
+         ON CONFLICT (user_id, seq) DO UPDATE SET last_seq = last_seq + excluded.last_seq
          RETURNING last_seq",
         &demand.users,
     )?;
