@@ -273,7 +273,13 @@ async fn up(
     println!("  database     {database}");
     println!("  dev token    (user alice, 24 h; more with `notify token --user NAME`)");
     println!("TOKEN={token}");
-    println!("  connect:     websocat \"ws://{ws_addr}/ws?token=$TOKEN\"");
+    let data_flag = if data_dir == std::path::Path::new(".notify") {
+        String::new()
+    } else {
+        format!(" --data-dir {}", data_dir.display())
+    };
+    println!("  connect:     notify connect --ws ws://{ws_addr}/ws --user alice{data_flag}");
+    println!("               (or: websocat \"ws://{ws_addr}/ws?token=$TOKEN\")");
     println!(
         "  publish:     notify publish --url http://{} --user alice --data '{{\"text\":\"hi\"}}'",
         args.grpc_addr

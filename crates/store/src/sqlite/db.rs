@@ -347,3 +347,76 @@ pub async fn migrate(db: &Db, migrations: &'static [Migration]) -> Result<usize,
         }),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sqlite::SqliteConfig;
+
+    fn db() -> (Db, PathBuf) {
+        let dir = std::env::temp_dir().join(format!(
+            "notify-sqlite-db-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_nanos())
+        ));
+        let db = Db::open(&SqliteConfig::new(dir.join("t.db"))).unwrap();
+        (db, dir)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failing_job_takes_nothing_of_the_others_with_it() {
+        let (db, dir) = db();
+        db.write(|c| c.execute_batch("CREATE TABLE t (k INTEGER PRIMARY KEY)"))
+            .await
+            .unwrap();
+        // Many jobs at once, so they share transactions; every fifth writes
+        // a row and then fails (a duplicate key).
+        let jobs: Vec<_> = (1..=200i64)
+            .map(|k| {
+                let db = db.clone();
+                tokio::spawn(async move {
+                    db.write(move |c| {
+                        c.execute("INSERT INTO t (k) VALUES (?1)", [k])?;
+                        if k % 5 == 0 {
+                            c.execute("INSERT INTO t (k) VALUES (?1)", [k])?;
+                        }
+                        Ok(k)
+                    })
+                    .await
+                })
+            })
+            .collect();
+        let mut failed = Vec::new();
+        for job in jobs {
+            if let Err(e) = job.await.unwrap() {
+                assert!(matches!(e, StoreError::Internal(_)), "{e}");
+                failed.push(());
+            }
+        }
+        assert_eq!(failed.len(), 40);
+        let kept: Vec<i64> = db
+            .read(|c| {
+                c.prepare("SELECT k FROM t ORDER BY k")?
+                    .query_map([], |r| r.get(0))?
+                    .collect()
+            })
+            .await
+            .unwrap();
+        // The successful jobs' rows, once each; nothing of the failed ones.
+        assert_eq!(kept, (1..=200).filter(|k| k % 5 != 0).collect::<Vec<_>>());
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
+    async fn readers_cannot_write() {
+        let (db, dir) = db();
+        db.write(|c| c.execute_batch("CREATE TABLE t (k INTEGER)"))
+            .await
+            .unwrap();
+        let refused = db.read(|c| c.execute("INSERT INTO t VALUES (1)", [])).await;
+        assert!(refused.is_err(), "query_only readers");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
