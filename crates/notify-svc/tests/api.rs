@@ -1,18 +1,35 @@
-//! The Notify API over real gRPC on loopback, against a real Postgres.
+//! The Notify API over real gRPC on loopback. Every test runs twice, on a
+//! real Postgres and on the embedded SQLite store: a client must not be
+//! able to tell them apart.
 
 mod common;
 
 use std::{collections::HashSet, time::Duration};
 
-use common::{Svc, all_seqs, history_of_user, to_topic, to_user};
+use common::{Backend, Svc, all_seqs, history_of_user, to_topic, to_user};
 use notify_core::{NamespacePolicy, SubscribeRule};
 use notify_proto::v1::{self as pb, history_request::Target as H, publish_request::Target as P};
 use tokio_stream::StreamExt;
 use tonic::Code;
 
-#[tokio::test]
-async fn a_user_publish_is_in_history_with_seq_1() {
-    let svc = Svc::start().await;
+on_both_stores!(
+    a_user_publish_is_in_history_with_seq_1,
+    user_lists_topics_and_broadcast_are_accepted,
+    concurrent_publishers_get_every_seq_once,
+    a_repeated_idempotency_key_stores_once,
+    every_bad_input_gets_its_status,
+    a_topic_log_keeps_its_namespace_size,
+    watch_streams_what_is_published_after_it_started,
+    subscriptions_and_presence,
+    history_pages_follow_next_since,
+    watch_sees_what_another_replica_commits,
+    watch_broadcast_is_live_only,
+    reflection_lists_the_services_like_grpcurl_list,
+    a_fight_event_reaches_both_fighters_and_its_topics_once,
+);
+
+async fn a_user_publish_is_in_history_with_seq_1(backend: Backend) {
+    let svc = Svc::start_on(backend).await;
     let mut client = svc.client().await;
     let sent = client
         .publish(to_user("alice", r#"{"text":"hi"}"#))
@@ -45,9 +62,8 @@ async fn a_user_publish_is_in_history_with_seq_1() {
     svc.stop().await;
 }
 
-#[tokio::test]
-async fn user_lists_topics_and_broadcast_are_accepted() {
-    let svc = Svc::start().await;
+async fn user_lists_topics_and_broadcast_are_accepted(backend: Backend) {
+    let svc = Svc::start_on(backend).await;
     let mut client = svc.client().await;
     client.publish(to_user("bob", "1")).await.unwrap();
     let list = client
@@ -106,11 +122,10 @@ async fn user_lists_topics_and_broadcast_are_accepted() {
     svc.stop().await;
 }
 
-#[tokio::test]
-async fn concurrent_publishers_get_every_seq_once() {
+async fn concurrent_publishers_get_every_seq_once(backend: Backend) {
     const PUBLISHERS: usize = 64;
     const EACH: usize = 500;
-    let svc = Svc::start().await;
+    let svc = Svc::start_on(backend).await;
     for target in [P::UserId("hot".into()), P::Topic("room:hot".into())] {
         let mut tasks = Vec::new();
         for _ in 0..PUBLISHERS {
@@ -145,9 +160,8 @@ async fn concurrent_publishers_get_every_seq_once() {
     svc.stop().await;
 }
 
-#[tokio::test]
-async fn a_repeated_idempotency_key_stores_once() {
-    let svc = Svc::start().await;
+async fn a_repeated_idempotency_key_stores_once(backend: Backend) {
+    let svc = Svc::start_on(backend).await;
     let mut client = svc.client().await;
     let keyed = |data: &str| pb::PublishRequest {
         idempotency_key: "order-7".into(),
@@ -220,9 +234,8 @@ async fn a_repeated_idempotency_key_stores_once() {
     svc.stop().await;
 }
 
-#[tokio::test]
-async fn every_bad_input_gets_its_status() {
-    let svc = Svc::start().await;
+async fn every_bad_input_gets_its_status(backend: Backend) {
+    let svc = Svc::start_on(backend).await;
     let mut client = svc.client().await;
     let many: Vec<String> = (0..10_001).map(|i| format!("u{i}")).collect();
     let cases: Vec<(&str, pb::PublishRequest, Code, &str)> = vec![
@@ -386,10 +399,8 @@ async fn every_bad_input_gets_its_status() {
     svc.stop().await;
 }
 
-#[tokio::test]
-async fn a_topic_log_keeps_its_namespace_size() {
-    let db = test_support::TestDb::create().await;
-    let svc = Svc::start_with(db, |cfg| {
+async fn a_topic_log_keeps_its_namespace_size(backend: Backend) {
+    let svc = Svc::start_on_with(backend, |cfg| {
         cfg.topics.set(
             "ticker",
             NamespacePolicy {
@@ -418,9 +429,8 @@ async fn a_topic_log_keeps_its_namespace_size() {
     svc.stop().await;
 }
 
-#[tokio::test]
-async fn watch_streams_what_is_published_after_it_started() {
-    let svc = Svc::start().await;
+async fn watch_streams_what_is_published_after_it_started(backend: Backend) {
+    let svc = Svc::start_on(backend).await;
     let mut client = svc.client().await;
     client
         .publish(to_topic("fights:live", r#""before""#))
@@ -489,9 +499,8 @@ async fn watch_streams_what_is_published_after_it_started() {
     svc.stop().await;
 }
 
-#[tokio::test]
-async fn subscriptions_and_presence() {
-    let svc = Svc::start().await;
+async fn subscriptions_and_presence(backend: Backend) {
+    let svc = Svc::start_on(backend).await;
     let mut client = svc.client().await;
     client.publish(to_topic("room:lobby", "{}")).await.unwrap();
     let sub = |user: &str| pb::SubscribeRequest {
@@ -572,9 +581,8 @@ fn uuid_string() -> String {
     notify_core::ConnectionId::new().to_string()
 }
 
-#[tokio::test]
-async fn history_pages_follow_next_since() {
-    let svc = Svc::start().await;
+async fn history_pages_follow_next_since(backend: Backend) {
+    let svc = Svc::start_on(backend).await;
     let mut client = svc.client().await;
     let batch = pb::PublishBatchRequest {
         requests: vec![to_user("hal", "1"); 250],
@@ -608,10 +616,9 @@ async fn history_pages_follow_next_since() {
     svc.stop().await;
 }
 
-#[tokio::test]
-async fn watch_sees_what_another_replica_commits() {
-    let a = Svc::start().await;
-    let b = Svc::replica(&a.db.as_ref().unwrap().url).await;
+async fn watch_sees_what_another_replica_commits(backend: Backend) {
+    let a = Svc::start_on(backend).await;
+    let b = Svc::replica(&a.url).await;
     let mut on_a = a.client().await;
     let mut on_b = b.client().await;
     let mut watch = on_a
@@ -648,9 +655,8 @@ async fn watch_sees_what_another_replica_commits() {
     a.stop().await;
 }
 
-#[tokio::test]
-async fn watch_broadcast_is_live_only() {
-    let svc = Svc::start().await;
+async fn watch_broadcast_is_live_only(backend: Backend) {
+    let svc = Svc::start_on(backend).await;
     let mut client = svc.client().await;
     let broadcast = |data: &str| pb::PublishRequest {
         target: Some(P::Broadcast(true)),
@@ -679,13 +685,12 @@ async fn watch_broadcast_is_live_only() {
     svc.stop().await;
 }
 
-#[tokio::test]
-async fn reflection_lists_the_services_like_grpcurl_list() {
+async fn reflection_lists_the_services_like_grpcurl_list(backend: Backend) {
     use tonic_reflection::pb::v1::{
         ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
         server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
     };
-    let svc = Svc::start().await;
+    let svc = Svc::start_on(backend).await;
     let channel = tonic::transport::Channel::from_shared(format!("http://{}", svc.grpc))
         .unwrap()
         .connect()
@@ -735,9 +740,8 @@ fn accepted_fight(id: &str) -> pb::EmitFightEventRequest {
     }
 }
 
-#[tokio::test]
-async fn a_fight_event_reaches_both_fighters_and_its_topics_once() {
-    let svc = Svc::start().await;
+async fn a_fight_event_reaches_both_fighters_and_its_topics_once(backend: Backend) {
+    let svc = Svc::start_on(backend).await;
     let mut client = svc.client().await;
     let answer = client
         .emit_fight_event(accepted_fight("f-7"))

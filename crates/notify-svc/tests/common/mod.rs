@@ -1,5 +1,6 @@
 //! Starts a real notify-svc in-process on loopback ports against a fresh
-//! Postgres database, and gives tests a gRPC client.
+//! database — Postgres, or SQLite for the tests run on both stores — and
+//! gives tests a gRPC client.
 
 #![allow(dead_code)]
 
@@ -8,7 +9,7 @@ use std::{net::SocketAddr, time::Duration};
 use clap::Parser;
 use notify_proto::v1::{self as pb, notify_client::NotifyClient};
 use notify_svc::{Config, RunError, SvcArgs};
-use test_support::TestDb;
+use test_support::{TestDb, TestDir};
 use tokio::{net::TcpListener, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
@@ -27,6 +28,37 @@ pub fn config(database_url: &str, flags: &[&str]) -> Config {
     Config::from_args(&cli.svc).expect("valid config")
 }
 
+/// Which store a test runs notify-svc on.
+#[derive(Debug, Clone, Copy)]
+pub enum Backend {
+    Postgres,
+    Sqlite,
+}
+
+/// Instantiates each test body (`async fn name(backend: Backend)`) once per
+/// store, in modules `postgres` and `sqlite`.
+#[macro_export]
+macro_rules! on_both_stores {
+    ($($test:ident),* $(,)?) => {
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $test() {
+                    super::$test(super::common::Backend::Postgres).await;
+                }
+            )*
+        }
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $test() {
+                    super::$test(super::common::Backend::Sqlite).await;
+                }
+            )*
+        }
+    };
+}
+
 pub struct Svc {
     pub grpc: SocketAddr,
     pub http: SocketAddr,
@@ -34,11 +66,36 @@ pub struct Svc {
     pub handle: JoinHandle<Result<(), RunError>>,
     /// The database this instance owns (None for a second replica on it).
     pub db: Option<TestDb>,
+    /// The SQLite directory this instance owns, if it runs on SQLite.
+    pub sqlite: Option<TestDir>,
+    /// Its database URL, for replicas.
+    pub url: String,
 }
 
 impl Svc {
     pub async fn start() -> Self {
         Self::start_with(TestDb::create().await, |_| {}).await
+    }
+
+    /// Starts on a fresh database of `backend`.
+    pub async fn start_on(backend: Backend) -> Self {
+        Self::start_on_with(backend, |_| {}).await
+    }
+
+    /// Starts on a fresh database of `backend` with `tweak` applied.
+    pub async fn start_on_with(backend: Backend, tweak: impl FnOnce(&mut Config)) -> Self {
+        match backend {
+            Backend::Postgres => Self::start_with(TestDb::create().await, tweak).await,
+            Backend::Sqlite => {
+                let dir = TestDir::create("svc-sqlite");
+                let url = format!("sqlite:{}", dir.join("notify.db").display());
+                let mut cfg = config(&url, &[]);
+                tweak(&mut cfg);
+                let mut svc = Self::start_inner(None, cfg, url).await;
+                svc.sqlite = Some(dir);
+                svc
+            }
+        }
     }
 
     /// Starts with `tweak` applied to the configuration.
@@ -49,15 +106,16 @@ impl Svc {
     }
 
     pub async fn start_config(db: TestDb, cfg: Config) -> Self {
-        Self::start_inner(Some(db), cfg).await
+        let url = db.url.clone();
+        Self::start_inner(Some(db), cfg, url).await
     }
 
     /// Another replica on `url`'s database, which it does not own.
     pub async fn replica(url: &str) -> Self {
-        Self::start_inner(None, config(url, &[])).await
+        Self::start_inner(None, config(url, &[]), url.to_owned()).await
     }
 
-    async fn start_inner(db: Option<TestDb>, cfg: Config) -> Self {
+    async fn start_inner(db: Option<TestDb>, cfg: Config, url: String) -> Self {
         let grpc_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let http_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let (grpc, http) = (
@@ -77,6 +135,8 @@ impl Svc {
             shutdown,
             handle,
             db,
+            sqlite: None,
+            url,
         };
         svc.wait_serving().await;
         svc
