@@ -55,7 +55,7 @@ pub async fn connect(args: ConnectArgs) -> Result<(), Failure> {
     }
     let (mut socket, _) = tokio_tungstenite::connect_async(url.as_str())
         .await
-        .map_err(|e| anyhow::anyhow!("cannot connect to {}: {e}", args.ws))?;
+        .map_err(|e| refused(&args.ws, e))?;
     for topic in &args.topic {
         let frame = json!({"action": "subscribe", "topic": topic});
         send(&mut socket, &frame).await?;
@@ -88,6 +88,23 @@ pub async fn connect(args: ConnectArgs) -> Result<(), Failure> {
             Some(Err(e)) => return Err(anyhow::anyhow!("connection lost: {e}").into()),
             None => return Err(anyhow::anyhow!("connection closed without a close frame").into()),
         }
+    }
+}
+
+/// Why the upgrade failed, with the bridge's own reason when it gave one
+/// (a 401 carries `{"error":…,"message":…}`).
+fn refused(ws: &str, e: tokio_tungstenite::tungstenite::Error) -> Failure {
+    use tokio_tungstenite::tungstenite::Error;
+    match e {
+        Error::Http(response) => {
+            let body = response
+                .body()
+                .as_deref()
+                .map(String::from_utf8_lossy)
+                .unwrap_or_default();
+            anyhow::anyhow!("{ws} refused the connection: {} {body}", response.status()).into()
+        }
+        e => anyhow::anyhow!("cannot connect to {ws}: {e}").into(),
     }
 }
 

@@ -355,6 +355,19 @@ async fn notify_up_keeps_messages_across_a_restart_on_its_sqlite_data_dir() {
     .await;
     let mut socket = up.socket(&token).await;
     assert_eq!(frames(&mut socket, 1).await[0]["type"], "welcome");
+    // `notify connect` with a bad token: refused before the upgrade, exit 1.
+    let ws_url = format!("ws://{}/ws", up.ws);
+    let refused = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_notify"))
+            .args(["connect", "--ws", &ws_url, "--token", "not-a-jwt"])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(refused.status.code(), Some(1));
+    let why = String::from_utf8_lossy(&refused.stderr);
+    assert!(why.contains("401") && why.contains("token"), "{why}");
     let sent: Value = serde_json::from_str(&publish("live").await).unwrap();
     let live = frames(&mut socket, 1).await;
     assert_eq!(
