@@ -38,8 +38,9 @@ enum Command {
     ///   notify up --simulate
     ///   DATABASE_URL=postgres://app:secret@db:5432/notify notify up
     Up {
+        // Boxed: the largest variant by far (clippy::large_enum_variant).
         #[command(flatten)]
-        svc: notify_svc::SvcArgs,
+        svc: Box<notify_svc::SvcArgs>,
         /// WebSocket listen address of the bridge (loopback: dev tokens).
         #[arg(long, env = "BRIDGE_WS_ADDR", default_value = "127.0.0.1:8080")]
         ws_addr: std::net::SocketAddr,
@@ -110,7 +111,7 @@ async fn main() -> std::process::ExitCode {
             bridge_http_addr,
             data_dir,
             simulate,
-        } => up(svc, ws_addr, bridge_http_addr, data_dir, simulate)
+        } => up(*svc, ws_addr, bridge_http_addr, data_dir, simulate)
             .await
             .map_err(Into::into),
         Command::Token(args) => token(args).map_err(Into::into),

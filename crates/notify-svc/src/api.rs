@@ -18,7 +18,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::{Request, Response, Status};
 
 use crate::{
-    caller::caller_of,
+    caller::{Authenticator, Right},
     fight,
     metrics::Metrics,
     pipeline::{Published, Publisher},
@@ -51,6 +51,7 @@ pub struct NotifyApi {
     metrics: Metrics,
     shutdown: CancellationToken,
     tracker: TaskTracker,
+    auth: Authenticator,
 }
 
 impl NotifyApi {
@@ -65,6 +66,7 @@ impl NotifyApi {
         metrics: Metrics,
         shutdown: CancellationToken,
         tracker: TaskTracker,
+        auth: Authenticator,
     ) -> Self {
         Self {
             store,
@@ -76,6 +78,7 @@ impl NotifyApi {
             metrics,
             shutdown,
             tracker,
+            auth,
         }
     }
 
@@ -127,7 +130,7 @@ impl NotifyApi {
         &self,
         req: Request<pb::PublishRequest>,
     ) -> Result<pb::PublishResponse, Status> {
-        let caller = caller_of(&req)?;
+        let caller = self.auth.authorize(&req, Right::Publish).await?;
         let item = self
             .item(&caller.name, req.get_ref())
             .map_err(status::invalid)?;
@@ -147,7 +150,7 @@ impl NotifyApi {
         &self,
         req: Request<pb::PublishBatchRequest>,
     ) -> Result<pb::PublishBatchResponse, Status> {
-        let caller = caller_of(&req)?;
+        let caller = self.auth.authorize(&req, Right::Publish).await?;
         let requests = &req.get_ref().requests;
         if requests.len() > MAX_BATCH_REQUESTS {
             return Err(Status::invalid_argument(format!(
@@ -196,7 +199,7 @@ impl NotifyApi {
         &self,
         req: Request<pb::EmitFightEventRequest>,
     ) -> Result<pb::EmitFightEventResponse, Status> {
-        let caller = caller_of(&req)?;
+        let caller = self.auth.authorize(&req, Right::Publish).await?;
         let r = req.get_ref();
         let event = r
             .event
@@ -395,6 +398,7 @@ impl pb::notify_server::Notify for NotifyApi {
         req: Request<pb::SubscribeRequest>,
     ) -> Result<Response<pb::SubscribeResponse>, Status> {
         let call = async {
+            self.auth.authorize(&req, Right::Publish).await?;
             let req = req.into_inner();
             let user = user_id(&req.user_id)?;
             let topic = self.topic(&req.topic)?;
@@ -413,6 +417,7 @@ impl pb::notify_server::Notify for NotifyApi {
         req: Request<pb::UnsubscribeRequest>,
     ) -> Result<Response<pb::UnsubscribeResponse>, Status> {
         let call = async {
+            self.auth.authorize(&req, Right::Publish).await?;
             let req = req.into_inner();
             let user = user_id(&req.user_id)?;
             let topic = self.topic(&req.topic)?;
@@ -432,6 +437,7 @@ impl pb::notify_server::Notify for NotifyApi {
     ) -> Result<Response<pb::GetPresenceResponse>, Status> {
         use pb::get_presence_request::Target as T;
         let call = async {
+            self.auth.authorize(&req, Right::Admin).await?;
             match req.into_inner().target {
                 Some(T::UserId(user)) => {
                     let records = self
@@ -468,6 +474,7 @@ impl pb::notify_server::Notify for NotifyApi {
     ) -> Result<Response<pb::DisconnectResponse>, Status> {
         use pb::disconnect_request::Target as T;
         let call = async {
+            self.auth.authorize(&req, Right::Admin).await?;
             let req = req.into_inner();
             if req.reason.len() > MAX_REASON_BYTES {
                 return Err(status::invalid(ValidationError::TooLong {
@@ -507,9 +514,11 @@ impl pb::notify_server::Notify for NotifyApi {
         &self,
         req: Request<pb::HistoryRequest>,
     ) -> Result<Response<pb::HistoryResponse>, Status> {
-        self.counted("History", self.history_page(req.into_inner()))
-            .await
-            .map(Response::new)
+        let call = async {
+            self.auth.authorize(&req, Right::Admin).await?;
+            self.history_page(req.into_inner()).await
+        };
+        self.counted("History", call).await.map(Response::new)
     }
 
     type WatchStream = WatchStream;
@@ -519,6 +528,7 @@ impl pb::notify_server::Notify for NotifyApi {
         req: Request<pb::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
         use pb::watch_request::Target as T;
+        self.auth.authorize(&req, Right::Admin).await?;
         let req = req.into_inner();
         let open = async {
             let key = match req.target {

@@ -1,46 +1,96 @@
-//! Who is calling: the interceptor that turns a bearer token (or a loopback
-//! peer when no tokens are configured) into a [`Caller`] extension.
+//! Who is calling and what they may do.
+//!
+//! The interceptor checks what it can on its own: a static bearer token
+//! (`NOTIFY_API_TOKENS`, all rights) or, in dev mode (no tokens and no
+//! JWKS configured), a loopback peer. Any other bearer, when a JWKS is
+//! configured, is left for [`Authenticator::authorize`], which each RPC
+//! calls with the [`Right`] it needs: it verifies the token as a Cognito
+//! client-credentials (M2M) access token and maps its scopes to rights.
+//! Refusals are UNAUTHENTICATED (who are you?) or PERMISSION_DENIED (not
+//! allowed), each with the reason.
 
 use std::sync::Arc;
 
+use notify_auth::{TokenUse, Verifier};
 use tonic::{Request, Status};
 
 use crate::config::CallerTokens;
 
-/// The authenticated caller, inserted into every Notify request.
+/// What an RPC needs, as Cognito resource-server scopes name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Right {
+    /// Publish, PublishBatch, EmitFightEvent, Subscribe, Unsubscribe.
+    Publish,
+    /// GetPresence, Disconnect, History, Watch: other users' data and sockets.
+    Admin,
+    /// BridgeLink.Attach: only bridges.
+    Bridge,
+}
+
+impl Right {
+    pub fn scope(self) -> &'static str {
+        match self {
+            Self::Publish => "notify/publish",
+            Self::Admin => "notify/admin",
+            Self::Bridge => "notify/bridge",
+        }
+    }
+
+    const ALL: [Self; 3] = [Self::Publish, Self::Admin, Self::Bridge];
+}
+
+/// The authenticated caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller {
-    /// Names idempotency keys' scope and appears in logs and metrics.
+    /// Names idempotency keys' scope and appears in logs and metrics: the
+    /// static token's name, or the M2M token's app client.
     pub name: String,
+    /// Rights granted; a static token or a dev-mode loopback caller has all.
+    pub rights: Vec<Right>,
 }
 
 /// Name given to unauthenticated loopback callers in dev mode.
 pub const LOOPBACK_CALLER: &str = "loopback";
 
-/// Checks the caller of every Notify request.
+/// A bearer token the interceptor could not check by itself (a JWT).
+#[derive(Clone)]
+struct Unverified(String);
+
+/// Checks the caller of every request.
 #[derive(Clone)]
 pub struct Authenticator {
     tokens: Arc<CallerTokens>,
+    /// Verifies M2M access tokens, when a JWKS is configured.
+    verifier: Option<Verifier>,
 }
 
 impl Authenticator {
-    pub fn new(tokens: CallerTokens) -> Self {
-        if tokens.is_empty() {
+    pub fn new(tokens: CallerTokens, verifier: Option<Verifier>) -> Self {
+        if tokens.is_empty() && verifier.is_none() {
             tracing::warn!(
-                "NOTIFY_API_TOKENS is empty: accepting unauthenticated callers from loopback only"
+                "NOTIFY_API_TOKENS and NOTIFY_AUTH_JWKS_URL are empty: accepting unauthenticated callers from loopback only"
             );
         }
         Self {
             tokens: Arc::new(tokens),
+            verifier,
         }
     }
 
-    fn authenticate<T>(&self, req: &Request<T>) -> Result<Caller, Status> {
-        if self.tokens.is_empty() {
+    fn dev_mode(&self) -> bool {
+        self.tokens.is_empty() && self.verifier.is_none()
+    }
+
+    fn intercept<T>(&self, req: &mut Request<T>) -> Result<(), Status> {
+        if self.dev_mode() {
             return match req.remote_addr() {
-                Some(addr) if addr.ip().is_loopback() => Ok(Caller {
-                    name: LOOPBACK_CALLER.into(),
-                }),
+                Some(addr) if addr.ip().is_loopback() => {
+                    req.extensions_mut().insert(Caller {
+                        name: LOOPBACK_CALLER.into(),
+                        rights: Right::ALL.to_vec(),
+                    });
+                    Ok(())
+                }
                 _ => Err(Status::unauthenticated(
                     "no API tokens are configured (NOTIFY_API_TOKENS): only loopback callers are accepted",
                 )),
@@ -57,26 +107,85 @@ impl Authenticator {
                 h.strip_prefix("Bearer ")
                     .or_else(|| h.strip_prefix("bearer "))
             })
-            .ok_or_else(|| Status::unauthenticated("authorization must be `Bearer <token>`"))?;
-        self.tokens
-            .caller(token.trim())
-            .map(|name| Caller { name: name.into() })
-            .ok_or_else(|| Status::unauthenticated("unknown API token"))
+            .ok_or_else(|| Status::unauthenticated("authorization must be `Bearer <token>`"))?
+            .trim()
+            .to_owned();
+        if let Some(name) = self.tokens.caller(&token) {
+            let caller = Caller {
+                name: name.into(),
+                rights: Right::ALL.to_vec(),
+            };
+            req.extensions_mut().insert(caller);
+            return Ok(());
+        }
+        if self.verifier.is_none() {
+            return Err(Status::unauthenticated("unknown API token"));
+        }
+        req.extensions_mut().insert(Unverified(token));
+        Ok(())
+    }
+
+    /// The caller of `req` if it has `right`; verifies its token first if
+    /// the interceptor left that to here.
+    pub async fn authorize<T>(&self, req: &Request<T>, right: Right) -> Result<Caller, Status> {
+        let caller = match req.extensions().get::<Caller>() {
+            Some(caller) => caller.clone(),
+            None => {
+                let Unverified(token) = req
+                    .extensions()
+                    .get::<Unverified>()
+                    .ok_or_else(|| Status::unauthenticated("no caller"))?;
+                self.verify(token).await?
+            }
+        };
+        if !caller.rights.contains(&right) {
+            let granted: Vec<&str> = caller.rights.iter().map(|r| r.scope()).collect();
+            return Err(Status::permission_denied(format!(
+                "this call needs scope {}; caller {} has {}",
+                right.scope(),
+                caller.name,
+                if granted.is_empty() {
+                    "none".to_owned()
+                } else {
+                    granted.join(" ")
+                }
+            )));
+        }
+        Ok(caller)
+    }
+
+    /// A Cognito client-credentials access token → its app client and rights.
+    async fn verify(&self, token: &str) -> Result<Caller, Status> {
+        let verifier = self
+            .verifier
+            .as_ref()
+            .ok_or_else(|| Status::unauthenticated("unknown API token"))?;
+        let identity = verifier.verify(token).await.map_err(|e| match e {
+            // The JWKS could not be read: not the caller's fault, retry.
+            notify_auth::AuthError::Keys(_) => {
+                Status::unavailable(format!("cannot check tokens: {e}"))
+            }
+            e => Status::unauthenticated(format!("token refused: {e}")),
+        })?;
+        if identity.token_use != TokenUse::Access {
+            return Err(Status::unauthenticated(
+                "token refused: an ID token; services use client-credentials access tokens",
+            ));
+        }
+        let rights = Right::ALL
+            .into_iter()
+            .filter(|r| identity.scopes.iter().any(|s| s == r.scope()))
+            .collect();
+        Ok(Caller {
+            name: identity.client_id,
+            rights,
+        })
     }
 }
 
 impl tonic::service::Interceptor for Authenticator {
     fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
-        let caller = self.authenticate(&req)?;
-        req.extensions_mut().insert(caller);
+        self.intercept(&mut req)?;
         Ok(req)
     }
-}
-
-/// The caller the interceptor attached to a request.
-pub fn caller_of<T>(req: &Request<T>) -> Result<Caller, Status> {
-    req.extensions()
-        .get::<Caller>()
-        .cloned()
-        .ok_or_else(|| Status::unauthenticated("no caller"))
 }

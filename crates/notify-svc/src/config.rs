@@ -31,6 +31,21 @@ pub struct SvcArgs {
     )]
     pub api_tokens: String,
 
+    /// JWKS of the Cognito user pool whose client-credentials (M2M) access
+    /// tokens may call the API (`https://…/.well-known/jwks.json`, `http://…`
+    /// or `file:PATH`); their scopes give rights: notify/publish,
+    /// notify/admin, notify/bridge. Static tokens keep working beside it.
+    #[arg(long, env = "NOTIFY_AUTH_JWKS_URL")]
+    pub auth_jwks_url: Option<String>,
+
+    /// Expected `iss` of those tokens (`https://cognito-idp.REGION.amazonaws.com/POOL`).
+    #[arg(long, env = "NOTIFY_AUTH_ISSUER")]
+    pub auth_issuer: Option<String>,
+
+    /// App clients whose tokens are accepted, comma separated.
+    #[arg(long, env = "NOTIFY_AUTH_CLIENT_IDS", value_delimiter = ',')]
+    pub auth_client_ids: Vec<String>,
+
     /// Postgres connections in the pool.
     #[arg(long, env = "NOTIFY_DB_POOL_SIZE", default_value_t = 16)]
     pub db_pool_size: usize,
@@ -100,6 +115,8 @@ pub struct Config {
     /// The backend and its settings (pool size, timeouts, key window).
     pub database: Database,
     pub tokens: CallerTokens,
+    /// Verifies M2M access tokens (NOTIFY_AUTH_*), if configured.
+    pub verifier: Option<notify_auth::Verifier>,
     pub pipeline: PipelineConfig,
     pub limits: Limits,
     /// Configured topic namespaces (DESIGN §5 defaults).
@@ -141,6 +158,32 @@ impl Config {
             problems.push(e);
             CallerTokens::default()
         });
+        let verifier = match (&args.auth_jwks_url, &args.auth_issuer) {
+            (None, None) if args.auth_client_ids.is_empty() => None,
+            (Some(jwks), Some(issuer)) if !args.auth_client_ids.is_empty() => {
+                match notify_auth::KeySource::parse(jwks) {
+                    Ok(source) => Some(notify_auth::Verifier::new(
+                        notify_auth::KeySet::new(source),
+                        notify_auth::VerifierConfig {
+                            issuer: issuer.clone(),
+                            client_ids: args.auth_client_ids.clone(),
+                            leeway: Duration::from_secs(5),
+                        },
+                    )),
+                    Err(e) => {
+                        problems.push(format!("NOTIFY_AUTH_JWKS_URL: {e}"));
+                        None
+                    }
+                }
+            }
+            _ => {
+                problems.push(
+                    "M2M tokens need all of NOTIFY_AUTH_JWKS_URL, NOTIFY_AUTH_ISSUER and NOTIFY_AUTH_CLIENT_IDS"
+                        .into(),
+                );
+                None
+            }
+        };
         let database_url = args.database_url.clone().unwrap_or_default();
         let database = if database_url.is_empty() {
             problems.push(
@@ -190,6 +233,7 @@ impl Config {
         Ok(Self {
             database,
             tokens,
+            verifier,
             pipeline: PipelineConfig {
                 max_batch,
                 linger,
@@ -276,5 +320,47 @@ mod tests {
         assert!(CallerTokens::parse("short=abc").is_err());
         assert!(CallerTokens::parse("noequals").is_err());
         assert!(CallerTokens::parse("").unwrap().is_empty());
+    }
+
+    fn parse(flags: &[&str]) -> Result<Config, Vec<String>> {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            svc: SvcArgs,
+        }
+        let mut argv = vec!["notify-svc", "--database-url", "sqlite:x.db"];
+        argv.extend_from_slice(flags);
+        Config::from_args(&<Cli as clap::Parser>::try_parse_from(argv).unwrap().svc)
+    }
+
+    #[test]
+    fn m2m_tokens_need_the_jwks_the_issuer_and_the_clients() {
+        assert!(parse(&[]).ok().unwrap().verifier.is_none());
+        let half = parse(&["--auth-jwks-url", "file:/etc/notify/jwks.json"])
+            .err()
+            .unwrap();
+        assert!(half[0].contains("NOTIFY_AUTH_ISSUER"), "{half:?}");
+        let bad = parse(&[
+            "--auth-jwks-url",
+            "ftp://nope",
+            "--auth-issuer",
+            "https://issuer",
+            "--auth-client-ids",
+            "a",
+        ])
+        .err()
+        .unwrap();
+        assert!(bad[0].contains("NOTIFY_AUTH_JWKS_URL"), "{bad:?}");
+        let whole = parse(&[
+            "--auth-jwks-url",
+            "file:/etc/notify/jwks.json",
+            "--auth-issuer",
+            "https://issuer",
+            "--auth-client-ids",
+            "a,b",
+        ])
+        .ok()
+        .unwrap();
+        assert!(whole.verifier.is_some());
     }
 }

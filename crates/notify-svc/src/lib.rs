@@ -110,6 +110,7 @@ pub async fn run(
         background.clone(),
     ));
 
+    let authenticator = caller::Authenticator::new(config.tokens.clone(), config.verifier.clone());
     let link = link::Link::new(
         store.clone(),
         router.clone(),
@@ -118,6 +119,7 @@ pub async fn run(
         config.limits.clone(),
         tracker.clone(),
         shutdown.clone(),
+        authenticator.clone(),
     );
     let api = api::NotifyApi::new(
         store,
@@ -129,8 +131,8 @@ pub async fn run(
         metrics,
         shutdown.clone(),
         tracker.clone(),
+        authenticator.clone(),
     );
-    let authenticator = caller::Authenticator::new(config.tokens.clone());
     let notify = tonic::service::interceptor::InterceptedService::new(
         NotifyServer::new(api).max_decoding_message_size(MAX_REQUEST_BYTES),
         authenticator.clone(),

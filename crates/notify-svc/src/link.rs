@@ -21,6 +21,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::{
+    caller::{Authenticator, Right},
     pipeline::Publisher,
     registry::{Change, Registry},
     router::{BRIDGE_QUEUE, Router},
@@ -43,9 +44,11 @@ pub struct Link {
     limits: Arc<notify_core::Limits>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
+    auth: Authenticator,
 }
 
 impl Link {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         store: Arc<dyn Store>,
         router: Router,
@@ -54,6 +57,7 @@ impl Link {
         limits: notify_core::Limits,
         tracker: TaskTracker,
         shutdown: CancellationToken,
+        auth: Authenticator,
     ) -> Self {
         Self {
             registry: Registry::start(store.clone(), &tracker, shutdown.clone()),
@@ -65,6 +69,7 @@ impl Link {
             limits: Arc::new(limits),
             tracker,
             shutdown,
+            auth,
         }
     }
 
@@ -227,6 +232,7 @@ impl pb::bridge_link_server::BridgeLink for Link {
         &self,
         req: Request<Streaming<pb::BridgeUp>>,
     ) -> Result<Response<Self::AttachStream>, Status> {
+        self.auth.authorize(&req, Right::Bridge).await?;
         let mut up = req.into_inner();
         let hello = match up.message().await? {
             Some(pb::BridgeUp {
