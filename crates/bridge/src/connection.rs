@@ -561,6 +561,7 @@ impl Conn {
         Subject {
             user: &self.identity.user,
             realm: self.identity.realm.as_deref(),
+            admin: self.identity.in_group(notify_core::topic::ADMIN_GROUP),
         }
     }
 

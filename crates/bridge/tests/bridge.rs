@@ -768,6 +768,49 @@ async fn limits_refresh_and_topic_replay() {
 }
 
 #[tokio::test]
+async fn realm_and_admin_claims_open_their_topics() {
+    let p = Platform::start().await;
+    let connect = |token: String| {
+        let ws = p.ws.clone();
+        async move {
+            let (ws, _) = tokio_tungstenite::connect_async(format!("{ws}?token={token}"))
+                .await
+                .unwrap();
+            let mut client = Client { ws };
+            assert_eq!(client.next().await["type"], "welcome");
+            client
+        }
+    };
+    let mint = |user: &str, realm: Option<&str>, groups: &[&str]| {
+        p.issuer
+            .mint(&DevToken {
+                realm: realm.map(String::from),
+                groups: groups.iter().map(|g| g.to_string()).collect(),
+                ..DevToken::access(user)
+            })
+            .unwrap()
+    };
+    let mut clients = [
+        connect(mint("eve", Some("eu"), &[])).await,
+        connect(mint("root", None, &["support", "admin"])).await,
+    ];
+    // (client: 0 eve in realm eu, 1 root in group admin; topic; answer)
+    for (who, topic, answer) in [
+        (0, "realm:eu:odds", "subscribed"),
+        (0, "realm:us:odds", "error"),
+        (0, "private:bob:inbox", "error"),
+        (1, "realm:us:odds", "subscribed"),
+        (1, "private:bob:inbox", "subscribed"),
+        (1, "chat:nope", "error"),
+    ] {
+        clients[who]
+            .send(serde_json::json!({"action": "subscribe", "topic": topic}))
+            .await;
+        assert_eq!(clients[who].next().await["type"], answer, "{who} {topic}");
+    }
+}
+
+#[tokio::test]
 async fn an_expired_token_closes_the_socket_with_4009() {
     let p = Platform::start().await;
     let token = p

@@ -101,6 +101,10 @@ pub struct NamespacePolicy {
     pub log_max_age: Duration,
 }
 
+/// The `cognito:groups` group whose members may subscribe to any topic of
+/// a configured namespace (support staff, the dev panel).
+pub const ADMIN_GROUP: &str = "admin";
+
 /// Who is asking to subscribe or publish: the parts of a verified token the
 /// policy looks at.
 #[derive(Debug, Clone, Copy)]
@@ -108,6 +112,8 @@ pub struct Subject<'a> {
     pub user: &'a UserId,
     /// The `custom:realm` claim.
     pub realm: Option<&'a str>,
+    /// In [`ADMIN_GROUP`]: realm and owner rules do not apply.
+    pub admin: bool,
 }
 
 /// Why a subject may not use a topic; the message is for the client.
@@ -178,7 +184,7 @@ impl TopicPolicy {
 
     /// Whether `subject` may subscribe to `topic` (DESIGN §5): any user, only
     /// users of the realm named after the namespace, or only the user named
-    /// there. Unknown namespaces are refused.
+    /// there; an admin, any of them. Unknown namespaces are refused.
     pub fn may_subscribe(&self, subject: Subject<'_>, topic: &Topic) -> Result<(), Forbidden> {
         let policy = self.namespace(topic).map_err(|_| {
             Forbidden(format!(
@@ -189,6 +195,7 @@ impl TopicPolicy {
         // The first segment after the namespace: `realm:{R}:…`, `private:{sub}:…`.
         let owner = topic.rest().split(':').next().unwrap_or_default();
         match policy.subscribe {
+            _ if subject.admin => Ok(()),
             SubscribeRule::AnyUser => Ok(()),
             SubscribeRule::Realm if subject.realm == Some(owner) => Ok(()),
             SubscribeRule::Realm => Err(Forbidden(format!(
@@ -266,10 +273,17 @@ mod tests {
         let in_eu = Subject {
             user: &alice,
             realm: Some("eu"),
+            admin: false,
         };
         let nowhere = Subject {
             user: &alice,
             realm: None,
+            admin: false,
+        };
+        let admin = Subject {
+            user: &alice,
+            realm: None,
+            admin: true,
         };
         let t = |raw: &str| Topic::parse(raw).unwrap();
         let sub = |who, raw: &str| policy.may_subscribe(who, &t(raw)).is_ok();
@@ -289,6 +303,13 @@ mod tests {
             .may_subscribe(nowhere, &t("private:bob:x"))
             .unwrap_err();
         assert_eq!(err.to_string(), "private:bob:x belongs to another user");
+        // An admin subscribes anywhere in the configured namespaces, and
+        // still publishes only where clients may.
+        assert!(sub(admin, "private:bob:inbox"));
+        assert!(sub(admin, "realm:us:odds"));
+        assert!(!sub(admin, "chat:1"));
+        assert!(!publish(admin, "fights:live"));
+        assert!(publish(admin, "room:lobby"));
     }
 
     #[test]
