@@ -33,10 +33,9 @@ enum Command {
     /// Without DATABASE_URL it keeps everything in an embedded SQLite
     /// database, DATA_DIR/notify.db (nothing to install). DATABASE_URL may
     /// name Postgres instead, or another SQLite file.
-    ///
-    /// Examples:
-    ///   notify up --simulate
-    ///   DATABASE_URL=postgres://app:secret@db:5432/notify notify up
+    #[command(
+        after_help = "Examples:\n  notify up --simulate\n  notify up --data-dir /var/tmp/notify\n  DATABASE_URL=postgres://app:secret@db:5432/notify notify up"
+    )]
     Up {
         // Boxed: the largest variant by far (clippy::large_enum_variant).
         #[command(flatten)]
@@ -56,8 +55,9 @@ enum Command {
         simulate: bool,
     },
     /// Mint a dev token (RS256, local dev key) for a WebSocket client.
-    ///
-    /// Example: notify token --user alice --realm eu --groups admin
+    #[command(
+        after_help = "Examples:\n  notify token --user alice\n  notify token --user root --realm eu --groups admin\n  notify token --user billing --scopes notify/publish   # an M2M-shaped token"
+    )]
     Token(TokenArgs),
     /// Connect to a bridge over WebSocket and print every frame as one JSON line.
     ///
