@@ -5,6 +5,8 @@
 //!   database on it; default `postgres://postgres@127.0.0.1:5432/postgres`).
 //!   No server is a test failure that says how to start one, never a skip.
 //! - [`TestDir`]: a fresh temporary directory per test (SQLite files, keys).
+//! - [`cognito_endpoint`]: the local Cognito stand-in, or a failure saying how
+//!   to start it.
 //! - [`eventually`]: poll a condition until a deadline instead of sleeping.
 //! - [`free_port`]: a loopback port nobody listens on, for spawned binaries.
 
@@ -52,6 +54,27 @@ impl TestDb {
             admin_url,
         }
     }
+}
+
+/// The local Cognito stand-in (moto's server mode) `scripts/test` starts:
+/// `COGNITO_ENDPOINT_URL`, default `http://127.0.0.1:4599`. Panics with how
+/// to start it if nothing answers there: a test never skips for want of it.
+pub fn cognito_endpoint() -> String {
+    let url = std::env::var("COGNITO_ENDPOINT_URL")
+        .unwrap_or_else(|_| "http://127.0.0.1:4599".to_owned());
+    let hostport = url.trim_start_matches("http://").trim_end_matches('/');
+    let reachable = hostport
+        .parse::<std::net::SocketAddr>()
+        .ok()
+        .and_then(|addr| std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok())
+        .is_some();
+    assert!(
+        reachable,
+        "no Cognito stand-in answers at {url}: run scripts/test (it installs and starts one), \
+         or `pip install 'moto[server]==5.2.5' && moto_server -H 127.0.0.1 -p 4599`, \
+         or set COGNITO_ENDPOINT_URL"
+    );
+    url
 }
 
 /// An empty directory of its own for one test, removed when dropped.
