@@ -251,6 +251,7 @@ async fn up(
         notify_urls: vec![format!("http://{}", args.grpc_addr)],
         notify_token: None,
         verifier,
+        revocation: None,
         topics: config.topics.clone(),
         send_queue: 1024,
         max_frame: 64 * 1024,

@@ -75,6 +75,7 @@ async fn creator_acceptor_and_spectator_each_see_their_events_once_in_order() {
         notify_urls: vec![grpc.clone()],
         notify_token: None,
         verifier,
+        revocation: None,
         topics: notify_core::TopicPolicy::default(),
         send_queue: 1024,
         max_frame: 64 * 1024,

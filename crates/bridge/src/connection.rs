@@ -56,12 +56,30 @@ pub struct Shared {
     pub api: Api,
     pub pending: Pending,
     pub verifier: Verifier,
+    pub revocation: Option<std::sync::Arc<notify_auth::Cognito>>,
     pub topics: TopicPolicy,
     pub queue: usize,
     pub rate_per_sec: u32,
     pub burst: u32,
     pub ping_every: Duration,
     pub shutdown: CancellationToken,
+}
+
+impl Shared {
+    /// Whether Cognito revoked this access token (ID tokens cannot be
+    /// checked there and pass); `Ok(false)` when no check is configured.
+    pub async fn revoked(
+        &self,
+        identity: &notify_auth::Identity,
+        token: &str,
+    ) -> Result<bool, notify_auth::AuthError> {
+        match &self.revocation {
+            Some(cognito) if identity.token_use == notify_auth::TokenUse::Access => {
+                cognito.is_revoked(token).await
+            }
+            _ => Ok(false),
+        }
+    }
 }
 
 /// Which feed a store read was for.
@@ -524,7 +542,35 @@ impl Conn {
                 None
             }
             Action::Refresh { token, .. } => {
-                Some(match self.shared.verifier.verify(&token).await {
+                let verified = self.shared.verifier.verify(&token).await;
+                if let Ok(fresh) = &verified
+                    && fresh.user == self.identity.user
+                {
+                    match self.shared.revoked(fresh, &token).await {
+                        Ok(false) => {}
+                        Ok(true) => {
+                            let text = error_text(
+                                ErrorCode::Forbidden,
+                                "token refused: revoked (signed out)",
+                                id.as_ref(),
+                            );
+                            send(ws, text).await?;
+                            return Err(End::Close(
+                                protocol::CLOSE_TOKEN_EXPIRED,
+                                "token revoked".into(),
+                            ));
+                        }
+                        Err(e) => {
+                            let text = error_text(
+                                ErrorCode::BadRequest,
+                                &format!("cannot check the token now, retry: {e}"),
+                                id.as_ref(),
+                            );
+                            return send(ws, text).await;
+                        }
+                    }
+                }
+                Some(match verified {
                     Ok(fresh) if fresh.user == self.identity.user => {
                         *self.identity = fresh;
                         let exp = self

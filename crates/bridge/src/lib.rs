@@ -34,6 +34,9 @@ pub struct BridgeConfig {
     pub notify_urls: Vec<String>,
     pub notify_token: Option<String>,
     pub verifier: Verifier,
+    /// Asks Cognito whether an access token was revoked, at connect and on
+    /// refresh (None: the token's signature and expiry are the whole check).
+    pub revocation: Option<std::sync::Arc<notify_auth::Cognito>>,
     pub topics: TopicPolicy,
     /// Outbound frames queued per connection before it is closed with 4008.
     pub send_queue: usize,
@@ -107,6 +110,7 @@ pub async fn run(
         api,
         pending,
         verifier: config.verifier,
+        revocation: config.revocation,
         topics: config.topics,
         queue: config.send_queue,
         rate_per_sec: config.rate_per_sec,

@@ -65,6 +65,22 @@ struct Cli {
     /// Client frames per second per connection (burst twice that).
     #[arg(long, env = "BRIDGE_RATE", default_value_t = 50)]
     rate: u32,
+    /// Ask Cognito (GetUser) whether an access token was revoked, at connect
+    /// and on refresh: a globally signed-out token is refused (401 / 4009).
+    #[arg(long, env = "BRIDGE_REVOCATION_CHECK", default_value_t = false, action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
+    revocation_check: bool,
+    /// How long one token's "not revoked" answer is trusted, in seconds.
+    #[arg(long, env = "BRIDGE_REVOCATION_CACHE_SECS", default_value_t = 60)]
+    revocation_cache_secs: u64,
+    /// The user pool's region (for the revocation check).
+    #[arg(long, env = "COGNITO_REGION")]
+    cognito_region: Option<String>,
+    /// The user pool's id (for the revocation check).
+    #[arg(long, env = "COGNITO_USER_POOL_ID")]
+    cognito_user_pool_id: Option<String>,
+    /// Another Cognito endpoint (a local stand-in); default: AWS's.
+    #[arg(long, env = "COGNITO_ENDPOINT_URL")]
+    cognito_endpoint_url: Option<String>,
     /// Log format: pretty or json.
     #[arg(long, env = "BRIDGE_LOG_FORMAT", default_value = "pretty")]
     log_format: String,
@@ -97,6 +113,21 @@ async fn main() -> anyhow::Result<()> {
             },
         )
     };
+    let revocation = if cli.revocation_check {
+        let (Some(region), Some(pool)) = (&cli.cognito_region, &cli.cognito_user_pool_id) else {
+            anyhow::bail!("BRIDGE_REVOCATION_CHECK needs COGNITO_REGION and COGNITO_USER_POOL_ID");
+        };
+        let config = notify_auth::CognitoConfig {
+            endpoint_url: cli.cognito_endpoint_url.clone(),
+            revocation_ttl: Duration::from_secs(cli.revocation_cache_secs),
+            ..notify_auth::CognitoConfig::new(region, pool)
+        };
+        Some(std::sync::Arc::new(
+            notify_auth::Cognito::new(&config).await,
+        ))
+    } else {
+        None
+    };
     let listener = TcpListener::bind(cli.ws_addr)
         .await
         .with_context(|| format!("binding {}", cli.ws_addr))?;
@@ -112,6 +143,7 @@ async fn main() -> anyhow::Result<()> {
         notify_urls: cli.notify_urls,
         notify_token: cli.notify_token,
         verifier,
+        revocation,
         topics: notify_core::TopicPolicy::default(),
         send_queue: cli.send_queue,
         max_frame: 64 * 1024,

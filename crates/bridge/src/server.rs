@@ -134,6 +134,25 @@ async fn handle(
             );
         }
     };
+    match shared.revoked(&identity, &token).await {
+        Ok(false) => {}
+        Ok(true) => {
+            shared.metrics.refused("revoked");
+            return json(
+                StatusCode::UNAUTHORIZED,
+                serde_json::json!({"error": "unauthorized", "reason": "revoked",
+                    "message": "the token was revoked (signed out): sign in again"}),
+            );
+        }
+        Err(e) => {
+            shared.metrics.refused("revocation_unchecked");
+            return json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                serde_json::json!({"error": "unavailable",
+                    "message": format!("cannot check the token with Cognito now, retry: {e}")}),
+            );
+        }
+    }
     if shared.hub.any_link().is_none() {
         shared.metrics.refused("no_notify_svc");
         return json(

@@ -101,6 +101,7 @@ impl Platform {
             notify_urls: vec![self.grpc.clone()],
             notify_token: None,
             verifier: self.verifier.clone(),
+            revocation: None,
             topics: notify_core::TopicPolicy::default(),
             send_queue,
             max_frame: 64 * 1024,
@@ -888,4 +889,88 @@ async fn a_client_that_answers_no_pings_is_closed_and_one_that_does_stays() {
         .send(serde_json::json!({"action": "ping", "id": 1}))
         .await;
     assert_eq!(alive.next().await["type"], "pong");
+}
+
+#[tokio::test]
+async fn cognito_users_connect_and_a_signed_out_token_is_refused() {
+    use notify_auth::{Cognito, CognitoConfig, KeySet, KeySource, VerifierConfig};
+    use test_support::cognito::{REGION, TestPool};
+
+    let p = Platform::start().await;
+    let pool = TestPool::create().await;
+    pool.add_user("alice", Some("eu")).await;
+    let cognito = Arc::new(
+        Cognito::new(&CognitoConfig {
+            endpoint_url: Some(pool.endpoint.clone()),
+            credentials: Some(("test".into(), "test".into())),
+            // Every check asks: the sign-out must show at once here.
+            revocation_ttl: Duration::ZERO,
+            ..CognitoConfig::new(REGION, &pool.pool_id)
+        })
+        .await,
+    );
+    let sub = cognito.sub_of("alice").await.unwrap().expect("alice's sub");
+    let mut config = p.bridge_config("bridge-cognito", 1024);
+    config.verifier = Verifier::new(
+        KeySet::new(KeySource::parse(&pool.jwks_url()).unwrap()),
+        VerifierConfig {
+            issuer: pool.issuer(),
+            client_ids: vec![pool.client_id.clone()],
+            leeway: Duration::from_secs(5),
+        },
+    );
+    config.revocation = Some(cognito);
+    let ws = p.run_bridge(config).await;
+    let tokens = pool.sign_in("alice").await;
+    let connect = |token: String| {
+        let url = format!("{ws}?token={token}");
+        async move {
+            let ws = test_support::eventually(
+                "the bridge takes sockets",
+                Duration::from_secs(10),
+                || {
+                    let url = url.clone();
+                    async move { Some(tokio_tungstenite::connect_async(url).await.ok()?.0) }
+                },
+            )
+            .await;
+            let mut client = Client { ws };
+            assert_eq!(client.next().await["type"], "welcome");
+            client
+        }
+    };
+    // Both of a pool user's tokens connect; a message to its sub reaches both.
+    let mut by_access = connect(tokens.access.clone()).await;
+    let mut by_id = connect(tokens.id.clone()).await;
+    p.api()
+        .await
+        .publish(to_user(&sub, r#"{"hi":1}"#))
+        .await
+        .unwrap();
+    for client in [&mut by_access, &mut by_id] {
+        let m = client.next().await;
+        assert_eq!(
+            (m["type"].as_str(), m["seq"].as_u64()),
+            (Some("message"), Some(1))
+        );
+    }
+
+    // Signed out everywhere: the access token still verifies, Cognito says no.
+    pool.sign_out("alice").await;
+    let err = tokio_tungstenite::connect_async(format!("{ws}?token={}", tokens.access))
+        .await
+        .unwrap_err();
+    let tokio_tungstenite::tungstenite::Error::Http(response) = err else {
+        panic!("expected an HTTP refusal, got {err:?}");
+    };
+    assert_eq!(response.status(), 401);
+    let body: Value = serde_json::from_slice(response.body().as_deref().unwrap()).unwrap();
+    assert_eq!(body["reason"], "revoked");
+    // A refresh with it on an open socket closes that socket with 4009.
+    by_id
+        .send(serde_json::json!({"action": "refresh", "token": tokens.access}))
+        .await;
+    let refused = by_id.next().await;
+    assert_eq!(refused["type"], "error", "{refused}");
+    assert_eq!(closing_code(&mut by_id).await, Some(4009));
 }

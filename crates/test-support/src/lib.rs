@@ -6,9 +6,11 @@
 //!   No server is a test failure that says how to start one, never a skip.
 //! - [`TestDir`]: a fresh temporary directory per test (SQLite files, keys).
 //! - [`cognito_endpoint`]: the local Cognito stand-in, or a failure saying how
-//!   to start it.
+//!   to start it; [`cognito::TestPool`]: a user pool of its own on it.
 //! - [`eventually`]: poll a condition until a deadline instead of sleeping.
 //! - [`free_port`]: a loopback port nobody listens on, for spawned binaries.
+
+pub mod cognito;
 
 use std::{
     future::Future,
@@ -219,20 +221,6 @@ pub fn free_port() -> u16 {
     panic!("no free loopback port in 20000..32000");
 }
 
-#[cfg(test)]
-mod tests {
-    use super::with_database;
-
-    #[test]
-    fn replaces_the_database_name() {
-        assert_eq!(
-            with_database("postgres://u@h:5432/postgres?sslmode=disable", "t1"),
-            "postgres://u@h:5432/t1?sslmode=disable"
-        );
-        assert_eq!(with_database("postgres://u@h", "t1"), "postgres://u@h/t1");
-    }
-}
-
 /// A TCP relay on loopback in front of a real server (Postgres), which a test
 /// can cut to play a network failure or a database outage, and restore.
 pub struct Relay {
@@ -316,4 +304,18 @@ pub fn via(url: &str, addr: std::net::SocketAddr) -> String {
     };
     let tail = hostrest.find(['/', '?']).map_or("", |i| &hostrest[i..]);
     format!("{scheme}://{userinfo}{addr}{tail}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_database;
+
+    #[test]
+    fn replaces_the_database_name() {
+        assert_eq!(
+            with_database("postgres://u@h:5432/postgres?sslmode=disable", "t1"),
+            "postgres://u@h:5432/t1?sslmode=disable"
+        );
+        assert_eq!(with_database("postgres://u@h", "t1"), "postgres://u@h/t1");
+    }
 }
