@@ -24,6 +24,7 @@ use crate::{
     pipeline::{Published, Publisher},
     router::Router,
     status,
+    usernames::Usernames,
     watch::{self, WatchHub, WatchKey},
 };
 
@@ -52,6 +53,7 @@ pub struct NotifyApi {
     shutdown: CancellationToken,
     tracker: TaskTracker,
     auth: Authenticator,
+    usernames: Usernames,
 }
 
 impl NotifyApi {
@@ -67,6 +69,7 @@ impl NotifyApi {
         shutdown: CancellationToken,
         tracker: TaskTracker,
         auth: Authenticator,
+        usernames: Usernames,
     ) -> Self {
         Self {
             store,
@@ -79,6 +82,7 @@ impl NotifyApi {
             shutdown,
             tracker,
             auth,
+            usernames,
         }
     }
 
@@ -131,9 +135,9 @@ impl NotifyApi {
         req: Request<pb::PublishRequest>,
     ) -> Result<pb::PublishResponse, Status> {
         let caller = self.auth.authorize(&req, Right::Publish).await?;
-        let item = self
-            .item(&caller.name, req.get_ref())
-            .map_err(status::invalid)?;
+        let mut publish = req.into_inner();
+        self.usernames.resolve(&mut publish).await?;
+        let item = self.item(&caller.name, &publish).map_err(status::invalid)?;
         let committed = self
             .publisher
             .publish(vec![item])
@@ -162,7 +166,12 @@ impl NotifyApi {
         let mut results: Vec<Option<pb::PublishResult>> = Vec::with_capacity(requests.len());
         let mut items = Vec::new();
         for r in requests {
-            match self.item(&caller.name, r) {
+            let mut r = r.clone();
+            if let Err(e) = self.usernames.resolve(&mut r).await {
+                results.push(Some(error_result(&e)));
+                continue;
+            }
+            match self.item(&caller.name, &r) {
                 Ok(item) => {
                     items.push(item);
                     results.push(None);

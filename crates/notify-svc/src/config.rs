@@ -46,6 +46,19 @@ pub struct SvcArgs {
     #[arg(long, env = "NOTIFY_AUTH_CLIENT_IDS", value_delimiter = ',')]
     pub auth_client_ids: Vec<String>,
 
+    /// The Cognito user pool's region, for `username:` publish targets.
+    #[arg(long, env = "COGNITO_REGION")]
+    pub cognito_region: Option<String>,
+
+    /// The Cognito user pool resolving `username:` targets (AdminGetUser,
+    /// IAM credentials from the default chain).
+    #[arg(long, env = "COGNITO_USER_POOL_ID")]
+    pub cognito_user_pool_id: Option<String>,
+
+    /// Another Cognito endpoint (a local stand-in); default: AWS's.
+    #[arg(long, env = "COGNITO_ENDPOINT_URL")]
+    pub cognito_endpoint_url: Option<String>,
+
     /// Postgres connections in the pool.
     #[arg(long, env = "NOTIFY_DB_POOL_SIZE", default_value_t = 16)]
     pub db_pool_size: usize,
@@ -117,6 +130,8 @@ pub struct Config {
     pub tokens: CallerTokens,
     /// Verifies M2M access tokens (NOTIFY_AUTH_*), if configured.
     pub verifier: Option<notify_auth::Verifier>,
+    /// The user pool resolving `username:` targets, if configured.
+    pub cognito: Option<notify_auth::CognitoConfig>,
     pub pipeline: PipelineConfig,
     pub limits: Limits,
     /// Configured topic namespaces (DESIGN §5 defaults).
@@ -184,6 +199,18 @@ impl Config {
                 None
             }
         };
+        let cognito = match (&args.cognito_region, &args.cognito_user_pool_id) {
+            (Some(region), Some(pool)) => Some(notify_auth::CognitoConfig {
+                endpoint_url: args.cognito_endpoint_url.clone(),
+                ..notify_auth::CognitoConfig::new(region, pool)
+            }),
+            (None, None) => None,
+            _ => {
+                problems
+                    .push("set both COGNITO_REGION and COGNITO_USER_POOL_ID, or neither".into());
+                None
+            }
+        };
         let database_url = args.database_url.clone().unwrap_or_default();
         let database = if database_url.is_empty() {
             problems.push(
@@ -234,6 +261,7 @@ impl Config {
             database,
             tokens,
             verifier,
+            cognito,
             pipeline: PipelineConfig {
                 max_batch,
                 linger,

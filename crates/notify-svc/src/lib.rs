@@ -6,7 +6,7 @@
 //! publishes to the store, [`watch`] fans committed messages out to `Watch`
 //! streams, [`link`] serves the bridges' `BridgeLink` with the [`router`]
 //! (who is where), the [`registry`] writer and [`tickets`] (registration
-//! barriers), [`ops`] serves health and [`metrics`], [`retention`] sweeps old
+//! barriers), [`usernames`] resolves `username:` targets, [`ops`] serves health and [`metrics`], [`retention`] sweeps old
 //! data. gRPC health and reflection are served beside the API. Errors become
 //! gRPC statuses in one place, [`status`].
 
@@ -23,6 +23,7 @@ pub mod retention;
 pub mod router;
 pub mod status;
 pub mod tickets;
+pub mod usernames;
 pub mod watch;
 
 use std::{sync::Arc, time::Duration};
@@ -121,6 +122,10 @@ pub async fn run(
         shutdown.clone(),
         authenticator.clone(),
     );
+    let cognito = match &config.cognito {
+        Some(c) => Some(Arc::new(notify_auth::Cognito::new(c).await)),
+        None => None,
+    };
     let api = api::NotifyApi::new(
         store,
         publisher,
@@ -132,6 +137,7 @@ pub async fn run(
         shutdown.clone(),
         tracker.clone(),
         authenticator.clone(),
+        usernames::Usernames::new(cognito),
     );
     let notify = tonic::service::interceptor::InterceptedService::new(
         NotifyServer::new(api).max_decoding_message_size(MAX_REQUEST_BYTES),
