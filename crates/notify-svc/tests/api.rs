@@ -6,7 +6,7 @@ mod common;
 
 use std::{collections::HashSet, time::Duration};
 
-use common::{Backend, Svc, all_seqs, history_of_user, to_topic, to_user};
+use common::{Backend, Svc, all_seqs, history_of_user, inbox_seqs, to_topic, to_user, to_users};
 use notify_core::{NamespacePolicy, SubscribeRule};
 use notify_proto::v1::{self as pb, history_request::Target as H, publish_request::Target as P};
 use tokio_stream::StreamExt;
@@ -67,21 +67,11 @@ async fn user_lists_topics_and_broadcast_are_accepted(backend: Backend) {
     let mut client = svc.client().await;
     client.publish(to_user("bob", "1")).await.unwrap();
     let list = client
-        .publish(pb::PublishRequest {
-            target: Some(P::Users(pb::UserList {
-                user_ids: vec!["bob".into(), "carol".into()],
-            })),
-            ..to_user("", r#"{"x":1}"#)
-        })
+        .publish(to_users(&["bob", "carol"], r#"{"x":1}"#))
         .await
         .unwrap()
         .into_inner();
-    let seqs: Vec<(String, u64)> = list
-        .inbox_seqs
-        .iter()
-        .cloned()
-        .map(|s| (s.user_id, s.seq))
-        .collect();
+    let seqs = inbox_seqs(&list);
     assert_eq!(seqs, [("bob".into(), 2), ("carol".into(), 1)]);
     let carol = client
         .history(history_of_user("carol", 0, 0))

@@ -4,9 +4,9 @@
 
 mod common;
 
-use common::{Backend, Svc, history_of_user, to_user};
+use common::{Backend, Svc, history_of_user, inbox_seqs, to_user, to_users};
 use notify_auth::CognitoConfig;
-use notify_proto::v1::{self as pb, publish_request::Target as P};
+use notify_proto::v1 as pb;
 use test_support::cognito::{REGION, TestPool};
 use tonic::Code;
 
@@ -57,21 +57,11 @@ async fn a_publish_to_a_username_reaches_that_users_inbox() {
     assert_eq!(page.messages[0].message_id, sent.message_id);
 
     let list = api
-        .publish(pb::PublishRequest {
-            target: Some(P::Users(pb::UserList {
-                user_ids: vec!["username:alice".into(), bob.clone()],
-            })),
-            ..to_user("", r#"{"n":2}"#)
-        })
+        .publish(to_users(&["username:alice", &bob], r#"{"n":2}"#))
         .await
         .unwrap()
         .into_inner();
-    let seqs: Vec<(String, u64)> = list
-        .inbox_seqs
-        .iter()
-        .map(|s| (s.user_id.clone(), s.seq))
-        .collect();
-    assert_eq!(seqs, [(alice.clone(), 2), (bob.clone(), 1)]);
+    assert_eq!(inbox_seqs(&list), [(alice.clone(), 2), (bob.clone(), 1)]);
 
     let missing = api
         .publish(to_user("username:nobody", "1"))

@@ -190,6 +190,23 @@ pub fn to_user(user: &str, data: &str) -> pb::PublishRequest {
     }
 }
 
+pub fn to_users(users: &[&str], data: &str) -> pb::PublishRequest {
+    pb::PublishRequest {
+        target: Some(pb::publish_request::Target::Users(pb::UserList {
+            user_ids: users.iter().map(|u| u.to_string()).collect(),
+        })),
+        ..to_user("", data)
+    }
+}
+
+/// Each user's inbox seq of a user-list publish, in list order.
+pub fn inbox_seqs(r: &pb::PublishResponse) -> Vec<(String, u64)> {
+    r.inbox_seqs
+        .iter()
+        .map(|s| (s.user_id.clone(), s.seq))
+        .collect()
+}
+
 pub fn to_topic(topic: &str, data: &str) -> pb::PublishRequest {
     pb::PublishRequest {
         target: Some(pb::publish_request::Target::Topic(topic.into())),
