@@ -113,11 +113,6 @@ impl Cognito {
         }
     }
 
-    /// The SDK client, for callers that need more of the API (tests).
-    pub fn client(&self) -> &Client {
-        &self.client
-    }
-
     /// Whether Cognito refuses `access_token` (signed out, or the user
     /// disabled or deleted). `Err` when Cognito cannot be asked.
     pub async fn is_revoked(&self, access_token: &str) -> Result<bool, AuthError> {

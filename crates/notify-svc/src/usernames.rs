@@ -13,7 +13,7 @@ use tonic::Status;
 pub const PREFIX: &str = "username:";
 
 /// Resolves usernames when a user pool is configured.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Usernames {
     cognito: Option<Arc<Cognito>>,
 }

@@ -128,8 +128,7 @@ impl Db {
             &config.path,
             OpenFlags::SQLITE_OPEN_READ_WRITE
                 | OpenFlags::SQLITE_OPEN_CREATE
-                | OpenFlags::SQLITE_OPEN_NO_MUTEX
-                | OpenFlags::SQLITE_OPEN_URI,
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
         .map_err(classify)?;
         conn.busy_timeout(config.busy_timeout).map_err(classify)?;
@@ -225,9 +224,7 @@ impl Db {
 
 impl Inner {
     fn open_reader(&self) -> Result<Connection, StoreError> {
-        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
-            | OpenFlags::SQLITE_OPEN_NO_MUTEX
-            | OpenFlags::SQLITE_OPEN_URI;
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let conn = Connection::open_with_flags(&self.path, flags).map_err(classify)?;
         conn.busy_timeout(self.busy_timeout).map_err(classify)?;
         // Guards the rule that every write goes through the writer thread.

@@ -41,10 +41,6 @@ impl SqliteStore {
             config,
         })
     }
-
-    pub fn config(&self) -> &SqliteConfig {
-        &self.config
-    }
 }
 
 fn to_i64(n: u64) -> i64 {
