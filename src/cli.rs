@@ -25,6 +25,15 @@ pub struct Endpoint {
     /// A caller token from NOTIFY_API_TOKENS (none: loopback deployments).
     #[arg(long, env = "NOTIFY_TOKEN", hide_env_values = true, global = true)]
     pub token: Option<String>,
+    /// CA (PEM) to trust for an https:// --url instead of the system's roots.
+    #[arg(long, env = "NOTIFY_CA_FILE", global = true)]
+    pub ca_file: Option<std::path::PathBuf>,
+    /// Client certificate (PEM) when notify-svc requires mutual TLS.
+    #[arg(long, env = "NOTIFY_CLIENT_CERT", global = true)]
+    pub client_cert: Option<std::path::PathBuf>,
+    /// The client certificate's key (PEM).
+    #[arg(long, env = "NOTIFY_CLIENT_KEY", global = true)]
+    pub client_key: Option<std::path::PathBuf>,
 }
 
 /// Why a command failed: the server said no, it could not be asked, or the
@@ -71,8 +80,13 @@ struct Api {
 
 impl Api {
     async fn connect(endpoint: &Endpoint) -> Result<Self, Failure> {
-        let channel = tonic::transport::Endpoint::from_shared(endpoint.url.clone())
-            .map_err(|e| anyhow::anyhow!("bad --url {:?}: {e}", endpoint.url))?
+        let tls = notify_proto::channel::ClientTls {
+            ca: endpoint.ca_file.clone(),
+            cert: endpoint.client_cert.clone(),
+            key: endpoint.client_key.clone(),
+        };
+        let channel = notify_proto::channel::endpoint(&endpoint.url, &tls)
+            .map_err(|e| Failure::Usage(e.to_string()))?
             .connect_timeout(std::time::Duration::from_secs(5))
             .connect()
             .await

@@ -2,12 +2,21 @@
 //! messages arrive with nothing else installed. It connects to a bridge
 //! with a token (or mints a dev token for `--user`), prints every server
 //! frame as one JSON line, acks inbox messages as it prints them, and
-//! subscribes to `--topic`s. Ctrl-C closes the socket normally.
+//! subscribes to `--topic`s. Ctrl-C closes the socket normally. wss is
+//! checked against the system's roots or `--ws-ca-file`.
 
 use clap::Args;
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use tokio_tungstenite::tungstenite::{Message, protocol::CloseFrame};
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    net::TcpStream,
+};
+use tokio_rustls::{TlsConnector, rustls::pki_types::ServerName};
+use tokio_tungstenite::{
+    WebSocketStream,
+    tungstenite::{Message, client::IntoClientRequest, protocol::CloseFrame},
+};
 
 use crate::cli::Failure;
 
@@ -41,6 +50,9 @@ pub struct ConnectArgs {
     /// Do not ack inbox messages (they are replayed on the next connect).
     #[arg(long)]
     no_ack: bool,
+    /// CA (PEM) to trust for a wss:// bridge instead of the system's roots.
+    #[arg(long, env = "NOTIFY_WS_CA_FILE")]
+    ws_ca_file: Option<std::path::PathBuf>,
 }
 
 pub async fn connect(args: ConnectArgs) -> Result<(), Failure> {
@@ -53,9 +65,7 @@ pub async fn connect(args: ConnectArgs) -> Result<(), Failure> {
     if let Some(since) = args.since {
         url.push_str(&format!("&since={since}"));
     }
-    let (mut socket, _) = tokio_tungstenite::connect_async(url.as_str())
-        .await
-        .map_err(|e| refused(&args.ws, e))?;
+    let mut socket = open(&url, &args.ws, args.ws_ca_file.as_deref()).await?;
     for topic in &args.topic {
         let frame = json!({"action": "subscribe", "topic": topic});
         send(&mut socket, &frame).await?;
@@ -93,6 +103,56 @@ pub async fn connect(args: ConnectArgs) -> Result<(), Failure> {
 
 /// Why the upgrade failed, with the bridge's own reason when it gave one
 /// (a 401 carries `{"error":…,"message":…}`).
+/// What a WebSocket runs over: TCP for ws://, TLS over TCP for wss://.
+trait Transport: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Transport for T {}
+
+/// Opens `url` (the bridge's `ws` plus the query); wss is checked against
+/// `ca` or the system's roots.
+async fn open(
+    url: &str,
+    ws: &str,
+    ca: Option<&std::path::Path>,
+) -> Result<WebSocketStream<Box<dyn Transport>>, Failure> {
+    let request = url
+        .into_client_request()
+        .map_err(|e| Failure::Usage(format!("--ws {ws:?}: {e}")))?;
+    let uri = request.uri();
+    let secure = match uri.scheme_str() {
+        Some("wss") => true,
+        Some("ws") if ca.is_none() => false,
+        Some("ws") => return Err(Failure::Usage("--ws-ca-file needs a wss:// URL".into())),
+        _ => return Err(Failure::Usage(format!("--ws {ws:?}: use ws:// or wss://"))),
+    };
+    let host = uri
+        .host()
+        .ok_or_else(|| Failure::Usage(format!("--ws {ws:?} has no host")))?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
+    let port = uri.port_u16().unwrap_or(if secure { 443 } else { 80 });
+    let tcp = TcpStream::connect((host.as_str(), port))
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot reach {ws}: {e}"))?;
+    let _ = tcp.set_nodelay(true);
+    let io: Box<dyn Transport> = if secure {
+        let config = notify_ops::tls::client_config(ca).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let name =
+            ServerName::try_from(host).map_err(|e| Failure::Usage(format!("--ws {ws:?}: {e}")))?;
+        let tls = TlsConnector::from(std::sync::Arc::new(config))
+            .connect(name, tcp)
+            .await
+            .map_err(|e| anyhow::anyhow!("TLS with {ws}: {e}"))?;
+        Box::new(tls)
+    } else {
+        Box::new(tcp)
+    };
+    let (socket, _) = tokio_tungstenite::client_async(request, io)
+        .await
+        .map_err(|e| refused(ws, e))?;
+    Ok(socket)
+}
+
 fn refused(ws: &str, e: tokio_tungstenite::tungstenite::Error) -> Failure {
     use tokio_tungstenite::tungstenite::Error;
     match e {

@@ -204,6 +204,11 @@ async fn up(
     if !ws_addr.ip().is_loopback() {
         anyhow::bail!("notify up trusts dev tokens: bind --ws-addr to loopback");
     }
+    if args.tls_cert.is_some() || args.tls_client_ca.is_some() {
+        anyhow::bail!(
+            "notify up serves loopback only, in plaintext; TLS is for the notify-svc and bridge binaries"
+        );
+    }
     if args.database_url.is_none() {
         let file = data_dir.join(DATABASE_FILE);
         args.database_url = Some(format!("sqlite:{}", file.display()));
@@ -261,6 +266,8 @@ async fn up(
         max_per_user: 20,
         max_connections: 100_000,
         ops: Some(bridge_ops),
+        tls: None,
+        notify_tls: Default::default(),
     };
     println!("notify is starting");
     println!("  WebSocket    ws://{ws_addr}/ws   (bridge ops: http://{bridge_http_addr}/metrics)");

@@ -15,20 +15,38 @@ use tokio_util::sync::CancellationToken;
 
 struct Svc {
     url: String,
+    /// Flags every command gets (TLS files).
+    flags: Vec<String>,
     db: TestDb,
     stop: CancellationToken,
 }
 
 impl Svc {
     async fn start() -> Self {
+        Self::start_with(|_| {}, Vec::new()).await
+    }
+
+    /// notify-svc with `tweak` applied; every command gets `flags`.
+    async fn start_with(tweak: impl FnOnce(&mut notify_svc::Config), flags: Vec<String>) -> Self {
         let db = TestDb::create().await;
-        let config = notify_svc::Config::for_database(&db.url).unwrap();
+        let mut config = notify_svc::Config::for_database(&db.url).unwrap();
+        tweak(&mut config);
+        let scheme = if config.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         let grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", grpc.local_addr().unwrap());
+        let url = format!("{scheme}://localhost:{}", grpc.local_addr().unwrap().port());
         let stop = CancellationToken::new();
         tokio::spawn(notify_svc::run(config, grpc, http, stop.clone()));
-        let svc = Self { url, db, stop };
+        let svc = Self {
+            url,
+            flags,
+            db,
+            stop,
+        };
         test_support::eventually("notify-svc answers", Duration::from_secs(20), || async {
             svc.notify(&["presence", "--user", "probe"], None)
                 .await
@@ -46,6 +64,7 @@ impl Svc {
         command
             .args(args)
             .args(["--url", &self.url])
+            .args(&self.flags)
             .env("DATABASE_URL", &self.db.url)
             .stdin(if stdin.is_some() {
                 Stdio::piped()
@@ -252,4 +271,157 @@ async fn tail_prints_what_is_published_and_migrate_reports_none_left() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(lines(&out)[0]["applied"], 0);
+}
+
+#[tokio::test]
+async fn the_cli_speaks_mutual_tls_with_a_ca_and_a_client_certificate() {
+    let pki = test_support::tls::TestPki::new("cli");
+    let server = pki.server("svc");
+    let client = pki.client("ops");
+    let path = |p: &std::path::Path| p.display().to_string();
+    let flags = vec![
+        "--ca-file".into(),
+        path(&pki.ca),
+        "--client-cert".into(),
+        path(&client.cert),
+        "--client-key".into(),
+        path(&client.key),
+    ];
+    let svc = Svc::start_with(
+        |config| {
+            config.tls = notify_ops::tls::TlsFiles::from_settings(
+                Some(server.cert.clone()),
+                Some(server.key.clone()),
+                notify_ops::tls::ClientAuth::Required(pki.ca.clone()),
+            )
+            .unwrap();
+        },
+        flags,
+    )
+    .await;
+    let out = svc
+        .notify(&["publish", "--user", "tina", "--data", "1"], None)
+        .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(lines(&out)[0]["seq"], 1);
+
+    // Without the client certificate the handshake fails: exit 1, a reason.
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_notify"))
+        .args([
+            "publish", "--user", "tina", "--data", "2", "--url", &svc.url,
+        ])
+        .args(["--ca-file", &path(&pki.ca)])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(!out.stderr.is_empty());
+    // TLS files with a plaintext URL are a usage error.
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_notify"))
+        .args(["publish", "--user", "tina", "--data", "2"])
+        .args(["--url", "http://127.0.0.1:1", "--ca-file", &path(&pki.ca)])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not https://"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test]
+async fn notify_connect_follows_a_wss_bridge_checked_against_its_ca() {
+    use tokio::io::AsyncBufReadExt;
+    let svc = Svc::start().await;
+    let pki = test_support::tls::TestPki::new("connect");
+    let cert = pki.server("bridge");
+    let issuer = notify_auth::DevIssuer::generate("http://dev", "app").unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let bridge = notify_bridge::BridgeConfig {
+        bridge_id: "wss".into(),
+        notify_urls: vec![svc.url.clone()],
+        notify_token: None,
+        verifier: issuer.verifier(),
+        revocation: None,
+        topics: notify_core::TopicPolicy::default(),
+        send_queue: 64,
+        max_frame: 64 * 1024,
+        rate_per_sec: 50,
+        burst: 100,
+        ping_every: Duration::from_secs(25),
+        max_per_user: 5,
+        max_connections: 10,
+        ops: None,
+        tls: notify_ops::tls::TlsFiles::from_settings(
+            Some(cert.cert.clone()),
+            Some(cert.key.clone()),
+            notify_ops::tls::ClientAuth::Off,
+        )
+        .unwrap(),
+        notify_tls: Default::default(),
+    };
+    tokio::spawn(notify_bridge::run(bridge, listener, svc.stop.clone()));
+    let token = issuer
+        .mint(&notify_auth::DevToken::access("wendy"))
+        .unwrap();
+    let ws = format!("wss://localhost:{port}/ws");
+    let follow = || {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_notify"));
+        command
+            .args(["connect", "--ws", &ws, "--token", &token, "--ws-ca-file"])
+            .arg(&pki.ca)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        command
+    };
+    // The bridge answers 503 until its link is attached; retry until welcome.
+    let mut lines = test_support::eventually(
+        "notify connect over wss",
+        Duration::from_secs(20),
+        || async {
+            let mut child = follow().spawn().unwrap();
+            let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+            let first = tokio::time::timeout(Duration::from_secs(5), lines.next_line())
+                .await
+                .ok()?
+                .ok()??;
+            let frame: Value = serde_json::from_str(&first).ok()?;
+            (frame["type"] == "welcome").then_some((child, lines))
+        },
+    )
+    .await;
+    svc.notify(
+        &["publish", "--user", "wendy", "--data", r#""over wss""#],
+        None,
+    )
+    .await;
+    let line = tokio::time::timeout(Duration::from_secs(10), lines.1.next_line())
+        .await
+        .expect("a frame within 10 s")
+        .unwrap()
+        .expect("still connected");
+    let frame: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(
+        (frame["type"].as_str(), frame["data"].as_str()),
+        (Some("message"), Some("over wss"))
+    );
+    lines.0.kill().await.unwrap();
+
+    // Without the CA the system's roots refuse the bridge's certificate.
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_notify"))
+        .args(["connect", "--ws", &ws, "--token", &token])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let why = String::from_utf8_lossy(&out.stderr);
+    assert!(why.contains("TLS"), "{why}");
 }

@@ -240,15 +240,9 @@ async fn notify_up_on_postgres_serves_the_api_and_stops_on_ctrl_c() {
 
 /// A bare HTTP/1.0 GET; the whole answer as text.
 async fn http_get(addr: &str, path: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    stream
-        .write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+    test_support::http_get(addr, path)
         .await
-        .unwrap();
-    let mut out = String::new();
-    stream.read_to_string(&mut out).await.unwrap();
-    out
+        .unwrap_or_else(|| panic!("no HTTP answer from {addr}"))
 }
 
 #[tokio::test]

@@ -33,8 +33,9 @@ const MAX_JWKS_BYTES: usize = 256 * 1024;
 /// Where the JWKS comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KeySource {
-    /// `http://…` (`https://` arrives with the Cognito TLS work).
-    Url(String),
+    /// `https://…` (Cognito's) or `http://…` (a private network), over TLS
+    /// trusting the system's roots or, if set, only the CA file `ca`.
+    Url { url: String, ca: Option<PathBuf> },
     /// `file:PATH`.
     File(PathBuf),
     /// A JWKS document given in memory (the dev issuer's).
@@ -42,24 +43,36 @@ pub enum KeySource {
 }
 
 impl KeySource {
-    /// Parses `AUTH_JWKS_URL`: `http://…`, `https://…` or `file:PATH`.
+    /// Parses `AUTH_JWKS_URL`: `https://…`, `http://…` or `file:PATH`.
     pub fn parse(raw: &str) -> Result<Self, AuthError> {
         if let Some(path) = raw.strip_prefix("file:") {
             return Ok(Self::File(PathBuf::from(path)));
         }
-        if raw.starts_with("http://") {
-            return Ok(Self::Url(raw.to_owned()));
-        }
-        if raw.starts_with("https://") {
-            return Err(AuthError::Keys(
-                "https JWKS URLs are not supported yet: serve the JWKS over http:// on a \
-                 private network or use file:PATH"
-                    .into(),
-            ));
+        if raw.starts_with("https://") || raw.starts_with("http://") {
+            raw.parse::<hyper::Uri>()
+                .map_err(|e| AuthError::Keys(format!("JWKS URL {raw:?}: {e}")))?;
+            return Ok(Self::Url {
+                url: raw.to_owned(),
+                ca: None,
+            });
         }
         Err(AuthError::Keys(format!(
-            "JWKS source {raw:?}: use http://… or file:PATH"
+            "JWKS source {raw:?}: use https://…, http://… or file:PATH"
         )))
+    }
+
+    /// Trusts only `ca` (PEM) for an `https://` source: a JWKS on a private
+    /// network behind an internal CA.
+    pub fn with_ca(self, ca: Option<PathBuf>) -> Result<Self, AuthError> {
+        match (self, ca) {
+            (source, None) => Ok(source),
+            (Self::Url { url, .. }, Some(ca)) if url.starts_with("https://") => {
+                Ok(Self::Url { url, ca: Some(ca) })
+            }
+            (_, Some(_)) => Err(AuthError::Keys(
+                "a JWKS CA file only applies to an https:// JWKS URL".into(),
+            )),
+        }
     }
 
     async fn fetch(&self) -> Result<String, AuthError> {
@@ -68,21 +81,43 @@ impl KeySource {
             Self::File(path) => tokio::fs::read_to_string(path)
                 .await
                 .map_err(|e| AuthError::Keys(format!("{}: {e}", path.display()))),
-            Self::Url(url) => tokio::time::timeout(FETCH_TIMEOUT, fetch_http(url))
-                .await
-                .map_err(|_| {
-                    AuthError::Keys(format!("{url}: no answer within {FETCH_TIMEOUT:?}"))
-                })?,
+            Self::Url { url, ca } => {
+                tokio::time::timeout(FETCH_TIMEOUT, fetch_http(url, ca.as_deref()))
+                    .await
+                    .map_err(|_| {
+                        AuthError::Keys(format!("{url}: no answer within {FETCH_TIMEOUT:?}"))
+                    })?
+            }
         }
     }
 }
 
-async fn fetch_http(url: &str) -> Result<String, AuthError> {
+/// An error and its sources: hyper-util's own text is only "client error
+/// (Connect)", the cause (a refused connection, an unknown CA) is below it.
+fn with_causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+async fn fetch_http(url: &str, ca: Option<&std::path::Path>) -> Result<String, AuthError> {
     let err = |e: &dyn std::fmt::Display| AuthError::Keys(format!("{url}: {e}"));
     let uri: hyper::Uri = url.parse().map_err(|e| err(&e))?;
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        // Built per fetch: fetches are rare (start, key rotation, at most
+        // one per REFETCH_GAP) and a replaced CA file is then read again.
+        .with_tls_config(notify_ops::tls::client_config(ca).map_err(|e| err(&e))?)
+        .https_or_http()
+        .enable_http1()
+        .build();
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http::<Empty<bytes::Bytes>>();
-    let response = client.get(uri).await.map_err(|e| err(&e))?;
+        .build::<_, Empty<bytes::Bytes>>(connector);
+    let response = client.get(uri).await.map_err(|e| err(&with_causes(&e)))?;
     if !response.status().is_success() {
         return Err(err(&format!("HTTP {}", response.status())));
     }

@@ -1,5 +1,6 @@
 //! Token verification as a bridge uses it: dev tokens accepted, every kind of
-//! bad token refused with its reason, JWKS fetched from http:// and file:.
+//! bad token refused with its reason, JWKS fetched from https://, http://
+//! and file:.
 
 use std::time::Duration;
 
@@ -236,22 +237,7 @@ async fn jwks_comes_from_http_and_from_a_file() {
         "carol"
     );
 
-    // A one-shot HTTP server with the JWKS.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let body = issuer.jwks().to_owned();
-    tokio::spawn(async move {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        while let Ok((mut socket, _)) = listener.accept().await {
-            let mut buf = [0u8; 4096];
-            let _ = socket.read(&mut buf).await;
-            let answer = format!(
-                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = socket.write_all(answer.as_bytes()).await;
-        }
-    });
+    let addr = serve_jwks(issuer.jwks().to_owned(), None).await;
     let source = KeySource::parse(&format!("http://{addr}/pool/.well-known/jwks.json")).unwrap();
     let from_http = Verifier::new(KeySet::new(source), config());
     assert_eq!(
@@ -277,4 +263,84 @@ async fn the_dev_key_survives_restarts() {
     let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
     std::fs::remove_dir_all(&dir).ok();
+}
+
+/// Serves the JWKS `body` on loopback, over TLS (the platform's own
+/// listener TLS) when `tls` is given.
+async fn serve_jwks(
+    body: String,
+    tls: Option<&test_support::tls::CertFiles>,
+) -> std::net::SocketAddr {
+    let tls = tls.map(|cert| {
+        let files = notify_ops::tls::TlsFiles::from_settings(
+            Some(cert.cert.clone()),
+            Some(cert.key.clone()),
+            notify_ops::tls::ClientAuth::Off,
+        )
+        .unwrap()
+        .unwrap();
+        notify_ops::tls::ServerTls::load(files, &[b"http/1.1"]).unwrap()
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            let (tls, body) = (tls.clone(), body.clone());
+            tokio::spawn(async move {
+                match tls {
+                    Some(tls) => {
+                        if let Ok(socket) = tls.accept(socket).await {
+                            answer(socket, &body).await;
+                        }
+                    }
+                    None => answer(socket, &body).await,
+                }
+            });
+        }
+    });
+    addr
+}
+
+async fn answer(mut socket: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin, body: &str) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = [0u8; 4096];
+    let _ = socket.read(&mut buf).await;
+    let answer = format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = socket.write_all(answer.as_bytes()).await;
+    let _ = socket.shutdown().await;
+}
+
+#[tokio::test]
+async fn keys_come_from_an_https_jwks_checked_against_its_ca() {
+    let issuer = DevIssuer::generate(ISSUER, CLIENT).unwrap();
+    let token = issuer.mint(&DevToken::access("dora")).unwrap();
+    let pki = test_support::tls::TestPki::new("jwks");
+    let addr = serve_jwks(issuer.jwks().to_owned(), Some(&pki.server("jwks"))).await;
+    let url = format!(
+        "https://localhost:{}/pool/.well-known/jwks.json",
+        addr.port()
+    );
+
+    let trusted = KeySource::parse(&url)
+        .unwrap()
+        .with_ca(Some(pki.ca.clone()))
+        .unwrap();
+    let verifier = Verifier::new(KeySet::new(trusted), config());
+    assert_eq!(verifier.verify(&token).await.unwrap().user.as_str(), "dora");
+
+    // The system's roots do not know the test CA: no keys, no tokens.
+    let untrusted = Verifier::new(KeySet::new(KeySource::parse(&url).unwrap()), config());
+    let refused = untrusted.verify(&token).await.expect_err("unknown CA");
+    assert!(refused.to_string().contains("certificate"), "{refused}");
+
+    // A CA file only makes sense for https.
+    assert!(
+        KeySource::parse("http://127.0.0.1/jwks.json")
+            .unwrap()
+            .with_ca(Some(pki.ca.clone()))
+            .is_err()
+    );
 }

@@ -34,6 +34,15 @@ struct Cli {
     /// This tracker's credential for notify-svc (a NOTIFY_API_TOKENS token).
     #[arg(long, env = "TRACKER_NOTIFY_TOKEN", hide_env_values = true)]
     notify_token: Option<String>,
+    /// CA (PEM) to trust for an https:// notify-svc instead of the system's.
+    #[arg(long, env = "TRACKER_NOTIFY_CA")]
+    notify_ca: Option<std::path::PathBuf>,
+    /// Client certificate (PEM) for notify-svc's mutual TLS.
+    #[arg(long, env = "TRACKER_NOTIFY_CERT")]
+    notify_cert: Option<std::path::PathBuf>,
+    /// The client certificate's key (PEM).
+    #[arg(long, env = "TRACKER_NOTIFY_KEY")]
+    notify_key: Option<std::path::PathBuf>,
     /// This instance's name in the lease (default: hostname and pid).
     #[arg(long, env = "TRACKER_ID")]
     tracker_id: Option<String>,
@@ -110,6 +119,11 @@ async fn main() -> anyhow::Result<()> {
     let holder = cli.tracker_id.clone().unwrap_or_else(default_id);
     let mut config = TrackerConfig::new(&holder, &cli.notify_url);
     config.notify_token = cli.notify_token.clone();
+    config.notify_tls = notify_proto::channel::ClientTls {
+        ca: cli.notify_ca.clone(),
+        cert: cli.notify_cert.clone(),
+        key: cli.notify_key.clone(),
+    };
     config.lease_ttl = Duration::from_millis(cli.lease_ms.max(1000));
     config.poll_min = Duration::from_millis(cli.poll_min_ms);
     config.poll_max = Duration::from_millis(cli.poll_max_ms.max(cli.poll_min_ms));

@@ -42,6 +42,8 @@ pub struct TrackerConfig {
     pub notify_url: String,
     /// Bearer token for notify-svc (a `NOTIFY_API_TOKENS` entry), if it wants one.
     pub notify_token: Option<String>,
+    /// How to reach an `https://` notify-svc (CA, client certificate).
+    pub notify_tls: notify_proto::channel::ClientTls,
     /// How long a lease lasts without renewal: the standby takes over within
     /// about this long (plus a third) after the active tracker died.
     pub lease_ttl: Duration,
@@ -58,6 +60,7 @@ impl TrackerConfig {
             holder: holder.to_owned(),
             notify_url: notify_url.to_owned(),
             notify_token: None,
+            notify_tls: Default::default(),
             lease_ttl: Duration::from_secs(10),
             poll_min: Duration::from_millis(10),
             poll_max: Duration::from_millis(500),
@@ -116,7 +119,7 @@ pub async fn run(
     stats: Arc<Stats>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let channel = tonic::transport::Endpoint::from_shared(config.notify_url.clone())?
+    let channel = notify_proto::channel::endpoint(&config.notify_url, &config.notify_tls)?
         .connect_timeout(Duration::from_secs(5))
         .tcp_nodelay(true)
         .connect_lazy();

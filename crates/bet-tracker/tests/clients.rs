@@ -85,6 +85,8 @@ async fn creator_acceptor_and_spectator_each_see_their_events_once_in_order() {
         max_per_user: 10,
         max_connections: 100,
         ops: None,
+        tls: None,
+        notify_tls: Default::default(),
     };
     tokio::spawn(notify_bridge::run(bridge, ws_listener, stop.clone()));
     let connect = |user: &str| {

@@ -143,13 +143,9 @@ impl Drop for Platform {
 
 /// A plain HTTP GET: the status line, headers and body as text.
 async fn http_get(addr: &str, path: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    response
+    test_support::http_get(addr, path)
+        .await
+        .unwrap_or_else(|| panic!("no HTTP answer from {addr}"))
 }
 
 fn inbox(user: &str) -> pb::HistoryRequest {
@@ -339,7 +335,8 @@ async fn the_binary_says_ready_to_systemd_emits_and_stops_on_sigterm() {
     .await;
 
     // The ops port says what happened.
-    assert!(http_get(&ops, "/readyz").await.starts_with("HTTP/1.1 200"));
+    let ready = http_get(&ops, "/readyz").await;
+    assert_eq!(ready.split_whitespace().nth(1), Some("200"), "{ready}");
     let metrics =
         test_support::eventually("metrics caught up", Duration::from_secs(10), || async {
             let m = http_get(&ops, "/metrics").await;

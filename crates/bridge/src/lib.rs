@@ -51,6 +51,11 @@ pub struct BridgeConfig {
     pub max_connections: usize,
     /// Where to serve /healthz, /readyz and /metrics, if anywhere.
     pub ops: Option<TcpListener>,
+    /// Serve wss with these files (None: plain ws, e.g. behind a TLS-
+    /// terminating load balancer).
+    pub tls: Option<notify_ops::tls::TlsFiles>,
+    /// How to reach `https://` notify-svc URLs (CA, client certificate).
+    pub notify_tls: notify_proto::channel::ClientTls,
 }
 
 /// Serves WebSocket clients on `listener` until `shutdown`, then closes every
@@ -65,9 +70,17 @@ pub async fn run(
         .first()
         .ok_or_else(|| anyhow::anyhow!("no notify-svc URL configured"))?;
     let credential = link::Credential::new(config.notify_token.as_deref())?;
+    // Bad certificate files stop start-up, before anything is served.
+    let tls = match &config.tls {
+        Some(files) => Some(notify_ops::tls::ServerTls::load(
+            files.clone(),
+            &[b"http/1.1"],
+        )?),
+        None => None,
+    };
     let hub = hub::Hub::new(&config.bridge_id);
     let pending = link::Pending::default();
-    let api = link::Api::new(first, credential.clone())?;
+    let api = link::Api::new(first, &config.notify_tls, credential.clone())?;
     // Links outlive the sockets a little: the last acks and Closed reports go up.
     let links_stop = CancellationToken::new();
     let mut links = Vec::new();
@@ -75,6 +88,7 @@ pub async fn run(
         links.push(tokio::spawn(link::run(
             index,
             url.clone(),
+            config.notify_tls.clone(),
             credential.clone(),
             hub.clone(),
             pending.clone(),
@@ -118,10 +132,14 @@ pub async fn run(
         ping_every: config.ping_every,
         shutdown: shutdown.clone(),
     });
-    tracing::info!(addr = ?listener.local_addr().ok(), bridge = %config.bridge_id, "bridge serving WebSocket");
+    match &tls {
+        Some(tls) => tokio::spawn(tls.clone().watch(links_stop.clone())),
+        None => tokio::spawn(notify_ops::signals::nothing_to_reload(links_stop.clone())),
+    };
+    tracing::info!(addr = ?listener.local_addr().ok(), bridge = %config.bridge_id, wss = tls.is_some(), "bridge serving WebSocket");
     notify_ops::systemd::ready();
     tokio::spawn(notify_ops::systemd::watchdog(|| true, shutdown.clone()));
-    server::serve(listener, shared, config.max_frame).await;
+    server::serve(listener, shared, config.max_frame, tls).await;
     notify_ops::systemd::stopping();
     hub.flush_acks();
     // Give the links a moment to carry the last messages up.

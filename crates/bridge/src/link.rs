@@ -11,6 +11,7 @@ use std::{
     time::Duration,
 };
 
+use notify_proto::channel::{self, ClientTls};
 use notify_proto::v1::{
     self as pb, bridge_down::Msg as Down, bridge_link_client::BridgeLinkClient,
     notify_client::NotifyClient,
@@ -18,11 +19,7 @@ use notify_proto::v1::{
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::{
-    Request, Status,
-    metadata::MetadataValue,
-    transport::{Channel, Endpoint},
-};
+use tonic::{Request, Status, metadata::MetadataValue, transport::Channel};
 
 use crate::hub::Hub;
 
@@ -90,6 +87,7 @@ impl Pending {
 pub async fn run(
     index: usize,
     url: String,
+    tls: ClientTls,
     credential: Credential,
     hub: Hub,
     pending: Pending,
@@ -97,7 +95,7 @@ pub async fn run(
 ) {
     let mut backoff = BACKOFF_FIRST;
     while !shutdown.is_cancelled() {
-        match attach_once(index, &url, &credential, &hub, &pending, &shutdown).await {
+        match attach_once(index, &url, &tls, &credential, &hub, &pending, &shutdown).await {
             Ok(()) => backoff = BACKOFF_FIRST,
             Err(e) => {
                 tracing::warn!(url, error = %e, retry_in = ?backoff, "BridgeLink not attached")
@@ -115,12 +113,14 @@ pub async fn run(
 async fn attach_once(
     index: usize,
     url: &str,
+    tls: &ClientTls,
     credential: &Credential,
     hub: &Hub,
     pending: &Pending,
     shutdown: &CancellationToken,
 ) -> Result<(), Status> {
-    let channel = Endpoint::from_shared(url.to_owned())
+    // Re-read per attempt: a rotated client certificate is used on reconnect.
+    let channel = channel::endpoint(url, tls)
         .map_err(|e| Status::invalid_argument(e.to_string()))?
         .connect_timeout(Duration::from_secs(5))
         .tcp_nodelay(true)
@@ -159,8 +159,8 @@ pub struct Api {
 
 impl Api {
     /// Connects lazily to `url`.
-    pub fn new(url: &str, credential: Credential) -> anyhow::Result<Self> {
-        let channel = Endpoint::from_shared(url.to_owned())?
+    pub fn new(url: &str, tls: &ClientTls, credential: Credential) -> anyhow::Result<Self> {
+        let channel = channel::endpoint(url, tls)?
             .connect_timeout(Duration::from_secs(5))
             .tcp_nodelay(true)
             .connect_lazy();

@@ -35,9 +35,12 @@ struct Cli {
     /// The bridge's credential for notify-svc (a NOTIFY_API_TOKENS token).
     #[arg(long, env = "BRIDGE_NOTIFY_TOKEN", hide_env_values = true)]
     notify_token: Option<String>,
-    /// JWKS of the token issuer: http://… or file:PATH.
+    /// JWKS of the token issuer: https://… (Cognito's), http://… or file:PATH.
     #[arg(long, env = "AUTH_JWKS_URL")]
     jwks_url: Option<String>,
+    /// CA (PEM) to trust for an https:// JWKS instead of the system's roots.
+    #[arg(long, env = "AUTH_JWKS_CA")]
+    jwks_ca: Option<PathBuf>,
     /// Expected `iss` of tokens.
     #[arg(long, env = "AUTH_ISSUER")]
     issuer: Option<String>,
@@ -81,6 +84,25 @@ struct Cli {
     /// Another Cognito endpoint (a local stand-in); default: AWS's.
     #[arg(long, env = "COGNITO_ENDPOINT_URL")]
     cognito_endpoint_url: Option<String>,
+    /// Serve wss with this certificate chain (PEM; reloaded on SIGHUP or
+    /// when the file changes, open sockets kept). None: plain ws.
+    #[arg(long, env = "BRIDGE_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// The wss certificate's private key (PEM).
+    #[arg(long, env = "BRIDGE_TLS_KEY")]
+    tls_key: Option<PathBuf>,
+    /// How often to look for changed TLS files, in seconds (0: reload on SIGHUP only).
+    #[arg(long, env = "BRIDGE_TLS_WATCH_SECS", default_value_t = 2)]
+    tls_watch_secs: u64,
+    /// CA (PEM) to trust for https:// notify-svc URLs instead of the system's.
+    #[arg(long, env = "BRIDGE_NOTIFY_CA")]
+    notify_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for notify-svc's mutual TLS.
+    #[arg(long, env = "BRIDGE_NOTIFY_CERT")]
+    notify_cert: Option<PathBuf>,
+    /// The client certificate's key (PEM).
+    #[arg(long, env = "BRIDGE_NOTIFY_KEY")]
+    notify_key: Option<PathBuf>,
     /// Log format: pretty or json.
     #[arg(long, env = "BRIDGE_LOG_FORMAT", default_value = "pretty")]
     log_format: String,
@@ -105,7 +127,7 @@ async fn main() -> anyhow::Result<()> {
             anyhow::bail!("AUTH_CLIENT_IDS is empty: every token would be refused");
         }
         Verifier::new(
-            KeySet::new(KeySource::parse(jwks)?),
+            KeySet::new(KeySource::parse(jwks)?.with_ca(cli.jwks_ca.clone())?),
             VerifierConfig {
                 issuer: issuer.clone(),
                 client_ids: cli.client_ids.clone(),
@@ -128,6 +150,16 @@ async fn main() -> anyhow::Result<()> {
     } else {
         None
     };
+    let tls = notify_ops::tls::TlsFiles::from_settings(
+        cli.tls_cert.clone(),
+        cli.tls_key.clone(),
+        notify_ops::tls::ClientAuth::Off,
+    )
+    .context("BRIDGE_TLS_CERT / BRIDGE_TLS_KEY")?
+    .map(|files| notify_ops::tls::TlsFiles {
+        watch_every: Duration::from_secs(cli.tls_watch_secs),
+        ..files
+    });
     let listener = TcpListener::bind(cli.ws_addr)
         .await
         .with_context(|| format!("binding {}", cli.ws_addr))?;
@@ -153,6 +185,12 @@ async fn main() -> anyhow::Result<()> {
         max_per_user: cli.max_per_user,
         max_connections: cli.max_connections,
         ops: Some(ops),
+        tls,
+        notify_tls: notify_proto::channel::ClientTls {
+            ca: cli.notify_ca,
+            cert: cli.notify_cert,
+            key: cli.notify_key,
+        },
     };
     let shutdown = CancellationToken::new();
     tokio::spawn(notify_ops::signals::cancel_on_signal(shutdown.clone()));

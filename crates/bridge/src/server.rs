@@ -1,6 +1,6 @@
 //! The HTTP side: `GET /ws` is authenticated before anything else (a bad
 //! token gets 401 with a JSON body and nothing is stored), then upgraded to a
-//! WebSocket handled by [`connection::serve`](crate::connection::serve).
+//! WebSocket (wss when the bridge has a certificate) handled by [`connection::serve`](crate::connection::serve).
 
 use std::{convert::Infallible, sync::Arc};
 
@@ -12,6 +12,7 @@ use hyper::{
     service::service_fn,
 };
 use hyper_util::rt::TokioIo;
+use notify_ops::tls::ServerTls;
 use tokio::net::TcpListener;
 use tokio_tungstenite::{
     WebSocketStream,
@@ -21,32 +22,56 @@ use tokio_util::task::TaskTracker;
 
 use crate::connection::{self, Shared};
 
-/// Accepts until shutdown; returns once every connection has ended.
-pub async fn serve(listener: TcpListener, shared: Arc<Shared>, max_frame: usize) {
+/// Accepts until shutdown (over TLS when `tls` is set: wss); returns once
+/// every connection has ended.
+pub async fn serve(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    max_frame: usize,
+    tls: Option<Arc<ServerTls>>,
+) {
     let tracker = TaskTracker::new();
     loop {
         let accepted = tokio::select! {
             () = shared.shutdown.cancelled() => break,
             accepted = listener.accept() => accepted,
         };
-        let Ok((stream, _)) = accepted else { continue };
+        let Ok((stream, peer)) = accepted else {
+            continue;
+        };
         let _ = stream.set_nodelay(true);
-        let (shared, tracker2) = (shared.clone(), tracker.clone());
+        let (shared, tracker2, tls) = (shared.clone(), tracker.clone(), tls.clone());
         tracker.spawn(async move {
-            let service = service_fn(move |req| {
-                let (shared, tracker) = (shared.clone(), tracker2.clone());
-                async move { Ok::<_, Infallible>(handle(req, shared, tracker, max_frame).await) }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .with_upgrades();
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "HTTP connection ended");
+            match tls {
+                // The handshake runs in the connection's own task, within
+                // HANDSHAKE_TIMEOUT: a stalled client holds up nobody.
+                Some(tls) => match tls.accept(stream).await {
+                    Ok(stream) => serve_http(stream, shared, tracker2, max_frame).await,
+                    Err(e) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                },
+                None => serve_http(stream, shared, tracker2, max_frame).await,
             }
         });
     }
     tracker.close();
     tracker.wait().await;
+}
+
+/// HTTP/1.1 on one socket, upgrades included.
+async fn serve_http<IO>(io: IO, shared: Arc<Shared>, tracker: TaskTracker, max_frame: usize)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |req| {
+        let (shared, tracker) = (shared.clone(), tracker.clone());
+        async move { Ok::<_, Infallible>(handle(req, shared, tracker, max_frame).await) }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades();
+    if let Err(e) = conn.await {
+        tracing::debug!(error = %e, "HTTP connection ended");
+    }
 }
 
 fn json(status: StatusCode, body: serde_json::Value) -> Response<Full<Bytes>> {

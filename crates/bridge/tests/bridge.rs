@@ -111,6 +111,8 @@ impl Platform {
             max_per_user: 10,
             max_connections: 1000,
             ops: None,
+            tls: None,
+            notify_tls: Default::default(),
         }
     }
 

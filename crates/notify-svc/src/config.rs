@@ -1,7 +1,7 @@
 //! notify-svc configuration: flags mirror the `NOTIFY_*` environment names of
 //! DESIGN §9. Every error is reported before anything binds.
 
-use std::{collections::HashMap, fmt, net::SocketAddr, time::Duration};
+use std::{collections::HashMap, fmt, net::SocketAddr, path::PathBuf, time::Duration};
 
 use notify_core::{Limits, TopicPolicy};
 use notify_store::Database;
@@ -38,6 +38,10 @@ pub struct SvcArgs {
     #[arg(long, env = "NOTIFY_AUTH_JWKS_URL")]
     pub auth_jwks_url: Option<String>,
 
+    /// CA (PEM) to trust for an https:// JWKS instead of the system's roots.
+    #[arg(long, env = "NOTIFY_AUTH_JWKS_CA")]
+    pub auth_jwks_ca: Option<PathBuf>,
+
     /// Expected `iss` of those tokens (`https://cognito-idp.REGION.amazonaws.com/POOL`).
     #[arg(long, env = "NOTIFY_AUTH_ISSUER")]
     pub auth_issuer: Option<String>,
@@ -58,6 +62,28 @@ pub struct SvcArgs {
     /// Another Cognito endpoint (a local stand-in); default: AWS's.
     #[arg(long, env = "COGNITO_ENDPOINT_URL")]
     pub cognito_endpoint_url: Option<String>,
+
+    /// Serve gRPC over TLS with this certificate chain (PEM; reloaded on
+    /// SIGHUP or when the file changes). None: plaintext h2c.
+    #[arg(long, env = "NOTIFY_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The TLS certificate's private key (PEM).
+    #[arg(long, env = "NOTIFY_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+
+    /// CA (PEM) that signs callers' client certificates: mutual TLS.
+    #[arg(long, env = "NOTIFY_TLS_CLIENT_CA")]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// `required` (default with a client CA: no certificate, no handshake)
+    /// or `optional` (a certificate is checked if shown).
+    #[arg(long, env = "NOTIFY_TLS_CLIENT_AUTH")]
+    pub tls_client_auth: Option<String>,
+
+    /// How often to look for changed TLS files, in seconds (0: reload on SIGHUP only).
+    #[arg(long, env = "NOTIFY_TLS_WATCH_SECS", default_value_t = 2)]
+    pub tls_watch_secs: u64,
 
     /// Postgres connections in the pool.
     #[arg(long, env = "NOTIFY_DB_POOL_SIZE", default_value_t = 16)]
@@ -114,6 +140,8 @@ impl fmt::Debug for SvcArgs {
                     .map(notify_store::postgres::redact_url),
             )
             .field("api_tokens", &"***")
+            .field("tls_cert", &self.tls_cert)
+            .field("tls_client_ca", &self.tls_client_ca)
             .field("group_commit", &self.group_commit)
             .field("batch_max", &self.batch_max)
             .field("batch_linger_us", &self.batch_linger_us)
@@ -136,6 +164,8 @@ pub struct Config {
     pub limits: Limits,
     /// Configured topic namespaces (DESIGN §5 defaults).
     pub topics: TopicPolicy,
+    /// gRPC over TLS (None: plaintext).
+    pub tls: Option<notify_ops::tls::TlsFiles>,
 }
 
 /// How the publish pipeline batches.
@@ -176,7 +206,9 @@ impl Config {
         let verifier = match (&args.auth_jwks_url, &args.auth_issuer) {
             (None, None) if args.auth_client_ids.is_empty() => None,
             (Some(jwks), Some(issuer)) if !args.auth_client_ids.is_empty() => {
-                match notify_auth::KeySource::parse(jwks) {
+                match notify_auth::KeySource::parse(jwks)
+                    .and_then(|s| s.with_ca(args.auth_jwks_ca.clone()))
+                {
                     Ok(source) => Some(notify_auth::Verifier::new(
                         notify_auth::KeySet::new(source),
                         notify_auth::VerifierConfig {
@@ -211,6 +243,27 @@ impl Config {
                 None
             }
         };
+        let tls = notify_ops::tls::ClientAuth::from_settings(
+            args.tls_client_ca.clone(),
+            args.tls_client_auth.as_deref(),
+        )
+        .and_then(|auth| {
+            notify_ops::tls::TlsFiles::from_settings(
+                args.tls_cert.clone(),
+                args.tls_key.clone(),
+                auth,
+            )
+        })
+        .map(|files| {
+            files.map(|f| notify_ops::tls::TlsFiles {
+                watch_every: Duration::from_secs(args.tls_watch_secs),
+                ..f
+            })
+        })
+        .unwrap_or_else(|e| {
+            problems.push(format!("NOTIFY_TLS_*: {e}"));
+            None
+        });
         let database_url = args.database_url.clone().unwrap_or_default();
         let database = if database_url.is_empty() {
             problems.push(
@@ -279,6 +332,7 @@ impl Config {
                 ..Limits::default()
             },
             topics: TopicPolicy::default(),
+            tls,
         })
     }
 }

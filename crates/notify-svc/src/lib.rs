@@ -55,6 +55,8 @@ pub enum RunError {
     Transport(#[from] tonic::transport::Error),
     #[error("ops HTTP server: {0}")]
     Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Tls(#[from] notify_ops::tls::TlsError),
 }
 
 /// Serves the Notify API on `grpc` and the ops endpoints on `http` until
@@ -67,9 +69,22 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
     let store = config.database.store()?;
+    // Bad certificate files stop start-up, before anything is served.
+    let tls = match &config.tls {
+        Some(files) => Some(notify_ops::tls::ServerTls::load(files.clone(), &[b"h2"])?),
+        None => None,
+    };
+    let tracker = TaskTracker::new();
+    // Background work stops at `shutdown`; the pipeline stops by itself once
+    // the API (its last handle) is gone and queued commits are done.
+    let background = CancellationToken::new();
+    // SIGHUP handled from the start: `systemctl reload` must never kill us.
+    match &tls {
+        Some(tls) => tracker.spawn(tls.clone().watch(background.clone())),
+        None => tracker.spawn(notify_ops::signals::nothing_to_reload(background.clone())),
+    };
     let metrics = metrics::Metrics::new();
     let ready = ops::Readiness::default();
-    let tracker = TaskTracker::new();
     let ops_server = tokio::spawn(ops::serve(
         http,
         ready.clone(),
@@ -80,7 +95,11 @@ pub async fn run(
     let (health, health_service) = tonic_health::server::health_reporter();
     report(&health, ServingStatus::NotServing).await;
 
-    if !migrate(store.as_ref(), &shutdown).await? {
+    if !migrate(store.as_ref(), &shutdown)
+        .await
+        .inspect_err(|_| background.cancel())?
+    {
+        background.cancel();
         let _ = ops_server.await;
         return Ok(());
     }
@@ -95,9 +114,6 @@ pub async fn run(
         metrics.clone(),
         &tracker,
     );
-    // Background work stops at `shutdown`; the pipeline stops by itself once
-    // the API (its last handle) is gone and queued commits are done.
-    let background = CancellationToken::new();
     tracker.spawn(retention::run(
         store.clone(),
         topics.clone(),
@@ -153,15 +169,9 @@ pub async fn run(
         .build_v1()
         .map_err(|e| RunError::Io(std::io::Error::other(e.to_string())))?;
 
-    tracing::info!(addr = ?grpc.local_addr().ok(), "notify-svc serving gRPC");
+    tracing::info!(addr = ?grpc.local_addr().ok(), tls = tls.is_some(), "notify-svc serving gRPC");
     notify_ops::systemd::ready();
     tokio::spawn(notify_ops::systemd::watchdog(|| true, shutdown.clone()));
-    // serve_with_incoming ignores the builder's socket options: set them here.
-    // Without TCP_NODELAY, Nagle plus delayed ACKs held multi-segment requests
-    // (a PublishBatch) for 40 ms.
-    let incoming = tonic::transport::server::TcpIncoming::from(grpc)
-        .with_nodelay(Some(true))
-        .with_keepalive(Some(Duration::from_secs(60)));
     let stopping = {
         let health = health.clone();
         let ready = ready.clone();
@@ -174,15 +184,32 @@ pub async fn run(
             tracing::info!("shutting down: draining in-flight calls");
         }
     };
-    let served = tonic::transport::Server::builder()
+    let router = tonic::transport::Server::builder()
         // Bounds work per HTTP/2 connection; callers beyond it queue in h2 flow control.
         .concurrency_limit_per_connection(1024)
         .add_service(health_service)
         .add_service(reflection)
         .add_service(notify)
-        .add_service(bridge_link)
-        .serve_with_incoming_shutdown(incoming, stopping)
-        .await;
+        .add_service(bridge_link);
+    let served = match tls {
+        Some(tls) => {
+            let incoming = notify_ops::tls::incoming(grpc, tls, shutdown.clone());
+            router
+                .serve_with_incoming_shutdown(incoming, stopping)
+                .await
+        }
+        None => {
+            // serve_with_incoming ignores the builder's socket options: set
+            // them here. Without TCP_NODELAY, Nagle plus delayed ACKs held
+            // multi-segment requests (a PublishBatch) for 40 ms.
+            let incoming = tonic::transport::server::TcpIncoming::from(grpc)
+                .with_nodelay(Some(true))
+                .with_keepalive(Some(Duration::from_secs(60)));
+            router
+                .serve_with_incoming_shutdown(incoming, stopping)
+                .await
+        }
+    };
     background.cancel();
     tracker.close();
     tracker.wait().await;

@@ -23,32 +23,9 @@ struct Binary {
     grpc: String,
 }
 
-/// The notify-svc binary on free ports: (command, gRPC address).
-fn command(database_url: &str) -> (Command, String) {
-    let grpc = format!("127.0.0.1:{}", free_port());
-    let http = format!("127.0.0.1:{}", free_port());
-    let mut command = Command::new(env!("CARGO_BIN_EXE_notify-svc"));
-    command
-        .args([
-            "--grpc-addr",
-            &grpc,
-            "--http-addr",
-            &http,
-            "--database-url",
-            database_url,
-        ])
-        .env(
-            "RUST_LOG",
-            std::env::var("NOTIFY_TEST_LOG").unwrap_or_else(|_| "warn".into()),
-        )
-        .stdout(Stdio::null())
-        .kill_on_drop(true);
-    (command, grpc)
-}
-
 impl Binary {
     async fn start(database_url: &str) -> Self {
-        let (mut command, grpc) = command(database_url);
+        let (mut command, grpc) = common::binary(database_url);
         let child = command.spawn().expect("spawn notify-svc");
         let url = format!("http://{grpc}");
         eventually("notify-svc accepts gRPC", Duration::from_secs(30), || {
@@ -197,7 +174,7 @@ async fn the_binary_tells_systemd_it_is_ready_once_migrated() {
     socket
         .set_read_timeout(Some(Duration::from_secs(30)))
         .unwrap();
-    let (mut command, grpc) = command(&db.url);
+    let (mut command, grpc) = common::binary(&db.url);
     let _child = command
         .env("NOTIFY_SOCKET", &socket_path)
         .spawn()

@@ -2,9 +2,11 @@
 //! depend on each other: [`logging`] (pretty or JSON `tracing` output),
 //! [`signals`] (SIGTERM/SIGINT as one cancellation), [`endpoints`] (the
 //! ops HTTP port: health, readiness, metrics) and [`systemd`] (READY=1 and
-//! the watchdog under `Type=notify`).
+//! the watchdog under `Type=notify`) and [`tls`] (listeners' certificates,
+//! reloaded without dropping connections).
 
 pub mod endpoints;
 pub mod logging;
 pub mod signals;
 pub mod systemd;
+pub mod tls;

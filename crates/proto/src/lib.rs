@@ -1,7 +1,9 @@
 //! The `notify.v1` protobuf and gRPC code, generated at build time with the
 //! vendored `protoc`, plus [`convert`]: the one place where protobuf messages
-//! become domain types and back, so domain code never sees prost.
+//! become domain types and back, so domain code never sees prost, and
+//! [`channel`]: how clients reach notify-svc (plaintext or TLS).
 
+pub mod channel;
 pub mod convert;
 
 /// Generated messages, client and server of `notify.v1`.

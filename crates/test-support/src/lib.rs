@@ -11,6 +11,7 @@
 //! - [`free_port`]: a loopback port nobody listens on, for spawned binaries.
 
 pub mod cognito;
+pub mod tls;
 
 use std::{
     future::Future,
@@ -318,4 +319,18 @@ mod tests {
         );
         assert_eq!(with_database("postgres://u@h", "t1"), "postgres://u@h/t1");
     }
+}
+
+/// `GET path` on `addr` (HTTP/1.0, the whole answer as text: status line,
+/// headers, body); None if the server cannot be reached.
+pub async fn http_get(addr: &str, path: &str) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await
+        .ok()?;
+    let mut out = String::new();
+    stream.read_to_string(&mut out).await.ok()?;
+    Some(out)
 }

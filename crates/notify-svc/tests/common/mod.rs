@@ -116,6 +116,7 @@ impl Svc {
     }
 
     async fn start_inner(db: Option<TestDb>, cfg: Config, url: String) -> Self {
+        let tls = cfg.tls.is_some();
         let grpc_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let http_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let (grpc, http) = (
@@ -138,8 +139,26 @@ impl Svc {
             sqlite: None,
             url,
         };
-        svc.wait_serving().await;
+        if tls {
+            // A plaintext health check cannot reach a TLS port: ask the ops port.
+            svc.wait_ready().await;
+        } else {
+            svc.wait_serving().await;
+        }
         svc
+    }
+
+    /// Until /readyz on the ops port answers 200 (migrated, database up).
+    pub async fn wait_ready(&self) {
+        let http = self.http.to_string();
+        test_support::eventually("notify-svc ready", Duration::from_secs(20), || {
+            let http = http.clone();
+            async move {
+                let answer = test_support::http_get(&http, "/readyz").await?;
+                (answer.split_whitespace().nth(1) == Some("200")).then_some(())
+            }
+        })
+        .await;
     }
 
     pub async fn wait_serving(&self) {
@@ -249,4 +268,27 @@ pub async fn all_seqs(
             return seqs;
         }
     }
+}
+
+/// The notify-svc binary on free ports: (command, gRPC address).
+pub fn binary(database_url: &str) -> (tokio::process::Command, String) {
+    let grpc = format!("127.0.0.1:{}", test_support::free_port());
+    let http = format!("127.0.0.1:{}", test_support::free_port());
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_notify-svc"));
+    command
+        .args([
+            "--grpc-addr",
+            &grpc,
+            "--http-addr",
+            &http,
+            "--database-url",
+            database_url,
+        ])
+        .env(
+            "RUST_LOG",
+            std::env::var("NOTIFY_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true);
+    (command, grpc)
 }
