@@ -922,6 +922,23 @@ async fn cognito_users_connect_and_a_signed_out_token_is_refused() {
         },
     );
     config.revocation = Some(cognito);
+    // A notify-svc replica that knows the pool resolves `username:`; this
+    // bridge attaches to it alone, so a socket that got `welcome` is routed there.
+    let mut with_pool = notify_svc::Config::for_database(&p.db.url).unwrap();
+    with_pool.cognito = Some(CognitoConfig {
+        endpoint_url: Some(pool.endpoint.clone()),
+        credentials: Some(("test".into(), "test".into())),
+        ..CognitoConfig::new(REGION, &pool.pool_id)
+    });
+    let replica = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let replica_url = format!("http://{}", replica.local_addr().unwrap());
+    tokio::spawn(notify_svc::run(
+        with_pool,
+        replica,
+        TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        p.svc_stop.clone(),
+    ));
+    config.notify_urls = vec![replica_url.clone()];
     let ws = p.run_bridge(config).await;
     let tokens = pool.sign_in("alice").await;
     let connect = |token: String| {
@@ -944,17 +961,23 @@ async fn cognito_users_connect_and_a_signed_out_token_is_refused() {
     // Both of a pool user's tokens connect; a message to its sub reaches both.
     let mut by_access = connect(tokens.access.clone()).await;
     let mut by_id = connect(tokens.id.clone()).await;
-    p.api()
+    let mut api = NotifyClient::connect(replica_url).await.unwrap();
+    api.publish(to_user(&sub, r#"{"hi":1}"#)).await.unwrap();
+    // So does one addressed by username, resolved with AdminGetUser.
+    let by_name = api
+        .publish(to_user("username:alice", r#"{"hi":2}"#))
         .await
-        .publish(to_user(&sub, r#"{"hi":1}"#))
-        .await
-        .unwrap();
+        .expect("username target")
+        .into_inner();
+    assert_eq!(by_name.delivered, 2, "both sockets routed");
     for client in [&mut by_access, &mut by_id] {
-        let m = client.next().await;
-        assert_eq!(
-            (m["type"].as_str(), m["seq"].as_u64()),
-            (Some("message"), Some(1))
-        );
+        for seq in [1, 2] {
+            let m = client.next().await;
+            assert_eq!(
+                (m["type"].as_str(), m["seq"].as_u64()),
+                (Some("message"), Some(seq))
+            );
+        }
     }
 
     // Signed out everywhere: the access token still verifies, Cognito says no.

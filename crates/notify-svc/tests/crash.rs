@@ -6,15 +6,14 @@ mod common;
 
 use std::{
     collections::HashMap,
-    process::Stdio,
     sync::{Arc, Mutex},
     time::Duration,
 };
 
 use common::to_user;
 use notify_proto::v1::{self as pb, notify_client::NotifyClient};
-use test_support::{TestDb, eventually, free_port};
-use tokio::process::{Child, Command};
+use test_support::{TestDb, eventually};
+use tokio::process::Child;
 
 const USERS: usize = 8;
 

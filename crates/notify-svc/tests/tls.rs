@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::{process::Stdio, time::Duration};
+use std::time::Duration;
 
 use common::{Svc, to_user};
 use notify_proto::{
@@ -14,7 +14,7 @@ use notify_proto::{
     v1::{self as pb, notify_client::NotifyClient},
 };
 use test_support::{
-    TestDb, eventually, free_port,
+    TestDb, eventually,
     tls::{CertFiles, TestPki},
 };
 use tonic::transport::Channel;
