@@ -40,7 +40,8 @@ pub async fn run(args: FightsArgs) -> anyhow::Result<()> {
     let issuer =
         DevIssuer::load_or_create(&args.data_dir.join(DEV_KEY_FILE), DEV_ISSUER, DEV_CLIENT_ID)?;
     let token = issuer.mint(&DevToken::access("bench-fights"))?;
-    let mut socket = crate::ws::connect(args.ws, IpAddr::V4(Ipv4Addr::LOCALHOST), &token).await?;
+    let mut socket =
+        crate::ws::connect(args.ws, IpAddr::V4(Ipv4Addr::LOCALHOST), &token, None).await?;
     socket
         .send(Message::text(
             serde_json::json!({"action": "subscribe", "topic": "fights:live"}).to_string(),

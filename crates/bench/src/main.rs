@@ -16,7 +16,7 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use hdrhistogram::Histogram;
 use notify_proto::v1::{self as pb, notify_client::NotifyClient};
-use tonic::{metadata::MetadataValue, transport::Channel};
+use tonic::metadata::MetadataValue;
 
 #[derive(Parser)]
 #[command(name = "notify-bench", about = "Benchmarks of the notify platform")]
@@ -56,6 +56,9 @@ struct PublishArgs {
     /// notify-svc gRPC endpoint.
     #[arg(long, default_value = "http://127.0.0.1:50051")]
     url: String,
+    /// CA (PEM) to trust for an https:// --url (a TLS notify-svc).
+    #[arg(long)]
+    ca_file: Option<std::path::PathBuf>,
     /// Concurrent callers (each has one request in flight at a time).
     #[arg(long, short = 'c', default_value_t = 256)]
     concurrency: usize,
@@ -153,10 +156,14 @@ async fn publish(args: PublishArgs) -> anyhow::Result<()> {
     if args.concurrency == 0 || args.connections == 0 || args.users == 0 || args.batch == 0 {
         bail!("--concurrency, --connections, --users and --batch must be at least 1");
     }
+    let tls = notify_proto::channel::ClientTls {
+        ca: args.ca_file.clone(),
+        ..Default::default()
+    };
     let mut channels = Vec::new();
     for _ in 0..args.connections {
         channels.push(
-            Channel::from_shared(args.url.clone())?
+            notify_proto::channel::endpoint(&args.url, &tls)?
                 .connect()
                 .await
                 .with_context(|| format!("connecting to {}", args.url))?,

@@ -20,7 +20,12 @@ use futures::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use notify_auth::{DEV_CLIENT_ID, DEV_ISSUER, DEV_KEY_FILE, DevIssuer, DevToken};
 use notify_proto::v1::{self as pb, notify_client::NotifyClient};
-use tokio::{net::TcpSocket, sync::Mutex};
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    net::TcpSocket,
+    sync::Mutex,
+};
+use tokio_rustls::{TlsConnector, rustls::pki_types::ServerName};
 use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest};
 
 use crate::CpuSample;
@@ -58,25 +63,48 @@ pub struct WsArgs {
     /// Process name of the bridge, for RSS and CPU.
     #[arg(long, default_value = "bridge")]
     bridge_process: String,
+    /// CA (PEM) of the bridge's certificate: connect over wss (as `localhost`).
+    #[arg(long)]
+    ca_file: Option<std::path::PathBuf>,
     /// Process name of notify-svc, for CPU.
     #[arg(long, default_value = "notify-svc")]
     svc_process: String,
 }
 
-pub(crate) type Socket =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+/// What a bench socket runs over: TCP (ws) or TLS over TCP (wss).
+pub(crate) trait Transport: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Transport for T {}
 
-pub(crate) async fn connect(ws: SocketAddr, source: IpAddr, token: &str) -> anyhow::Result<Socket> {
+pub(crate) type Socket = tokio_tungstenite::WebSocketStream<Box<dyn Transport>>;
+
+/// The wss connector for `--ca-file`, if one is given.
+pub(crate) fn wss(ca: Option<&std::path::Path>) -> anyhow::Result<Option<TlsConnector>> {
+    let Some(ca) = ca else { return Ok(None) };
+    let config = notify_ops::tls::client_config(Some(ca))?;
+    Ok(Some(TlsConnector::from(Arc::new(config))))
+}
+
+pub(crate) async fn connect(
+    ws: SocketAddr,
+    source: IpAddr,
+    token: &str,
+    tls: Option<&TlsConnector>,
+) -> anyhow::Result<Socket> {
     let socket = TcpSocket::new_v4()?;
     socket.bind(SocketAddr::new(source, 0))?;
     let stream = socket.connect(ws).await?;
     stream.set_nodelay(true)?;
-    let mut req = format!("ws://{ws}/ws").into_client_request()?;
+    let (io, scheme): (Box<dyn Transport>, _) = match tls {
+        Some(tls) => {
+            let name = ServerName::try_from("localhost")?;
+            (Box::new(tls.connect(name, stream).await?), "wss")
+        }
+        None => (Box::new(stream), "ws"),
+    };
+    let mut req = format!("{scheme}://{ws}/ws").into_client_request()?;
     req.headers_mut()
         .insert("authorization", format!("Bearer {token}").parse()?);
-    let (mut socket, _) =
-        tokio_tungstenite::client_async(req, tokio_tungstenite::MaybeTlsStream::Plain(stream))
-            .await?;
+    let (mut socket, _) = tokio_tungstenite::client_async(req, io).await?;
     // The welcome frame.
     socket.next().await.context("no welcome")??;
     Ok(socket)
@@ -137,9 +165,11 @@ async fn connect_all(args: &WsArgs, tokens: &Arc<Vec<String>>) -> anyhow::Result
     let sockets = Arc::new(Mutex::new(Vec::with_capacity(tokens.len())));
     let next = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
+    let tls = wss(args.ca_file.as_deref())?;
     for _ in 0..args.connect_concurrency {
         let (sockets, next, tokens) = (sockets.clone(), next.clone(), tokens.clone());
         let (ws, sources) = (args.ws, args.source_addresses.max(1));
+        let tls = tls.clone();
         tasks.push(tokio::spawn(async move {
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed) as usize;
@@ -147,7 +177,7 @@ async fn connect_all(args: &WsArgs, tokens: &Arc<Vec<String>>) -> anyhow::Result
                     return Ok::<(), anyhow::Error>(());
                 }
                 let source = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + (i % sources as usize) as u8));
-                let socket = connect(ws, source, &tokens[i]).await?;
+                let socket = connect(ws, source, &tokens[i], tls.as_ref()).await?;
                 sockets.lock().await.push(socket);
             }
         }));
