@@ -251,3 +251,67 @@ async fn only_notify_bridge_may_attach_a_bridge() {
         .await
         .expect("a bridge's token attaches");
 }
+
+#[tokio::test]
+async fn tokens_of_a_real_user_pool_are_checked_against_its_jwks() {
+    // The moto stand-in signs tokens with its own key and serves the JWKS;
+    // it has no client-credentials grant, so a pool user's access token
+    // stands in: verified through the pool's JWKS, it carries no notify/*
+    // scope and is denied with the scope named; the ID token is no caller.
+    let pool = test_support::cognito::TestPool::create().await;
+    pool.add_user("svc-user", None).await;
+    let tokens = pool.sign_in("svc-user").await;
+    let db = TestDb::create().await;
+    let (jwks, issuer) = (pool.jwks_url(), pool.issuer());
+    let cfg = common::config(
+        &db.url,
+        &[
+            "--auth-jwks-url",
+            &jwks,
+            "--auth-issuer",
+            &issuer,
+            "--auth-client-ids",
+            &pool.client_id,
+        ],
+    );
+    let svc = Svc::start_config(db, cfg).await;
+    let mut api = client(&svc).await;
+
+    let denied = api
+        .publish(bearer(to_user("ann", "1"), &tokens.access))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        denied.code(),
+        Code::PermissionDenied,
+        "{}",
+        denied.message()
+    );
+    assert!(
+        denied.message().contains("notify/publish"),
+        "{}",
+        denied.message()
+    );
+
+    let id = api
+        .publish(bearer(to_user("ann", "1"), &tokens.id))
+        .await
+        .unwrap_err();
+    assert_eq!(id.code(), Code::Unauthenticated, "{}", id.message());
+
+    // A token of another pool (another issuer and key) is unauthenticated.
+    let other = test_support::cognito::TestPool::create().await;
+    other.add_user("svc-user", None).await;
+    let foreign = other.sign_in("svc-user").await;
+    let refused = api
+        .publish(bearer(to_user("ann", "1"), &foreign.access))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refused.code(),
+        Code::Unauthenticated,
+        "{}",
+        refused.message()
+    );
+    svc.stop().await;
+}
