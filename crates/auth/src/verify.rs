@@ -145,6 +145,12 @@ impl Verifier {
         }
         let user = UserId::parse("sub", claims.sub.as_deref().unwrap_or_default())
             .map_err(|e| AuthError::Claims(e.to_string()))?;
+        // `private:{sub}:…` topics are owned by their first segment: a sub
+        // with ':' would let user "a" read user "a:b"'s private topics.
+        // Cognito subs are UUIDs; only a hand-made token has one.
+        if user.as_str().contains(':') {
+            return Err(AuthError::Claims("sub must not contain ':'".into()));
+        }
         Ok(Identity {
             user,
             token_use,

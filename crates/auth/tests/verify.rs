@@ -129,6 +129,11 @@ async fn bad_tokens_are_refused_with_their_reason() {
             "client",
         ),
         (
+            "a sub that would own others' private topics",
+            with(json!({"sub": "alice:inbox"})),
+            "claims",
+        ),
+        (
             "id token for another app",
             with(json!({"token_use": "id", "client_id": null, "aud": "other-app"})),
             "client",

@@ -125,10 +125,12 @@ pub fn parse(text: &str) -> Result<Action, FrameError> {
         Ok(action) => Ok(action),
         Err(e) => {
             // Read what can be read to route the error and echo the id.
+            // `id` as any value: an unreadable id must not turn an
+            // unknown action into a generic refusal (found by fuzz_frames).
             #[derive(Deserialize)]
             struct Envelope {
                 action: Option<serde_json::Value>,
-                id: Option<FrameId>,
+                id: Option<serde_json::Value>,
             }
             let Ok(envelope) = serde_json::from_str::<Envelope>(text) else {
                 return Err(FrameError {
@@ -137,6 +139,9 @@ pub fn parse(text: &str) -> Result<Action, FrameError> {
                     id: None,
                 });
             };
+            let id = envelope
+                .id
+                .and_then(|id| serde_json::from_value::<FrameId>(id).ok());
             let known = envelope
                 .action
                 .as_ref()
@@ -146,13 +151,13 @@ pub fn parse(text: &str) -> Result<Action, FrameError> {
                 FrameError {
                     code: ErrorCode::BadRequest,
                     message: e.to_string(),
-                    id: envelope.id,
+                    id,
                 }
             } else {
                 FrameError {
                     code: ErrorCode::UnknownAction,
                     message: "That's not a valid action".into(),
-                    id: envelope.id,
+                    id,
                 }
             })
         }
