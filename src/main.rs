@@ -263,6 +263,7 @@ async fn up(
         rate_per_sec: 50,
         burst: 100,
         ping_every: std::time::Duration::from_secs(25),
+        header_timeout: std::time::Duration::from_secs(10),
         max_per_user: 20,
         max_connections: 100_000,
         ops: Some(bridge_ops),

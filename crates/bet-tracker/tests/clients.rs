@@ -82,6 +82,7 @@ async fn creator_acceptor_and_spectator_each_see_their_events_once_in_order() {
         rate_per_sec: 100,
         burst: 200,
         ping_every: Duration::from_secs(25),
+        header_timeout: Duration::from_secs(10),
         max_per_user: 10,
         max_connections: 100,
         ops: None,

@@ -45,6 +45,9 @@ pub struct BridgeConfig {
     pub rate_per_sec: u32,
     pub burst: u32,
     pub ping_every: Duration,
+    /// Longest wait for a client's request headers (and, with TLS, its
+    /// handshake): a slowloris upgrade is cut off after this.
+    pub header_timeout: Duration,
     /// Connections per user on this bridge; more are refused with 429.
     pub max_per_user: usize,
     /// Connections on this bridge; more are refused with 503.
@@ -139,7 +142,14 @@ pub async fn run(
     tracing::info!(addr = ?listener.local_addr().ok(), bridge = %config.bridge_id, wss = tls.is_some(), "bridge serving WebSocket");
     notify_ops::systemd::ready();
     tokio::spawn(notify_ops::systemd::watchdog(|| true, shutdown.clone()));
-    server::serve(listener, shared, config.max_frame, tls).await;
+    server::serve(
+        listener,
+        shared,
+        config.max_frame,
+        config.header_timeout,
+        tls,
+    )
+    .await;
     notify_ops::systemd::stopping();
     hub.flush_acks();
     // Give the links a moment to carry the last messages up.

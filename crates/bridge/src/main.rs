@@ -68,6 +68,10 @@ struct Cli {
     /// Client frames per second per connection (burst twice that).
     #[arg(long, env = "BRIDGE_RATE", default_value_t = 50)]
     rate: u32,
+    /// Longest wait for a client's TLS handshake and request headers, in
+    /// seconds: a stalled (slowloris) upgrade is cut off after it.
+    #[arg(long, env = "BRIDGE_HEADER_TIMEOUT_SECS", default_value_t = 10)]
+    header_timeout_secs: u64,
     /// Ask Cognito (GetUser) whether an access token was revoked, at connect
     /// and on refresh: a globally signed-out token is refused (401 / 4009).
     #[arg(long, env = "BRIDGE_REVOCATION_CHECK", default_value_t = false, action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
@@ -182,6 +186,7 @@ async fn main() -> anyhow::Result<()> {
         rate_per_sec: cli.rate,
         burst: cli.rate.saturating_mul(2),
         ping_every: Duration::from_secs(25),
+        header_timeout: Duration::from_secs(cli.header_timeout_secs.max(1)),
         max_per_user: cli.max_per_user,
         max_connections: cli.max_connections,
         ops: Some(ops),

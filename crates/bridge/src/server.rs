@@ -2,7 +2,7 @@
 //! token gets 401 with a JSON body and nothing is stored), then upgraded to a
 //! WebSocket (wss when the bridge has a certificate) handled by [`connection::serve`](crate::connection::serve).
 
-use std::{convert::Infallible, sync::Arc};
+use std::{convert::Infallible, sync::Arc, time::Duration};
 
 use http_body_util::Full;
 use hyper::{
@@ -28,6 +28,7 @@ pub async fn serve(
     listener: TcpListener,
     shared: Arc<Shared>,
     max_frame: usize,
+    header_timeout: Duration,
     tls: Option<Arc<ServerTls>>,
 ) {
     let tracker = TaskTracker::new();
@@ -45,11 +46,14 @@ pub async fn serve(
             match tls {
                 // The handshake runs in the connection's own task, within
                 // HANDSHAKE_TIMEOUT: a stalled client holds up nobody.
-                Some(tls) => match tls.accept(stream).await {
-                    Ok(stream) => serve_http(stream, shared, tracker2, max_frame).await,
-                    Err(e) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                Some(tls) => match tokio::time::timeout(header_timeout, tls.accept(stream)).await {
+                    Ok(Ok(stream)) => {
+                        serve_http(stream, shared, tracker2, max_frame, header_timeout).await
+                    }
+                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                 },
-                None => serve_http(stream, shared, tracker2, max_frame).await,
+                None => serve_http(stream, shared, tracker2, max_frame, header_timeout).await,
             }
         });
     }
@@ -58,15 +62,24 @@ pub async fn serve(
 }
 
 /// HTTP/1.1 on one socket, upgrades included.
-async fn serve_http<IO>(io: IO, shared: Arc<Shared>, tracker: TaskTracker, max_frame: usize)
-where
+async fn serve_http<IO>(
+    io: IO,
+    shared: Arc<Shared>,
+    tracker: TaskTracker,
+    max_frame: usize,
+    header_timeout: Duration,
+) where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let service = service_fn(move |req| {
         let (shared, tracker) = (shared.clone(), tracker.clone());
         async move { Ok::<_, Infallible>(handle(req, shared, tracker, max_frame).await) }
     });
+    // Without a timer hyper waits for headers forever: a client that sends
+    // half a request line and stalls (slowloris) would hold the socket.
     let conn = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(header_timeout)
         .serve_connection(TokioIo::new(io), service)
         .with_upgrades();
     if let Err(e) = conn.await {

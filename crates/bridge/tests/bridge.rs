@@ -108,6 +108,7 @@ impl Platform {
             rate_per_sec: 100,
             burst: 200,
             ping_every: Duration::from_secs(25),
+            header_timeout: Duration::from_secs(10),
             max_per_user: 10,
             max_connections: 1000,
             ops: None,
@@ -998,4 +999,60 @@ async fn cognito_users_connect_and_a_signed_out_token_is_refused() {
     let refused = by_id.next().await;
     assert_eq!(refused["type"], "error", "{refused}");
     assert_eq!(closing_code(&mut by_id).await, Some(4009));
+}
+
+#[tokio::test]
+async fn a_slowloris_upgrade_is_cut_off_and_others_still_connect() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let p = Platform::start().await;
+    let mut config = p.bridge_config("bridge-slow", 64);
+    config.header_timeout = Duration::from_millis(300);
+    let ws = p.run_bridge(config).await;
+    let addr = ws
+        .trim_start_matches("ws://")
+        .trim_end_matches("/ws")
+        .to_owned();
+    // Half a request, then nothing: the bridge hangs up after the timeout.
+    let mut slow = test_support::eventually("the bridge listens", Duration::from_secs(10), || {
+        let addr = addr.clone();
+        async move { TcpStream::connect(addr).await.ok() }
+    })
+    .await;
+    slow.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: webs")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), slow.read_to_end(&mut rest))
+        .await
+        .expect("the bridge closes a stalled request within 5 s")
+        .ok();
+    assert!(
+        started.elapsed() >= Duration::from_millis(250),
+        "cut off too early"
+    );
+    // Meanwhile a real client is unaffected.
+    let mut alice = test_support::eventually("alice connects", Duration::from_secs(10), || {
+        let req = {
+            let mut req = format!("{ws}").into_client_request().unwrap();
+            req.headers_mut().insert(
+                "authorization",
+                format!("Bearer {}", p.token("alice")).parse().unwrap(),
+            );
+            req
+        };
+        async move {
+            tokio_tungstenite::connect_async(req)
+                .await
+                .ok()
+                .map(|(ws, _)| ws)
+        }
+    })
+    .await;
+    let welcome = tokio::time::timeout(Duration::from_secs(10), alice.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(welcome.to_text().unwrap().contains("welcome"));
 }
