@@ -264,6 +264,7 @@ async fn up(
         burst: 100,
         ping_every: std::time::Duration::from_secs(25),
         header_timeout: std::time::Duration::from_secs(10),
+        max_subscriptions: 512,
         max_per_user: 20,
         max_connections: 100_000,
         ops: Some(bridge_ops),

@@ -357,6 +357,7 @@ async fn notify_connect_follows_a_wss_bridge_checked_against_its_ca() {
         burst: 100,
         ping_every: Duration::from_secs(25),
         header_timeout: Duration::from_secs(10),
+        max_subscriptions: 512,
         max_per_user: 5,
         max_connections: 10,
         ops: None,

@@ -83,6 +83,7 @@ async fn creator_acceptor_and_spectator_each_see_their_events_once_in_order() {
         burst: 200,
         ping_every: Duration::from_secs(25),
         header_timeout: Duration::from_secs(10),
+        max_subscriptions: 512,
         max_per_user: 10,
         max_connections: 100,
         ops: None,

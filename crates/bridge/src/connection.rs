@@ -62,6 +62,7 @@ pub struct Shared {
     pub rate_per_sec: u32,
     pub burst: u32,
     pub ping_every: Duration,
+    pub max_subscriptions: usize,
     pub shutdown: CancellationToken,
 }
 
@@ -618,6 +619,15 @@ impl Conn {
         };
         if let Err(e) = self.shared.topics.may_subscribe(self.subject(), &topic) {
             return error_text(ErrorCode::Forbidden, &e.to_string(), id);
+        }
+        // Each topic is a routing entry here and in every notify-svc: a
+        // client may not grow them without bound. Resubscribing is free.
+        if !self.topics.contains_key(&topic) && self.topics.len() >= self.shared.max_subscriptions {
+            let why = format!(
+                "at most {} topics per connection: unsubscribe from one first",
+                self.shared.max_subscriptions
+            );
+            return error_text(ErrorCode::Forbidden, &why, id);
         }
         // In routing first, then the head as read after that: nothing
         // committed in between is missed.

@@ -45,6 +45,8 @@ pub struct BridgeConfig {
     pub rate_per_sec: u32,
     pub burst: u32,
     pub ping_every: Duration,
+    /// Topics one connection may follow; more subscribes are `forbidden`.
+    pub max_subscriptions: usize,
     /// Longest wait for a client's request headers (and, with TLS, its
     /// handshake): a slowloris upgrade is cut off after this.
     pub header_timeout: Duration,
@@ -133,6 +135,7 @@ pub async fn run(
         rate_per_sec: config.rate_per_sec,
         burst: config.burst,
         ping_every: config.ping_every,
+        max_subscriptions: config.max_subscriptions,
         shutdown: shutdown.clone(),
     });
     match &tls {

@@ -68,6 +68,10 @@ struct Cli {
     /// Client frames per second per connection (burst twice that).
     #[arg(long, env = "BRIDGE_RATE", default_value_t = 50)]
     rate: u32,
+    /// Topics one connection may follow (a live-fights board plus rooms fits
+    /// easily; each is a routing entry in the bridge and every notify-svc).
+    #[arg(long, env = "BRIDGE_MAX_SUBSCRIPTIONS", default_value_t = 512)]
+    max_subscriptions: usize,
     /// Longest wait for a client's TLS handshake and request headers, in
     /// seconds: a stalled (slowloris) upgrade is cut off after it.
     #[arg(long, env = "BRIDGE_HEADER_TIMEOUT_SECS", default_value_t = 10)]
@@ -187,6 +191,7 @@ async fn main() -> anyhow::Result<()> {
         burst: cli.rate.saturating_mul(2),
         ping_every: Duration::from_secs(25),
         header_timeout: Duration::from_secs(cli.header_timeout_secs.max(1)),
+        max_subscriptions: cli.max_subscriptions,
         max_per_user: cli.max_per_user,
         max_connections: cli.max_connections,
         ops: Some(ops),

@@ -109,6 +109,7 @@ impl Platform {
             burst: 200,
             ping_every: Duration::from_secs(25),
             header_timeout: Duration::from_secs(10),
+            max_subscriptions: 512,
             max_per_user: 10,
             max_connections: 1000,
             ops: None,
@@ -147,6 +148,23 @@ impl Platform {
             .await
             .expect("upgrade");
         Client { ws }
+    }
+
+    /// Connects `user` to `ws` once that bridge takes sockets (a new
+    /// bridge answers 503 until its link is attached).
+    async fn connect_when_ready(&self, ws: &str, user: &str) -> Client {
+        let token = self.token(user);
+        test_support::eventually("the bridge takes sockets", Duration::from_secs(10), || {
+            let mut req = ws.into_client_request().unwrap();
+            req.headers_mut()
+                .insert("authorization", format!("Bearer {token}").parse().unwrap());
+            async move {
+                Some(Client {
+                    ws: tokio_tungstenite::connect_async(req).await.ok()?.0,
+                })
+            }
+        })
+        .await
     }
 
     async fn api(&self) -> NotifyClient<tonic::transport::Channel> {
@@ -1032,27 +1050,36 @@ async fn a_slowloris_upgrade_is_cut_off_and_others_still_connect() {
         "cut off too early"
     );
     // Meanwhile a real client is unaffected.
-    let mut alice = test_support::eventually("alice connects", Duration::from_secs(10), || {
-        let req = {
-            let mut req = format!("{ws}").into_client_request().unwrap();
-            req.headers_mut().insert(
-                "authorization",
-                format!("Bearer {}", p.token("alice")).parse().unwrap(),
-            );
-            req
-        };
-        async move {
-            tokio_tungstenite::connect_async(req)
-                .await
-                .ok()
-                .map(|(ws, _)| ws)
-        }
-    })
-    .await;
-    let welcome = tokio::time::timeout(Duration::from_secs(10), alice.next())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    assert!(welcome.to_text().unwrap().contains("welcome"));
+    let mut alice = p.connect_when_ready(&ws, "alice").await;
+    assert_eq!(alice.next().await["type"], "welcome");
+}
+
+#[tokio::test]
+async fn a_connection_follows_at_most_its_share_of_topics() {
+    let p = Platform::start().await;
+    let mut config = p.bridge_config("bridge-subs", 64);
+    config.max_subscriptions = 3;
+    let ws = p.run_bridge(config).await;
+    let mut zoe = p.connect_when_ready(&ws, "zoe").await;
+    assert_eq!(zoe.next().await["type"], "welcome");
+    let mut subscribe = async |topic: &str| {
+        zoe.send(serde_json::json!({"action": "subscribe", "topic": topic}))
+            .await;
+        zoe.next().await
+    };
+    for n in 1..=3 {
+        assert_eq!(subscribe(&format!("room:r{n}")).await["type"], "subscribed");
+    }
+    let refused = subscribe("room:r4").await;
+    assert_eq!(refused["code"], "forbidden", "{refused}");
+    assert!(refused["message"].as_str().unwrap().contains("at most 3"));
+    // Subscribing again to a followed topic costs nothing.
+    assert_eq!(subscribe("room:r2").await["type"], "subscribed");
+    drop(subscribe);
+    zoe.send(serde_json::json!({"action": "unsubscribe", "topic": "room:r1"}))
+        .await;
+    assert_eq!(zoe.next().await["type"], "unsubscribed");
+    zoe.send(serde_json::json!({"action": "subscribe", "topic": "room:r4"}))
+        .await;
+    assert_eq!(zoe.next().await["type"], "subscribed");
 }
