@@ -327,6 +327,11 @@ impl Conn {
                     Some(Ok(Message::Ping(_) | Message::Frame(_))) => continue,
                     Some(Ok(Message::Close(_))) | None => return End::Gone,
                     Some(Err(tokio_tungstenite::tungstenite::Error::Capacity(_))) => Event::TooLarge,
+                    // RFC 6455 §8.1: a text frame that is not UTF-8 fails the
+                    // connection with 1007.
+                    Some(Err(tokio_tungstenite::tungstenite::Error::Utf8(_))) => {
+                        return End::Close(protocol::CLOSE_INVALID_PAYLOAD, "text frames must be UTF-8".into());
+                    }
                     Some(Err(_)) => return End::Gone,
                 },
             };

@@ -7,6 +7,8 @@ use serde_json::value::RawValue;
 
 /// Close code: server restarting, reconnect elsewhere.
 pub const CLOSE_RESTARTING: u16 = 1012;
+/// A text frame was not UTF-8 (RFC 6455's "invalid frame payload data").
+pub const CLOSE_INVALID_PAYLOAD: u16 = 1007;
 /// The inbox could not be read (notify-svc or its store is away): reconnect with backoff.
 pub const CLOSE_TRY_AGAIN: u16 = 1013;
 /// Close code: disconnected by the API (`Disconnect`).

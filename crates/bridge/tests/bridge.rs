@@ -1083,3 +1083,62 @@ async fn a_connection_follows_at_most_its_share_of_topics() {
         .await;
     assert_eq!(zoe.next().await["type"], "subscribed");
 }
+
+#[tokio::test]
+async fn invalid_utf8_huge_headers_and_query_abuse_get_clear_answers() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_tungstenite::tungstenite::protocol::frame::{
+        Frame,
+        coding::{Data, OpCode},
+    };
+    let p = Platform::start().await;
+    let addr =
+        p.ws.trim_start_matches("ws://")
+            .trim_end_matches("/ws")
+            .to_owned();
+
+    // A text frame that is not UTF-8: closed with 1007.
+    let mut eve = p.connect_when_ready(&p.ws, "eve").await;
+    assert_eq!(eve.next().await["type"], "welcome");
+    let bad = Frame::message(vec![b'{', 0xff, 0xfe, b'}'], OpCode::Data(Data::Text), true);
+    eve.ws.send(Message::Frame(bad)).await.unwrap();
+    assert_eq!(closing_code(&mut eve).await, Some(1007));
+
+    // Raw HTTP: what does the bridge answer to this request?
+    let answer = async |request: Vec<u8>| {
+        let mut s = TcpStream::connect(&addr).await.unwrap();
+        let _ = s.write_all(&request).await;
+        let mut out = Vec::new();
+        // Refusals close the connection: read_to_end ends without waiting.
+        let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+        String::from_utf8_lossy(&out).into_owned()
+    };
+    let upgrade = |extra: &str, query: &str| {
+        format!(
+            "GET /ws{query} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{extra}\r\n"
+        )
+        .into_bytes()
+    };
+    // 1 MiB of headers: refused before anything else runs.
+    let huge = format!("X-Pad: {}\r\n", "a".repeat(1024 * 1024));
+    let status = answer(upgrade(&huge, "")).await;
+    assert!(
+        status.is_empty() || status.starts_with("HTTP/1.1 431"),
+        "{status:.80}"
+    );
+    // Ten thousand query parameters and a bad `since`: 400 naming it.
+    let query = format!("?{}since=-1", "a=b&".repeat(10_000));
+    let status = answer(upgrade("Authorization: Bearer x\r\n", &query)).await;
+    assert!(status.starts_with("HTTP/1.1 400"), "{status:.80}");
+    assert!(status.contains("since"), "{status:.200}");
+    // A token that is not a JWT, in the header or the query: 401, no upgrade.
+    let status = answer(upgrade("Authorization: Bearer \u{1}\u{2}\r\n", "")).await;
+    assert!(status.starts_with("HTTP/1.1 4"), "{status:.80}");
+    let status = answer(upgrade("", &format!("?token={}", "%ff".repeat(3000)))).await;
+    assert!(status.starts_with("HTTP/1.1 401"), "{status:.80}");
+
+    // And the bridge still serves everyone else.
+    let mut ivy = p.connect_when_ready(&p.ws, "ivy").await;
+    assert_eq!(ivy.next().await["type"], "welcome");
+}
