@@ -272,6 +272,12 @@ async fn every_bad_input_gets_its_status(backend: Backend) {
             "over the limit of 65536",
         ),
         (
+            "10 MB data",
+            to_user("a", &format!("\"{}\"", "x".repeat(10 * 1024 * 1024))),
+            Code::InvalidArgument,
+            "over the limit of 65536",
+        ),
+        (
             "too many users",
             pb::PublishRequest {
                 target: Some(P::Users(pb::UserList { user_ids: many })),
@@ -793,6 +799,16 @@ async fn a_fight_event_reaches_both_fighters_and_its_topics_once(backend: Backen
     let status = client.emit_fight_event(bad).await.unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
     assert!(status.message().contains("acceptor_id"), "{status:?}");
+    // An enum number the proto does not define: refused, not guessed.
+    let mut unknown = accepted_fight("f-8");
+    if let Some(pb::fight_event::Kind::Accepted(a)) =
+        unknown.event.as_mut().and_then(|e| e.kind.as_mut())
+    {
+        a.fight.as_mut().unwrap().status = 99;
+    }
+    let status = client.emit_fight_event(unknown).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("status"), "{status:?}");
     assert!(
         all_seqs(&mut client, H::Topic("fight:f-8".into()))
             .await
