@@ -265,6 +265,8 @@ async fn up(
         ping_every: std::time::Duration::from_secs(25),
         header_timeout: std::time::Duration::from_secs(10),
         max_subscriptions: 512,
+        connect_rate_per_ip: 0,
+        connect_burst_per_ip: 0,
         max_per_user: 20,
         max_connections: 100_000,
         ops: Some(bridge_ops),

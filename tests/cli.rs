@@ -358,6 +358,8 @@ async fn notify_connect_follows_a_wss_bridge_checked_against_its_ca() {
         ping_every: Duration::from_secs(25),
         header_timeout: Duration::from_secs(10),
         max_subscriptions: 512,
+        connect_rate_per_ip: 0,
+        connect_burst_per_ip: 0,
         max_per_user: 5,
         max_connections: 10,
         ops: None,

@@ -84,6 +84,8 @@ async fn creator_acceptor_and_spectator_each_see_their_events_once_in_order() {
         ping_every: Duration::from_secs(25),
         header_timeout: Duration::from_secs(10),
         max_subscriptions: 512,
+        connect_rate_per_ip: 0,
+        connect_burst_per_ip: 0,
         max_per_user: 10,
         max_connections: 100,
         ops: None,

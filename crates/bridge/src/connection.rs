@@ -63,6 +63,8 @@ pub struct Shared {
     pub burst: u32,
     pub ping_every: Duration,
     pub max_subscriptions: usize,
+    /// Connect attempts per client IP.
+    pub peers: crate::peers::PeerLimits,
     pub shutdown: CancellationToken,
 }
 

@@ -5,12 +5,13 @@
 //! connections and reports them over [`link`] to every notify-svc replica,
 //! whose deliveries it fans out. [`protocol`] holds the wire types,
 //! [`sequencer`] the gap-free seam between replay and live, [`rate`] the
-//! inbound rate limit.
+//! inbound rate limit, [`peers`] the connect limit per client IP.
 
 pub mod connection;
 pub mod hub;
 pub mod link;
 pub mod metrics;
+pub mod peers;
 pub mod protocol;
 pub mod queue;
 pub mod rate;
@@ -45,6 +46,10 @@ pub struct BridgeConfig {
     pub rate_per_sec: u32,
     pub burst: u32,
     pub ping_every: Duration,
+    /// Connect attempts per second from one IP (burst: `connect_burst_per_ip`);
+    /// more get 429 before the token is checked. 0: no per-IP limit.
+    pub connect_rate_per_ip: u32,
+    pub connect_burst_per_ip: u32,
     /// Topics one connection may follow; more subscribes are `forbidden`.
     pub max_subscriptions: usize,
     /// Longest wait for a client's request headers (and, with TLS, its
@@ -136,6 +141,7 @@ pub async fn run(
         burst: config.burst,
         ping_every: config.ping_every,
         max_subscriptions: config.max_subscriptions,
+        peers: peers::PeerLimits::new(config.connect_rate_per_ip, config.connect_burst_per_ip),
         shutdown: shutdown.clone(),
     });
     match &tls {
@@ -145,14 +151,11 @@ pub async fn run(
     tracing::info!(addr = ?listener.local_addr().ok(), bridge = %config.bridge_id, wss = tls.is_some(), "bridge serving WebSocket");
     notify_ops::systemd::ready();
     tokio::spawn(notify_ops::systemd::watchdog(|| true, shutdown.clone()));
-    server::serve(
-        listener,
-        shared,
-        config.max_frame,
-        config.header_timeout,
-        tls,
-    )
-    .await;
+    let limits = server::WireLimits {
+        max_frame: config.max_frame,
+        header_timeout: config.header_timeout,
+    };
+    server::serve(listener, shared, limits, tls).await;
     notify_ops::systemd::stopping();
     hub.flush_acks();
     // Give the links a moment to carry the last messages up.

@@ -68,6 +68,15 @@ struct Cli {
     /// Client frames per second per connection (burst twice that).
     #[arg(long, env = "BRIDGE_RATE", default_value_t = 50)]
     rate: u32,
+    /// Connect attempts per second from one client IP; more get 429 before
+    /// the token is checked. NLBs keep client IPs; behind a proxy that
+    /// does not, every client shares its IP: set 0 there. Generous: a
+    /// bridge restart sends a whole office's NAT back at once.
+    #[arg(long, env = "BRIDGE_CONNECT_RATE_PER_IP", default_value_t = 50)]
+    connect_rate_per_ip: u32,
+    /// Connect attempts one IP may make at once before the rate applies.
+    #[arg(long, env = "BRIDGE_CONNECT_BURST_PER_IP", default_value_t = 500)]
+    connect_burst_per_ip: u32,
     /// Topics one connection may follow (a live-fights board plus rooms fits
     /// easily; each is a routing entry in the bridge and every notify-svc).
     #[arg(long, env = "BRIDGE_MAX_SUBSCRIPTIONS", default_value_t = 512)]
@@ -192,6 +201,8 @@ async fn main() -> anyhow::Result<()> {
         ping_every: Duration::from_secs(25),
         header_timeout: Duration::from_secs(cli.header_timeout_secs.max(1)),
         max_subscriptions: cli.max_subscriptions,
+        connect_rate_per_ip: cli.connect_rate_per_ip,
+        connect_burst_per_ip: cli.connect_burst_per_ip,
         max_per_user: cli.max_per_user,
         max_connections: cli.max_connections,
         ops: Some(ops),

@@ -38,6 +38,13 @@ impl TokenBucket {
         }
     }
 
+    /// Whether the bucket has refilled completely by `now` (it can be
+    /// forgotten: a new one would be the same).
+    pub fn is_full(&self, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.tokens + elapsed * self.rate >= self.burst
+    }
+
     /// How long until the next token, for a `rate_limited` message.
     pub fn retry_after(&self) -> Duration {
         Duration::from_secs_f64(((1.0 - self.tokens) / self.rate).max(0.0))

@@ -2,7 +2,7 @@
 //! token gets 401 with a JSON body and nothing is stored), then upgraded to a
 //! WebSocket (wss when the bridge has a certificate) handled by [`connection::serve`](crate::connection::serve).
 
-use std::{convert::Infallible, sync::Arc, time::Duration};
+use std::{convert::Infallible, net::IpAddr, sync::Arc, time::Duration};
 
 use http_body_util::Full;
 use hyper::{
@@ -22,13 +22,21 @@ use tokio_util::task::TaskTracker;
 
 use crate::connection::{self, Shared};
 
+/// What one listener allows on the wire.
+#[derive(Debug, Clone, Copy)]
+pub struct WireLimits {
+    /// Largest inbound WebSocket frame.
+    pub max_frame: usize,
+    /// Longest wait for a TLS handshake and the request headers.
+    pub header_timeout: Duration,
+}
+
 /// Accepts until shutdown (over TLS when `tls` is set: wss); returns once
 /// every connection has ended.
 pub async fn serve(
     listener: TcpListener,
     shared: Arc<Shared>,
-    max_frame: usize,
-    header_timeout: Duration,
+    limits: WireLimits,
     tls: Option<Arc<ServerTls>>,
 ) {
     let tracker = TaskTracker::new();
@@ -46,14 +54,14 @@ pub async fn serve(
             match tls {
                 // The handshake runs in the connection's own task, within
                 // HANDSHAKE_TIMEOUT: a stalled client holds up nobody.
-                Some(tls) => match tokio::time::timeout(header_timeout, tls.accept(stream)).await {
-                    Ok(Ok(stream)) => {
-                        serve_http(stream, shared, tracker2, max_frame, header_timeout).await
-                    }
+                Some(tls) => match tokio::time::timeout(limits.header_timeout, tls.accept(stream))
+                    .await
+                {
+                    Ok(Ok(stream)) => serve_http(stream, peer.ip(), shared, tracker2, limits).await,
                     Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                     Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                 },
-                None => serve_http(stream, shared, tracker2, max_frame, header_timeout).await,
+                None => serve_http(stream, peer.ip(), shared, tracker2, limits).await,
             }
         });
     }
@@ -64,22 +72,22 @@ pub async fn serve(
 /// HTTP/1.1 on one socket, upgrades included.
 async fn serve_http<IO>(
     io: IO,
+    peer: IpAddr,
     shared: Arc<Shared>,
     tracker: TaskTracker,
-    max_frame: usize,
-    header_timeout: Duration,
+    limits: WireLimits,
 ) where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let service = service_fn(move |req| {
         let (shared, tracker) = (shared.clone(), tracker.clone());
-        async move { Ok::<_, Infallible>(handle(req, shared, tracker, max_frame).await) }
+        async move { Ok::<_, Infallible>(handle(req, peer, shared, tracker, limits.max_frame).await) }
     });
     // Without a timer hyper waits for headers forever: a client that sends
     // half a request line and stalls (slowloris) would hold the socket.
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(header_timeout)
+        .header_read_timeout(limits.header_timeout)
         .serve_connection(TokioIo::new(io), service)
         .with_upgrades();
     if let Err(e) = conn.await {
@@ -119,6 +127,7 @@ fn query_params(req: &Request<Incoming>) -> (Option<String>, Option<Result<u64, 
 
 async fn handle(
     req: Request<Incoming>,
+    peer: IpAddr,
     shared: Arc<Shared>,
     tracker: TaskTracker,
     max_frame: usize,
@@ -145,6 +154,20 @@ async fn handle(
             StatusCode::BAD_REQUEST,
             serde_json::json!({"error": "bad_request", "message": "expected a WebSocket upgrade"}),
         );
+    }
+    // Before the token is read: verifying it is the expensive part.
+    if let Err(wait) = shared.peers.allow(peer, std::time::Instant::now()) {
+        shared.metrics.refused("peer_rate");
+        let mut response = json(
+            StatusCode::TOO_MANY_REQUESTS,
+            serde_json::json!({"error": "too_many_requests",
+                "message": "too many connects from this address; retry later"}),
+        );
+        let secs = wait.as_secs().max(1).to_string();
+        if let Ok(value) = header::HeaderValue::from_str(&secs) {
+            response.headers_mut().insert(header::RETRY_AFTER, value);
+        }
+        return response;
     }
     let (query_token, since) = query_params(&req);
     let header_token = req

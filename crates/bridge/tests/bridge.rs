@@ -110,6 +110,8 @@ impl Platform {
             ping_every: Duration::from_secs(25),
             header_timeout: Duration::from_secs(10),
             max_subscriptions: 512,
+            connect_rate_per_ip: 0,
+            connect_burst_per_ip: 0,
             max_per_user: 10,
             max_connections: 1000,
             ops: None,
@@ -1141,4 +1143,68 @@ async fn invalid_utf8_huge_headers_and_query_abuse_get_clear_answers() {
     // And the bridge still serves everyone else.
     let mut ivy = p.connect_when_ready(&p.ws, "ivy").await;
     assert_eq!(ivy.next().await["type"], "welcome");
+}
+
+/// Opens a WebSocket to `ws` from source address `from` (127.0.0.x).
+async fn connect_from(
+    ws: &str,
+    from: [u8; 4],
+    token: &str,
+) -> Result<WebSocketStream<TcpStream>, tokio_tungstenite::tungstenite::Error> {
+    let addr: std::net::SocketAddr = ws
+        .trim_start_matches("ws://")
+        .trim_end_matches("/ws")
+        .parse()
+        .unwrap();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket
+        .bind((std::net::Ipv4Addr::from(from), 0).into())
+        .unwrap();
+    let stream = socket.connect(addr).await.unwrap();
+    let mut req = ws.into_client_request().unwrap();
+    req.headers_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    Ok(tokio_tungstenite::client_async(req, stream).await?.0)
+}
+
+#[tokio::test]
+async fn a_connect_flood_from_one_address_gets_429_and_other_addresses_do_not() {
+    let p = Platform::start().await;
+    let mut config = p.bridge_config("bridge-peers", 64);
+    (config.connect_rate_per_ip, config.connect_burst_per_ip) = (1, 3);
+    let ws = p.run_bridge(config).await;
+    let token = p.token("fay");
+    // Ready (its link attached), asked from an address of its own.
+    test_support::eventually(
+        "the bridge takes sockets",
+        Duration::from_secs(10),
+        || async { connect_from(&ws, [127, 0, 0, 9], &token).await.ok() },
+    )
+    .await;
+    let mut open = Vec::new();
+    for _ in 0..3 {
+        open.push(
+            connect_from(&ws, [127, 0, 0, 2], &token)
+                .await
+                .expect("within the burst"),
+        );
+    }
+    let err = connect_from(&ws, [127, 0, 0, 2], &token).await.unwrap_err();
+    let tokio_tungstenite::tungstenite::Error::Http(response) = err else {
+        panic!("expected an HTTP refusal, got {err:?}");
+    };
+    assert_eq!(response.status(), 429);
+    assert!(response.headers().contains_key("retry-after"));
+    // Another address is not held back, and the open sockets stay open.
+    connect_from(&ws, [127, 0, 0, 3], &token)
+        .await
+        .expect("another address connects");
+    for socket in &mut open {
+        let welcome = tokio::time::timeout(Duration::from_secs(10), socket.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert!(welcome.to_text().unwrap().contains("welcome"));
+    }
 }
