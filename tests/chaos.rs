@@ -2,7 +2,7 @@
 //! Postgres — with WebSocket clients that reconnect and resume, producers
 //! that publish with idempotency keys and retry every failed call with the
 //! same key, and a driver that kill -9s and restarts replicas and bridges
-//! throughout. At the end every client drains its inbox; the accounting
+//! throughout; one user in five stays offline until the end. At the end every client drains its inbox; the accounting
 //! says whether any publish that was answered OK failed to arrive.
 //!
 //! CI size by default (20,000 messages, 40 clients, a kill every 0.6 s); bigger with
@@ -176,6 +176,7 @@ async fn committed_messages_survive_kills_of_replicas_and_bridges() {
 
     // Clients: connect to a bridge, read, ack, and on any end reconnect to
     // the other one resuming after their last contiguous seq.
+    let online = tokio_util::sync::CancellationToken::new();
     let mut client_tasks = Vec::new();
     for (i, user) in users.iter().enumerate() {
         let token = issuer
@@ -185,7 +186,14 @@ async fn committed_messages_survive_kills_of_replicas_and_bridges() {
             })
             .unwrap();
         let (ws, seen, tally, user) = (ws.clone(), seen.clone(), tally.clone(), user.clone());
+        // One user in five is offline until the chaos is over: its whole
+        // inbox comes from storage when it finally connects.
+        let online = online.clone();
+        let offline = i % 5 == 4;
         client_tasks.push(tokio::spawn(async move {
+            if offline {
+                online.cancelled().await;
+            }
             let mut attempt = i;
             loop {
                 let since = seen.lock().unwrap().get(&user).map_or(0, |s| s.contiguous);
@@ -332,7 +340,9 @@ async fn committed_messages_survive_kills_of_replicas_and_bridges() {
         t.await.unwrap();
     }
 
-    // Drain: every client reconnects as needed until it has every seq.
+    // Drain: the offline users connect; every client reconnects as needed
+    // until it has every seq.
+    online.cancel();
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let missing: usize = {
