@@ -96,6 +96,10 @@ pub enum Feed {
 #[derive(Debug)]
 pub enum Local {
     Read(Feed, Result<pb::HistoryResponse, tonic::Status>),
+    /// A link to a notify-svc replica came or went: what that replica
+    /// committed meanwhile was not delivered live. Read every feed after
+    /// what was sent, after this delay (spread over the bridge's sockets).
+    CatchUp(Duration),
     /// A reply computed off the loop (client publish results).
     Reply(String),
 }
@@ -402,6 +406,20 @@ impl Conn {
         match local {
             Local::Read(feed, read) => Box::pin(self.read(ws, feed, read)).await,
             Local::Reply(text) => send(ws, text).await,
+            Local::CatchUp(delay) => {
+                if let Some(after) = self.inbox.catch_up() {
+                    self.fetch(Feed::Inbox, after, delay);
+                }
+                let topics: Vec<(Topic, u64)> = self
+                    .topics
+                    .iter_mut()
+                    .filter_map(|(t, seq)| Some((t.clone(), seq.catch_up()?)))
+                    .collect();
+                for (topic, after) in topics {
+                    self.fetch(Feed::Topic(topic), after, delay);
+                }
+                Ok(())
+            }
         }
     }
 

@@ -10,7 +10,7 @@
 use std::{
     collections::{HashMap, HashSet},
     sync::{Arc, Mutex},
-    time::SystemTime,
+    time::{Duration, SystemTime},
 };
 
 use notify_core::{ConnectionId, Topic, UserId};
@@ -417,6 +417,26 @@ impl Hub {
                     .push(Outbound::Deliver(Arc::clone(&message)))
                     .is_err()
             {
+                entry.slow.cancel();
+            }
+        }
+    }
+
+    /// Has every connection read its feeds from the store again (see
+    /// [`Local::CatchUp`](crate::connection::Local::CatchUp)), spread over
+    /// time: at most ~2,000 reads a second from one bridge, so 100k sockets
+    /// catch up within ~50 s instead of hitting the store at once.
+    pub fn catch_up_all(&self) {
+        let s = self.state.lock().expect("hub lock");
+        let spread_ms = (s.conns.len() as u64 / 2).max(1000);
+        for (id, entry) in &s.conns {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            std::hash::Hash::hash(id, &mut h);
+            // At least 250 ms: the replica registers our sockets from the
+            // Hello before the read, so nothing falls between the two.
+            let delay = Duration::from_millis(250 + std::hash::Hasher::finish(&h) % spread_ms);
+            let out = Outbound::Local(Box::new(crate::connection::Local::CatchUp(delay)));
+            if entry.queue.push(out).is_err() {
                 entry.slow.cancel();
             }
         }

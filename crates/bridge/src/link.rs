@@ -95,13 +95,29 @@ pub async fn run(
 ) {
     let mut backoff = BACKOFF_FIRST;
     while !shutdown.is_cancelled() {
-        match attach_once(index, &url, &tls, &credential, &hub, &pending, &shutdown).await {
+        let mut attached = false;
+        let link = Attempt {
+            index,
+            url: &url,
+            tls: &tls,
+            credential: &credential,
+            hub: &hub,
+            pending: &pending,
+            shutdown: &shutdown,
+        };
+        match link.attach(&mut attached).await {
             Ok(()) => backoff = BACKOFF_FIRST,
             Err(e) => {
                 tracing::warn!(url, error = %e, retry_in = ?backoff, "BridgeLink not attached")
             }
         }
         hub.detach_link(index);
+        if attached && !shutdown.is_cancelled() {
+            // The replica may have committed messages it could not route
+            // to us before the link broke; if it never comes back, only a
+            // read finds them.
+            hub.catch_up_all();
+        }
         tokio::select! {
             () = shutdown.cancelled() => return,
             () = tokio::time::sleep(backoff) => {}
@@ -110,42 +126,62 @@ pub async fn run(
     }
 }
 
-async fn attach_once(
+/// One attempt to attach link `index`.
+struct Attempt<'a> {
     index: usize,
-    url: &str,
-    tls: &ClientTls,
-    credential: &Credential,
-    hub: &Hub,
-    pending: &Pending,
-    shutdown: &CancellationToken,
-) -> Result<(), Status> {
-    // Re-read per attempt: a rotated client certificate is used on reconnect.
-    let channel = channel::endpoint(url, tls)
-        .map_err(|e| Status::invalid_argument(e.to_string()))?
-        .connect_timeout(Duration::from_secs(5))
-        .tcp_nodelay(true)
-        .connect()
-        .await
-        .map_err(|e| Status::unavailable(e.to_string()))?;
-    let (up, up_rx) = mpsc::channel(UP_QUEUE);
-    hub.attach_link(index, up);
-    let mut client = BridgeLinkClient::new(channel).max_decoding_message_size(16 * 1024 * 1024);
-    let mut down = client
-        .attach(credential.apply(Request::new(ReceiverStream::new(up_rx))))
-        .await?
-        .into_inner();
-    tracing::info!(url, "BridgeLink attached");
-    loop {
-        let next = tokio::select! {
-            () = shutdown.cancelled() => return Ok(()),
-            next = down.message() => next?,
-        };
-        match next.and_then(|d| d.msg) {
-            Some(Down::Delivery(d)) => hub.deliver(d),
-            Some(Down::Kick(k)) => hub.kick(k),
-            Some(Down::PublishResult(r)) => pending.resolve(r),
-            Some(Down::Registered(r)) => hub.registered(index, r),
-            None => return Err(Status::unavailable("notify-svc ended the stream")),
+    url: &'a str,
+    tls: &'a ClientTls,
+    credential: &'a Credential,
+    hub: &'a Hub,
+    pending: &'a Pending,
+    shutdown: &'a CancellationToken,
+}
+
+impl Attempt<'_> {
+    /// Attaches and serves the link until it breaks; `attached` says
+    /// whether it got as far as attaching.
+    async fn attach(&self, attached: &mut bool) -> Result<(), Status> {
+        let Self {
+            index,
+            url,
+            tls,
+            credential,
+            hub,
+            pending,
+            shutdown,
+        } = *self;
+        // Re-read per attempt: a rotated client certificate is used on reconnect.
+        let channel = channel::endpoint(url, tls)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?
+            .connect_timeout(Duration::from_secs(5))
+            .tcp_nodelay(true)
+            .connect()
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        let (up, up_rx) = mpsc::channel(UP_QUEUE);
+        hub.attach_link(index, up);
+        let mut client = BridgeLinkClient::new(channel).max_decoding_message_size(16 * 1024 * 1024);
+        let mut down = client
+            .attach(credential.apply(Request::new(ReceiverStream::new(up_rx))))
+            .await?
+            .into_inner();
+        tracing::info!(url, "BridgeLink attached");
+        *attached = true;
+        // What this replica committed while it had no link to us was not
+        // delivered live: every socket reads its feeds once more.
+        hub.catch_up_all();
+        loop {
+            let next = tokio::select! {
+                () = shutdown.cancelled() => return Ok(()),
+                next = down.message() => next?,
+            };
+            match next.and_then(|d| d.msg) {
+                Some(Down::Delivery(d)) => hub.deliver(d),
+                Some(Down::Kick(k)) => hub.kick(k),
+                Some(Down::PublishResult(r)) => pending.resolve(r),
+                Some(Down::Registered(r)) => hub.registered(index, r),
+                None => return Err(Status::unavailable("notify-svc ended the stream")),
+            }
         }
     }
 }

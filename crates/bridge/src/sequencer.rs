@@ -115,6 +115,13 @@ impl<T> Sequencer<T> {
         }
     }
 
+    /// The store may hold messages that were never delivered live (the
+    /// replica that committed them had no link to this bridge then): read
+    /// after `last` unless a read is under way already. Returns its start.
+    pub fn catch_up(&mut self) -> Option<u64> {
+        (!self.reading).then(|| self.ask())
+    }
+
     /// Records what the read about to happen will cover; returns its start.
     fn ask(&mut self) -> u64 {
         self.reading = true;
