@@ -9,7 +9,10 @@
 //!   to start it; [`cognito::TestPool`]: a user pool of its own on it.
 //! - [`eventually`]: poll a condition until a deadline instead of sleeping.
 //! - [`free_port`]: a loopback port nobody listens on, for spawned binaries.
+//! - [`cluster::PgCluster`] / [`cluster::Pgbouncer`]: a Postgres server (and
+//!   a transaction-pooling pgbouncer) of a test's own, to crash and restart.
 
+pub mod cluster;
 pub mod cognito;
 pub mod tls;
 
@@ -307,20 +310,6 @@ pub fn via(url: &str, addr: std::net::SocketAddr) -> String {
     format!("{scheme}://{userinfo}{addr}{tail}")
 }
 
-#[cfg(test)]
-mod tests {
-    use super::with_database;
-
-    #[test]
-    fn replaces_the_database_name() {
-        assert_eq!(
-            with_database("postgres://u@h:5432/postgres?sslmode=disable", "t1"),
-            "postgres://u@h:5432/t1?sslmode=disable"
-        );
-        assert_eq!(with_database("postgres://u@h", "t1"), "postgres://u@h/t1");
-    }
-}
-
 /// `GET path` on `addr` (HTTP/1.0, the whole answer as text: status line,
 /// headers, body); None if the server cannot be reached.
 pub async fn http_get(addr: &str, path: &str) -> Option<String> {
@@ -333,4 +322,18 @@ pub async fn http_get(addr: &str, path: &str) -> Option<String> {
     let mut out = String::new();
     stream.read_to_string(&mut out).await.ok()?;
     Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_database;
+
+    #[test]
+    fn replaces_the_database_name() {
+        assert_eq!(
+            with_database("postgres://u@h:5432/postgres?sslmode=disable", "t1"),
+            "postgres://u@h:5432/t1?sslmode=disable"
+        );
+        assert_eq!(with_database("postgres://u@h", "t1"), "postgres://u@h/t1");
+    }
 }
