@@ -1,11 +1,17 @@
-//! Chaos: the real binaries — two notify-svc replicas and two bridges on one
-//! Postgres — with WebSocket clients that reconnect and resume, producers
-//! that publish with idempotency keys and retry every failed call with the
-//! same key, and a driver that kill -9s and restarts replicas and bridges
-//! throughout; one user in five stays offline until the end. At the end every client drains its inbox; the accounting
-//! says whether any publish that was answered OK failed to arrive.
+//! Chaos: the real binaries — two notify-svc replicas, two bridges, a
+//! bet-tracker and BetService's stand-in (`bet-tracker simulate`) on a
+//! Postgres server of the test's own — with WebSocket clients that reconnect
+//! and resume, producers that publish with idempotency keys and retry every
+//! failed call with the same key, and a driver that kill -9s and restarts
+//! replicas, bridges and the tracker throughout and crashes Postgres once
+//! (`-m immediate`) halfway. One user in five stays offline until the end.
+//! At the end every client drains its inbox; the accounting says whether any
+//! publish that was answered OK failed to arrive, and whether every fight
+//! change became exactly one `fights:live` message.
 //!
-//! CI size by default (20,000 messages, 40 clients, a kill every 0.6 s); bigger with
+//! It runs twice: straight to Postgres, and through pgbouncer in transaction
+//! pooling mode (the RDS Proxy stand-in). CI size by default (20,000
+//! messages, 40 clients, a kill every 0.6 s); bigger with
 //! `CHAOS_MESSAGES=100000 CHAOS_CLIENTS=500 cargo nextest run --test chaos`.
 
 use std::{
@@ -22,7 +28,11 @@ use std::{
 use futures::{SinkExt, StreamExt};
 use notify_proto::v1::{self as pb, notify_client::NotifyClient};
 use serde_json::Value;
-use test_support::{TestDb, TestDir, free_port};
+use test_support::{
+    TestDir,
+    cluster::{PgCluster, Pgbouncer},
+    free_port,
+};
 use tokio::process::{Child, Command};
 use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest};
 
@@ -72,6 +82,20 @@ impl Proc {
         );
     }
 
+    /// Starts it again if it ended by itself (as systemd's Restart= would);
+    /// true if it had.
+    fn revive(&mut self) -> bool {
+        let ended = self
+            .child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_some());
+        if ended {
+            eprintln!("{} ended by itself: restarting it", self.name);
+            self.start();
+        }
+        ended
+    }
+
     async fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.start_kill();
@@ -89,6 +113,7 @@ struct Tally {
     duplicates: AtomicU64,
     max_gap: AtomicU64,
     kills: AtomicU64,
+    revived: AtomicU64,
 }
 
 /// What each user's client has seen: seqs, and the highest contiguous one.
@@ -99,11 +124,22 @@ struct Seen {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn committed_messages_survive_kills_of_replicas_and_bridges() {
+async fn committed_messages_survive_kills_of_every_process_and_a_postgres_crash() {
+    chaos(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_chaos_through_pgbouncer_in_transaction_mode() {
+    chaos(true).await;
+}
+
+async fn chaos(through_pgbouncer: bool) {
     let messages = env_or("CHAOS_MESSAGES", 20_000);
     let clients = env_or("CHAOS_CLIENTS", 40);
     let producers = env_or("CHAOS_PRODUCERS", 16);
-    let db = TestDb::create().await;
+    let cluster = PgCluster::start();
+    let bouncer = through_pgbouncer.then(|| Pgbouncer::start(&cluster));
+    let db_url = bouncer.as_ref().map_or(&cluster.url, |b| &b.url).clone();
     let data = TestDir::create("chaos");
     // The dev key both bridges trust, and the tokens of every user.
     let issuer = notify_auth::DevIssuer::load_or_create(
@@ -128,7 +164,7 @@ async fn committed_messages_survive_kills_of_replicas_and_bridges() {
                 "--http-addr".into(),
                 format!("127.0.0.1:{}", free_port()),
                 "--database-url".into(),
-                db.url.clone(),
+                db_url.clone(),
             ],
             envs: Vec::new(),
             child: None,
@@ -168,6 +204,45 @@ async fn committed_messages_survive_kills_of_replicas_and_bridges() {
     for p in svcs.iter_mut().chain(bridges.iter_mut()) {
         p.start();
     }
+    // The tracker and the simulation need the fights tables: wait for the
+    // replicas' migrations (notify-svc answers only once they are done).
+    test_support::eventually("notify-svc serves", Duration::from_secs(60), || {
+        let url = format!("http://{}", grpc[0]);
+        async move {
+            lobby_head(&mut NotifyClient::connect(url).await.ok()?)
+                .await
+                .ok()
+        }
+    })
+    .await;
+    let mut tracker = Proc {
+        name: "bet-tracker".into(),
+        program: binary("bet-tracker"),
+        args: Vec::new(),
+        envs: vec![
+            ("DATABASE_URL".into(), db_url.clone()),
+            ("TRACKER_NOTIFY_URL".into(), format!("http://{}", grpc[1])),
+            ("TRACKER_ID".into(), "chaos-tracker".into()),
+            ("TRACKER_LEASE_MS".into(), "1000".into()),
+            (
+                "TRACKER_HTTP_ADDR".into(),
+                format!("127.0.0.1:{}", free_port()),
+            ),
+        ],
+        child: None,
+    };
+    // BetService's stand-in: fight changes at a steady rate.
+    let mut simulation = Proc {
+        name: "bet-tracker simulate".into(),
+        program: binary("bet-tracker"),
+        args: ["simulate", "--rate", "100", "--users", "20"]
+            .map(String::from)
+            .to_vec(),
+        envs: vec![("DATABASE_URL".into(), db_url.clone())],
+        child: None,
+    };
+    tracker.start();
+    simulation.start();
 
     let tally = Arc::new(Tally::default());
     let users: Vec<String> = (0..clients).map(|i| format!("chaos-{i}")).collect();
@@ -316,13 +391,33 @@ async fn committed_messages_survive_kills_of_replicas_and_bridges() {
         }));
     }
 
-    // The driver: while producers run, kill -9 and restart a random process.
+    // The driver: while producers run, kill -9 and restart a random process
+    // (every fifth time the tracker); Postgres crashes once, halfway.
     let started = Instant::now();
     let mut round = 0usize;
+    let mut postgres_crashed = false;
     while !producer_tasks.iter().all(|t| t.is_finished()) {
         tokio::time::sleep(Duration::from_millis(400)).await;
         round += 1;
-        let victim = if round.is_multiple_of(2) {
+        for p in svcs
+            .iter_mut()
+            .chain(bridges.iter_mut())
+            .chain([&mut tracker, &mut simulation])
+        {
+            if p.revive() {
+                tally.revived.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        if !postgres_crashed && next.load(Ordering::Relaxed) as usize >= messages / 2 {
+            postgres_crashed = true;
+            cluster.crash();
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            cluster.start_again();
+            continue;
+        }
+        let victim = if round.is_multiple_of(5) {
+            &mut tracker
+        } else if round.is_multiple_of(2) {
             &mut svcs[round / 2 % 2]
         } else {
             &mut bridges[round / 2 % 2]
@@ -336,6 +431,8 @@ async fn committed_messages_survive_kills_of_replicas_and_bridges() {
             "producers did not finish in 10 min"
         );
     }
+    simulation.kill9().await;
+    assert!(postgres_crashed, "Postgres was crashed once");
     for t in producer_tasks {
         t.await.unwrap();
     }
@@ -376,7 +473,13 @@ async fn committed_messages_survive_kills_of_replicas_and_bridges() {
             };
             let acknowledged = tally.acknowledged.load(Ordering::Relaxed);
             println!(
-                "chaos accounting ({clients} clients, {producers} producers, 2 notify-svc, 2 bridges)"
+                "chaos accounting ({clients} clients, {producers} producers, 2 notify-svc, 2 bridges, \
+                 1 tracker, Postgres {})",
+                if through_pgbouncer {
+                    "through pgbouncer (transaction pooling)"
+                } else {
+                    "direct"
+                }
             );
             println!(
                 "  published         {}",
@@ -402,8 +505,12 @@ async fn committed_messages_survive_kills_of_replicas_and_bridges() {
                 tally.max_gap.load(Ordering::Relaxed)
             );
             println!(
-                "  kills survived    {}",
+                "  kills survived    {} (kill -9) + 1 Postgres crash",
                 tally.kills.load(Ordering::Relaxed)
+            );
+            println!(
+                "  exited, restarted {}",
+                tally.revived.load(Ordering::Relaxed)
             );
             assert_eq!(
                 acknowledged as usize, messages,
@@ -423,7 +530,74 @@ async fn committed_messages_survive_kills_of_replicas_and_bridges() {
     for t in client_tasks {
         t.abort();
     }
-    for p in svcs.iter_mut().chain(bridges.iter_mut()) {
+    fights_were_each_emitted_once(&db_url, &grpc[0], &mut tracker).await;
+    for p in svcs
+        .iter_mut()
+        .chain(bridges.iter_mut())
+        .chain([&mut tracker])
+    {
         p.kill9().await;
     }
+}
+
+/// Every fight change in the outbox, and every expiry, is one message on
+/// `fights:live` (its head seq counts them): none lost to a kill, none
+/// doubled by a retry after one.
+async fn fights_were_each_emitted_once(db_url: &str, grpc: &str, tracker: &mut Proc) {
+    let (sql, conn) = tokio_postgres::connect(db_url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let mut notify = NotifyClient::connect(format!("http://{grpc}"))
+        .await
+        .unwrap();
+    let mut last = (0, 0, 0);
+    let settled = tokio::time::timeout(Duration::from_secs(90), async {
+        loop {
+            tracker.revive();
+            let row = sql
+                .query_typed(
+                    "SELECT (SELECT count(*) FROM fight_outbox), \
+                            (SELECT count(*) FROM tracker_expired), \
+                            (SELECT count(*) FROM fights WHERE status = 'open' \
+                               AND accept_deadline < now() - interval '1 second' \
+                               AND id NOT IN (SELECT fight_id FROM tracker_expired))",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .remove(0);
+            let (changes, expired, due): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
+            let head = lobby_head(&mut notify).await.unwrap_or(0);
+            last = (changes, expired, head);
+            if due == 0 && head == (changes + expired) as u64 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    })
+    .await;
+    let (changes, expired, head) = last;
+    println!("  fight changes     {changes} (+ {expired} expiries)");
+    println!("  fights:live       {head} messages");
+    assert!(
+        settled.is_ok(),
+        "fights:live has {head} messages for {changes} changes and {expired} expiries"
+    );
+    assert!(changes > 0, "the simulation wrote fight changes");
+}
+
+/// How many messages `fights:live` has had (its head seq).
+async fn lobby_head(
+    client: &mut NotifyClient<tonic::transport::Channel>,
+) -> Result<u64, tonic::Status> {
+    let page = client
+        .history(pb::HistoryRequest {
+            target: Some(pb::history_request::Target::Topic("fights:live".into())),
+            since: 0,
+            limit: 1,
+            after_acked: false,
+        })
+        .await?;
+    Ok(page.into_inner().head_seq)
 }
