@@ -56,7 +56,7 @@ enum Command {
     },
     /// Mint a dev token (RS256, local dev key) for a WebSocket client.
     #[command(
-        after_help = "Examples:\n  notify token --user alice\n  notify token --user root --realm eu --groups admin\n  notify token --user billing --scopes notify/publish   # an M2M-shaped token"
+        after_help = "Examples:\n  notify token --user alice\n  notify token --user root --realm eu --groups admin\n  notify token --user billing --scopes notify/publish   # an M2M-shaped token\n  notify token --jwks > jwks.json                      # for AUTH_JWKS_URL=file:jwks.json"
     )]
     Token(TokenArgs),
     /// Connect to a bridge over WebSocket and print every frame as one JSON line.
@@ -132,8 +132,14 @@ async fn main() -> std::process::ExitCode {
 #[derive(clap::Args)]
 struct TokenArgs {
     /// The user (`sub`) the token names.
-    #[arg(long)]
-    user: String,
+    #[arg(long, required_unless_present = "jwks")]
+    user: Option<String>,
+    /// Print the dev key's JWKS instead of a token: bridges that are not on
+    /// loopback trust dev tokens through it (AUTH_JWKS_URL=file:PATH,
+    /// AUTH_ISSUER and AUTH_CLIENT_IDS of the dev issuer), as in
+    /// deploy/docker-compose.yml.
+    #[arg(long, conflicts_with_all = ["user", "realm", "groups", "scopes", "id_token"])]
+    jwks: bool,
     /// `custom:realm` claim, for `realm:{R}:…` topics.
     #[arg(long)]
     realm: Option<String>,
@@ -174,8 +180,12 @@ fn token(args: TokenArgs) -> anyhow::Result<()> {
         notify_auth::DEV_ISSUER,
         notify_auth::DEV_CLIENT_ID,
     )?;
+    let Some(user) = args.user else {
+        println!("{}", issuer.jwks());
+        return Ok(());
+    };
     let token = issuer.mint(&notify_auth::DevToken {
-        user: args.user,
+        user,
         realm: args.realm,
         groups: args.groups,
         scopes: args.scopes,

@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use notify_auth::{
-    DEV_CLIENT_ID, DEV_ISSUER, DEV_KEY_FILE, DevIssuer, KeySet, TokenUse, Verifier, VerifierConfig,
+    DEV_CLIENT_ID, DEV_ISSUER, DEV_KEY_FILE, DevIssuer, KeySet, KeySource, TokenUse, Verifier,
+    VerifierConfig,
 };
 
 #[tokio::test]
@@ -45,4 +46,46 @@ async fn notify_token_mints_what_the_verifier_accepts() {
     assert_eq!(who.groups, ["admin", "ops"]);
     assert_eq!(verifier.verify(&id).await.unwrap().token_use, TokenUse::Id);
     std::fs::remove_dir_all(&dir).ok();
+}
+
+#[tokio::test]
+async fn notify_token_jwks_lets_a_verifier_trust_dev_tokens_from_a_file() {
+    let dir = test_support::TestDir::create("token-jwks");
+    let notify = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_notify"))
+            .args(["token", "--data-dir"])
+            .arg(&dir.path)
+            .args(args)
+            .output()
+            .expect("run notify token");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let jwks = notify(&["--jwks"]);
+    let token = notify(&["--user", "carol"]);
+    let file = dir.join("jwks.json");
+    std::fs::write(&file, &jwks).unwrap();
+    let verifier = Verifier::new(
+        KeySet::new(KeySource::parse(&format!("file:{}", file.display())).unwrap()),
+        VerifierConfig {
+            issuer: DEV_ISSUER.into(),
+            client_ids: vec![DEV_CLIENT_ID.into()],
+            leeway: Duration::from_secs(5),
+        },
+    );
+    assert_eq!(
+        verifier.verify(token.trim()).await.unwrap().user.as_str(),
+        "carol"
+    );
+    // A JWKS and a user at once is a usage error, not a guess.
+    let both = std::process::Command::new(env!("CARGO_BIN_EXE_notify"))
+        .args(["token", "--jwks", "--user", "x", "--data-dir"])
+        .arg(&dir.path)
+        .output()
+        .unwrap();
+    assert_eq!(both.status.code(), Some(2));
 }
