@@ -7,6 +7,9 @@
 # protoc-bin-vendored crate, so the builder needs nothing but Rust and a C
 # compiler (rusqlite's bundled SQLite, aws-lc-rs).
 FROM rust:1.95-slim-bookworm AS build
+# The commit /info reports (.git is not in the build context):
+#   docker build --build-arg NOTIFY_BUILD_COMMIT=$(git rev-parse --short=12 HEAD) .
+ARG NOTIFY_BUILD_COMMIT=unknown
 RUN apt-get update \
  && apt-get install -y --no-install-recommends cmake pkg-config \
  && rm -rf /var/lib/apt/lists/*

@@ -16,8 +16,7 @@
 
 use std::{
     collections::{BTreeSet, HashMap},
-    path::{Path, PathBuf},
-    process::Stdio,
+    path::PathBuf,
     sync::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering},
@@ -32,8 +31,8 @@ use test_support::{
     TestDir,
     cluster::{PgCluster, Pgbouncer},
     free_port,
+    process::{ServiceProcess as Proc, sibling_binary},
 };
-use tokio::process::{Child, Command};
 use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest};
 
 fn env_or(name: &str, default: usize) -> usize {
@@ -43,65 +42,8 @@ fn env_or(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-/// A sibling binary of `notify` in the same target directory.
 fn binary(name: &str) -> PathBuf {
-    let path = Path::new(env!("CARGO_BIN_EXE_notify")).with_file_name(name);
-    assert!(
-        path.exists(),
-        "{} is missing: build the workspace's binaries first (scripts/test does)",
-        path.display()
-    );
-    path
-}
-
-/// One restartable process: its command line stays, its pid changes.
-struct Proc {
-    name: String,
-    program: PathBuf,
-    args: Vec<String>,
-    envs: Vec<(String, String)>,
-    child: Option<Child>,
-}
-
-impl Proc {
-    fn start(&mut self) {
-        let mut command = Command::new(&self.program);
-        command
-            .args(&self.args)
-            .envs(self.envs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .env(
-                "RUST_LOG",
-                std::env::var("NOTIFY_TEST_LOG").unwrap_or_else(|_| "error".into()),
-            )
-            .stdout(Stdio::null())
-            .kill_on_drop(true);
-        self.child = Some(
-            command
-                .spawn()
-                .unwrap_or_else(|e| panic!("spawn {}: {e}", self.name)),
-        );
-    }
-
-    /// Starts it again if it ended by itself (as systemd's Restart= would);
-    /// true if it had.
-    fn revive(&mut self) -> bool {
-        let ended = self
-            .child
-            .as_mut()
-            .is_some_and(|c| c.try_wait().ok().flatten().is_some());
-        if ended {
-            eprintln!("{} ended by itself: restarting it", self.name);
-            self.start();
-        }
-        ended
-    }
-
-    async fn kill9(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.start_kill();
-            let _ = child.wait().await;
-        }
-    }
+    sibling_binary(env!("CARGO_BIN_EXE_notify"), name)
 }
 
 #[derive(Default)]
@@ -155,19 +97,14 @@ async fn chaos(through_pgbouncer: bool) {
     let mut svcs: Vec<Proc> = grpc
         .iter()
         .enumerate()
-        .map(|(i, addr)| Proc {
-            name: format!("notify-svc-{i}"),
-            program: binary("notify-svc"),
-            args: vec![
-                "--grpc-addr".into(),
-                addr.clone(),
-                "--http-addr".into(),
-                format!("127.0.0.1:{}", free_port()),
-                "--database-url".into(),
-                db_url.clone(),
-            ],
-            envs: Vec::new(),
-            child: None,
+        .map(|(i, addr)| {
+            Proc::new(&format!("notify-svc-{i}"), binary("notify-svc"))
+                .arg("--grpc-addr")
+                .arg(addr)
+                .arg("--http-addr")
+                .arg(format!("127.0.0.1:{}", free_port()))
+                .arg("--database-url")
+                .arg(&db_url)
         })
         .collect();
     let urls = grpc
@@ -181,24 +118,16 @@ async fn chaos(through_pgbouncer: bool) {
     let mut bridges: Vec<Proc> = ws
         .iter()
         .enumerate()
-        .map(|(i, addr)| Proc {
-            name: format!("bridge-{i}"),
-            program: binary("bridge"),
-            args: Vec::new(),
-            envs: vec![
-                ("BRIDGE_WS_ADDR".into(), addr.clone()),
-                (
-                    "BRIDGE_HTTP_ADDR".into(),
-                    format!("127.0.0.1:{}", free_port()),
-                ),
-                ("BRIDGE_NOTIFY_URLS".into(), urls.clone()),
-                ("BRIDGE_ID".into(), format!("chaos-bridge-{i}")),
-                ("BRIDGE_DATA_DIR".into(), data.path.display().to_string()),
-                ("AUTH_DEV".into(), "1".into()),
-                ("BRIDGE_RATE".into(), "10000".into()),
-                ("BRIDGE_CONNECT_RATE_PER_IP".into(), "0".into()),
-            ],
-            child: None,
+        .map(|(i, addr)| {
+            Proc::new(&format!("bridge-{i}"), binary("bridge"))
+                .env("BRIDGE_WS_ADDR", addr)
+                .env("BRIDGE_HTTP_ADDR", format!("127.0.0.1:{}", free_port()))
+                .env("BRIDGE_NOTIFY_URLS", &urls)
+                .env("BRIDGE_ID", format!("chaos-bridge-{i}"))
+                .env("BRIDGE_DATA_DIR", data.path.display().to_string())
+                .env("AUTH_DEV", "1")
+                .env("BRIDGE_RATE", "10000")
+                .env("BRIDGE_CONNECT_RATE_PER_IP", "0")
         })
         .collect();
     for p in svcs.iter_mut().chain(bridges.iter_mut()) {
@@ -215,32 +144,20 @@ async fn chaos(through_pgbouncer: bool) {
         }
     })
     .await;
-    let mut tracker = Proc {
-        name: "bet-tracker".into(),
-        program: binary("bet-tracker"),
-        args: Vec::new(),
-        envs: vec![
-            ("DATABASE_URL".into(), db_url.clone()),
-            ("TRACKER_NOTIFY_URL".into(), format!("http://{}", grpc[1])),
-            ("TRACKER_ID".into(), "chaos-tracker".into()),
-            ("TRACKER_LEASE_MS".into(), "1000".into()),
-            (
-                "TRACKER_HTTP_ADDR".into(),
-                format!("127.0.0.1:{}", free_port()),
-            ),
-        ],
-        child: None,
-    };
+    let mut tracker = Proc::new("bet-tracker", binary("bet-tracker"))
+        .env("DATABASE_URL", &db_url)
+        .env("TRACKER_NOTIFY_URL", format!("http://{}", grpc[1]))
+        .env("TRACKER_ID", "chaos-tracker")
+        .env("TRACKER_LEASE_MS", "1000")
+        .env("TRACKER_HTTP_ADDR", format!("127.0.0.1:{}", free_port()));
     // BetService's stand-in: fight changes at a steady rate.
-    let mut simulation = Proc {
-        name: "bet-tracker simulate".into(),
-        program: binary("bet-tracker"),
-        args: ["simulate", "--rate", "100", "--users", "20"]
-            .map(String::from)
-            .to_vec(),
-        envs: vec![("DATABASE_URL".into(), db_url.clone())],
-        child: None,
-    };
+    let mut simulation = Proc::new("bet-tracker simulate", binary("bet-tracker"))
+        .arg("simulate")
+        .arg("--rate")
+        .arg("100")
+        .arg("--users")
+        .arg("20")
+        .env("DATABASE_URL", &db_url);
     tracker.start();
     simulation.start();
 

@@ -68,6 +68,11 @@ impl Verifier {
         &self.keys
     }
 
+    /// What tokens must match (for `/info`).
+    pub fn config(&self) -> &VerifierConfig {
+        &self.config
+    }
+
     /// `exp` (required), `nbf`, both with the leeway; `iss` (required) is
     /// the configured issuer; `sub` is required.
     fn check_time_and_issuer(&self, claims: &Claims) -> Result<(), AuthError> {

@@ -127,7 +127,8 @@ async fn main() -> anyhow::Result<()> {
     config.lease_ttl = Duration::from_millis(cli.lease_ms.max(1000));
     config.poll_min = Duration::from_millis(cli.poll_min_ms);
     config.poll_max = Duration::from_millis(cli.poll_max_ms.max(cli.poll_min_ms));
-    let source = Source::new(&Database::from_url(&cli.database_url)?, &cli.group)?;
+    let database = Database::from_url(&cli.database_url)?;
+    let source = Source::new(&database, &cli.group)?;
     let stats = Arc::new(Stats::default());
     let shutdown = CancellationToken::new();
     let ops = tokio::net::TcpListener::bind(cli.http_addr)
@@ -136,6 +137,7 @@ async fn main() -> anyhow::Result<()> {
     tokio::spawn(bet_tracker::metrics::serve(
         ops,
         stats.clone(),
+        config.info(&database, &cli.group),
         shutdown.clone(),
     ));
     tokio::spawn(notify_ops::signals::cancel_on_signal(shutdown.clone()));

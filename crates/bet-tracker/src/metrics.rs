@@ -1,6 +1,6 @@
 //! What a tracker did, as Prometheus series (`tracker_*`), and its ops HTTP
 //! port: `/healthz`, `/readyz` (ready once a poll of the database succeeded,
-//! active or standby) and `/metrics`.
+//! active or standby), `/metrics` and `/info`.
 
 use std::sync::{
     Arc, Mutex,
@@ -141,8 +141,13 @@ impl Probe for Stats {
 }
 
 /// Serves the ops endpoints until `shutdown`.
-pub async fn serve(listener: TcpListener, stats: Arc<Stats>, shutdown: CancellationToken) {
-    if let Err(e) = endpoints::serve(listener, stats, shutdown).await {
+pub async fn serve(
+    listener: TcpListener,
+    stats: Arc<Stats>,
+    info: notify_ops::info::Info,
+    shutdown: CancellationToken,
+) {
+    if let Err(e) = endpoints::serve(listener, stats, info, shutdown).await {
         tracing::warn!(error = %e, "ops port stopped");
     }
 }

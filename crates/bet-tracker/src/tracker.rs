@@ -55,6 +55,21 @@ pub struct TrackerConfig {
 }
 
 impl TrackerConfig {
+    /// What `/info` shows of this tracker (the token only as set or not).
+    pub fn info(&self, database: &notify_store::Database, group: &str) -> notify_ops::info::Info {
+        notify_ops::info::Info::new("bet-tracker", env!("CARGO_PKG_VERSION"))
+            .set("holder", &self.holder)
+            .set("group", group)
+            .set("database", database)
+            .set("notify_url", &self.notify_url)
+            .secret("notify_token", self.notify_token.is_some())
+            .set("notify_tls", &self.notify_tls)
+            .set("lease_ttl", self.lease_ttl)
+            .set("poll_min", self.poll_min)
+            .set("poll_max", self.poll_max)
+            .set("batch", self.batch)
+    }
+
     pub fn new(holder: &str, notify_url: &str) -> Self {
         Self {
             holder: holder.to_owned(),

@@ -466,10 +466,7 @@ impl Conn {
             }
         };
         let complete = !response.has_more;
-        self.shared
-            .metrics
-            .replayed
-            .inc_by(response.messages.len() as u64);
+        self.shared.metrics.replay(response.messages.len());
         let outcome = match &feed {
             Feed::Inbox => self.inbox.stored(page(response.messages), complete),
             Feed::Topic(t) => match self.topics.get_mut(t) {

@@ -253,6 +253,11 @@ impl Hub {
         }
     }
 
+    /// notify-svc links attached now.
+    pub fn links_attached(&self) -> usize {
+        self.state.lock().expect("hub lock").links.len()
+    }
+
     /// A link to send a client publish on (any attached one).
     pub fn any_link(&self) -> Option<mpsc::Sender<pb::BridgeUp>> {
         let s = self.state.lock().expect("hub lock");

@@ -68,6 +68,38 @@ pub struct BridgeConfig {
     pub notify_tls: notify_proto::channel::ClientTls,
 }
 
+impl BridgeConfig {
+    /// What `/info` shows of this bridge (the notify-svc token only as set
+    /// or not; URLs without passwords).
+    pub fn info(&self) -> notify_ops::info::Info {
+        let urls: Vec<String> = self
+            .notify_urls
+            .iter()
+            .map(|u| notify_ops::info::redact_url(u))
+            .collect();
+        notify_ops::info::Info::new("bridge", env!("CARGO_PKG_VERSION"))
+            .set("bridge_id", &self.bridge_id)
+            .set("notify_urls", urls)
+            .secret("notify_token", self.notify_token.is_some())
+            .set("notify_tls", &self.notify_tls)
+            .set("auth", self.verifier.config())
+            .set("revocation_check", self.revocation.is_some())
+            .set("topics", &self.topics)
+            .set("send_queue", self.send_queue)
+            .set("max_frame", self.max_frame)
+            .set("rate_per_sec", self.rate_per_sec)
+            .set("burst", self.burst)
+            .set("ping_every", self.ping_every)
+            .set("connect_rate_per_ip", self.connect_rate_per_ip)
+            .set("connect_burst_per_ip", self.connect_burst_per_ip)
+            .set("max_subscriptions", self.max_subscriptions)
+            .set("header_timeout", self.header_timeout)
+            .set("max_per_user", self.max_per_user)
+            .set("max_connections", self.max_connections)
+            .set("tls", &self.tls)
+    }
+}
+
 /// Serves WebSocket clients on `listener` until `shutdown`, then closes every
 /// socket with 1012, sends the last acks and returns.
 pub async fn run(
@@ -88,6 +120,7 @@ pub async fn run(
         )?),
         None => None,
     };
+    let info = config.info();
     let hub = hub::Hub::new(&config.bridge_id);
     let pending = link::Pending::default();
     let api = link::Api::new(first, &config.notify_tls, credential.clone())?;
@@ -123,6 +156,7 @@ pub async fn run(
             ops,
             hub.clone(),
             metrics.clone(),
+            info,
             links_stop.clone(),
         ));
     }

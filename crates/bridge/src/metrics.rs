@@ -1,13 +1,13 @@
 //! Prometheus metrics of a bridge and its ops HTTP port (`/healthz`,
 //! `/readyz` — ready while at least one notify-svc link is attached —
-//! and `/metrics`).
+//! `/metrics` and `/info`).
 
 use std::sync::{Arc, Mutex};
 
 use notify_ops::endpoints::{self, Probe};
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
-    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::Registry,
 };
 use tokio::net::TcpListener;
@@ -29,6 +29,10 @@ pub struct Metrics {
     pub messages_out: Counter,
     pub frames_in: Counter,
     pub replayed: Counter,
+    /// Messages per store read (replays at connect, gap fills, catch-ups).
+    pub replay_pages: Histogram,
+    /// notify-svc links attached (set at each scrape).
+    pub links: Gauge,
     pub slow_consumers: Counter,
     pub refused: Family<ReasonLabels, Counter>,
 }
@@ -66,6 +70,18 @@ impl Default for Metrics {
             "Messages sent from the store (replay, gap fill)",
             replayed.clone(),
         );
+        let replay_pages = Histogram::new([0.0, 1.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0]);
+        registry.register(
+            "replay_page_messages",
+            "Messages per store read (replay at connect, gap fill, catch-up)",
+            replay_pages.clone(),
+        );
+        let links = Gauge::default();
+        registry.register(
+            "links_attached",
+            "notify-svc replicas this bridge is linked to",
+            links.clone(),
+        );
         let slow_consumers = Counter::default();
         registry.register(
             "slow_consumers",
@@ -85,6 +101,8 @@ impl Default for Metrics {
             messages_out,
             frames_in,
             replayed,
+            replay_pages,
+            links,
             slow_consumers,
             refused,
         }
@@ -92,6 +110,12 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// One store read of `messages` messages sent on to a client.
+    pub fn replay(&self, messages: usize) {
+        self.replayed.inc_by(messages as u64);
+        self.replay_pages.observe(messages as f64);
+    }
+
     pub fn refused(&self, reason: &str) {
         self.refused
             .get_or_create(&ReasonLabels {
@@ -122,14 +146,21 @@ impl Probe for BridgeProbe {
     }
 
     fn metrics(&self) -> String {
+        self.metrics.links.set(self.hub.links_attached() as i64);
         self.metrics.encode()
     }
 }
 
 /// Serves the ops endpoints until `shutdown`.
-pub async fn serve(listener: TcpListener, hub: Hub, metrics: Metrics, shutdown: CancellationToken) {
+pub async fn serve(
+    listener: TcpListener,
+    hub: Hub,
+    metrics: Metrics,
+    info: notify_ops::info::Info,
+    shutdown: CancellationToken,
+) {
     let probe = Arc::new(BridgeProbe { hub, metrics });
-    if let Err(e) = endpoints::serve(listener, probe, shutdown).await {
+    if let Err(e) = endpoints::serve(listener, probe, info, shutdown).await {
         tracing::warn!(error = %e, "ops port stopped");
     }
 }

@@ -62,10 +62,19 @@ pub struct Authenticator {
     tokens: Arc<CallerTokens>,
     /// Verifies M2M access tokens, when a JWKS is configured.
     verifier: Option<Verifier>,
+    /// Refusals are counted by reason (`notify_auth_failures_total`).
+    metrics: crate::metrics::Metrics,
 }
 
+/// A refusal and its reason label.
+type Refusal = (&'static str, Status);
+
 impl Authenticator {
-    pub fn new(tokens: CallerTokens, verifier: Option<Verifier>) -> Self {
+    pub fn new(
+        tokens: CallerTokens,
+        verifier: Option<Verifier>,
+        metrics: crate::metrics::Metrics,
+    ) -> Self {
         if tokens.is_empty() && verifier.is_none() {
             tracing::warn!(
                 "NOTIFY_API_TOKENS and NOTIFY_AUTH_JWKS_URL are empty: accepting unauthenticated callers from loopback only"
@@ -74,14 +83,22 @@ impl Authenticator {
         Self {
             tokens: Arc::new(tokens),
             verifier,
+            metrics,
         }
+    }
+
+    fn counted<T>(&self, result: Result<T, Refusal>) -> Result<T, Status> {
+        result.map_err(|(reason, status)| {
+            self.metrics.auth_failure(reason);
+            status
+        })
     }
 
     fn dev_mode(&self) -> bool {
         self.tokens.is_empty() && self.verifier.is_none()
     }
 
-    fn intercept<T>(&self, req: &mut Request<T>) -> Result<(), Status> {
+    fn intercept<T>(&self, req: &mut Request<T>) -> Result<(), Refusal> {
         if self.dev_mode() {
             return match req.remote_addr() {
                 Some(addr) if addr.ip().is_loopback() => {
@@ -91,15 +108,20 @@ impl Authenticator {
                     });
                     Ok(())
                 }
-                _ => Err(Status::unauthenticated(
-                    "no API tokens are configured (NOTIFY_API_TOKENS): only loopback callers are accepted",
+                _ => Err((
+                    "not_loopback",
+                    Status::unauthenticated(
+                        "no API tokens are configured (NOTIFY_API_TOKENS): only loopback callers are accepted",
+                    ),
                 )),
             };
         }
-        let header = req
-            .metadata()
-            .get("authorization")
-            .ok_or_else(|| Status::unauthenticated("missing authorization: Bearer <token>"))?;
+        let header = req.metadata().get("authorization").ok_or_else(|| {
+            (
+                "missing",
+                Status::unauthenticated("missing authorization: Bearer <token>"),
+            )
+        })?;
         let token = header
             .to_str()
             .ok()
@@ -107,7 +129,12 @@ impl Authenticator {
                 h.strip_prefix("Bearer ")
                     .or_else(|| h.strip_prefix("bearer "))
             })
-            .ok_or_else(|| Status::unauthenticated("authorization must be `Bearer <token>`"))?
+            .ok_or_else(|| {
+                (
+                    "malformed",
+                    Status::unauthenticated("authorization must be `Bearer <token>`"),
+                )
+            })?
             .trim()
             .to_owned();
         if let Some(name) = self.tokens.caller(&token) {
@@ -119,7 +146,10 @@ impl Authenticator {
             return Ok(());
         }
         if self.verifier.is_none() {
-            return Err(Status::unauthenticated("unknown API token"));
+            return Err((
+                "unknown_token",
+                Status::unauthenticated("unknown API token"),
+            ));
         }
         req.extensions_mut().insert(Unverified(token));
         Ok(())
@@ -128,48 +158,69 @@ impl Authenticator {
     /// The caller of `req` if it has `right`; verifies its token first if
     /// the interceptor left that to here.
     pub async fn authorize<T>(&self, req: &Request<T>, right: Right) -> Result<Caller, Status> {
+        let authorized = self.authorize_uncounted(req, right).await;
+        self.counted(authorized)
+    }
+
+    async fn authorize_uncounted<T>(
+        &self,
+        req: &Request<T>,
+        right: Right,
+    ) -> Result<Caller, Refusal> {
         let caller = match req.extensions().get::<Caller>() {
             Some(caller) => caller.clone(),
             None => {
                 let Unverified(token) = req
                     .extensions()
                     .get::<Unverified>()
-                    .ok_or_else(|| Status::unauthenticated("no caller"))?;
+                    .ok_or_else(|| ("missing", Status::unauthenticated("no caller")))?;
                 self.verify(token).await?
             }
         };
         if !caller.rights.contains(&right) {
             let granted: Vec<&str> = caller.rights.iter().map(|r| r.scope()).collect();
-            return Err(Status::permission_denied(format!(
-                "this call needs scope {}; caller {} has {}",
-                right.scope(),
-                caller.name,
-                if granted.is_empty() {
-                    "none".to_owned()
-                } else {
-                    granted.join(" ")
-                }
-            )));
+            return Err((
+                "missing_scope",
+                Status::permission_denied(format!(
+                    "this call needs scope {}; caller {} has {}",
+                    right.scope(),
+                    caller.name,
+                    if granted.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        granted.join(" ")
+                    }
+                )),
+            ));
         }
         Ok(caller)
     }
 
     /// A Cognito client-credentials access token → its app client and rights.
-    async fn verify(&self, token: &str) -> Result<Caller, Status> {
-        let verifier = self
-            .verifier
-            .as_ref()
-            .ok_or_else(|| Status::unauthenticated("unknown API token"))?;
+    async fn verify(&self, token: &str) -> Result<Caller, Refusal> {
+        let verifier = self.verifier.as_ref().ok_or_else(|| {
+            (
+                "unknown_token",
+                Status::unauthenticated("unknown API token"),
+            )
+        })?;
         let identity = verifier.verify(token).await.map_err(|e| match e {
             // The JWKS could not be read: not the caller's fault, retry.
-            notify_auth::AuthError::Keys(_) => {
-                Status::unavailable(format!("cannot check tokens: {e}"))
-            }
-            e => Status::unauthenticated(format!("token refused: {e}")),
+            notify_auth::AuthError::Keys(_) => (
+                "keys_unavailable",
+                Status::unavailable(format!("cannot check tokens: {e}")),
+            ),
+            e => (
+                "token_refused",
+                Status::unauthenticated(format!("token refused: {e}")),
+            ),
         })?;
         if identity.token_use != TokenUse::Access {
-            return Err(Status::unauthenticated(
-                "token refused: an ID token; services use client-credentials access tokens",
+            return Err((
+                "id_token",
+                Status::unauthenticated(
+                    "token refused: an ID token; services use client-credentials access tokens",
+                ),
             ));
         }
         let rights = Right::ALL
@@ -185,7 +236,8 @@ impl Authenticator {
 
 impl tonic::service::Interceptor for Authenticator {
     fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
-        self.intercept(&mut req)?;
+        let intercepted = self.intercept(&mut req);
+        self.counted(intercepted)?;
         Ok(req)
     }
 }

@@ -179,6 +179,27 @@ pub struct PipelineConfig {
 }
 
 impl Config {
+    /// What `/info` shows: the effective settings; tokens by caller name
+    /// only, the database URL without its password.
+    pub fn info(&self) -> notify_ops::info::Info {
+        let cognito = self.cognito.as_ref().map(|c| {
+            (
+                c.region.clone(),
+                c.user_pool_id.clone(),
+                c.endpoint_url.clone(),
+            )
+        });
+        notify_ops::info::Info::new("notify-svc", env!("CARGO_PKG_VERSION"))
+            .set("database", &self.database)
+            .set("api_token_callers", self.tokens.names())
+            .set("auth", self.verifier.as_ref().map(|v| v.config()))
+            .set("cognito_region_pool_endpoint", cognito)
+            .set("pipeline", &self.pipeline)
+            .set("limits", &self.limits)
+            .set("topics", &self.topics)
+            .set("tls", &self.tls)
+    }
+
     /// Every default on `database_url` (and `NOTIFY_*` from the environment):
     /// for a notify-svc run in-process, as tests and `notify up` do.
     pub fn for_database(database_url: &str) -> Result<Self, Vec<String>> {
@@ -344,6 +365,13 @@ pub struct CallerTokens {
 }
 
 impl CallerTokens {
+    /// The callers' names (never their tokens), sorted.
+    pub fn names(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self.by_token.values().map(String::as_str).collect();
+        names.sort_unstable();
+        names
+    }
+
     /// Parses `name=token,name2=token2`.
     pub fn parse(raw: &str) -> Result<Self, String> {
         let mut by_token = HashMap::new();

@@ -84,11 +84,22 @@ pub async fn run(
         None => tracker.spawn(notify_ops::signals::nothing_to_reload(background.clone())),
     };
     let metrics = metrics::Metrics::new();
+    {
+        let metrics = metrics.clone();
+        store.observe_pool_waits(Arc::new(move |waited| metrics.pool_wait(waited)));
+    }
+    let router = router::Router::default();
+    metrics.track_router(&router);
     let ready = ops::Readiness::default();
     let ops_server = tokio::spawn(ops::serve(
         http,
-        ready.clone(),
-        metrics.clone(),
+        ops::SvcProbe {
+            ready: ready.clone(),
+            metrics: metrics.clone(),
+            store: store.clone(),
+            router: router.clone(),
+        },
+        config.info(),
         shutdown.clone(),
     ));
 
@@ -105,7 +116,6 @@ pub async fn run(
     }
     let topics = config.topics.clone();
     let hub = watch::WatchHub::default();
-    let router = router::Router::default();
     let publisher = pipeline::Publisher::start(
         store.clone(),
         config.pipeline.clone(),
@@ -127,7 +137,11 @@ pub async fn run(
         background.clone(),
     ));
 
-    let authenticator = caller::Authenticator::new(config.tokens.clone(), config.verifier.clone());
+    let authenticator = caller::Authenticator::new(
+        config.tokens.clone(),
+        config.verifier.clone(),
+        metrics.clone(),
+    );
     let link = link::Link::new(
         store.clone(),
         router.clone(),

@@ -1,4 +1,10 @@
-//! Prometheus metrics of notify-svc, served as text on the ops port.
+//! Prometheus metrics of notify-svc (`notify_*`), served as text on the ops
+//! port. Counters and histograms move where the work happens; the gauges of
+//! the pool and the router are read at each scrape ([`Metrics::refresh`]).
+//!
+//! prometheus-client rather than the `metrics` facade: its registries are
+//! per instance (`notify up` and the tests run several services in one
+//! process, each with its own /metrics) and its handles can be read back.
 
 use std::{
     sync::{Arc, Mutex},
@@ -12,8 +18,18 @@ use prometheus_client::{
 };
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct MethodLabels {
-    pub method: &'static str,
+pub struct ReasonLabels {
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BridgeLabels {
+    pub bridge: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabels {
+    pub state: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -27,13 +43,19 @@ pub struct RpcLabels {
 pub struct Metrics {
     registry: Arc<Mutex<Registry>>,
     rpcs: Family<RpcLabels, Counter>,
-    rpc_seconds: Family<MethodLabels, Histogram>,
+    rpc_seconds: Family<RpcLabels, Histogram>,
     published: Counter,
     duplicates: Counter,
     commit_batch: Histogram,
     commit_seconds: Histogram,
     commit_failures: Counter,
     ready: Gauge,
+    auth_failures: Family<ReasonLabels, Counter>,
+    pool_wait: Histogram,
+    pool_connections: Family<StateLabels, Gauge>,
+    pool_waiting: Gauge,
+    bridge_connections: Family<BridgeLabels, Gauge>,
+    bridges: Gauge,
 }
 
 impl Default for Metrics {
@@ -51,12 +73,12 @@ impl Metrics {
             "gRPC requests by method and status code",
             rpcs.clone(),
         );
-        let rpc_seconds = Family::<MethodLabels, Histogram>::new_with_constructor(|| {
+        let rpc_seconds = Family::<RpcLabels, Histogram>::new_with_constructor(|| {
             Histogram::new([0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0])
         });
         registry.register(
             "rpc_seconds",
-            "gRPC handling time by method (Watch: until the stream opened)",
+            "gRPC handling time by method and status code (Publish: until committed; Watch: until the stream opened)",
             rpc_seconds.clone(),
         );
         let published = Counter::default();
@@ -98,8 +120,52 @@ impl Metrics {
             "1 when migrated and the database answers",
             ready.clone(),
         );
+        let auth_failures = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "auth_failures",
+            "Calls refused by authentication or authorization, by reason",
+            auth_failures.clone(),
+        );
+        let pool_wait = Histogram::new([
+            0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0,
+        ]);
+        registry.register(
+            "db_pool_wait_seconds",
+            "Time to get a pooled database connection (Postgres)",
+            pool_wait.clone(),
+        );
+        let pool_connections = Family::<StateLabels, Gauge>::default();
+        registry.register(
+            "db_pool_connections",
+            "Pooled database connections by state (open, idle, max)",
+            pool_connections.clone(),
+        );
+        let pool_waiting = Gauge::default();
+        registry.register(
+            "db_pool_waiting",
+            "Callers waiting for a pooled connection",
+            pool_waiting.clone(),
+        );
+        let bridge_connections = Family::<BridgeLabels, Gauge>::default();
+        registry.register(
+            "bridge_connections",
+            "WebSocket connections each attached bridge reported",
+            bridge_connections.clone(),
+        );
+        let bridges = Gauge::default();
+        registry.register(
+            "bridges_attached",
+            "Bridges linked to this replica",
+            bridges.clone(),
+        );
         Self {
             registry: Arc::new(Mutex::new(registry)),
+            auth_failures,
+            pool_wait,
+            pool_connections,
+            pool_waiting,
+            bridge_connections,
+            bridges,
             rpcs,
             rpc_seconds,
             published,
@@ -112,9 +178,6 @@ impl Metrics {
     }
 
     pub fn rpc(&self, method: &'static str, code: tonic::Code, took: Duration) {
-        self.rpc_seconds
-            .get_or_create(&MethodLabels { method })
-            .observe(took.as_secs_f64());
         let code = match code {
             tonic::Code::Ok => "OK",
             tonic::Code::InvalidArgument => "INVALID_ARGUMENT",
@@ -126,7 +189,58 @@ impl Metrics {
             tonic::Code::Unimplemented => "UNIMPLEMENTED",
             _ => "OTHER",
         };
-        self.rpcs.get_or_create(&RpcLabels { method, code }).inc();
+        let labels = RpcLabels { method, code };
+        self.rpc_seconds
+            .get_or_create(&labels)
+            .observe(took.as_secs_f64());
+        self.rpcs.get_or_create(&labels).inc();
+    }
+
+    pub fn auth_failure(&self, reason: &'static str) {
+        self.auth_failures
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
+    pub fn pool_wait(&self, waited: Duration) {
+        self.pool_wait.observe(waited.as_secs_f64());
+    }
+
+    /// Reads the gauges that describe the present: the pool and the router.
+    pub fn refresh(&self, pool: Option<notify_store::PoolStatus>, router: &crate::router::Router) {
+        if let Some(pool) = pool {
+            for (state, n) in [("open", pool.open), ("idle", pool.idle), ("max", pool.max)] {
+                self.pool_connections
+                    .get_or_create(&StateLabels { state })
+                    .set(n as i64);
+            }
+            self.pool_waiting.set(pool.waiting as i64);
+        }
+        let by_bridge = router.connections_by_bridge();
+        self.bridge_connections.clear();
+        for (bridge, n) in &by_bridge {
+            self.bridge_connections
+                .get_or_create(&BridgeLabels {
+                    bridge: bridge.clone(),
+                })
+                .set(*n as i64);
+        }
+        self.bridges.set(by_bridge.len() as i64);
+    }
+
+    /// Registers the router's own counters.
+    pub fn track_router(&self, router: &crate::router::Router) {
+        let mut registry = self.registry.lock().expect("registry lock");
+        registry.register(
+            "deliveries",
+            "Messages queued to bridge links (one per bridge holding a recipient)",
+            router.counts().sent.clone(),
+        );
+        registry.register(
+            "delivery_drops",
+            "Live copies dropped on a full bridge link queue (clients catch up from the store)",
+            router.counts().dropped.clone(),
+        );
     }
 
     pub fn observe_commit(&self, items: usize, took: Duration, ok: bool) {

@@ -1,5 +1,6 @@
 //! The ops HTTP port: `/healthz` (the process runs), `/readyz` (migrated and
-//! the database answers), `/metrics` (Prometheus text).
+//! the database answers), `/metrics` (Prometheus text), `/info` (build and
+//! settings, secrets redacted).
 
 use std::sync::{
     Arc,
@@ -10,7 +11,9 @@ use notify_ops::endpoints::{self, Probe};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::Metrics;
+use notify_store::Store;
+
+use crate::{metrics::Metrics, router::Router};
 
 /// Whether the service can take traffic; shared by the probe, gRPC health and `/readyz`.
 #[derive(Clone, Default)]
@@ -27,9 +30,13 @@ impl Readiness {
 }
 
 /// What notify-svc tells its ops port.
-struct SvcProbe {
-    ready: Readiness,
-    metrics: Metrics,
+pub struct SvcProbe {
+    pub ready: Readiness,
+    pub metrics: Metrics,
+    /// Read at each scrape: the pool's state.
+    pub store: Arc<dyn Store>,
+    /// Read at each scrape: connections by bridge, deliveries, drops.
+    pub router: Router,
 }
 
 impl Probe for SvcProbe {
@@ -42,6 +49,7 @@ impl Probe for SvcProbe {
     }
 
     fn metrics(&self) -> String {
+        self.metrics.refresh(self.store.pool_status(), &self.router);
         self.metrics.encode()
     }
 }
@@ -49,10 +57,9 @@ impl Probe for SvcProbe {
 /// Serves the ops endpoints until `shutdown`.
 pub async fn serve(
     listener: TcpListener,
-    ready: Readiness,
-    metrics: Metrics,
+    probe: SvcProbe,
+    info: notify_ops::info::Info,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let probe = Arc::new(SvcProbe { ready, metrics });
-    endpoints::serve(listener, probe, shutdown).await
+    endpoints::serve(listener, Arc::new(probe), info, shutdown).await
 }

@@ -15,6 +15,7 @@ use std::{
 use notify_core::{ConnectionId, Target, Topic, UserId};
 use notify_proto::v1 as pb;
 use notify_store::{Committed, PublishItem};
+use prometheus_client::metrics::counter::Counter;
 use tokio::sync::mpsc;
 
 /// Deliveries queued per bridge before live copies are dropped.
@@ -81,9 +82,39 @@ impl Tables {
 #[derive(Clone, Default)]
 pub struct Router {
     tables: Arc<Mutex<Tables>>,
+    counts: Arc<RouteCounts>,
+}
+
+/// What routing did (`notify_deliveries`, `notify_delivery_drops`).
+#[derive(Default)]
+pub struct RouteCounts {
+    /// Deliveries queued to a bridge link.
+    pub sent: Counter,
+    /// Live copies dropped because a bridge's queue was full (its clients
+    /// catch up from the store).
+    pub dropped: Counter,
 }
 
 impl Router {
+    pub fn counts(&self) -> &RouteCounts {
+        &self.counts
+    }
+
+    /// Connections each attached bridge reported, by bridge id.
+    pub fn connections_by_bridge(&self) -> Vec<(String, u64)> {
+        let t = self.tables.lock().expect("router lock");
+        let mut by_bridge: HashMap<&str, u64> = t.bridges.keys().map(|b| (b.as_str(), 0)).collect();
+        for conn in t.conns.values() {
+            *by_bridge.entry(conn.bridge.as_str()).or_default() += 1;
+        }
+        let mut out: Vec<(String, u64)> = by_bridge
+            .into_iter()
+            .map(|(b, n)| (b.to_owned(), n))
+            .collect();
+        out.sort();
+        out
+    }
+
     /// Registers a bridge's stream, replacing an older one of the same id and
     /// forgetting the connections that one reported. Returns the generation to
     /// pass to [`detach`](Self::detach).
@@ -260,7 +291,10 @@ impl Router {
                     let sent =
                         b.tx.try_send(down(pb::bridge_down::Msg::Delivery(delivery)));
                     if sent.is_err() {
+                        self.counts.dropped.inc();
                         tracing::warn!(bridge, "bridge queue full: live copy dropped");
+                    } else {
+                        self.counts.sent.inc();
                     }
                     sent.is_ok()
                 })

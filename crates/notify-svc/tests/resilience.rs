@@ -152,7 +152,7 @@ async fn ops_endpoints_answer() {
         "{metrics}"
     );
     assert!(
-        metrics.contains("notify_rpc_seconds_count{method=\"Publish\"} 1"),
+        metrics.contains("notify_rpc_seconds_count{method=\"Publish\",code=\"OK\"} 1"),
         "{metrics}"
     );
     assert!(

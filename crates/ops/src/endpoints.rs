@@ -1,6 +1,7 @@
 //! The ops HTTP port every service serves: `/healthz` (the process runs),
 //! `/readyz` (the service's own idea of ready, 503 with the reason when
-//! not) and `/metrics` (Prometheus text).
+//! not), `/metrics` (Prometheus text) and `/info` (build and settings,
+//! secrets redacted: [`crate::info`]).
 
 use std::sync::Arc;
 
@@ -8,6 +9,8 @@ use axum::{
     Router, extract::State, http::StatusCode, http::header, response::IntoResponse, routing::get,
 };
 use tokio::net::TcpListener;
+
+use crate::info::Info;
 use tokio_util::sync::CancellationToken;
 
 /// What a service tells its ops port.
@@ -22,13 +25,27 @@ pub trait Probe: Send + Sync + 'static {
 pub async fn serve(
     listener: TcpListener,
     probe: Arc<dyn Probe>,
+    info: Info,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
+    let info = Arc::new(info);
     let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
-        .with_state(probe);
+        .with_state(probe)
+        .route(
+            "/info",
+            get(move || {
+                let info = info.clone();
+                async move {
+                    (
+                        [(header::CONTENT_TYPE, "application/json")],
+                        info.to_json().to_string(),
+                    )
+                }
+            }),
+        );
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await

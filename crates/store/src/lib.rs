@@ -131,6 +131,21 @@ impl Swept {
     }
 }
 
+/// The connection pool right now, for the `notify_db_pool_*` gauges.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PoolStatus {
+    /// Connections open (in use or idle).
+    pub open: usize,
+    /// Open connections nobody holds.
+    pub idle: usize,
+    /// Callers waiting for a connection.
+    pub waiting: usize,
+    pub max: usize,
+}
+
+/// Told how long each wait for a pooled connection took.
+pub type PoolWaitObserver = std::sync::Arc<dyn Fn(std::time::Duration) + Send + Sync>;
+
 /// The database of the platform. Implementations must keep seqs gap-free and
 /// strictly increasing per feed under any concurrency, across processes.
 #[async_trait]
@@ -192,4 +207,13 @@ pub trait Store: Send + Sync + 'static {
 
     /// Answers when the database does.
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Reports every wait for a pooled connection to `observer` (set once;
+    /// stores without a pool never call it).
+    fn observe_pool_waits(&self, _observer: PoolWaitObserver) {}
+
+    /// The pool's state, for stores that have one.
+    fn pool_status(&self) -> Option<PoolStatus> {
+        None
+    }
 }

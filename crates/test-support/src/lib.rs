@@ -8,12 +8,15 @@
 //! - [`cognito_endpoint`]: the local Cognito stand-in, or a failure saying how
 //!   to start it; [`cognito::TestPool`]: a user pool of its own on it.
 //! - [`eventually`]: poll a condition until a deadline instead of sleeping.
+//! - [`prometheus::parse`]: a strict reader of a `/metrics` scrape.
 //! - [`free_port`]: a loopback port nobody listens on, for spawned binaries.
 //! - [`cluster::PgCluster`] / [`cluster::Pgbouncer`]: a Postgres server (and
 //!   a transaction-pooling pgbouncer) of a test's own, to crash and restart.
 
 pub mod cluster;
 pub mod cognito;
+pub mod process;
+pub mod prometheus;
 pub mod tls;
 
 use std::{

@@ -23,6 +23,7 @@ use std::{
     collections::HashMap,
     fmt,
     str::FromStr,
+    sync::Arc,
     time::{Duration, SystemTime},
 };
 
@@ -101,6 +102,7 @@ pub fn redact_url(url: &str) -> String {
 pub struct PgStore {
     pool: Pool,
     config: PgStoreConfig,
+    wait_observer: Arc<std::sync::OnceLock<crate::PoolWaitObserver>>,
 }
 
 impl fmt::Debug for PgStore {
@@ -149,7 +151,11 @@ impl PgStore {
     /// Builds the pool; connections are opened on first use.
     pub fn new(config: PgStoreConfig) -> Result<Self, StoreError> {
         let pool = pool(&config)?;
-        Ok(Self { pool, config })
+        Ok(Self {
+            pool,
+            config,
+            wait_observer: Arc::default(),
+        })
     }
 
     pub fn config(&self) -> &PgStoreConfig {
@@ -157,7 +163,12 @@ impl PgStore {
     }
 
     async fn client(&self) -> Result<Object, StoreError> {
-        self.pool.get().await.map_err(|e| match e {
+        let started = std::time::Instant::now();
+        let client = self.pool.get().await;
+        if let Some(observe) = self.wait_observer.get() {
+            observe(started.elapsed());
+        }
+        client.map_err(|e| match e {
             PoolError::Backend(e) => classify(e),
             other => StoreError::Unavailable(other.to_string()),
         })
@@ -597,6 +608,20 @@ impl Store for PgStore {
         let client = self.client().await?;
         self.timed(client.query_typed("SELECT 1", &[])).await?;
         Ok(())
+    }
+
+    fn observe_pool_waits(&self, observer: crate::PoolWaitObserver) {
+        let _ = self.wait_observer.set(observer);
+    }
+
+    fn pool_status(&self) -> Option<crate::PoolStatus> {
+        let status = self.pool.status();
+        Some(crate::PoolStatus {
+            open: status.size,
+            idle: status.available,
+            waiting: status.waiting,
+            max: status.max_size,
+        })
     }
 }
 

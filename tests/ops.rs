@@ -1,0 +1,361 @@
+//! What operators read, from the real binaries — notify-svc, a bridge and
+//! bet-tracker on Postgres, with API tokens as in production: every
+//! `/metrics` parses as Prometheus text and the key series move when a
+//! message and a fight event flow end to end (and when callers are refused);
+//! `/info` tells version, commit and settings without a single secret.
+
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use notify_proto::v1::{self as pb, notify_client::NotifyClient};
+use serde_json::Value;
+use test_support::{
+    TestDb, TestDir, eventually, free_port, http_get,
+    process::{ServiceProcess, sibling_binary},
+    prometheus::{Scrape, parse},
+};
+use tokio_tungstenite::tungstenite::Message;
+
+const PASSWORD: &str = "hunter2-db-secret";
+const BRIDGE_TOKEN: &str = "bridge-token-0123456789abcdef";
+const TRACKER_TOKEN: &str = "tracker-token-0123456789abcdef";
+const CLI_TOKEN: &str = "cli-token-0123456789abcdefgh";
+
+async fn scrape(addr: &str) -> Scrape {
+    let answer = http_get(addr, "/metrics").await.unwrap_or_default();
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or(("", ""));
+    assert!(
+        head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
+        "{head}"
+    );
+    parse(body).unwrap_or_else(|e| panic!("{addr}/metrics is not Prometheus text: {e}\n{body}"))
+}
+
+async fn info(addr: &str) -> (String, Value) {
+    let answer = http_get(addr, "/info").await.unwrap_or_default();
+    let body = answer
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_owned();
+    let json = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{addr}/info: {e}: {body}"));
+    (body, json)
+}
+
+async fn ready(addr: &str) {
+    eventually(
+        &format!("{addr}/readyz"),
+        Duration::from_secs(60),
+        || async {
+            http_get(addr, "/readyz")
+                .await
+                .filter(|a| a.contains(" 200 "))
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn metrics_move_when_messages_flow_and_info_keeps_secrets() {
+    let db = TestDb::create().await;
+    let data = TestDir::create("ops");
+    let db_url = db.url.replacen(
+        "postgres://postgres@",
+        &format!("postgres://postgres:{PASSWORD}@"),
+        1,
+    );
+    assert!(
+        db_url.contains(PASSWORD),
+        "trust auth ignores the password: {db_url}"
+    );
+    let exe = env!("CARGO_BIN_EXE_notify");
+    let (grpc, svc_http) = (
+        format!("127.0.0.1:{}", free_port()),
+        format!("127.0.0.1:{}", free_port()),
+    );
+    let (ws, bridge_http, tracker_http) = (
+        format!("127.0.0.1:{}", free_port()),
+        format!("127.0.0.1:{}", free_port()),
+        format!("127.0.0.1:{}", free_port()),
+    );
+    let mut svc = ServiceProcess::new("notify-svc", sibling_binary(exe, "notify-svc"))
+        .env("NOTIFY_GRPC_ADDR", &grpc)
+        .env("NOTIFY_HTTP_ADDR", &svc_http)
+        .env("DATABASE_URL", &db_url)
+        .env(
+            "NOTIFY_API_TOKENS",
+            format!("bridge={BRIDGE_TOKEN},tracker={TRACKER_TOKEN},cli={CLI_TOKEN}"),
+        );
+    let mut bridge = ServiceProcess::new("bridge", sibling_binary(exe, "bridge"))
+        .env("BRIDGE_WS_ADDR", &ws)
+        .env("BRIDGE_HTTP_ADDR", &bridge_http)
+        .env("BRIDGE_NOTIFY_URLS", format!("http://{grpc}"))
+        .env("BRIDGE_NOTIFY_TOKEN", BRIDGE_TOKEN)
+        .env("BRIDGE_ID", "ops-bridge")
+        .env("BRIDGE_DATA_DIR", data.path.display().to_string())
+        .env("AUTH_DEV", "1");
+    let mut tracker = ServiceProcess::new("bet-tracker", sibling_binary(exe, "bet-tracker"))
+        .env("DATABASE_URL", &db_url)
+        .env("TRACKER_NOTIFY_URL", format!("http://{grpc}"))
+        .env("TRACKER_NOTIFY_TOKEN", TRACKER_TOKEN)
+        .env("TRACKER_HTTP_ADDR", &tracker_http)
+        .env("TRACKER_ID", "ops-tracker");
+    svc.start();
+    ready(&svc_http).await;
+    bridge.start();
+    tracker.start();
+    ready(&bridge_http).await;
+    ready(&tracker_http).await;
+
+    // /info: who runs, built from what, configured how; no secret anywhere.
+    for (addr, service) in [
+        (&svc_http, "notify-svc"),
+        (&bridge_http, "bridge"),
+        (&tracker_http, "bet-tracker"),
+    ] {
+        let (body, json) = info(addr).await;
+        assert_eq!(json["service"], service, "{body}");
+        assert_eq!(json["version"], env!("CARGO_PKG_VERSION"));
+        assert!(
+            !json["commit"].as_str().unwrap_or_default().is_empty(),
+            "{body}"
+        );
+        assert!(
+            json["settings"].as_object().is_some_and(|s| s.len() > 3),
+            "{body}"
+        );
+        for secret in [PASSWORD, BRIDGE_TOKEN, TRACKER_TOKEN, CLI_TOKEN] {
+            assert!(
+                !body.contains(secret),
+                "{service} /info shows a secret: {body}"
+            );
+        }
+    }
+    let (_, svc_info) = info(&svc_http).await;
+    assert!(
+        svc_info["settings"]["api_token_callers"]
+            .as_str()
+            .is_some_and(|c| c.contains("bridge") && c.contains("cli")),
+        "callers by name: {svc_info}"
+    );
+    let (_, bridge_info) = info(&bridge_http).await;
+    assert_eq!(bridge_info["settings"]["notify_token"], "<redacted>");
+
+    let svc_before = scrape(&svc_http).await;
+    let bridge_before = scrape(&bridge_http).await;
+
+    // A user online, a message to them, their ack.
+    let issuer = notify_auth::DevIssuer::load_or_create(
+        &data.join(notify_auth::DEV_KEY_FILE),
+        notify_auth::DEV_ISSUER,
+        notify_auth::DEV_CLIENT_ID,
+    )
+    .unwrap();
+    let token = issuer
+        .mint(&notify_auth::DevToken::access("alice"))
+        .unwrap();
+    let (mut socket, _) = tokio_tungstenite::connect_async(format!("ws://{ws}/ws?token={token}"))
+        .await
+        .unwrap();
+    let mut next_frame = async || -> Value {
+        loop {
+            let frame = tokio::time::timeout(Duration::from_secs(10), socket.next())
+                .await
+                .expect("a frame within 10 s")
+                .expect("socket open")
+                .unwrap();
+            if let Message::Text(text) = frame {
+                return serde_json::from_str(text.as_str()).unwrap();
+            }
+        }
+    };
+    assert_eq!(next_frame().await["type"], "welcome");
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{grpc}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let bearer = |token: &'static str| {
+        move |mut req: tonic::Request<()>| {
+            req.metadata_mut()
+                .insert("authorization", format!("Bearer {token}").parse().unwrap());
+            Ok(req)
+        }
+    };
+    let mut cli = NotifyClient::with_interceptor(channel.clone(), bearer(CLI_TOKEN));
+    cli.publish(pb::PublishRequest {
+        target: Some(pb::publish_request::Target::UserId("alice".into())),
+        event: "ops.check".into(),
+        data: "{}".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let message = next_frame().await;
+    assert_eq!(message["event"], "ops.check", "{message}");
+
+    // A fight of alice's: BetService writes it, the tracker emits it.
+    let (sql, conn) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    sql.batch_execute(
+        "INSERT INTO fights (id, creator_id, stake, currency, status, accept_deadline) \
+         VALUES ('ops-f1', 'alice', 500, 'EUR', 'open', now() + interval '1 hour')",
+    )
+    .await
+    .unwrap();
+    let fight = next_frame().await;
+    assert_eq!(fight["event"], "fight_created", "{fight}");
+    socket
+        .send(Message::text(format!(
+            r#"{{"action":"ack","seq":{}}}"#,
+            fight["seq"]
+        )))
+        .await
+        .unwrap();
+
+    // Callers refused: a wrong API token, a garbage WebSocket token.
+    let mut stranger =
+        NotifyClient::with_interceptor(channel, bearer("not-a-token-of-ours-at-all"));
+    let refused = stranger
+        .publish(pb::PublishRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+    let upgrade = tokio_tungstenite::connect_async(format!("ws://{ws}/ws?token=garbage")).await;
+    assert!(upgrade.is_err(), "a garbage token is refused");
+
+    let svc_after = eventually("svc metrics moved", Duration::from_secs(10), || async {
+        let s = scrape(&svc_http).await;
+        (s.value("notify_deliveries_total", &[]) >= 2.0).then_some(s)
+    })
+    .await;
+    let publish_ok = [("method", "Publish"), ("code", "OK")];
+    for (name, labels) in [
+        ("notify_rpc_requests_total", &publish_ok[..]),
+        ("notify_rpc_seconds_count", &publish_ok[..]),
+        ("notify_messages_committed_total", &[][..]),
+        ("notify_commit_batch_items_count", &[][..]),
+        ("notify_commit_seconds_count", &[][..]),
+        ("notify_db_pool_wait_seconds_count", &[][..]),
+        ("notify_deliveries_total", &[][..]),
+        (
+            "notify_auth_failures_total",
+            &[("reason", "unknown_token")][..],
+        ),
+    ] {
+        assert!(
+            svc_after.value(name, labels) > svc_before.value(name, labels),
+            "{name}{labels:?} did not move: {} -> {}",
+            svc_before.value(name, labels),
+            svc_after.value(name, labels)
+        );
+    }
+    assert_eq!(
+        svc_after.get("notify_bridge_connections", &[("bridge", "ops-bridge")]),
+        Some(1.0)
+    );
+    assert_eq!(svc_after.get("notify_bridges_attached", &[]), Some(1.0));
+    assert_eq!(svc_after.get("notify_ready", &[]), Some(1.0));
+    assert!(svc_after.value("notify_db_pool_connections", &[("state", "open")]) >= 1.0);
+    assert_eq!(svc_after.get("notify_delivery_drops_total", &[]), Some(0.0));
+
+    let frames_before = bridge_before.value("bridge_frames_in_total", &[]);
+    let bridge_after = eventually(
+        "the ack reached the bridge",
+        Duration::from_secs(10),
+        || async {
+            let s = scrape(&bridge_http).await;
+            (s.value("bridge_frames_in_total", &[]) > frames_before).then_some(s)
+        },
+    )
+    .await;
+    for name in [
+        "bridge_connects_total",
+        "bridge_messages_out_total",
+        "bridge_frames_in_total",
+    ] {
+        assert!(
+            bridge_after.value(name, &[]) > bridge_before.value(name, &[]),
+            "{name} did not move"
+        );
+    }
+    assert_eq!(bridge_after.get("bridge_connections", &[]), Some(1.0));
+    assert_eq!(bridge_after.get("bridge_links_attached", &[]), Some(1.0));
+    assert!(
+        bridge_after
+            .0
+            .iter()
+            .any(|s| s.name == "bridge_refused_total" && s.value >= 1.0),
+        "the garbage token is counted by reason"
+    );
+    assert!(
+        bridge_after
+            .get("bridge_replay_page_messages_count", &[])
+            .is_some()
+    );
+
+    let tracker_after = eventually("tracker emitted", Duration::from_secs(10), || async {
+        let s = scrape(&tracker_http).await;
+        (s.value("tracker_events_total", &[]) >= 1.0).then_some(s)
+    })
+    .await;
+    assert_eq!(tracker_after.get("tracker_lease_active", &[]), Some(1.0));
+    assert_eq!(tracker_after.get("tracker_cursor", &[]), Some(1.0));
+    assert_eq!(
+        tracker_after.value("tracker_events_by_kind_total", &[("kind", "created")]),
+        1.0
+    );
+    assert!(
+        tracker_after
+            .get("tracker_outbox_lag_events", &[])
+            .is_some()
+    );
+
+    // Every series the Grafana dashboard and the alert rules query exists.
+    let root = env!("CARGO_MANIFEST_DIR");
+    for file in ["deploy/grafana/notify.json", "deploy/prometheus/alerts.yml"] {
+        let text = std::fs::read_to_string(format!("{root}/{file}")).unwrap();
+        if file.ends_with(".json") {
+            serde_json::from_str::<Value>(&text).expect("the dashboard is JSON");
+        }
+        let referenced = series_named_in(&text);
+        assert!(referenced.len() > 10, "{file}: {referenced:?}");
+        for series in referenced {
+            assert!(
+                [&svc_after, &bridge_after, &tracker_after]
+                    .iter()
+                    .any(|s| s.declares(&series)),
+                "{file} queries {series}, which no service exports"
+            );
+        }
+    }
+
+    for p in [&mut tracker, &mut bridge, &mut svc] {
+        p.kill9().await;
+    }
+}
+
+/// `notify_…`, `bridge_…` and `tracker_…` identifiers in a query file.
+fn series_named_in(text: &str) -> std::collections::BTreeSet<String> {
+    let mut found = std::collections::BTreeSet::new();
+    let bytes = text.as_bytes();
+    let is_part = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_';
+    let mut i = 0;
+    while i < bytes.len() {
+        let starts_word = i == 0 || !is_part(bytes[i - 1]);
+        let rest = &text[i..];
+        if starts_word
+            && ["notify_", "bridge_", "tracker_"]
+                .iter()
+                .any(|p| rest.starts_with(p))
+        {
+            let len = rest.bytes().take_while(|b| is_part(*b)).count();
+            found.insert(rest[..len].to_owned());
+            i += len;
+        } else {
+            i += 1;
+        }
+    }
+    found
+}
