@@ -210,154 +210,163 @@ async fn up(
     data_dir: std::path::PathBuf,
     simulate: bool,
 ) -> anyhow::Result<()> {
-    notify_ops::logging::init(&args.log_format);
-    if !ws_addr.ip().is_loopback() {
-        anyhow::bail!("notify up trusts dev tokens: bind --ws-addr to loopback");
-    }
-    if args.tls_cert.is_some() || args.tls_client_ca.is_some() {
-        anyhow::bail!(
-            "notify up serves loopback only, in plaintext; TLS is for the notify-svc and bridge binaries"
-        );
-    }
-    if args.database_url.is_none() {
-        let file = data_dir.join(DATABASE_FILE);
-        args.database_url = Some(format!("sqlite:{}", file.display()));
-    }
-    let config = match notify_svc::Config::from_args(&args) {
-        Ok(config) => config,
-        Err(problems) => {
-            for p in &problems {
-                eprintln!("notify up: {p}");
+    let telemetry = notify_ops::logging::init_with_traces(
+        &args.log_format,
+        "notify",
+        args.otlp_endpoint.as_deref(),
+    );
+    let ran: anyhow::Result<()> = async move {
+        if !ws_addr.ip().is_loopback() {
+            anyhow::bail!("notify up trusts dev tokens: bind --ws-addr to loopback");
+        }
+        if args.tls_cert.is_some() || args.tls_client_ca.is_some() {
+            anyhow::bail!(
+                "notify up serves loopback only, in plaintext; TLS is for the notify-svc and bridge binaries"
+            );
+        }
+        if args.database_url.is_none() {
+            let file = data_dir.join(DATABASE_FILE);
+            args.database_url = Some(format!("sqlite:{}", file.display()));
+        }
+        let config = match notify_svc::Config::from_args(&args) {
+            Ok(config) => config,
+            Err(problems) => {
+                for p in &problems {
+                    eprintln!("notify up: {p}");
+                }
+                std::process::exit(2);
             }
-            std::process::exit(2);
-        }
-    };
-    let database = config.database.clone();
-    // Migrated before anything starts: the tracker and the simulation use
-    // the schema at once (notify-svc's own run then finds nothing to do).
-    database
-        .store()
-        .map_err(|e| anyhow::anyhow!("opening {database}: {e}"))?
-        .migrate()
-        .await
-        .map_err(|e| anyhow::anyhow!("migrating {database}: {e}"))?;
-    let grpc = TcpListener::bind(args.grpc_addr)
-        .await
-        .with_context(|| format!("binding gRPC {}", args.grpc_addr))?;
-    let http = TcpListener::bind(args.http_addr)
-        .await
-        .with_context(|| format!("binding ops HTTP {}", args.http_addr))?;
-    let ws = TcpListener::bind(ws_addr)
-        .await
-        .with_context(|| format!("binding WebSocket {ws_addr}"))?;
-    let bridge_ops = TcpListener::bind(bridge_http_addr)
-        .await
-        .with_context(|| format!("binding bridge ops HTTP {bridge_http_addr}"))?;
-    let issuer = notify_auth::DevIssuer::load_or_create(
-        &data_dir.join(notify_auth::DEV_KEY_FILE),
-        notify_auth::DEV_ISSUER,
-        notify_auth::DEV_CLIENT_ID,
-    )?;
-    let verifier = issuer.verifier();
-    let token = mint_dev_token(&data_dir, "alice")?;
-    let bridge = notify_bridge::BridgeConfig {
-        bridge_id: format!("up:{}", ws_addr.port()),
-        // The same gRPC link as production, over loopback.
-        notify_urls: vec![format!("http://{}", args.grpc_addr)],
-        notify_token: None,
-        verifier,
-        revocation: None,
-        topics: config.topics.clone(),
-        send_queue: 1024,
-        max_frame: 64 * 1024,
-        rate_per_sec: 50,
-        burst: 100,
-        ping_every: std::time::Duration::from_secs(25),
-        header_timeout: std::time::Duration::from_secs(10),
-        max_subscriptions: 512,
-        connect_rate_per_ip: 0,
-        connect_burst_per_ip: 0,
-        max_per_user: 20,
-        max_connections: 100_000,
-        ops: Some(bridge_ops),
-        tls: None,
-        notify_tls: Default::default(),
-    };
-    println!("notify is starting");
-    println!("  WebSocket    ws://{ws_addr}/ws   (bridge ops: http://{bridge_http_addr}/metrics)");
-    println!(
-        "  gRPC API     grpc://{}   (try: grpcurl -plaintext {} list)",
-        args.grpc_addr, args.grpc_addr
-    );
-    println!(
-        "  ops HTTP     http://{}/healthz  /readyz  /metrics",
-        args.http_addr
-    );
-    println!("  database     {database}");
-    println!("  dev token    (user alice, 24 h; more with `notify token --user NAME`)");
-    println!("TOKEN={token}");
-    let data_flag = if data_dir == std::path::Path::new(".notify") {
-        String::new()
-    } else {
-        format!(" --data-dir {}", data_dir.display())
-    };
-    println!("  connect:     notify connect --ws ws://{ws_addr}/ws --user alice{data_flag}");
-    println!("               (or: websocat \"ws://{ws_addr}/ws?token=$TOKEN\")");
-    println!(
-        "  publish:     notify publish --url http://{} --user alice --data '{{\"text\":\"hi\"}}'",
-        args.grpc_addr
-    );
-    println!(
-        "  fights:      notify tail --url http://{} --topic fights:live{}",
-        args.grpc_addr,
-        if simulate {
-            "   (simulated fights are running)"
-        } else {
-            "   (add --simulate for a stream of fights)"
-        }
-    );
-    println!("Ctrl-C stops it cleanly.");
-    let shutdown = CancellationToken::new();
-    tokio::spawn(notify_ops::signals::cancel_on_signal(shutdown.clone()));
-    // The bridge stops first (sockets close with 1012, last acks go up),
-    // then notify-svc drains.
-    let bridge_stop = shutdown.child_token();
-    let svc_stop = CancellationToken::new();
-    let bridge = tokio::spawn(notify_bridge::run(bridge, ws, bridge_stop));
-    let mut svc = tokio::spawn(notify_svc::run(config, grpc, http, svc_stop.clone()));
-    // BetTracker, through the same loopback gRPC as any producer.
-    let tracker = tokio::spawn(bet_tracker::run(
-        bet_tracker::TrackerConfig::new("notify-up", &format!("http://{}", args.grpc_addr)),
-        bet_tracker::Source::new(&database, "bet-tracker")?,
-        std::sync::Arc::new(bet_tracker::Stats::default()),
-        shutdown.child_token(),
-    ));
-    if simulate {
-        let sim = bet_tracker::simulate::Simulation {
-            rate: 5,
-            users: 20,
-            duration: None,
         };
-        let stop = shutdown.child_token();
-        tokio::spawn(async move {
-            if let Err(e) = bet_tracker::simulate::run(&database, sim, stop).await {
-                tracing::warn!(error = %e, "the fight simulation stopped");
+        let database = config.database.clone();
+        // Migrated before anything starts: the tracker and the simulation use
+        // the schema at once (notify-svc's own run then finds nothing to do).
+        database
+            .store()
+            .map_err(|e| anyhow::anyhow!("opening {database}: {e}"))?
+            .migrate()
+            .await
+            .map_err(|e| anyhow::anyhow!("migrating {database}: {e}"))?;
+        let grpc = TcpListener::bind(args.grpc_addr)
+            .await
+            .with_context(|| format!("binding gRPC {}", args.grpc_addr))?;
+        let http = TcpListener::bind(args.http_addr)
+            .await
+            .with_context(|| format!("binding ops HTTP {}", args.http_addr))?;
+        let ws = TcpListener::bind(ws_addr)
+            .await
+            .with_context(|| format!("binding WebSocket {ws_addr}"))?;
+        let bridge_ops = TcpListener::bind(bridge_http_addr)
+            .await
+            .with_context(|| format!("binding bridge ops HTTP {bridge_http_addr}"))?;
+        let issuer = notify_auth::DevIssuer::load_or_create(
+            &data_dir.join(notify_auth::DEV_KEY_FILE),
+            notify_auth::DEV_ISSUER,
+            notify_auth::DEV_CLIENT_ID,
+        )?;
+        let verifier = issuer.verifier();
+        let token = mint_dev_token(&data_dir, "alice")?;
+        let bridge = notify_bridge::BridgeConfig {
+            bridge_id: format!("up:{}", ws_addr.port()),
+            // The same gRPC link as production, over loopback.
+            notify_urls: vec![format!("http://{}", args.grpc_addr)],
+            notify_token: None,
+            verifier,
+            revocation: None,
+            topics: config.topics.clone(),
+            send_queue: 1024,
+            max_frame: 64 * 1024,
+            rate_per_sec: 50,
+            burst: 100,
+            ping_every: std::time::Duration::from_secs(25),
+            header_timeout: std::time::Duration::from_secs(10),
+            max_subscriptions: 512,
+            connect_rate_per_ip: 0,
+            connect_burst_per_ip: 0,
+            max_per_user: 20,
+            max_connections: 100_000,
+            ops: Some(bridge_ops),
+            tls: None,
+            notify_tls: Default::default(),
+        };
+        println!("notify is starting");
+        println!("  WebSocket    ws://{ws_addr}/ws   (bridge ops: http://{bridge_http_addr}/metrics)");
+        println!(
+            "  gRPC API     grpc://{}   (try: grpcurl -plaintext {} list)",
+            args.grpc_addr, args.grpc_addr
+        );
+        println!(
+            "  ops HTTP     http://{}/healthz  /readyz  /metrics",
+            args.http_addr
+        );
+        println!("  database     {database}");
+        println!("  dev token    (user alice, 24 h; more with `notify token --user NAME`)");
+        println!("TOKEN={token}");
+        let data_flag = if data_dir == std::path::Path::new(".notify") {
+            String::new()
+        } else {
+            format!(" --data-dir {}", data_dir.display())
+        };
+        println!("  connect:     notify connect --ws ws://{ws_addr}/ws --user alice{data_flag}");
+        println!("               (or: websocat \"ws://{ws_addr}/ws?token=$TOKEN\")");
+        println!(
+            "  publish:     notify publish --url http://{} --user alice --data '{{\"text\":\"hi\"}}'",
+            args.grpc_addr
+        );
+        println!(
+            "  fights:      notify tail --url http://{} --topic fights:live{}",
+            args.grpc_addr,
+            if simulate {
+                "   (simulated fights are running)"
+            } else {
+                "   (add --simulate for a stream of fights)"
             }
-        });
-    }
-    tokio::select! {
-        () = shutdown.cancelled() => {}
-        // notify-svc ended by itself: a fatal error (e.g. a changed migration).
-        ended = &mut svc => {
-            shutdown.cancel();
-            let _ = bridge.await;
-            ended??;
-            return Ok(());
+        );
+        println!("Ctrl-C stops it cleanly.");
+        let shutdown = CancellationToken::new();
+        tokio::spawn(notify_ops::signals::cancel_on_signal(shutdown.clone()));
+        // The bridge stops first (sockets close with 1012, last acks go up),
+        // then notify-svc drains.
+        let bridge_stop = shutdown.child_token();
+        let svc_stop = CancellationToken::new();
+        let bridge = tokio::spawn(notify_bridge::run(bridge, ws, bridge_stop));
+        let mut svc = tokio::spawn(notify_svc::run(config, grpc, http, svc_stop.clone()));
+        // BetTracker, through the same loopback gRPC as any producer.
+        let tracker = tokio::spawn(bet_tracker::run(
+            bet_tracker::TrackerConfig::new("notify-up", &format!("http://{}", args.grpc_addr)),
+            bet_tracker::Source::new(&database, "bet-tracker")?,
+            std::sync::Arc::new(bet_tracker::Stats::default()),
+            shutdown.child_token(),
+        ));
+        if simulate {
+            let sim = bet_tracker::simulate::Simulation {
+                rate: 5,
+                users: 20,
+                duration: None,
+            };
+            let stop = shutdown.child_token();
+            tokio::spawn(async move {
+                if let Err(e) = bet_tracker::simulate::run(&database, sim, stop).await {
+                    tracing::warn!(error = %e, "the fight simulation stopped");
+                }
+            });
         }
+        tokio::select! {
+            () = shutdown.cancelled() => {}
+            // notify-svc ended by itself: a fatal error (e.g. a changed migration).
+            ended = &mut svc => {
+                shutdown.cancel();
+                let _ = bridge.await;
+                ended??;
+                return Ok(());
+            }
+        }
+        bridge.await??;
+        tracker.await??;
+        svc_stop.cancel();
+        svc.await??;
+        Ok(())
     }
-    bridge.await??;
-    tracker.await??;
-    svc_stop.cancel();
-    svc.await??;
-    Ok(())
+    .await;
+    telemetry.finish();
+    ran
 }

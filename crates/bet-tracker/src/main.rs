@@ -61,6 +61,9 @@ struct Cli {
     /// Ops HTTP listen address (/healthz, /readyz, /metrics).
     #[arg(long, env = "TRACKER_HTTP_ADDR", default_value = "127.0.0.1:9466")]
     http_addr: std::net::SocketAddr,
+    /// Export traces over OTLP/gRPC to this collector. Unset: no export.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
     /// Log format: pretty or json.
     #[arg(long, env = "TRACKER_LOG_FORMAT", default_value = "pretty")]
     log_format: String,
@@ -95,7 +98,11 @@ fn default_id() -> String {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    notify_ops::logging::init(&cli.log_format);
+    let telemetry = notify_ops::logging::init_with_traces(
+        &cli.log_format,
+        "bet-tracker",
+        cli.otlp_endpoint.as_deref(),
+    );
     if let Some(Command::Simulate {
         rate,
         users,
@@ -114,6 +121,7 @@ async fn main() -> anyhow::Result<()> {
             bet_tracker::simulate::run(&Database::from_url(&cli.database_url)?, sim, shutdown)
                 .await?;
         tracing::info!(written, "simulation done");
+        telemetry.finish();
         return Ok(());
     }
     let holder = cli.tracker_id.clone().unwrap_or_else(default_id);
@@ -148,10 +156,11 @@ async fn main() -> anyhow::Result<()> {
         notify = cli.notify_url,
         "bet-tracker starting"
     );
-    bet_tracker::run(config, source, stats, shutdown).await?;
+    let ran = bet_tracker::run(config, source, stats, shutdown).await;
     notify_ops::systemd::stopping();
     tracing::info!("bet-tracker stopped");
-    Ok(())
+    telemetry.finish();
+    ran
 }
 
 /// READY=1 once the first poll succeeded; the watchdog is fed only while

@@ -391,6 +391,19 @@ impl Hub {
 
     /// Hands a delivery to the connections it is for.
     pub fn deliver(&self, delivery: pb::Delivery) {
+        // Debug level: free unless traces are exported (their filter keeps it).
+        let span = tracing::debug_span!(
+            "deliver",
+            message_id = tracing::field::Empty,
+            sockets = tracing::field::Empty
+        );
+        if !span.is_disabled() {
+            notify_ops::traces::adopt(&span, &delivery.trace_parent);
+            if let Some(m) = &delivery.message {
+                span.record("message_id", m.message_id.as_str());
+            }
+        }
+        let _entered = span.enter();
         // Encoded once, outside the lock, for every connection it goes to.
         let Some(message) = delivery.message.and_then(Prepared::new) else {
             return;
@@ -412,19 +425,23 @@ impl Hub {
         } else {
             s.conns.keys().collect()
         };
+        let mut sockets = 0u32;
         for id in targets {
             if Some(*id) == exclude {
                 continue;
             }
-            if let Some(entry) = s.conns.get(id)
-                && entry
+            if let Some(entry) = s.conns.get(id) {
+                sockets += 1;
+                if entry
                     .queue
                     .push(Outbound::Deliver(Arc::clone(&message)))
                     .is_err()
-            {
-                entry.slow.cancel();
+                {
+                    entry.slow.cancel();
+                }
             }
         }
+        span.record("sockets", sockets);
     }
 
     /// Has every connection read its feeds from the store again (see

@@ -121,6 +121,9 @@ struct Cli {
     #[arg(long, env = "BRIDGE_NOTIFY_KEY")]
     notify_key: Option<PathBuf>,
     /// Log format: pretty or json.
+    /// Export traces over OTLP/gRPC to this collector. Unset: no export.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
     #[arg(long, env = "BRIDGE_LOG_FORMAT", default_value = "pretty")]
     log_format: String,
 }
@@ -128,7 +131,11 @@ struct Cli {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    notify_ops::logging::init(&cli.log_format);
+    let telemetry = notify_ops::logging::init_with_traces(
+        &cli.log_format,
+        "bridge",
+        cli.otlp_endpoint.as_deref(),
+    );
     let verifier = if cli.auth_dev {
         if !cli.ws_addr.ip().is_loopback() {
             anyhow::bail!("AUTH_DEV=1 is for loopback only; bind BRIDGE_WS_ADDR to 127.0.0.1");
@@ -215,5 +222,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let shutdown = CancellationToken::new();
     tokio::spawn(notify_ops::signals::cancel_on_signal(shutdown.clone()));
-    notify_bridge::run(config, listener, shutdown).await
+    let ran = notify_bridge::run(config, listener, shutdown).await;
+    telemetry.finish();
+    ran
 }

@@ -147,6 +147,12 @@ impl NotifyApi {
             .into_iter()
             .next()
             .ok_or_else(|| Status::internal("commit returned no result"))?;
+        let span = tracing::Span::current();
+        span.record(
+            "message_id",
+            tracing::field::display(&done.committed.message_id),
+        );
+        span.record("seq", done.committed.seq);
         Ok(publish_response(done))
     }
 
@@ -156,6 +162,7 @@ impl NotifyApi {
     ) -> Result<pb::PublishBatchResponse, Status> {
         let caller = self.auth.authorize(&req, Right::Publish).await?;
         let requests = &req.get_ref().requests;
+        tracing::Span::current().record("items", requests.len());
         if requests.len() > MAX_BATCH_REQUESTS {
             return Err(Status::invalid_argument(format!(
                 "{} requests in one batch, over the limit of {MAX_BATCH_REQUESTS}",
@@ -373,7 +380,7 @@ type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::StoredMessage, Status>> 
 
 #[tonic::async_trait]
 impl pb::notify_server::Notify for NotifyApi {
-    #[tracing::instrument(skip_all)]
+    #[tracing::instrument(name = "Publish", skip_all, fields(message_id, seq))]
     async fn publish(
         &self,
         req: Request<pb::PublishRequest>,
@@ -383,7 +390,7 @@ impl pb::notify_server::Notify for NotifyApi {
             .map(Response::new)
     }
 
-    #[tracing::instrument(skip_all)]
+    #[tracing::instrument(name = "PublishBatch", skip_all, fields(items))]
     async fn publish_batch(
         &self,
         req: Request<pb::PublishBatchRequest>,

@@ -125,6 +125,11 @@ pub struct SvcArgs {
     /// Log format: `pretty` or `json`.
     #[arg(long, env = "NOTIFY_LOG_FORMAT", default_value = "pretty")]
     pub log_format: String,
+
+    /// Export traces over OTLP/gRPC to this collector (e.g.
+    /// http://127.0.0.1:4317). Unset: no export.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
 }
 
 impl fmt::Debug for SvcArgs {

@@ -19,7 +19,11 @@ struct Cli {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    notify_ops::logging::init(&cli.svc.log_format);
+    let telemetry = notify_ops::logging::init_with_traces(
+        &cli.svc.log_format,
+        "notify-svc",
+        cli.svc.otlp_endpoint.as_deref(),
+    );
     let config = match notify_svc::Config::from_args(&cli.svc) {
         Ok(config) => config,
         Err(problems) => {
@@ -37,6 +41,7 @@ async fn main() -> anyhow::Result<()> {
         .with_context(|| format!("binding ops HTTP {}", cli.svc.http_addr))?;
     let shutdown = CancellationToken::new();
     tokio::spawn(notify_ops::signals::cancel_on_signal(shutdown.clone()));
-    notify_svc::run(config, grpc, http, shutdown).await?;
-    Ok(())
+    let ran = notify_svc::run(config, grpc, http, shutdown).await;
+    telemetry.finish();
+    Ok(ran?)
 }

@@ -13,6 +13,7 @@ use notify_core::ConnectionId;
 use notify_store::{Committed, PublishItem, Store, StoreError};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 use crate::{config::PipelineConfig, metrics::Metrics, router::Router, watch::WatchHub};
 
@@ -35,6 +36,10 @@ pub struct Published {
 }
 
 struct Job {
+    /// The caller's span (the gRPC request): the commit follows from it.
+    span: tracing::Span,
+    /// The caller's trace, for the bridges' delivery spans (None: not exported).
+    trace_parent: Option<String>,
     items: Vec<PublishItem>,
     /// A client publish is not delivered back to its sender.
     exclude: Option<ConnectionId>,
@@ -93,8 +98,11 @@ impl Publisher {
         exclude: Option<ConnectionId>,
     ) -> Result<Vec<Published>, PipelineError> {
         let (reply, answer) = oneshot::channel();
+        let span = tracing::Span::current();
         self.queue
             .try_send(Job {
+                trace_parent: notify_ops::traces::traceparent(&span),
+                span,
                 items,
                 exclude,
                 reply,
@@ -164,15 +172,27 @@ impl Committers {
         let mut items = Vec::with_capacity(jobs.iter().map(|j| j.items.len()).sum());
         let mut replies = Vec::with_capacity(jobs.len());
         let mut exclude = HashMap::new();
+        let mut traces = HashMap::new();
+        let span = tracing::info_span!(
+            "group_commit",
+            items = tracing::field::Empty,
+            jobs = jobs.len()
+        );
         for job in jobs {
+            span.follows_from(&job.span);
+            let these = items.len()..items.len() + job.items.len();
             if let Some(sender) = job.exclude {
-                exclude.extend((items.len()..items.len() + job.items.len()).map(|i| (i, sender)));
+                exclude.extend(these.clone().map(|i| (i, sender)));
+            }
+            if let Some(parent) = job.trace_parent {
+                traces.extend(these.map(|i| (i, parent.clone())));
             }
             replies.push((job.items.len(), job.reply));
             items.extend(job.items);
         }
+        span.record("items", items.len());
         let started = Instant::now();
-        let result = self.store.commit(&items).await;
+        let result = self.store.commit(&items).instrument(span.clone()).await;
         self.metrics
             .observe_commit(items.len(), started.elapsed(), result.is_ok());
         match result {
@@ -181,7 +201,8 @@ impl Committers {
                 self.metrics
                     .committed(committed.len() as u64 - duplicates, duplicates);
                 self.hub.publish(&items, &committed);
-                let delivered = self.router.deliver(&items, &committed, &exclude);
+                let delivered =
+                    span.in_scope(|| self.router.deliver(&items, &committed, &exclude, &traces));
                 let mut published =
                     committed
                         .into_iter()

@@ -260,6 +260,7 @@ impl Router {
         items: &[PublishItem],
         committed: &[Committed],
         exclude: &HashMap<usize, ConnectionId>,
+        traces: &HashMap<usize, String>,
     ) -> Vec<u32> {
         let t = self.tables.lock().expect("router lock");
         if t.bridges.is_empty() {
@@ -272,6 +273,7 @@ impl Router {
                 continue;
             }
             let excluded = exclude.get(&i).map(ToString::to_string).unwrap_or_default();
+            let trace_parent = traces.get(&i).cloned().unwrap_or_default();
             let message =
                 |user: Option<&UserId>, topic: Option<&Topic>, seq: u64| pb::StoredMessage {
                     message_id: done.message_id.to_string(),
@@ -287,6 +289,7 @@ impl Router {
                     let delivery = pb::Delivery {
                         message: Some(message),
                         exclude_connection_id: excluded.clone(),
+                        trace_parent: trace_parent.clone(),
                     };
                     let sent =
                         b.tx.try_send(down(pb::bridge_down::Msg::Delivery(delivery)));

@@ -1,8 +1,9 @@
 //! What every notify service process shares, so that service crates never
 //! depend on each other: [`logging`] (pretty or JSON `tracing` output),
 //! [`signals`] (SIGTERM/SIGINT as one cancellation), [`endpoints`] (the
-//! ops HTTP port: health, readiness, metrics, [`info`]) and [`systemd`] (READY=1 and
-//! the watchdog under `Type=notify`) and [`tls`] (listeners' certificates,
+//! ops HTTP port: health, readiness, metrics, [`info`]), [`systemd`] (READY=1 and
+//! the watchdog under `Type=notify`), [`traces`] (OTLP export, trace
+//! context across BridgeLink) and [`tls`] (listeners' certificates,
 //! reloaded without dropping connections).
 
 pub mod endpoints;
@@ -11,3 +12,4 @@ pub mod logging;
 pub mod signals;
 pub mod systemd;
 pub mod tls;
+pub mod traces;

@@ -327,6 +327,20 @@ pub async fn http_get(addr: &str, path: &str) -> Option<String> {
     Some(out)
 }
 
+/// Waits (up to a minute) until `addr`'s ops port answers `/readyz` with 200.
+pub async fn wait_ready(addr: &str) {
+    eventually(
+        &format!("{addr}/readyz"),
+        Duration::from_secs(60),
+        || async {
+            http_get(addr, "/readyz")
+                .await
+                .filter(|a| a.contains(" 200 "))
+        },
+    )
+    .await;
+}
+
 #[cfg(test)]
 mod tests {
     use super::with_database;
