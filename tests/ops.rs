@@ -13,6 +13,7 @@ use test_support::{
     TestDb, TestDir, eventually, free_port, http_get,
     process::{ServiceProcess, sibling_binary},
     prometheus::{Scrape, parse},
+    wait_ready,
 };
 use tokio_tungstenite::tungstenite::Message;
 
@@ -39,19 +40,6 @@ async fn info(addr: &str) -> (String, Value) {
         .to_owned();
     let json = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{addr}/info: {e}: {body}"));
     (body, json)
-}
-
-async fn ready(addr: &str) {
-    eventually(
-        &format!("{addr}/readyz"),
-        Duration::from_secs(60),
-        || async {
-            http_get(addr, "/readyz")
-                .await
-                .filter(|a| a.contains(" 200 "))
-        },
-    )
-    .await;
 }
 
 #[tokio::test]
@@ -100,11 +88,11 @@ async fn metrics_move_when_messages_flow_and_info_keeps_secrets() {
         .env("TRACKER_HTTP_ADDR", &tracker_http)
         .env("TRACKER_ID", "ops-tracker");
     svc.start();
-    ready(&svc_http).await;
+    wait_ready(&svc_http).await;
     bridge.start();
     tracker.start();
-    ready(&bridge_http).await;
-    ready(&tracker_http).await;
+    wait_ready(&bridge_http).await;
+    wait_ready(&tracker_http).await;
 
     // /info: who runs, built from what, configured how; no secret anywhere.
     for (addr, service) in [
