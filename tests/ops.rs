@@ -285,7 +285,9 @@ async fn metrics_move_when_messages_flow_and_info_keeps_secrets() {
 
     let tracker_after = eventually("tracker emitted", Duration::from_secs(10), || async {
         let s = scrape(&tracker_http).await;
-        (s.value("tracker_events_total", &[]) >= 1.0).then_some(s)
+        // The cursor moves just after the emit is answered.
+        (s.value("tracker_events_total", &[]) >= 1.0 && s.value("tracker_cursor", &[]) >= 1.0)
+            .then_some(s)
     })
     .await;
     assert_eq!(tracker_after.get("tracker_lease_active", &[]), Some(1.0));
