@@ -225,13 +225,20 @@ async fn refusals_exit_1_with_the_status_and_usage_errors_exit_2() {
 #[tokio::test]
 async fn tail_prints_what_is_published_and_migrate_reports_none_left() {
     let svc = Svc::start().await;
+    // `--since 0` is live only: a tail that opens its stream after the
+    // publishes (a loaded machine) would see none. Seq 1 goes first, the
+    // tail follows after it: replay or live, it must print 2, 3, 4.
+    let probe = svc
+        .notify(&["publish", "--topic", "room:news", "--data", "0"], None)
+        .await;
+    assert!(probe.status.success());
     let mut tail = tokio::process::Command::new(env!("CARGO_BIN_EXE_notify"))
         .args([
             "tail",
             "--topic",
             "room:news",
             "--since",
-            "0",
+            "1",
             "--url",
             &svc.url,
         ])
@@ -260,7 +267,7 @@ async fn tail_prints_what_is_published_and_migrate_reports_none_left() {
         let m: Value = serde_json::from_str(&line).unwrap();
         seqs.push(m["seq"].as_u64().unwrap());
     }
-    assert_eq!(seqs, [1, 2, 3]);
+    assert_eq!(seqs, [2, 3, 4]);
     tail.kill().await.ok();
 
     // notify-svc migrated at start: nothing left to apply.
