@@ -1,0 +1,155 @@
+// The WebSocket protocol of the notify bridge (DESIGN §5), as types.
+
+/** Sent once the connection is registered; `seq` is the inbox head. */
+export interface Welcome {
+  type: 'welcome';
+  connection_id: string;
+  user_id: string;
+  seq: number;
+}
+
+/** A message: an inbox message has no `topic`. `data` is the published JSON value. */
+export interface NotifyMessage<Data = unknown> {
+  type: 'message';
+  id: string;
+  seq: number;
+  topic?: string;
+  event: string;
+  data: Data;
+  /** Commit time, Unix milliseconds. */
+  ts: number;
+}
+
+export interface Subscribed {
+  type: 'subscribed';
+  topic: string;
+  /** The topic's head when the subscription took effect. */
+  seq: number;
+  id?: string;
+}
+
+export interface Unsubscribed {
+  type: 'unsubscribed';
+  topic: string;
+  id?: string;
+}
+
+export interface Published {
+  type: 'published';
+  seq: number;
+  id?: string;
+}
+
+export interface Pong {
+  type: 'pong';
+  id?: string;
+}
+
+export interface Refreshed {
+  type: 'refreshed';
+  /** The new token's expiry, Unix seconds. */
+  exp: number;
+  id?: string;
+}
+
+export type ErrorCode = 'bad_request' | 'forbidden' | 'rate_limited' | 'too_large' | 'unknown_action';
+
+export interface ErrorFrame {
+  type: 'error';
+  code: ErrorCode;
+  message: string;
+  id?: string;
+}
+
+export type ServerFrame =
+  | Welcome
+  | NotifyMessage
+  | Subscribed
+  | Unsubscribed
+  | Published
+  | Pong
+  | Refreshed
+  | ErrorFrame;
+
+export type ClientAction =
+  | { action: 'subscribe'; topic: string; since?: number; id?: string }
+  | { action: 'unsubscribe'; topic: string; id?: string }
+  | { action: 'ack'; seq: number }
+  | { action: 'publish'; topic: string; data: unknown; event?: string; id?: string }
+  | { action: 'ping'; id?: string }
+  | { action: 'refresh'; token: string; id?: string };
+
+/** Close codes the bridge uses. */
+export const CloseCode = {
+  /** Server restarting: reconnect at once, to another bridge. */
+  Restart: 1012,
+  /** Disconnected through the API: do not reconnect. */
+  Disconnected: 4003,
+  /** Slow consumer: reconnect and resume. */
+  SlowConsumer: 4008,
+  /** Token expired: reconnect with a fresh token. */
+  TokenExpired: 4009,
+} as const;
+
+/** Parses one text frame; null if it is not a frame of this protocol. */
+export function parseFrame(text: string): ServerFrame | null {
+  let value: unknown;
+  try {
+    value = JSON.parse(text);
+  } catch {
+    return null;
+  }
+  if (typeof value !== 'object' || value === null || typeof (value as { type?: unknown }).type !== 'string') {
+    return null;
+  }
+  return value as ServerFrame;
+}
+
+// --- Fight events (DESIGN §8) -------------------------------------------
+
+export type FightStatus = 'open' | 'accepted' | 'completed' | 'cancelled' | 'expired';
+
+/** A fight as clients read it in `data.fight`. */
+export interface Fight {
+  fight_id: string;
+  creator_id: string;
+  acceptor_id: string | null;
+  /** Minor units of `currency`. */
+  stake: number;
+  currency: string;
+  status: FightStatus;
+  accept_deadline_ms: number;
+  created_at_ms: number;
+  updated_at_ms: number;
+}
+
+export type FightEvent =
+  | { kind: 'fight_created'; fight: Fight }
+  | { kind: 'fight_accepted'; fight: Fight }
+  | { kind: 'fight_completed'; fight: Fight; winner_id: string; payout: number }
+  | { kind: 'fight_cancelled'; fight: Fight; reason: string }
+  | { kind: 'fight_expired'; fight: Fight }
+  | { kind: 'fight_updated'; fight: Fight; previous_status: FightStatus };
+
+export type FightKind = FightEvent['kind'];
+
+const FIGHT_KINDS: ReadonlySet<string> = new Set<FightKind>([
+  'fight_created',
+  'fight_accepted',
+  'fight_completed',
+  'fight_cancelled',
+  'fight_expired',
+  'fight_updated',
+]);
+
+/** The fight event a message carries, or null if it carries none. */
+export function fightEvent(message: NotifyMessage): FightEvent | null {
+  if (!FIGHT_KINDS.has(message.event)) {
+    return null;
+  }
+  const data = message.data as { fight?: Fight } | null;
+  if (typeof data !== 'object' || data === null || typeof data.fight !== 'object' || data.fight === null) {
+    return null;
+  }
+  return { kind: message.event, ...data } as FightEvent;
+}
