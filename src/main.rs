@@ -290,12 +290,13 @@ async fn up(
         };
         println!("notify is starting");
         println!("  WebSocket    ws://{ws_addr}/ws   (bridge ops: http://{bridge_http_addr}/metrics)");
+        println!("  Dev Panel    http://{ws_addr}/panel   (sign in with the TOKEN below)");
         println!(
             "  gRPC API     grpc://{}   (try: grpcurl -plaintext {} list)",
             args.grpc_addr, args.grpc_addr
         );
         println!(
-            "  ops HTTP     http://{}/healthz  /readyz  /metrics",
+            "  ops HTTP     http://{}/healthz  /readyz  /metrics  /info",
             args.http_addr
         );
         println!("  database     {database}");

@@ -5,12 +5,14 @@
 //! connections and reports them over [`link`] to every notify-svc replica,
 //! whose deliveries it fans out. [`protocol`] holds the wire types,
 //! [`sequencer`] the gap-free seam between replay and live, [`rate`] the
-//! inbound rate limit, [`peers`] the connect limit per client IP.
+//! inbound rate limit, [`peers`] the connect limit per client IP, [`panel`]
+//! the Dev Panel at `/panel`.
 
 pub mod connection;
 pub mod hub;
 pub mod link;
 pub mod metrics;
+pub mod panel;
 pub mod peers;
 pub mod protocol;
 pub mod queue;

@@ -1,6 +1,7 @@
 //! The HTTP side: `GET /ws` is authenticated before anything else (a bad
 //! token gets 401 with a JSON body and nothing is stored), then upgraded to a
 //! WebSocket (wss when the bridge has a certificate) handled by [`connection::serve`](crate::connection::serve).
+//! `/panel` is the Dev Panel ([`crate::panel`]).
 
 use std::{convert::Infallible, net::IpAddr, sync::Arc, time::Duration};
 
@@ -132,6 +133,9 @@ async fn handle(
     tracker: TaskTracker,
     max_frame: usize,
 ) -> Response<Full<Bytes>> {
+    if crate::panel::is_panel(req.uri().path()) {
+        return crate::panel::handle(req, shared).await;
+    }
     if req.uri().path() != "/ws" {
         return json(
             StatusCode::NOT_FOUND,

@@ -1207,3 +1207,121 @@ async fn a_connect_flood_from_one_address_gets_429_and_other_addresses_do_not() 
         assert!(welcome.to_text().unwrap().contains("welcome"));
     }
 }
+
+/// One HTTP/1.0 request to the bridge's port: (status, body).
+async fn http(
+    ws_url: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &str,
+) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = ws_url.trim_start_matches("ws://").trim_end_matches("/ws");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    let request = format!(
+        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.unwrap();
+    let status = answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = answer
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_owned();
+    (status, body)
+}
+
+#[tokio::test]
+async fn the_dev_panel_is_served_and_only_admins_publish_from_it() {
+    let p = Platform::start().await;
+    let (status, page) = http(&p.ws, "GET", "/panel", None, "").await;
+    assert_eq!(status, 200);
+    assert!(
+        page.contains("Dev Panel") && page.contains("/panel/panel.js"),
+        "{page}"
+    );
+    for asset in [
+        "/panel/panel.js",
+        "/panel/panel.css",
+        "/panel/client/index.js",
+        "/panel/client/client.js",
+    ] {
+        let (status, body) = http(&p.ws, "GET", asset, None, "").await;
+        assert_eq!(status, 200, "{asset}");
+        assert!(!body.is_empty(), "{asset}");
+    }
+    assert_eq!(http(&p.ws, "GET", "/panel/nope.js", None, "").await.0, 404);
+
+    let mut alice = p.connect_when_ready(&p.ws, "alice").await;
+    assert_eq!(alice.next().await["type"], "welcome");
+    let admin = p
+        .issuer
+        .mint(&DevToken {
+            groups: vec!["admin".into()],
+            ..DevToken::access("root")
+        })
+        .unwrap();
+    let publish =
+        r#"{"user":"alice","event":"panel.test","data":{"text":"hi"},"idempotency_key":"k1"}"#;
+    let cases = [
+        (None::<String>, publish, 401, "unauthorized"),
+        (Some("garbage".to_owned()), publish, 401, "unauthorized"),
+        (Some(p.token("bob")), publish, 403, "forbidden"),
+        (Some(admin.clone()), "{not json", 400, "bad_request"),
+        (
+            Some(admin.clone()),
+            r#"{"user":"alice","topic":"room:x","data":1}"#,
+            400,
+            "bad_request",
+        ),
+        (
+            Some(admin.clone()),
+            r#"{"user":"alice","data":1,"extra":2}"#,
+            400,
+            "bad_request",
+        ),
+        (
+            Some(admin.clone()),
+            r#"{"topic":"nope:x","data":1}"#,
+            400,
+            "publish_failed",
+        ),
+    ];
+    for (token, body, want, code) in cases {
+        let (status, answer) =
+            http(&p.ws, "POST", "/panel/api/publish", token.as_deref(), body).await;
+        assert_eq!(status, want, "{body}: {answer}");
+        let answer: Value = serde_json::from_str(&answer).unwrap();
+        assert_eq!(answer["error"], code, "{answer}");
+        assert!(answer["message"].as_str().is_some_and(|m| !m.is_empty()));
+    }
+    let huge = format!(r#"{{"user":"alice","data":"{}"}}"#, "x".repeat(100 * 1024));
+    assert_eq!(
+        http(&p.ws, "POST", "/panel/api/publish", Some(&admin), &huge)
+            .await
+            .0,
+        413
+    );
+
+    // The admin's publish is a real one: alice gets it; a double submit is stored once.
+    let (status, answer) = http(&p.ws, "POST", "/panel/api/publish", Some(&admin), publish).await;
+    assert_eq!(status, 200, "{answer}");
+    let answer: Value = serde_json::from_str(&answer).unwrap();
+    assert_eq!(answer["seq"], 1);
+    let message = alice.next().await;
+    assert_eq!(message["event"], "panel.test");
+    assert_eq!(message["data"]["text"], "hi");
+    let (_, again) = http(&p.ws, "POST", "/panel/api/publish", Some(&admin), publish).await;
+    assert_eq!(
+        serde_json::from_str::<Value>(&again).unwrap()["duplicate"],
+        true
+    );
+}

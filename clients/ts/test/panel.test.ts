@@ -1,0 +1,101 @@
+// The Dev Panel in headless Chromium (Debian's chromium, driven by
+// playwright-core): served by a bridge attached to a real `notify up`,
+// signed in with a dev token; a CLI publish shows up in the inbox; an admin
+// publish from the page too; the bridge is killed and restarted, and the
+// messages published meanwhile appear, each once. The screenshot it takes
+// is the one in the README (docs/panel.png).
+import { after, test } from 'node:test';
+import * as assert from 'node:assert/strict';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+
+import { chromium, type Browser, type Page } from 'playwright-core';
+
+import { Bridge, Up, eventually } from './platform.js';
+
+const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
+const SCREENSHOT = path.resolve(import.meta.dirname, '..', '..', '..', '..', 'docs', 'panel.png');
+
+const up = new Up(['--simulate']);
+const bridge = new Bridge(up);
+let browser: Browser | null = null;
+
+after(async () => {
+  await browser?.close();
+  await bridge.kill9();
+  await up.stop();
+  up.cleanup();
+});
+
+async function inboxSeqs(page: Page): Promise<number[]> {
+  return await page.$$eval('#inbox tr', (rows) => rows.map((r) => Number((r as HTMLElement).dataset.seq)).sort((a, b) => a - b));
+}
+
+test('the Dev Panel: sign in, live inbox, admin publish, a bridge restart ridden out', async () => {
+  assert.ok(
+    fs.existsSync(CHROMIUM),
+    `${CHROMIUM} is missing: apt-get install -y chromium chromium-driver (scripts/test does), or set CHROMIUM`,
+  );
+  await up.start();
+  await bridge.start();
+  const token = up.token('alice', ['admin']);
+
+  browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    headless: true,
+    // As root in a sandbox-less container; no background traffic to Google.
+    args: [
+      '--no-sandbox',
+      '--disable-gpu',
+      '--disable-quic',
+      '--no-first-run',
+      '--disable-background-networking',
+      '--disable-component-update',
+      '--disable-sync',
+    ],
+  });
+  const page = await browser.newPage({ viewport: { width: 1360, height: 1000 } });
+  const pageErrors: string[] = [];
+  page.on('pageerror', (e) => pageErrors.push(e.message));
+  await page.goto(`http://${bridge.ws}/panel`);
+  await page.fill('[data-testid=token]', token);
+  await page.click('[data-testid=sign-in]');
+  await page.waitForSelector('[data-testid=state].connected', { timeout: 15_000 });
+  assert.match((await page.textContent('#who')) ?? '', /alice · admin/);
+
+  // A CLI publish appears in the inbox, then is acked.
+  const first = up.publish('alice', { text: 'hello from the CLI' }, 'cli.hello');
+  await page.waitForSelector(`#inbox tr[data-id="${first.message_id}"]`, { timeout: 10_000 });
+  await page.waitForFunction(() => document.querySelector('#inbox tr .ack')?.textContent === 'acked', undefined, {
+    timeout: 10_000,
+  });
+
+  // An admin publishes from the page (to herself).
+  await page.fill('[data-testid=publish-data]', '{"text": "sent from the panel"}');
+  await page.click('[data-testid=publish]');
+  await page.waitForFunction(() => document.querySelector('[data-testid=publish-result]')?.textContent?.startsWith('published'));
+  await eventually('the panel publish in the inbox', 10_000, async () => ((await inboxSeqs(page)).length === 2) || undefined);
+
+  // The bridge dies; messages are published meanwhile; it comes back.
+  await bridge.kill9();
+  await page.waitForSelector('[data-testid=state]:not(.connected)', { timeout: 10_000 });
+  const whileDown = [1, 2, 3].map((n) => up.publish('alice', { text: `while the bridge was down (${n})` }, 'cli.offline'));
+  await bridge.start();
+  await page.waitForSelector('[data-testid=state].connected', { timeout: 30_000 });
+  for (const m of whileDown) {
+    await page.waitForSelector(`#inbox tr[data-id="${m.message_id}"]`, { timeout: 10_000 });
+  }
+  await page.waitForTimeout(500);
+  assert.deepEqual(await inboxSeqs(page), [1, 2, 3, 4, 5], 'every message once, none twice');
+  await page.waitForFunction(() => document.getElementById('acked-seq')?.textContent === '5', undefined, { timeout: 10_000 });
+
+  // The simulated fights reach the live board.
+  await page.waitForSelector('#fights tr', { timeout: 15_000 });
+  // Something to read in the topics card for the screenshot.
+  await page.fill('[data-testid=topic]', 'room:lobby');
+  await page.press('[data-testid=topic]', 'Enter');
+  await page.waitForFunction(() => document.getElementById('subscriptions')?.textContent?.includes('room:lobby'));
+  await page.waitForTimeout(1500);
+  await page.screenshot({ path: SCREENSHOT, fullPage: true });
+  assert.deepEqual(pageErrors, [], 'no script error on the page');
+});

@@ -1,0 +1,248 @@
+// The Dev Panel's page logic, on @notify/client (served from /panel/client/).
+import { NotifyClient, tokenExpiry } from '/panel/client/index.js';
+
+const $ = (id) => document.getElementById(id);
+const wsUrl = `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/ws`;
+const STORAGE_KEY = 'notify-panel-token';
+
+let client = null;
+let token = null;
+const inboxRows = new Map(); // seq → <tr>
+const fights = new Map(); // fight_id → <tr>
+
+const time = (ms) =>
+  new Date(ms).toLocaleTimeString([], { hour: '2-digit', minute: '2-digit', second: '2-digit' });
+const short = (value) => {
+  const text = JSON.stringify(value);
+  return text.length > 160 ? `${text.slice(0, 157)}…` : text;
+};
+
+function cell(text, className) {
+  const td = document.createElement('td');
+  td.textContent = text;
+  if (className) td.className = className;
+  return td;
+}
+
+function badge(text, className) {
+  const td = document.createElement('td');
+  const span = document.createElement('span');
+  span.textContent = text;
+  span.className = className;
+  td.append(span);
+  return td;
+}
+
+function log(text, kind = '') {
+  const li = document.createElement('li');
+  const at = document.createElement('time');
+  at.textContent = time(Date.now());
+  const span = document.createElement('span');
+  span.textContent = text;
+  if (kind) span.className = kind;
+  li.append(at, span);
+  $('log').prepend(li);
+  while ($('log').children.length > 200) $('log').lastChild.remove();
+}
+
+/** The token's claims, for display only (the bridge verifies it). */
+function claims(jwt) {
+  try {
+    const part = jwt.split('.')[1].replace(/-/g, '+').replace(/_/g, '/');
+    return JSON.parse(atob(part + '='.repeat((4 - (part.length % 4)) % 4)));
+  } catch {
+    return null;
+  }
+}
+
+function setState(state, detail = {}) {
+  const badge = $('state');
+  badge.className = `state ${state}`;
+  let text = state;
+  if (state === 'disconnected' && detail.stopped) text = 'stopped';
+  if (state === 'disconnected' && detail.retryInMs !== undefined) text = `reconnecting in ${(detail.retryInMs / 1000).toFixed(1)} s`;
+  badge.textContent = text;
+  const why = detail.code ? ` (${detail.code}${detail.reason ? `: ${detail.reason}` : ''})` : '';
+  log(`${state}${why}`, state === 'connected' ? 'ok' : detail.code && detail.code !== 1000 ? 'error' : '');
+}
+
+function updateAcks() {
+  $('last-seq').textContent = client.lastSeq;
+  $('acked-seq').textContent = client.ackedSeq;
+  for (const [seq, row] of inboxRows) {
+    const ack = row.querySelector('.ack');
+    const acked = seq <= client.ackedSeq;
+    ack.textContent = acked ? 'acked' : 'pending';
+    ack.className = `ack ${acked ? 'acked' : 'pending'}`;
+  }
+}
+
+function showInbox(message) {
+  const row = document.createElement('tr');
+  row.className = 'fresh';
+  row.dataset.seq = message.seq;
+  row.dataset.id = message.id;
+  row.append(
+    cell(message.seq, 'num'),
+    cell(time(message.ts)),
+    cell(message.event),
+    cell(short(message.data), 'data'),
+    cell('pending', 'ack pending'),
+  );
+  row.querySelector('.data').title = JSON.stringify(message.data, null, 2);
+  $('inbox').prepend(row);
+  inboxRows.set(message.seq, row);
+  $('inbox-count').textContent = inboxRows.size;
+  $('inbox-empty').hidden = true;
+  updateAcks();
+}
+
+function showTopicMessage(message) {
+  const row = document.createElement('tr');
+  row.className = 'fresh';
+  row.append(cell(message.topic), cell(message.seq, 'num'), cell(time(message.ts)), cell(message.event), cell(short(message.data), 'data'));
+  $('topic-messages').prepend(row);
+  while ($('topic-messages').children.length > 200) $('topic-messages').lastChild.remove();
+  renderSubscriptions();
+}
+
+function showFight(event) {
+  const f = event.fight;
+  let row = fights.get(f.fight_id);
+  if (!row) {
+    row = document.createElement('tr');
+    fights.set(f.fight_id, row);
+  }
+  row.className = 'fresh';
+  row.replaceChildren(
+    cell(f.fight_id),
+    badge(f.status, `status ${f.status}`),
+    cell(f.creator_id),
+    cell(f.acceptor_id ?? '—'),
+    cell(`${(f.stake / 100).toFixed(2)} ${f.currency}`, 'num'),
+    cell(time(f.updated_at_ms || Date.now())),
+  );
+  $('fights').prepend(row);
+  $('fights-empty').hidden = true;
+}
+
+function renderSubscriptions() {
+  const list = $('subscriptions');
+  list.replaceChildren();
+  for (const [topic, seq] of client.subscriptions) {
+    const li = document.createElement('li');
+    li.textContent = `${topic} · seq ${seq}`;
+    const drop = document.createElement('button');
+    drop.className = 'link';
+    drop.textContent = '×';
+    drop.title = `unsubscribe from ${topic}`;
+    drop.onclick = () => {
+      client.unsubscribe(topic).catch((e) => log(`unsubscribe ${topic}: ${e.message}`, 'error'));
+      renderSubscriptions();
+    };
+    li.append(drop);
+    list.append(li);
+  }
+}
+
+function subscribe(topic) {
+  client
+    .subscribe(topic)
+    .then(() => log(`subscribed to ${topic}`, 'ok'))
+    .catch((e) => log(`subscribe ${topic}: ${e.code ?? ''} ${e.message}`, 'error'))
+    .finally(renderSubscriptions);
+  renderSubscriptions();
+}
+
+function signIn(value) {
+  token = value.trim();
+  const c = claims(token);
+  if (!c || !c.sub) {
+    log('that does not look like a JWT (three base64url parts with a sub)', 'error');
+    return;
+  }
+  const exp = tokenExpiry(token);
+  if (exp && exp * 1000 < Date.now()) {
+    log(`this token expired at ${new Date(exp * 1000).toLocaleString()}`, 'error');
+    return;
+  }
+  sessionStorage.setItem(STORAGE_KEY, token);
+  const groups = c['cognito:groups'] ?? [];
+  $('who').textContent = `${c.sub}${groups.length ? ` · ${groups.join(', ')}` : ''}`;
+  for (const el of document.querySelectorAll('.me')) el.textContent = c.sub;
+  $('sign-in').hidden = true;
+  $('signed-in').hidden = false;
+  $('sign-out').hidden = false;
+  $('admin').hidden = !groups.includes('admin');
+  $('publish-target').value = c.sub;
+
+  // A pasted token cannot be renewed: on 4009 (expired) the client stops and says so.
+  client = new NotifyClient({ url: wsUrl, token });
+  client.onState(setState);
+  client.onMessage((m) => (m.topic === undefined ? showInbox(m) : showTopicMessage(m)));
+  client.onFight((event, m) => {
+    if (m.topic === 'fights:live') showFight(event);
+  });
+  client.onAck(updateAcks);
+  client.onError((e) => log(`${e.code}: ${e.message}`, 'error'));
+  client.connect();
+  subscribe('fights:live');
+}
+
+function signOut() {
+  client?.close();
+  client = null;
+  sessionStorage.removeItem(STORAGE_KEY);
+  location.reload();
+}
+
+async function publish(event) {
+  event.preventDefault();
+  const result = $('publish-result');
+  let data;
+  try {
+    data = JSON.parse($('publish-data').value);
+  } catch (e) {
+    result.textContent = `data is not JSON: ${e.message}`;
+    result.className = 'meta error';
+    return;
+  }
+  const body = {
+    [$('publish-kind').value]: $('publish-target').value.trim(),
+    event: $('publish-event').value.trim(),
+    data,
+    idempotency_key: crypto.randomUUID(),
+  };
+  try {
+    const answer = await fetch('/panel/api/publish', {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', authorization: `Bearer ${token}` },
+      body: JSON.stringify(body),
+    });
+    const json = await answer.json();
+    if (!answer.ok) throw new Error(`${answer.status} ${json.error}: ${json.message}`);
+    result.textContent = `published: seq ${json.seq}, id ${json.message_id}`;
+    result.className = 'meta ok';
+    log(`published ${body.event} (seq ${json.seq})`, 'ok');
+  } catch (e) {
+    result.textContent = e.message;
+    result.className = 'meta error';
+    log(`publish failed: ${e.message}`, 'error');
+  }
+}
+
+$('sign-in-form').addEventListener('submit', (e) => {
+  e.preventDefault();
+  signIn($('token').value);
+});
+$('sign-out').addEventListener('click', signOut);
+$('subscribe-form').addEventListener('submit', (e) => {
+  e.preventDefault();
+  const topic = $('topic').value.trim();
+  if (topic) subscribe(topic);
+  $('topic').value = '';
+});
+$('publish-form').addEventListener('submit', publish);
+
+const saved = sessionStorage.getItem(STORAGE_KEY);
+if (saved) signIn(saved);

@@ -1,0 +1,252 @@
+//! The Dev Panel: a page for the team, served by every bridge at `/panel`
+//! (assets embedded in the binary, built on the TypeScript client in
+//! `clients/ts`), and the one endpoint behind it, `POST /panel/api/publish`:
+//! a test message published through notify-svc's `Publish`, for members of
+//! the `admin` group only (the caller's own token, checked like a socket's).
+
+use std::sync::Arc;
+
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::{
+    Method, Request, Response, StatusCode,
+    body::{Bytes, Incoming},
+    header,
+};
+use notify_proto::v1 as pb;
+use serde::Deserialize;
+
+use crate::connection::Shared;
+
+/// Largest publish request body: the API's 64 KiB `data` plus the envelope.
+const MAX_BODY: usize = 80 * 1024;
+
+/// (path, content type, body) of every embedded asset.
+const ASSETS: &[(&str, &str, &str)] = &[
+    (
+        "/panel/",
+        "text/html; charset=utf-8",
+        include_str!("../panel/index.html"),
+    ),
+    (
+        "/panel/panel.css",
+        "text/css; charset=utf-8",
+        include_str!("../panel/panel.css"),
+    ),
+    (
+        "/panel/panel.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../panel/panel.js"),
+    ),
+    (
+        "/panel/client/index.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../panel/client/index.js"),
+    ),
+    (
+        "/panel/client/client.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../panel/client/client.js"),
+    ),
+    (
+        "/panel/client/backoff.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../panel/client/backoff.js"),
+    ),
+    (
+        "/panel/client/protocol.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../panel/client/protocol.js"),
+    ),
+];
+
+/// Whether `path` is the panel's.
+pub fn is_panel(path: &str) -> bool {
+    path == "/panel" || path.starts_with("/panel/")
+}
+
+/// Answers a request under `/panel`.
+pub async fn handle(req: Request<Incoming>, shared: Arc<Shared>) -> Response<Full<Bytes>> {
+    let path = match req.uri().path() {
+        "/panel" | "/panel/index.html" => "/panel/",
+        p => p,
+    };
+    if path == "/panel/api/publish" {
+        if req.method() != Method::POST {
+            return error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "bad_request",
+                "POST a JSON body",
+            );
+        }
+        return publish(req, &shared).await;
+    }
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return error(StatusCode::METHOD_NOT_ALLOWED, "bad_request", "GET only");
+    }
+    match ASSETS.iter().find(|(p, ..)| *p == path) {
+        Some((_, content_type, body)) => {
+            let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+            let headers = response.headers_mut();
+            headers.insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static(content_type),
+            );
+            headers.insert(
+                header::CACHE_CONTROL,
+                header::HeaderValue::from_static("no-cache"),
+            );
+            // The page talks only to its own origin (the bridge: /ws and the API).
+            headers.insert(
+                header::CONTENT_SECURITY_POLICY,
+                header::HeaderValue::from_static(
+                    "default-src 'self'; connect-src 'self' ws: wss:; img-src 'self' data:; frame-ancestors 'none'",
+                ),
+            );
+            headers.insert(
+                header::X_CONTENT_TYPE_OPTIONS,
+                header::HeaderValue::from_static("nosniff"),
+            );
+            response
+        }
+        None => error(StatusCode::NOT_FOUND, "not_found", "no such panel page"),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PublishBody {
+    /// Exactly one of `user` and `topic`.
+    user: Option<String>,
+    topic: Option<String>,
+    #[serde(default = "default_event")]
+    event: String,
+    /// Any JSON value.
+    data: serde_json::Value,
+    /// Makes a double submit harmless.
+    idempotency_key: Option<String>,
+}
+
+fn default_event() -> String {
+    "panel.test".into()
+}
+
+async fn publish(req: Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>> {
+    let token = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::to_owned);
+    let Some(token) = token else {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "sign in: Authorization: Bearer <token>",
+        );
+    };
+    let identity = match shared.verifier.verify(&token).await {
+        Ok(identity) => identity,
+        Err(e) => return error(StatusCode::UNAUTHORIZED, "unauthorized", &e.to_string()),
+    };
+    match shared.revoked(&identity, &token).await {
+        Ok(false) => {}
+        Ok(true) => {
+            return error(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "the token was revoked: sign in again",
+            );
+        }
+        Err(e) => {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                &e.to_string(),
+            );
+        }
+    }
+    if !identity.in_group("admin") {
+        return error(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "publishing from the panel is for members of the admin group",
+        );
+    }
+    let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+        Ok(body) => body.to_bytes(),
+        Err(_) => {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                &format!("the body is over {MAX_BODY} bytes"),
+            );
+        }
+    };
+    let body: PublishBody = match serde_json::from_slice(&body) {
+        Ok(body) => body,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                &format!("bad JSON body: {e}"),
+            );
+        }
+    };
+    let target = match (body.user, body.topic) {
+        (Some(user), None) => pb::publish_request::Target::UserId(user),
+        (None, Some(topic)) => pb::publish_request::Target::Topic(topic),
+        _ => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "give exactly one of user and topic",
+            );
+        }
+    };
+    let request = pb::PublishRequest {
+        target: Some(target),
+        event: body.event,
+        data: body.data.to_string(),
+        idempotency_key: body.idempotency_key.unwrap_or_default(),
+        ttl_seconds: 0,
+    };
+    match shared.api.publish(request).await {
+        Ok(answer) => {
+            tracing::info!(admin = %identity.user, message_id = answer.message_id, "panel publish");
+            json(
+                StatusCode::OK,
+                serde_json::json!({
+                    "message_id": answer.message_id,
+                    "seq": answer.seq,
+                    "duplicate": answer.duplicate,
+                }),
+            )
+        }
+        Err(status) => {
+            let code = match status.code() {
+                tonic::Code::InvalidArgument | tonic::Code::NotFound => StatusCode::BAD_REQUEST,
+                tonic::Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
+                tonic::Code::PermissionDenied => StatusCode::FORBIDDEN,
+                _ => StatusCode::SERVICE_UNAVAILABLE,
+            };
+            error(code, "publish_failed", status.message())
+        }
+    }
+}
+
+fn json(status: StatusCode, body: serde_json::Value) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+fn error(status: StatusCode, code: &str, message: &str) -> Response<Full<Bytes>> {
+    json(
+        status,
+        serde_json::json!({"error": code, "message": message}),
+    )
+}
