@@ -49,9 +49,11 @@ fn names_set_in(text: &str) -> BTreeSet<String> {
         .collect()
 }
 
-/// Read by the logging setup or by another image, not by our flags.
+/// Read by the logging set-up (`notify_ops::logging`) or by another image,
+/// not by our flags.
 const NOT_OURS: &[&str] = &[
     "RUST_LOG",
+    "NOTIFY_TRACE_FILTER",
     "POSTGRES_USER",
     "POSTGRES_PASSWORD",
     "POSTGRES_DB",
