@@ -31,11 +31,6 @@ pub fn init_with_traces(
     otlp_endpoint: Option<&str>,
 ) -> Telemetry {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let log = if format == "json" {
-        fmt::layer().json().with_writer(std::io::stderr).boxed()
-    } else {
-        fmt::layer().with_writer(std::io::stderr).boxed()
-    };
     let provider = otlp_endpoint
         .filter(|e| !e.is_empty())
         .and_then(
@@ -47,21 +42,40 @@ pub fn init_with_traces(
                 }
             },
         );
-    let traces = provider.as_ref().map(|p| {
-        let filter = std::env::var("NOTIFY_TRACE_FILTER")
-            .ok()
-            .and_then(|f| EnvFilter::try_new(f).ok())
-            .unwrap_or_else(|| EnvFilter::new(crate::traces::DEFAULT_FILTER));
-        crate::traces::layer(p, service).with_filter(filter)
-    });
-    // A second init (tests, `notify up`) keeps the first subscriber.
+    let Some(provider) = provider else {
+        // No export: one global filter, so that disabled callsites (the
+        // many trace!/debug! of hyper, h2 and tungstenite) cost nothing. A
+        // per-layer filter here cost the bridge ~15 % of its deliveries per
+        // CPU-second (scripts/bench-bridge: 205-217k against 243-248k).
+        let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
+        // A second init (tests, `notify up`) keeps the first subscriber.
+        let _ = if format == "json" {
+            builder.json().try_init()
+        } else {
+            builder.try_init()
+        };
+        return Telemetry(None);
+    };
+    let log = if format == "json" {
+        fmt::layer().json().with_writer(std::io::stderr).boxed()
+    } else {
+        fmt::layer().with_writer(std::io::stderr).boxed()
+    };
+    let trace_filter = std::env::var("NOTIFY_TRACE_FILTER")
+        .ok()
+        .and_then(|f| EnvFilter::try_new(f).ok())
+        .unwrap_or_else(|| EnvFilter::new(crate::traces::DEFAULT_FILTER));
     let installed = tracing_subscriber::registry()
         .with(log.with_filter(filter))
-        .with(traces)
+        .with(crate::traces::layer(&provider, service).with_filter(trace_filter))
         .try_init()
         .is_ok();
-    if installed && let Some(endpoint) = otlp_endpoint.filter(|_| provider.is_some()) {
-        tracing::info!(endpoint, service, "exporting traces over OTLP");
+    if installed {
+        tracing::info!(
+            endpoint = otlp_endpoint,
+            service,
+            "exporting traces over OTLP"
+        );
     }
-    Telemetry(provider.filter(|_| installed))
+    Telemetry(installed.then_some(provider))
 }
