@@ -93,12 +93,24 @@ pub struct PgCluster {
     bin: PathBuf,
     data: PathBuf,
     log: PathBuf,
+    /// Extra server options (TLS).
+    options: String,
     _dir: TestDir,
 }
 
 impl PgCluster {
     /// initdb and start; panics saying what is missing.
     pub fn start() -> Self {
+        Self::start_with(None)
+    }
+
+    /// Like [`start`](Self::start), serving TLS (`ssl=on`) with this
+    /// certificate and key beside plain connections.
+    pub fn start_with_tls(tls: &crate::tls::CertFiles) -> Self {
+        Self::start_with(Some(tls))
+    }
+
+    fn start_with(tls: Option<&crate::tls::CertFiles>) -> Self {
         let bin = bindir();
         let dir = TestDir::create("pgcluster");
         let data = dir.join("data");
@@ -118,6 +130,25 @@ impl PgCluster {
                 "UTF8",
             ],
         );
+        let mut options = Vec::new();
+        if let Some(tls) = tls {
+            // The server reads them as itself, and wants the key private.
+            let (cert, key) = (dir.join("server.crt"), dir.join("server.key"));
+            std::fs::copy(&tls.cert, &cert).expect("copying the certificate");
+            std::fs::copy(&tls.key, &key).expect("copying the key");
+            own(&dir.path);
+            let ok = Command::new("chmod")
+                .arg("0600")
+                .arg(&key)
+                .status()
+                .is_ok_and(|s| s.success());
+            assert!(ok, "chmod 0600 {}", key.display());
+            options.push(format!(
+                "-c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
+                cert.display(),
+                key.display()
+            ));
+        }
         let port = free_port();
         let cluster = Self {
             url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
@@ -125,6 +156,7 @@ impl PgCluster {
             bin,
             data,
             log,
+            options: options.join(" "),
             _dir: dir,
         };
         cluster.pg_ctl_start();
@@ -133,8 +165,8 @@ impl PgCluster {
 
     fn pg_ctl_start(&self) {
         let options = format!(
-            "-p {} -c listen_addresses=127.0.0.1 -c unix_socket_directories= -c max_connections=300",
-            self.port
+            "-p {} -c listen_addresses=127.0.0.1 -c unix_socket_directories= -c max_connections=300 {}",
+            self.port, self.options
         );
         run_as_server(
             &self.bin.join("pg_ctl"),

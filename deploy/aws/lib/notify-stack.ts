@@ -103,9 +103,9 @@ export class NotifyStack extends Stack {
       vpc,
       secrets: [db.secret!],
       securityGroups: [proxySg],
-      // The services' Postgres client speaks plain TCP today (a known gap,
-      // docs/operations.md); traffic stays inside the VPC's security groups.
-      requireTLS: false,
+      // The services connect with sslmode=require, verified against the
+      // system's roots (RDS Proxy's certificates chain to Amazon's roots).
+      requireTLS: true,
       // Transaction-level multiplexing only works while nothing pins; a
       // borrow that waits longer than this fails and is retried by the caller.
       borrowTimeout: Duration.seconds(10),
@@ -172,7 +172,7 @@ export class NotifyStack extends Stack {
     const image = ecs.ContainerImage.fromRegistry(props.image);
     const logGroup = new logs.LogGroup(this, 'Logs', { retention: logs.RetentionDays.ONE_MONTH });
     const databaseUrl =
-      `postgres://$DB_USER:$DB_PASSWORD@${proxy.endpoint}:5432/notify`;
+      `postgres://$DB_USER:$DB_PASSWORD@${proxy.endpoint}:5432/notify?sslmode=require`;
     const dbSecrets = {
       DB_USER: ecs.Secret.fromSecretsManager(db.secret!, 'username'),
       DB_PASSWORD: ecs.Secret.fromSecretsManager(db.secret!, 'password'),
@@ -324,7 +324,7 @@ export class NotifyStack extends Stack {
       'DB_PASSWORD=$(echo "$SECRET" | python3 -c "import json,sys,urllib.parse; print(urllib.parse.quote(json.load(sys.stdin)[\'password\'], safe=\'\'))")',
       'umask 077',
       'cat > /etc/notify/bet-tracker.env <<ENV',
-      `DATABASE_URL=postgres://$DB_USER:$DB_PASSWORD@${proxy.endpoint}:5432/notify`,
+      `DATABASE_URL=postgres://$DB_USER:$DB_PASSWORD@${proxy.endpoint}:5432/notify?sslmode=require`,
       `TRACKER_NOTIFY_URL=http://${internalNlb.loadBalancerDnsName}:${GRPC_PORT}`,
       'TRACKER_NOTIFY_TOKEN=$TOKEN',
       'TRACKER_HTTP_ADDR=0.0.0.0:9466',

@@ -26,7 +26,7 @@ const template = (() => {
 test('Postgres sits behind RDS Proxy, Multi-AZ', () => {
   template.hasResourceProperties('AWS::RDS::DBInstance', { Engine: 'postgres', MultiAZ: true });
   template.resourceCountIs('AWS::RDS::DBProxy', 1);
-  template.hasResourceProperties('AWS::RDS::DBProxy', { EngineFamily: 'POSTGRESQL' });
+  template.hasResourceProperties('AWS::RDS::DBProxy', { EngineFamily: 'POSTGRESQL', RequireTLS: true });
 });
 
 test('Cognito has a user app client and an M2M client with the API scopes', () => {
@@ -66,6 +66,13 @@ test('each notify-svc replica has its own name; every bridge links to all of the
     urls,
     'http://notify-svc-a.notify.internal:50051,http://notify-svc-b.notify.internal:50051',
   );
+});
+
+test('every service reaches the proxy with sslmode=require', () => {
+  const tasks = JSON.stringify(template.findResources('AWS::ECS::TaskDefinition'));
+  const tracker = JSON.stringify(template.findResources('AWS::EC2::Instance'));
+  assert.match(tasks, /sslmode=require/);
+  assert.match(tracker, /sslmode=require/);
 });
 
 test('BetTracker runs on EC2 under the shipped systemd unit', () => {

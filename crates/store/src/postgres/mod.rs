@@ -16,8 +16,10 @@
 //! range; a rolled-back batch rolls its bump back too.
 //!
 //! [`fights`]: BetTracker's outbox, cursor and lease, and BetService's writes.
+//! [`tls`]: `sslmode=require` (RDS Proxy's default) with verified certificates.
 
 pub mod fights;
+mod tls;
 
 use std::{
     collections::HashMap,
@@ -117,7 +119,8 @@ impl fmt::Debug for PgStore {
 /// (timeouts, keepalives, no per-checkout round trip, nothing that pins a
 /// connection); connections open on first use.
 pub fn pool(config: &PgStoreConfig) -> Result<Pool, StoreError> {
-    let mut pg = tokio_postgres::Config::from_str(&config.url)
+    let (url, root_cert) = tls::split_root_cert(&config.url);
+    let mut pg = tokio_postgres::Config::from_str(&url)
         .map_err(|e| StoreError::Internal(format!("bad DATABASE_URL: {e}")))?;
     pg.connect_timeout(config.connect_timeout);
     // Detects a dead server (failover, network cut) instead of waiting on a
@@ -126,15 +129,16 @@ pub fn pool(config: &PgStoreConfig) -> Result<Pool, StoreError> {
     if pg.get_application_name().is_none() {
         pg.application_name("notify");
     }
-    let manager = Manager::from_config(
-        pg,
-        NoTls,
-        ManagerConfig {
-            // Fast: no round trip per checkout. Clean would send DISCARD ALL,
-            // which we never need since no session state is ever set.
-            recycling_method: RecyclingMethod::Fast,
-        },
-    );
+    let manager_config = ManagerConfig {
+        // Fast: no round trip per checkout. Clean would send DISCARD ALL,
+        // which we never need since no session state is ever set.
+        recycling_method: RecyclingMethod::Fast,
+    };
+    let manager = if tls::required(&pg) {
+        Manager::from_config(pg, tls::connector(root_cert.as_deref())?, manager_config)
+    } else {
+        Manager::from_config(pg, NoTls, manager_config)
+    };
     Pool::builder(manager)
         .max_size(config.pool_size)
         .wait_timeout(Some(config.connect_timeout))
@@ -206,8 +210,16 @@ pub fn classify(e: tokio_postgres::Error) -> StoreError {
             StoreError::Internal(format!("{}: {}", code, db.message()))
         };
     }
-    // No SQLSTATE: I/O, closed connection, connect failure.
-    StoreError::Unavailable(e.to_string())
+    // No SQLSTATE: I/O, closed connection, connect failure, TLS. The causes
+    // say what happened ("invalid peer certificate: UnknownIssuer").
+    let mut message = e.to_string();
+    let mut cause = std::error::Error::source(&e);
+    while let Some(c) = cause {
+        message.push_str(": ");
+        message.push_str(&c.to_string());
+        cause = c.source();
+    }
+    StoreError::Unavailable(message)
 }
 
 fn to_i64(n: u64) -> i64 {
