@@ -8,25 +8,30 @@ use notify_auth::{
     VerifierConfig,
 };
 
+/// `notify token --data-dir DIR ARGS…`: its output, trimmed; it must succeed.
+fn notify_token(dir: &std::path::Path, args: &[&str]) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_notify"))
+        .args(["token", "--data-dir"])
+        .arg(dir)
+        .args(args)
+        .output()
+        .expect("run notify token");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
 #[tokio::test]
 async fn notify_token_mints_what_the_verifier_accepts() {
     let dir = std::env::temp_dir().join(format!("notify-token-{}", std::process::id()));
-    let run = |extra: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_notify"))
-            .args(["token", "--user", "alice", "--data-dir"])
-            .arg(&dir)
-            .args(extra)
-            .output()
-            .expect("run notify token");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap().trim().to_owned()
-    };
-    let access = run(&["--realm", "eu", "--groups", "admin,ops"]);
-    let id = run(&["--id-token"]);
+    let access = notify_token(
+        &dir,
+        &["--user", "alice", "--realm", "eu", "--groups", "admin,ops"],
+    );
+    let id = notify_token(&dir, &["--user", "alice", "--id-token"]);
 
     let issuer =
         DevIssuer::load_or_create(&dir.join(DEV_KEY_FILE), DEV_ISSUER, DEV_CLIENT_ID).unwrap();
@@ -51,22 +56,8 @@ async fn notify_token_mints_what_the_verifier_accepts() {
 #[tokio::test]
 async fn notify_token_jwks_lets_a_verifier_trust_dev_tokens_from_a_file() {
     let dir = test_support::TestDir::create("token-jwks");
-    let notify = |args: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_notify"))
-            .args(["token", "--data-dir"])
-            .arg(&dir.path)
-            .args(args)
-            .output()
-            .expect("run notify token");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    };
-    let jwks = notify(&["--jwks"]);
-    let token = notify(&["--user", "carol"]);
+    let jwks = notify_token(&dir.path, &["--jwks"]);
+    let token = notify_token(&dir.path, &["--user", "carol"]);
     let file = dir.join("jwks.json");
     std::fs::write(&file, &jwks).unwrap();
     let verifier = Verifier::new(

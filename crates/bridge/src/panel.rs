@@ -15,7 +15,7 @@ use hyper::{
 use notify_proto::v1 as pb;
 use serde::Deserialize;
 
-use crate::connection::Shared;
+use crate::{connection::Shared, server::json};
 
 /// Largest publish request body: the API's 64 KiB `data` plus the envelope.
 const MAX_BODY: usize = 80 * 1024;
@@ -232,16 +232,6 @@ async fn publish(req: Request<Incoming>, shared: &Shared) -> Response<Full<Bytes
             error(code, "publish_failed", status.message())
         }
     }
-}
-
-fn json(status: StatusCode, body: serde_json::Value) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static("application/json"),
-    );
-    response
 }
 
 fn error(status: StatusCode, code: &str, message: &str) -> Response<Full<Bytes>> {

@@ -98,7 +98,7 @@ async fn serve_http<IO>(
 
 /// A refusal: JSON body, and the connection closes after it (a refused
 /// upgrade is not followed by another request; an idle socket is a cost).
-fn json(status: StatusCode, body: serde_json::Value) -> Response<Full<Bytes>> {
+pub(crate) fn json(status: StatusCode, body: serde_json::Value) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
     *response.status_mut() = status;
     let headers = response.headers_mut();
