@@ -254,7 +254,10 @@ async fn start(ws: &mut Socket, opening: Opening) -> Result<Box<Conn>, End> {
         seq: position.head_seq,
     };
     send(ws, welcome.to_text()).await?;
-    let after = since.unwrap_or(position.acked_seq);
+    // A resume point past the head (a client of another database, a forged
+    // `since`) is clamped like a topic's: live messages must still arrive,
+    // and its acks must not mark undelivered seqs as delivered.
+    let after = since.unwrap_or(position.acked_seq).min(position.head_seq);
     let (inbox, _) = Sequencer::resume(after);
     let bucket = TokenBucket::new(shared.rate_per_sec, shared.burst, Instant::now());
     let mut conn = Box::new(Conn {

@@ -202,7 +202,9 @@ impl Api {
             .tcp_nodelay(true)
             .connect_lazy();
         Ok(Self {
-            client: NotifyClient::new(channel),
+            // notify-svc pages History by bytes (1 MiB); room for one message
+            // of a deployment that raised NOTIFY_MAX_DATA_BYTES past 4 MiB.
+            client: NotifyClient::new(channel).max_decoding_message_size(16 * 1024 * 1024),
             credential,
         })
     }

@@ -1,254 +1,20 @@
 //! The bridge end to end: a real notify-svc (in-process, real gRPC, real
 //! Postgres), a real bridge, real WebSocket clients.
 
+mod common;
+
 use std::{sync::Arc, time::Duration};
 
+use common::*;
 use futures::{SinkExt, StreamExt};
-use notify_auth::{DevIssuer, DevToken, Verifier};
-use notify_bridge::BridgeConfig;
+use notify_auth::{DevToken, Verifier};
 use notify_proto::v1::{self as pb, notify_client::NotifyClient};
 use serde_json::Value;
-use test_support::TestDb;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::{
-    MaybeTlsStream, WebSocketStream,
+    WebSocketStream,
     tungstenite::{Message, client::IntoClientRequest},
 };
-use tokio_util::sync::CancellationToken;
-
-struct Platform {
-    grpc: String,
-    ws: String,
-    issuer: Arc<DevIssuer>,
-    verifier: Verifier,
-    /// Stops the bridges.
-    shutdown: CancellationToken,
-    /// Stops notify-svc.
-    svc_stop: CancellationToken,
-    svc: Option<tokio::task::JoinHandle<Result<(), notify_svc::RunError>>>,
-    db: TestDb,
-}
-
-async fn start_svc(
-    db_url: &str,
-    grpc_listener: TcpListener,
-    stop: CancellationToken,
-) -> tokio::task::JoinHandle<Result<(), notify_svc::RunError>> {
-    let config = notify_svc::Config::for_database(db_url).unwrap();
-    let http_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let grpc = format!("http://{}", grpc_listener.local_addr().unwrap());
-    let handle = tokio::spawn(notify_svc::run(config, grpc_listener, http_listener, stop));
-    test_support::eventually("notify-svc answers", Duration::from_secs(20), || {
-        let grpc = grpc.clone();
-        async move {
-            let mut c = NotifyClient::connect(grpc).await.ok()?;
-            c.history(history("probe")).await.ok().map(|_| ())
-        }
-    })
-    .await;
-    handle
-}
-
-impl Platform {
-    async fn start() -> Self {
-        Self::start_with_queue(1024).await
-    }
-
-    async fn start_with_queue(send_queue: usize) -> Self {
-        let db = TestDb::create().await;
-        let shutdown = CancellationToken::new();
-        let svc_stop = CancellationToken::new();
-        let grpc_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let grpc = format!("http://{}", grpc_listener.local_addr().unwrap());
-        let svc = start_svc(&db.url, grpc_listener, svc_stop.clone()).await;
-
-        let issuer = Arc::new(DevIssuer::generate("http://dev", "app").unwrap());
-        let verifier = issuer.verifier();
-        let mut platform = Self {
-            grpc,
-            ws: String::new(),
-            issuer,
-            verifier,
-            shutdown,
-            svc_stop,
-            svc: Some(svc),
-            db,
-        };
-        platform.ws = platform.add_bridge("bridge-test", send_queue).await;
-        platform
-    }
-
-    /// Starts a bridge attached to the notify-svc; returns its WebSocket URL.
-    async fn add_bridge(&self, id: &str, send_queue: usize) -> String {
-        let config = self.bridge_config(id, send_queue);
-        self.run_bridge(config).await
-    }
-
-    async fn run_bridge(&self, config: BridgeConfig) -> String {
-        let ws_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let ws = format!("ws://{}/ws", ws_listener.local_addr().unwrap());
-        tokio::spawn(notify_bridge::run(
-            config,
-            ws_listener,
-            self.shutdown.clone(),
-        ));
-        ws
-    }
-
-    fn bridge_config(&self, id: &str, send_queue: usize) -> BridgeConfig {
-        BridgeConfig {
-            bridge_id: id.into(),
-            notify_urls: vec![self.grpc.clone()],
-            notify_token: None,
-            verifier: self.verifier.clone(),
-            revocation: None,
-            topics: notify_core::TopicPolicy::default(),
-            send_queue,
-            max_frame: 64 * 1024,
-            rate_per_sec: 100,
-            burst: 200,
-            ping_every: Duration::from_secs(25),
-            header_timeout: Duration::from_secs(10),
-            max_subscriptions: 512,
-            connect_rate_per_ip: 0,
-            connect_burst_per_ip: 0,
-            max_per_user: 10,
-            max_connections: 1000,
-            ops: None,
-            tls: None,
-            notify_tls: Default::default(),
-        }
-    }
-
-    /// Stops notify-svc and starts a new one on the same address and database.
-    async fn restart_svc(&mut self) {
-        self.svc_stop.cancel();
-        if let Some(handle) = self.svc.take() {
-            handle.await.unwrap().unwrap();
-        }
-        let addr = self.grpc.trim_start_matches("http://").to_owned();
-        let listener = test_support::rebind(&addr).await;
-        self.svc_stop = CancellationToken::new();
-        self.svc = Some(start_svc(&self.db.url, listener, self.svc_stop.clone()).await);
-    }
-
-    fn token(&self, user: &str) -> String {
-        self.issuer.mint(&DevToken::access(user)).unwrap()
-    }
-
-    async fn connect(&self, user: &str, query: &str) -> Client {
-        self.connect_to(&self.ws, user, query).await
-    }
-
-    async fn connect_to(&self, ws: &str, user: &str, query: &str) -> Client {
-        let mut req = format!("{ws}{query}").into_client_request().unwrap();
-        req.headers_mut().insert(
-            "authorization",
-            format!("Bearer {}", self.token(user)).parse().unwrap(),
-        );
-        let (ws, _) = tokio_tungstenite::connect_async(req)
-            .await
-            .expect("upgrade");
-        Client { ws }
-    }
-
-    /// Connects `user` to `ws` once that bridge takes sockets (a new
-    /// bridge answers 503 until its link is attached).
-    async fn connect_when_ready(&self, ws: &str, user: &str) -> Client {
-        let token = self.token(user);
-        test_support::eventually("the bridge takes sockets", Duration::from_secs(10), || {
-            let mut req = ws.into_client_request().unwrap();
-            req.headers_mut()
-                .insert("authorization", format!("Bearer {token}").parse().unwrap());
-            async move {
-                Some(Client {
-                    ws: tokio_tungstenite::connect_async(req).await.ok()?.0,
-                })
-            }
-        })
-        .await
-    }
-
-    async fn api(&self) -> NotifyClient<tonic::transport::Channel> {
-        NotifyClient::connect(self.grpc.clone()).await.unwrap()
-    }
-}
-
-impl Drop for Platform {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-        self.svc_stop.cancel();
-    }
-}
-
-fn history(user: &str) -> pb::HistoryRequest {
-    pb::HistoryRequest {
-        target: Some(pb::history_request::Target::UserId(user.into())),
-        since: 0,
-        limit: 1,
-        after_acked: false,
-    }
-}
-
-fn to_topic(topic: &str, data: &str) -> pb::PublishRequest {
-    pb::PublishRequest {
-        target: Some(pb::publish_request::Target::Topic(topic.into())),
-        ..to_user("", data)
-    }
-}
-
-/// Publishes to a topic once; `subscribed` means routed, so no retries:
-/// the answer must already count every subscriber.
-async fn publish_to_subscribers(
-    api: &NotifyClient<tonic::transport::Channel>,
-    topic: &str,
-    data: &str,
-    subscribers: u32,
-) -> pb::PublishResponse {
-    let r = api
-        .clone()
-        .publish(to_topic(topic, data))
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(r.delivered, subscribers, "every subscriber is routed");
-    r
-}
-
-fn to_user(user: &str, data: &str) -> pb::PublishRequest {
-    pb::PublishRequest {
-        target: Some(pb::publish_request::Target::UserId(user.into())),
-        event: "note".into(),
-        data: data.into(),
-        ..Default::default()
-    }
-}
-
-struct Client {
-    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
-}
-
-impl Client {
-    async fn next(&mut self) -> Value {
-        loop {
-            let msg = tokio::time::timeout(Duration::from_secs(10), self.ws.next())
-                .await
-                .expect("a frame within 10 s")
-                .expect("socket open")
-                .expect("no socket error");
-            if let Message::Text(text) = msg {
-                return serde_json::from_str(text.as_str()).unwrap();
-            }
-        }
-    }
-
-    async fn send(&mut self, frame: Value) {
-        self.ws
-            .send(Message::text(frame.to_string()))
-            .await
-            .unwrap();
-    }
-}
 
 #[tokio::test]
 async fn a_client_gets_welcome_replay_then_live_messages_in_order() {
@@ -359,12 +125,6 @@ async fn bad_tokens_are_refused_before_the_upgrade_and_bad_frames_get_errors() {
     );
     bob.ws.send(Message::binary(vec![1, 2, 3])).await.unwrap();
     assert_eq!(bob.next().await["code"], "bad_request");
-}
-
-fn presence_req(user: &str) -> pb::GetPresenceRequest {
-    pb::GetPresenceRequest {
-        target: Some(pb::get_presence_request::Target::UserId(user.into())),
-    }
 }
 
 #[tokio::test]
@@ -486,20 +246,6 @@ async fn presence_follows_connections_and_messages_reach_exactly_their_targets()
         }
     })
     .await;
-}
-
-/// Reads until the close frame; its code.
-async fn closing_code(c: &mut Client) -> Option<u16> {
-    loop {
-        match tokio::time::timeout(Duration::from_secs(10), c.ws.next())
-            .await
-            .ok()??
-        {
-            Ok(Message::Close(frame)) => return frame.map(|f| u16::from(f.code)),
-            Ok(_) => continue,
-            Err(_) => return None,
-        }
-    }
 }
 
 #[tokio::test]

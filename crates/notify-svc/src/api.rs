@@ -33,6 +33,10 @@ pub const MAX_BATCH_REQUESTS: usize = 1000;
 /// Default and largest `History` page.
 const DEFAULT_PAGE: u32 = 100;
 const MAX_PAGE: u32 = 1000;
+/// Most payload bytes in one History page (at least one message goes out
+/// whatever its size): well under gRPC's default 4 MiB receive limit, so a
+/// page of large messages never fails to decode at a client that kept it.
+pub const MAX_PAGE_BYTES: usize = 1024 * 1024;
 /// WebSocket close code for "disconnected by the API" (DESIGN §5).
 const CLOSE_DISCONNECTED: u32 = 4003;
 /// A WebSocket close reason is at most 123 bytes.
@@ -286,8 +290,13 @@ impl NotifyApi {
             .history(&feed, since, limit + 1)
             .await
             .map_err(status::store)?;
-        let has_more = page.messages.len() > limit as usize;
+        let mut has_more = page.messages.len() > limit as usize;
         page.messages.truncate(limit as usize);
+        let fits = page_len_within(&page.messages, MAX_PAGE_BYTES);
+        if fits < page.messages.len() {
+            page.messages.truncate(fits);
+            has_more = true;
+        }
         let next_since = page.messages.last().map_or(since, |m| m.seq);
         Ok(pb::HistoryResponse {
             messages: page
@@ -301,6 +310,21 @@ impl NotifyApi {
             acked_seq,
         })
     }
+}
+
+/// How many of `messages` (at least one) fit in `budget` bytes of payload.
+fn page_len_within(messages: &[StoredMessage], budget: usize) -> usize {
+    let mut used = 0;
+    messages
+        .iter()
+        .take_while(|m| {
+            // Ids, seq, topic and framing: ~100 bytes beside event and data.
+            used += m.data.len() + m.event.len() + 100;
+            used <= budget
+        })
+        .count()
+        .max(1)
+        .min(messages.len())
 }
 
 fn user_id(raw: &str) -> Result<UserId, Status> {

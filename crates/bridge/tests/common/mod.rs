@@ -1,0 +1,272 @@
+//! What the bridge's end-to-end tests share: a real notify-svc (in-process,
+//! real gRPC, real Postgres), real bridges, real WebSocket clients.
+#![allow(dead_code)] // each test binary uses its own part of it
+
+use std::{sync::Arc, time::Duration};
+
+use futures::{SinkExt, StreamExt};
+use notify_auth::{DevIssuer, DevToken, Verifier};
+use notify_bridge::BridgeConfig;
+use notify_proto::v1::{self as pb, notify_client::NotifyClient};
+use serde_json::Value;
+use test_support::TestDb;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_tungstenite::{
+    MaybeTlsStream, WebSocketStream,
+    tungstenite::{Message, client::IntoClientRequest},
+};
+use tokio_util::sync::CancellationToken;
+
+pub struct Platform {
+    pub grpc: String,
+    pub ws: String,
+    pub issuer: Arc<DevIssuer>,
+    pub verifier: Verifier,
+    /// Stops the bridges.
+    pub shutdown: CancellationToken,
+    /// Stops notify-svc.
+    pub svc_stop: CancellationToken,
+    pub svc: Option<tokio::task::JoinHandle<Result<(), notify_svc::RunError>>>,
+    pub db: TestDb,
+}
+
+pub async fn start_svc(
+    db_url: &str,
+    grpc_listener: TcpListener,
+    stop: CancellationToken,
+) -> tokio::task::JoinHandle<Result<(), notify_svc::RunError>> {
+    let config = notify_svc::Config::for_database(db_url).unwrap();
+    let http_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let grpc = format!("http://{}", grpc_listener.local_addr().unwrap());
+    let handle = tokio::spawn(notify_svc::run(config, grpc_listener, http_listener, stop));
+    test_support::eventually("notify-svc answers", Duration::from_secs(20), || {
+        let grpc = grpc.clone();
+        async move {
+            let mut c = NotifyClient::connect(grpc).await.ok()?;
+            c.history(history("probe")).await.ok().map(|_| ())
+        }
+    })
+    .await;
+    handle
+}
+
+impl Platform {
+    pub async fn start() -> Self {
+        Self::start_with_queue(1024).await
+    }
+
+    pub async fn start_with_queue(send_queue: usize) -> Self {
+        let db = TestDb::create().await;
+        let shutdown = CancellationToken::new();
+        let svc_stop = CancellationToken::new();
+        let grpc_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let grpc = format!("http://{}", grpc_listener.local_addr().unwrap());
+        let svc = start_svc(&db.url, grpc_listener, svc_stop.clone()).await;
+
+        let issuer = Arc::new(DevIssuer::generate("http://dev", "app").unwrap());
+        let verifier = issuer.verifier();
+        let mut platform = Self {
+            grpc,
+            ws: String::new(),
+            issuer,
+            verifier,
+            shutdown,
+            svc_stop,
+            svc: Some(svc),
+            db,
+        };
+        platform.ws = platform.add_bridge("bridge-test", send_queue).await;
+        platform
+    }
+
+    /// Starts a bridge attached to the notify-svc; returns its WebSocket URL.
+    pub async fn add_bridge(&self, id: &str, send_queue: usize) -> String {
+        let config = self.bridge_config(id, send_queue);
+        self.run_bridge(config).await
+    }
+
+    pub async fn run_bridge(&self, config: BridgeConfig) -> String {
+        let ws_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let ws = format!("ws://{}/ws", ws_listener.local_addr().unwrap());
+        tokio::spawn(notify_bridge::run(
+            config,
+            ws_listener,
+            self.shutdown.clone(),
+        ));
+        ws
+    }
+
+    pub fn bridge_config(&self, id: &str, send_queue: usize) -> BridgeConfig {
+        BridgeConfig {
+            bridge_id: id.into(),
+            notify_urls: vec![self.grpc.clone()],
+            notify_token: None,
+            verifier: self.verifier.clone(),
+            revocation: None,
+            topics: notify_core::TopicPolicy::default(),
+            send_queue,
+            max_frame: 64 * 1024,
+            rate_per_sec: 100,
+            burst: 200,
+            ping_every: Duration::from_secs(25),
+            header_timeout: Duration::from_secs(10),
+            max_subscriptions: 512,
+            connect_rate_per_ip: 0,
+            connect_burst_per_ip: 0,
+            max_per_user: 10,
+            max_connections: 1000,
+            ops: None,
+            tls: None,
+            notify_tls: Default::default(),
+        }
+    }
+
+    /// Stops notify-svc and starts a new one on the same address and database.
+    pub async fn restart_svc(&mut self) {
+        self.svc_stop.cancel();
+        if let Some(handle) = self.svc.take() {
+            handle.await.unwrap().unwrap();
+        }
+        let addr = self.grpc.trim_start_matches("http://").to_owned();
+        let listener = test_support::rebind(&addr).await;
+        self.svc_stop = CancellationToken::new();
+        self.svc = Some(start_svc(&self.db.url, listener, self.svc_stop.clone()).await);
+    }
+
+    pub fn token(&self, user: &str) -> String {
+        self.issuer.mint(&DevToken::access(user)).unwrap()
+    }
+
+    pub async fn connect(&self, user: &str, query: &str) -> Client {
+        self.connect_to(&self.ws, user, query).await
+    }
+
+    pub async fn connect_to(&self, ws: &str, user: &str, query: &str) -> Client {
+        let mut req = format!("{ws}{query}").into_client_request().unwrap();
+        req.headers_mut().insert(
+            "authorization",
+            format!("Bearer {}", self.token(user)).parse().unwrap(),
+        );
+        let (ws, _) = tokio_tungstenite::connect_async(req)
+            .await
+            .expect("upgrade");
+        Client { ws }
+    }
+
+    /// Connects `user` to `ws` once that bridge takes sockets (a new
+    /// bridge answers 503 until its link is attached).
+    pub async fn connect_when_ready(&self, ws: &str, user: &str) -> Client {
+        let token = self.token(user);
+        test_support::eventually("the bridge takes sockets", Duration::from_secs(10), || {
+            let mut req = ws.into_client_request().unwrap();
+            req.headers_mut()
+                .insert("authorization", format!("Bearer {token}").parse().unwrap());
+            async move {
+                Some(Client {
+                    ws: tokio_tungstenite::connect_async(req).await.ok()?.0,
+                })
+            }
+        })
+        .await
+    }
+
+    pub async fn api(&self) -> NotifyClient<tonic::transport::Channel> {
+        NotifyClient::connect(self.grpc.clone()).await.unwrap()
+    }
+}
+
+impl Drop for Platform {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+        self.svc_stop.cancel();
+    }
+}
+
+pub fn history(user: &str) -> pb::HistoryRequest {
+    pb::HistoryRequest {
+        target: Some(pb::history_request::Target::UserId(user.into())),
+        since: 0,
+        limit: 1,
+        after_acked: false,
+    }
+}
+
+pub fn to_topic(topic: &str, data: &str) -> pb::PublishRequest {
+    pb::PublishRequest {
+        target: Some(pb::publish_request::Target::Topic(topic.into())),
+        ..to_user("", data)
+    }
+}
+
+/// Publishes to a topic once; `subscribed` means routed, so no retries:
+/// the answer must already count every subscriber.
+pub async fn publish_to_subscribers(
+    api: &NotifyClient<tonic::transport::Channel>,
+    topic: &str,
+    data: &str,
+    subscribers: u32,
+) -> pb::PublishResponse {
+    let r = api
+        .clone()
+        .publish(to_topic(topic, data))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.delivered, subscribers, "every subscriber is routed");
+    r
+}
+
+pub fn to_user(user: &str, data: &str) -> pb::PublishRequest {
+    pb::PublishRequest {
+        target: Some(pb::publish_request::Target::UserId(user.into())),
+        event: "note".into(),
+        data: data.into(),
+        ..Default::default()
+    }
+}
+
+pub struct Client {
+    pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+impl Client {
+    pub async fn next(&mut self) -> Value {
+        loop {
+            let msg = tokio::time::timeout(Duration::from_secs(10), self.ws.next())
+                .await
+                .expect("a frame within 10 s")
+                .expect("socket open")
+                .expect("no socket error");
+            if let Message::Text(text) = msg {
+                return serde_json::from_str(text.as_str()).unwrap();
+            }
+        }
+    }
+
+    pub async fn send(&mut self, frame: Value) {
+        self.ws
+            .send(Message::text(frame.to_string()))
+            .await
+            .unwrap();
+    }
+}
+
+pub fn presence_req(user: &str) -> pb::GetPresenceRequest {
+    pb::GetPresenceRequest {
+        target: Some(pb::get_presence_request::Target::UserId(user.into())),
+    }
+}
+
+/// Reads until the close frame; its code.
+pub async fn closing_code(c: &mut Client) -> Option<u16> {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), c.ws.next())
+            .await
+            .ok()??
+        {
+            Ok(Message::Close(frame)) => return frame.map(|f| u16::from(f.code)),
+            Ok(_) => continue,
+            Err(_) => return None,
+        }
+    }
+}
