@@ -273,7 +273,7 @@ async fn up(
             verifier,
             revocation: None,
             topics: config.topics.clone(),
-            send_queue: 1024,
+            send_queue: notify_bridge::SendBound::default(),
             max_frame: 64 * 1024,
             rate_per_sec: 50,
             burst: 100,

@@ -358,7 +358,10 @@ async fn notify_connect_follows_a_wss_bridge_checked_against_its_ca() {
         verifier: issuer.verifier(),
         revocation: None,
         topics: notify_core::TopicPolicy::default(),
-        send_queue: 64,
+        send_queue: notify_bridge::SendBound {
+            frames: 64,
+            ..Default::default()
+        },
         max_frame: 64 * 1024,
         rate_per_sec: 50,
         burst: 100,

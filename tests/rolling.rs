@@ -50,10 +50,7 @@ async fn restarting_the_bridges_one_by_one_under_load_loses_nothing() {
     let data = TestDir::create("rolling");
     let exe = env!("CARGO_BIN_EXE_notify");
     let grpc = format!("127.0.0.1:{}", free_port());
-    let mut svc = ServiceProcess::new("notify-svc", sibling_binary(exe, "notify-svc"))
-        .env("NOTIFY_GRPC_ADDR", &grpc)
-        .env("NOTIFY_HTTP_ADDR", format!("127.0.0.1:{}", free_port()))
-        .env("DATABASE_URL", &db.url);
+    let mut svc = ServiceProcess::notify_svc(exe, &grpc, &db.url);
     svc.start();
     let ws: Vec<String> = (0..2)
         .map(|_| format!("127.0.0.1:{}", free_port()))

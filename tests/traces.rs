@@ -89,10 +89,7 @@ async fn one_publish_is_one_trace_from_request_to_bridge_delivery() {
         format!("127.0.0.1:{}", free_port()),
         format!("127.0.0.1:{}", free_port()),
     );
-    let mut svc = ServiceProcess::new("notify-svc", sibling_binary(exe, "notify-svc"))
-        .env("NOTIFY_GRPC_ADDR", &grpc)
-        .env("NOTIFY_HTTP_ADDR", format!("127.0.0.1:{}", free_port()))
-        .env("DATABASE_URL", &db.url)
+    let mut svc = ServiceProcess::notify_svc(exe, &grpc, &db.url)
         .env("OTEL_EXPORTER_OTLP_ENDPOINT", &otlp)
         // Export every 100 ms instead of every 5 s.
         .env("OTEL_BSP_SCHEDULE_DELAY", "100");

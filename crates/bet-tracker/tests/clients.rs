@@ -77,7 +77,7 @@ async fn creator_acceptor_and_spectator_each_see_their_events_once_in_order() {
         verifier,
         revocation: None,
         topics: notify_core::TopicPolicy::default(),
-        send_queue: 1024,
+        send_queue: notify_bridge::SendBound::default(),
         max_frame: 64 * 1024,
         rate_per_sec: 100,
         burst: 200,

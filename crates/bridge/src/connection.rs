@@ -58,7 +58,7 @@ pub struct Shared {
     pub verifier: Verifier,
     pub revocation: Option<std::sync::Arc<notify_auth::Cognito>>,
     pub topics: TopicPolicy,
-    pub queue: usize,
+    pub queue: crate::queue::Bound,
     pub rate_per_sec: u32,
     pub burst: u32,
     pub ping_every: Duration,
@@ -118,6 +118,43 @@ enum Event {
 
 fn slow_consumer() -> End {
     End::Close(protocol::CLOSE_SLOW_CONSUMER, "slow consumer".into())
+}
+
+fn restarting() -> End {
+    End::Close(protocol::CLOSE_RESTARTING, "server restarting".into())
+}
+
+fn token_expired() -> End {
+    End::Close(protocol::CLOSE_TOKEN_EXPIRED, "token expired".into())
+}
+
+/// Counts a connection in a gauge while it lives.
+struct Waiting<'a>(&'a prometheus_client::metrics::gauge::Gauge);
+
+impl<'a> Waiting<'a> {
+    fn count(gauge: &'a prometheus_client::metrics::gauge::Gauge) -> Self {
+        gauge.inc();
+        Self(gauge)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// Resolves once the ping timer ticks with two pings unanswered, counting
+/// each tick while a write is stuck as one more: no ping goes out and no
+/// pong is read then, and a peer that reads nothing for two periods is gone.
+async fn missed_pings(ping: &mut tokio::time::Interval, unanswered: &mut u32) {
+    loop {
+        ping.tick().await;
+        if *unanswered >= 2 {
+            return;
+        }
+        *unanswered += 1;
+    }
 }
 
 /// How long the closing handshake may take: a peer that does not answer gets
@@ -303,16 +340,16 @@ impl Conn {
         let mut ping = tokio::time::interval(self.shared.ping_every);
         ping.tick().await;
         let mut unanswered_pings = 0u32;
+        // Its own handle: the handling below holds `self` while the token is
+        // watched beside it.
+        let shutdown = self.shared.shutdown.clone();
+        let waiting = self.shared.metrics.waiting.clone();
         loop {
-            let expiry = self.expiry();
+            let expires = tokio::time::Instant::now() + self.expiry();
             let event = tokio::select! {
-                () = self.shared.shutdown.cancelled() => {
-                    return End::Close(protocol::CLOSE_RESTARTING, "server restarting".into());
-                }
+                () = shutdown.cancelled() => return restarting(),
                 () = slow.cancelled() => return slow_consumer(),
-                () = tokio::time::sleep(expiry) => {
-                    return End::Close(protocol::CLOSE_TOKEN_EXPIRED, "token expired".into());
-                }
+                () = tokio::time::sleep_until(expires) => return token_expired(),
                 _ = ping.tick() => {
                     // Two pings without a pong: the peer is gone.
                     if unanswered_pings >= 2 {
@@ -345,8 +382,9 @@ impl Conn {
                 },
             };
             // Handling writes to the socket; a client that stops reading must
-            // not hold the task: the hub's overflow signal interrupts it.
-            // Frames are queued and go out in one flush at the end.
+            // not hold the task: the hub's overflow signal, shutdown, the
+            // token's expiry and the ping timer all still act while a write
+            // waits. Frames are queued and go out in one flush at the end.
             let handled = async {
                 match event {
                     Event::Ping => ws
@@ -395,9 +433,23 @@ impl Conn {
                 }
                 ws.flush().await.map_err(|_| End::Gone)
             };
-            let result = tokio::select! {
-                result = handled => result,
-                () = slow.cancelled() => return slow_consumer(),
+            let mut handled = std::pin::pin!(handled);
+            // Most events are handled at once; one that waits is counted
+            // while it does (`bridge_waiting_connections`).
+            let result = match futures::poll!(&mut handled) {
+                std::task::Poll::Ready(result) => result,
+                std::task::Poll::Pending => {
+                    let _waiting = Waiting::count(&waiting);
+                    tokio::select! {
+                        result = &mut handled => result,
+                        () = slow.cancelled() => return slow_consumer(),
+                        () = shutdown.cancelled() => return restarting(),
+                        () = tokio::time::sleep_until(expires) => return token_expired(),
+                        () = missed_pings(&mut ping, &mut unanswered_pings) => {
+                            return End::Close(1001, "no pong".into());
+                        }
+                    }
+                }
             };
             if let Err(end) = result {
                 return end;

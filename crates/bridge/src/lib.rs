@@ -20,6 +20,8 @@ pub mod rate;
 pub mod sequencer;
 pub mod server;
 
+pub use queue::Bound as SendBound;
+
 use std::{sync::Arc, time::Duration};
 
 use notify_auth::Verifier;
@@ -41,8 +43,9 @@ pub struct BridgeConfig {
     /// refresh (None: the token's signature and expiry are the whole check).
     pub revocation: Option<std::sync::Arc<notify_auth::Cognito>>,
     pub topics: TopicPolicy,
-    /// Outbound frames queued per connection before it is closed with 4008.
-    pub send_queue: usize,
+    /// Outbound frames and bytes queued per connection before it is closed
+    /// with 4008.
+    pub send_queue: queue::Bound,
     /// Largest inbound frame.
     pub max_frame: usize,
     pub rate_per_sec: u32,

@@ -56,6 +56,9 @@ struct Cli {
     /// Outbound frames queued per connection before it is closed with 4008.
     #[arg(long, env = "BRIDGE_SEND_QUEUE", default_value_t = 1024)]
     send_queue: usize,
+    /// Outbound bytes queued per connection before it is closed with 4008.
+    #[arg(long, env = "BRIDGE_SEND_QUEUE_BYTES", default_value_t = 1024 * 1024)]
+    send_queue_bytes: usize,
     /// Ops HTTP listen address (/healthz, /readyz, /metrics).
     #[arg(long, env = "BRIDGE_HTTP_ADDR", default_value = "127.0.0.1:9465")]
     http_addr: SocketAddr,
@@ -201,7 +204,10 @@ async fn main() -> anyhow::Result<()> {
         verifier,
         revocation,
         topics: notify_core::TopicPolicy::default(),
-        send_queue: cli.send_queue,
+        send_queue: notify_bridge::SendBound {
+            frames: cli.send_queue,
+            bytes: cli.send_queue_bytes,
+        },
         max_frame: 64 * 1024,
         rate_per_sec: cli.rate,
         burst: cli.rate.saturating_mul(2),

@@ -34,6 +34,9 @@ pub struct Metrics {
     /// notify-svc links attached (set at each scrape).
     pub links: Gauge,
     pub slow_consumers: Counter,
+    /// Connections whose handling waits: mostly a write blocked on a client
+    /// that stopped reading (timers and shutdown still act on them).
+    pub waiting: Gauge,
     pub refused: Family<ReasonLabels, Counter>,
 }
 
@@ -88,6 +91,12 @@ impl Default for Metrics {
             "Connections closed with 4008",
             slow_consumers.clone(),
         );
+        let waiting = Gauge::default();
+        registry.register(
+            "waiting_connections",
+            "Connections whose handling waits, mostly on a write to a client that reads slowly",
+            waiting.clone(),
+        );
         let refused = Family::<ReasonLabels, Counter>::default();
         registry.register(
             "refused",
@@ -104,6 +113,7 @@ impl Default for Metrics {
             replay_pages,
             links,
             slow_consumers,
+            waiting,
             refused,
         }
     }

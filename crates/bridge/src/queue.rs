@@ -1,5 +1,7 @@
 //! A connection's bounded send queue. The hub pushes without ever waiting (a
-//! full queue marks a slow consumer); the connection's task pops. Lighter
+//! full queue marks a slow consumer); the connection's task pops. It is
+//! bounded in frames and in bytes: 1,024 frames of 64 KiB would pin 64 MiB
+//! per stalled client, so the byte bound is what holds memory. Lighter
 //! than tokio's mpsc for this one-consumer case: nothing is allocated until
 //! something is queued, where tokio's channel preallocates a 32-slot block
 //! and cache-padded state (~1 KB per idle connection, a fifth of the budget).
@@ -21,29 +23,71 @@ const KEEP_CAPACITY: usize = 16;
 #[derive(Debug)]
 pub struct Full(pub Outbound);
 
+/// How much a queue may hold (`BRIDGE_SEND_QUEUE`, `BRIDGE_SEND_QUEUE_BYTES`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Bound {
+    pub frames: usize,
+    /// Bytes of frames waiting; one frame larger than this still fits into
+    /// an empty queue (a message is never undeliverable by its size alone).
+    pub bytes: usize,
+}
+
+impl Default for Bound {
+    /// 1,024 frames: a burst of small messages to a phone on a slow network
+    /// is caught up, not closed. 1 MiB: a client that stops reading pins at
+    /// most that (plus the socket's write buffer), not 64 MiB of large frames.
+    fn default() -> Self {
+        Self {
+            frames: 1024,
+            bytes: 1024 * 1024,
+        }
+    }
+}
+
+#[derive(Default)]
+struct Items {
+    queue: VecDeque<Outbound>,
+    /// Bytes of the frames in `queue`.
+    bytes: usize,
+}
+
 pub struct SendQueue {
-    items: Mutex<VecDeque<Outbound>>,
+    items: Mutex<Items>,
     waker: AtomicWaker,
-    bound: usize,
+    bound: Bound,
+}
+
+/// Bytes a queued item holds the connection to.
+fn size(item: &Outbound) -> usize {
+    match item {
+        Outbound::Deliver(m) => m.frame.len(),
+        Outbound::Close(_) | Outbound::Local(_) => 0,
+    }
 }
 
 impl SendQueue {
-    pub fn new(bound: usize) -> Arc<Self> {
+    pub fn new(bound: Bound) -> Arc<Self> {
         Arc::new(Self {
-            items: Mutex::new(VecDeque::new()),
+            items: Mutex::default(),
             waker: AtomicWaker::new(),
-            bound: bound.max(1),
+            bound: Bound {
+                frames: bound.frames.max(1),
+                bytes: bound.bytes,
+            },
         })
     }
 
-    /// Queues `item` unless `bound` items wait already.
+    /// Queues `item` unless the queue is at its bound in frames or bytes.
     pub fn push(&self, item: Outbound) -> Result<(), Full> {
+        let len = size(&item);
         {
             let mut items = self.items.lock().expect("queue lock");
-            if items.len() >= self.bound {
+            let over_bytes = items.bytes > 0 && items.bytes + len > self.bound.bytes;
+            if items.queue.len() >= self.bound.frames || over_bytes {
                 return Err(Full(item));
             }
-            items.push_back(item);
+            items.bytes += len;
+            items.queue.push_back(item);
         }
         self.waker.wake();
         Ok(())
@@ -53,17 +97,21 @@ impl SendQueue {
     /// past the bound: there are a few at a time, and dropping one would
     /// stall a feed.
     pub fn push_local(&self, item: Outbound) {
-        self.items.lock().expect("queue lock").push_back(item);
+        let mut items = self.items.lock().expect("queue lock");
+        items.bytes += size(&item);
+        items.queue.push_back(item);
+        drop(items);
         self.waker.wake();
     }
 
     pub fn try_pop(&self) -> Option<Outbound> {
         let mut items = self.items.lock().expect("queue lock");
-        let item = items.pop_front();
-        if items.is_empty() && items.capacity() > KEEP_CAPACITY {
-            *items = VecDeque::new();
+        let item = items.queue.pop_front()?;
+        items.bytes -= size(&item);
+        if items.queue.is_empty() && items.queue.capacity() > KEEP_CAPACITY {
+            items.queue = VecDeque::new();
         }
-        item
+        Some(item)
     }
 
     /// The next item, waiting for one.
@@ -83,7 +131,12 @@ impl SendQueue {
     }
 
     pub fn len(&self) -> usize {
-        self.items.lock().expect("queue lock").len()
+        self.items.lock().expect("queue lock").queue.len()
+    }
+
+    /// Bytes of frames waiting.
+    pub fn bytes(&self) -> usize {
+        self.items.lock().expect("queue lock").bytes
     }
 
     pub fn is_empty(&self) -> bool {
@@ -105,6 +158,23 @@ mod tests {
         }))
     }
 
+    fn frames(n: usize) -> Bound {
+        Bound {
+            frames: n,
+            bytes: usize::MAX,
+        }
+    }
+
+    fn message(bytes: usize) -> Outbound {
+        let stored = notify_proto::v1::StoredMessage {
+            message_id: "m".into(),
+            seq: 1,
+            data: format!("\"{}\"", "x".repeat(bytes)),
+            ..Default::default()
+        };
+        Outbound::Deliver(crate::hub::Prepared::new(stored).unwrap())
+    }
+
     fn code(item: Outbound) -> u16 {
         match item {
             Outbound::Close(order) => order.code,
@@ -114,7 +184,7 @@ mod tests {
 
     #[test]
     fn items_come_out_in_order_and_the_bound_holds() {
-        let q = SendQueue::new(2);
+        let q = SendQueue::new(frames(2));
         q.push(close(1)).unwrap();
         q.push(close(2)).unwrap();
         assert!(q.push(close(3)).is_err());
@@ -128,17 +198,36 @@ mod tests {
 
     #[test]
     fn a_drained_burst_gives_its_memory_back() {
-        let q = SendQueue::new(1000);
+        let q = SendQueue::new(frames(1000));
         for i in 0..500 {
             q.push(close(i)).unwrap();
         }
         while q.try_pop().is_some() {}
-        assert_eq!(q.items.lock().unwrap().capacity(), 0);
+        assert_eq!(q.items.lock().unwrap().queue.capacity(), 0);
+    }
+
+    #[test]
+    fn the_byte_bound_holds_but_one_large_frame_always_fits() {
+        let q = SendQueue::new(Bound {
+            frames: 1000,
+            bytes: 100_000,
+        });
+        q.push(message(150_000)).expect("alone it fits");
+        assert!(q.push(message(10)).is_err(), "nothing fits beside it");
+        q.try_pop().unwrap();
+        assert_eq!(q.bytes(), 0);
+        for _ in 0..9 {
+            q.push(message(10_000)).unwrap();
+        }
+        assert!(q.push(message(10_000)).is_err(), "the tenth is past 100 KB");
+        // Close orders carry no bytes and still fit.
+        q.push(close(1)).unwrap();
+        assert_eq!(q.len(), 10);
     }
 
     #[tokio::test]
     async fn pop_waits_for_a_push_from_another_task() {
-        let q = SendQueue::new(4);
+        let q = SendQueue::new(frames(4));
         let pusher = q.clone();
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(20)).await;

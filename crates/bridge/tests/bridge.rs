@@ -8,6 +8,7 @@ use std::{sync::Arc, time::Duration};
 use common::*;
 use futures::{SinkExt, StreamExt};
 use notify_auth::{DevToken, Verifier};
+use notify_bridge::SendBound;
 use notify_proto::v1::{self as pb, notify_client::NotifyClient};
 use serde_json::Value;
 use tokio::net::{TcpListener, TcpStream};
@@ -282,7 +283,11 @@ async fn offline_messages_replay_in_order_and_acks_move_the_resume_point() {
 
 #[tokio::test]
 async fn a_client_that_stops_reading_is_closed_with_4008_and_others_get_everything() {
-    let p = Platform::start_with_queue(32).await;
+    let p = Platform::start_with_queue(SendBound {
+        frames: 32,
+        ..SendBound::default()
+    })
+    .await;
     let mut api = p.api().await;
     let mut stuck = p.connect("eve", "").await;
     let mut reader = p.connect("fay", "").await;
@@ -379,7 +384,7 @@ async fn a_storm_during_connect_arrives_exactly_once_in_order() {
 #[tokio::test]
 async fn two_bridges_share_one_notify_svc() {
     let p = Platform::start().await;
-    let second = p.add_bridge("bridge-two", 1024).await;
+    let second = p.add_bridge("bridge-two", SendBound::default()).await;
     let mut api = p.api().await;
     let mut ivy = p.connect("ivy", "").await;
     let mut jon = p.connect_to(&second, "jon", "").await;
@@ -602,7 +607,7 @@ async fn an_expired_token_closes_the_socket_with_4009() {
 async fn a_bridge_that_reaches_no_notify_svc_refuses_with_503() {
     let p = Platform::start().await;
     // Nothing listens on this port.
-    let mut config = p.bridge_config("bridge-alone", 1024);
+    let mut config = p.bridge_config("bridge-alone", SendBound::default());
     config.notify_urls = vec![format!("http://127.0.0.1:{}", test_support::free_port())];
     let ws = p.run_bridge(config).await;
     let mut req = ws.into_client_request().unwrap();
@@ -628,7 +633,7 @@ async fn a_bridge_that_reaches_no_notify_svc_refuses_with_503() {
 #[tokio::test]
 async fn a_client_that_answers_no_pings_is_closed_and_one_that_does_stays() {
     let p = Platform::start().await;
-    let mut config = p.bridge_config("bridge-pings", 1024);
+    let mut config = p.bridge_config("bridge-pings", SendBound::default());
     config.ping_every = Duration::from_millis(100);
     let ws = p.run_bridge(config).await;
     let mut silent = p.connect_to(&ws, "lea", "").await;
@@ -679,7 +684,7 @@ async fn cognito_users_connect_and_a_signed_out_token_is_refused() {
         .await,
     );
     let sub = cognito.sub_of("alice").await.unwrap().expect("alice's sub");
-    let mut config = p.bridge_config("bridge-cognito", 1024);
+    let mut config = p.bridge_config("bridge-cognito", SendBound::default());
     config.verifier = Verifier::new(
         KeySet::new(KeySource::parse(&pool.jwks_url()).unwrap()),
         VerifierConfig {
@@ -771,7 +776,13 @@ async fn cognito_users_connect_and_a_signed_out_token_is_refused() {
 async fn a_slowloris_upgrade_is_cut_off_and_others_still_connect() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let p = Platform::start().await;
-    let mut config = p.bridge_config("bridge-slow", 64);
+    let mut config = p.bridge_config(
+        "bridge-slow",
+        SendBound {
+            frames: 64,
+            ..SendBound::default()
+        },
+    );
     config.header_timeout = Duration::from_millis(300);
     let ws = p.run_bridge(config).await;
     let addr = ws
@@ -805,7 +816,13 @@ async fn a_slowloris_upgrade_is_cut_off_and_others_still_connect() {
 #[tokio::test]
 async fn a_connection_follows_at_most_its_share_of_topics() {
     let p = Platform::start().await;
-    let mut config = p.bridge_config("bridge-subs", 64);
+    let mut config = p.bridge_config(
+        "bridge-subs",
+        SendBound {
+            frames: 64,
+            ..SendBound::default()
+        },
+    );
     config.max_subscriptions = 3;
     let ws = p.run_bridge(config).await;
     let mut zoe = p.connect_when_ready(&ws, "zoe").await;
@@ -915,7 +932,13 @@ async fn connect_from(
 #[tokio::test]
 async fn a_connect_flood_from_one_address_gets_429_and_other_addresses_do_not() {
     let p = Platform::start().await;
-    let mut config = p.bridge_config("bridge-peers", 64);
+    let mut config = p.bridge_config(
+        "bridge-peers",
+        SendBound {
+            frames: 64,
+            ..SendBound::default()
+        },
+    );
     (config.connect_rate_per_ip, config.connect_burst_per_ip) = (1, 3);
     let ws = p.run_bridge(config).await;
     let token = p.token("fay");

@@ -45,6 +45,23 @@ impl ServiceProcess {
         self
     }
 
+    /// notify-svc (the binary beside `any_built_binary`) serving gRPC on
+    /// `grpc` over the database at `db_url`, its ops port on a free port.
+    pub fn notify_svc(any_built_binary: &str, grpc: &str, db_url: &str) -> Self {
+        Self::new("notify-svc", sibling_binary(any_built_binary, "notify-svc"))
+            .env("NOTIFY_GRPC_ADDR", grpc)
+            .env(
+                "NOTIFY_HTTP_ADDR",
+                format!("127.0.0.1:{}", crate::free_port()),
+            )
+            .env("DATABASE_URL", db_url)
+    }
+
+    /// The running process's id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(Child::id)
+    }
+
     pub fn env(mut self, key: &str, value: impl Into<String>) -> Self {
         self.envs.push((key.to_owned(), value.into()));
         self

@@ -6,7 +6,7 @@ use std::{sync::Arc, time::Duration};
 
 use futures::{SinkExt, StreamExt};
 use notify_auth::{DevIssuer, DevToken, Verifier};
-use notify_bridge::BridgeConfig;
+use notify_bridge::{BridgeConfig, SendBound};
 use notify_proto::v1::{self as pb, notify_client::NotifyClient};
 use serde_json::Value;
 use test_support::TestDb;
@@ -52,10 +52,10 @@ pub async fn start_svc(
 
 impl Platform {
     pub async fn start() -> Self {
-        Self::start_with_queue(1024).await
+        Self::start_with_queue(SendBound::default()).await
     }
 
-    pub async fn start_with_queue(send_queue: usize) -> Self {
+    pub async fn start_with_queue(send_queue: SendBound) -> Self {
         let db = TestDb::create().await;
         let shutdown = CancellationToken::new();
         let svc_stop = CancellationToken::new();
@@ -80,7 +80,7 @@ impl Platform {
     }
 
     /// Starts a bridge attached to the notify-svc; returns its WebSocket URL.
-    pub async fn add_bridge(&self, id: &str, send_queue: usize) -> String {
+    pub async fn add_bridge(&self, id: &str, send_queue: SendBound) -> String {
         let config = self.bridge_config(id, send_queue);
         self.run_bridge(config).await
     }
@@ -96,7 +96,7 @@ impl Platform {
         ws
     }
 
-    pub fn bridge_config(&self, id: &str, send_queue: usize) -> BridgeConfig {
+    pub fn bridge_config(&self, id: &str, send_queue: SendBound) -> BridgeConfig {
         BridgeConfig {
             bridge_id: id.into(),
             notify_urls: vec![self.grpc.clone()],
