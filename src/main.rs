@@ -167,6 +167,11 @@ fn mint_dev_token(data_dir: &std::path::Path, user: &str) -> anyhow::Result<Stri
         notify_auth::DEV_ISSUER,
         notify_auth::DEV_CLIENT_ID,
     )?;
+    day_token(&issuer, user)
+}
+
+/// A dev access token for `user`, valid for a day.
+fn day_token(issuer: &notify_auth::DevIssuer, user: &str) -> anyhow::Result<String> {
     Ok(issuer.mint(&notify_auth::DevToken {
         ttl: std::time::Duration::from_secs(24 * 3600),
         ..notify_auth::DevToken::access(user)
@@ -246,6 +251,14 @@ async fn up(
             .migrate()
             .await
             .map_err(|e| anyhow::anyhow!("migrating {database}: {e}"))?;
+        // The dev key before any port: a client that reaches a port may
+        // already be holding a token of this key (`notify token` on the same
+        // directory creates or reads the same one).
+        let issuer = notify_auth::DevIssuer::load_or_create(
+            &data_dir.join(notify_auth::DEV_KEY_FILE),
+            notify_auth::DEV_ISSUER,
+            notify_auth::DEV_CLIENT_ID,
+        )?;
         let grpc = TcpListener::bind(args.grpc_addr)
             .await
             .with_context(|| format!("binding gRPC {}", args.grpc_addr))?;
@@ -258,13 +271,8 @@ async fn up(
         let bridge_ops = TcpListener::bind(bridge_http_addr)
             .await
             .with_context(|| format!("binding bridge ops HTTP {bridge_http_addr}"))?;
-        let issuer = notify_auth::DevIssuer::load_or_create(
-            &data_dir.join(notify_auth::DEV_KEY_FILE),
-            notify_auth::DEV_ISSUER,
-            notify_auth::DEV_CLIENT_ID,
-        )?;
         let verifier = issuer.verifier();
-        let token = mint_dev_token(&data_dir, "alice")?;
+        let token = day_token(&issuer, "alice")?;
         let bridge = notify_bridge::BridgeConfig {
             bridge_id: format!("up:{}", ws_addr.port()),
             // The same gRPC link as production, over loopback.

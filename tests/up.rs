@@ -26,6 +26,21 @@ impl Up {
     /// Starts `notify up` with `data` as its data directory, on `database_url`
     /// (None: its default, SQLite in the data directory).
     async fn start(data: &Path, database_url: Option<&str>, extra: &[&str]) -> Self {
+        let mut up = Self::spawn(data, database_url, extra);
+        // It tells the user where things are.
+        let mut lines = tokio::io::BufReader::new(up.child.stdout.take().unwrap()).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            up.banner.push_str(&line);
+            up.banner.push('\n');
+            if line.contains("Ctrl-C") {
+                break;
+            }
+        }
+        up
+    }
+
+    /// Starts it without waiting for anything.
+    fn spawn(data: &Path, database_url: Option<&str>, extra: &[&str]) -> Self {
         let grpc = format!("127.0.0.1:{}", free_port());
         let http = format!("127.0.0.1:{}", free_port());
         let ws = format!("127.0.0.1:{}", free_port());
@@ -53,25 +68,13 @@ impl Up {
             Some(url) => command.env("DATABASE_URL", url),
             None => command.env_remove("DATABASE_URL"),
         };
-        let mut child = command.spawn().expect("spawn notify up");
-
-        // It tells the user where things are.
-        let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
-        let mut banner = String::new();
-        while let Ok(Some(line)) = lines.next_line().await {
-            banner.push_str(&line);
-            banner.push('\n');
-            if line.contains("Ctrl-C") {
-                break;
-            }
-        }
         Self {
-            child,
+            child: command.spawn().expect("spawn notify up"),
             grpc,
             http,
             ws,
             bridge_http,
-            banner,
+            banner: String::new(),
         }
     }
 
@@ -407,4 +410,37 @@ async fn notify_up_keeps_messages_across_a_restart_on_its_sqlite_data_dir() {
     )
     .unwrap();
     assert_eq!(migrated["applied"], 0);
+}
+
+#[tokio::test]
+async fn a_token_minted_the_moment_the_port_opens_connects_on_every_fresh_start() {
+    for start in 0..20 {
+        let data = TestDir::create(&format!("up-race-{start}"));
+        let up = Up::spawn(&data.path, None, &[]);
+        // The first moment the WebSocket port takes a connection...
+        eventually(
+            "the WebSocket port accepts",
+            Duration::from_secs(60),
+            || async { tokio::net::TcpStream::connect(&up.ws).await.ok() },
+        )
+        .await;
+        // ...a token from the same (possibly still empty) data directory...
+        let token = notify(vec![
+            "token".into(),
+            "--user".into(),
+            "alice".into(),
+            "--data-dir".into(),
+            data.path.display().to_string(),
+        ])
+        .await;
+        // ...connects at once: no 401, no 503, no socket closed unanswered.
+        let url = format!("ws://{}/ws?token={}", up.ws, token.trim());
+        let (mut socket, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .unwrap_or_else(|e| panic!("start {start}: the first connect failed: {e}"));
+        let welcome = &frames(&mut socket, 1).await[0];
+        assert_eq!(welcome["type"], "welcome", "start {start}");
+        drop(socket);
+        up.stop().await;
+    }
 }

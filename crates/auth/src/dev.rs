@@ -89,25 +89,29 @@ impl DevIssuer {
 
     /// The key stored at `path` (PKCS#1 DER), created there (mode 0600) if missing,
     /// so tokens survive restarts of `notify up`.
+    ///
+    /// Safe for concurrent callers (`notify up` starting while `notify token`
+    /// runs on the same directory): a new key is written aside and linked
+    /// into place, which fails if another caller's key got there first; the
+    /// loser then reads the winner's. Nobody ever reads a half-written key.
     pub fn load_or_create(path: &Path, issuer: &str, client_id: &str) -> Result<Self, AuthError> {
         let io = |e: std::io::Error| AuthError::Keys(format!("{}: {e}", path.display()));
-        match std::fs::read(path) {
-            Ok(der) => {
-                let key = RsaPrivateKey::from_pkcs1_der(&der)
-                    .map_err(|e| AuthError::Keys(format!("{}: {e}", path.display())))?;
-                Self::from_key(issuer, client_id, &key)
-            }
+        let key = match std::fs::read(path) {
+            Ok(der) => parse_key(path, &der)?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let key = RsaPrivateKey::new(&mut rand::rngs::OsRng, KEY_BITS)
                     .map_err(|e| AuthError::Keys(format!("generating the dev key: {e}")))?;
                 let der = key
                     .to_pkcs1_der()
                     .map_err(|e| AuthError::Keys(format!("encoding the dev key: {e}")))?;
-                write_private(path, der.as_bytes()).map_err(io)?;
-                Self::from_key(issuer, client_id, &key)
+                match publish_private(path, der.as_bytes()).map_err(io)? {
+                    Published::Ours => key,
+                    Published::Theirs => parse_key(path, &std::fs::read(path).map_err(io)?)?,
+                }
             }
-            Err(e) => Err(io(e)),
-        }
+            Err(e) => return Err(io(e)),
+        };
+        Self::from_key(issuer, client_id, &key)
     }
 
     fn from_key(issuer: &str, client_id: &str, key: &RsaPrivateKey) -> Result<Self, AuthError> {
@@ -203,15 +207,44 @@ impl DevIssuer {
     }
 }
 
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+fn parse_key(path: &Path, der: &[u8]) -> Result<RsaPrivateKey, AuthError> {
+    RsaPrivateKey::from_pkcs1_der(der)
+        .map_err(|e| AuthError::Keys(format!("{}: {e}", path.display())))
+}
+
+/// Whose key ended up at the path.
+enum Published {
+    Ours,
+    Theirs,
+}
+
+/// Puts `bytes` at `path` (mode 0600) unless a file is there: written and
+/// synced under a name of its own first, then hard-linked into place, so the
+/// path only ever holds a complete key and the first writer wins.
+fn publish_private(path: &Path, bytes: &[u8]) -> std::io::Result<Published> {
     use std::{io::Write, os::unix::fs::OpenOptionsExt};
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)?;
-    file.write_all(bytes)
+    let aside = path.with_extension(format!(
+        "new-{}-{:x}",
+        std::process::id(),
+        rand::random::<u64>()
+    ));
+    let written = (|| {
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&aside)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        std::fs::hard_link(&aside, path)
+    })();
+    let _ = std::fs::remove_file(&aside);
+    match written {
+        Ok(()) => Ok(Published::Ours),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(Published::Theirs),
+        Err(e) => Err(e),
+    }
 }

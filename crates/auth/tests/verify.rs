@@ -270,6 +270,33 @@ async fn the_dev_key_survives_restarts() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
+#[test]
+fn callers_racing_to_create_the_dev_key_all_get_the_same_one() {
+    let dir = std::env::temp_dir().join(format!("notify-auth-race-{}", std::process::id()));
+    for round in 0..2 {
+        let path = dir.join(format!("dev-key-{round}.der"));
+        let kids: Vec<String> = std::thread::scope(|s| {
+            let racers: Vec<_> = (0..4)
+                .map(|_| s.spawn(|| DevIssuer::load_or_create(&path, ISSUER, CLIENT)))
+                .collect();
+            racers
+                .into_iter()
+                .map(|r| r.join().unwrap().expect("no racer fails").kid().to_owned())
+                .collect()
+        });
+        assert!(kids.iter().all(|k| k == &kids[0]), "one key won: {kids:?}");
+        let again = DevIssuer::load_or_create(&path, ISSUER, CLIENT).unwrap();
+        assert_eq!(
+            again.kid(),
+            kids[0],
+            "the key on disk is the one handed out"
+        );
+    }
+    let leftovers = std::fs::read_dir(&dir).unwrap().count();
+    assert_eq!(leftovers, 2, "nothing written aside is left behind");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
 /// Serves the JWKS `body` on loopback, over TLS (the platform's own
 /// listener TLS) when `tls` is given.
 async fn serve_jwks(

@@ -170,6 +170,8 @@ impl State {
 pub struct Hub {
     bridge_id: Arc<str>,
     state: Arc<Mutex<State>>,
+    /// Woken whenever a link attaches.
+    attached: Arc<tokio::sync::Notify>,
 }
 
 fn millis(t: SystemTime) -> i64 {
@@ -182,6 +184,7 @@ impl Hub {
         Self {
             bridge_id: bridge_id.into(),
             state: Arc::default(),
+            attached: Arc::default(),
         }
     }
 
@@ -210,6 +213,20 @@ impl Hub {
             msg: Some(Up::Hello(hello)),
         });
         s.links.insert(index, up);
+        drop(s);
+        self.attached.notify_waiters();
+    }
+
+    /// Resolves once at least one notify-svc link is attached.
+    pub async fn linked(&self) {
+        loop {
+            // Created before the check: a notify in between still wakes it.
+            let attached = self.attached.notified();
+            if self.links_attached() > 0 {
+                return;
+            }
+            attached.await;
+        }
     }
 
     pub fn detach_link(&self, index: usize) {

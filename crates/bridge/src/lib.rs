@@ -29,6 +29,8 @@ use notify_core::TopicPolicy;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+/// Longest wait for the first notify-svc link before sockets are taken.
+const FIRST_LINK_WAIT: Duration = Duration::from_secs(5);
 /// How often pending acks go up.
 const ACK_FLUSH_EVERY: Duration = Duration::from_millis(500);
 
@@ -187,6 +189,17 @@ pub async fn run(
         Some(tls) => tokio::spawn(tls.clone().watch(links_stop.clone())),
         None => tokio::spawn(notify_ops::signals::nothing_to_reload(links_stop.clone())),
     };
+    // Sockets are taken once a notify-svc link is up: one accepted before
+    // would only get 503. Meanwhile connects wait in the listen backlog for a
+    // real answer; a bridge that reaches no notify-svc serves (503) after
+    // FIRST_LINK_WAIT, so clients and load balancers learn why.
+    tokio::select! {
+        () = hub.linked() => {}
+        () = tokio::time::sleep(FIRST_LINK_WAIT) => {
+            tracing::warn!(urls = ?config.notify_urls, "no notify-svc reached yet: serving, with 503 until one is");
+        }
+        () = shutdown.cancelled() => {}
+    }
     tracing::info!(addr = ?listener.local_addr().ok(), bridge = %config.bridge_id, wss = tls.is_some(), "bridge serving WebSocket");
     notify_ops::systemd::ready();
     tokio::spawn(notify_ops::systemd::watchdog(|| true, shutdown.clone()));
