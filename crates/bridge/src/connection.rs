@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     hub::{Hub, Outbound, Position, Prepared, Registration},
     link::{Api, Pending},
-    protocol::{self, Action, ErrorCode, FrameId, ServerFrame},
+    protocol::{self, Action, ErrorCode, FrameId, ServerFrame, Source},
     queue::SendQueue,
     rate::TokenBucket,
     sequencer::{Outcome, Sequencer},
@@ -102,6 +102,11 @@ pub enum Local {
     CatchUp(Duration),
     /// A reply computed off the loop (client publish results).
     Reply(String),
+    /// A backend subscribed the user to a topic (`Notify.Subscribe`):
+    /// follow it from after this seq.
+    ServerSubscribe(Topic, u64),
+    /// A backend ended the user's subscription to a topic.
+    ServerUnsubscribe(Topic),
 }
 
 type Socket = WebSocketStream<TokioIo<Upgraded>>;
@@ -285,16 +290,18 @@ async fn start(ws: &mut Socket, opening: Opening) -> Result<Box<Conn>, End> {
     let position = registered(registration)
         .await
         .map_err(|e| End::Close(protocol::CLOSE_TRY_AGAIN, format!("inbox unavailable: {e}")))?;
-    let welcome = ServerFrame::Welcome {
-        connection_id: &id.to_string(),
-        user_id: identity.user.as_str(),
-        seq: position.head_seq,
-    };
-    send(ws, welcome.to_text()).await?;
     // A resume point past the head (a client of another database, a forged
     // `since`) is clamped like a topic's: live messages must still arrive,
     // and its acks must not mark undelivered seqs as delivered.
     let after = since.unwrap_or(position.acked_seq).min(position.head_seq);
+    let welcome = ServerFrame::Welcome {
+        connection_id: &id.to_string(),
+        user_id: identity.user.as_str(),
+        seq: position.head_seq,
+        recovered: position.recovers(after),
+        first_seq: position.first_seq,
+    };
+    send(ws, welcome.to_text()).await?;
     let (inbox, _) = Sequencer::resume(after);
     let bucket = TokenBucket::new(shared.rate_per_sec, shared.burst, Instant::now());
     let mut conn = Box::new(Conn {
@@ -312,6 +319,14 @@ async fn start(ws: &mut Socket, opening: Opening) -> Result<Box<Conn>, End> {
         // Nothing stored after the resume point: live at once.
         let outcome = conn.inbox.stored(Vec::new(), true);
         conn.emit(ws, || Feed::Inbox, outcome).await?;
+    }
+    // The user's server-side subscriptions, followed from the welcome on (a
+    // client that knows where it stood re-subscribes with its `since`).
+    let mut subscriptions: Vec<Topic> = position.subscriptions.into_iter().collect();
+    subscriptions.sort();
+    for topic in subscriptions {
+        let text = conn.follow(topic, None, Source::Server, None).await;
+        send(ws, text).await?;
     }
     ws.flush().await.map_err(|_| End::Gone)?;
     Ok(conn)
@@ -461,6 +476,26 @@ impl Conn {
         match local {
             Local::Read(feed, read) => Box::pin(self.read(ws, feed, read)).await,
             Local::Reply(text) => send(ws, text).await,
+            Local::ServerSubscribe(topic, after) => {
+                if self.topics.contains_key(&topic) {
+                    return Ok(()); // followed already, from its own position
+                }
+                let text = self.follow(topic, Some(after), Source::Server, None).await;
+                send(ws, text).await
+            }
+            Local::ServerUnsubscribe(topic) => {
+                if self.topics.remove(&topic).is_none() {
+                    return Ok(());
+                }
+                self.shared.hub.unsubscribe(self.id, &topic);
+                let text = ServerFrame::Unsubscribed {
+                    topic: topic.as_str(),
+                    source: Source::Server,
+                    id: None,
+                }
+                .to_text();
+                send(ws, text).await
+            }
             Local::CatchUp(delay) => {
                 if let Some(after) = self.inbox.catch_up() {
                     self.fetch(Feed::Inbox, after, delay);
@@ -607,6 +642,7 @@ impl Conn {
                     self.shared.hub.unsubscribe(self.id, &t);
                     ServerFrame::Unsubscribed {
                         topic: &topic,
+                        source: Source::Client,
                         id: id.as_ref(),
                     }
                     .to_text()
@@ -697,11 +733,23 @@ impl Conn {
         if let Err(e) = self.shared.topics.may_subscribe(self.subject(), &topic) {
             return error_text(ErrorCode::Forbidden, &e.to_string(), id);
         }
+        self.follow(topic, since, Source::Client, id).await
+    }
+
+    /// Follows `topic` from after `since` (else from its head), as the
+    /// client asked or a backend did (whose topic policy is its own).
+    async fn follow(
+        &mut self,
+        topic: Topic,
+        since: Option<u64>,
+        source: Source,
+        id: Option<&FrameId>,
+    ) -> String {
         // Each topic is a routing entry here and in every notify-svc: a
-        // client may not grow them without bound. Resubscribing is free.
+        // connection may not grow them without bound. Resubscribing is free.
         if !self.topics.contains_key(&topic) && self.topics.len() >= self.shared.max_subscriptions {
             let why = format!(
-                "at most {} topics per connection: unsubscribe from one first",
+                "{topic}: at most {} topics per connection: unsubscribe from one first",
                 self.shared.max_subscriptions
             );
             return error_text(ErrorCode::Forbidden, &why, id);
@@ -709,8 +757,8 @@ impl Conn {
         // In routing first, then the head as read after that: nothing
         // committed in between is missed.
         let registration = self.shared.hub.subscribe(self.id, topic.clone());
-        let head = match registered(registration).await {
-            Ok(position) => position.head_seq,
+        let position = match registered(registration).await {
+            Ok(position) => position,
             Err(e) => {
                 self.shared.hub.unsubscribe(self.id, &topic);
                 return error_text(
@@ -720,6 +768,7 @@ impl Conn {
                 );
             }
         };
+        let head = position.head_seq;
         let after = since.unwrap_or(head).min(head);
         let (mut seq, _) = Sequencer::resume(after);
         if after == head {
@@ -732,6 +781,9 @@ impl Conn {
         ServerFrame::Subscribed {
             topic: topic.as_str(),
             seq: head,
+            recovered: position.recovers(after),
+            first_seq: position.first_seq,
+            source,
             id,
         }
         .to_text()

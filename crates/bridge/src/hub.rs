@@ -63,11 +63,22 @@ impl Prepared {
 }
 
 /// Where a feed stood once its registration was in routing everywhere.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Position {
     pub head_seq: u64,
     /// The inbox's cumulative ack (0 for topics).
     pub acked_seq: u64,
+    /// The oldest seq still kept (0 if none).
+    pub first_seq: u64,
+    /// The user's server-side subscriptions (connection registrations).
+    pub subscriptions: HashSet<Topic>,
+}
+
+impl Position {
+    /// Whether everything after `after` up to the head is still kept.
+    pub fn recovers(&self, after: u64) -> bool {
+        after >= self.head_seq || (self.first_seq != 0 && self.first_seq <= after + 1)
+    }
 }
 
 /// Resolves when every link answered the ticket (or gave up on it).
@@ -260,6 +271,15 @@ impl Hub {
             let best = w.best.get_or_insert_default();
             best.head_seq = best.head_seq.max(answer.head_seq);
             best.acked_seq = best.acked_seq.max(answer.acked_seq);
+            best.first_seq = best.first_seq.max(answer.first_seq);
+            // Each replica read the stored subscriptions after routing the
+            // connection; a subscription any of them saw is the user's.
+            best.subscriptions.extend(
+                answer
+                    .subscriptions
+                    .iter()
+                    .filter_map(|t| Topic::parse(t).ok()),
+            );
         } else {
             w.error = Some(answer.error);
         }
@@ -459,6 +479,29 @@ impl Hub {
             }
         }
         span.record("sockets", sockets);
+    }
+
+    /// A server-side subscription of a user began or ended: each of the
+    /// user's connections here is told, behind what is queued for it.
+    pub fn server_subscription(&self, change: pb::ServerSubscription) {
+        let (Ok(user), Ok(topic)) = (
+            UserId::parse("user_id", &change.user_id),
+            Topic::parse(&change.topic),
+        ) else {
+            tracing::warn!(user = %change.user_id, topic = %change.topic, "bad server subscription ignored");
+            return;
+        };
+        let s = self.state.lock().expect("hub lock");
+        for id in s.by_user.get(&user).into_iter().flatten() {
+            if let Some(entry) = s.conns.get(id) {
+                let local = if change.subscribed {
+                    crate::connection::Local::ServerSubscribe(topic.clone(), change.after_seq)
+                } else {
+                    crate::connection::Local::ServerUnsubscribe(topic.clone())
+                };
+                entry.queue.push_local(Outbound::Local(Box::new(local)));
+            }
+        }
     }
 
     /// Has every connection read its feeds from the store again (see

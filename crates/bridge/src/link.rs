@@ -180,6 +180,7 @@ impl Attempt<'_> {
                 Some(Down::Kick(k)) => hub.kick(k),
                 Some(Down::PublishResult(r)) => pending.resolve(r),
                 Some(Down::Registered(r)) => hub.registered(index, r),
+                Some(Down::Subscription(change)) => hub.server_subscription(change),
                 None => return Err(Status::unavailable("notify-svc ended the stream")),
             }
         }

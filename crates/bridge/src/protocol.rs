@@ -175,6 +175,11 @@ pub enum ServerFrame<'a> {
         user_id: &'a str,
         /// The user's inbox head.
         seq: u64,
+        /// False when retention (the inbox TTL) dropped messages after the
+        /// resume point: the replay starts at `first_seq`, not right after it.
+        recovered: bool,
+        /// The oldest inbox seq still kept (0 if none).
+        first_seq: u64,
     },
     Message {
         id: &'a str,
@@ -191,11 +196,18 @@ pub enum ServerFrame<'a> {
     Subscribed {
         topic: &'a str,
         seq: u64,
+        /// False when the topic log (its size or age) no longer holds
+        /// everything after the `since` asked for.
+        recovered: bool,
+        /// The oldest seq the topic log still holds (0 if none).
+        first_seq: u64,
+        source: Source,
         #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<&'a FrameId>,
     },
     Unsubscribed {
         topic: &'a str,
+        source: Source,
         #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<&'a FrameId>,
     },
@@ -220,6 +232,15 @@ pub enum ServerFrame<'a> {
         #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<&'a FrameId>,
     },
+}
+
+/// Who made a subscription: the client's own frame, or a backend through
+/// `Notify.Subscribe` / `Unsubscribe`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    Client,
+    Server,
 }
 
 impl ServerFrame<'_> {
@@ -358,10 +379,24 @@ mod tests {
             ServerFrame::Welcome {
                 connection_id: "c",
                 user_id: "u",
-                seq: 9
+                seq: 9,
+                recovered: false,
+                first_seq: 4,
             }
             .to_text(),
-            r#"{"type":"welcome","connection_id":"c","user_id":"u","seq":9}"#
+            r#"{"type":"welcome","connection_id":"c","user_id":"u","seq":9,"recovered":false,"first_seq":4}"#
+        );
+        assert_eq!(
+            ServerFrame::Subscribed {
+                topic: "room:a",
+                seq: 3,
+                recovered: true,
+                first_seq: 1,
+                source: Source::Server,
+                id: None,
+            }
+            .to_text(),
+            r#"{"type":"subscribed","topic":"room:a","seq":3,"recovered":true,"first_seq":1,"source":"server"}"#
         );
     }
 }

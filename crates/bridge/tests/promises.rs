@@ -229,3 +229,222 @@ async fn a_stuck_write_does_not_hold_up_a_bridge_shutdown() {
         .unwrap()
         .unwrap();
 }
+
+fn subscription(user: &str, topic: &str) -> pb::SubscribeRequest {
+    pb::SubscribeRequest {
+        user_id: user.into(),
+        topic: topic.into(),
+    }
+}
+
+fn topic_presence(topic: &str) -> pb::GetPresenceRequest {
+    pb::GetPresenceRequest {
+        target: Some(pb::get_presence_request::Target::Topic(topic.into())),
+    }
+}
+
+/// The next frame after `welcome` and whatever the test skips: a ping's pong
+/// proves nothing else was queued before it.
+async fn nothing_else_queued(c: &mut Client) {
+    c.send(serde_json::json!({"action": "ping", "id": "probe"}))
+        .await;
+    let next = c.next().await;
+    assert_eq!(
+        (next["type"].as_str(), next["id"].as_str()),
+        (Some("pong"), Some("probe")),
+        "{next}"
+    );
+}
+
+#[tokio::test]
+async fn server_side_subscriptions_reach_every_live_and_later_connection() {
+    let p = Platform::start().await;
+    let mut api = p.api().await;
+    let second = p.add_bridge("bridge-two", SendBound::default()).await;
+    let mut here = p.connect("ann", "").await;
+    let mut there = p.connect_when_ready(&second, "ann").await;
+    let mut bystander = p.connect("bob", "").await;
+    for c in [&mut here, &mut there, &mut bystander] {
+        assert_eq!(c.next().await["type"], "welcome");
+    }
+    api.publish(to_topic("room:s", "\"before\"")).await.unwrap();
+
+    // Both live connections, on two bridges, follow at once and say so.
+    let made = api
+        .subscribe(subscription("ann", "room:s"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (made.created, made.topic_seq, made.live_connections),
+        (true, 1, 2)
+    );
+    for c in [&mut here, &mut there] {
+        let s = c.next().await;
+        assert_eq!(
+            (
+                s["type"].as_str(),
+                s["topic"].as_str(),
+                s["source"].as_str(),
+                s["seq"].as_u64()
+            ),
+            (Some("subscribed"), Some("room:s"), Some("server"), Some(1)),
+            "{s}"
+        );
+    }
+    let sent = api
+        .publish(to_topic("room:s", "\"after\""))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(sent.delivered, 2, "both of ann's sockets, not bob's");
+    for c in [&mut here, &mut there] {
+        let m = c.next().await;
+        assert_eq!(
+            (m["seq"].as_u64(), m["data"].as_str()),
+            (Some(2), Some("after"))
+        );
+    }
+    nothing_else_queued(&mut bystander).await;
+
+    // A later connection follows it from its welcome on.
+    let mut later = p.connect("ann", "").await;
+    assert_eq!(later.next().await["type"], "welcome");
+    let s = later.next().await;
+    assert_eq!(
+        (s["type"].as_str(), s["source"].as_str(), s["seq"].as_u64()),
+        (Some("subscribed"), Some("server"), Some(2))
+    );
+    let sent = api
+        .publish(to_topic("room:s", "\"third\""))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(sent.delivered, 3);
+    for c in [&mut here, &mut there, &mut later] {
+        assert_eq!(c.next().await["seq"].as_u64(), Some(3));
+    }
+    // Re-subscribing with its own `since` replays what it missed.
+    later
+        .send(serde_json::json!({"action": "subscribe", "topic": "room:s", "since": 1}))
+        .await;
+    let s = later.next().await;
+    assert_eq!(
+        (s["source"].as_str(), s["recovered"].as_bool()),
+        (Some("client"), Some(true))
+    );
+    for seq in 2..=3 {
+        assert_eq!(later.next().await["seq"].as_u64(), Some(seq));
+    }
+
+    // Presence counts live subscribed connections beside stored rows.
+    let presence = api
+        .get_presence(topic_presence("room:s"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((presence.subscribers, presence.live_connections), (1, 3));
+
+    // Unsubscribe stops the live ones and the later ones.
+    let gone = api
+        .unsubscribe(pb::UnsubscribeRequest {
+            user_id: "ann".into(),
+            topic: "room:s".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((gone.removed, gone.live_connections), (true, 3));
+    for c in [&mut here, &mut there, &mut later] {
+        let u = c.next().await;
+        assert_eq!(
+            (
+                u["type"].as_str(),
+                u["topic"].as_str(),
+                u["source"].as_str()
+            ),
+            (Some("unsubscribed"), Some("room:s"), Some("server"))
+        );
+    }
+    let sent = api
+        .publish(to_topic("room:s", "\"unheard\""))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(sent.delivered, 0);
+    let mut last = p.connect("ann", "").await;
+    assert_eq!(last.next().await["type"], "welcome");
+    nothing_else_queued(&mut last).await;
+    let presence = api
+        .get_presence(topic_presence("room:s"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((presence.subscribers, presence.live_connections), (0, 0));
+}
+
+#[tokio::test]
+async fn a_resume_from_before_what_is_kept_is_told_not_recovered() {
+    let p = Platform::start().await;
+    let mut api = p.api().await;
+    // The inbox: seqs 1 and 2 expire at once, 3 is kept.
+    for ttl in [1, 1, 3600] {
+        let req = pb::PublishRequest {
+            ttl_seconds: ttl,
+            ..to_user("ivy", "1")
+        };
+        api.publish(req).await.unwrap();
+    }
+    // A `room:` log keeps 50: of 60, 11..=60 are left.
+    for _ in 0..60 {
+        api.publish(to_topic("room:long", "1")).await.unwrap();
+    }
+    test_support::eventually("seqs 1 and 2 expire", Duration::from_secs(10), || {
+        let mut api = api.clone();
+        async move {
+            let page = api.history(history("ivy")).await.ok()?.into_inner();
+            (page.messages.first()?.seq == 3).then_some(())
+        }
+    })
+    .await;
+
+    let mut ivy = p.connect("ivy", "?since=0").await;
+    let welcome = ivy.next().await;
+    assert_eq!(
+        (
+            welcome["recovered"].as_bool(),
+            welcome["first_seq"].as_u64()
+        ),
+        (Some(false), Some(3)),
+        "{welcome}"
+    );
+    assert_eq!(ivy.next().await["seq"].as_u64(), Some(3));
+    // From a point still kept: recovered.
+    let mut again = p.connect("ivy", "?since=2").await;
+    let welcome = again.next().await;
+    assert_eq!(welcome["recovered"].as_bool(), Some(true), "{welcome}");
+
+    ivy.send(serde_json::json!({"action": "subscribe", "topic": "room:long", "since": 5}))
+        .await;
+    let s = ivy.next().await;
+    assert_eq!(
+        (
+            s["recovered"].as_bool(),
+            s["first_seq"].as_u64(),
+            s["seq"].as_u64()
+        ),
+        (Some(false), Some(11), Some(60)),
+        "{s}"
+    );
+    assert_eq!(ivy.next().await["seq"].as_u64(), Some(11));
+    ivy.send(serde_json::json!({"action": "subscribe", "topic": "room:long", "since": 10}))
+        .await;
+    // (the first replay may still be streaming ahead of the answer)
+    let s = loop {
+        let frame = ivy.next().await;
+        if frame["type"] == "subscribed" {
+            break frame;
+        }
+    };
+    assert_eq!(s["recovered"].as_bool(), Some(true), "{s}");
+}

@@ -447,7 +447,16 @@ impl pb::notify_server::Notify for NotifyApi {
                 .subscribe(&user, &topic)
                 .await
                 .map_err(status::store)?;
-            Ok(pb::SubscribeResponse { created, topic_seq })
+            // After the commit: a connection opening meanwhile either reads
+            // the stored row at its registration or is in routing here now.
+            let live_connections = self
+                .router
+                .server_subscription(&user, &topic, true, topic_seq);
+            Ok(pb::SubscribeResponse {
+                created,
+                topic_seq,
+                live_connections,
+            })
         };
         self.counted("Subscribe", call).await.map(Response::new)
     }
@@ -466,7 +475,11 @@ impl pb::notify_server::Notify for NotifyApi {
                 .unsubscribe(&user, &topic)
                 .await
                 .map_err(status::store)?;
-            Ok(pb::UnsubscribeResponse { removed })
+            let live_connections = self.router.server_subscription(&user, &topic, false, 0);
+            Ok(pb::UnsubscribeResponse {
+                removed,
+                live_connections,
+            })
         };
         self.counted("Unsubscribe", call).await.map(Response::new)
     }
@@ -487,7 +500,7 @@ impl pb::notify_server::Notify for NotifyApi {
                         .map_err(status::store)?;
                     Ok(pb::GetPresenceResponse {
                         connections: records.into_iter().map(connection).collect(),
-                        subscribers: 0,
+                        ..Default::default()
                     })
                 }
                 Some(T::Topic(topic)) => {
@@ -500,6 +513,7 @@ impl pb::notify_server::Notify for NotifyApi {
                     Ok(pb::GetPresenceResponse {
                         connections: Vec::new(),
                         subscribers,
+                        live_connections: self.router.topic_connections(&topic),
                     })
                 }
                 None => Err(status::invalid(ValidationError::NoTarget)),

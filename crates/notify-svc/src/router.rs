@@ -200,6 +200,48 @@ impl Router {
         }
     }
 
+    /// Tells every bridge holding connections of `user` that a server-side
+    /// subscription to `topic` began (after `after_seq`) or ended; returns
+    /// how many of the user's connections were told.
+    pub fn server_subscription(
+        &self,
+        user: &UserId,
+        topic: &Topic,
+        subscribed: bool,
+        after_seq: u64,
+    ) -> u32 {
+        let t = self.tables.lock().expect("router lock");
+        let mut told = 0;
+        for (bridge, n) in t.users.get(user).into_iter().flatten() {
+            let Some(b) = t.bridges.get(bridge) else {
+                continue;
+            };
+            let change = pb::ServerSubscription {
+                user_id: user.to_string(),
+                topic: topic.to_string(),
+                subscribed,
+                after_seq,
+            };
+            // A bridge this far behind is being replaced; its sockets
+            // reconnect and read the stored subscriptions at their welcome.
+            if b.tx
+                .try_send(down(pb::bridge_down::Msg::Subscription(change)))
+                .is_ok()
+            {
+                told += n;
+            }
+        }
+        told
+    }
+
+    /// Live connections following `topic`, on every attached bridge.
+    pub fn topic_connections(&self, topic: &Topic) -> u64 {
+        let t = self.tables.lock().expect("router lock");
+        t.topics.get(topic).map_or(0, |per_bridge| {
+            per_bridge.values().map(|n| u64::from(*n)).sum()
+        })
+    }
+
     /// The user's live connections known here.
     pub fn connections_of(&self, user: &UserId) -> Vec<ConnectionId> {
         let t = self.tables.lock().expect("router lock");

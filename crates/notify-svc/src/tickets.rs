@@ -53,6 +53,12 @@ async fn run(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Ask>) {
                     head_seq: position.head_seq,
                     acked_seq: position.acked_seq,
                     error: String::new(),
+                    first_seq: position.first_seq,
+                    subscriptions: position
+                        .subscriptions
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect(),
                 },
                 Ok(None) => pb::Registered {
                     ticket: ask.ticket,

@@ -86,12 +86,17 @@ pub struct HistoryPage {
 }
 
 /// Where a feed stands.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Position {
     /// The last seq handed out (0 if none).
     pub head_seq: u64,
     /// The inbox's cumulative ack (always 0 for a topic).
     pub acked_seq: u64,
+    /// The oldest seq still kept (0 if nothing is): a resume from before it
+    /// cannot be recovered in full (inbox TTL, topic log size or age).
+    pub first_seq: u64,
+    /// The user's server-side subscriptions (inbox feeds; empty for topics).
+    pub subscriptions: Vec<Topic>,
 }
 
 /// A live connection as the registry knows it.

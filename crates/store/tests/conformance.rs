@@ -132,6 +132,7 @@ conformance!(
     racing_replicas_store_each_idempotency_key_once,
     acks_are_cumulative_and_bounded_by_the_head,
     positions_of_many_feeds_come_back_in_the_order_asked,
+    positions_tell_the_oldest_kept_seq_and_the_subscriptions,
     subscriptions_are_sets_per_user,
     the_registry_takes_and_drops_connections_in_batches,
     history_pages_through_a_feed_and_hides_expired_entries,
@@ -425,6 +426,44 @@ async fn positions_of_many_feeds_come_back_in_the_order_asked(db: Backend) {
         .collect();
     assert_eq!(got, [(5, 0), (1, 0), (0, 0), (3, 2), (0, 0), (3, 2)]);
     assert!(s.positions(&[]).await.unwrap().is_empty());
+}
+
+async fn positions_tell_the_oldest_kept_seq_and_the_subscriptions(db: Backend) {
+    let s = db.migrated().await;
+    let short = Topic::parse("room:short").unwrap();
+    // A log of 3: of 5 messages, 3..=5 are kept.
+    let mut batch: Vec<PublishItem> = (0..5)
+        .map(|_| {
+            let mut i = item(Target::Topic(short.clone()));
+            i.log_max_len = 3;
+            i
+        })
+        .collect();
+    // An inbox whose first two messages expired already.
+    for _ in 0..2 {
+        let mut gone = item(Target::User(user("flo")));
+        gone.publish.ttl = Duration::ZERO;
+        batch.push(gone);
+    }
+    batch.extend((0..2).map(|_| item(Target::User(user("flo")))));
+    s.commit(&batch).await.unwrap();
+    for topic in ["room:b", "room:a"] {
+        s.subscribe(&user("flo"), &Topic::parse(topic).unwrap())
+            .await
+            .unwrap();
+    }
+    let feeds = [
+        Feed::Topic(short),
+        Feed::Inbox(user("flo")),
+        Feed::Inbox(user("nobody")),
+        Feed::Topic(Topic::parse("room:quiet").unwrap()),
+    ];
+    let got = s.positions(&feeds).await.unwrap();
+    let firsts: Vec<(u64, u64)> = got.iter().map(|p| (p.head_seq, p.first_seq)).collect();
+    assert_eq!(firsts, [(5, 3), (4, 3), (0, 0), (0, 0)]);
+    let subscriptions: Vec<&str> = got[1].subscriptions.iter().map(Topic::as_str).collect();
+    assert_eq!(subscriptions, ["room:a", "room:b"]);
+    assert!(got[0].subscriptions.is_empty() && got[2].subscriptions.is_empty());
 }
 
 async fn the_registry_takes_and_drops_connections_in_batches(db: Backend) {

@@ -400,7 +400,12 @@ impl Store for PgStore {
             }
             client
                 .query_typed(
-                    "SELECT COALESCE(h.last_seq, 0), COALESCE(a.acked_seq, 0)
+                    "SELECT COALESCE(h.last_seq, 0), COALESCE(a.acked_seq, 0),
+                            COALESCE((SELECT i.seq FROM inbox i
+                                      WHERE i.user_id = u.user_id AND i.expires_at > now()
+                                      ORDER BY i.seq LIMIT 1), 0),
+                            ARRAY(SELECT s.topic FROM subscriptions s
+                                  WHERE s.user_id = u.user_id ORDER BY s.topic)
                      FROM unnest($1::text[]) WITH ORDINALITY AS u(user_id, ord)
                      LEFT JOIN inbox_heads h USING (user_id)
                      LEFT JOIN inbox_acks a USING (user_id)
@@ -415,7 +420,10 @@ impl Store for PgStore {
             }
             client
                 .query_typed(
-                    "SELECT COALESCE(h.last_seq, 0), 0::int8
+                    "SELECT COALESCE(h.last_seq, 0), 0::int8,
+                            COALESCE((SELECT l.seq FROM topic_log l WHERE l.topic = t.topic
+                                      ORDER BY l.seq LIMIT 1), 0),
+                            ARRAY[]::text[]
                      FROM unnest($1::text[]) WITH ORDINALITY AS t(topic, ord)
                      LEFT JOIN topic_heads h USING (topic)
                      ORDER BY t.ord",
@@ -429,6 +437,13 @@ impl Store for PgStore {
         let position = |row: &tokio_postgres::Row| Position {
             head_seq: to_u64(row.get(0)),
             acked_seq: to_u64(row.get(1)),
+            first_seq: to_u64(row.get(2)),
+            // Rows were validated on the way in; a name that no longer parses is skipped.
+            subscriptions: row
+                .get::<_, Vec<&str>>(3)
+                .into_iter()
+                .filter_map(|t| Topic::parse(t).ok())
+                .collect(),
         };
         let (mut inboxes, mut topic_heads) = (inboxes.iter(), topic_heads.iter());
         feeds

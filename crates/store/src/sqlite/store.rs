@@ -183,27 +183,48 @@ impl Store for SqliteStore {
         let feeds = feeds.to_vec();
         self.db
             .read(move |conn| {
+                let now = micros(SystemTime::now());
+                // The head is a row of `inbox` at i64::MAX (see the migration).
                 let mut inbox = conn.prepare_cached(
                     "SELECT COALESCE((SELECT last_seq FROM inbox
                                       WHERE user_id = ?1 AND seq = 9223372036854775807), 0),
-                            COALESCE((SELECT acked_seq FROM inbox_acks WHERE user_id = ?1), 0)",
+                            COALESCE((SELECT acked_seq FROM inbox_acks WHERE user_id = ?1), 0),
+                            COALESCE((SELECT seq FROM inbox
+                                      WHERE user_id = ?1 AND seq < 9223372036854775807
+                                        AND expires_at > ?2
+                                      ORDER BY seq LIMIT 1), 0)",
+                )?;
+                let mut subscriptions = conn.prepare_cached(
+                    "SELECT topic FROM subscriptions WHERE user_id = ?1 ORDER BY topic",
                 )?;
                 let mut topic = conn.prepare_cached(
-                    "SELECT COALESCE((SELECT last_seq FROM topic_heads WHERE topic = ?1), 0), 0",
+                    "SELECT COALESCE((SELECT last_seq FROM topic_heads WHERE topic = ?1), 0), 0,
+                            COALESCE((SELECT seq FROM topic_log WHERE topic = ?1
+                                      ORDER BY seq LIMIT 1), 0)",
                 )?;
+                let numbers = |r: &rusqlite::Row<'_>| {
+                    Ok(Position {
+                        head_seq: to_u64(r.get(0)?),
+                        acked_seq: to_u64(r.get(1)?),
+                        first_seq: to_u64(r.get(2)?),
+                        subscriptions: Vec::new(),
+                    })
+                };
                 feeds
                     .iter()
-                    .map(|feed| {
-                        let (statement, key) = match feed {
-                            Feed::Inbox(u) => (&mut inbox, u.as_str()),
-                            Feed::Topic(t) => (&mut topic, t.as_str()),
-                        };
-                        statement.query_row([key], |r| {
-                            Ok(Position {
-                                head_seq: to_u64(r.get(0)?),
-                                acked_seq: to_u64(r.get(1)?),
-                            })
-                        })
+                    .map(|feed| match feed {
+                        Feed::Inbox(u) => {
+                            let mut position =
+                                inbox.query_row(params![u.as_str(), now], numbers)?;
+                            let names: Vec<String> = subscriptions
+                                .query_map([u.as_str()], |r| r.get(0))?
+                                .collect::<Result<_, _>>()?;
+                            // Validated on the way in; a name that no longer parses is skipped.
+                            position.subscriptions =
+                                names.iter().filter_map(|n| Topic::parse(n).ok()).collect();
+                            Ok(position)
+                        }
+                        Feed::Topic(t) => topic.query_row([t.as_str()], numbers),
                     })
                     .collect()
             })
