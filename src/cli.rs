@@ -1,5 +1,6 @@
 //! The `notify` CLI's commands that talk to any deployment over gRPC:
-//! `publish`, `tail`, `history`, `presence`, `disconnect`, and `migrate`
+//! `publish`, `tail`, `history`, `subscribe`, `unsubscribe`, `presence`,
+//! `disconnect`, and `migrate`
 //! (straight to the database). Output is one JSON object per line; exit
 //! codes: 0 ok, 1 the server refused (its status and message on stderr) or
 //! could not be reached, 2 usage (clap's own).
@@ -323,7 +324,48 @@ pub async fn presence(endpoint: &Endpoint, args: PresenceArgs) -> Result<(), Fai
         .collect();
     println!(
         "{}",
-        json!({"connections": connections, "subscribers": r.subscribers})
+        json!({
+            "connections": connections,
+            "subscribers": r.subscribers,
+            "live_connections": r.live_connections,
+        })
+    );
+    Ok(())
+}
+
+/// A server-side subscription of a user to a topic.
+#[derive(Args)]
+pub struct SubscriptionArgs {
+    #[arg(long)]
+    user: String,
+    #[arg(long)]
+    topic: String,
+}
+
+pub async fn subscribe(endpoint: &Endpoint, args: SubscriptionArgs) -> Result<(), Failure> {
+    let mut api = Api::connect(endpoint).await?;
+    let req = api.request(pb::SubscribeRequest {
+        user_id: args.user,
+        topic: args.topic,
+    });
+    let r = api.client.subscribe(req).await?.into_inner();
+    println!(
+        "{}",
+        json!({"created": r.created, "topic_seq": r.topic_seq, "live_connections": r.live_connections})
+    );
+    Ok(())
+}
+
+pub async fn unsubscribe(endpoint: &Endpoint, args: SubscriptionArgs) -> Result<(), Failure> {
+    let mut api = Api::connect(endpoint).await?;
+    let req = api.request(pb::UnsubscribeRequest {
+        user_id: args.user,
+        topic: args.topic,
+    });
+    let r = api.client.unsubscribe(req).await?.into_inner();
+    println!(
+        "{}",
+        json!({"removed": r.removed, "live_connections": r.live_connections})
     );
     Ok(())
 }

@@ -2,7 +2,8 @@
 //! one process, linked over loopback gRPC exactly as in production, with the
 //! dev token issuer, and bet-tracker (`--simulate` adds a stream of fights);
 //! `notify token` mints dev tokens; the rest of the CLI
-//! ([`cli`]: publish, tail, history, presence, disconnect, migrate) talks to
+//! ([`cli`]: publish, tail, history, subscribe, unsubscribe, presence,
+//! disconnect, migrate) talks to
 //! any deployment. Without DATABASE_URL, `up` runs on embedded SQLite.
 
 mod cli;
@@ -81,7 +82,14 @@ enum Command {
         after_help = "Examples:\n  notify history --user alice\n  notify history --topic fights:live --since 120"
     )]
     History(cli::FeedArgs),
-    /// A user's live connections, or a topic's subscriber count.
+    /// Subscribe a user to a topic on the server side: every socket of the
+    /// user follows it, now and after every reconnect.
+    #[command(after_help = "Examples:\n  notify subscribe --user alice --topic room:lobby")]
+    Subscribe(cli::SubscriptionArgs),
+    /// End a server-side subscription (stored and on every live socket).
+    #[command(after_help = "Examples:\n  notify unsubscribe --user alice --topic room:lobby")]
+    Unsubscribe(cli::SubscriptionArgs),
+    /// A user's live connections, or a topic's stored subscriptions and live subscribers.
     #[command(
         after_help = "Examples:\n  notify presence --user alice\n  notify presence --topic room:lobby"
     )]
@@ -120,6 +128,8 @@ async fn main() -> std::process::ExitCode {
         Command::Tail(args) => cli::tail(&endpoint, args).await,
         Command::History(args) => cli::history(&endpoint, args).await,
         Command::Presence(args) => cli::presence(&endpoint, args).await,
+        Command::Subscribe(args) => cli::subscribe(&endpoint, args).await,
+        Command::Unsubscribe(args) => cli::unsubscribe(&endpoint, args).await,
         Command::Disconnect(args) => cli::disconnect(&endpoint, args).await,
         Command::Migrate { database_url } => cli::migrate(&database_url).await,
     };
@@ -273,6 +283,13 @@ async fn up(
             .with_context(|| format!("binding bridge ops HTTP {bridge_http_addr}"))?;
         let verifier = issuer.verifier();
         let token = day_token(&issuer, "alice")?;
+        // The panel link signs in as alice in the admin group: its publish
+        // form works at once.
+        let panel_token = issuer.mint(&notify_auth::DevToken {
+            groups: vec!["admin".into()],
+            ttl: std::time::Duration::from_secs(24 * 3600),
+            ..notify_auth::DevToken::access("alice")
+        })?;
         let bridge = notify_bridge::BridgeConfig {
             bridge_id: format!("up:{}", ws_addr.port()),
             // The same gRPC link as production, over loopback.
@@ -298,7 +315,9 @@ async fn up(
         };
         println!("notify is starting");
         println!("  WebSocket    ws://{ws_addr}/ws   (bridge ops: http://{bridge_http_addr}/metrics)");
-        println!("  Dev Panel    http://{ws_addr}/panel   (sign in with the TOKEN below)");
+        println!(
+            "  Dev Panel    http://{ws_addr}/panel#token={panel_token}   (one click: signed in as alice, admin)"
+        );
         println!(
             "  gRPC API     grpc://{}   (try: grpcurl -plaintext {} list)",
             args.grpc_addr, args.grpc_addr

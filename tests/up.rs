@@ -444,3 +444,67 @@ async fn a_token_minted_the_moment_the_port_opens_connects_on_every_fresh_start(
         up.stop().await;
     }
 }
+
+#[tokio::test]
+async fn a_server_side_subscription_reaches_live_and_later_sockets_on_sqlite() {
+    let data = TestDir::create("up-subscribe");
+    let dir = data.path.display().to_string();
+    let up = Up::start(&data.path, None, &[]).await;
+    up.client().await;
+    let grpc = format!("http://{}", up.grpc);
+    let cli = |args: &[&str]| {
+        let mut all = vec!["--url".to_owned(), grpc.clone()];
+        all.extend(args.iter().map(|a| (*a).to_owned()));
+        async move { serde_json::from_str::<Value>(&notify(all).await).unwrap() }
+    };
+    let token = notify(
+        ["token", "--user", "cat", "--data-dir", &dir]
+            .map(String::from)
+            .to_vec(),
+    )
+    .await;
+    let mut live = up.socket(&token).await;
+    assert_eq!(frames(&mut live, 1).await[0]["type"], "welcome");
+
+    let made = cli(&["subscribe", "--user", "cat", "--topic", "room:sq"]).await;
+    assert_eq!(
+        (made["created"].as_bool(), made["live_connections"].as_u64()),
+        (Some(true), Some(1))
+    );
+    let told = &frames(&mut live, 1).await[0];
+    assert_eq!(
+        (told["type"].as_str(), told["source"].as_str()),
+        (Some("subscribed"), Some("server"))
+    );
+    let sent = cli(&["publish", "--topic", "room:sq", "--data", "\"hi\""]).await;
+    assert_eq!(sent["delivered"].as_u64(), Some(1));
+    assert_eq!(frames(&mut live, 1).await[0]["data"], "hi");
+
+    // A fresh socket follows it from its welcome on.
+    let mut fresh = up.socket(&token).await;
+    let got = frames(&mut fresh, 2).await;
+    assert_eq!(
+        (got[0]["type"].as_str(), got[1]["source"].as_str()),
+        (Some("welcome"), Some("server"))
+    );
+    let sent = cli(&["publish", "--topic", "room:sq", "--data", "\"both\""]).await;
+    assert_eq!(sent["delivered"].as_u64(), Some(2));
+    for socket in [&mut live, &mut fresh] {
+        assert_eq!(frames(socket, 1).await[0]["data"], "both");
+    }
+    let presence = cli(&["presence", "--topic", "room:sq"]).await;
+    assert_eq!(
+        (
+            presence["subscribers"].as_u64(),
+            presence["live_connections"].as_u64()
+        ),
+        (Some(1), Some(2))
+    );
+    let gone = cli(&["unsubscribe", "--user", "cat", "--topic", "room:sq"]).await;
+    assert_eq!(gone["live_connections"].as_u64(), Some(2));
+    for socket in [&mut live, &mut fresh] {
+        assert_eq!(frames(socket, 1).await[0]["type"], "unsubscribed");
+    }
+    drop((live, fresh));
+    up.stop().await;
+}

@@ -13,6 +13,8 @@ import {
   type FightEvent,
   type NotifyMessage,
   type ServerFrame,
+  type Subscribed,
+  type SubscriptionSource,
   type Welcome,
 } from './protocol.js';
 
@@ -46,6 +48,26 @@ export type TokenSource = string | (() => string | Promise<string>);
 export type ConnectionState = 'connecting' | 'connected' | 'disconnected';
 
 /** Why the client is in its state: the close code and reason, when known. */
+/**
+ * Messages a resume could not recover: retention (inbox TTL, topic log size
+ * or age) dropped what came after `after` and before `firstSeq`.
+ */
+export interface Gap {
+  /** `inbox`, or the topic. */
+  feed: string;
+  /** The resume point asked for. */
+  after: number;
+  /** The first seq still kept (0 if none): the replay starts there. */
+  firstSeq: number;
+}
+
+/** A backend subscribed the user to a topic, or ended it (`Notify.Subscribe` / `Unsubscribe`). */
+export interface SubscriptionChange {
+  topic: string;
+  subscribed: boolean;
+  source: SubscriptionSource;
+}
+
 export interface StateDetail {
   code?: number;
   reason?: string;
@@ -165,6 +187,8 @@ export class NotifyClient {
   private readonly stateListeners = new Listeners<[ConnectionState, StateDetail]>();
   private readonly errorListeners = new Listeners<[NotifyError]>();
   private readonly ackListeners = new Listeners<[number]>();
+  private readonly gapListeners = new Listeners<[Gap]>();
+  private readonly subscriptionListeners = new Listeners<[SubscriptionChange]>();
 
   constructor(private readonly config: ClientOptions) {
     this.urls = Array.isArray(config.url) ? [...config.url] : [config.url];
@@ -234,6 +258,20 @@ export class NotifyClient {
     return this.ackListeners.add(fn);
   }
 
+  /**
+   * Told when a resume could not recover everything it missed (the app may
+   * reload what it shows from its own backend). Messages from `firstSeq` on
+   * still arrive, each once, in order.
+   */
+  onGap(fn: (gap: Gap) => void): () => void {
+    return this.gapListeners.add(fn);
+  }
+
+  /** Told when a backend subscribes the user to a topic or ends it; the client follows. */
+  onSubscription(fn: (change: SubscriptionChange) => void): () => void {
+    return this.subscriptionListeners.add(fn);
+  }
+
   /** Starts connecting (and reconnecting until close()). */
   connect(): void {
     if (!this.stopped) {
@@ -255,7 +293,7 @@ export class NotifyClient {
     this.topics.set(topic, Math.max(this.topics.get(topic) ?? 0, from));
     if (this.currentState !== 'connected') {
       // Sent with the others once connected.
-      return Promise.resolve({ type: 'subscribed', topic, seq: from });
+      return Promise.resolve({ type: 'subscribed', topic, seq: from, recovered: true, first_seq: 0, source: 'client' });
     }
     return this.request({ action: 'subscribe', topic, since: from }).catch((e: unknown) => {
       if (e instanceof NotifyError && e.code !== 'connection_lost') {
@@ -269,7 +307,7 @@ export class NotifyClient {
   unsubscribe(topic: string): Promise<ServerFrame> {
     this.topics.delete(topic);
     if (this.currentState !== 'connected') {
-      return Promise.resolve({ type: 'unsubscribed', topic });
+      return Promise.resolve({ type: 'unsubscribed', topic, source: 'client' });
     }
     return this.request({ action: 'unsubscribe', topic });
   }
@@ -359,13 +397,37 @@ export class NotifyClient {
       case 'error':
         this.answer(frame) || this.errorListeners.emit(new NotifyError(frame.code, frame.message));
         return;
+      case 'subscribed':
+        this.subscribed(frame);
+        this.answer(frame);
+        return;
+      case 'unsubscribed':
+        if (frame.source === 'server' && this.topics.delete(frame.topic)) {
+          this.subscriptionListeners.emit({ topic: frame.topic, subscribed: false, source: 'server' });
+        }
+        this.answer(frame);
+        return;
       default:
         this.answer(frame);
     }
   }
 
+  private subscribed(frame: Subscribed): void {
+    const last = this.topics.get(frame.topic);
+    if (frame.source === 'server' && last === undefined) {
+      // Followed from here; restored with its own since after reconnects.
+      this.topics.set(frame.topic, frame.seq);
+      this.subscriptionListeners.emit({ topic: frame.topic, subscribed: true, source: 'server' });
+    } else if (frame.recovered === false && last !== undefined) {
+      this.gapListeners.emit({ feed: frame.topic, after: last, firstSeq: frame.first_seq });
+    }
+  }
+
   private welcomed(frame: Welcome, token: string): void {
     this.clearTimer('connectTimer');
+    if (frame.recovered === false) {
+      this.gapListeners.emit({ feed: 'inbox', after: this.inboxSeq, firstSeq: frame.first_seq });
+    }
     this.welcome = frame;
     this.attempt = 0;
     this.setState('connected');

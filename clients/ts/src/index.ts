@@ -1,6 +1,15 @@
 // @notify/client: the WebSocket client of the notify platform.
 export { NotifyClient, NotifyError, tokenExpiry } from './client.js';
-export type { ClientOptions, Clock, ConnectionState, SocketLike, StateDetail, TokenSource } from './client.js';
+export type {
+  ClientOptions,
+  Clock,
+  ConnectionState,
+  Gap,
+  SocketLike,
+  StateDetail,
+  SubscriptionChange,
+  TokenSource,
+} from './client.js';
 export { DEFAULT_BACKOFF, fullJitter } from './backoff.js';
 export type { BackoffOptions } from './backoff.js';
 export { CloseCode, fightEvent, parseFrame } from './protocol.js';
@@ -17,6 +26,7 @@ export type {
   Refreshed,
   ServerFrame,
   Subscribed,
+  SubscriptionSource,
   Unsubscribed,
   Welcome,
 } from './protocol.js';

@@ -1,4 +1,4 @@
-// The WebSocket protocol of the notify bridge (DESIGN §5), as types.
+// The WebSocket protocol of the notify bridge (docs/design.md, "WebSocket protocol"), as types.
 
 /** Sent once the connection is registered; `seq` is the inbox head. */
 export interface Welcome {
@@ -6,7 +6,14 @@ export interface Welcome {
   connection_id: string;
   user_id: string;
   seq: number;
+  /** False when retention (the inbox TTL) dropped messages after the resume point. */
+  recovered: boolean;
+  /** The oldest inbox seq still kept (0 if none): where the replay starts. */
+  first_seq: number;
 }
+
+/** Who made a subscription: the client's own `subscribe`, or a backend (`Notify.Subscribe`). */
+export type SubscriptionSource = 'client' | 'server';
 
 /** A message: an inbox message has no `topic`. `data` is the published JSON value. */
 export interface NotifyMessage<Data = unknown> {
@@ -25,12 +32,18 @@ export interface Subscribed {
   topic: string;
   /** The topic's head when the subscription took effect. */
   seq: number;
+  /** False when the topic log no longer holds everything after the `since` asked for. */
+  recovered: boolean;
+  /** The oldest seq the topic log still holds (0 if none). */
+  first_seq: number;
+  source: SubscriptionSource;
   id?: string;
 }
 
 export interface Unsubscribed {
   type: 'unsubscribed';
   topic: string;
+  source: SubscriptionSource;
   id?: string;
 }
 

@@ -36,8 +36,8 @@ class FakeSocket implements SocketLike {
     this.onclose?.({ code, reason });
   }
 
-  welcome(seq = 0): void {
-    this.serverSends({ type: 'welcome', connection_id: 'c1', user_id: 'ann', seq });
+  welcome(seq = 0, extra: object = {}): void {
+    this.serverSends({ type: 'welcome', connection_id: 'c1', user_id: 'ann', seq, recovered: true, first_seq: 0, ...extra });
   }
 
   actions(name: string): Record<string, unknown>[] {
@@ -318,4 +318,55 @@ test('publish resolves with the bridge answer', async () => {
   assert.deepEqual(last().actions('publish'), [{ action: 'publish', topic: 'room:lobby', data: { hi: 1 }, id: 'r1' }]);
   last().serverSends({ type: 'published', seq: 4, id: 'r1' });
   assert.deepEqual(await answer, { type: 'published', seq: 4, id: 'r1' });
+});
+
+test('a resume that retention cut short is told to the app, and what is kept still arrives', async () => {
+  const { client, last } = setup({ since: 4 });
+  const gaps: unknown[] = [];
+  client.onGap((g) => gaps.push(g));
+  const got: number[] = [];
+  client.onMessage((m) => got.push(m.seq));
+  client.connect();
+  await settle();
+  last().welcome(12, { recovered: false, first_seq: 9 });
+  assert.deepEqual(gaps, [{ feed: 'inbox', after: 4, firstSeq: 9 }]);
+  for (const seq of [9, 10]) {
+    last().serverSends(message(seq));
+  }
+  assert.deepEqual(got, [9, 10]);
+
+  // A topic restored from a point its log no longer holds.
+  const answer = client.subscribe('room:a', 3);
+  const id = last().actions('subscribe')[0]!.id;
+  last().serverSends({ type: 'subscribed', topic: 'room:a', seq: 80, recovered: false, first_seq: 31, source: 'client', id });
+  assert.equal(((await answer) as { recovered: boolean }).recovered, false);
+  assert.deepEqual(gaps[1], { feed: 'room:a', after: 3, firstSeq: 31 });
+});
+
+test('a server-side subscription is followed, restored with its own since, and ended by the server', async () => {
+  const { client, last } = setup();
+  const changes: unknown[] = [];
+  client.onSubscription((c) => changes.push(c));
+  const got: string[] = [];
+  client.onMessage((m) => got.push(`${m.topic}#${m.seq}`));
+  client.connect();
+  await settle();
+  last().welcome();
+  last().serverSends({ type: 'subscribed', topic: 'room:s', seq: 5, recovered: true, first_seq: 1, source: 'server' });
+  assert.deepEqual(changes, [{ topic: 'room:s', subscribed: true, source: 'server' }]);
+  last().serverSends(message(6, { topic: 'room:s' }));
+  assert.deepEqual(got, ['room:s#6']);
+  assert.equal(client.subscriptions.get('room:s'), 6);
+
+  // After a reconnect it resumes the topic after what it delivered.
+  last().serverCloses(1012);
+  await settle();
+  last().welcome();
+  assert.deepEqual(last().actions('subscribe'), [{ action: 'subscribe', topic: 'room:s', since: 6 }]);
+
+  last().serverSends({ type: 'unsubscribed', topic: 'room:s', source: 'server' });
+  assert.deepEqual(changes[1], { topic: 'room:s', subscribed: false, source: 'server' });
+  assert.equal(client.subscriptions.has('room:s'), false);
+  last().serverSends(message(7, { topic: 'room:s' }));
+  assert.deepEqual(got, ['room:s#6'], 'nothing after the server ended it');
 });

@@ -99,3 +99,22 @@ test('the Dev Panel: sign in, live inbox, admin publish, a bridge restart ridden
   await page.screenshot({ path: SCREENSHOT, fullPage: true });
   assert.deepEqual(pageErrors, [], 'no script error on the page');
 });
+
+test('the link notify up prints opens the panel signed in, and the token leaves the address bar', async () => {
+  assert.ok(browser, 'the first test launched the browser');
+  const link = up.panelUrl;
+  assert.match(link, new RegExp(`^http://${up.ws}/panel#token=`), 'the token rides in the fragment');
+  const page = await browser!.newPage();
+  const pageErrors: string[] = [];
+  page.on('pageerror', (e) => pageErrors.push(e.message));
+  await page.goto(link);
+  await page.waitForSelector('[data-testid=state].connected', { timeout: 15_000 });
+  assert.match((await page.textContent('#who')) ?? '', /alice · admin/);
+  assert.equal(new URL(page.url()).hash, '', 'the token is gone from the address bar');
+  // The inbox: what alice has, then a new publish, live.
+  const fresh = up.publish('alice', { text: 'one click' }, 'cli.link');
+  await page.waitForSelector(`#inbox tr[data-id="${fresh.message_id}"]`, { timeout: 10_000 });
+  assert.ok((await inboxSeqs(page)).includes(fresh.seq));
+  assert.deepEqual(pageErrors, [], 'no script error on the page');
+  await page.close();
+});

@@ -56,6 +56,8 @@ export class Up {
   readonly dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'notify-ts-'));
   grpc = '';
   ws = '';
+  /** What `notify up` printed at its last start. */
+  banner = '';
   private child: ChildProcess | null = null;
 
   constructor(private readonly extraArgs: string[] = []) {}
@@ -91,11 +93,21 @@ export class Up {
       child.stdout!.on('data', (chunk: Buffer) => {
         banner += chunk.toString();
         if (banner.includes('Ctrl-C')) {
+          this.banner = banner;
           resolve();
         }
       });
       child.once('exit', (code) => reject(new Error(`notify up exited (${code}): ${banner}`)));
     });
+  }
+
+  /** The one-click Dev Panel link of the banner. */
+  get panelUrl(): string {
+    const url = /Dev Panel\s+(\S+)/.exec(this.banner)?.[1];
+    if (!url) {
+      throw new Error(`no Dev Panel link in the banner:\n${this.banner}`);
+    }
+    return url;
   }
 
   /** SIGTERM and wait for the exit. */

@@ -185,6 +185,13 @@ function signIn(value) {
   });
   client.onAck(updateAcks);
   client.onError((e) => log(`${e.code}: ${e.message}`, 'error'));
+  client.onGap((g) =>
+    log(`${g.feed}: messages after seq ${g.after} are gone (retention); resuming at ${g.firstSeq || 'the head'}`, 'error'),
+  );
+  client.onSubscription((c) => {
+    log(`${c.subscribed ? 'subscribed to' : 'unsubscribed from'} ${c.topic} by a backend`, 'ok');
+    renderSubscriptions();
+  });
   client.connect();
   subscribe('fights:live');
 }
@@ -244,5 +251,14 @@ $('subscribe-form').addEventListener('submit', (e) => {
 });
 $('publish-form').addEventListener('submit', publish);
 
-const saved = sessionStorage.getItem(STORAGE_KEY);
-if (saved) signIn(saved);
+// `notify up` prints a link that signs in with its dev token, carried in the
+// fragment (browsers never send it, so no server log holds it); it is taken
+// out of the address bar and the history at once.
+const linked = new URLSearchParams(location.hash.slice(1)).get('token');
+if (linked) {
+  history.replaceState(null, '', location.pathname + location.search);
+  signIn(linked);
+} else {
+  const saved = sessionStorage.getItem(STORAGE_KEY);
+  if (saved) signIn(saved);
+}

@@ -83,6 +83,8 @@ export class NotifyClient {
     stateListeners = new Listeners();
     errorListeners = new Listeners();
     ackListeners = new Listeners();
+    gapListeners = new Listeners();
+    subscriptionListeners = new Listeners();
     constructor(config) {
         this.config = config;
         this.urls = Array.isArray(config.url) ? [...config.url] : [config.url];
@@ -140,6 +142,18 @@ export class NotifyClient {
     onAck(fn) {
         return this.ackListeners.add(fn);
     }
+    /**
+     * Told when a resume could not recover everything it missed (the app may
+     * reload what it shows from its own backend). Messages from `firstSeq` on
+     * still arrive, each once, in order.
+     */
+    onGap(fn) {
+        return this.gapListeners.add(fn);
+    }
+    /** Told when a backend subscribes the user to a topic or ends it; the client follows. */
+    onSubscription(fn) {
+        return this.subscriptionListeners.add(fn);
+    }
     /** Starts connecting (and reconnecting until close()). */
     connect() {
         if (!this.stopped) {
@@ -159,7 +173,7 @@ export class NotifyClient {
         this.topics.set(topic, Math.max(this.topics.get(topic) ?? 0, from));
         if (this.currentState !== 'connected') {
             // Sent with the others once connected.
-            return Promise.resolve({ type: 'subscribed', topic, seq: from });
+            return Promise.resolve({ type: 'subscribed', topic, seq: from, recovered: true, first_seq: 0, source: 'client' });
         }
         return this.request({ action: 'subscribe', topic, since: from }).catch((e) => {
             if (e instanceof NotifyError && e.code !== 'connection_lost') {
@@ -172,7 +186,7 @@ export class NotifyClient {
     unsubscribe(topic) {
         this.topics.delete(topic);
         if (this.currentState !== 'connected') {
-            return Promise.resolve({ type: 'unsubscribed', topic });
+            return Promise.resolve({ type: 'unsubscribed', topic, source: 'client' });
         }
         return this.request({ action: 'unsubscribe', topic });
     }
@@ -258,12 +272,36 @@ export class NotifyClient {
             case 'error':
                 this.answer(frame) || this.errorListeners.emit(new NotifyError(frame.code, frame.message));
                 return;
+            case 'subscribed':
+                this.subscribed(frame);
+                this.answer(frame);
+                return;
+            case 'unsubscribed':
+                if (frame.source === 'server' && this.topics.delete(frame.topic)) {
+                    this.subscriptionListeners.emit({ topic: frame.topic, subscribed: false, source: 'server' });
+                }
+                this.answer(frame);
+                return;
             default:
                 this.answer(frame);
         }
     }
+    subscribed(frame) {
+        const last = this.topics.get(frame.topic);
+        if (frame.source === 'server' && last === undefined) {
+            // Followed from here; restored with its own since after reconnects.
+            this.topics.set(frame.topic, frame.seq);
+            this.subscriptionListeners.emit({ topic: frame.topic, subscribed: true, source: 'server' });
+        }
+        else if (frame.recovered === false && last !== undefined) {
+            this.gapListeners.emit({ feed: frame.topic, after: last, firstSeq: frame.first_seq });
+        }
+    }
     welcomed(frame, token) {
         this.clearTimer('connectTimer');
+        if (frame.recovered === false) {
+            this.gapListeners.emit({ feed: 'inbox', after: this.inboxSeq, firstSeq: frame.first_seq });
+        }
         this.welcome = frame;
         this.attempt = 0;
         this.setState('connected');

@@ -1,4 +1,4 @@
-// The WebSocket protocol of the notify bridge (DESIGN §5), as types.
+// The WebSocket protocol of the notify bridge (docs/design.md, "WebSocket protocol"), as types.
 /** Close codes the bridge uses. */
 export const CloseCode = {
     /** Server restarting: reconnect at once, to another bridge. */
