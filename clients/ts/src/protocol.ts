@@ -118,7 +118,7 @@ export function parseFrame(text: string): ServerFrame | null {
   return value as ServerFrame;
 }
 
-// --- Fight events (DESIGN §8) -------------------------------------------
+// --- Fight events (docs/design.md §8) -------------------------------------------
 
 export type FightStatus = 'open' | 'accepted' | 'completed' | 'cancelled' | 'expired';
 

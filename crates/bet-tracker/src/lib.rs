@@ -1,4 +1,4 @@
-//! BetTracker (DESIGN §8): reads the fights outbox after its cursor and emits
+//! BetTracker (docs/design.md §8): reads the fights outbox after its cursor and emits
 //! every change through `EmitFightEvent`.
 //!
 //! - [`event`]: an outbox row → the typed fight event notify-svc receives.

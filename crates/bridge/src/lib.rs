@@ -1,4 +1,4 @@
-//! The WebSocket bridge of the notify platform (DESIGN §5, §6).
+//! The WebSocket bridge of the notify platform (docs/design.md §5, §6).
 //!
 //! Clients connect to `GET /ws` with a token; [`server`] verifies it before
 //! the upgrade, [`connection`] runs each socket, [`hub`] knows the local

@@ -1,4 +1,4 @@
-//! The client protocol of DESIGN §5, as types: what clients send (routed by
+//! The client protocol of docs/design.md §5, as types: what clients send (routed by
 //! `action`, API Gateway's `$request.body.action` convention), what the bridge
 //! answers (tagged by `type`), error codes and close codes. No I/O here.
 
@@ -120,7 +120,7 @@ const ACTIONS: [&str; 7] = [
 ];
 
 /// Parses one text frame. An unknown or missing `action` is `unknown_action`
-/// (DESIGN §5's wording); a known action with wrong fields is `bad_request`
+/// (docs/design.md §5's wording); a known action with wrong fields is `bad_request`
 /// naming the problem.
 pub fn parse(text: &str) -> Result<Action, FrameError> {
     match serde_json::from_str::<Action>(text) {

@@ -72,7 +72,7 @@ pub struct Publish {
 }
 
 impl Publish {
-    /// Checks every rule of DESIGN §3 and the validation list.
+    /// Checks every rule of docs/design.md §3 and docs/limits.md.
     pub fn validate(
         raw: RawPublish<'_>,
         limits: &Limits,

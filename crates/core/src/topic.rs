@@ -1,4 +1,4 @@
-//! Topic names and the per-namespace policy of DESIGN §5.
+//! Topic names and the per-namespace policy of docs/design.md §5.
 //!
 //! A topic is `namespace:rest`: the namespace is `[a-z0-9_-]+`, the rest is
 //! non-empty printable text, the whole at most 255 bytes. Each namespace is
@@ -128,7 +128,7 @@ pub struct TopicPolicy {
 }
 
 impl Default for TopicPolicy {
-    /// The namespaces of DESIGN §5.
+    /// The namespaces of docs/design.md §5.
     fn default() -> Self {
         const HOUR: Duration = Duration::from_secs(3600);
         let ns = |subscribe, client_publish, log_max_len, log_max_age| NamespacePolicy {
@@ -182,7 +182,7 @@ impl TopicPolicy {
             })
     }
 
-    /// Whether `subject` may subscribe to `topic` (DESIGN §5): any user, only
+    /// Whether `subject` may subscribe to `topic` (docs/design.md §5): any user, only
     /// users of the realm named after the namespace, or only the user named
     /// there; an admin, any of them. Unknown namespaces are refused.
     pub fn may_subscribe(&self, subject: Subject<'_>, topic: &Topic) -> Result<(), Forbidden> {

@@ -1,5 +1,5 @@
 //! notify-svc configuration: flags mirror the `NOTIFY_*` environment names of
-//! DESIGN §9. Every error is reported before anything binds.
+//! docs/design.md §9. Every error is reported before anything binds.
 
 use std::{collections::HashMap, fmt, net::SocketAddr, path::PathBuf, time::Duration};
 
@@ -167,7 +167,7 @@ pub struct Config {
     pub cognito: Option<notify_auth::CognitoConfig>,
     pub pipeline: PipelineConfig,
     pub limits: Limits,
-    /// Configured topic namespaces (DESIGN §5 defaults).
+    /// Configured topic namespaces (docs/design.md §5 defaults).
     pub topics: TopicPolicy,
     /// gRPC over TLS (None: plaintext).
     pub tls: Option<notify_ops::tls::TlsFiles>,

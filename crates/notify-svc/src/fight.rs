@@ -1,5 +1,5 @@
 //! `EmitFightEvent`: a typed fight event, checked per kind, becomes the
-//! messages DESIGN §8 names — who hears about which change of a fight.
+//! messages docs/design.md §8 names — who hears about which change of a fight.
 //! Pure: the API validates and commits what comes out, each message under
 //! its own idempotency key derived from the caller's (`{key}#{n}`, n in the
 //! fixed order below), so a retried event fills in what is missing and

@@ -1,5 +1,5 @@
 //! `BridgeLink.Attach`: the server side of the link every bridge keeps to
-//! every notify-svc replica (DESIGN §6).
+//! every notify-svc replica (docs/design.md §6).
 //!
 //! The first message is the bridge's Hello with its full state: routing and
 //! the persisted connection registry are rebuilt from it (a notify-svc that

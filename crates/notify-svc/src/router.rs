@@ -1,5 +1,5 @@
 //! The router: which bridges hold which users and topics, and the delivery
-//! of committed messages to them (DESIGN §6).
+//! of committed messages to them (docs/design.md §6).
 //!
 //! Tables are rebuilt from what bridges tell over BridgeLink: their Hello
 //! (full state) and every change after. A topic message goes once to each

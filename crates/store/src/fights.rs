@@ -1,4 +1,4 @@
-//! The fights tables of DESIGN §8 as two narrow views, one per party:
+//! The fights tables of docs/design.md §8 as two narrow views, one per party:
 //!
 //! - [`FightLog`]: what BetTracker reads and keeps: the outbox after its
 //!   cursor, the cursor itself (fenced on the lease), the lease, and open
