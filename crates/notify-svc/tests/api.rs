@@ -22,6 +22,7 @@ on_both_stores!(
     watch_streams_what_is_published_after_it_started,
     subscriptions_and_presence,
     history_pages_follow_next_since,
+    history_pages_of_large_messages_stop_at_a_mebibyte,
     watch_sees_what_another_replica_commits,
     watch_broadcast_is_live_only,
     reflection_lists_the_services_like_grpcurl_list,
@@ -609,6 +610,38 @@ async fn history_pages_follow_next_since(backend: Backend) {
     );
     let unique: HashSet<_> = page.messages.iter().map(|m| m.message_id.clone()).collect();
     assert_eq!(unique.len(), 50);
+    svc.stop().await;
+}
+
+async fn history_pages_of_large_messages_stop_at_a_mebibyte(backend: Backend) {
+    let svc = Svc::start_on(backend).await;
+    let mut client = svc.client().await;
+    let big = format!("\"{}\"", "q".repeat(60 * 1000));
+    let batch = pb::PublishBatchRequest {
+        requests: vec![to_user("ida", &big); 40],
+    };
+    client.publish_batch(batch).await.unwrap();
+    // 40 × 60 KB = 2.4 MB asked in one page: a client with gRPC's default
+    // 4 MiB receive limit must still decode it, so it stops at 1 MiB.
+    let mut since = 0;
+    let mut pages = Vec::new();
+    loop {
+        let page = client
+            .history(history_of_user("ida", since, 1000))
+            .await
+            .unwrap()
+            .into_inner();
+        let bytes: usize = page.messages.iter().map(|m| m.data.len()).sum();
+        assert!(bytes <= 1024 * 1024, "a page of {bytes} bytes");
+        pages.push(page.messages.len());
+        since = page.next_since;
+        if !page.has_more {
+            break;
+        }
+    }
+    assert_eq!(since, 40, "every message, in pages");
+    assert_eq!(pages.iter().sum::<usize>(), 40);
+    assert!(pages.len() >= 3, "pages of {pages:?}");
     svc.stop().await;
 }
 
