@@ -165,6 +165,10 @@ async fn missed_pings(ping: &mut tokio::time::Interval, unanswered: &mut u32) {
 /// How long the closing handshake may take: a peer that does not answer gets
 /// its socket dropped instead.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// The same for a slow consumer: its socket buffers hold up to a few MB
+/// still to read before the close frame. It costs only those buffers: its
+/// queue is dropped first.
+const SLOW_CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why the loop ended, and how to close.
 enum End {
@@ -223,8 +227,14 @@ pub async fn serve(accepted: Box<Accepted>, identity: Box<Identity>, shared: Arc
     shared.hub.close(id);
     shared.hub.flush_acks();
     shared.metrics.connections.dec();
+    let mut close_within = CLOSE_TIMEOUT;
     if matches!(end, End::Close(code, _) if code == protocol::CLOSE_SLOW_CONSUMER) {
         shared.metrics.slow_consumers.inc();
+        // What it will never be sent goes now; what is written already
+        // drains while a merely slow client reads on to learn 4008 (and
+        // resume at once instead of backing off from an abrupt close).
+        queue.clear();
+        close_within = SLOW_CLOSE_TIMEOUT;
     }
     if let End::Close(code, reason) = end {
         let frame = CloseFrame {
@@ -240,7 +250,11 @@ pub async fn serve(accepted: Box<Accepted>, identity: Box<Identity>, shared: Arc
             // frame before the client reads it.
             while let Some(Ok(_)) = ws.next().await {}
         };
-        let _ = tokio::time::timeout(CLOSE_TIMEOUT, closing).await;
+        tokio::select! {
+            _ = tokio::time::timeout(close_within, closing) => {}
+            // A bridge going down does not wait out a slow reader.
+            () = shared.shutdown.cancelled(), if close_within > CLOSE_TIMEOUT => {}
+        }
     }
     tracing::debug!(conn = %id, "disconnected");
 }

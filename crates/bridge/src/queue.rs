@@ -130,6 +130,13 @@ impl SendQueue {
         .await
     }
 
+    /// Drops everything queued (a connection that is closing).
+    pub fn clear(&self) {
+        let mut items = self.items.lock().expect("queue lock");
+        items.queue = VecDeque::new();
+        items.bytes = 0;
+    }
+
     pub fn len(&self) -> usize {
         self.items.lock().expect("queue lock").queue.len()
     }

@@ -285,12 +285,13 @@ async fn offline_messages_replay_in_order_and_acks_move_the_resume_point() {
 async fn a_client_that_stops_reading_is_closed_with_4008_and_others_get_everything() {
     let p = Platform::start_with_queue(SendBound {
         frames: 32,
-        ..SendBound::default()
+        bytes: usize::MAX,
     })
     .await;
     let mut api = p.api().await;
     let mut stuck = p.connect("eve", "").await;
     let mut reader = p.connect("fay", "").await;
+    // (the frame bound alone: no byte bound here)
     assert_eq!(stuck.next().await["type"], "welcome");
     assert_eq!(reader.next().await["type"], "welcome");
     for c in [&mut stuck, &mut reader] {
@@ -301,6 +302,7 @@ async fn a_client_that_stops_reading_is_closed_with_4008_and_others_get_everythi
     // ~10 MB to the topic while eve reads nothing: the socket buffers and her
     // queue (32 here) fill up; the bridge must close her, not wait for her.
     let data = format!("\"{}\"", "x".repeat(60 * 1024));
+    let told = p.close_code_once_slow(stuck);
     let reader_task = tokio::spawn(async move {
         let mut seqs = Vec::new();
         while seqs.len() < 170 {
@@ -324,7 +326,7 @@ async fn a_client_that_stops_reading_is_closed_with_4008_and_others_get_everythi
         (1..=170).collect::<Vec<_>>(),
         "the reader got everything in order"
     );
-    assert_eq!(closing_code(&mut stuck).await, Some(4008));
+    assert_eq!(told.await.unwrap(), Some(4008));
 }
 
 #[tokio::test]

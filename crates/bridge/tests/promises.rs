@@ -101,6 +101,7 @@ async fn a_burst_of_large_messages_closes_a_stalled_client_at_the_default_byte_b
     // client that keeps within the bound (on a loaded machine this test's own
     // reader may fall 1 MiB behind an unpaced burst, and is then rightly
     // closed too), while the stalled client's 10 MB pile up all the same.
+    let told = p.close_code_once_slow(stalled);
     let data = format!("\"{}\"", "z".repeat(50 * 1000));
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(read_messages(reader, 200, tx));
@@ -122,7 +123,7 @@ async fn a_burst_of_large_messages_closes_a_stalled_client_at_the_default_byte_b
         (1..=200).collect::<Vec<_>>(),
         "every message, in order"
     );
-    assert_eq!(closing_code(&mut stalled).await, Some(4008));
+    assert_eq!(told.await.unwrap(), Some(4008));
 }
 
 /// A bridge whose queues never overflow (so no 4008), with this ping period.

@@ -20,6 +20,8 @@ use tokio_util::sync::CancellationToken;
 pub struct Platform {
     pub grpc: String,
     pub ws: String,
+    /// The first bridge's ops port (/metrics).
+    pub ops: String,
     pub issuer: Arc<DevIssuer>,
     pub verifier: Verifier,
     /// Stops the bridges.
@@ -68,6 +70,7 @@ impl Platform {
         let mut platform = Self {
             grpc,
             ws: String::new(),
+            ops: String::new(),
             issuer,
             verifier,
             shutdown,
@@ -75,8 +78,31 @@ impl Platform {
             svc: Some(svc),
             db,
         };
-        platform.ws = platform.add_bridge("bridge-test", send_queue).await;
+        let mut config = platform.bridge_config("bridge-test", send_queue);
+        let ops = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        platform.ops = ops.local_addr().unwrap().to_string();
+        config.ops = Some(ops);
+        platform.ws = platform.run_bridge(config).await;
         platform
+    }
+
+    /// The close code a stalled client gets, read once the first bridge
+    /// closed it as a slow consumer (reading earlier would un-stall it).
+    pub fn close_code_once_slow(
+        &self,
+        mut stalled: Client,
+    ) -> tokio::task::JoinHandle<Option<u16>> {
+        let ops = self.ops.clone();
+        tokio::spawn(async move {
+            test_support::eventually("a slow consumer is closed", Duration::from_secs(60), || {
+                let ops = ops.clone();
+                async move {
+                    (metric(&ops, "bridge_slow_consumers_total").await >= 1.0).then_some(())
+                }
+            })
+            .await;
+            closing_code(&mut stalled).await
+        })
     }
 
     /// Starts a bridge attached to the notify-svc; returns its WebSocket URL.
@@ -269,4 +295,13 @@ pub async fn closing_code(c: &mut Client) -> Option<u16> {
             Err(_) => return None,
         }
     }
+}
+
+/// A series of a bridge's /metrics at `ops` (-1 if unreadable).
+pub async fn metric(ops: &str, name: &str) -> f64 {
+    let answer = test_support::http_get(ops, "/metrics")
+        .await
+        .unwrap_or_default();
+    let body = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    test_support::prometheus::parse(body).map_or(-1.0, |s| s.value(name, &[]))
 }
