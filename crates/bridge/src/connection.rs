@@ -133,6 +133,29 @@ fn token_expired() -> End {
     End::Close(protocol::CLOSE_TOKEN_EXPIRED, "token expired".into())
 }
 
+/// What still acts on a connection while its handling waits.
+struct Watch {
+    slow: CancellationToken,
+    shutdown: CancellationToken,
+    expires: tokio::time::Instant,
+    /// A wait this long leaves two pings unsent and no pong read: gone.
+    silent_until: tokio::time::Instant,
+    waiting: prometheus_client::metrics::gauge::Gauge,
+}
+
+/// Resolves with why the connection ends while its handling still waits
+/// (a write to a client that reads nothing); counted meanwhile in
+/// `bridge_waiting_connections`.
+async fn watch_while_waiting(watch: Watch) -> End {
+    let _waiting = Waiting::count(&watch.waiting);
+    tokio::select! {
+        () = watch.slow.cancelled() => slow_consumer(),
+        () = watch.shutdown.cancelled() => restarting(),
+        () = tokio::time::sleep_until(watch.expires) => token_expired(),
+        () = tokio::time::sleep_until(watch.silent_until) => End::Close(1001, "no pong".into()),
+    }
+}
+
 /// Counts a connection in a gauge while it lives.
 struct Waiting<'a>(&'a prometheus_client::metrics::gauge::Gauge);
 
@@ -146,19 +169,6 @@ impl<'a> Waiting<'a> {
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
         self.0.dec();
-    }
-}
-
-/// Resolves once the ping timer ticks with two pings unanswered, counting
-/// each tick while a write is stuck as one more: no ping goes out and no
-/// pong is read then, and a peer that reads nothing for two periods is gone.
-async fn missed_pings(ping: &mut tokio::time::Interval, unanswered: &mut u32) {
-    loop {
-        ping.tick().await;
-        if *unanswered >= 2 {
-            return;
-        }
-        *unanswered += 1;
     }
 }
 
@@ -339,7 +349,9 @@ async fn start(ws: &mut Socket, opening: Opening) -> Result<Box<Conn>, End> {
     let mut subscriptions: Vec<Topic> = position.subscriptions.into_iter().collect();
     subscriptions.sort();
     for topic in subscriptions {
-        let text = conn.follow(topic, None, Source::Server, None).await;
+        // Boxed: most users have none, and the start of every connection
+        // would otherwise carry room for a registration wait.
+        let text = Box::pin(conn.follow(topic, None, Source::Server, None)).await;
         send(ws, text).await?;
     }
     ws.flush().await.map_err(|_| End::Gone)?;
@@ -463,23 +475,28 @@ impl Conn {
                 ws.flush().await.map_err(|_| End::Gone)
             };
             let mut handled = std::pin::pin!(handled);
-            // Most events are handled at once; one that waits is counted
-            // while it does (`bridge_waiting_connections`).
-            let result = match futures::poll!(&mut handled) {
-                std::task::Poll::Ready(result) => result,
-                std::task::Poll::Pending => {
-                    let _waiting = Waiting::count(&waiting);
-                    tokio::select! {
-                        result = &mut handled => result,
-                        () = slow.cancelled() => return slow_consumer(),
-                        () = shutdown.cancelled() => return restarting(),
-                        () = tokio::time::sleep_until(expires) => return token_expired(),
-                        () = missed_pings(&mut ping, &mut unanswered_pings) => {
-                            return End::Close(1001, "no pong".into());
-                        }
-                    }
+            // Most events are handled at once. One that waits gets a watch,
+            // boxed and made only then: its timers would otherwise take room
+            // in every idle connection's state (and one await point keeps
+            // the handling's own room shared with the select above).
+            let mut watch = None;
+            let result = std::future::poll_fn(|cx| {
+                if let std::task::Poll::Ready(result) = handled.as_mut().poll(cx) {
+                    return std::task::Poll::Ready(result);
                 }
-            };
+                let watch = watch.get_or_insert_with(|| {
+                    Box::pin(watch_while_waiting(Watch {
+                        slow: slow.clone(),
+                        shutdown: shutdown.clone(),
+                        expires,
+                        // Two pings' time without reading a pong.
+                        silent_until: tokio::time::Instant::now() + 2 * ping.period(),
+                        waiting: waiting.clone(),
+                    }))
+                });
+                watch.as_mut().poll(cx).map(Err)
+            })
+            .await;
             if let Err(end) = result {
                 return end;
             }
@@ -494,7 +511,10 @@ impl Conn {
                 if self.topics.contains_key(&topic) {
                     return Ok(()); // followed already, from its own position
                 }
-                let text = self.follow(topic, Some(after), Source::Server, None).await;
+                // Boxed like frame handling: a registration's future is large,
+                // and the loop's state (every idle connection's) holds room
+                // for whatever it awaits inline.
+                let text = Box::pin(self.follow(topic, Some(after), Source::Server, None)).await;
                 send(ws, text).await
             }
             Local::ServerUnsubscribe(topic) => {
