@@ -69,11 +69,22 @@ async fn stalled_clients_are_closed_and_hold_no_more_than_the_byte_bound() {
         notify_auth::DEV_CLIENT_ID,
     )
     .unwrap();
-    let connect = |user: String| {
+    let connect = |user: String, stalling: bool| {
         let token = issuer.mint(&notify_auth::DevToken::access(&user)).unwrap();
         let url = format!("ws://{ws}/ws?token={token}");
+        let addr: std::net::SocketAddr = ws.parse().unwrap();
         async move {
-            let (mut socket, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+            let stream = if stalling {
+                test_support::stalling_stream(addr).await
+            } else {
+                tokio::net::TcpStream::connect(addr).await.unwrap()
+            };
+            let (mut socket, _) = tokio_tungstenite::client_async(
+                url,
+                tokio_tungstenite::MaybeTlsStream::Plain(stream),
+            )
+            .await
+            .unwrap();
             let subscribe = r#"{"action":"subscribe","topic":"room:burst"}"#;
             socket.send(Message::text(subscribe)).await.unwrap();
             let mut subscribed = false;
@@ -89,9 +100,9 @@ async fn stalled_clients_are_closed_and_hold_no_more_than_the_byte_bound() {
     };
     let mut stalled = Vec::new();
     for i in 0..STALLED {
-        stalled.push(connect(format!("stalled-{i}")).await);
+        stalled.push(connect(format!("stalled-{i}"), true).await);
     }
-    let mut reader = connect("reader".into()).await;
+    let mut reader = connect("reader".into(), false).await;
     let pid = bridge.pid().unwrap();
     let before = rss(pid);
 

@@ -289,7 +289,7 @@ async fn a_client_that_stops_reading_is_closed_with_4008_and_others_get_everythi
     })
     .await;
     let mut api = p.api().await;
-    let mut stuck = p.connect("eve", "").await;
+    let mut stuck = p.connect_stalling("eve").await;
     let mut reader = p.connect("fay", "").await;
     // (the frame bound alone: no byte bound here)
     assert_eq!(stuck.next().await["type"], "welcome");

@@ -88,7 +88,7 @@ async fn a_burst_of_large_messages_closes_a_stalled_client_at_the_default_byte_b
     // Default settings: 1,024 frames, 1 MiB.
     let p = Platform::start().await;
     let mut api = p.api().await;
-    let mut stalled = p.connect("sam", "").await;
+    let mut stalled = p.connect_stalling("sam").await;
     let mut reader = p.connect("tia", "").await;
     for c in [&mut stalled, &mut reader] {
         assert_eq!(c.next().await["type"], "welcome");
@@ -173,7 +173,7 @@ async fn a_stuck_write_does_not_stop_the_ping_timeout() {
             Duration::from_millis(500),
         ))
         .await;
-    let mut stalled = p.connect_when_ready(&ws, "uma").await;
+    let mut stalled = p.connect_stalling_to(&ws, "uma").await;
     assert_eq!(stalled.next().await["type"], "welcome");
     flood(&p, "uma").await;
     // It reads nothing and answers no ping: closed after two periods.
@@ -193,9 +193,14 @@ async fn a_stuck_write_does_not_stop_the_token_expiry() {
             ..notify_auth::DevToken::access("val")
         })
         .unwrap();
-    let (ws, _) = tokio_tungstenite::connect_async(format!("{ws}?token={token}"))
-        .await
-        .unwrap();
+    let addr = ws.trim_start_matches("ws://").trim_end_matches("/ws");
+    let stream = test_support::stalling_stream(addr.parse().unwrap()).await;
+    let (ws, _) = tokio_tungstenite::client_async(
+        format!("{ws}?token={token}"),
+        tokio_tungstenite::MaybeTlsStream::Plain(stream),
+    )
+    .await
+    .unwrap();
     let mut stalled = Client { ws };
     assert_eq!(stalled.next().await["type"], "welcome");
     flood(&p, "val").await;
@@ -220,7 +225,7 @@ async fn a_stuck_write_does_not_hold_up_a_bridge_shutdown() {
     let ops_addr = ops.local_addr().unwrap().to_string();
     config.ops = Some(ops);
     let bridge = tokio::spawn(notify_bridge::run(config, listener, stop.clone()));
-    let mut stalled = p.connect_when_ready(&ws, "wes").await;
+    let mut stalled = p.connect_stalling_to(&ws, "wes").await;
     assert_eq!(stalled.next().await["type"], "welcome");
     flood(&p, "wes").await;
     test_support::eventually(

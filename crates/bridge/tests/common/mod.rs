@@ -179,6 +179,27 @@ impl Platform {
         Client { ws }
     }
 
+    /// Connects `user` as a client about to stop reading (a small receive
+    /// buffer: see [`test_support::stalling_stream`]).
+    pub async fn connect_stalling(&self, user: &str) -> Client {
+        self.connect_stalling_to(&self.ws, user).await
+    }
+
+    /// [`connect_stalling`](Self::connect_stalling) to another bridge.
+    pub async fn connect_stalling_to(&self, ws: &str, user: &str) -> Client {
+        let mut req = ws.into_client_request().unwrap();
+        req.headers_mut().insert(
+            "authorization",
+            format!("Bearer {}", self.token(user)).parse().unwrap(),
+        );
+        let addr = ws.trim_start_matches("ws://").trim_end_matches("/ws");
+        let stream = test_support::stalling_stream(addr.parse().unwrap()).await;
+        let (ws, _) = tokio_tungstenite::client_async(req, MaybeTlsStream::Plain(stream))
+            .await
+            .expect("upgrade");
+        Client { ws }
+    }
+
     /// Connects `user` to `ws` once that bridge takes sockets (a new
     /// bridge answers 503 until its link is attached).
     pub async fn connect_when_ready(&self, ws: &str, user: &str) -> Client {
