@@ -341,6 +341,16 @@ pub async fn wait_ready(addr: &str) {
     .await;
 }
 
+/// A TCP connection to `addr` whose receive buffer is kept small (64 KiB):
+/// a client that will stop reading, so that what the kernel absorbs for it
+/// is a known few MB (the sender's buffer, at most `tcp_wmem`'s 4 MiB here)
+/// rather than whatever the receive side's autotuning allows.
+pub async fn stalling_stream(addr: std::net::SocketAddr) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(64 * 1024).unwrap();
+    socket.connect(addr).await.unwrap()
+}
+
 #[cfg(test)]
 mod tests {
     use super::with_database;
@@ -353,14 +363,4 @@ mod tests {
         );
         assert_eq!(with_database("postgres://u@h", "t1"), "postgres://u@h/t1");
     }
-}
-
-/// A TCP connection to `addr` whose receive buffer is kept small (64 KiB):
-/// a client that will stop reading, so that what the kernel absorbs for it
-/// is a known few MB (the sender's buffer, at most `tcp_wmem`'s 4 MiB here)
-/// rather than whatever the receive side's autotuning allows.
-pub async fn stalling_stream(addr: std::net::SocketAddr) -> tokio::net::TcpStream {
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(64 * 1024).unwrap();
-    socket.connect(addr).await.unwrap()
 }
