@@ -342,31 +342,24 @@ pub struct SubscriptionArgs {
     topic: String,
 }
 
-pub async fn subscribe(endpoint: &Endpoint, args: SubscriptionArgs) -> Result<(), Failure> {
+/// `subscribe` (true) or `unsubscribe` (false).
+pub async fn subscription(
+    endpoint: &Endpoint,
+    args: SubscriptionArgs,
+    subscribe: bool,
+) -> Result<(), Failure> {
     let mut api = Api::connect(endpoint).await?;
-    let req = api.request(pb::SubscribeRequest {
-        user_id: args.user,
-        topic: args.topic,
-    });
-    let r = api.client.subscribe(req).await?.into_inner();
-    println!(
-        "{}",
+    let (user_id, topic) = (args.user, args.topic);
+    let answer = if subscribe {
+        let req = api.request(pb::SubscribeRequest { user_id, topic });
+        let r = api.client.subscribe(req).await?.into_inner();
         json!({"created": r.created, "topic_seq": r.topic_seq, "live_connections": r.live_connections})
-    );
-    Ok(())
-}
-
-pub async fn unsubscribe(endpoint: &Endpoint, args: SubscriptionArgs) -> Result<(), Failure> {
-    let mut api = Api::connect(endpoint).await?;
-    let req = api.request(pb::UnsubscribeRequest {
-        user_id: args.user,
-        topic: args.topic,
-    });
-    let r = api.client.unsubscribe(req).await?.into_inner();
-    println!(
-        "{}",
+    } else {
+        let req = api.request(pb::UnsubscribeRequest { user_id, topic });
+        let r = api.client.unsubscribe(req).await?.into_inner();
         json!({"removed": r.removed, "live_connections": r.live_connections})
-    );
+    };
+    println!("{answer}");
     Ok(())
 }
 

@@ -128,8 +128,8 @@ async fn main() -> std::process::ExitCode {
         Command::Tail(args) => cli::tail(&endpoint, args).await,
         Command::History(args) => cli::history(&endpoint, args).await,
         Command::Presence(args) => cli::presence(&endpoint, args).await,
-        Command::Subscribe(args) => cli::subscribe(&endpoint, args).await,
-        Command::Unsubscribe(args) => cli::unsubscribe(&endpoint, args).await,
+        Command::Subscribe(args) => cli::subscription(&endpoint, args, true).await,
+        Command::Unsubscribe(args) => cli::subscription(&endpoint, args, false).await,
         Command::Disconnect(args) => cli::disconnect(&endpoint, args).await,
         Command::Migrate { database_url } => cli::migrate(&database_url).await,
     };

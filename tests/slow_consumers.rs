@@ -13,7 +13,7 @@ use serde_json::Value;
 use test_support::{
     TestDb, TestDir, eventually, free_port,
     process::{ServiceProcess, sibling_binary},
-    prometheus::parse,
+    prometheus::value_at,
     wait_ready,
 };
 use tokio_tungstenite::tungstenite::Message;
@@ -35,14 +35,6 @@ fn rss(pid: u32) -> u64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap();
     kb * 1024
-}
-
-async fn metric(ops: &str, name: &str) -> f64 {
-    let answer = test_support::http_get(ops, "/metrics")
-        .await
-        .unwrap_or_default();
-    let body = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-    parse(body).map_or(-1.0, |s| s.value(name, &[]))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -125,7 +117,7 @@ async fn stalled_clients_are_closed_and_hold_no_more_than_the_byte_bound() {
         let mut peak = 0;
         loop {
             peak = peak.max(rss(pid));
-            if metric(&ops, "bridge_slow_consumers_total").await >= STALLED as f64 {
+            if value_at(&ops, "bridge_slow_consumers_total").await >= STALLED as f64 {
                 return (peak.max(rss(pid)), ops);
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -186,7 +178,7 @@ async fn stalled_clients_are_closed_and_hold_no_more_than_the_byte_bound() {
         Duration::from_secs(20),
         || {
             let ops = ops.clone();
-            async move { (metric(&ops, "bridge_connections").await == 1.0).then_some(()) }
+            async move { (value_at(&ops, "bridge_connections").await == 1.0).then_some(()) }
         },
     )
     .await;

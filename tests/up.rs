@@ -140,6 +140,18 @@ async fn notify(args: Vec<String>) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// `notify token --user USER --data-dir DATA`: a dev token of that directory's key.
+async fn dev_token(data: &Path, user: &str) -> String {
+    let args = [
+        "token",
+        "--user",
+        user,
+        "--data-dir",
+        &data.display().to_string(),
+    ];
+    notify(args.map(String::from).to_vec()).await
+}
+
 /// The next `n` text frames (JSON) of a socket, 10 s each at most.
 async fn frames<S>(socket: &mut S, n: usize) -> Vec<Value>
 where
@@ -344,12 +356,7 @@ async fn notify_up_keeps_messages_across_a_restart_on_its_sqlite_data_dir() {
     };
 
     // A token from `notify token` (same data dir, so the same dev key).
-    let token = notify(
-        ["token", "--user", "bob", "--data-dir", &dir]
-            .map(String::from)
-            .to_vec(),
-    )
-    .await;
+    let token = dev_token(&data.path, "bob").await;
     let mut socket = up.socket(&token).await;
     assert_eq!(frames(&mut socket, 1).await[0]["type"], "welcome");
     // `notify connect` with a bad token: refused before the upgrade, exit 1.
@@ -425,14 +432,7 @@ async fn a_token_minted_the_moment_the_port_opens_connects_on_every_fresh_start(
         )
         .await;
         // ...a token from the same (possibly still empty) data directory...
-        let token = notify(vec![
-            "token".into(),
-            "--user".into(),
-            "alice".into(),
-            "--data-dir".into(),
-            data.path.display().to_string(),
-        ])
-        .await;
+        let token = dev_token(&data.path, "alice").await;
         // ...connects at once: no 401, no 503, no socket closed unanswered.
         let url = format!("ws://{}/ws?token={}", up.ws, token.trim());
         let (mut socket, _) = tokio_tungstenite::connect_async(url)
@@ -448,7 +448,6 @@ async fn a_token_minted_the_moment_the_port_opens_connects_on_every_fresh_start(
 #[tokio::test]
 async fn a_server_side_subscription_reaches_live_and_later_sockets_on_sqlite() {
     let data = TestDir::create("up-subscribe");
-    let dir = data.path.display().to_string();
     let up = Up::start(&data.path, None, &[]).await;
     up.client().await;
     let grpc = format!("http://{}", up.grpc);
@@ -457,12 +456,7 @@ async fn a_server_side_subscription_reaches_live_and_later_sockets_on_sqlite() {
         all.extend(args.iter().map(|a| (*a).to_owned()));
         async move { serde_json::from_str::<Value>(&notify(all).await).unwrap() }
     };
-    let token = notify(
-        ["token", "--user", "cat", "--data-dir", &dir]
-            .map(String::from)
-            .to_vec(),
-    )
-    .await;
+    let token = dev_token(&data.path, "cat").await;
     let mut live = up.socket(&token).await;
     assert_eq!(frames(&mut live, 1).await[0]["type"], "welcome");
 

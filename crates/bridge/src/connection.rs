@@ -346,9 +346,7 @@ async fn start(ws: &mut Socket, opening: Opening) -> Result<Box<Conn>, End> {
     }
     // The user's server-side subscriptions, followed from the welcome on (a
     // client that knows where it stood re-subscribes with its `since`).
-    let mut subscriptions: Vec<Topic> = position.subscriptions.into_iter().collect();
-    subscriptions.sort();
-    for topic in subscriptions {
+    for topic in position.subscriptions {
         // Boxed: most users have none, and the start of every connection
         // would otherwise carry room for a registration wait.
         let text = Box::pin(conn.follow(topic, None, Source::Server, None)).await;

@@ -8,7 +8,7 @@
 //! close (4008), never waited for.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{BTreeSet, HashMap, HashSet},
     sync::{Arc, Mutex},
     time::{Duration, SystemTime},
 };
@@ -71,7 +71,7 @@ pub struct Position {
     /// The oldest seq still kept (0 if none).
     pub first_seq: u64,
     /// The user's server-side subscriptions (connection registrations).
-    pub subscriptions: HashSet<Topic>,
+    pub subscriptions: BTreeSet<Topic>,
 }
 
 impl Position {

@@ -232,10 +232,9 @@ async fn a_stuck_write_does_not_hold_up_a_bridge_shutdown() {
         "the write to wes waits",
         Duration::from_secs(20),
         || async {
-            let text = test_support::http_get(&ops_addr, "/metrics").await?;
-            let body = text.split_once("\r\n\r\n")?.1;
-            let scrape = test_support::prometheus::parse(body).ok()?;
-            (scrape.value("bridge_waiting_connections", &[]) >= 1.0).then_some(())
+            let waiting =
+                test_support::prometheus::value_at(&ops_addr, "bridge_waiting_connections").await;
+            (waiting >= 1.0).then_some(())
         },
     )
     .await;

@@ -5,6 +5,14 @@
 
 use std::collections::{BTreeMap, HashSet};
 
+/// One unlabelled series of the /metrics served at `ops` (-1 if the page
+/// cannot be read or parsed, or lacks it): for tests waiting on a counter.
+pub async fn value_at(ops: &str, name: &str) -> f64 {
+    let answer = crate::http_get(ops, "/metrics").await.unwrap_or_default();
+    let body = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    parse(body).map_or(-1.0, |s| s.get(name, &[]).unwrap_or(-1.0))
+}
+
 /// One sample: metric name, labels, value.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Sample {

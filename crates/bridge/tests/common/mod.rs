@@ -97,7 +97,9 @@ impl Platform {
             test_support::eventually("a slow consumer is closed", Duration::from_secs(60), || {
                 let ops = ops.clone();
                 async move {
-                    (metric(&ops, "bridge_slow_consumers_total").await >= 1.0).then_some(())
+                    (test_support::prometheus::value_at(&ops, "bridge_slow_consumers_total").await
+                        >= 1.0)
+                        .then_some(())
                 }
             })
             .await;
@@ -316,13 +318,4 @@ pub async fn closing_code(c: &mut Client) -> Option<u16> {
             Err(_) => return None,
         }
     }
-}
-
-/// A series of a bridge's /metrics at `ops` (-1 if unreadable).
-pub async fn metric(ops: &str, name: &str) -> f64 {
-    let answer = test_support::http_get(ops, "/metrics")
-        .await
-        .unwrap_or_default();
-    let body = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-    test_support::prometheus::parse(body).map_or(-1.0, |s| s.value(name, &[]))
 }
