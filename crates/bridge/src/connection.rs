@@ -556,6 +556,7 @@ impl Conn {
     async fn delivered(&mut self, ws: &mut Socket, message: Arc<Prepared>) -> Result<(), End> {
         if !message.user_id.is_empty() {
             let outcome = self.inbox.live(message.seq, message);
+            self.within_bound(&self.inbox)?;
             return self.emit(ws, || Feed::Inbox, outcome).await;
         }
         if let Some(topic) = &message.topic {
@@ -563,9 +564,28 @@ impl Conn {
                 return Ok(());
             };
             let outcome = seq.live(message.seq, Arc::clone(&message));
+            let held = self.topics.get(topic).map(|seq| self.within_bound(seq));
+            held.unwrap_or(Ok(()))?;
             return self.emit(ws, || Feed::Topic(topic.clone()), outcome).await;
         }
         self.write_message(ws, &message).await
+    }
+
+    /// Live messages held back while a feed waits for a store read (a
+    /// replay, a gap fill, a catch-up) count against the send queue's bound
+    /// too: a client that stalls meanwhile is a slow consumer like any other.
+    fn within_bound(&self, seq: &Sequencer<Arc<Prepared>>) -> Result<(), End> {
+        let bound = self.shared.queue;
+        let (mut frames, mut bytes) = (0, 0);
+        for m in seq.waiting() {
+            frames += 1;
+            bytes += m.frame.len();
+            // One frame alone always fits, as in the queue.
+            if frames > bound.frames || (frames > 1 && bytes > bound.bytes) {
+                return Err(slow_consumer());
+            }
+        }
+        Ok(())
     }
 
     async fn read(

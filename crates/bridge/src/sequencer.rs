@@ -56,6 +56,11 @@ impl<T> Sequencer<T> {
         (sequencer, after)
     }
 
+    /// Live messages held back (waiting for a store read or a hole to fill).
+    pub fn waiting(&self) -> impl Iterator<Item = &T> {
+        self.waiting.values()
+    }
+
     /// Highest seq the client has been sent.
     pub fn last(&self) -> u64 {
         self.last
