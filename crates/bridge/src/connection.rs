@@ -556,7 +556,7 @@ impl Conn {
     async fn delivered(&mut self, ws: &mut Socket, message: Arc<Prepared>) -> Result<(), End> {
         if !message.user_id.is_empty() {
             let outcome = self.inbox.live(message.seq, message);
-            self.within_bound(&self.inbox)?;
+            self.shed_past_bound(&Feed::Inbox);
             return self.emit(ws, || Feed::Inbox, outcome).await;
         }
         if let Some(topic) = &message.topic {
@@ -564,30 +564,39 @@ impl Conn {
                 return Ok(());
             };
             let outcome = seq.live(message.seq, Arc::clone(&message));
-            let held = self.topics.get(topic).map(|seq| self.within_bound(seq));
-            held.unwrap_or(Ok(()))?;
+            self.shed_past_bound(&Feed::Topic(topic.clone()));
             return self.emit(ws, || Feed::Topic(topic.clone()), outcome).await;
         }
         self.write_message(ws, &message).await
     }
 
     /// Live messages held back while a feed waits for a store read (a
-    /// replay, a gap fill, a catch-up) count against the send queue's bound
-    /// too: a client that stalls meanwhile is a slow consumer like any other.
-    fn within_bound(&self, seq: &Sequencer<Arc<Prepared>>) -> Result<(), End> {
+    /// replay, a gap fill, a catch-up) are bounded like the send queue. Past
+    /// the bound they are shed and the read brings them instead (every live
+    /// message is committed): a slow store costs no memory and closes no
+    /// client that reads; one that stalls meets the send queue's bound when
+    /// the read's pages reach it.
+    fn shed_past_bound(&mut self, feed: &Feed) {
         let bound = self.shared.queue;
+        let seq = match feed {
+            Feed::Inbox => &mut self.inbox,
+            Feed::Topic(topic) => match self.topics.get_mut(topic) {
+                Some(seq) => seq,
+                None => return,
+            },
+        };
         let (mut frames, mut bytes) = (0, 0);
-        for m in seq.waiting() {
+        let over = seq.waiting().any(|m| {
             frames += 1;
             bytes += m.frame.len();
             // One frame alone always fits, as in the queue.
-            if frames > bound.frames || (frames > 1 && bytes > bound.bytes) {
-                return Err(slow_consumer());
-            }
+            frames > bound.frames || (frames > 1 && bytes > bound.bytes)
+        });
+        if over {
+            seq.shed();
+            self.shared.metrics.held_shed.inc();
         }
-        Ok(())
     }
-
     async fn read(
         &mut self,
         ws: &mut Socket,

@@ -34,6 +34,9 @@ pub struct Metrics {
     /// notify-svc links attached (set at each scrape).
     pub links: Gauge,
     pub slow_consumers: Counter,
+    /// Times a feed's held-back live messages passed the send bound during a
+    /// store read and were shed (read back from the store instead).
+    pub held_shed: Counter,
     /// Connections whose handling waits: mostly a write blocked on a client
     /// that stopped reading (timers and shutdown still act on them).
     pub waiting: Gauge,
@@ -91,6 +94,12 @@ impl Default for Metrics {
             "Connections closed with 4008",
             slow_consumers.clone(),
         );
+        let held_shed = Counter::default();
+        registry.register(
+            "held_shed",
+            "Times live messages held back during a slow store read passed the send bound and were shed, to be read from the store",
+            held_shed.clone(),
+        );
         let waiting = Gauge::default();
         registry.register(
             "waiting_connections",
@@ -113,6 +122,7 @@ impl Default for Metrics {
             replay_pages,
             links,
             slow_consumers,
+            held_shed,
             waiting,
             refused,
         }

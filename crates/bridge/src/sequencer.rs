@@ -6,7 +6,9 @@
 //! here; stored pages are emitted in order; at the seam, waiting messages
 //! already emitted from the store are dropped and the rest follow. A live
 //! message that skips ahead (it overtook one committed by another replica, or
-//! a live copy was dropped) asks for a store read to fill the gap. Pure: the
+//! a live copy was dropped) asks for a store read to fill the gap. Every live
+//! message is committed before it is delivered, so messages held back can be
+//! shed (their memory bounded) and read back from the store instead. Pure: the
 //! caller does the reading and the sending.
 
 use std::collections::BTreeMap;
@@ -41,6 +43,9 @@ pub struct Sequencer<T> {
     /// The highest live seq waiting when the current read was asked for:
     /// seqs are committed in order, so that read sees everything below it.
     read_covers: u64,
+    /// The highest seq shed while held back: the store owes everything up
+    /// to it.
+    owed: u64,
 }
 
 impl<T> Sequencer<T> {
@@ -52,6 +57,7 @@ impl<T> Sequencer<T> {
             waiting: BTreeMap::new(),
             reading: true,
             read_covers: after,
+            owed: after,
         };
         (sequencer, after)
     }
@@ -59,6 +65,16 @@ impl<T> Sequencer<T> {
     /// Live messages held back (waiting for a store read or a hole to fill).
     pub fn waiting(&self) -> impl Iterator<Item = &T> {
         self.waiting.values()
+    }
+
+    /// Drops the live messages held back; the reads under way (or the next)
+    /// bring them from the store instead. Held messages only exist while a
+    /// read is under way or asked for, so one always follows.
+    pub fn shed(&mut self) {
+        if let Some((&highest, _)) = self.waiting.last_key_value() {
+            self.owed = self.owed.max(highest);
+        }
+        self.waiting.clear();
     }
 
     /// Highest seq the client has been sent.
@@ -97,21 +113,30 @@ impl<T> Sequencer<T> {
                 fetch_after: Some(self.ask()),
             };
         }
-        emit.extend(self.drain());
-        while let Some((&first, _)) = self.waiting.first_key_value() {
-            if first > self.read_covers {
+        loop {
+            emit.extend(self.drain());
+            // Everything up to `owed` was committed; a read asked for after
+            // it was shed saw all of it, so what that read lacked is gone.
+            let next = if self.owed > self.last {
+                self.owed
+            } else if let Some((&first, _)) = self.waiting.first_key_value() {
+                first - 1
+            } else {
+                break;
+            };
+            if next > self.read_covers {
                 // It arrived after this read was asked for: the read may
-                // predate its predecessors' commits. Read again.
+                // predate its (or its predecessors') commits. Read again.
                 return Outcome {
                     emit,
                     fetch_after: Some(self.ask()),
                 };
             }
-            // The read saw everything committed below `first` and holds
-            // nothing between: those seqs expired or were trimmed from the
-            // log. Skip ahead rather than wait forever.
-            self.last = first - 1;
-            emit.extend(self.drain());
+            // The read saw everything committed up to `next` and holds
+            // nothing more: those seqs expired or were trimmed from the log.
+            // Skip ahead rather than wait forever.
+            self.last = next;
+            self.waiting = self.waiting.split_off(&(self.last + 1));
         }
         self.reading = false;
         Outcome {
@@ -130,7 +155,8 @@ impl<T> Sequencer<T> {
     /// Records what the read about to happen will cover; returns its start.
     fn ask(&mut self) -> u64 {
         self.reading = true;
-        self.read_covers = self.waiting.last_key_value().map_or(self.last, |(&s, _)| s);
+        let held = self.waiting.last_key_value().map_or(self.last, |(&s, _)| s);
+        self.read_covers = held.max(self.owed);
         self.last
     }
 
@@ -232,7 +258,63 @@ mod tests {
     }
 
     #[test]
+    fn messages_shed_while_held_are_read_back_from_the_store() {
+        let (mut seq, _) = Sequencer::resume(0);
+        seq.stored(vec![(1, 1)], true);
+        // 2 is late; 3..=50 arrive and wait for the gap read.
+        for s in 3..=50 {
+            seq.live(s, s);
+        }
+        seq.shed();
+        assert_eq!(seq.waiting().count(), 0);
+        // More arrive (and are shed) while the read, asked for when 50 was
+        // the highest held, is under way.
+        for s in 51..=80 {
+            seq.live(s, s);
+        }
+        seq.shed();
+        let out = seq.stored((2..=60).map(|s| (s, s)).collect(), true);
+        assert_eq!(out.emit, (2..=60).collect::<Vec<_>>());
+        assert_eq!(
+            out.fetch_after,
+            Some(60),
+            "80 was shed after that read began"
+        );
+        seq.live(81, 81);
+        let out = seq.stored((61..=81).map(|s| (s, s)).collect(), true);
+        assert_eq!(out.emit, (61..=81).collect::<Vec<_>>());
+        assert_eq!(out.fetch_after, None);
+        assert_eq!(seq.live(82, 82).emit, [82]);
+    }
+
+    #[test]
+    fn shed_seqs_gone_from_the_store_are_skipped_once_a_read_covers_them() {
+        let (mut seq, _) = Sequencer::resume(0);
+        for s in 1..=10 {
+            seq.live(s, s);
+        }
+        seq.shed();
+        // The first read was asked for before 1..=10 arrived: read again.
+        let out = seq.stored(vec![(1, 1), (2, 2)], true);
+        assert_eq!((out.emit, out.fetch_after), (vec![1, 2], Some(2)));
+        // 3..=10 expired meanwhile: the second read covers them and lacks them.
+        let out = seq.stored(Vec::new(), true);
+        assert_eq!((out.emit, out.fetch_after), (vec![], None));
+        assert_eq!(seq.last(), 10);
+        assert_eq!(seq.live(11, 11).emit, [11]);
+    }
+
+    #[test]
     fn an_interleaved_storm_comes_out_exactly_once_in_order() {
+        storm(false);
+    }
+
+    #[test]
+    fn an_interleaved_storm_shed_under_a_bound_comes_out_exactly_once_in_order() {
+        storm(true);
+    }
+
+    fn storm(bounded: bool) {
         // 5,000 messages; 3,200 are committed when the client connects, the
         // rest commit while it replays. Live copies of 3,000..=5,000 arrive
         // shuffled (within a window: a later commit is delivered at most a
@@ -260,6 +342,10 @@ mod tests {
                 let out = seq.live(s, s);
                 sent.extend(out.emit);
                 fetch = fetch.or(out.fetch_after);
+                // A small bound: held messages are shed often.
+                if bounded && seq.waiting().count() > 50 {
+                    seq.shed();
+                }
             }
             let Some(from) = fetch.take() else {
                 if live.len() == 0 {

@@ -1,6 +1,7 @@
 //! Promises a client relies on, each written as the client would check it:
 //! replay of large backlogs, resume points past the head, byte-bounded slow
-//! consumers, stuck writes, honest resume and server-side subscriptions.
+//! consumers, bounded hold-back during slow store reads, stuck writes, honest
+//! resume and server-side subscriptions.
 
 mod common;
 
@@ -124,6 +125,82 @@ async fn a_burst_of_large_messages_closes_a_stalled_client_at_the_default_byte_b
         "every message, in order"
     );
     assert_eq!(told.await.unwrap(), Some(4008));
+}
+
+#[tokio::test]
+async fn live_messages_held_during_a_slow_store_read_are_bounded_and_none_is_lost() {
+    // Two replicas. The bridge reads the store through replica A, behind a
+    // relay the test pauses: a store read that answers late.
+    let p = Platform::start().await;
+    let relay =
+        test_support::Relay::start(p.grpc.trim_start_matches("http://").parse().unwrap()).await;
+    let b_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let b_grpc = format!("http://{}", b_listener.local_addr().unwrap());
+    let b_stop = tokio_util::sync::CancellationToken::new();
+    let _b = start_svc(&p.db.url, b_listener, b_stop.clone()).await;
+    let _stop_b = b_stop.drop_guard();
+    let mut config = p.bridge_config(
+        "bridge-relayed",
+        SendBound {
+            frames: 32,
+            bytes: 1 << 20,
+        },
+    );
+    config.notify_urls = vec![format!("http://{}", relay.addr), b_grpc.clone()];
+    let ops_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let ops = ops_listener.local_addr().unwrap().to_string();
+    config.ops = Some(ops_listener);
+    let ws = p.run_bridge(config).await;
+    test_support::eventually("linked to both replicas", Duration::from_secs(20), || {
+        let ops = ops.clone();
+        async move {
+            (test_support::prometheus::value_at(&ops, "bridge_links_attached").await == 2.0)
+                .then_some(())
+        }
+    })
+    .await;
+    let mut uma = p.connect_when_ready(&ws, "uma").await;
+    assert_eq!(uma.next().await["type"], "welcome");
+    let (mut a, mut b) = (
+        p.api().await,
+        pb::notify_client::NotifyClient::connect(b_grpc)
+            .await
+            .unwrap(),
+    );
+    b.publish(to_user("uma", "1")).await.unwrap();
+    assert_eq!(uma.next().await["seq"].as_u64(), Some(1));
+
+    relay.pause();
+    // 2 commits on A; its live copy waits in the relay. 3 arrives live from
+    // B, skips ahead and asks for a store read, which waits in the relay too.
+    // 4..=102 are held back meanwhile: three times the bound of 32.
+    a.publish(to_user("uma", "2")).await.unwrap();
+    for i in 3..=102 {
+        b.publish(to_user("uma", &i.to_string())).await.unwrap();
+    }
+    test_support::eventually(
+        "held messages past the bound are shed",
+        Duration::from_secs(20),
+        || {
+            let ops = ops.clone();
+            async move {
+                (test_support::prometheus::value_at(&ops, "bridge_held_shed_total").await >= 3.0)
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+    relay.resume();
+    for seq in 2..=102u64 {
+        let m = uma.next().await;
+        assert_eq!(
+            (m["type"].as_str(), m["seq"].as_u64()),
+            (Some("message"), Some(seq)),
+            "every message once, in order, and the client is not closed"
+        );
+    }
+    b.publish(to_user("uma", "103")).await.unwrap();
+    assert_eq!(uma.next().await["seq"].as_u64(), Some(103));
 }
 
 /// A bridge whose queues never overflow (so no 4008), with this ping period.

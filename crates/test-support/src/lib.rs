@@ -228,13 +228,15 @@ pub fn free_port() -> u16 {
     panic!("no free loopback port in 20000..32000");
 }
 
-/// A TCP relay on loopback in front of a real server (Postgres), which a test
-/// can cut to play a network failure or a database outage, and restore.
+/// A TCP relay on loopback in front of a real server (Postgres, notify-svc),
+/// which a test can cut to play a network failure or a database outage, or
+/// pause to play a server that answers late, and restore.
 pub struct Relay {
     /// Where clients connect.
     pub addr: std::net::SocketAddr,
     cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
     generation: tokio::sync::watch::Sender<u64>,
+    paused: tokio::sync::watch::Sender<bool>,
 }
 
 impl Relay {
@@ -247,19 +249,24 @@ impl Relay {
         let addr = listener.local_addr().expect("relay addr");
         let cut = Arc::new(AtomicBool::new(false));
         let (generation, _) = tokio::sync::watch::channel(0u64);
-        let (cut2, gen2) = (cut.clone(), generation.clone());
+        let (paused, _) = tokio::sync::watch::channel(false);
+        let (cut2, gen2, paused2) = (cut.clone(), generation.clone(), paused.clone());
         tokio::spawn(async move {
             while let Ok((mut inbound, _)) = listener.accept().await {
                 if cut2.load(Ordering::SeqCst) {
                     continue; // dropped: the client sees a reset
                 }
                 let mut killed = gen2.subscribe();
+                let (up, down) = (paused2.subscribe(), paused2.subscribe());
                 tokio::spawn(async move {
                     let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await else {
                         return;
                     };
+                    let (from_client, to_client) = inbound.split();
+                    let (from_server, to_server) = outbound.split();
                     tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        () = pipe(from_client, to_server, up) => {}
+                        () = pipe(from_server, to_client, down) => {}
                         _ = killed.changed() => {}
                     }
                 });
@@ -269,7 +276,19 @@ impl Relay {
             addr,
             cut,
             generation,
+            paused,
         }
+    }
+
+    /// Holds every byte on the open connections (both ways) until
+    /// [`resume`](Self::resume): the server looks alive but answers late.
+    pub fn pause(&self) {
+        self.paused.send_replace(true);
+    }
+
+    /// Lets held bytes through again.
+    pub fn resume(&self) {
+        self.paused.send_replace(false);
     }
 
     /// Refuses new connections and kills the open ones.
@@ -281,6 +300,28 @@ impl Relay {
     /// Accepts connections again.
     pub fn restore(&self) {
         self.cut.store(false, Ordering::SeqCst);
+    }
+}
+
+/// Copies one direction of a relayed connection, holding bytes while paused.
+async fn pipe(
+    mut from: tokio::net::tcp::ReadHalf<'_>,
+    mut to: tokio::net::tcp::WriteHalf<'_>,
+    mut paused: tokio::sync::watch::Receiver<bool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if paused.wait_for(|p| !*p).await.is_err() {
+            return;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
     }
 }
 
