@@ -239,6 +239,9 @@ async fn up(
                 "notify up serves loopback only, in plaintext; TLS is for the notify-svc and bridge binaries"
             );
         }
+        // `notify up` is development: loopback callers need no credentials
+        // (and then the gRPC port must stay on loopback: Config checks it).
+        args.dev = true;
         if args.database_url.is_none() {
             let file = data_dir.join(DATABASE_FILE);
             args.database_url = Some(format!("sqlite:{}", file.display()));

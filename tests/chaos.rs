@@ -99,6 +99,7 @@ async fn chaos(through_pgbouncer: bool) {
         .enumerate()
         .map(|(i, addr)| {
             Proc::new(&format!("notify-svc-{i}"), binary("notify-svc"))
+                .arg("--dev")
                 .arg("--grpc-addr")
                 .arg(addr)
                 .arg("--http-addr")

@@ -71,7 +71,10 @@ async fn metrics_move_when_messages_flow_and_info_keeps_secrets() {
         .env("DATABASE_URL", &db_url)
         .env(
             "NOTIFY_API_TOKENS",
-            format!("bridge={BRIDGE_TOKEN},tracker={TRACKER_TOKEN},cli={CLI_TOKEN}"),
+            format!(
+                "bridge:bridge+publish={BRIDGE_TOKEN},tracker:publish@fight|fights={TRACKER_TOKEN},\
+                 cli:publish+admin={CLI_TOKEN}"
+            ),
         );
     let mut bridge = ServiceProcess::new("bridge", sibling_binary(exe, "bridge"))
         .env("BRIDGE_WS_ADDR", &ws)

@@ -502,3 +502,21 @@ async fn a_server_side_subscription_reaches_live_and_later_sockets_on_sqlite() {
     drop((live, fresh));
     up.stop().await;
 }
+
+#[tokio::test]
+async fn notify_up_refuses_to_serve_its_unauthenticated_api_beyond_loopback() {
+    let data = TestDir::create("up-wide");
+    let out = Command::new(env!("CARGO_BIN_EXE_notify"))
+        .args(["up", "--grpc-addr", "0.0.0.0:0", "--data-dir"])
+        .arg(&data.path)
+        .env_remove("NOTIFY_API_TOKENS")
+        .env_remove("DATABASE_URL")
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(30), out)
+        .await
+        .expect("it refuses at once")
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{said}");
+    assert!(said.contains("loopback only"), "{said}");
+}

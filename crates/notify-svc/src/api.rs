@@ -18,7 +18,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::{Request, Response, Status};
 
 use crate::{
-    caller::{Authenticator, Right},
+    caller::{Authenticator, Caller, Right},
     fight,
     metrics::Metrics,
     pipeline::{Published, Publisher},
@@ -90,14 +90,22 @@ impl NotifyApi {
         }
     }
 
-    fn item(&self, caller: &str, req: &pb::PublishRequest) -> Result<PublishItem, ValidationError> {
-        let publish = Publish::validate(raw_publish(req), &self.limits, &self.topics)?;
+    /// A valid publish the caller may make, ready for the pipeline.
+    fn item(&self, caller: &Caller, req: &pb::PublishRequest) -> Result<PublishItem, Status> {
+        let publish = Publish::validate(raw_publish(req), &self.limits, &self.topics)
+            .map_err(status::invalid)?;
+        caller.may_publish_to(&publish.target)?;
         let log_max_len = match &publish.target {
-            Target::Topic(topic) => self.topics.namespace(topic)?.log_max_len,
+            Target::Topic(topic) => {
+                self.topics
+                    .namespace(topic)
+                    .map_err(status::invalid)?
+                    .log_max_len
+            }
             _ => 0,
         };
         Ok(PublishItem {
-            caller: caller.to_owned(),
+            caller: caller.name.clone(),
             message_id: MessageId::new(),
             publish,
             log_max_len,
@@ -141,7 +149,7 @@ impl NotifyApi {
         let caller = self.auth.authorize(&req, Right::Publish).await?;
         let mut publish = req.into_inner();
         self.usernames.resolve(&mut publish).await?;
-        let item = self.item(&caller.name, &publish).map_err(status::invalid)?;
+        let item = self.item(&caller, &publish)?;
         let committed = self
             .publisher
             .publish(vec![item])
@@ -182,12 +190,12 @@ impl NotifyApi {
                 results.push(Some(error_result(&e)));
                 continue;
             }
-            match self.item(&caller.name, &r) {
+            match self.item(&caller, &r) {
                 Ok(item) => {
                     items.push(item);
                     results.push(None);
                 }
-                Err(e) => results.push(Some(error_result(&status::invalid(e)))),
+                Err(e) => results.push(Some(error_result(&e))),
             }
         }
         let committed = if items.is_empty() {
@@ -243,7 +251,7 @@ impl NotifyApi {
                 },
                 ..Default::default()
             };
-            items.push(self.item(&caller.name, &publish).map_err(status::invalid)?);
+            items.push(self.item(&caller, &publish)?);
         }
         let done = self
             .publisher
@@ -438,10 +446,11 @@ impl pb::notify_server::Notify for NotifyApi {
         req: Request<pb::SubscribeRequest>,
     ) -> Result<Response<pb::SubscribeResponse>, Status> {
         let call = async {
-            self.auth.authorize(&req, Right::Publish).await?;
+            let caller = self.auth.authorize(&req, Right::Publish).await?;
             let req = req.into_inner();
             let user = user_id(&req.user_id)?;
             let topic = self.topic(&req.topic)?;
+            caller.may_use_topic(&topic)?;
             let (created, topic_seq) = self
                 .store
                 .subscribe(&user, &topic)
@@ -466,10 +475,11 @@ impl pb::notify_server::Notify for NotifyApi {
         req: Request<pb::UnsubscribeRequest>,
     ) -> Result<Response<pb::UnsubscribeResponse>, Status> {
         let call = async {
-            self.auth.authorize(&req, Right::Publish).await?;
+            let caller = self.auth.authorize(&req, Right::Publish).await?;
             let req = req.into_inner();
             let user = user_id(&req.user_id)?;
             let topic = self.topic(&req.topic)?;
+            caller.may_use_topic(&topic)?;
             let removed = self
                 .store
                 .unsubscribe(&user, &topic)
@@ -569,7 +579,10 @@ impl pb::notify_server::Notify for NotifyApi {
         req: Request<pb::HistoryRequest>,
     ) -> Result<Response<pb::HistoryResponse>, Status> {
         let call = async {
-            self.auth.authorize(&req, Right::Admin).await?;
+            // Bridges read feeds to replay them to their sockets.
+            self.auth
+                .authorize_any(&req, &[Right::Admin, Right::Bridge])
+                .await?;
             self.history_page(req.into_inner()).await
         };
         self.counted("History", call).await.map(Response::new)

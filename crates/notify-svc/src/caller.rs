@@ -1,17 +1,20 @@
 //! Who is calling and what they may do.
 //!
 //! The interceptor checks what it can on its own: a static bearer token
-//! (`NOTIFY_API_TOKENS`, all rights) or, in dev mode (no tokens and no
-//! JWKS configured), a loopback peer. Any other bearer, when a JWKS is
+//! (`NOTIFY_API_TOKENS`, each with the rights its entry names, `publish`
+//! alone by default) or, in dev mode (`--dev`, and no credentials
+//! configured), a loopback peer. Any other bearer, when a JWKS is
 //! configured, is left for [`Authenticator::authorize`], which each RPC
-//! calls with the [`Right`] it needs: it verifies the token as a Cognito
-//! client-credentials (M2M) access token and maps its scopes to rights.
-//! Refusals are UNAUTHENTICATED (who are you?) or PERMISSION_DENIED (not
-//! allowed), each with the reason.
+//! calls with the [`Right`]s that allow it: it verifies the token as a
+//! Cognito client-credentials (M2M) access token and maps its scopes to
+//! rights. A publish right may be limited to topic namespaces. Refusals are
+//! UNAUTHENTICATED (who are you?) or PERMISSION_DENIED (not allowed), each
+//! with the reason.
 
-use std::sync::Arc;
+use std::{collections::BTreeSet, sync::Arc};
 
 use notify_auth::{TokenUse, Verifier};
+use notify_core::{Target, Topic};
 use tonic::{Request, Status};
 
 use crate::config::CallerTokens;
@@ -23,7 +26,7 @@ pub enum Right {
     Publish,
     /// GetPresence, Disconnect, History, Watch: other users' data and sockets.
     Admin,
-    /// BridgeLink.Attach: only bridges.
+    /// BridgeLink.Attach (and History, for replays): only bridges.
     Bridge,
 }
 
@@ -36,7 +39,12 @@ impl Right {
         }
     }
 
-    const ALL: [Self; 3] = [Self::Publish, Self::Admin, Self::Bridge];
+    /// The right's name in a `NOTIFY_API_TOKENS` entry.
+    pub fn name(self) -> &'static str {
+        self.scope().trim_start_matches("notify/")
+    }
+
+    pub const ALL: [Self; 3] = [Self::Publish, Self::Admin, Self::Bridge];
 }
 
 /// The authenticated caller.
@@ -45,8 +53,53 @@ pub struct Caller {
     /// Names idempotency keys' scope and appears in logs and metrics: the
     /// static token's name, or the M2M token's app client.
     pub name: String,
-    /// Rights granted; a static token or a dev-mode loopback caller has all.
+    /// Rights granted; a dev-mode loopback caller has all.
     pub rights: Vec<Right>,
+    /// The topic namespaces its publish right is limited to; None: all.
+    /// A limited caller may still publish to users' inboxes, never broadcast.
+    pub namespaces: Option<BTreeSet<String>>,
+}
+
+impl Caller {
+    /// Refuses a publish target outside the caller's namespaces.
+    pub fn may_publish_to(&self, target: &Target) -> Result<(), Status> {
+        match target {
+            Target::Topic(topic) => self.may_use_topic(topic),
+            Target::Broadcast if self.namespaces.is_some() => {
+                Err(Status::permission_denied(format!(
+                    "caller {} may publish to namespaces {} only; a broadcast reaches every namespace's sockets",
+                    self.name,
+                    self.namespace_list()
+                )))
+            }
+            Target::Broadcast | Target::User(_) | Target::Users(_) => Ok(()),
+        }
+    }
+
+    /// Refuses a topic outside the caller's namespaces (publish, Subscribe).
+    pub fn may_use_topic(&self, topic: &Topic) -> Result<(), Status> {
+        match &self.namespaces {
+            Some(allowed) if !allowed.contains(topic.namespace()) => {
+                Err(Status::permission_denied(format!(
+                    "caller {} may use namespaces {} only, not {:?}",
+                    self.name,
+                    self.namespace_list(),
+                    topic.namespace()
+                )))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn namespace_list(&self) -> String {
+        let names: Vec<&str> = self
+            .namespaces
+            .iter()
+            .flatten()
+            .map(String::as_str)
+            .collect();
+        names.join(", ")
+    }
 }
 
 /// Name given to unauthenticated loopback callers in dev mode.
@@ -94,6 +147,8 @@ impl Authenticator {
         })
     }
 
+    /// No credentials configured: only `--dev` starts like this (see
+    /// [`Config`](crate::config::Config)), and only on loopback.
     fn dev_mode(&self) -> bool {
         self.tokens.is_empty() && self.verifier.is_none()
     }
@@ -105,6 +160,7 @@ impl Authenticator {
                     req.extensions_mut().insert(Caller {
                         name: LOOPBACK_CALLER.into(),
                         rights: Right::ALL.to_vec(),
+                        namespaces: None,
                     });
                     Ok(())
                 }
@@ -137,12 +193,8 @@ impl Authenticator {
             })?
             .trim()
             .to_owned();
-        if let Some(name) = self.tokens.caller(&token) {
-            let caller = Caller {
-                name: name.into(),
-                rights: Right::ALL.to_vec(),
-            };
-            req.extensions_mut().insert(caller);
+        if let Some(caller) = self.tokens.caller(&token) {
+            req.extensions_mut().insert(caller.clone());
             return Ok(());
         }
         if self.verifier.is_none() {
@@ -158,14 +210,23 @@ impl Authenticator {
     /// The caller of `req` if it has `right`; verifies its token first if
     /// the interceptor left that to here.
     pub async fn authorize<T>(&self, req: &Request<T>, right: Right) -> Result<Caller, Status> {
-        let authorized = self.authorize_uncounted(req, right).await;
+        self.authorize_any(req, &[right]).await
+    }
+
+    /// The caller of `req` if it has any of `rights`.
+    pub async fn authorize_any<T>(
+        &self,
+        req: &Request<T>,
+        rights: &[Right],
+    ) -> Result<Caller, Status> {
+        let authorized = self.authorize_uncounted(req, rights).await;
         self.counted(authorized)
     }
 
     async fn authorize_uncounted<T>(
         &self,
         req: &Request<T>,
-        right: Right,
+        rights: &[Right],
     ) -> Result<Caller, Refusal> {
         let caller = match req.extensions().get::<Caller>() {
             Some(caller) => caller.clone(),
@@ -177,13 +238,14 @@ impl Authenticator {
                 self.verify(token).await?
             }
         };
-        if !caller.rights.contains(&right) {
+        if !rights.iter().any(|r| caller.rights.contains(r)) {
             let granted: Vec<&str> = caller.rights.iter().map(|r| r.scope()).collect();
+            let needed: Vec<&str> = rights.iter().map(|r| r.scope()).collect();
             return Err((
                 "missing_scope",
                 Status::permission_denied(format!(
                     "this call needs scope {}; caller {} has {}",
-                    right.scope(),
+                    needed.join(" or "),
                     caller.name,
                     if granted.is_empty() {
                         "none".to_owned()
@@ -223,14 +285,36 @@ impl Authenticator {
                 ),
             ));
         }
-        let rights = Right::ALL
+        Ok(Caller::from_scopes(identity.client_id, &identity.scopes))
+    }
+}
+
+impl Caller {
+    /// An M2M token's rights: `notify/publish`, `notify/admin`,
+    /// `notify/bridge`, and `notify/publish:NAMESPACE` for a publish right
+    /// limited to that namespace (several add up; `notify/publish` is all).
+    pub fn from_scopes(name: String, scopes: &[String]) -> Self {
+        let mut rights: Vec<Right> = Right::ALL
             .into_iter()
-            .filter(|r| identity.scopes.iter().any(|s| s == r.scope()))
+            .filter(|r| scopes.iter().any(|s| s == r.scope()))
             .collect();
-        Ok(Caller {
-            name: identity.client_id,
+        let limited: BTreeSet<String> = scopes
+            .iter()
+            .filter_map(|s| s.strip_prefix("notify/publish:"))
+            .filter(|ns| !ns.is_empty())
+            .map(str::to_owned)
+            .collect();
+        let namespaces = if rights.contains(&Right::Publish) || limited.is_empty() {
+            None
+        } else {
+            rights.insert(0, Right::Publish);
+            Some(limited)
+        };
+        Self {
+            name,
             rights,
-        })
+            namespaces,
+        }
     }
 }
 

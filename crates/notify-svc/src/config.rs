@@ -1,9 +1,17 @@
 //! notify-svc configuration: flags mirror the `NOTIFY_*` environment names of
 //! docs/design.md §9. Every error is reported before anything binds.
 
-use std::{collections::HashMap, fmt, net::SocketAddr, path::PathBuf, time::Duration};
+use std::{
+    collections::{BTreeSet, HashMap},
+    fmt,
+    net::SocketAddr,
+    path::PathBuf,
+    time::Duration,
+};
 
 use notify_core::{Limits, TopicPolicy};
+
+use crate::caller::{Caller, Right};
 use notify_store::Database;
 
 /// Command-line and environment configuration of notify-svc.
@@ -22,7 +30,9 @@ pub struct SvcArgs {
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
 
-    /// Static caller tokens, `name=token,name2=token2`. None: loopback callers only.
+    /// Static caller tokens, `name[:right+right][@namespace|namespace]=token,…`
+    /// (rights: publish, admin, bridge; default publish). With neither these
+    /// nor a JWKS, notify-svc starts only with --dev.
     #[arg(
         long,
         env = "NOTIFY_API_TOKENS",
@@ -30,6 +40,12 @@ pub struct SvcArgs {
         hide_env_values = true
     )]
     pub api_tokens: String,
+
+    /// Development: with no credentials configured, accept unauthenticated
+    /// callers from loopback with every right, and listen on loopback only.
+    /// Without it, notify-svc refuses to start with no credentials.
+    #[arg(long, env = "NOTIFY_DEV", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
+    pub dev: bool,
 
     /// JWKS of the Cognito user pool whose client-credentials (M2M) access
     /// tokens may call the API (`https://…/.well-known/jwks.json`, `http://…`
@@ -205,8 +221,9 @@ impl Config {
             .set("tls", &self.tls)
     }
 
-    /// Every default on `database_url` (and `NOTIFY_*` from the environment):
-    /// for a notify-svc run in-process, as tests and `notify up` do.
+    /// Every default on `database_url` (and `NOTIFY_*` from the environment),
+    /// in dev mode: for a notify-svc run in-process, as tests and `notify up`
+    /// do (loopback callers; credentials from the environment still apply).
     pub fn for_database(database_url: &str) -> Result<Self, Vec<String>> {
         #[derive(clap::Parser)]
         struct Defaults {
@@ -215,6 +232,7 @@ impl Config {
         }
         let defaults = <Defaults as clap::Parser>::try_parse_from([
             "notify-svc",
+            "--dev",
             "--database-url",
             database_url,
         ])
@@ -257,6 +275,20 @@ impl Config {
                 None
             }
         };
+        if tokens.is_empty() && verifier.is_none() {
+            if !args.dev {
+                problems.push(
+                    "no caller credentials: set NOTIFY_API_TOKENS or NOTIFY_AUTH_JWKS_URL/ISSUER/CLIENT_IDS, \
+                     or pass --dev (NOTIFY_DEV=1) to accept unauthenticated loopback callers"
+                        .into(),
+                );
+            } else if !args.grpc_addr.ip().is_loopback() {
+                problems.push(format!(
+                    "--dev without credentials listens on loopback only, not {}: configure NOTIFY_API_TOKENS or a JWKS to serve other hosts",
+                    args.grpc_addr
+                ));
+            }
+        }
         let cognito = match (&args.cognito_region, &args.cognito_user_pool_id) {
             (Some(region), Some(pool)) => Some(notify_auth::CognitoConfig {
                 endpoint_url: args.cognito_endpoint_url.clone(),
@@ -366,31 +398,36 @@ impl Config {
 /// Static bearer tokens mapped to caller names.
 #[derive(Clone, Default)]
 pub struct CallerTokens {
-    by_token: HashMap<String, String>,
+    by_token: HashMap<String, Caller>,
 }
 
 impl CallerTokens {
-    /// The callers' names (never their tokens), sorted.
-    pub fn names(&self) -> Vec<&str> {
-        let mut names: Vec<&str> = self.by_token.values().map(String::as_str).collect();
+    /// The callers' names (never their tokens) with their rights, sorted.
+    pub fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.by_token.values().map(describe).collect();
         names.sort_unstable();
         names
     }
 
-    /// Parses `name=token,name2=token2`.
+    /// Parses `name[:right+right][@namespace|namespace]=token,…`: rights
+    /// among `publish`, `admin`, `bridge` (default `publish` alone);
+    /// namespaces limit the publish right to those topic namespaces.
     pub fn parse(raw: &str) -> Result<Self, String> {
         let mut by_token = HashMap::new();
         for pair in raw.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            let (name, token) = pair
-                .split_once('=')
-                .ok_or_else(|| "NOTIFY_API_TOKENS: each entry is name=token".to_string())?;
-            let (name, token) = (name.trim(), token.trim());
-            if name.is_empty() || token.len() < 16 {
+            let (spec, token) = pair.split_once('=').ok_or_else(|| {
+                "NOTIFY_API_TOKENS: each entry is name[:rights][@namespaces]=token".to_string()
+            })?;
+            let (spec, token) = (spec.trim(), token.trim());
+            let caller = parse_grant(spec)?;
+            if caller.name.is_empty() || token.len() < 16 {
                 return Err(format!(
-                    "NOTIFY_API_TOKENS: {name:?} needs a name and a token of at least 16 characters"
+                    "NOTIFY_API_TOKENS: {:?} needs a name and a token of at least 16 characters",
+                    caller.name
                 ));
             }
-            if by_token.insert(token.to_owned(), name.to_owned()).is_some() {
+            let name = caller.name.clone();
+            if by_token.insert(token.to_owned(), caller).is_some() {
                 return Err(format!(
                     "NOTIFY_API_TOKENS: {name:?} reuses another caller's token"
                 ));
@@ -403,16 +440,79 @@ impl CallerTokens {
         self.by_token.is_empty()
     }
 
-    /// The caller name of a presented token. Compares against every token in
+    /// The caller a presented token names. Compares against every token in
     /// constant time per byte so the answer's timing does not leak a prefix.
-    pub fn caller(&self, presented: &str) -> Option<&str> {
+    pub fn caller(&self, presented: &str) -> Option<&Caller> {
         let mut found = None;
-        for (token, name) in &self.by_token {
+        for (token, caller) in &self.by_token {
             if constant_time_eq(token.as_bytes(), presented.as_bytes()) {
-                found = Some(name.as_str());
+                found = Some(caller);
             }
         }
         found
+    }
+}
+
+/// `name[:right+right][@namespace|namespace]` → the caller it grants.
+fn parse_grant(spec: &str) -> Result<Caller, String> {
+    let (rest, namespaces) = match spec.split_once('@') {
+        Some((rest, list)) => {
+            let list: BTreeSet<String> = list
+                .split('|')
+                .map(str::trim)
+                .filter(|n| !n.is_empty())
+                .map(str::to_owned)
+                .collect();
+            if list.is_empty() {
+                return Err(format!(
+                    "NOTIFY_API_TOKENS: {spec:?} names no namespace after @"
+                ));
+            }
+            (rest, Some(list))
+        }
+        None => (spec, None),
+    };
+    let (name, rights) = match rest.split_once(':') {
+        Some((name, list)) => {
+            let mut rights = Vec::new();
+            for word in list.split('+').map(str::trim) {
+                let right = Right::ALL
+                    .into_iter()
+                    .find(|r| r.name() == word)
+                    .ok_or_else(|| {
+                        format!(
+                            "NOTIFY_API_TOKENS: {name:?} asks for right {word:?}; rights are publish, admin, bridge"
+                        )
+                    })?;
+                if !rights.contains(&right) {
+                    rights.push(right);
+                }
+            }
+            (name.trim(), rights)
+        }
+        None => (rest.trim(), vec![Right::Publish]),
+    };
+    if namespaces.is_some() && !rights.contains(&Right::Publish) {
+        return Err(format!(
+            "NOTIFY_API_TOKENS: {name:?} limits namespaces but has no publish right to limit"
+        ));
+    }
+    Ok(Caller {
+        name: name.to_owned(),
+        rights,
+        namespaces,
+    })
+}
+
+/// `name (publish+admin @ns|ns)`, as `/info` shows a caller.
+fn describe(caller: &Caller) -> String {
+    let rights: Vec<&str> = caller.rights.iter().map(|r| r.name()).collect();
+    match &caller.namespaces {
+        Some(list) => {
+            let list: Vec<&str> = list.iter().map(String::as_str).collect();
+            format!("{} ({} @{})", caller.name, rights.join("+"), list.join("|"))
+        }
+        None => format!("{} ({})", caller.name, rights.join("+")),
     }
 }
 
@@ -430,11 +530,52 @@ mod tests {
     #[test]
     fn tokens_map_to_callers() {
         let t = CallerTokens::parse("billing=aaaaaaaaaaaaaaaa, bets=bbbbbbbbbbbbbbbb").unwrap();
-        assert_eq!(t.caller("bbbbbbbbbbbbbbbb"), Some("bets"));
+        assert_eq!(
+            t.caller("bbbbbbbbbbbbbbbb").map(|c| c.name.as_str()),
+            Some("bets")
+        );
         assert_eq!(t.caller("bbbbbbbbbbbbbbb"), None);
         assert!(CallerTokens::parse("short=abc").is_err());
         assert!(CallerTokens::parse("noequals").is_err());
         assert!(CallerTokens::parse("").unwrap().is_empty());
+    }
+
+    #[test]
+    fn token_entries_name_their_rights_and_default_to_publish() {
+        let t = CallerTokens::parse(
+            "shop=aaaaaaaaaaaaaaaa, ops:admin+publish=bbbbbbbbbbbbbbbb, \
+             edge:bridge=cccccccccccccccc, bets:publish@fight|bet=dddddddddddddddd",
+        )
+        .unwrap();
+        let rights = |token: &str| t.caller(token).unwrap().rights.clone();
+        assert_eq!(rights("aaaaaaaaaaaaaaaa"), [Right::Publish]);
+        assert_eq!(rights("bbbbbbbbbbbbbbbb"), [Right::Admin, Right::Publish]);
+        assert_eq!(rights("cccccccccccccccc"), [Right::Bridge]);
+        let bets = t.caller("dddddddddddddddd").unwrap();
+        let namespaces: Vec<&str> = bets
+            .namespaces
+            .iter()
+            .flatten()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(namespaces, ["bet", "fight"]);
+        assert_eq!(
+            t.names(),
+            [
+                "bets (publish @bet|fight)",
+                "edge (bridge)",
+                "ops (admin+publish)",
+                "shop (publish)"
+            ]
+        );
+        for bad in [
+            "x:root=aaaaaaaaaaaaaaaa",
+            "x:admin@ns=aaaaaaaaaaaaaaaa",
+            "x@=aaaaaaaaaaaaaaaa",
+            ":admin=aaaaaaaaaaaaaaaa",
+        ] {
+            assert!(CallerTokens::parse(bad).is_err(), "{bad} is refused");
+        }
     }
 
     fn parse(flags: &[&str]) -> Result<Config, Vec<String>> {

@@ -57,6 +57,10 @@ pub enum RunError {
     Io(#[from] std::io::Error),
     #[error(transparent)]
     Tls(#[from] notify_ops::tls::TlsError),
+    #[error(
+        "dev mode (no caller credentials) serves loopback only, not {0}: configure NOTIFY_API_TOKENS or a JWKS"
+    )]
+    DevOffLoopback(std::net::SocketAddr),
 }
 
 /// Serves the Notify API on `grpc` and the ops endpoints on `http` until
@@ -68,6 +72,11 @@ pub async fn run(
     http: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
+    // Unauthenticated callers get every right: never beyond this host.
+    let addr = grpc.local_addr()?;
+    if config.tokens.is_empty() && config.verifier.is_none() && !addr.ip().is_loopback() {
+        return Err(RunError::DevOffLoopback(addr));
+    }
     let store = config.database.store()?;
     // Bad certificate files stop start-up, before anything is served.
     let tls = match &config.tls {

@@ -1,6 +1,7 @@
-//! Who may call the Notify API: static tokens, and Cognito-style
-//! client-credentials (M2M) access tokens verified against a JWKS, whose
-//! scopes are the rights (notify/publish, notify/admin, notify/bridge).
+//! Who may call the Notify API: static tokens with the rights their entries
+//! name, Cognito-style client-credentials (M2M) access tokens verified
+//! against a JWKS, whose scopes are the rights (notify/publish,
+//! notify/admin, notify/bridge, notify/publish:NAMESPACE), and dev mode.
 //! Tokens come from the dev issuer, signed with a real RSA key and checked
 //! through a real `file:` JWKS, over real gRPC.
 
@@ -35,7 +36,7 @@ impl M2m {
         std::fs::write(&jwks, billing.jwks()).unwrap();
         let db = TestDb::create().await;
         let jwks_url = format!("file:{}", jwks.display());
-        let tokens = format!("ops={STATIC}");
+        let tokens = format!("ops:publish+admin={STATIC}");
         let cfg = common::config(
             &db.url,
             &[
@@ -149,7 +150,7 @@ async fn scopes_are_rights_and_each_refusal_says_which() {
         denied.message()
     );
 
-    // The static token keeps every right beside the JWKS.
+    // The static token keeps the rights its entry names beside the JWKS.
     api.get_presence(bearer(presence("ann"), STATIC))
         .await
         .expect("static token");
@@ -314,4 +315,284 @@ async fn tokens_of_a_real_user_pool_are_checked_against_its_jwks() {
         refused.message()
     );
     svc.stop().await;
+}
+
+const SHOP: &str = "shop-token-publish-only";
+const OPS: &str = "ops-token-admin-only-000";
+const EDGE: &str = "edge-token-bridge-only-0";
+const BETS: &str = "bets-token-fight-spaces-";
+
+/// notify-svc with four static callers, one right (or namespace) each.
+async fn with_static_callers() -> Svc {
+    let db = TestDb::create().await;
+    let tokens =
+        format!("shop={SHOP},ops:admin={OPS},edge:bridge={EDGE},bets:publish@fight|fights={BETS}");
+    let cfg = common::config(&db.url, &["--api-tokens", &tokens]);
+    Svc::start_config(db, cfg).await
+}
+
+fn hello(bridge: &str) -> impl tokio_stream::Stream<Item = pb::BridgeUp> + use<> {
+    tokio_stream::iter(vec![pb::BridgeUp {
+        msg: Some(pb::bridge_up::Msg::Hello(pb::BridgeHello {
+            bridge_id: bridge.into(),
+            connections: Vec::new(),
+        })),
+    }])
+}
+
+fn watch_user(user: &str) -> pb::WatchRequest {
+    pb::WatchRequest {
+        target: Some(pb::watch_request::Target::UserId(user.into())),
+        ..Default::default()
+    }
+}
+
+fn history_of(user: &str) -> pb::HistoryRequest {
+    pb::HistoryRequest {
+        target: Some(pb::history_request::Target::UserId(user.into())),
+        ..Default::default()
+    }
+}
+
+fn assert_denied<T: std::fmt::Debug>(result: Result<T, tonic::Status>, needle: &str, what: &str) {
+    let status = result.expect_err(what);
+    assert_eq!(status.code(), Code::PermissionDenied, "{what}: {status:?}");
+    assert!(
+        status.message().contains(needle),
+        "{what}: {}",
+        status.message()
+    );
+}
+
+#[tokio::test]
+async fn a_static_token_has_only_the_rights_its_entry_names_publish_by_default() {
+    let svc = with_static_callers().await;
+    let mut api = client(&svc).await;
+    let channel = Channel::from_shared(format!("http://{}", svc.grpc))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut link = pb::bridge_link_client::BridgeLinkClient::new(channel);
+
+    // A producer's token publishes, and nothing else.
+    api.publish(bearer(to_user("ann", "1"), SHOP))
+        .await
+        .expect("the default right is publish");
+    assert_denied(
+        link.attach(bearer(hello("edge-1"), SHOP)).await,
+        "notify/bridge",
+        "a producer attaching as a bridge",
+    );
+    assert_denied(
+        api.watch(bearer(watch_user("ann"), SHOP)).await,
+        "notify/admin",
+        "a producer watching a user's inbox",
+    );
+    assert_denied(
+        api.history(bearer(history_of("ann"), SHOP)).await,
+        "notify/admin",
+        "a producer reading a user's inbox",
+    );
+    assert_denied(
+        api.get_presence(bearer(presence("ann"), SHOP)).await,
+        "notify/admin",
+        "a producer reading presence",
+    );
+
+    // The bridge's token attaches and replays feeds, and cannot publish.
+    let mut attached = link
+        .attach(bearer(hello("edge-1"), EDGE))
+        .await
+        .expect("a bridge's token attaches")
+        .into_inner();
+    assert!(attached.message().await.is_ok());
+    api.history(bearer(history_of("ann"), EDGE))
+        .await
+        .expect("a bridge replays feeds");
+    assert_denied(
+        api.publish(bearer(to_user("ann", "2"), EDGE)).await,
+        "notify/publish",
+        "a bridge publishing",
+    );
+    // A producer cannot take a real bridge's id over.
+    assert_denied(
+        link.attach(bearer(hello("edge-1"), SHOP)).await,
+        "notify/bridge",
+        "a producer taking over a bridge's id",
+    );
+
+    // The admin's token watches and reads, and cannot publish.
+    api.watch(bearer(watch_user("ann"), OPS))
+        .await
+        .expect("an admin watches");
+    let page = api
+        .history(bearer(history_of("ann"), OPS))
+        .await
+        .expect("an admin reads history")
+        .into_inner();
+    assert_eq!(page.messages.len(), 1);
+    assert_denied(
+        api.publish(bearer(to_user("ann", "3"), OPS)).await,
+        "notify/publish",
+        "an admin-only token publishing",
+    );
+}
+
+#[tokio::test]
+async fn a_publish_right_limited_to_namespaces_stays_in_them() {
+    let svc = with_static_callers().await;
+    let mut api = client(&svc).await;
+    let topic = |t: &str| pb::PublishRequest {
+        target: Some(pb::publish_request::Target::Topic(t.into())),
+        event: "e".into(),
+        data: "{}".into(),
+        ..Default::default()
+    };
+    api.publish(bearer(topic("fight:42"), BETS))
+        .await
+        .expect("its own namespace");
+    api.publish(bearer(topic("fights:lobby"), BETS))
+        .await
+        .expect("its other namespace");
+    api.publish(bearer(to_user("ann", "1"), BETS))
+        .await
+        .expect("users' inboxes are open to every publisher");
+    assert_denied(
+        api.publish(bearer(topic("room:lobby"), BETS)).await,
+        "namespaces fight, fights only",
+        "another namespace",
+    );
+    let broadcast = pb::PublishRequest {
+        target: Some(pb::publish_request::Target::Broadcast(true)),
+        ..topic("x:y")
+    };
+    assert_denied(
+        api.publish(bearer(broadcast, BETS)).await,
+        "broadcast",
+        "a broadcast",
+    );
+    let batch = pb::PublishBatchRequest {
+        requests: vec![topic("fight:1"), topic("room:1")],
+    };
+    let results = api
+        .publish_batch(bearer(batch, BETS))
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+    assert!(matches!(
+        results[0].result,
+        Some(pb::publish_result::Result::Ok(_))
+    ));
+    assert!(
+        matches!(&results[1].result, Some(pb::publish_result::Result::Error(e)) if e.code == Code::PermissionDenied as i32),
+        "{:?}",
+        results[1]
+    );
+    let subscribe = |t: &str| pb::SubscribeRequest {
+        user_id: "ann".into(),
+        topic: t.into(),
+    };
+    api.subscribe(bearer(subscribe("fight:42"), BETS))
+        .await
+        .expect("subscribing users to its namespace");
+    assert_denied(
+        api.subscribe(bearer(subscribe("room:lobby"), BETS)).await,
+        "not \"room\"",
+        "subscribing users to another namespace",
+    );
+}
+
+#[tokio::test]
+async fn an_m2m_scope_may_limit_publishing_to_a_namespace() {
+    let m = M2m::start().await;
+    let mut api = client(&m.svc).await;
+    let limited = m.token(&["notify/publish:fight"]);
+    let topic = |t: &str| pb::PublishRequest {
+        target: Some(pb::publish_request::Target::Topic(t.into())),
+        event: "e".into(),
+        data: "{}".into(),
+        ..Default::default()
+    };
+    api.publish(bearer(topic("fight:7"), &limited))
+        .await
+        .expect("notify/publish:fight publishes to fight:*");
+    assert_denied(
+        api.publish(bearer(topic("room:7"), &limited)).await,
+        "namespaces fight only",
+        "notify/publish:fight publishing to room:*",
+    );
+}
+
+/// The notify-svc binary with `args` and no credentials in its environment:
+/// its exit code and what it said.
+async fn refusal_of(args: &[&str], db_url: &str) -> (Option<i32>, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_notify-svc"))
+        .args(args)
+        .args(["--http-addr", "127.0.0.1:0", "--database-url", db_url])
+        .env_remove("NOTIFY_DEV")
+        .env_remove("NOTIFY_API_TOKENS")
+        .env_remove("NOTIFY_AUTH_JWKS_URL")
+        .output();
+    let out = tokio::time::timeout(std::time::Duration::from_secs(20), out)
+        .await
+        .expect("it refuses at once, without serving")
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+#[tokio::test]
+async fn without_credentials_notify_svc_starts_only_in_dev_mode_and_only_on_loopback() {
+    let db = TestDb::create().await;
+    let (code, said) = refusal_of(&["--grpc-addr", "127.0.0.1:0"], &db.url).await;
+    assert_eq!(code, Some(2), "{said}");
+    assert!(
+        said.contains("no caller credentials") && said.contains("--dev"),
+        "{said}"
+    );
+    let (code, said) = refusal_of(&["--dev", "--grpc-addr", "0.0.0.0:0"], &db.url).await;
+    assert_eq!(code, Some(2), "{said}");
+    assert!(said.contains("loopback only"), "{said}");
+
+    // Embedded (as `notify up` runs it): a listener off loopback is refused
+    // before anything is served.
+    let config = notify_svc::Config::for_database(&db.url).unwrap();
+    let grpc = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
+    let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let ran = notify_svc::run(config, grpc, http, Default::default()).await;
+    assert!(
+        matches!(ran, Err(notify_svc::RunError::DevOffLoopback(_))),
+        "{ran:?}"
+    );
+
+    // With credentials, any address: the credentials are required.
+    let (port, http) = (test_support::free_port(), test_support::free_port());
+    let mut serving = tokio::process::Command::new(env!("CARGO_BIN_EXE_notify-svc"))
+        .args(["--grpc-addr", &format!("0.0.0.0:{port}")])
+        .args(["--http-addr", &format!("127.0.0.1:{http}")])
+        .args(["--database-url", &db.url])
+        .env("NOTIFY_API_TOKENS", format!("shop={SHOP}"))
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut api = test_support::eventually(
+        "notify-svc with credentials serves",
+        std::time::Duration::from_secs(20),
+        || async move {
+            NotifyClient::connect(format!("http://127.0.0.1:{port}"))
+                .await
+                .ok()
+        },
+    )
+    .await;
+    let anonymous = api.publish(to_user("ann", "1")).await.unwrap_err();
+    assert_eq!(anonymous.code(), Code::Unauthenticated, "{anonymous:?}");
+    api.publish(bearer(to_user("ann", "1"), SHOP))
+        .await
+        .expect("a token's caller publishes");
+    serving.kill().await.unwrap();
 }

@@ -46,9 +46,11 @@ impl ServiceProcess {
     }
 
     /// notify-svc (the binary beside `any_built_binary`) serving gRPC on
-    /// `grpc` over the database at `db_url`, its ops port on a free port.
+    /// `grpc` over the database at `db_url`, its ops port on a free port, in
+    /// dev mode (loopback callers, unless the test configures credentials).
     pub fn notify_svc(any_built_binary: &str, grpc: &str, db_url: &str) -> Self {
         Self::new("notify-svc", sibling_binary(any_built_binary, "notify-svc"))
+            .env("NOTIFY_DEV", "1")
             .env("NOTIFY_GRPC_ADDR", grpc)
             .env(
                 "NOTIFY_HTTP_ADDR",

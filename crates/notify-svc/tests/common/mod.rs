@@ -21,8 +21,10 @@ struct Cli {
 }
 
 /// Parses notify-svc flags as the binary would.
+/// A configuration from these flags, in dev mode (loopback callers, unless
+/// the flags configure credentials).
 pub fn config(database_url: &str, flags: &[&str]) -> Config {
-    let mut argv = vec!["notify-svc", "--database-url", database_url];
+    let mut argv = vec!["notify-svc", "--dev", "--database-url", database_url];
     argv.extend_from_slice(flags);
     let cli = Cli::try_parse_from(argv).expect("flags parse");
     Config::from_args(&cli.svc).expect("valid config")
@@ -277,6 +279,7 @@ pub fn binary(database_url: &str) -> (tokio::process::Command, String) {
     let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_notify-svc"));
     command
         .args([
+            "--dev",
             "--grpc-addr",
             &grpc,
             "--http-addr",
