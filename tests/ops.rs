@@ -17,7 +17,10 @@ use test_support::{
 };
 use tokio_tungstenite::tungstenite::Message;
 
-const PASSWORD: &str = "hunter2-db-secret";
+/// Holds an `@`, percent-encoded as the driver needs it.
+const PASSWORD: &str = "hunter2%40db-secret";
+/// Given the other way Postgres URLs take one.
+const QUERY_PASSWORD: &str = "query-password-secret";
 const BRIDGE_TOKEN: &str = "bridge-token-0123456789abcdef";
 const TRACKER_TOKEN: &str = "tracker-token-0123456789abcdef";
 const CLI_TOKEN: &str = "cli-token-0123456789abcdefgh";
@@ -51,6 +54,8 @@ async fn metrics_move_when_messages_flow_and_info_keeps_secrets() {
         &format!("postgres://postgres:{PASSWORD}@"),
         1,
     );
+    let separator = if db_url.contains('?') { '&' } else { '?' };
+    let db_url = format!("{db_url}{separator}password={QUERY_PASSWORD}");
     assert!(
         db_url.contains(PASSWORD),
         "trust auth ignores the password: {db_url}"
@@ -114,7 +119,14 @@ async fn metrics_move_when_messages_flow_and_info_keeps_secrets() {
             json["settings"].as_object().is_some_and(|s| s.len() > 3),
             "{body}"
         );
-        for secret in [PASSWORD, BRIDGE_TOKEN, TRACKER_TOKEN, CLI_TOKEN] {
+        for secret in [
+            PASSWORD,
+            "db-secret",
+            QUERY_PASSWORD,
+            BRIDGE_TOKEN,
+            TRACKER_TOKEN,
+            CLI_TOKEN,
+        ] {
             assert!(
                 !body.contains(secret),
                 "{service} /info shows a secret: {body}"
@@ -351,4 +363,36 @@ fn series_named_in(text: &str) -> std::collections::BTreeSet<String> {
         }
     }
     found
+}
+
+#[tokio::test]
+async fn info_hides_a_password_holding_a_raw_at_sign() {
+    // The driver cannot use this URL (it ends the user info at the first
+    // `@`), so notify-svc waits for its database; /info already answers.
+    let exe = env!("CARGO_BIN_EXE_notify");
+    let http = format!("127.0.0.1:{}", free_port());
+    let mut svc = ServiceProcess::notify_svc(exe, &format!("127.0.0.1:{}", free_port()), "")
+        .env("NOTIFY_HTTP_ADDR", &http)
+        .env(
+            "DATABASE_URL",
+            "postgres://app:s3cr@t-tail@127.0.0.1:1/notify?sslmode=disable&password=q-secret",
+        );
+    svc.start();
+    let body = eventually("/info answers", Duration::from_secs(30), || {
+        let http = http.clone();
+        async move {
+            let answer = http_get(&http, "/info").await?;
+            answer
+                .split_once("\r\n\r\n")
+                .map(|(_, body)| body.to_owned())
+        }
+    })
+    .await;
+    for secret in ["s3cr", "t-tail", "q-secret"] {
+        assert!(!body.contains(secret), "/info shows {secret:?}: {body}");
+    }
+    assert!(
+        body.contains("postgres://app:***@127.0.0.1:1/notify"),
+        "{body}"
+    );
 }

@@ -89,6 +89,13 @@ impl Verifier {
         if exp.saturating_add(leeway) < now {
             return Err(AuthError::Expired);
         }
+        // Far past any real token (Cognito's last a day); what a connection
+        // does with `exp` (timers, clocks) must not overflow.
+        if exp > now.saturating_add(MAX_LIFETIME_SECS) {
+            return Err(AuthError::Claims(format!(
+                "exp {exp} is more than a century ahead"
+            )));
+        }
         if claims
             .nbf
             .is_some_and(|nbf| nbf > now.saturating_add(leeway))
@@ -163,10 +170,14 @@ impl Verifier {
             groups: claims.groups,
             realm: claims.realm,
             scopes: claims.scope.split_whitespace().map(String::from).collect(),
+            // Checked above: within a century of now.
             expires_at: UNIX_EPOCH + Duration::from_secs(claims.exp.unwrap_or_default()),
         })
     }
 }
+
+/// The furthest `exp` accepted, from now: 100 years.
+const MAX_LIFETIME_SECS: u64 = 100 * 365 * 24 * 3600;
 
 /// Seconds since the epoch, for minting.
 pub(crate) fn now_secs() -> u64 {

@@ -197,6 +197,20 @@ struct Conn {
     bucket: TokenBucket,
 }
 
+/// A connection's place in the hub, given up when dropped.
+struct Departure {
+    id: ConnectionId,
+    shared: Arc<Shared>,
+}
+
+impl Drop for Departure {
+    fn drop(&mut self) {
+        self.shared.hub.close(self.id);
+        self.shared.hub.flush_acks();
+        self.shared.metrics.connections.dec();
+    }
+}
+
 /// An upgraded socket as the server hands it over.
 pub struct Accepted {
     pub ws: Socket,
@@ -219,6 +233,12 @@ pub async fn serve(accepted: Box<Accepted>, identity: Box<Identity>, shared: Arc
         .open(id, identity.user.clone(), queue.clone(), slow.clone());
     shared.metrics.connects.inc();
     shared.metrics.connections.inc();
+    // Deregisters however the connection ends, a panic included: a
+    // connection the hub still routes to but nobody serves is a ghost.
+    let departure = Departure {
+        id,
+        shared: shared.clone(),
+    };
     tracing::debug!(conn = %id, user = %identity.user, "connected");
 
     let opening = Opening {
@@ -234,9 +254,7 @@ pub async fn serve(accepted: Box<Accepted>, identity: Box<Identity>, shared: Arc
         Ok(mut conn) => conn.run(&mut accepted.ws, &queue, &slow).await,
         Err(end) => end,
     };
-    shared.hub.close(id);
-    shared.hub.flush_acks();
-    shared.metrics.connections.dec();
+    drop(departure);
     let mut close_within = CLOSE_TIMEOUT;
     if matches!(end, End::Close(code, _) if code == protocol::CLOSE_SLOW_CONSUMER) {
         shared.metrics.slow_consumers.inc();

@@ -82,7 +82,7 @@ impl BridgeConfig {
         let urls: Vec<String> = self
             .notify_urls
             .iter()
-            .map(|u| notify_ops::info::redact_url(u))
+            .map(|u| notify_core::redact::redact_url(u))
             .collect();
         notify_ops::info::Info::new("bridge", env!("CARGO_PKG_VERSION"))
             .set("bridge_id", &self.bridge_id)

@@ -59,6 +59,24 @@ const ASSETS: &[(&str, &str, &str)] = &[
     ),
 ];
 
+/// The page's policy: scripts, styles and fetches from its own origin, and
+/// WebSockets to its own bridge's `/ws` only (`host` as the browser named
+/// it; one that is not a plain host\[:port\] gets no WebSocket at all).
+fn content_security_policy(host: Option<&str>) -> String {
+    let plain = |h: &str| {
+        !h.is_empty()
+            && h.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
+    };
+    let sockets = match host.filter(|h| plain(h)) {
+        Some(h) => format!(" ws://{h}/ws wss://{h}/ws"),
+        None => String::new(),
+    };
+    format!(
+        "default-src 'self'; connect-src 'self'{sockets}; img-src 'self' data:; frame-ancestors 'none'"
+    )
+}
+
 /// Whether `path` is the panel's.
 pub fn is_panel(path: &str) -> bool {
     path == "/panel" || path.starts_with("/panel/")
@@ -66,6 +84,12 @@ pub fn is_panel(path: &str) -> bool {
 
 /// Answers a request under `/panel`.
 pub async fn handle(req: Request<Incoming>, shared: Arc<Shared>) -> Response<Full<Bytes>> {
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_owned);
+    let host = host.as_deref();
     let path = match req.uri().path() {
         "/panel" | "/panel/index.html" => "/panel/",
         p => p,
@@ -95,13 +119,13 @@ pub async fn handle(req: Request<Incoming>, shared: Arc<Shared>) -> Response<Ful
                 header::CACHE_CONTROL,
                 header::HeaderValue::from_static("no-cache"),
             );
-            // The page talks only to its own origin (the bridge: /ws and the API).
-            headers.insert(
-                header::CONTENT_SECURITY_POLICY,
-                header::HeaderValue::from_static(
-                    "default-src 'self'; connect-src 'self' ws: wss:; img-src 'self' data:; frame-ancestors 'none'",
-                ),
-            );
+            // The page talks only to its own bridge: the API under 'self' and
+            // this host's /ws (a bare `ws:` would let an injected script
+            // send what the page holds anywhere).
+            let policy = content_security_policy(host);
+            if let Ok(value) = header::HeaderValue::from_str(&policy) {
+                headers.insert(header::CONTENT_SECURITY_POLICY, value);
+            }
             headers.insert(
                 header::X_CONTENT_TYPE_OPTIONS,
                 header::HeaderValue::from_static("nosniff"),

@@ -1096,3 +1096,111 @@ async fn the_dev_panel_is_served_and_only_admins_publish_from_it() {
         true
     );
 }
+
+/// A dev-issuer token for `user` expiring at `exp` (any u64).
+fn token_expiring_at(p: &Platform, user: &str, exp: u64) -> String {
+    p.issuer
+        .sign(&serde_json::json!({
+            "sub": user,
+            "iss": p.issuer.issuer(),
+            "client_id": p.issuer.client_id(),
+            "token_use": "access",
+            "exp": exp,
+        }))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_token_expiring_beyond_any_clock_is_refused_and_a_failed_refresh_leaves_no_ghost() {
+    let p = Platform::start().await;
+    for exp in [u64::MAX, i64::MAX as u64 + 1, i64::MAX as u64] {
+        let token = token_expiring_at(&p, "oli", exp);
+        let err = tokio_tungstenite::connect_async(format!("{}?token={token}", p.ws))
+            .await
+            .unwrap_err();
+        let tokio_tungstenite::tungstenite::Error::Http(response) = err else {
+            panic!("exp {exp}: expected an HTTP refusal, got {err:?}");
+        };
+        assert_eq!(response.status(), 401, "exp {exp}");
+    }
+    // On an open socket, a refresh with one is refused and the socket lives.
+    let mut oli = p.connect("oli", "").await;
+    assert_eq!(oli.next().await["type"], "welcome");
+    let token = token_expiring_at(&p, "oli", u64::MAX);
+    oli.send(serde_json::json!({"action": "refresh", "token": token, "id": "r"}))
+        .await;
+    let refused = oli.next().await;
+    assert_eq!(
+        (refused["type"].as_str(), refused["id"].as_str()),
+        (Some("error"), Some("r")),
+        "{refused}"
+    );
+    let mut api = p.api().await;
+    let sent = api.publish(to_user("oli", "1")).await.unwrap().into_inner();
+    assert_eq!(sent.delivered, 1);
+    assert_eq!(oli.next().await["seq"].as_u64(), Some(1));
+    // Gone, it is gone from presence and routing: no ghost stays behind.
+    drop(oli);
+    test_support::eventually(
+        "oli's socket is deregistered",
+        Duration::from_secs(10),
+        || {
+            let mut api = api.clone();
+            async move {
+                let n = api
+                    .get_presence(presence_req("oli"))
+                    .await
+                    .ok()?
+                    .into_inner();
+                n.connections.is_empty().then_some(())
+            }
+        },
+    )
+    .await;
+    let sent = api.publish(to_user("oli", "2")).await.unwrap().into_inner();
+    assert_eq!(sent.delivered, 0, "nothing routed to a ghost");
+}
+
+/// The Content-Security-Policy the panel page is served with, asked for
+/// under `host`.
+async fn panel_policy(ws_url: &str, host: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = ws_url.trim_start_matches("ws://").trim_end_matches("/ws");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET /panel HTTP/1.0\r\nHost: {host}\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.unwrap();
+    answer
+        .lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("content-security-policy")
+                .then(|| value.trim().to_owned())
+        })
+        .unwrap_or_else(|| panic!("no policy: {answer}"))
+}
+
+#[tokio::test]
+async fn the_panel_may_open_websockets_to_its_own_bridge_only() {
+    let p = Platform::start().await;
+    let addr = p.ws.trim_start_matches("ws://").trim_end_matches("/ws");
+    let policy = panel_policy(&p.ws, addr).await;
+    let connect = policy
+        .split(';')
+        .map(str::trim)
+        .find(|d| d.starts_with("connect-src"))
+        .unwrap_or_else(|| panic!("{policy}"))
+        .to_owned();
+    assert_eq!(
+        connect,
+        format!("connect-src 'self' ws://{addr}/ws wss://{addr}/ws"),
+        "{policy}"
+    );
+    // A Host header cannot write the policy.
+    let policy = panel_policy(&p.ws, "evil.example; connect-src *").await;
+    assert!(
+        policy.contains("connect-src 'self';") && !policy.contains('*'),
+        "{policy}"
+    );
+}

@@ -6,10 +6,12 @@
 //! - [`publish`]: a validated [`Publish`] (target, event, JSON data, idempotency key,
 //!   TTL) and the [`Limits`] it is checked against.
 //! - [`error`]: [`ValidationError`], what is wrong with an input, said for a human.
+//! - [`redact`]: connection URLs without their passwords, for logs and `/info`.
 
 pub mod error;
 pub mod ids;
 pub mod publish;
+pub mod redact;
 pub mod topic;
 
 pub use error::ValidationError;
