@@ -51,8 +51,8 @@ const REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Shared {
     pub hub: Hub,
     pub metrics: crate::metrics::Metrics,
-    pub max_per_user: usize,
-    pub max_connections: usize,
+    /// The bridge's and each user's connection limits.
+    pub admissions: std::sync::Arc<crate::admission::Admissions>,
     pub api: Api,
     pub pending: Pending,
     pub verifier: Verifier,
@@ -197,10 +197,13 @@ struct Conn {
     bucket: TokenBucket,
 }
 
-/// A connection's place in the hub, given up when dropped.
+/// A connection's place in the hub and under the limits, given up when
+/// dropped.
 struct Departure {
     id: ConnectionId,
     shared: Arc<Shared>,
+    /// Released after the hub forgets the connection.
+    _admitted: crate::admission::Admitted,
 }
 
 impl Drop for Departure {
@@ -223,7 +226,12 @@ pub struct Accepted {
 /// Arguments are boxed on purpose: an async fn keeps its arguments and their
 /// moved copies side by side in its state for the connection's whole life,
 /// and idle connections are what a bridge holds most of.
-pub async fn serve(accepted: Box<Accepted>, identity: Box<Identity>, shared: Arc<Shared>) {
+pub async fn serve(
+    accepted: Box<Accepted>,
+    identity: Box<Identity>,
+    admitted: crate::admission::Admitted,
+    shared: Arc<Shared>,
+) {
     let mut accepted = accepted;
     let id = ConnectionId::new();
     let queue = SendQueue::new(shared.queue);
@@ -238,6 +246,7 @@ pub async fn serve(accepted: Box<Accepted>, identity: Box<Identity>, shared: Arc
     let departure = Departure {
         id,
         shared: shared.clone(),
+        _admitted: admitted,
     };
     tracing::debug!(conn = %id, user = %identity.user, "connected");
 

@@ -544,12 +544,6 @@ impl Hub {
         }
     }
 
-    /// Connections of `user` open now.
-    pub fn count_user(&self, user: &UserId) -> usize {
-        let s = self.state.lock().expect("hub lock");
-        s.by_user.get(user).map_or(0, HashSet::len)
-    }
-
     /// Connections open now.
     pub fn len(&self) -> usize {
         self.state.lock().expect("hub lock").conns.len()

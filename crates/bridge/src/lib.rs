@@ -8,6 +8,7 @@
 //! inbound rate limit, [`peers`] the connect limit per client IP, [`panel`]
 //! the Dev Panel at `/panel`.
 
+pub mod admission;
 pub mod connection;
 pub mod hub;
 pub mod link;
@@ -170,8 +171,7 @@ pub async fn run(
     let shared = Arc::new(connection::Shared {
         hub: hub.clone(),
         metrics,
-        max_per_user: config.max_per_user,
-        max_connections: config.max_connections,
+        admissions: admission::Admissions::new(config.max_connections, config.max_per_user),
         api,
         pending,
         verifier: config.verifier,

@@ -21,7 +21,10 @@ use tokio_tungstenite::{
 };
 use tokio_util::task::TaskTracker;
 
-use crate::connection::{self, Shared};
+use crate::{
+    admission::Refusal,
+    connection::{self, Shared},
+};
 
 /// What one listener allows on the wire.
 #[derive(Debug, Clone, Copy)]
@@ -232,21 +235,26 @@ async fn handle(
             serde_json::json!({"error": "unavailable", "message": "this bridge reaches no notify-svc; retry or connect to another"}),
         );
     }
-    if shared.hub.len() >= shared.max_connections {
-        shared.metrics.refused("bridge_full");
-        return json(
-            StatusCode::SERVICE_UNAVAILABLE,
-            serde_json::json!({"error": "unavailable", "message": "this bridge is full; connect to another"}),
-        );
-    }
-    if shared.hub.count_user(&identity.user) >= shared.max_per_user {
-        shared.metrics.refused("user_limit");
-        return json(
-            StatusCode::TOO_MANY_REQUESTS,
-            serde_json::json!({"error": "too_many_connections",
-                "message": format!("at most {} connections per user", shared.max_per_user)}),
-        );
-    }
+    // Counted here, with the check: a place is held from now on (and given
+    // back if the upgrade fails), so simultaneous connects cannot all pass.
+    let admitted = match shared.admissions.admit(&identity.user) {
+        Ok(admitted) => admitted,
+        Err(Refusal::BridgeFull) => {
+            shared.metrics.refused("bridge_full");
+            return json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                serde_json::json!({"error": "unavailable", "message": "this bridge is full; connect to another"}),
+            );
+        }
+        Err(Refusal::UserLimit) => {
+            shared.metrics.refused("user_limit");
+            return json(
+                StatusCode::TOO_MANY_REQUESTS,
+                serde_json::json!({"error": "too_many_connections",
+                    "message": format!("at most {} connections per user", shared.admissions.max_per_user())}),
+            );
+        }
+    };
 
     let accept = derive_accept_key(key.as_bytes());
     let serving = tracker.clone();
@@ -275,7 +283,12 @@ async fn handle(
                 // also holds the upgrade's state, which an idle socket should
                 // not carry for its whole life (~3 KB each).
                 let accepted = Box::new(connection::Accepted { ws, since });
-                serving.spawn(connection::serve(accepted, Box::new(identity), shared));
+                serving.spawn(connection::serve(
+                    accepted,
+                    Box::new(identity),
+                    admitted,
+                    shared,
+                ));
             }
             Err(e) => tracing::debug!(error = %e, "upgrade failed"),
         }

@@ -1204,3 +1204,59 @@ async fn the_panel_may_open_websockets_to_its_own_bridge_only() {
         "{policy}"
     );
 }
+
+/// Opens `users.len()` sockets at once on `ws`: the open ones, and the
+/// refusals' HTTP statuses.
+async fn connect_at_once(p: &Platform, ws: &str, users: &[String]) -> (Vec<Client>, Vec<u16>) {
+    let attempts = users.iter().map(|user| {
+        let url = format!("{ws}?token={}", p.token(user));
+        async move { tokio_tungstenite::connect_async(url).await }
+    });
+    let (mut open, mut refused) = (Vec::new(), Vec::new());
+    for outcome in futures::future::join_all(attempts).await {
+        match outcome {
+            Ok((ws, _)) => open.push(Client { ws }),
+            Err(tokio_tungstenite::tungstenite::Error::Http(r)) => {
+                refused.push(r.status().as_u16())
+            }
+            Err(e) => panic!("neither open nor refused: {e:?}"),
+        }
+    }
+    (open, refused)
+}
+
+#[tokio::test]
+async fn simultaneous_connects_cannot_pass_the_connection_limits() {
+    let p = Platform::start().await;
+    // One user, 30 at once, against 10 per user.
+    let users = vec!["pia".to_owned(); 30];
+    let (open, refused) = connect_at_once(&p, &p.ws, &users).await;
+    assert_eq!((open.len(), refused.len()), (10, 20));
+    assert!(refused.iter().all(|s| *s == 429), "{refused:?}");
+    // Places come back when sockets close.
+    drop(open);
+    test_support::eventually("places are given back", Duration::from_secs(10), || async {
+        let (open, _) = connect_at_once(&p, &p.ws, &users[..10]).await;
+        (open.len() == 10).then_some(())
+    })
+    .await;
+
+    // A bridge of 15, 40 users at once.
+    let mut config = p.bridge_config("small", SendBound::default());
+    config.max_connections = 15;
+    let small = p.run_bridge(config).await;
+    drop(p.connect_when_ready(&small, "probe").await);
+    let users: Vec<String> = (0..40).map(|i| format!("u{i}")).collect();
+    let (open, refused) = test_support::eventually(
+        "the probe's place is given back",
+        Duration::from_secs(10),
+        || async {
+            let (open, refused) = connect_at_once(&p, &small, &users).await;
+            (open.len() == 15).then_some((open, refused))
+        },
+    )
+    .await;
+    assert_eq!(refused.len(), 25);
+    assert!(refused.iter().all(|s| *s == 503), "{refused:?}");
+    drop(open);
+}

@@ -12,8 +12,7 @@ use notify_core::{
 };
 use notify_proto::{convert::raw_publish, v1 as pb};
 use notify_store::{ConnectionRecord, Feed, PublishItem, Store, StoredMessage};
-use tokio::sync::mpsc;
-use tokio_stream::{Stream, StreamExt, wrappers::ReceiverStream};
+use tokio_stream::{Stream, StreamExt};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::{Request, Response, Status};
 
@@ -41,8 +40,6 @@ pub const MAX_PAGE_BYTES: usize = 1024 * 1024;
 const CLOSE_DISCONNECTED: u32 = 4003;
 /// A WebSocket close reason is at most 123 bytes.
 const MAX_REASON_BYTES: usize = 123;
-/// Messages buffered per Watch stream before the watcher slows its producer.
-const WATCH_STREAM_BUFFER: usize = 256;
 
 /// State shared by every request.
 #[derive(Clone)]
@@ -58,6 +55,8 @@ pub struct NotifyApi {
     tracker: TaskTracker,
     auth: Authenticator,
     usernames: Usernames,
+    /// Watch streams open per caller.
+    watches: Arc<watch::WatchSlots>,
 }
 
 impl NotifyApi {
@@ -74,6 +73,7 @@ impl NotifyApi {
         tracker: TaskTracker,
         auth: Authenticator,
         usernames: Usernames,
+        watches: Arc<watch::WatchSlots>,
     ) -> Self {
         Self {
             store,
@@ -87,6 +87,7 @@ impl NotifyApi {
             tracker,
             auth,
             usernames,
+            watches,
         }
     }
 
@@ -595,7 +596,14 @@ impl pb::notify_server::Notify for NotifyApi {
         req: Request<pb::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
         use pb::watch_request::Target as T;
-        self.auth.authorize(&req, Right::Admin).await?;
+        let caller = self.auth.authorize(&req, Right::Admin).await?;
+        let slot = self.watches.take(&caller.name).ok_or_else(|| {
+            Status::resource_exhausted(format!(
+                "caller {} holds {} Watch streams, the most allowed (NOTIFY_MAX_WATCHES_PER_CALLER): close one first",
+                caller.name,
+                self.watches.max_per_caller()
+            ))
+        })?;
         let req = req.into_inner();
         let open = async {
             let key = match req.target {
@@ -614,13 +622,19 @@ impl pb::notify_server::Notify for NotifyApi {
             Ok((key, watcher))
         };
         let (key, watcher) = self.counted("Watch", open).await?;
-        let (tx, rx) = mpsc::channel(WATCH_STREAM_BUFFER);
+        let (tx, rx) = crate::bounded::channel(watch::STREAM_BOUND, watch::out_len);
         self.tracker
             .spawn(watcher.run(self.store.clone(), tx, self.shutdown.clone()));
-        let stream = ReceiverStream::new(rx).map(move |item| match item {
-            Ok(m) => Ok(stored_message(&key, m)),
-            Err(watch::WatchError::Store(e)) => Err(status::store(e)),
-            Err(e @ watch::WatchError::Lagged(_)) => Err(Status::resource_exhausted(e.to_string())),
+        // The slot is the stream's: given back when the caller drops it.
+        let stream = rx.map(move |item| {
+            let _held = &slot;
+            match item {
+                Ok(m) => Ok(stored_message(&key, m)),
+                Err(watch::WatchError::Store(e)) => Err(status::store(e)),
+                Err(e @ watch::WatchError::Lagged(_)) => {
+                    Err(Status::resource_exhausted(e.to_string()))
+                }
+            }
         });
         Ok(Response::new(Box::pin(stream)))
     }

@@ -110,7 +110,8 @@ pub struct SvcArgs {
     #[arg(long, env = "NOTIFY_GROUP_COMMIT", default_value_t = true, action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
     pub group_commit: bool,
 
-    /// Most publishes in one group commit.
+    /// Most rows in one group commit: one per recipient inbox (a topic
+    /// message or a broadcast is one). A larger publish commits alone.
     #[arg(long, env = "NOTIFY_BATCH_MAX", default_value_t = 1000)]
     pub batch_max: usize,
 
@@ -125,6 +126,19 @@ pub struct SvcArgs {
     // 4 lost a fifth to CPU contention (docs/benchmarks.md).
     #[arg(long, env = "NOTIFY_COMMITTERS", default_value_t = 2)]
     pub committers: usize,
+
+    /// Bytes queued for one bridge before live copies to it are dropped
+    /// (its clients then catch up from the store).
+    // 64 MiB: the 65,536 messages the queue also allows at 1 KB each; a
+    // count alone let one stalled bridge pin 65,536 × 64 KiB = 4 GiB.
+    #[arg(long, env = "NOTIFY_BRIDGE_QUEUE_BYTES", default_value_t = 64 << 20)]
+    pub bridge_queue_bytes: usize,
+
+    /// Watch streams one caller may hold open at once.
+    // 16: a dashboard or a test harness watches a handful of feeds; each
+    // stream holds up to WATCH_STREAM_BYTES and a task.
+    #[arg(long, env = "NOTIFY_MAX_WATCHES_PER_CALLER", default_value_t = 16)]
+    pub max_watches_per_caller: usize,
 
     /// Largest `data` accepted, in bytes.
     #[arg(long, env = "NOTIFY_MAX_DATA_BYTES", default_value_t = 64 * 1024)]
@@ -187,6 +201,10 @@ pub struct Config {
     pub topics: TopicPolicy,
     /// gRPC over TLS (None: plaintext).
     pub tls: Option<notify_ops::tls::TlsFiles>,
+    /// Each bridge's down stream.
+    pub bridge_queue: crate::bounded::Bound,
+    /// Watch streams one caller may hold open at once.
+    pub max_watches_per_caller: usize,
 }
 
 /// How the publish pipeline batches.
@@ -219,6 +237,8 @@ impl Config {
             .set("limits", &self.limits)
             .set("topics", &self.topics)
             .set("tls", &self.tls)
+            .set("bridge_queue", self.bridge_queue)
+            .set("max_watches_per_caller", self.max_watches_per_caller)
     }
 
     /// Every default on `database_url` (and `NOTIFY_*` from the environment),
@@ -391,6 +411,11 @@ impl Config {
             },
             topics: TopicPolicy::default(),
             tls,
+            bridge_queue: crate::bounded::Bound {
+                messages: crate::router::BRIDGE_QUEUE,
+                bytes: args.bridge_queue_bytes,
+            },
+            max_watches_per_caller: args.max_watches_per_caller,
         })
     }
 }
@@ -584,7 +609,7 @@ mod tests {
             #[command(flatten)]
             svc: SvcArgs,
         }
-        let mut argv = vec!["notify-svc", "--database-url", "sqlite:x.db"];
+        let mut argv = vec!["notify-svc", "--dev", "--database-url", "sqlite:x.db"];
         argv.extend_from_slice(flags);
         Config::from_args(&<Cli as clap::Parser>::try_parse_from(argv).unwrap().svc)
     }

@@ -11,6 +11,7 @@
 //! gRPC statuses in one place, [`status`].
 
 pub mod api;
+pub mod bounded;
 pub mod caller;
 pub mod config;
 pub mod fight;
@@ -160,6 +161,7 @@ pub async fn run(
         tracker.clone(),
         shutdown.clone(),
         authenticator.clone(),
+        config.bridge_queue,
     );
     let cognito = match &config.cognito {
         Some(c) => Some(Arc::new(notify_auth::Cognito::new(c).await)),
@@ -177,6 +179,7 @@ pub async fn run(
         tracker.clone(),
         authenticator.clone(),
         usernames::Usernames::new(cognito),
+        watch::WatchSlots::new(config.max_watches_per_caller),
     );
     let notify = tonic::service::interceptor::InterceptedService::new(
         NotifyServer::new(api).max_decoding_message_size(MAX_REQUEST_BYTES),

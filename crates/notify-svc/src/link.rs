@@ -15,16 +15,16 @@ use notify_core::{
 };
 use notify_proto::v1::{self as pb, bridge_up::Msg as Up};
 use notify_store::{ConnectionRecord, Feed, PublishItem, Store};
-use tokio::sync::mpsc;
-use tokio_stream::{Stream, StreamExt, wrappers::ReceiverStream};
+use tokio_stream::{Stream, StreamExt};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::{
+    bounded,
     caller::{Authenticator, Right},
     pipeline::Publisher,
     registry::{Change, Registry},
-    router::{BRIDGE_QUEUE, Router},
+    router::{self, DownSender, Router},
     status,
     tickets::{Ask, Tickets},
 };
@@ -45,6 +45,8 @@ pub struct Link {
     tracker: TaskTracker,
     shutdown: CancellationToken,
     auth: Authenticator,
+    /// Each bridge's down stream.
+    queue: bounded::Bound,
 }
 
 impl Link {
@@ -58,6 +60,7 @@ impl Link {
         tracker: TaskTracker,
         shutdown: CancellationToken,
         auth: Authenticator,
+        queue: bounded::Bound,
     ) -> Self {
         Self {
             registry: Registry::start(store.clone(), &tracker, shutdown.clone()),
@@ -70,6 +73,7 @@ impl Link {
             tracker,
             shutdown,
             auth,
+            queue,
         }
     }
 
@@ -104,14 +108,14 @@ impl Link {
 
     /// Answers a ticket once its registration is in routing (it is: the
     /// router changed synchronously before this is called).
-    async fn answer(&self, ticket: u64, feed: Feed, down: &mpsc::Sender<pb::BridgeDown>) {
+    async fn answer(&self, ticket: u64, feed: Feed, down: &DownSender) {
         if ticket != 0 {
             let down = down.clone();
             self.tickets.ask(Ask { ticket, feed, down }).await;
         }
     }
 
-    async fn handle(&self, bridge: &str, msg: Up, down: &mpsc::Sender<pb::BridgeDown>) {
+    async fn handle(&self, bridge: &str, msg: Up, down: &DownSender) {
         match msg {
             Up::Hello(_) => tracing::warn!(bridge, "second hello ignored"),
             Up::Opened(opened) => {
@@ -253,7 +257,7 @@ impl pb::bridge_link_server::BridgeLink for Link {
                 "bridge_id must be 1 to 128 printable bytes",
             ));
         }
-        let (down, rx) = mpsc::channel(BRIDGE_QUEUE);
+        let (down, rx) = bounded::channel(self.queue, router::down_len);
         let generation = self.router.attach(&bridge, down.clone());
         // The Hello is the whole truth about this bridge: replace its rows.
         self.registry
@@ -291,6 +295,6 @@ impl pb::bridge_link_server::BridgeLink for Link {
                 tracing::info!(bridge, "bridge detached");
             }
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx).map(Ok))))
+        Ok(Response::new(Box::pin(rx.map(Ok))))
     }
 }

@@ -16,10 +16,21 @@ use notify_core::{ConnectionId, Target, Topic, UserId};
 use notify_proto::v1 as pb;
 use notify_store::{Committed, PublishItem};
 use prometheus_client::metrics::counter::Counter;
-use tokio::sync::mpsc;
+use prost::Message as _;
+
+use crate::bounded;
+
+/// A bridge's down stream: deliveries, kicks, answers; bounded in messages
+/// and bytes (`NOTIFY_BRIDGE_QUEUE_BYTES`), past which live copies drop.
+pub type DownSender = bounded::Sender<pb::BridgeDown>;
 
 /// Deliveries queued per bridge before live copies are dropped.
 pub const BRIDGE_QUEUE: usize = 65_536;
+
+/// A down message's size, as the bound counts it.
+pub fn down_len(down: &pb::BridgeDown) -> usize {
+    down.encoded_len()
+}
 
 /// Where one connection lives.
 struct Conn {
@@ -29,7 +40,7 @@ struct Conn {
 }
 
 struct Bridge {
-    tx: mpsc::Sender<pb::BridgeDown>,
+    tx: DownSender,
     /// Distinguishes an attach from the one it replaced.
     generation: u64,
 }
@@ -118,7 +129,7 @@ impl Router {
     /// Registers a bridge's stream, replacing an older one of the same id and
     /// forgetting the connections that one reported. Returns the generation to
     /// pass to [`detach`](Self::detach).
-    pub fn attach(&self, bridge: &str, tx: mpsc::Sender<pb::BridgeDown>) -> u64 {
+    pub fn attach(&self, bridge: &str, tx: DownSender) -> u64 {
         let mut t = self.tables.lock().expect("router lock");
         Self::forget_bridge(&mut t, bridge);
         t.next_generation += 1;

@@ -10,6 +10,8 @@ use notify_store::{Feed, Store};
 use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
 
+use crate::router::DownSender;
+
 /// Questions queued before link streams wait.
 const QUEUE: usize = 65_536;
 /// Feeds read per store round trip.
@@ -19,7 +21,7 @@ const BATCH: usize = 2_048;
 pub struct Ask {
     pub ticket: u64,
     pub feed: Feed,
-    pub down: mpsc::Sender<pb::BridgeDown>,
+    pub down: DownSender,
 }
 
 /// Sends questions to the answering task; cheap to clone.

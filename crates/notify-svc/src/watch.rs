@@ -14,13 +14,83 @@ use std::{
 
 use notify_core::Target;
 use notify_store::{Committed, Feed, PublishItem, Store, StoreError, StoredMessage};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
+
+use crate::bounded;
 
 /// Messages a watcher may fall behind before it reads the store instead.
 const WATCH_BUFFER: usize = 1024;
 /// Page size when a watcher reads the store.
-const CATCH_UP_PAGE: u32 = 500;
+// 100: a page is held whole while it is sent; 100 × 64 KiB is 6.4 MiB.
+const CATCH_UP_PAGE: u32 = 100;
+/// What one Watch stream may hold queued for its caller.
+pub const STREAM_BOUND: bounded::Bound = bounded::Bound {
+    messages: 256,
+    bytes: 1 << 20,
+};
+
+/// One Watch stream's queue.
+pub type Out = bounded::Sender<Result<StoredMessage, WatchError>>;
+
+/// A queued item's size, as the stream's bound counts it.
+pub fn out_len(item: &Result<StoredMessage, WatchError>) -> usize {
+    item.as_ref()
+        .map_or(64, |m| m.data.len() + m.event.len() + 64)
+}
+
+/// Watch streams open per caller, within a cap.
+#[derive(Debug)]
+pub struct WatchSlots {
+    max_per_caller: usize,
+    open: Mutex<HashMap<String, usize>>,
+}
+
+/// One open Watch stream's slot; given back when dropped.
+#[derive(Debug)]
+pub struct WatchSlot {
+    slots: Arc<WatchSlots>,
+    caller: String,
+}
+
+impl WatchSlots {
+    pub fn new(max_per_caller: usize) -> Arc<Self> {
+        Arc::new(Self {
+            max_per_caller,
+            open: Mutex::default(),
+        })
+    }
+
+    pub fn max_per_caller(&self) -> usize {
+        self.max_per_caller
+    }
+
+    /// A slot for `caller`, if it holds fewer than the cap.
+    pub fn take(self: &Arc<Self>, caller: &str) -> Option<WatchSlot> {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let held = open.entry(caller.to_owned()).or_default();
+        if *held >= self.max_per_caller {
+            return None;
+        }
+        *held += 1;
+        Some(WatchSlot {
+            slots: Arc::clone(self),
+            caller: caller.to_owned(),
+        })
+    }
+}
+
+impl Drop for WatchSlot {
+    fn drop(&mut self) {
+        let mut open = self.slots.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(held) = open.get_mut(&self.caller) {
+            *held -= 1;
+            if *held == 0 {
+                open.remove(&self.caller);
+            }
+        }
+    }
+}
 /// How often a watcher checks the store for messages other replicas committed.
 const CATCH_UP_EVERY: Duration = Duration::from_secs(1);
 
@@ -151,12 +221,7 @@ impl Watcher {
     }
 
     /// Streams into `out` until the receiver goes away or `shutdown`.
-    pub async fn run(
-        self,
-        store: Arc<dyn Store>,
-        out: mpsc::Sender<Result<StoredMessage, WatchError>>,
-        shutdown: CancellationToken,
-    ) {
+    pub async fn run(self, store: Arc<dyn Store>, out: Out, shutdown: CancellationToken) {
         let Self { mut sub, feed } = self;
         let Some((feed, mut last)) = feed else {
             return follow_broadcast(sub, out, shutdown).await;
@@ -194,11 +259,7 @@ impl Watcher {
     }
 }
 
-async fn follow_broadcast(
-    mut sub: Subscription,
-    out: mpsc::Sender<Result<StoredMessage, WatchError>>,
-    shutdown: CancellationToken,
-) {
+async fn follow_broadcast(mut sub: Subscription, out: Out, shutdown: CancellationToken) {
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
@@ -224,7 +285,7 @@ async fn catch_up(
     store: &dyn Store,
     feed: &Feed,
     last: &mut u64,
-    out: &mpsc::Sender<Result<StoredMessage, WatchError>>,
+    out: &Out,
 ) -> Result<(), StoreError> {
     loop {
         let page = store.history(feed, *last, CATCH_UP_PAGE).await?;

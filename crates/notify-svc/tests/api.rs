@@ -17,6 +17,7 @@ on_both_stores!(
     user_lists_topics_and_broadcast_are_accepted,
     concurrent_publishers_get_every_seq_once,
     a_repeated_idempotency_key_stores_once,
+    a_publish_the_database_refuses_fails_alone,
     every_bad_input_gets_its_status,
     a_topic_log_keeps_its_namespace_size,
     watch_streams_what_is_published_after_it_started,
@@ -847,5 +848,109 @@ async fn a_fight_event_reaches_both_fighters_and_its_topics_once(backend: Backen
             .await
             .is_empty()
     );
+    svc.stop().await;
+}
+
+#[tokio::test]
+async fn watch_streams_are_capped_per_caller() {
+    let svc = Svc::start_with(test_support::TestDb::create().await, |cfg| {
+        cfg.max_watches_per_caller = 3;
+    })
+    .await;
+    let mut client = svc.client().await;
+    let watch = |user: &str| pb::WatchRequest {
+        target: Some(pb::watch_request::Target::UserId(user.into())),
+        ..Default::default()
+    };
+    let mut open = Vec::new();
+    for user in ["a", "b", "c"] {
+        open.push(client.watch(watch(user)).await.expect("within the cap"));
+    }
+    let refused = client.watch(watch("d")).await.unwrap_err();
+    assert_eq!(
+        refused.code(),
+        tonic::Code::ResourceExhausted,
+        "{refused:?}"
+    );
+    assert!(
+        refused.message().contains("3 Watch streams"),
+        "{}",
+        refused.message()
+    );
+    // A stream the caller drops gives its slot back.
+    open.pop();
+    test_support::eventually(
+        "the slot comes back",
+        std::time::Duration::from_secs(10),
+        || {
+            let mut client = client.clone();
+            async move { client.watch(watch("d")).await.ok().map(drop) }
+        },
+    )
+    .await;
+}
+
+/// Makes the database itself refuse any inbox row for user `poison`.
+async fn poison_inbox_rows(svc: &Svc, backend: Backend) {
+    match backend {
+        Backend::Postgres => {
+            let (db, connection) = tokio_postgres::connect(&svc.url, tokio_postgres::NoTls)
+                .await
+                .unwrap();
+            tokio::spawn(connection);
+            db.batch_execute(
+                "CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS
+                     $$ BEGIN RAISE EXCEPTION 'poisoned row'; END $$;
+                 CREATE TRIGGER refuse_poison BEFORE INSERT ON inbox FOR EACH ROW
+                     WHEN (NEW.user_id = 'poison') EXECUTE FUNCTION refuse_poison();",
+            )
+            .await
+            .unwrap();
+        }
+        Backend::Sqlite => {
+            let path = svc.url.trim_start_matches("sqlite:");
+            let path = path.split_once('?').map_or(path, |(p, _)| p);
+            rusqlite::Connection::open(path)
+                .unwrap()
+                .execute_batch(
+                    "CREATE TRIGGER refuse_poison BEFORE INSERT ON inbox
+                         WHEN NEW.user_id = 'poison'
+                         BEGIN SELECT RAISE(ABORT, 'poisoned row'); END;",
+                )
+                .unwrap();
+        }
+    }
+}
+
+async fn a_publish_the_database_refuses_fails_alone(backend: Backend) {
+    let svc = Svc::start_on(backend).await;
+    poison_inbox_rows(&svc, backend).await;
+    let client = svc.client().await;
+    // Rounds of 64 callers at once, group commit batching them together;
+    // one in each round is refused by the database.
+    for round in 0..5 {
+        let calls: Vec<_> = (0..64)
+            .map(|i| {
+                let mut client = client.clone();
+                let user = if i == 31 {
+                    "poison".to_owned()
+                } else {
+                    format!("u{round}-{i}")
+                };
+                tokio::spawn(async move { client.publish(to_user(&user, "1")).await })
+            })
+            .collect();
+        for (i, call) in calls.into_iter().enumerate() {
+            let result = call.await.unwrap();
+            match (i, result) {
+                (31, Ok(_)) => panic!("the database refused the poisoned row"),
+                (31, Err(e)) => assert_eq!(e.code(), Code::Internal, "{e:?}"),
+                (_, Err(e)) => {
+                    panic!("round {round}: caller {i} failed with the poisoned one: {e:?}")
+                }
+                (_, Ok(_)) => {}
+            }
+        }
+    }
     svc.stop().await;
 }

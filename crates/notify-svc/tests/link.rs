@@ -322,3 +322,38 @@ async fn acks_from_a_bridge_move_where_history_resumes() {
     drop(bridge);
     svc.stop().await;
 }
+
+#[tokio::test]
+async fn a_bridge_that_stops_reading_pins_its_byte_bound_not_gigabytes() {
+    let svc = Svc::start_with(test_support::TestDb::create().await, |cfg| {
+        cfg.bridge_queue.bytes = 1 << 20;
+    })
+    .await;
+    // A rogue bridge: it attaches with a connection of rex, then never reads.
+    let rogue =
+        FakeBridge::attach(&svc, "rogue", vec![live(ConnectionId::new(), "rex", &[])]).await;
+    let mut api = svc.client().await;
+    // 200 × 60 KB = 12 MB for rex: far below the 65,536-message count, far
+    // over the 1 MiB byte bound (plus what HTTP/2 windows hold).
+    let data = format!("\"{}\"", "r".repeat(60 * 1000));
+    for _ in 0..200 {
+        api.publish(to_user("rex", &data))
+            .await
+            .expect("publishing never waits for a bridge");
+    }
+    let http = svc.http.to_string();
+    let dropped = test_support::prometheus::value_at(&http, "notify_delivery_drops_total").await;
+    let sent = test_support::prometheus::value_at(&http, "notify_deliveries_total").await;
+    assert!(
+        dropped > 0.0 && sent < 100.0,
+        "live copies past the byte bound are dropped ({sent} queued, {dropped} dropped)"
+    );
+    // rex loses nothing: the store has every message.
+    let page = api
+        .history(common::history_of_user("rex", 0, 0))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(page.head_seq, 200);
+    drop(rogue);
+}

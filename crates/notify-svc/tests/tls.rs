@@ -150,7 +150,7 @@ fn tls_settings_that_cannot_work_are_refused_at_start() {
             #[command(flatten)]
             svc: notify_svc::SvcArgs,
         }
-        let mut argv = vec!["notify-svc", "--database-url", "sqlite:x.db"];
+        let mut argv = vec!["notify-svc", "--dev", "--database-url", "sqlite:x.db"];
         argv.extend_from_slice(flags);
         notify_svc::Config::from_args(&<Cli as clap::Parser>::try_parse_from(argv).unwrap().svc)
     };

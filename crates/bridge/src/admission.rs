@@ -1,0 +1,122 @@
+//! Connection limits, counted at admission: the bridge's and each user's
+//! open connections. A place is taken before the upgrade, in the same step
+//! as the check, and given back when the connection (or a failed upgrade)
+//! drops it: simultaneous connects cannot all pass a limit that each sees
+//! unreached.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
+
+use notify_core::UserId;
+
+/// Why a connection was not admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The bridge holds its most connections.
+    BridgeFull,
+    /// The user holds its most connections on this bridge.
+    UserLimit,
+}
+
+/// The places taken, and the limits.
+#[derive(Debug)]
+pub struct Admissions {
+    max_connections: usize,
+    max_per_user: usize,
+    taken: Mutex<Taken>,
+}
+
+#[derive(Debug, Default)]
+struct Taken {
+    total: usize,
+    per_user: HashMap<UserId, usize>,
+}
+
+impl Admissions {
+    pub fn new(max_connections: usize, max_per_user: usize) -> Arc<Self> {
+        Arc::new(Self {
+            max_connections,
+            max_per_user,
+            taken: Mutex::default(),
+        })
+    }
+
+    pub fn max_per_user(&self) -> usize {
+        self.max_per_user
+    }
+
+    /// Takes a place for a connection of `user`, or says why not.
+    pub fn admit(self: &Arc<Self>, user: &UserId) -> Result<Admitted, Refusal> {
+        let mut taken = self.taken.lock().unwrap_or_else(|e| e.into_inner());
+        if taken.total >= self.max_connections {
+            return Err(Refusal::BridgeFull);
+        }
+        let mine = taken.per_user.entry(user.clone()).or_default();
+        if *mine >= self.max_per_user {
+            return Err(Refusal::UserLimit);
+        }
+        *mine += 1;
+        taken.total += 1;
+        Ok(Admitted {
+            admissions: Arc::clone(self),
+            user: user.clone(),
+        })
+    }
+
+    fn release(&self, user: &UserId) {
+        let mut taken = self.taken.lock().unwrap_or_else(|e| e.into_inner());
+        taken.total = taken.total.saturating_sub(1);
+        if let Some(mine) = taken.per_user.get_mut(user) {
+            *mine -= 1;
+            if *mine == 0 {
+                taken.per_user.remove(user);
+            }
+        }
+    }
+}
+
+/// One connection's place; given back when dropped.
+#[derive(Debug)]
+pub struct Admitted {
+    admissions: Arc<Admissions>,
+    user: UserId,
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.admissions.release(&self.user);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user(name: &str) -> UserId {
+        UserId::parse("sub", name).unwrap()
+    }
+
+    #[test]
+    fn places_are_taken_at_admission_and_given_back_on_drop() {
+        let admissions = Admissions::new(3, 2);
+        let a1 = admissions.admit(&user("a")).unwrap();
+        let _a2 = admissions.admit(&user("a")).unwrap();
+        assert_eq!(
+            admissions.admit(&user("a")).unwrap_err(),
+            Refusal::UserLimit
+        );
+        let _b1 = admissions.admit(&user("b")).unwrap();
+        assert_eq!(
+            admissions.admit(&user("c")).unwrap_err(),
+            Refusal::BridgeFull
+        );
+        drop(a1);
+        let _c1 = admissions.admit(&user("c")).unwrap();
+        assert_eq!(
+            admissions.admit(&user("a")).unwrap_err(),
+            Refusal::BridgeFull
+        );
+    }
+}
