@@ -61,11 +61,16 @@ export interface Gap {
   firstSeq: number;
 }
 
-/** A backend subscribed the user to a topic, or ended it (`Notify.Subscribe` / `Unsubscribe`). */
+/**
+ * A backend subscribed the user to a topic or ended it (`Notify.Subscribe` /
+ * `Unsubscribe`), or the policy ended one the refreshed token may not hold.
+ */
 export interface SubscriptionChange {
   topic: string;
   subscribed: boolean;
   source: SubscriptionSource;
+  /** Why, when the policy ended it. */
+  reason?: string;
 }
 
 export interface StateDetail {
@@ -402,8 +407,14 @@ export class NotifyClient {
         this.answer(frame);
         return;
       case 'unsubscribed':
-        if (frame.source === 'server' && this.topics.delete(frame.topic)) {
-          this.subscriptionListeners.emit({ topic: frame.topic, subscribed: false, source: 'server' });
+        // Not ours to end: not restored after reconnects either.
+        if (frame.source !== 'client' && this.topics.delete(frame.topic)) {
+          this.subscriptionListeners.emit({
+            topic: frame.topic,
+            subscribed: false,
+            source: frame.source,
+            ...(frame.reason === undefined ? {} : { reason: frame.reason }),
+          });
         }
         this.answer(frame);
         return;

@@ -12,8 +12,11 @@ export interface Welcome {
   first_seq: number;
 }
 
-/** Who made a subscription: the client's own `subscribe`, or a backend (`Notify.Subscribe`). */
-export type SubscriptionSource = 'client' | 'server';
+/**
+ * Who made or ended a subscription: the client's own `subscribe`, a backend
+ * (`Notify.Subscribe`), or the topic policy (a refreshed token no longer holds the topic).
+ */
+export type SubscriptionSource = 'client' | 'server' | 'policy';
 
 /** A message: an inbox message has no `topic`. `data` is the published JSON value. */
 export interface NotifyMessage<Data = unknown> {
@@ -44,6 +47,8 @@ export interface Unsubscribed {
   type: 'unsubscribed';
   topic: string;
   source: SubscriptionSource;
+  /** Why, when the policy ended it. */
+  reason?: string;
   id?: string;
 }
 

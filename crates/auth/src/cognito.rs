@@ -87,6 +87,8 @@ pub struct Cognito {
     pool: String,
     /// By token digest: the token itself is never kept.
     revoked: Answers<bool>,
+    /// By username: whether the user is disabled or gone.
+    disabled: Answers<bool>,
     subs: Answers<Option<String>>,
 }
 
@@ -109,6 +111,7 @@ impl Cognito {
             client: Client::new(&loader.load().await),
             pool: config.user_pool_id.clone(),
             revoked: Answers::new(config.revocation_ttl),
+            disabled: Answers::new(config.revocation_ttl),
             subs: Answers::new(config.username_ttl),
         }
     }
@@ -137,6 +140,31 @@ impl Cognito {
         };
         self.revoked.put(key, revoked);
         Ok(revoked)
+    }
+
+    /// Whether the user `username` is disabled or deleted (AdminGetUser):
+    /// what Cognito can tell about an ID token, whose session it cannot be
+    /// asked about. `Err` when Cognito cannot be asked.
+    pub async fn is_user_disabled(&self, username: &str) -> Result<bool, AuthError> {
+        if let Some(disabled) = self.disabled.get(username) {
+            return Ok(disabled);
+        }
+        let disabled = match self
+            .client
+            .admin_get_user()
+            .user_pool_id(&self.pool)
+            .username(username)
+            .send()
+            .await
+        {
+            Ok(user) => !user.enabled(),
+            Err(e) => match e.as_service_error() {
+                Some(s) if s.is_user_not_found_exception() => true,
+                _ => return Err(unavailable("AdminGetUser", e)),
+            },
+        };
+        self.disabled.put(username.to_owned(), disabled);
+        Ok(disabled)
     }
 
     /// The `sub` of the user with this username (or email alias); `None`

@@ -28,6 +28,11 @@ pub struct Identity {
     /// `scope`, split on spaces (access tokens).
     pub scopes: Vec<String>,
     pub expires_at: SystemTime,
+    /// `iat`: a sign-out seen later refuses the token.
+    pub issued_at: SystemTime,
+    /// `cognito:username` (ID tokens; `username` in access tokens): whom to
+    /// ask Cognito about.
+    pub username: Option<String>,
 }
 
 impl Identity {

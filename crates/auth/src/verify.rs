@@ -45,6 +45,10 @@ struct Claims {
     iss: Option<String>,
     exp: Option<u64>,
     nbf: Option<u64>,
+    iat: Option<u64>,
+    #[serde(rename = "cognito:username")]
+    cognito_username: Option<String>,
+    username: Option<String>,
     token_use: Option<String>,
     client_id: Option<String>,
     aud: Option<Audience>,
@@ -172,6 +176,11 @@ impl Verifier {
             scopes: claims.scope.split_whitespace().map(String::from).collect(),
             // Checked above: within a century of now.
             expires_at: UNIX_EPOCH + Duration::from_secs(claims.exp.unwrap_or_default()),
+            // Not after `exp` (else a token could claim a sign-out never
+            // reaches it); absent, as early as can be.
+            issued_at: UNIX_EPOCH
+                + Duration::from_secs(claims.iat.unwrap_or(0).min(claims.exp.unwrap_or(0))),
+            username: claims.cognito_username.or(claims.username),
         })
     }
 }

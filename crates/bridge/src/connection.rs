@@ -56,7 +56,7 @@ pub struct Shared {
     pub api: Api,
     pub pending: Pending,
     pub verifier: Verifier,
-    pub revocation: Option<std::sync::Arc<notify_auth::Cognito>>,
+    pub revocation: Option<std::sync::Arc<crate::revocation::Revocation>>,
     pub topics: TopicPolicy,
     pub queue: crate::queue::Bound,
     pub rate_per_sec: u32,
@@ -69,18 +69,16 @@ pub struct Shared {
 }
 
 impl Shared {
-    /// Whether Cognito revoked this access token (ID tokens cannot be
-    /// checked there and pass); `Ok(false)` when no check is configured.
+    /// Whether this token was revoked (see [`crate::revocation`]);
+    /// `Ok(false)` when no check is configured.
     pub async fn revoked(
         &self,
         identity: &notify_auth::Identity,
         token: &str,
     ) -> Result<bool, notify_auth::AuthError> {
         match &self.revocation {
-            Some(cognito) if identity.token_use == notify_auth::TokenUse::Access => {
-                cognito.is_revoked(token).await
-            }
-            _ => Ok(false),
+            Some(revocation) => revocation.revoked(identity, token).await,
+            None => Ok(false),
         }
     }
 }
@@ -192,6 +190,9 @@ struct Conn {
     shared: Arc<Shared>,
     inbox: Sequencer<Arc<Prepared>>,
     topics: HashMap<Topic, Sequencer<Arc<Prepared>>>,
+    /// Topics a backend subscribed it to: held by the server, not by the
+    /// token, so a refresh's policy check leaves them.
+    server_topics: Vec<Topic>,
     /// Its own queue, for [`Local`] results.
     me: Arc<SendQueue>,
     bucket: TokenBucket,
@@ -208,6 +209,9 @@ struct Departure {
 
 impl Drop for Departure {
     fn drop(&mut self) {
+        if let Some(revocation) = &self.shared.revocation {
+            revocation.release(self.id);
+        }
         self.shared.hub.close(self.id);
         self.shared.hub.flush_acks();
         self.shared.metrics.connections.dec();
@@ -219,6 +223,9 @@ pub struct Accepted {
     pub ws: Socket,
     /// The client's resume point (`?since=`), if it gave one.
     pub since: Option<u64>,
+    /// The token, kept only when revocation is checked (it is asked about
+    /// again every interval).
+    pub token: Option<Box<str>>,
 }
 
 /// Serves one upgraded connection until it ends.
@@ -248,6 +255,9 @@ pub async fn serve(
         shared: shared.clone(),
         _admitted: admitted,
     };
+    if let (Some(revocation), Some(token)) = (&shared.revocation, accepted.token.take()) {
+        revocation.hold(id, &identity, &token);
+    }
     tracing::debug!(conn = %id, user = %identity.user, "connected");
 
     let opening = Opening {
@@ -361,6 +371,7 @@ async fn start(ws: &mut Socket, opening: Opening) -> Result<Box<Conn>, End> {
         shared,
         inbox,
         topics: HashMap::new(),
+        server_topics: Vec::new(),
         me,
         bucket,
     });
@@ -547,9 +558,11 @@ impl Conn {
                     return Ok(());
                 }
                 self.shared.hub.unsubscribe(self.id, &topic);
+                self.server_topics.retain(|t| *t != topic);
                 let text = ServerFrame::Unsubscribed {
                     topic: topic.as_str(),
                     source: Source::Server,
+                    reason: None,
                     id: None,
                 }
                 .to_text();
@@ -727,10 +740,12 @@ impl Conn {
             Action::Unsubscribe { topic, .. } => Some(match Topic::parse(&topic) {
                 Ok(t) => {
                     self.topics.remove(&t);
+                    self.server_topics.retain(|s| *s != t);
                     self.shared.hub.unsubscribe(self.id, &t);
                     ServerFrame::Unsubscribed {
                         topic: &topic,
                         source: Source::Client,
+                        reason: None,
                         id: id.as_ref(),
                     }
                     .to_text()
@@ -775,16 +790,21 @@ impl Conn {
                 Some(match verified {
                     Ok(fresh) if fresh.user == self.identity.user => {
                         *self.identity = fresh;
+                        if let Some(revocation) = &self.shared.revocation {
+                            revocation.hold(self.id, &self.identity, &token);
+                        }
                         let exp = self
                             .identity
                             .expires_at
                             .duration_since(SystemTime::UNIX_EPOCH)
                             .map_or(0, |d| d.as_secs());
-                        ServerFrame::Refreshed {
+                        let text = ServerFrame::Refreshed {
                             exp,
                             id: id.as_ref(),
                         }
-                        .to_text()
+                        .to_text();
+                        send(ws, text).await?;
+                        return self.drop_topics_the_token_may_not_hold(ws).await;
                     }
                     Ok(_) => error_text(
                         ErrorCode::Forbidden,
@@ -803,6 +823,34 @@ impl Conn {
             Some(text) => send(ws, text).await,
             None => Ok(()),
         }
+    }
+
+    /// After a refresh: the topics the client subscribed to that the new
+    /// token's claims may not hold (another realm, no longer an admin) are
+    /// dropped, each with a frame saying why. A backend's subscriptions stay.
+    async fn drop_topics_the_token_may_not_hold(&mut self, ws: &mut Socket) -> Result<(), End> {
+        let refused: Vec<(Topic, String)> = self
+            .topics
+            .keys()
+            .filter(|t| !self.server_topics.contains(t))
+            .filter_map(|t| {
+                let why = self.shared.topics.may_subscribe(self.subject(), t).err()?;
+                Some((t.clone(), why.to_string()))
+            })
+            .collect();
+        for (topic, why) in refused {
+            self.topics.remove(&topic);
+            self.shared.hub.unsubscribe(self.id, &topic);
+            let text = ServerFrame::Unsubscribed {
+                topic: topic.as_str(),
+                source: Source::Policy,
+                reason: Some(&why),
+                id: None,
+            }
+            .to_text();
+            send(ws, text).await?;
+        }
+        Ok(())
     }
 
     fn subject(&self) -> Subject<'_> {
@@ -866,6 +914,9 @@ impl Conn {
             self.fetch(Feed::Topic(topic.clone()), after, Duration::ZERO);
         }
         self.topics.insert(topic.clone(), seq);
+        if source == Source::Server && !self.server_topics.contains(&topic) {
+            self.server_topics.push(topic.clone());
+        }
         ServerFrame::Subscribed {
             topic: topic.as_str(),
             seq: head,

@@ -18,6 +18,7 @@ pub mod peers;
 pub mod protocol;
 pub mod queue;
 pub mod rate;
+pub mod revocation;
 pub mod sequencer;
 pub mod server;
 
@@ -42,9 +43,10 @@ pub struct BridgeConfig {
     pub notify_urls: Vec<String>,
     pub notify_token: Option<String>,
     pub verifier: Verifier,
-    /// Asks Cognito whether an access token was revoked, at connect and on
-    /// refresh (None: the token's signature and expiry are the whole check).
-    pub revocation: Option<std::sync::Arc<notify_auth::Cognito>>,
+    /// Asks Cognito whether a token was revoked, at connect, on refresh and
+    /// every interval for open sockets (None: the token's signature and
+    /// expiry are the whole check).
+    pub revocation: Option<revocation::RevocationCheck>,
     pub topics: TopicPolicy,
     /// Outbound frames and bytes queued per connection before it is closed
     /// with 4008.
@@ -175,7 +177,7 @@ pub async fn run(
         api,
         pending,
         verifier: config.verifier,
-        revocation: config.revocation,
+        revocation: config.revocation.map(revocation::Revocation::new),
         topics: config.topics,
         queue: config.send_queue,
         rate_per_sec: config.rate_per_sec,
@@ -185,6 +187,9 @@ pub async fn run(
         peers: peers::PeerLimits::new(config.connect_rate_per_ip, config.connect_burst_per_ip),
         shutdown: shutdown.clone(),
     });
+    if let Some(revocation) = &shared.revocation {
+        tokio::spawn(Arc::clone(revocation).recheck(hub.clone(), links_stop.clone()));
+    }
     match &tls {
         Some(tls) => tokio::spawn(tls.clone().watch(links_stop.clone())),
         None => tokio::spawn(notify_ops::signals::nothing_to_reload(links_stop.clone())),

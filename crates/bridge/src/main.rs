@@ -88,11 +88,14 @@ struct Cli {
     /// seconds: a stalled (slowloris) upgrade is cut off after it.
     #[arg(long, env = "BRIDGE_HEADER_TIMEOUT_SECS", default_value_t = 10)]
     header_timeout_secs: u64,
-    /// Ask Cognito (GetUser) whether an access token was revoked, at connect
-    /// and on refresh: a globally signed-out token is refused (401 / 4009).
+    /// Ask Cognito whether a token was revoked (GetUser for access tokens,
+    /// AdminGetUser for an ID token's user), at connect, on refresh and every
+    /// BRIDGE_REVOCATION_CACHE_SECS for open sockets: a signed-out token is
+    /// refused (401) and its open sockets closed (4009).
     #[arg(long, env = "BRIDGE_REVOCATION_CHECK", default_value_t = false, action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
     revocation_check: bool,
-    /// How long one token's "not revoked" answer is trusted, in seconds.
+    /// How long one token's "not revoked" answer is trusted, and how often
+    /// open sockets are asked about again, in seconds.
     #[arg(long, env = "BRIDGE_REVOCATION_CACHE_SECS", default_value_t = 60)]
     revocation_cache_secs: u64,
     /// The user pool's region (for the revocation check).
@@ -171,9 +174,10 @@ async fn main() -> anyhow::Result<()> {
             revocation_ttl: Duration::from_secs(cli.revocation_cache_secs),
             ..notify_auth::CognitoConfig::new(region, pool)
         };
-        Some(std::sync::Arc::new(
-            notify_auth::Cognito::new(&config).await,
-        ))
+        Some(notify_bridge::revocation::RevocationCheck {
+            cognito: std::sync::Arc::new(notify_auth::Cognito::new(&config).await),
+            every: config.revocation_ttl,
+        })
     } else {
         None
     };

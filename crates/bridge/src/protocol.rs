@@ -208,6 +208,9 @@ pub enum ServerFrame<'a> {
     Unsubscribed {
         topic: &'a str,
         source: Source,
+        /// Why, when the policy ended it.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reason: Option<&'a str>,
         #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<&'a FrameId>,
     },
@@ -234,13 +237,15 @@ pub enum ServerFrame<'a> {
     },
 }
 
-/// Who made a subscription: the client's own frame, or a backend through
-/// `Notify.Subscribe` / `Unsubscribe`.
+/// Who made (or ended) a subscription: the client's own frame, a backend
+/// through `Notify.Subscribe` / `Unsubscribe`, or the topic policy (a
+/// refreshed token may no longer hold a topic).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Source {
     Client,
     Server,
+    Policy,
 }
 
 impl ServerFrame<'_> {

@@ -228,6 +228,8 @@ async fn handle(
             );
         }
     }
+    // Kept for the connection's re-checks only when they happen.
+    let token = shared.revocation.is_some().then(|| token.into_boxed_str());
     if shared.hub.any_link().is_none() {
         shared.metrics.refused("no_notify_svc");
         return json(
@@ -282,7 +284,7 @@ async fn handle(
                 // A task of its own, sized to the connection alone: this one
                 // also holds the upgrade's state, which an idle socket should
                 // not carry for its whole life (~3 KB each).
-                let accepted = Box::new(connection::Accepted { ws, since });
+                let accepted = Box::new(connection::Accepted { ws, since, token });
                 serving.spawn(connection::serve(
                     accepted,
                     Box::new(identity),

@@ -668,13 +668,14 @@ async fn a_client_that_answers_no_pings_is_closed_and_one_that_does_stays() {
 }
 
 #[tokio::test]
-async fn cognito_users_connect_and_a_signed_out_token_is_refused() {
+async fn cognito_users_connect_and_signed_out_or_disabled_ones_are_refused_and_closed() {
     use notify_auth::{Cognito, CognitoConfig, KeySet, KeySource, VerifierConfig};
     use test_support::cognito::{REGION, TestPool};
 
     let p = Platform::start().await;
     let pool = TestPool::create().await;
     pool.add_user("alice", Some("eu")).await;
+    pool.add_user("bob", None).await;
     let cognito = Arc::new(
         Cognito::new(&CognitoConfig {
             endpoint_url: Some(pool.endpoint.clone()),
@@ -695,7 +696,11 @@ async fn cognito_users_connect_and_a_signed_out_token_is_refused() {
             leeway: Duration::from_secs(5),
         },
     );
-    config.revocation = Some(cognito);
+    // Open sockets are asked about again every second.
+    config.revocation = Some(notify_bridge::revocation::RevocationCheck {
+        cognito,
+        every: Duration::from_secs(1),
+    });
     // A notify-svc replica that knows the pool resolves `username:`; this
     // bridge attaches to it alone, so a socket that got `welcome` is routed there.
     let mut with_pool = notify_svc::Config::for_database(&p.db.url).unwrap();
@@ -765,13 +770,33 @@ async fn cognito_users_connect_and_a_signed_out_token_is_refused() {
     assert_eq!(response.status(), 401);
     let body: Value = serde_json::from_slice(response.body().as_deref().unwrap()).unwrap();
     assert_eq!(body["reason"], "revoked");
-    // A refresh with it on an open socket closes that socket with 4009.
-    by_id
-        .send(serde_json::json!({"action": "refresh", "token": tokens.access}))
-        .await;
-    let refused = by_id.next().await;
-    assert_eq!(refused["type"], "error", "{refused}");
+    // The open sockets close with 4009 within the re-check interval: the
+    // access token's at once, the ID token's with its session (Cognito
+    // cannot be asked about an ID token's sign-out; its access token can).
+    assert_eq!(closing_code(&mut by_access).await, Some(4009));
     assert_eq!(closing_code(&mut by_id).await, Some(4009));
+    for token in [&tokens.access, &tokens.id] {
+        let err = tokio_tungstenite::connect_async(format!("{ws}?token={token}"))
+            .await
+            .unwrap_err();
+        let tokio_tungstenite::tungstenite::Error::Http(response) = err else {
+            panic!("expected an HTTP refusal, got {err:?}");
+        };
+        assert_eq!(response.status(), 401, "a token of the ended session");
+    }
+
+    // A user on an ID token alone, disabled by an admin: closed, then refused.
+    let bob = pool.sign_in("bob").await;
+    let mut bob_socket = connect(bob.id.clone()).await;
+    pool.disable("bob").await;
+    assert_eq!(closing_code(&mut bob_socket).await, Some(4009));
+    let err = tokio_tungstenite::connect_async(format!("{ws}?token={}", bob.id))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, tokio_tungstenite::tungstenite::Error::Http(r) if r.status() == 401),
+        "{err:?}"
+    );
 }
 
 #[tokio::test]
@@ -1259,4 +1284,72 @@ async fn simultaneous_connects_cannot_pass_the_connection_limits() {
     assert_eq!(refused.len(), 25);
     assert!(refused.iter().all(|s| *s == 503), "{refused:?}");
     drop(open);
+}
+
+#[tokio::test]
+async fn a_refresh_drops_the_topics_the_new_token_may_not_hold() {
+    let p = Platform::start().await;
+    let in_realm = |realm: &str| {
+        p.issuer
+            .mint(&DevToken {
+                realm: Some(realm.into()),
+                ..DevToken::access("rue")
+            })
+            .unwrap()
+    };
+    let url = format!("{}?token={}", p.ws, in_realm("eu"));
+    let (ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let mut rue = Client { ws };
+    assert_eq!(rue.next().await["type"], "welcome");
+    for topic in ["realm:eu:news", "room:lobby"] {
+        rue.send(serde_json::json!({"action": "subscribe", "topic": topic}))
+            .await;
+        assert_eq!(rue.next().await["type"], "subscribed", "{topic}");
+    }
+    // A backend's subscription to the realm stays: the server holds it.
+    let mut api = p.api().await;
+    api.subscribe(pb::SubscribeRequest {
+        user_id: "rue".into(),
+        topic: "realm:eu:desk".into(),
+    })
+    .await
+    .unwrap();
+    let server = rue.next().await;
+    assert_eq!(
+        (server["type"].as_str(), server["source"].as_str()),
+        (Some("subscribed"), Some("server"))
+    );
+
+    // Moved to another realm: the refreshed token may not hold realm:eu:news.
+    rue.send(serde_json::json!({"action": "refresh", "token": in_realm("us"), "id": "r"}))
+        .await;
+    assert_eq!(rue.next().await["type"], "refreshed");
+    let dropped = rue.next().await;
+    assert_eq!(
+        (
+            dropped["type"].as_str(),
+            dropped["topic"].as_str(),
+            dropped["source"].as_str()
+        ),
+        (Some("unsubscribed"), Some("realm:eu:news"), Some("policy")),
+        "{dropped}"
+    );
+    assert!(
+        dropped["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("realm")),
+        "{dropped}"
+    );
+    // Nothing more published there reaches it; the room and the backend's
+    // topic still do.
+    api.publish(to_topic("realm:eu:news", "1")).await.unwrap();
+    api.publish(to_topic("room:lobby", "2")).await.unwrap();
+    api.publish(to_topic("realm:eu:desk", "3")).await.unwrap();
+    for topic in ["room:lobby", "realm:eu:desk"] {
+        let m = rue.next().await;
+        assert_eq!(
+            (m["type"].as_str(), m["topic"].as_str()),
+            (Some("message"), Some(topic))
+        );
+    }
 }

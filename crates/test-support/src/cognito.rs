@@ -131,6 +131,17 @@ impl TestPool {
             .expect("AdminUserGlobalSignOut");
     }
 
+    /// Disables `username` (AdminDisableUser): their tokens still verify.
+    pub async fn disable(&self, username: &str) {
+        self.api
+            .admin_disable_user()
+            .user_pool_id(&self.pool_id)
+            .username(username)
+            .send()
+            .await
+            .expect("AdminDisableUser");
+    }
+
     /// The pool's JWKS on the stand-in.
     pub fn jwks_url(&self) -> String {
         format!("{}/{}/.well-known/jwks.json", self.endpoint, self.pool_id)

@@ -277,8 +277,14 @@ export class NotifyClient {
                 this.answer(frame);
                 return;
             case 'unsubscribed':
-                if (frame.source === 'server' && this.topics.delete(frame.topic)) {
-                    this.subscriptionListeners.emit({ topic: frame.topic, subscribed: false, source: 'server' });
+                // Not ours to end: not restored after reconnects either.
+                if (frame.source !== 'client' && this.topics.delete(frame.topic)) {
+                    this.subscriptionListeners.emit({
+                        topic: frame.topic,
+                        subscribed: false,
+                        source: frame.source,
+                        ...(frame.reason === undefined ? {} : { reason: frame.reason }),
+                    });
                 }
                 this.answer(frame);
                 return;
