@@ -11,6 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use aws_sdk_cognitoidentityprovider::operation::admin_get_user::AdminGetUserOutput;
 use aws_sdk_cognitoidentityprovider::{
     Client,
     config::{BehaviorVersion, Credentials, Region},
@@ -149,20 +150,10 @@ impl Cognito {
         if let Some(disabled) = self.disabled.get(username) {
             return Ok(disabled);
         }
-        let disabled = match self
-            .client
-            .admin_get_user()
-            .user_pool_id(&self.pool)
-            .username(username)
-            .send()
-            .await
-        {
-            Ok(user) => !user.enabled(),
-            Err(e) => match e.as_service_error() {
-                Some(s) if s.is_user_not_found_exception() => true,
-                _ => return Err(unavailable("AdminGetUser", e)),
-            },
-        };
+        let disabled = self
+            .user(username)
+            .await?
+            .is_none_or(|user| !user.enabled());
         self.disabled.put(username.to_owned(), disabled);
         Ok(disabled)
     }
@@ -173,7 +164,19 @@ impl Cognito {
         if let Some(sub) = self.subs.get(username) {
             return Ok(sub);
         }
-        let sub = match self
+        let sub = self.user(username).await?.and_then(|user| {
+            user.user_attributes()
+                .iter()
+                .find(|a| a.name() == "sub")
+                .and_then(|a| a.value().map(String::from))
+        });
+        self.subs.put(username.to_owned(), sub.clone());
+        Ok(sub)
+    }
+
+    /// AdminGetUser: the user, `None` if there is none.
+    async fn user(&self, username: &str) -> Result<Option<AdminGetUserOutput>, AuthError> {
+        match self
             .client
             .admin_get_user()
             .user_pool_id(&self.pool)
@@ -181,18 +184,12 @@ impl Cognito {
             .send()
             .await
         {
-            Ok(user) => user
-                .user_attributes()
-                .iter()
-                .find(|a| a.name() == "sub")
-                .and_then(|a| a.value().map(String::from)),
+            Ok(user) => Ok(Some(user)),
             Err(e) => match e.as_service_error() {
-                Some(s) if s.is_user_not_found_exception() => None,
-                _ => return Err(unavailable("AdminGetUser", e)),
+                Some(s) if s.is_user_not_found_exception() => Ok(None),
+                _ => Err(unavailable("AdminGetUser", e)),
             },
-        };
-        self.subs.put(username.to_owned(), sub.clone());
-        Ok(sub)
+        }
     }
 }
 
