@@ -310,6 +310,7 @@ async fn up(
             max_subscriptions: 512,
             connect_rate_per_ip: 0,
             connect_burst_per_ip: 0,
+            proxy_protocol: false,
             max_per_user: 20,
             max_connections: 100_000,
             ops: Some(bridge_ops),

@@ -86,6 +86,7 @@ async fn creator_acceptor_and_spectator_each_see_their_events_once_in_order() {
         max_subscriptions: 512,
         connect_rate_per_ip: 0,
         connect_burst_per_ip: 0,
+        proxy_protocol: false,
         max_per_user: 10,
         max_connections: 100,
         ops: None,

@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod panel;
 pub mod peers;
 pub mod protocol;
+pub mod proxy_protocol;
 pub mod queue;
 pub mod rate;
 pub mod revocation;
@@ -60,6 +61,10 @@ pub struct BridgeConfig {
     /// more get 429 before the token is checked. 0: no per-IP limit.
     pub connect_rate_per_ip: u32,
     pub connect_burst_per_ip: u32,
+    /// Connections start with a PROXY protocol v2 header (an NLB TLS
+    /// listener's target group with proxy protocol on): the client's address
+    /// for the per-IP limits and the logs.
+    pub proxy_protocol: bool,
     /// Topics one connection may follow; more subscribes are `forbidden`.
     pub max_subscriptions: usize,
     /// Longest wait for a client's request headers (and, with TLS, its
@@ -102,6 +107,7 @@ impl BridgeConfig {
             .set("ping_every", self.ping_every)
             .set("connect_rate_per_ip", self.connect_rate_per_ip)
             .set("connect_burst_per_ip", self.connect_burst_per_ip)
+            .set("proxy_protocol", self.proxy_protocol)
             .set("max_subscriptions", self.max_subscriptions)
             .set("header_timeout", self.header_timeout)
             .set("max_per_user", self.max_per_user)
@@ -211,6 +217,7 @@ pub async fn run(
     let limits = server::WireLimits {
         max_frame: config.max_frame,
         header_timeout: config.header_timeout,
+        proxy_protocol: config.proxy_protocol,
     };
     server::serve(listener, shared, limits, tls).await;
     notify_ops::systemd::stopping();

@@ -71,10 +71,16 @@ struct Cli {
     /// Client frames per second per connection (burst twice that).
     #[arg(long, env = "BRIDGE_RATE", default_value_t = 50)]
     rate: u32,
+    /// Every connection starts with a PROXY protocol v2 header naming the
+    /// client: behind a load balancer that terminates TLS (an NLB TLS
+    /// listener whose target group has proxy protocol v2 on).
+    #[arg(long, env = "BRIDGE_PROXY_PROTOCOL", default_value_t = false, action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
+    proxy_protocol: bool,
     /// Connect attempts per second from one client IP; more get 429 before
-    /// the token is checked. NLBs keep client IPs; behind a proxy that
-    /// does not, every client shares its IP: set 0 there. Generous: a
-    /// bridge restart sends a whole office's NAT back at once.
+    /// the token is checked. NLBs keep client IPs (a TLS listener through
+    /// BRIDGE_PROXY_PROTOCOL); behind a proxy that does not, every client
+    /// shares its IP: set 0 there. Generous: a bridge restart sends a whole
+    /// office's NAT back at once.
     #[arg(long, env = "BRIDGE_CONNECT_RATE_PER_IP", default_value_t = 50)]
     connect_rate_per_ip: u32,
     /// Connect attempts one IP may make at once before the rate applies.
@@ -220,6 +226,7 @@ async fn main() -> anyhow::Result<()> {
         max_subscriptions: cli.max_subscriptions,
         connect_rate_per_ip: cli.connect_rate_per_ip,
         connect_burst_per_ip: cli.connect_burst_per_ip,
+        proxy_protocol: cli.proxy_protocol,
         max_per_user: cli.max_per_user,
         max_connections: cli.max_connections,
         ops: Some(ops),

@@ -33,6 +33,9 @@ pub struct WireLimits {
     pub max_frame: usize,
     /// Longest wait for a TLS handshake and the request headers.
     pub header_timeout: Duration,
+    /// Every connection starts with a PROXY protocol v2 header naming the
+    /// client (behind a load balancer that terminates TLS).
+    pub proxy_protocol: bool,
 }
 
 /// Accepts until shutdown (over TLS when `tls` is set: wss); returns once
@@ -49,12 +52,20 @@ pub async fn serve(
             () = shared.shutdown.cancelled() => break,
             accepted = listener.accept() => accepted,
         };
-        let Ok((stream, peer)) = accepted else {
+        let Ok((mut stream, mut peer)) = accepted else {
             continue;
         };
         let _ = stream.set_nodelay(true);
         let (shared, tracker2, tls) = (shared.clone(), tracker.clone(), tls.clone());
         tracker.spawn(async move {
+            if limits.proxy_protocol {
+                let header = crate::proxy_protocol::read_header(&mut stream);
+                match tokio::time::timeout(limits.header_timeout, header).await {
+                    Ok(Ok(client)) => peer = client.unwrap_or(peer),
+                    Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "PROXY header refused"),
+                    Err(_) => return tracing::debug!(%peer, "PROXY header timed out"),
+                }
+            }
             match tls {
                 // The handshake runs in the connection's own task, within
                 // HANDSHAKE_TIMEOUT: a stalled client holds up nobody.

@@ -1353,3 +1353,53 @@ async fn a_refresh_drops_the_topics_the_new_token_may_not_hold() {
         );
     }
 }
+
+/// A WebSocket upgrade through `ws` whose connection starts with a PROXY v2
+/// header naming `client`: the HTTP status the bridge answers.
+async fn upgrade_as(p: &Platform, ws: &str, client: &str) -> Option<u16> {
+    use tokio::io::AsyncWriteExt;
+    let addr: std::net::SocketAddr = ws
+        .trim_start_matches("ws://")
+        .trim_end_matches("/ws")
+        .parse()
+        .unwrap();
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let header = notify_bridge::proxy_protocol::header_for(client.parse().unwrap(), addr);
+    stream.write_all(&header).await.unwrap();
+    let url = format!("{ws}?token={}", p.token("pax"));
+    match tokio_tungstenite::client_async(url, stream).await {
+        Ok(_) => Some(101),
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => Some(r.status().as_u16()),
+        Err(_) => None,
+    }
+}
+
+#[tokio::test]
+async fn behind_a_tls_terminating_balancer_the_proxy_header_names_the_client() {
+    let p = Platform::start().await;
+    let mut config = p.bridge_config("behind-nlb", SendBound::default());
+    config.proxy_protocol = true;
+    config.connect_rate_per_ip = 1;
+    config.connect_burst_per_ip = 2;
+    let ws = p.run_bridge(config).await;
+    drop(p.connect_when_ready(&p.ws, "probe").await);
+    test_support::eventually(
+        "the bridge takes sockets",
+        Duration::from_secs(10),
+        || async { (upgrade_as(&p, &ws, "198.51.100.9:4000").await == Some(101)).then_some(()) },
+    )
+    .await;
+    // Every connection comes from the balancer's address; the limits count
+    // the clients the headers name.
+    assert_eq!(upgrade_as(&p, &ws, "198.51.100.9:4001").await, Some(101));
+    assert_eq!(
+        upgrade_as(&p, &ws, "198.51.100.9:4002").await,
+        Some(429),
+        "a third connect of one client within a second"
+    );
+    assert_eq!(upgrade_as(&p, &ws, "203.0.113.4:5000").await, Some(101));
+    assert_eq!(upgrade_as(&p, &ws, "[2001:db8::4]:5000").await, Some(101));
+    // A connection without the header is not served.
+    let plain = tokio_tungstenite::connect_async(format!("{ws}?token={}", p.token("pax"))).await;
+    assert!(plain.is_err(), "{plain:?}");
+}

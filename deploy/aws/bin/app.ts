@@ -17,6 +17,11 @@ new NotifyStack(app, 'Notify', {
   image: context('image', '123456789012.dkr.ecr.eu-west-1.amazonaws.com/notify:latest'),
   trackerBinaryUrl: context('trackerBinaryUrl', 's3://notify-artifacts-example/bet-tracker'),
   cognitoDomainPrefix: context('cognitoDomainPrefix', 'notify-example'),
+  certificateArn: context(
+    'certificateArn',
+    'arn:aws:acm:eu-west-1:123456789012:certificate/00000000-0000-0000-0000-000000000000',
+  ),
+  webSocketHost: context('webSocketHost', 'ws.notify.example.com'),
   svcReplicas: Number(context('svcReplicas', '2')),
   bridges: Number(context('bridges', '2')),
 });

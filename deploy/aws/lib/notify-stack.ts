@@ -10,8 +10,11 @@
 // - notify-svc replicas on ECS Fargate, each a service of one task with its
 //   own Cloud Map name (every bridge links to every replica, so a bridge must
 //   address each one), and an internal NLB across them for producers;
-// - the bridges on ECS Fargate behind an internet-facing NLB (plain TCP, the
-//   TCP idle timeout above the bridges' 25 s ping);
+// - the bridges on ECS Fargate behind an internet-facing NLB that terminates
+//   TLS on 443 with an ACM certificate (wss: tokens in `?token=` and every
+//   notification are encrypted on the internet) and names each client to the
+//   bridges with PROXY protocol v2 (their per-IP limits count clients, not
+//   the balancer);
 // - BetTracker on an EC2 instance under its systemd unit from
 //   deploy/systemd/bet-tracker.service.
 import * as fs from 'node:fs';
@@ -46,6 +49,10 @@ export interface NotifyStackProps extends StackProps {
   readonly trackerBinaryUrl: string;
   /** Hosted UI / token endpoint prefix of the user pool (M2M tokens come from it). */
   readonly cognitoDomainPrefix: string;
+  /** ACM certificate of the public WebSocket host name, for the NLB's TLS listener. */
+  readonly certificateArn: string;
+  /** The public WebSocket host name the certificate names (a DNS alias of the NLB). */
+  readonly webSocketHost?: string;
 }
 
 /** Ports, as the binaries' defaults and deploy/systemd's env examples have them. */
@@ -53,8 +60,6 @@ const GRPC_PORT = 50051;
 const WS_PORT = 8080;
 const SVC_OPS_PORT = 9464;
 const BRIDGE_OPS_PORT = 9465;
-/** Longer than the bridges' 25 s ping with room for two missed ones; NLB's default is 350 s. */
-const NLB_TCP_IDLE_TIMEOUT = Duration.seconds(600);
 
 export class NotifyStack extends Stack {
   constructor(scope: Construct, id: string, props: NotifyStackProps) {
@@ -261,6 +266,8 @@ export class NotifyStack extends Stack {
         COGNITO_REGION: this.region,
         COGNITO_USER_POOL_ID: users.userPoolId,
         BRIDGE_LOG_FORMAT: 'json',
+        // The NLB terminates TLS and names the client in a PROXY v2 header.
+        BRIDGE_PROXY_PROTOCOL: '1',
         RUST_LOG: 'info',
       },
       secrets: { BRIDGE_NOTIFY_TOKEN: ecs.Secret.fromSecretsManager(bridgeToken) },
@@ -287,20 +294,25 @@ export class NotifyStack extends Stack {
       internetFacing: true,
       crossZoneEnabled: true,
     });
+    // wss: TLS ends at the balancer (ACM renews the certificate); its idle
+    // timeout for TLS listeners is a fixed 350 s, above the 25 s ping.
     const wsListener = publicNlb.addListener('WebSocket', {
       port: 443,
-      protocol: elbv2.Protocol.TCP,
-      tcpIdleTimeout: NLB_TCP_IDLE_TIMEOUT,
+      protocol: elbv2.Protocol.TLS,
+      certificates: [elbv2.ListenerCertificate.fromArn(props.certificateArn)],
+      sslPolicy: elbv2.SslPolicy.RECOMMENDED_TLS,
     });
     wsListener.addTargets('Bridges', {
       port: WS_PORT,
+      protocol: elbv2.Protocol.TCP,
       targets: [bridgeService],
       healthCheck: { protocol: elbv2.Protocol.HTTP, port: String(BRIDGE_OPS_PORT), path: '/readyz' },
       // Longer than a bridge's drain: sockets close with 1012 before the target goes.
       deregistrationDelay: Duration.seconds(35),
-      preserveClientIp: true,
+      // The balancer's own connection reaches the bridge: the header names the client.
+      proxyProtocolV2: true,
     });
-    servicesSg.addIngressRule(ec2.Peer.anyIpv4(), ec2.Port.tcp(WS_PORT), 'clients through the NLB (client IPs preserved)');
+    servicesSg.addIngressRule(ec2.Peer.ipv4(vpc.vpcCidrBlock), ec2.Port.tcp(WS_PORT), 'clients through the NLB (from its addresses)');
 
     // --- BetTracker on EC2 under systemd ------------------------------------
     const trackerRole = new iam.Role(this, 'TrackerRole', {
@@ -350,7 +362,10 @@ export class NotifyStack extends Stack {
       requireImdsv2: true,
     });
 
-    new CfnOutput(this, 'WebSocketEndpoint', { value: `ws://${publicNlb.loadBalancerDnsName}/ws` });
+    new CfnOutput(this, 'WebSocketEndpoint', {
+      value: `wss://${props.webSocketHost ?? publicNlb.loadBalancerDnsName}/ws`,
+    });
+    new CfnOutput(this, 'WebSocketBalancer', { value: publicNlb.loadBalancerDnsName });
     new CfnOutput(this, 'NotifyApiEndpoint', { value: `http://${internalNlb.loadBalancerDnsName}:${GRPC_PORT}` });
     new CfnOutput(this, 'UserPoolId', { value: users.userPoolId });
     new CfnOutput(this, 'UserClientId', { value: userClient.userPoolClientId });

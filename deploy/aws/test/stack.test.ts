@@ -12,6 +12,8 @@ import { Match, Template } from 'aws-cdk-lib/assertions';
 
 import { NotifyStack } from '../lib/notify-stack';
 
+const CERTIFICATE = 'arn:aws:acm:eu-west-1:123456789012:certificate/test';
+
 const template = (() => {
   const app = new App();
   const stack = new NotifyStack(app, 'Test', {
@@ -19,6 +21,8 @@ const template = (() => {
     image: '123456789012.dkr.ecr.eu-west-1.amazonaws.com/notify:test',
     trackerBinaryUrl: 's3://artifacts/bet-tracker',
     cognitoDomainPrefix: 'notify-test',
+    certificateArn: CERTIFICATE,
+    webSocketHost: 'ws.example.com',
   });
   return Template.fromStack(stack);
 })();
@@ -45,14 +49,36 @@ test('Cognito has a user app client and an M2M client with the API scopes', () =
   template.hasResourceProperties('AWS::Cognito::UserPoolGroup', { GroupName: 'admin' });
 });
 
-test('the bridges NLB keeps idle WebSockets open longer than the ping', () => {
-  const listeners = template.findResources('AWS::ElasticLoadBalancingV2::Listener', {
-    Properties: { Port: 443 },
+test('the public NLB terminates TLS on 443 with the ACM certificate: no plain listener', () => {
+  const listeners = Object.values(
+    template.findResources('AWS::ElasticLoadBalancingV2::Listener', { Properties: { Port: 443 } }),
+  ) as { Properties: { Protocol: string; SslPolicy?: string; Certificates?: { CertificateArn: string }[] } }[];
+  assert.equal(listeners.length, 1, 'one 443 listener for the bridges');
+  const [listener] = listeners;
+  assert.equal(listener.Properties.Protocol, 'TLS');
+  assert.deepEqual(listener.Properties.Certificates, [{ CertificateArn: CERTIFICATE }]);
+  assert.match(listener.Properties.SslPolicy ?? '', /TLS13/, 'TLS 1.3 (with 1.2) only');
+  // TLS listeners keep idle connections 350 s (fixed), above the 25 s ping.
+  const plain = template.findResources('AWS::ElasticLoadBalancingV2::Listener', {
+    Properties: { Protocol: 'TCP', Port: 443 },
   });
-  const [listener] = Object.values(listeners) as { Properties: { ListenerAttributes?: { Key: string; Value: string }[] } }[];
-  assert.ok(listener, 'a 443 listener for the bridges');
-  const idle = listener.Properties.ListenerAttributes?.find((a) => a.Key === 'tcp.idle_timeout.seconds');
-  assert.ok(idle && Number(idle.Value) > 25, `idle timeout set above the 25 s ping: ${JSON.stringify(idle)}`);
+  assert.equal(Object.keys(plain).length, 0, 'nothing crosses the internet in clear');
+  template.hasOutput('WebSocketEndpoint', { Value: 'wss://ws.example.com/ws' });
+});
+
+test('the bridges learn each client from the balancer\'s PROXY v2 header', () => {
+  template.hasResourceProperties('AWS::ElasticLoadBalancingV2::TargetGroup', {
+    Port: 8080,
+    TargetGroupAttributes: Match.arrayWith([{ Key: 'proxy_protocol_v2.enabled', Value: 'true' }]),
+  });
+  const tasks = template.findResources('AWS::ECS::TaskDefinition');
+  const bridge = Object.values(tasks)
+    .flatMap((t: any) => t.Properties.ContainerDefinitions)
+    .find((c: any) => c.Name === 'bridge');
+  assert.deepEqual(
+    bridge.Environment.find((e: any) => e.Name === 'BRIDGE_PROXY_PROTOCOL'),
+    { Name: 'BRIDGE_PROXY_PROTOCOL', Value: '1' },
+  );
 });
 
 test('each notify-svc replica has its own name; every bridge links to all of them', () => {

@@ -141,6 +141,7 @@ impl Platform {
             max_subscriptions: 512,
             connect_rate_per_ip: 0,
             connect_burst_per_ip: 0,
+            proxy_protocol: false,
             max_per_user: 10,
             max_connections: 1000,
             ops: None,
