@@ -246,7 +246,7 @@ async fn up(
             let file = data_dir.join(DATABASE_FILE);
             args.database_url = Some(format!("sqlite:{}", file.display()));
         }
-        let config = match notify_svc::Config::from_args(&args) {
+        let mut config = match notify_svc::Config::from_args(&args) {
             Ok(config) => config,
             Err(problems) => {
                 for p in &problems {
@@ -285,6 +285,9 @@ async fn up(
             .await
             .with_context(|| format!("binding bridge ops HTTP {bridge_http_addr}"))?;
         let verifier = issuer.verifier();
+        // The panel publishes as its signed-in admin: notify-svc checks their
+        // dev token with the same key.
+        config.users.get_or_insert_with(|| issuer.verifier());
         let token = day_token(&issuer, "alice")?;
         // The panel link signs in as alice in the admin group: its publish
         // form works at once.
@@ -311,6 +314,7 @@ async fn up(
             connect_rate_per_ip: 0,
             connect_burst_per_ip: 0,
             proxy_protocol: false,
+            panel: true,
             max_per_user: 20,
             max_connections: 100_000,
             ops: Some(bridge_ops),

@@ -371,6 +371,7 @@ async fn notify_connect_follows_a_wss_bridge_checked_against_its_ca() {
         connect_rate_per_ip: 0,
         connect_burst_per_ip: 0,
         proxy_protocol: false,
+        panel: false,
         max_per_user: 5,
         max_connections: 10,
         ops: None,

@@ -77,7 +77,7 @@ async fn metrics_move_when_messages_flow_and_info_keeps_secrets() {
         .env(
             "NOTIFY_API_TOKENS",
             format!(
-                "bridge:bridge+publish={BRIDGE_TOKEN},tracker:publish@fight|fights={TRACKER_TOKEN},\
+                "bridge:bridge={BRIDGE_TOKEN},tracker:publish@fight|fights={TRACKER_TOKEN},\
                  cli:publish+admin={CLI_TOKEN}"
             ),
         );

@@ -87,6 +87,7 @@ async fn creator_acceptor_and_spectator_each_see_their_events_once_in_order() {
         connect_rate_per_ip: 0,
         connect_burst_per_ip: 0,
         proxy_protocol: false,
+        panel: false,
         max_per_user: 10,
         max_connections: 100,
         ops: None,

@@ -65,6 +65,10 @@ pub struct Shared {
     pub max_subscriptions: usize,
     /// Connect attempts per client IP.
     pub peers: crate::peers::PeerLimits,
+    /// The Dev Panel is served (`BRIDGE_PANEL`).
+    pub panel: bool,
+    /// Dev Panel publishes per admin.
+    pub panel_publishes: crate::peers::PeerLimits<notify_core::UserId>,
     pub shutdown: CancellationToken,
 }
 

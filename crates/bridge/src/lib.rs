@@ -65,6 +65,8 @@ pub struct BridgeConfig {
     /// listener's target group with proxy protocol on): the client's address
     /// for the per-IP limits and the logs.
     pub proxy_protocol: bool,
+    /// Serve the Dev Panel at `/panel` (`notify up` does; off by default).
+    pub panel: bool,
     /// Topics one connection may follow; more subscribes are `forbidden`.
     pub max_subscriptions: usize,
     /// Longest wait for a client's request headers (and, with TLS, its
@@ -108,6 +110,7 @@ impl BridgeConfig {
             .set("connect_rate_per_ip", self.connect_rate_per_ip)
             .set("connect_burst_per_ip", self.connect_burst_per_ip)
             .set("proxy_protocol", self.proxy_protocol)
+            .set("panel", self.panel)
             .set("max_subscriptions", self.max_subscriptions)
             .set("header_timeout", self.header_timeout)
             .set("max_per_user", self.max_per_user)
@@ -191,6 +194,9 @@ pub async fn run(
         ping_every: config.ping_every,
         max_subscriptions: config.max_subscriptions,
         peers: peers::PeerLimits::new(config.connect_rate_per_ip, config.connect_burst_per_ip),
+        panel: config.panel,
+        // A person at a form: a few a second, a burst for a quick series.
+        panel_publishes: peers::PeerLimits::new(2, 10),
         shutdown: shutdown.clone(),
     });
     if let Some(revocation) = &shared.revocation {

@@ -187,6 +187,9 @@ impl Attempt<'_> {
     }
 }
 
+/// notify-svc's metadata for a Dev Panel publish (`caller.rs` there).
+const PANEL_ADMIN_HEADER: &str = "x-notify-panel-admin";
+
 /// The Notify API as the bridge uses it (history for replays, the Dev
 /// Panel's publishes).
 #[derive(Clone)]
@@ -210,11 +213,18 @@ impl Api {
         })
     }
 
-    /// Publish with the bridge's own credential (the Dev Panel's admin
-    /// publish; the caller was checked by the bridge).
-    pub async fn publish(&self, req: pb::PublishRequest) -> Result<pb::PublishResponse, Status> {
+    /// A Dev Panel publish, made as the signed-in admin: their token goes
+    /// with the bridge's credential and notify-svc checks it there.
+    pub async fn publish_as_admin(
+        &self,
+        admin_token: &str,
+        req: pb::PublishRequest,
+    ) -> Result<pb::PublishResponse, Status> {
         let mut client = self.client.clone();
         let mut req = self.credential.apply(Request::new(req));
+        let admin = tonic::metadata::MetadataValue::try_from(admin_token)
+            .map_err(|_| Status::unauthenticated("the admin's token is not a header value"))?;
+        req.metadata_mut().insert(PANEL_ADMIN_HEADER, admin);
         req.set_timeout(HISTORY_TIMEOUT);
         Ok(client.publish(req).await?.into_inner())
     }

@@ -71,6 +71,11 @@ struct Cli {
     /// Client frames per second per connection (burst twice that).
     #[arg(long, env = "BRIDGE_RATE", default_value_t = 50)]
     rate: u32,
+    /// Serve the Dev Panel at /panel: a page for the team, whose admins may
+    /// publish test messages (as themselves: notify-svc needs
+    /// NOTIFY_USERS_* to check them). Off by default; `notify up` turns it on.
+    #[arg(long, env = "BRIDGE_PANEL", default_value_t = false, action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
+    panel: bool,
     /// Every connection starts with a PROXY protocol v2 header naming the
     /// client: behind a load balancer that terminates TLS (an NLB TLS
     /// listener whose target group has proxy protocol v2 on).
@@ -227,6 +232,7 @@ async fn main() -> anyhow::Result<()> {
         connect_rate_per_ip: cli.connect_rate_per_ip,
         connect_burst_per_ip: cli.connect_burst_per_ip,
         proxy_protocol: cli.proxy_protocol,
+        panel: cli.panel,
         max_per_user: cli.max_per_user,
         max_connections: cli.max_connections,
         ops: Some(ops),

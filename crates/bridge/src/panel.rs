@@ -1,10 +1,13 @@
-//! The Dev Panel: a page for the team, served by every bridge at `/panel`
-//! (assets embedded in the binary, built on the TypeScript client in
-//! `clients/ts`), and the one endpoint behind it, `POST /panel/api/publish`:
-//! a test message published through notify-svc's `Publish`, for members of
-//! the `admin` group only (the caller's own token, checked like a socket's).
+//! The Dev Panel: a page for the team, served by a bridge at `/panel` when
+//! `BRIDGE_PANEL` is on (`notify up` turns it on; off by default elsewhere),
+//! assets embedded in the binary, built on the TypeScript client in
+//! `clients/ts`; and the one endpoint behind it, `POST /panel/api/publish`:
+//! a test message published through notify-svc's `Publish` as the signed-in
+//! admin (their token goes along and notify-svc checks it: idempotency keys
+//! are theirs), for members of the `admin` group only, and rate limited per
+//! admin.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Instant};
 
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::{
@@ -172,6 +175,21 @@ async fn publish(req: Request<Incoming>, shared: &Shared) -> Response<Full<Bytes
         Ok(identity) => identity,
         Err(e) => return error(StatusCode::UNAUTHORIZED, "unauthorized", &e.to_string()),
     };
+    if let Err(wait) = shared
+        .panel_publishes
+        .allow(identity.user.clone(), Instant::now())
+    {
+        let mut refused = error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            &format!("too many panel publishes; retry in {} ms", wait.as_millis()),
+        );
+        let seconds = wait.as_secs().max(1).to_string();
+        if let Ok(value) = header::HeaderValue::from_str(&seconds) {
+            refused.headers_mut().insert(header::RETRY_AFTER, value);
+        }
+        return refused;
+    }
     match shared.revoked(&identity, &token).await {
         Ok(false) => {}
         Ok(true) => {
@@ -234,7 +252,7 @@ async fn publish(req: Request<Incoming>, shared: &Shared) -> Response<Full<Bytes
         idempotency_key: body.idempotency_key.unwrap_or_default(),
         ttl_seconds: 0,
     };
-    match shared.api.publish(request).await {
+    match shared.api.publish_as_admin(&token, request).await {
         Ok(answer) => {
             tracing::info!(admin = %identity.user, message_id = answer.message_id, "panel publish");
             json(
@@ -251,6 +269,7 @@ async fn publish(req: Request<Incoming>, shared: &Shared) -> Response<Full<Bytes
                 tonic::Code::InvalidArgument | tonic::Code::NotFound => StatusCode::BAD_REQUEST,
                 tonic::Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
                 tonic::Code::PermissionDenied => StatusCode::FORBIDDEN,
+                tonic::Code::Unauthenticated => StatusCode::UNAUTHORIZED,
                 _ => StatusCode::SERVICE_UNAVAILABLE,
             };
             error(code, "publish_failed", status.message())

@@ -1,10 +1,12 @@
-//! Connect attempts per client IP: a token bucket each, checked before the
-//! token is verified, so one address cannot flood the bridge with upgrades
-//! (each costs an RSA signature check and, with TLS, a handshake). Buckets
-//! that have refilled are forgotten, so the map holds only recent peers.
+//! Attempts per peer: a token bucket each. Connects per client IP, checked
+//! before the token is verified, so one address cannot flood the bridge with
+//! upgrades (each costs an RSA signature check and, with TLS, a handshake);
+//! Dev Panel publishes per admin. Buckets that have refilled are forgotten,
+//! so the map holds only recent peers.
 
 use std::{
     collections::HashMap,
+    hash::Hash,
     net::IpAddr,
     sync::Mutex,
     time::{Duration, Instant},
@@ -15,14 +17,14 @@ use crate::rate::TokenBucket;
 /// Peers remembered before refilled buckets are swept out.
 const SWEEP_OVER: usize = 4096;
 
-/// Per-IP connect limits; `rate` 0 turns them off.
-pub struct PeerLimits {
+/// Limits per peer (a client IP by default); `rate` 0 turns them off.
+pub struct PeerLimits<K = IpAddr> {
     rate: u32,
     burst: u32,
-    buckets: Mutex<HashMap<IpAddr, TokenBucket>>,
+    buckets: Mutex<HashMap<K, TokenBucket>>,
 }
 
-impl PeerLimits {
+impl<K: Hash + Eq> PeerLimits<K> {
     pub fn new(rate_per_sec: u32, burst: u32) -> Self {
         Self {
             rate: rate_per_sec,
@@ -31,8 +33,8 @@ impl PeerLimits {
         }
     }
 
-    /// Takes one connect attempt for `ip`; `Err` says how long to wait.
-    pub fn allow(&self, ip: IpAddr, now: Instant) -> Result<(), Duration> {
+    /// Takes one attempt for `ip`; `Err` says how long to wait.
+    pub fn allow(&self, ip: K, now: Instant) -> Result<(), Duration> {
         if self.rate == 0 {
             return Ok(());
         }
@@ -66,7 +68,7 @@ mod tests {
 
     #[test]
     fn one_address_is_limited_and_others_are_not() {
-        let limits = PeerLimits::new(1, 2);
+        let limits: PeerLimits = PeerLimits::new(1, 2);
         let (a, b) = ([10, 0, 0, 1].into(), [10, 0, 0, 2].into());
         let t = Instant::now();
         assert!(limits.allow(a, t).is_ok());
@@ -95,7 +97,7 @@ mod tests {
 
     #[test]
     fn rate_zero_is_off() {
-        let limits = PeerLimits::new(0, 0);
+        let limits: PeerLimits = PeerLimits::new(0, 0);
         let t = Instant::now();
         for _ in 0..1000 {
             assert!(limits.allow([10, 0, 0, 1].into(), t).is_ok());

@@ -147,7 +147,7 @@ async fn handle(
     tracker: TaskTracker,
     max_frame: usize,
 ) -> Response<Full<Bytes>> {
-    if crate::panel::is_panel(req.uri().path()) {
+    if shared.panel && crate::panel::is_panel(req.uri().path()) {
         return crate::panel::handle(req, shared).await;
     }
     if req.uri().path() != "/ws" {

@@ -1403,3 +1403,75 @@ async fn behind_a_tls_terminating_balancer_the_proxy_header_names_the_client() {
     let plain = tokio_tungstenite::connect_async(format!("{ws}?token={}", p.token("pax"))).await;
     assert!(plain.is_err(), "{plain:?}");
 }
+
+fn admin_token(p: &Platform, user: &str) -> String {
+    p.issuer
+        .mint(&DevToken {
+            groups: vec!["admin".into()],
+            ..DevToken::access(user)
+        })
+        .unwrap()
+}
+
+#[tokio::test]
+async fn the_panel_publishes_as_its_admin_checked_by_notify_svc_and_rate_limited() {
+    let p = Platform::start().await;
+    let (ada, bea) = (admin_token(&p, "ada"), admin_token(&p, "bea"));
+    let keyed = r#"{"user":"cy","data":{"n":1},"idempotency_key":"k1"}"#;
+    // Each admin's key is their own: the same key from two admins is two
+    // messages; from one admin twice, one.
+    let duplicate =
+        |answer: String| serde_json::from_str::<Value>(&answer).unwrap()["duplicate"].clone();
+    for (token, want) in [(&ada, false), (&bea, false), (&ada, true)] {
+        let (status, answer) = http(&p.ws, "POST", "/panel/api/publish", Some(token), keyed).await;
+        assert_eq!(status, 200, "{answer}");
+        assert_eq!(duplicate(answer), want);
+    }
+
+    // notify-svc checks the admin itself: a relayed token of someone else
+    // is refused there, whatever the relaying bridge may do.
+    let mut api = p.api().await;
+    let relayed = |token: &str| {
+        let mut req = tonic::Request::new(to_user("cy", "1"));
+        req.metadata_mut()
+            .insert("x-notify-panel-admin", token.parse().unwrap());
+        req
+    };
+    let not_admin = api.publish(relayed(&p.token("cy"))).await.unwrap_err();
+    assert_eq!(
+        not_admin.code(),
+        tonic::Code::PermissionDenied,
+        "{not_admin:?}"
+    );
+    let garbage = api.publish(relayed("garbage")).await.unwrap_err();
+    assert_eq!(garbage.code(), tonic::Code::Unauthenticated, "{garbage:?}");
+
+    // A person at a form: a burst of 10, then 2 a second.
+    let mut statuses = Vec::new();
+    for n in 0..15 {
+        let body = format!(r#"{{"user":"cy","data":{n}}}"#);
+        statuses.push(
+            http(&p.ws, "POST", "/panel/api/publish", Some(&bea), &body)
+                .await
+                .0,
+        );
+    }
+    assert!(statuses.contains(&429), "{statuses:?}");
+    assert!(
+        statuses.iter().filter(|s| **s == 200).count() >= 8,
+        "{statuses:?}"
+    );
+
+    // Switched off (the default outside `notify up`): no page, no publish.
+    let mut config = p.bridge_config("no-panel", SendBound::default());
+    config.panel = false;
+    let off = p.run_bridge(config).await;
+    drop(p.connect_when_ready(&off, "probe").await);
+    assert_eq!(http(&off, "GET", "/panel", None, "").await.0, 404);
+    assert_eq!(
+        http(&off, "POST", "/panel/api/publish", Some(&ada), keyed)
+            .await
+            .0,
+        404
+    );
+}

@@ -147,7 +147,7 @@ impl NotifyApi {
         &self,
         req: Request<pb::PublishRequest>,
     ) -> Result<pb::PublishResponse, Status> {
-        let caller = self.auth.authorize(&req, Right::Publish).await?;
+        let caller = self.auth.publisher(&req).await?;
         let mut publish = req.into_inner();
         self.usernames.resolve(&mut publish).await?;
         let item = self.item(&caller, &publish)?;

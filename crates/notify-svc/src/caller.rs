@@ -7,9 +7,11 @@
 //! configured, is left for [`Authenticator::authorize`], which each RPC
 //! calls with the [`Right`]s that allow it: it verifies the token as a
 //! Cognito client-credentials (M2M) access token and maps its scopes to
-//! rights. A publish right may be limited to topic namespaces. Refusals are
-//! UNAUTHENTICATED (who are you?) or PERMISSION_DENIED (not allowed), each
-//! with the reason.
+//! rights. A publish right may be limited to topic namespaces. A bridge may
+//! publish for the Dev Panel's signed-in admin ([`PANEL_ADMIN_HEADER`]): the
+//! admin's own token is checked here, and the publish is the admin's. Refusals
+//! are UNAUTHENTICATED (who are you?) or PERMISSION_DENIED (not allowed),
+//! each with the reason.
 
 use std::{collections::BTreeSet, sync::Arc};
 
@@ -105,6 +107,14 @@ impl Caller {
 /// Name given to unauthenticated loopback callers in dev mode.
 pub const LOOPBACK_CALLER: &str = "loopback";
 
+/// Metadata a bridge sends with a Dev Panel publish: the signed-in admin's
+/// token. The publish is then the admin's (idempotency keys are theirs),
+/// not the bridge's.
+pub const PANEL_ADMIN_HEADER: &str = "x-notify-panel-admin";
+
+/// The group whose members may publish from the Dev Panel.
+const ADMIN_GROUP: &str = "admin";
+
 /// A bearer token the interceptor could not check by itself (a JWT).
 #[derive(Clone)]
 struct Unverified(String);
@@ -115,6 +125,8 @@ pub struct Authenticator {
     tokens: Arc<CallerTokens>,
     /// Verifies M2M access tokens, when a JWKS is configured.
     verifier: Option<Verifier>,
+    /// Verifies users' tokens (the Dev Panel's admins), when configured.
+    users: Option<Verifier>,
     /// Refusals are counted by reason (`notify_auth_failures_total`).
     metrics: crate::metrics::Metrics,
 }
@@ -126,6 +138,7 @@ impl Authenticator {
     pub fn new(
         tokens: CallerTokens,
         verifier: Option<Verifier>,
+        users: Option<Verifier>,
         metrics: crate::metrics::Metrics,
     ) -> Self {
         if tokens.is_empty() && verifier.is_none() {
@@ -136,8 +149,59 @@ impl Authenticator {
         Self {
             tokens: Arc::new(tokens),
             verifier,
+            users,
             metrics,
         }
+    }
+
+    /// Who publishes `req`: the Dev Panel's admin when a bridge relays one
+    /// (the bridge needs `bridge`, the admin's token is checked here),
+    /// else the caller, who needs `publish`.
+    pub async fn publisher<T>(&self, req: &Request<T>) -> Result<Caller, Status> {
+        let Some(relayed) = req.metadata().get(PANEL_ADMIN_HEADER) else {
+            return self.authorize(req, Right::Publish).await;
+        };
+        let bridge = self.authorize(req, Right::Bridge).await?;
+        let admin = self.panel_admin(relayed.to_str().unwrap_or_default()).await;
+        let admin = self.counted(admin)?;
+        tracing::debug!(bridge = bridge.name, admin = admin.name, "panel publish");
+        Ok(admin)
+    }
+
+    /// The Dev Panel's admin from their own token.
+    async fn panel_admin(&self, token: &str) -> Result<Caller, Refusal> {
+        let users = self.users.as_ref().ok_or_else(|| {
+            (
+                "panel_unverifiable",
+                Status::failed_precondition(
+                    "notify-svc cannot check panel admins: set NOTIFY_USERS_JWKS_URL, NOTIFY_USERS_ISSUER and NOTIFY_USERS_CLIENT_IDS",
+                ),
+            )
+        })?;
+        let admin = users.verify(token).await.map_err(|e| match e {
+            notify_auth::AuthError::Keys(_) => (
+                "keys_unavailable",
+                Status::unavailable(format!("cannot check the admin's token: {e}")),
+            ),
+            e => (
+                "panel_token_refused",
+                Status::unauthenticated(format!("the admin's token refused: {e}")),
+            ),
+        })?;
+        if !admin.in_group(ADMIN_GROUP) {
+            return Err((
+                "panel_not_admin",
+                Status::permission_denied(format!(
+                    "user {} is not in the {ADMIN_GROUP} group: panel publishes are for admins",
+                    admin.user
+                )),
+            ));
+        }
+        Ok(Caller {
+            name: format!("panel:{}", admin.user),
+            rights: vec![Right::Publish],
+            namespaces: None,
+        })
     }
 
     fn counted<T>(&self, result: Result<T, Refusal>) -> Result<T, Status> {

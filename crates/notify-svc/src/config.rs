@@ -66,6 +66,20 @@ pub struct SvcArgs {
     #[arg(long, env = "NOTIFY_AUTH_CLIENT_IDS", value_delimiter = ',')]
     pub auth_client_ids: Vec<String>,
 
+    /// JWKS of the user pool whose users' tokens the bridges relay for the
+    /// Dev Panel: a panel publish is made as the signed-in admin, checked
+    /// here (member of `admin`). Unset: panel publishes are refused.
+    #[arg(long, env = "NOTIFY_USERS_JWKS_URL")]
+    pub users_jwks_url: Option<String>,
+
+    /// Expected `iss` of users' tokens.
+    #[arg(long, env = "NOTIFY_USERS_ISSUER")]
+    pub users_issuer: Option<String>,
+
+    /// The users' app clients, comma separated.
+    #[arg(long, env = "NOTIFY_USERS_CLIENT_IDS", value_delimiter = ',')]
+    pub users_client_ids: Vec<String>,
+
     /// The Cognito user pool's region, for `username:` publish targets.
     #[arg(long, env = "COGNITO_REGION")]
     pub cognito_region: Option<String>,
@@ -193,6 +207,9 @@ pub struct Config {
     pub tokens: CallerTokens,
     /// Verifies M2M access tokens (NOTIFY_AUTH_*), if configured.
     pub verifier: Option<notify_auth::Verifier>,
+    /// Verifies users' tokens relayed by bridges for the Dev Panel
+    /// (NOTIFY_USERS_*), if configured.
+    pub users: Option<notify_auth::Verifier>,
     /// The user pool resolving `username:` targets, if configured.
     pub cognito: Option<notify_auth::CognitoConfig>,
     pub pipeline: PipelineConfig,
@@ -232,6 +249,7 @@ impl Config {
             .set("database", &self.database)
             .set("api_token_callers", self.tokens.names())
             .set("auth", self.verifier.as_ref().map(|v| v.config()))
+            .set("users_auth", self.users.as_ref().map(|v| v.config()))
             .set("cognito_region_pool_endpoint", cognito)
             .set("pipeline", &self.pipeline)
             .set("limits", &self.limits)
@@ -267,34 +285,28 @@ impl Config {
             problems.push(e);
             CallerTokens::default()
         });
-        let verifier = match (&args.auth_jwks_url, &args.auth_issuer) {
-            (None, None) if args.auth_client_ids.is_empty() => None,
-            (Some(jwks), Some(issuer)) if !args.auth_client_ids.is_empty() => {
-                match notify_auth::KeySource::parse(jwks)
-                    .and_then(|s| s.with_ca(args.auth_jwks_ca.clone()))
-                {
-                    Ok(source) => Some(notify_auth::Verifier::new(
-                        notify_auth::KeySet::new(source),
-                        notify_auth::VerifierConfig {
-                            issuer: issuer.clone(),
-                            client_ids: args.auth_client_ids.clone(),
-                            leeway: Duration::from_secs(5),
-                        },
-                    )),
-                    Err(e) => {
-                        problems.push(format!("NOTIFY_AUTH_JWKS_URL: {e}"));
-                        None
-                    }
-                }
-            }
-            _ => {
-                problems.push(
-                    "M2M tokens need all of NOTIFY_AUTH_JWKS_URL, NOTIFY_AUTH_ISSUER and NOTIFY_AUTH_CLIENT_IDS"
-                        .into(),
-                );
-                None
-            }
-        };
+        let verifier = verifier_of(
+            "NOTIFY_AUTH",
+            args.auth_jwks_url.as_deref(),
+            args.auth_issuer.as_deref(),
+            &args.auth_client_ids,
+            args.auth_jwks_ca.clone(),
+        )
+        .unwrap_or_else(|e| {
+            problems.push(e);
+            None
+        });
+        let users = verifier_of(
+            "NOTIFY_USERS",
+            args.users_jwks_url.as_deref(),
+            args.users_issuer.as_deref(),
+            &args.users_client_ids,
+            args.auth_jwks_ca.clone(),
+        )
+        .unwrap_or_else(|e| {
+            problems.push(e);
+            None
+        });
         if tokens.is_empty() && verifier.is_none() {
             if !args.dev {
                 problems.push(
@@ -392,6 +404,7 @@ impl Config {
             database,
             tokens,
             verifier,
+            users,
             cognito,
             pipeline: PipelineConfig {
                 max_batch,
@@ -417,6 +430,36 @@ impl Config {
             },
             max_watches_per_caller: args.max_watches_per_caller,
         })
+    }
+}
+
+/// A token verifier from `{PREFIX}_JWKS_URL`, `_ISSUER` and `_CLIENT_IDS`:
+/// all three or none.
+fn verifier_of(
+    prefix: &str,
+    jwks: Option<&str>,
+    issuer: Option<&str>,
+    client_ids: &[String],
+    ca: Option<PathBuf>,
+) -> Result<Option<notify_auth::Verifier>, String> {
+    match (jwks, issuer) {
+        (None, None) if client_ids.is_empty() => Ok(None),
+        (Some(jwks), Some(issuer)) if !client_ids.is_empty() => {
+            let source = notify_auth::KeySource::parse(jwks)
+                .and_then(|s| s.with_ca(ca))
+                .map_err(|e| format!("{prefix}_JWKS_URL: {e}"))?;
+            Ok(Some(notify_auth::Verifier::new(
+                notify_auth::KeySet::new(source),
+                notify_auth::VerifierConfig {
+                    issuer: issuer.to_owned(),
+                    client_ids: client_ids.to_vec(),
+                    leeway: Duration::from_secs(5),
+                },
+            )))
+        }
+        _ => Err(format!(
+            "{prefix} tokens need all of {prefix}_JWKS_URL, {prefix}_ISSUER and {prefix}_CLIENT_IDS"
+        )),
     }
 }
 

@@ -150,6 +150,7 @@ pub async fn run(
     let authenticator = caller::Authenticator::new(
         config.tokens.clone(),
         config.verifier.clone(),
+        config.users.clone(),
         metrics.clone(),
     );
     let link = link::Link::new(

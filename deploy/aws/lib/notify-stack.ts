@@ -202,9 +202,9 @@ export class NotifyStack extends Stack {
         entryPoint: ['/bin/sh', '-c'],
         command: [
           `DATABASE_URL="${databaseUrl}" ` +
-            // Least privilege: bridges attach and read feeds (and publish for
-            // the Dev Panel); the tracker publishes fight events only.
-            'NOTIFY_API_TOKENS="bridge:bridge+publish=$BRIDGE_TOKEN,tracker:publish@fight|fights=$TRACKER_TOKEN" exec notify-svc',
+            // Least privilege: bridges attach and read feeds; the tracker
+            // publishes fight events only.
+            'NOTIFY_API_TOKENS="bridge:bridge=$BRIDGE_TOKEN,tracker:publish@fight|fights=$TRACKER_TOKEN" exec notify-svc',
         ],
         environment: {
           NOTIFY_GRPC_ADDR: `0.0.0.0:${GRPC_PORT}`,

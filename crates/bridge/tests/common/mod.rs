@@ -37,7 +37,18 @@ pub async fn start_svc(
     grpc_listener: TcpListener,
     stop: CancellationToken,
 ) -> tokio::task::JoinHandle<Result<(), notify_svc::RunError>> {
-    let config = notify_svc::Config::for_database(db_url).unwrap();
+    start_svc_with(db_url, grpc_listener, stop, None).await
+}
+
+/// [`start_svc`], checking Dev Panel admins with `users`.
+pub async fn start_svc_with(
+    db_url: &str,
+    grpc_listener: TcpListener,
+    stop: CancellationToken,
+    users: Option<Verifier>,
+) -> tokio::task::JoinHandle<Result<(), notify_svc::RunError>> {
+    let mut config = notify_svc::Config::for_database(db_url).unwrap();
+    config.users = users;
     let http_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let grpc = format!("http://{}", grpc_listener.local_addr().unwrap());
     let handle = tokio::spawn(notify_svc::run(config, grpc_listener, http_listener, stop));
@@ -63,10 +74,16 @@ impl Platform {
         let svc_stop = CancellationToken::new();
         let grpc_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let grpc = format!("http://{}", grpc_listener.local_addr().unwrap());
-        let svc = start_svc(&db.url, grpc_listener, svc_stop.clone()).await;
-
         let issuer = Arc::new(DevIssuer::generate("http://dev", "app").unwrap());
         let verifier = issuer.verifier();
+        let svc = start_svc_with(
+            &db.url,
+            grpc_listener,
+            svc_stop.clone(),
+            Some(verifier.clone()),
+        )
+        .await;
+
         let mut platform = Self {
             grpc,
             ws: String::new(),
@@ -142,6 +159,7 @@ impl Platform {
             connect_rate_per_ip: 0,
             connect_burst_per_ip: 0,
             proxy_protocol: false,
+            panel: true,
             max_per_user: 10,
             max_connections: 1000,
             ops: None,
@@ -159,7 +177,8 @@ impl Platform {
         let addr = self.grpc.trim_start_matches("http://").to_owned();
         let listener = test_support::rebind(&addr).await;
         self.svc_stop = CancellationToken::new();
-        self.svc = Some(start_svc(&self.db.url, listener, self.svc_stop.clone()).await);
+        let users = Some(self.verifier.clone());
+        self.svc = Some(start_svc_with(&self.db.url, listener, self.svc_stop.clone(), users).await);
     }
 
     pub fn token(&self, user: &str) -> String {
