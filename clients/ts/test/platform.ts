@@ -175,6 +175,8 @@ export class Bridge {
         BRIDGE_NOTIFY_URLS: `http://${this.up.grpc}`,
         BRIDGE_DATA_DIR: this.up.dataDir,
         BRIDGE_ID: 'panel-bridge',
+        // Off by default outside `notify up`: this bridge serves the panel.
+        BRIDGE_PANEL: '1',
         AUTH_DEV: '1',
       },
       stdio: ['ignore', 'ignore', 'inherit'],
