@@ -86,8 +86,10 @@ async fn read_messages(mut c: Client, n: usize, seqs: tokio::sync::mpsc::Unbound
 
 #[tokio::test]
 async fn a_burst_of_large_messages_closes_a_stalled_client_at_the_default_byte_bound() {
-    // Default settings: 1,024 frames, 1 MiB.
-    let p = Platform::start().await;
+    // Default settings: 1,024 frames, 1 MiB. Pings far apart: on a loaded
+    // machine a slow burst must not let the ping timeout (two unanswered
+    // pings, 50 s) close the stalled client first, with 1001.
+    let p = Platform::start_with(|config| config.ping_every = Duration::from_secs(600)).await;
     let mut api = p.api().await;
     let mut stalled = p.connect_stalling("sam").await;
     let mut reader = p.connect("tia", "").await;
@@ -108,9 +110,10 @@ async fn a_burst_of_large_messages_closes_a_stalled_client_at_the_default_byte_b
     tokio::spawn(read_messages(reader, 200, tx));
     let mut seqs = Vec::new();
     for round in 1..=20 {
-        for _ in 0..10 {
-            api.publish(to_topic("room:big", &data)).await.unwrap();
-        }
+        let batch = pb::PublishBatchRequest {
+            requests: vec![to_topic("room:big", &data); 10],
+        };
+        api.publish_batch(batch).await.unwrap();
         while seqs.len() < round * 10 {
             let seq = tokio::time::timeout(Duration::from_secs(30), rx.recv())
                 .await

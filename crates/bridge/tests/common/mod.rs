@@ -69,6 +69,11 @@ impl Platform {
     }
 
     pub async fn start_with_queue(send_queue: SendBound) -> Self {
+        Self::start_with(|config| config.send_queue = send_queue).await
+    }
+
+    /// A platform whose first bridge's settings `tweak` changes.
+    pub async fn start_with(tweak: impl FnOnce(&mut BridgeConfig)) -> Self {
         let db = TestDb::create().await;
         let shutdown = CancellationToken::new();
         let svc_stop = CancellationToken::new();
@@ -95,7 +100,8 @@ impl Platform {
             svc: Some(svc),
             db,
         };
-        let mut config = platform.bridge_config("bridge-test", send_queue);
+        let mut config = platform.bridge_config("bridge-test", SendBound::default());
+        tweak(&mut config);
         let ops = TcpListener::bind("127.0.0.1:0").await.unwrap();
         platform.ops = ops.local_addr().unwrap().to_string();
         config.ops = Some(ops);
@@ -111,14 +117,19 @@ impl Platform {
     ) -> tokio::task::JoinHandle<Option<u16>> {
         let ops = self.ops.clone();
         tokio::spawn(async move {
-            test_support::eventually("a slow consumer is closed", Duration::from_secs(60), || {
-                let ops = ops.clone();
-                async move {
-                    (test_support::prometheus::value_at(&ops, "bridge_slow_consumers_total").await
-                        >= 1.0)
-                        .then_some(())
-                }
-            })
+            test_support::eventually(
+                "a slow consumer is closed",
+                Duration::from_secs(120),
+                || {
+                    let ops = ops.clone();
+                    async move {
+                        (test_support::prometheus::value_at(&ops, "bridge_slow_consumers_total")
+                            .await
+                            >= 1.0)
+                            .then_some(())
+                    }
+                },
+            )
             .await;
             closing_code(&mut stalled).await
         })
