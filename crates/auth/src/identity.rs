@@ -28,6 +28,12 @@ pub struct Identity {
     /// `scope`, split on spaces (access tokens).
     pub scopes: Vec<String>,
     pub expires_at: SystemTime,
+}
+
+/// What a revocation check asks about a verified token, read from it only
+/// when the check is on (an idle socket keeps no more than it needs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
     /// `iat`: a sign-out seen later refuses the token.
     pub issued_at: SystemTime,
     /// `cognito:username` (ID tokens; `username` in access tokens): whom to

@@ -23,6 +23,6 @@ mod verify;
 pub use cognito::{Cognito, CognitoConfig};
 pub use dev::{DEV_CLIENT_ID, DEV_ISSUER, DEV_KEY_FILE, DevIssuer, DevToken};
 pub use error::AuthError;
-pub use identity::{Identity, TokenUse};
+pub use identity::{Identity, Session, TokenUse};
 pub use keys::{KeySet, KeySource};
-pub use verify::{Verifier, VerifierConfig};
+pub use verify::{Verifier, VerifierConfig, session_of};

@@ -176,13 +176,29 @@ impl Verifier {
             scopes: claims.scope.split_whitespace().map(String::from).collect(),
             // Checked above: within a century of now.
             expires_at: UNIX_EPOCH + Duration::from_secs(claims.exp.unwrap_or_default()),
-            // Not after `exp` (else a token could claim a sign-out never
-            // reaches it); absent, as early as can be.
-            issued_at: UNIX_EPOCH
-                + Duration::from_secs(claims.iat.unwrap_or(0).min(claims.exp.unwrap_or(0))),
-            username: claims.cognito_username.or(claims.username),
         })
     }
+}
+
+/// The session claims of a token [`Verifier::verify`] accepted: its `iat`
+/// (not after its `exp`, else a token could claim a sign-out never reaches
+/// it; absent, as early as can be) and its username.
+pub fn session_of(token: &str) -> Option<crate::identity::Session> {
+    let payload = token.split('.').nth(1)?;
+    let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .ok()?;
+    let claims: Claims = serde_json::from_slice(&payload).ok()?;
+    // Bounded so that the addition below cannot overflow (year 2106).
+    let iat = claims
+        .iat
+        .unwrap_or(0)
+        .min(claims.exp.unwrap_or(0))
+        .min(u64::from(u32::MAX));
+    Some(crate::identity::Session {
+        issued_at: UNIX_EPOCH + Duration::from_secs(iat),
+        username: claims.cognito_username.or(claims.username),
+    })
 }
 
 /// The furthest `exp` accepted, from now: 100 years.

@@ -6,6 +6,7 @@
 
 use std::{
     collections::HashMap,
+    hash::{BuildHasher, RandomState},
     sync::{Arc, Mutex},
 };
 
@@ -25,13 +26,17 @@ pub enum Refusal {
 pub struct Admissions {
     max_connections: usize,
     max_per_user: usize,
+    /// Users are counted by a keyed hash of their id: 16 bytes a user
+    /// instead of a copy of the id (idle sockets are what a bridge holds
+    /// most of); the random key makes a collision nobody can aim for.
+    users: RandomState,
     taken: Mutex<Taken>,
 }
 
 #[derive(Debug, Default)]
 struct Taken {
     total: usize,
-    per_user: HashMap<UserId, usize>,
+    per_user: HashMap<u64, u32>,
 }
 
 impl Admissions {
@@ -39,6 +44,7 @@ impl Admissions {
         Arc::new(Self {
             max_connections,
             max_per_user,
+            users: RandomState::new(),
             taken: Mutex::default(),
         })
     }
@@ -53,25 +59,26 @@ impl Admissions {
         if taken.total >= self.max_connections {
             return Err(Refusal::BridgeFull);
         }
-        let mine = taken.per_user.entry(user.clone()).or_default();
-        if *mine >= self.max_per_user {
+        let key = self.users.hash_one(user);
+        let mine = taken.per_user.entry(key).or_default();
+        if *mine as usize >= self.max_per_user {
             return Err(Refusal::UserLimit);
         }
         *mine += 1;
         taken.total += 1;
         Ok(Admitted {
             admissions: Arc::clone(self),
-            user: user.clone(),
+            user: key,
         })
     }
 
-    fn release(&self, user: &UserId) {
+    fn release(&self, key: u64) {
         let mut taken = self.taken.lock().unwrap_or_else(|e| e.into_inner());
         taken.total = taken.total.saturating_sub(1);
-        if let Some(mine) = taken.per_user.get_mut(user) {
+        if let Some(mine) = taken.per_user.get_mut(&key) {
             *mine -= 1;
             if *mine == 0 {
-                taken.per_user.remove(user);
+                taken.per_user.remove(&key);
             }
         }
     }
@@ -81,12 +88,13 @@ impl Admissions {
 #[derive(Debug)]
 pub struct Admitted {
     admissions: Arc<Admissions>,
-    user: UserId,
+    /// The user's key in the count.
+    user: u64,
 }
 
 impl Drop for Admitted {
     fn drop(&mut self) {
-        self.admissions.release(&self.user);
+        self.admissions.release(self.user);
     }
 }
 

@@ -202,13 +202,10 @@ struct Conn {
     bucket: TokenBucket,
 }
 
-/// A connection's place in the hub and under the limits, given up when
-/// dropped.
+/// A connection's place in the hub, given up when dropped.
 struct Departure {
     id: ConnectionId,
     shared: Arc<Shared>,
-    /// Released after the hub forgets the connection.
-    _admitted: crate::admission::Admitted,
 }
 
 impl Drop for Departure {
@@ -230,6 +227,9 @@ pub struct Accepted {
     /// The token, kept only when revocation is checked (it is asked about
     /// again every interval).
     pub token: Option<Box<str>>,
+    /// Its place under the connection limits, given back as the hub forgets
+    /// it (kept here, on the heap, not in the connection's state).
+    pub admitted: Option<crate::admission::Admitted>,
 }
 
 /// Serves one upgraded connection until it ends.
@@ -237,12 +237,7 @@ pub struct Accepted {
 /// Arguments are boxed on purpose: an async fn keeps its arguments and their
 /// moved copies side by side in its state for the connection's whole life,
 /// and idle connections are what a bridge holds most of.
-pub async fn serve(
-    accepted: Box<Accepted>,
-    identity: Box<Identity>,
-    admitted: crate::admission::Admitted,
-    shared: Arc<Shared>,
-) {
+pub async fn serve(accepted: Box<Accepted>, identity: Box<Identity>, shared: Arc<Shared>) {
     let mut accepted = accepted;
     let id = ConnectionId::new();
     let queue = SendQueue::new(shared.queue);
@@ -257,7 +252,6 @@ pub async fn serve(
     let departure = Departure {
         id,
         shared: shared.clone(),
-        _admitted: admitted,
     };
     if let (Some(revocation), Some(token)) = (&shared.revocation, accepted.token.take()) {
         revocation.hold(id, &identity, &token);
@@ -278,6 +272,8 @@ pub async fn serve(
         Err(end) => end,
     };
     drop(departure);
+    // A reconnect during the closing handshake finds the place free.
+    drop(accepted.admitted.take());
     let mut close_within = CLOSE_TIMEOUT;
     if matches!(end, End::Close(code, _) if code == protocol::CLOSE_SLOW_CONSUMER) {
         shared.metrics.slow_consumers.inc();
@@ -562,7 +558,7 @@ impl Conn {
                     return Ok(());
                 }
                 self.shared.hub.unsubscribe(self.id, &topic);
-                self.server_topics.retain(|t| *t != topic);
+                self.forget_server_topic(&topic);
                 let text = ServerFrame::Unsubscribed {
                     topic: topic.as_str(),
                     source: Source::Server,
@@ -744,7 +740,7 @@ impl Conn {
             Action::Unsubscribe { topic, .. } => Some(match Topic::parse(&topic) {
                 Ok(t) => {
                     self.topics.remove(&t);
-                    self.server_topics.retain(|s| *s != t);
+                    self.forget_server_topic(&t);
                     self.shared.hub.unsubscribe(self.id, &t);
                     ServerFrame::Unsubscribed {
                         topic: &topic,
@@ -836,7 +832,7 @@ impl Conn {
         let refused: Vec<(Topic, String)> = self
             .topics
             .keys()
-            .filter(|t| !self.server_topics.contains(t))
+            .filter(|t| !self.is_server_topic(t))
             .filter_map(|t| {
                 let why = self.shared.topics.may_subscribe(self.subject(), t).err()?;
                 Some((t.clone(), why.to_string()))
@@ -855,6 +851,14 @@ impl Conn {
             send(ws, text).await?;
         }
         Ok(())
+    }
+
+    fn is_server_topic(&self, topic: &Topic) -> bool {
+        self.server_topics.contains(topic)
+    }
+
+    fn forget_server_topic(&mut self, topic: &Topic) {
+        self.server_topics.retain(|t| t != topic);
     }
 
     fn subject(&self) -> Subject<'_> {
@@ -918,7 +922,7 @@ impl Conn {
             self.fetch(Feed::Topic(topic.clone()), after, Duration::ZERO);
         }
         self.topics.insert(topic.clone(), seq);
-        if source == Source::Server && !self.server_topics.contains(&topic) {
+        if source == Source::Server && !self.is_server_topic(&topic) {
             self.server_topics.push(topic.clone());
         }
         ServerFrame::Subscribed {

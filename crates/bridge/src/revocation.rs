@@ -168,11 +168,14 @@ impl Revocation {
 
 impl Held {
     fn of(identity: &Identity, token: &str) -> Self {
+        // The token was verified: its claims parse (else: no username, and
+        // issued as early as can be, so any sign-out seen refuses it).
+        let session = notify_auth::session_of(token);
         Self {
             user: identity.user.clone(),
             token_use: identity.token_use,
-            username: identity.username.clone(),
-            issued_at: identity.issued_at,
+            username: session.as_ref().and_then(|s| s.username.clone()),
+            issued_at: session.map_or(SystemTime::UNIX_EPOCH, |s| s.issued_at),
             token: token.into(),
         }
     }

@@ -295,13 +295,13 @@ async fn handle(
                 // A task of its own, sized to the connection alone: this one
                 // also holds the upgrade's state, which an idle socket should
                 // not carry for its whole life (~3 KB each).
-                let accepted = Box::new(connection::Accepted { ws, since, token });
-                serving.spawn(connection::serve(
-                    accepted,
-                    Box::new(identity),
-                    admitted,
-                    shared,
-                ));
+                let accepted = Box::new(connection::Accepted {
+                    ws,
+                    since,
+                    token,
+                    admitted: Some(admitted),
+                });
+                serving.spawn(connection::serve(accepted, Box::new(identity), shared));
             }
             Err(e) => tracing::debug!(error = %e, "upgrade failed"),
         }
