@@ -226,7 +226,7 @@ async fn up(
     simulate: bool,
 ) -> anyhow::Result<()> {
     let telemetry = notify_ops::logging::init_with_traces(
-        &args.log_format,
+        args.log_format,
         "notify",
         args.otlp_endpoint.as_deref(),
     );

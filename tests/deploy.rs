@@ -1,5 +1,6 @@
 //! deploy/: the container image and the compose cluster say only what the
 //! binaries understand, and the Dockerfile builds where a Docker engine runs.
+//! The README's configuration tables list exactly what the binaries read.
 //!
 //! The image build is the one check allowed to skip: without an engine (this
 //! kind of CI machine has only the client) it prints SKIPPED and why.
@@ -58,6 +59,57 @@ const NOT_OURS: &[&str] = &[
     "POSTGRES_PASSWORD",
     "POSTGRES_DB",
 ];
+
+/// Every `NAME` in the first cell of the README's configuration tables
+/// (rows like ``| `A`, `B` | meaning | default |``), between `## Configuration`
+/// and the next `## ` section.
+fn readme_table_settings() -> BTreeSet<String> {
+    let readme = std::fs::read_to_string(Path::new(ROOT).join("README.md")).unwrap();
+    let section = readme
+        .split_once("\n## Configuration\n")
+        .map(|(_, rest)| rest.split("\n## ").next().unwrap_or(rest))
+        .expect("README has a Configuration section");
+    let mut names = BTreeSet::new();
+    for row in section.lines().filter(|l| l.starts_with("| `")) {
+        let first_cell = row[1..].split(" |").next().unwrap_or_default();
+        for name in first_cell.split('`').skip(1).step_by(2) {
+            if name
+                .chars()
+                .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+            {
+                names.insert(name.to_owned());
+            }
+        }
+    }
+    names
+}
+
+#[test]
+fn the_readme_configuration_tables_list_exactly_what_the_binaries_read() {
+    let read: BTreeSet<String> = [
+        env_names("notify-svc", &[]),
+        env_names("bridge", &[]),
+        env_names("bet-tracker", &[]),
+        env_names("notify", &["up", "publish", "token", "subscribe"]),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    let listed = readme_table_settings();
+    let unlisted: Vec<&String> = read.difference(&listed).collect();
+    let unread: Vec<&String> = listed
+        .difference(&read)
+        .filter(|n| !NOT_OURS.contains(&n.as_str()))
+        .collect();
+    assert!(
+        unlisted.is_empty(),
+        "read by a binary, missing from the README's tables: {unlisted:?}"
+    );
+    assert!(
+        unread.is_empty(),
+        "in the README's tables, read by no binary: {unread:?}"
+    );
+}
 
 #[test]
 fn every_setting_in_deploy_is_one_the_binaries_read() {

@@ -64,9 +64,9 @@ struct Cli {
     /// Export traces over OTLP/gRPC to this collector. Unset: no export.
     #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
     otlp_endpoint: Option<String>,
-    /// Log format: pretty or json.
-    #[arg(long, env = "TRACKER_LOG_FORMAT", default_value = "pretty")]
-    log_format: String,
+    /// Log format.
+    #[arg(long, env = "TRACKER_LOG_FORMAT", value_enum, default_value_t)]
+    log_format: notify_ops::logging::LogFormat,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -99,7 +99,7 @@ fn default_id() -> String {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let telemetry = notify_ops::logging::init_with_traces(
-        &cli.log_format,
+        cli.log_format,
         "bet-tracker",
         cli.otlp_endpoint.as_deref(),
     );

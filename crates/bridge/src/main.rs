@@ -137,19 +137,19 @@ struct Cli {
     /// The client certificate's key (PEM).
     #[arg(long, env = "BRIDGE_NOTIFY_KEY")]
     notify_key: Option<PathBuf>,
-    /// Log format: pretty or json.
     /// Export traces over OTLP/gRPC to this collector. Unset: no export.
     #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
     otlp_endpoint: Option<String>,
-    #[arg(long, env = "BRIDGE_LOG_FORMAT", default_value = "pretty")]
-    log_format: String,
+    /// Log format.
+    #[arg(long, env = "BRIDGE_LOG_FORMAT", value_enum, default_value_t)]
+    log_format: notify_ops::logging::LogFormat,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let telemetry = notify_ops::logging::init_with_traces(
-        &cli.log_format,
+        cli.log_format,
         "bridge",
         cli.otlp_endpoint.as_deref(),
     );

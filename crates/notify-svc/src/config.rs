@@ -166,9 +166,9 @@ pub struct SvcArgs {
     #[arg(long, env = "NOTIFY_DB_TIMEOUT_MS", default_value_t = 10_000)]
     pub db_timeout_ms: u64,
 
-    /// Log format: `pretty` or `json`.
-    #[arg(long, env = "NOTIFY_LOG_FORMAT", default_value = "pretty")]
-    pub log_format: String,
+    /// Log format.
+    #[arg(long, env = "NOTIFY_LOG_FORMAT", value_enum, default_value_t)]
+    pub log_format: notify_ops::logging::LogFormat,
 
     /// Export traces over OTLP/gRPC to this collector (e.g.
     /// http://127.0.0.1:4317). Unset: no export.
@@ -376,12 +376,6 @@ impl Config {
         }
         if args.batch_max == 0 {
             problems.push("--batch-max must be at least 1".into());
-        }
-        if !matches!(args.log_format.as_str(), "pretty" | "json") {
-            problems.push(format!(
-                "--log-format {:?}: use pretty or json",
-                args.log_format
-            ));
         }
         let Some(mut database) = database.filter(|_| problems.is_empty()) else {
             return Err(problems);

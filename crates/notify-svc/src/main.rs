@@ -20,7 +20,7 @@ struct Cli {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let telemetry = notify_ops::logging::init_with_traces(
-        &cli.svc.log_format,
+        cli.svc.log_format,
         "notify-svc",
         cli.svc.otlp_endpoint.as_deref(),
     );

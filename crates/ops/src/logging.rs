@@ -18,15 +18,21 @@ impl Telemetry {
     }
 }
 
-/// Installs the global subscriber. `format` is `pretty` or `json`.
-pub fn init(format: &str) {
-    init_with_traces(format, "notify", None).finish();
+/// How logs are written: a setting of every binary (`*_LOG_FORMAT`), parsed
+/// by clap so that a typo is refused at start instead of meaning `pretty`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum LogFormat {
+    /// For people at a terminal.
+    #[default]
+    Pretty,
+    /// One JSON object a line, for collectors.
+    Json,
 }
 
 /// Installs the global subscriber and, with `otlp_endpoint`, the trace
 /// exporter naming `service`. Must run inside the Tokio runtime.
 pub fn init_with_traces(
-    format: &str,
+    format: LogFormat,
     service: &'static str,
     otlp_endpoint: Option<&str>,
 ) -> Telemetry {
@@ -49,14 +55,14 @@ pub fn init_with_traces(
         // CPU-second (scripts/bench-bridge: 205-217k against 243-248k).
         let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
         // A second init (tests, `notify up`) keeps the first subscriber.
-        let _ = if format == "json" {
+        let _ = if format == LogFormat::Json {
             builder.json().try_init()
         } else {
             builder.try_init()
         };
         return Telemetry(None);
     };
-    let log = if format == "json" {
+    let log = if format == LogFormat::Json {
         fmt::layer().json().with_writer(std::io::stderr).boxed()
     } else {
         fmt::layer().with_writer(std::io::stderr).boxed()
