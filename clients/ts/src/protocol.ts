@@ -70,7 +70,8 @@ export interface Refreshed {
   id?: string;
 }
 
-export type ErrorCode = 'bad_request' | 'forbidden' | 'rate_limited' | 'too_large' | 'unknown_action';
+/** `unavailable`: not now — the same frame may succeed later. */
+export type ErrorCode = 'bad_request' | 'forbidden' | 'rate_limited' | 'too_large' | 'unknown_action' | 'unavailable';
 
 export interface ErrorFrame {
   type: 'error';

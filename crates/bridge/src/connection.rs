@@ -779,7 +779,7 @@ impl Conn {
                         }
                         Err(e) => {
                             let text = error_text(
-                                ErrorCode::BadRequest,
+                                ErrorCode::Unavailable,
                                 &format!("cannot check the token now, retry: {e}"),
                                 id.as_ref(),
                             );
@@ -906,7 +906,7 @@ impl Conn {
             Err(e) => {
                 self.shared.hub.unsubscribe(self.id, &topic);
                 return error_text(
-                    ErrorCode::BadRequest,
+                    ErrorCode::Unavailable,
                     &format!("topic unavailable: {e}"),
                     id,
                 );
@@ -970,7 +970,7 @@ impl Conn {
         }
         let Some(link) = self.shared.hub.any_link() else {
             let text = error_text(
-                ErrorCode::BadRequest,
+                ErrorCode::Unavailable,
                 "notify-svc is unreachable; retry",
                 id.as_ref(),
             );
@@ -1006,11 +1006,11 @@ impl Conn {
                     id: id.as_ref(),
                 }
                 .to_text(),
-                Some(r) => error_text(ErrorCode::BadRequest, &r.message, id.as_ref()),
+                Some(r) => error_text(refused_publish(r.code), &r.message, id.as_ref()),
                 None => {
                     pending.forget(request_id);
                     error_text(
-                        ErrorCode::BadRequest,
+                        ErrorCode::Unavailable,
                         "publish not confirmed; retry",
                         id.as_ref(),
                     )
@@ -1018,5 +1018,18 @@ impl Conn {
             };
             reply(text).await;
         });
+    }
+}
+
+/// The error frame code for a client publish notify-svc refused (its gRPC
+/// status code): the caller's fault, the policy's, or "not now".
+fn refused_publish(code: i32) -> ErrorCode {
+    match tonic::Code::from_i32(code) {
+        tonic::Code::PermissionDenied | tonic::Code::Unauthenticated => ErrorCode::Forbidden,
+        tonic::Code::Unavailable
+        | tonic::Code::ResourceExhausted
+        | tonic::Code::DeadlineExceeded
+        | tonic::Code::Aborted => ErrorCode::Unavailable,
+        _ => ErrorCode::BadRequest,
     }
 }

@@ -98,6 +98,9 @@ pub enum ErrorCode {
     RateLimited,
     TooLarge,
     UnknownAction,
+    /// Not now: the same frame may succeed later (notify-svc or Cognito
+    /// unreachable, a publish not confirmed).
+    Unavailable,
 }
 
 /// A frame the bridge refuses, with what to answer.

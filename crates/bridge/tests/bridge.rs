@@ -1475,3 +1475,42 @@ async fn the_panel_publishes_as_its_admin_checked_by_notify_svc_and_rate_limited
         404
     );
 }
+
+#[tokio::test]
+async fn a_publish_while_notify_svc_is_away_is_answered_unavailable_then_succeeds() {
+    let mut p = Platform::start().await;
+    let mut vic = p.connect("vic", "").await;
+    assert_eq!(vic.next().await["type"], "welcome");
+    // notify-svc goes away; the socket stays.
+    p.svc_stop.cancel();
+    if let Some(svc) = p.svc.take() {
+        let _ = svc.await;
+    }
+    until_links(&p.ops, 0).await;
+    let publish =
+        serde_json::json!({"action": "publish", "topic": "room:lobby", "data": 1, "id": "p"});
+    vic.send(publish.clone()).await;
+    let refused = vic.next().await;
+    assert_eq!(
+        (
+            refused["type"].as_str(),
+            refused["code"].as_str(),
+            refused["id"].as_str()
+        ),
+        (Some("error"), Some("unavailable"), Some("p")),
+        "retry later is not a bad request: {refused}"
+    );
+    // Back: the same frame succeeds (once the bridge has relinked).
+    p.restart_svc().await;
+    let mut answer = Value::Null;
+    for _ in 0..100 {
+        vic.send(publish.clone()).await;
+        answer = vic.next().await;
+        if answer["type"] == "published" {
+            break;
+        }
+        assert_eq!(answer["code"], "unavailable", "{answer}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(answer["type"], "published", "{answer}");
+}

@@ -154,14 +154,7 @@ async fn live_messages_held_during_a_slow_store_read_are_bounded_and_none_is_los
     let ops = ops_listener.local_addr().unwrap().to_string();
     config.ops = Some(ops_listener);
     let ws = p.run_bridge(config).await;
-    test_support::eventually("linked to both replicas", Duration::from_secs(20), || {
-        let ops = ops.clone();
-        async move {
-            (test_support::prometheus::value_at(&ops, "bridge_links_attached").await == 2.0)
-                .then_some(())
-        }
-    })
-    .await;
+    until_links(&ops, 2).await;
     let mut uma = p.connect_when_ready(&ws, "uma").await;
     assert_eq!(uma.next().await["type"], "welcome");
     let (mut a, mut b) = (

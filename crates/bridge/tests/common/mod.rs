@@ -262,6 +262,16 @@ impl Drop for Platform {
     }
 }
 
+/// Waits until the bridge whose ops port is `ops` has `n` notify-svc links.
+pub async fn until_links(ops: &str, n: u32) {
+    let what = format!("the bridge has {n} links");
+    test_support::eventually(&what, Duration::from_secs(20), || async move {
+        let links = test_support::prometheus::value_at(ops, "bridge_links_attached").await;
+        (links == f64::from(n)).then_some(())
+    })
+    .await;
+}
+
 pub fn history(user: &str) -> pb::HistoryRequest {
     pb::HistoryRequest {
         target: Some(pb::history_request::Target::UserId(user.into())),
