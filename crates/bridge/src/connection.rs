@@ -154,7 +154,7 @@ async fn watch_while_waiting(watch: Watch) -> End {
         () = watch.slow.cancelled() => slow_consumer(),
         () = watch.shutdown.cancelled() => restarting(),
         () = tokio::time::sleep_until(watch.expires) => token_expired(),
-        () = tokio::time::sleep_until(watch.silent_until) => End::Close(1001, "no pong".into()),
+        () = tokio::time::sleep_until(watch.silent_until) => End::Close(protocol::CLOSE_NO_PONG, "no pong".into()),
     }
 }
 
@@ -430,7 +430,7 @@ impl Conn {
                 _ = ping.tick() => {
                     // Two pings without a pong: the peer is gone.
                     if unanswered_pings >= 2 {
-                        return End::Close(1001, "no pong".into());
+                        return End::Close(protocol::CLOSE_NO_PONG, "no pong".into());
                     }
                     unanswered_pings += 1;
                     Event::Ping
@@ -505,7 +505,10 @@ impl Conn {
                             error_text(ErrorCode::TooLarge, "frame over 64 KiB", None),
                         )
                         .await;
-                        return Err(End::Close(1009, "frame too large".into()));
+                        return Err(End::Close(
+                            protocol::CLOSE_TOO_LARGE,
+                            "frame too large".into(),
+                        ));
                     }
                 }
                 ws.flush().await.map_err(|_| End::Gone)

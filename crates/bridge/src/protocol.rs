@@ -5,18 +5,12 @@
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-/// Close code: server restarting, reconnect elsewhere.
-pub const CLOSE_RESTARTING: u16 = 1012;
-/// A text frame was not UTF-8 (RFC 6455's "invalid frame payload data").
-pub const CLOSE_INVALID_PAYLOAD: u16 = 1007;
-/// The inbox could not be read (notify-svc or its store is away): reconnect with backoff.
-pub const CLOSE_TRY_AGAIN: u16 = 1013;
-/// Close code: disconnected by the API (`Disconnect`).
-pub const CLOSE_DISCONNECTED: u16 = 4003;
-/// Close code: slow consumer, the send queue went over its bound.
-pub const CLOSE_SLOW_CONSUMER: u16 = 4008;
-/// Close code: the token expired without a `refresh`.
-pub const CLOSE_TOKEN_EXPIRED: u16 = 4009;
+pub use notify_core::close::{
+    DISCONNECTED as CLOSE_DISCONNECTED, INVALID_PAYLOAD as CLOSE_INVALID_PAYLOAD,
+    NO_PONG as CLOSE_NO_PONG, RESTARTING as CLOSE_RESTARTING, SLOW_CONSUMER as CLOSE_SLOW_CONSUMER,
+    TOKEN_EXPIRED as CLOSE_TOKEN_EXPIRED, TOO_LARGE as CLOSE_TOO_LARGE,
+    TRY_AGAIN as CLOSE_TRY_AGAIN,
+};
 
 /// The `id` a client may put on a frame; echoed in the reply.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -5,9 +5,11 @@
 //!   (who may subscribe, client publish, log retention).
 //! - [`publish`]: a validated [`Publish`] (target, event, JSON data, idempotency key,
 //!   TTL) and the [`Limits`] it is checked against.
+//! - [`close`]: the WebSocket close codes of the client protocol.
 //! - [`error`]: [`ValidationError`], what is wrong with an input, said for a human.
 //! - [`redact`]: connection URLs without their passwords, for logs and `/info`.
 
+pub mod close;
 pub mod error;
 pub mod ids;
 pub mod publish;

@@ -36,8 +36,6 @@ const MAX_PAGE: u32 = 1000;
 /// whatever its size): well under gRPC's default 4 MiB receive limit, so a
 /// page of large messages never fails to decode at a client that kept it.
 pub const MAX_PAGE_BYTES: usize = 1024 * 1024;
-/// WebSocket close code for "disconnected by the API" (docs/design.md §5).
-const CLOSE_DISCONNECTED: u32 = 4003;
 /// A WebSocket close reason is at most 123 bytes.
 const MAX_REASON_BYTES: usize = 123;
 
@@ -568,7 +566,11 @@ impl pb::notify_server::Notify for NotifyApi {
                 }
                 None => return Err(status::invalid(ValidationError::NoTarget)),
             };
-            let disconnected = self.router.kick(&targets, CLOSE_DISCONNECTED, &req.reason);
+            let disconnected = self.router.kick(
+                &targets,
+                u32::from(notify_core::close::DISCONNECTED),
+                &req.reason,
+            );
             tracing::info!(disconnected, reason = %req.reason, "disconnect requested");
             Ok(pb::DisconnectResponse { disconnected })
         };
