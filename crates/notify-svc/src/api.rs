@@ -1,5 +1,5 @@
-//! The `notify.v1.Notify` service: validates requests, authorises nothing yet
-//! beyond the caller interceptor, and hands publishes to the pipeline.
+//! The `notify.v1.Notify` service: validates requests, checks each caller's
+//! rights ([`crate::caller`]), and hands publishes to the pipeline.
 
 use std::{
     pin::Pin,
@@ -7,21 +7,17 @@ use std::{
     time::{Instant, SystemTime, UNIX_EPOCH},
 };
 
-use notify_core::{
-    ConnectionId, MessageId, Publish, Target, Topic, TopicPolicy, UserId, ValidationError,
-};
+use notify_core::{ConnectionId, MessageId, Publish, Target, Topic, UserId, ValidationError};
 use notify_proto::{convert::raw_publish, v1 as pb};
-use notify_store::{ConnectionRecord, Feed, PublishItem, Store, StoredMessage};
+use notify_store::{ConnectionRecord, Feed, PublishItem, StoredMessage};
 use tokio_stream::{Stream, StreamExt};
-use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::{Request, Response, Status};
 
 use crate::{
-    caller::{Authenticator, Caller, Right},
+    caller::{Caller, Right},
     fight,
-    metrics::Metrics,
-    pipeline::{Published, Publisher},
-    router::Router,
+    pipeline::Published,
+    services::Services,
     status,
     usernames::Usernames,
     watch::{self, WatchHub, WatchKey},
@@ -42,48 +38,23 @@ const MAX_REASON_BYTES: usize = 123;
 /// State shared by every request.
 #[derive(Clone)]
 pub struct NotifyApi {
-    store: Arc<dyn Store>,
-    publisher: Publisher,
+    services: Services,
     hub: WatchHub,
-    router: Router,
-    topics: Arc<TopicPolicy>,
-    limits: Arc<notify_core::Limits>,
-    metrics: Metrics,
-    shutdown: CancellationToken,
-    tracker: TaskTracker,
-    auth: Authenticator,
     usernames: Usernames,
     /// Watch streams open per caller.
     watches: Arc<watch::WatchSlots>,
 }
 
 impl NotifyApi {
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
-        store: Arc<dyn Store>,
-        publisher: Publisher,
+        services: Services,
         hub: WatchHub,
-        router: Router,
-        topics: TopicPolicy,
-        limits: notify_core::Limits,
-        metrics: Metrics,
-        shutdown: CancellationToken,
-        tracker: TaskTracker,
-        auth: Authenticator,
         usernames: Usernames,
         watches: Arc<watch::WatchSlots>,
     ) -> Self {
         Self {
-            store,
-            publisher,
+            services,
             hub,
-            router,
-            topics: Arc::new(topics),
-            limits: Arc::new(limits),
-            metrics,
-            shutdown,
-            tracker,
-            auth,
             usernames,
             watches,
         }
@@ -91,12 +62,17 @@ impl NotifyApi {
 
     /// A valid publish the caller may make, ready for the pipeline.
     fn item(&self, caller: &Caller, req: &pb::PublishRequest) -> Result<PublishItem, Status> {
-        let publish = Publish::validate(raw_publish(req), &self.limits, &self.topics)
-            .map_err(status::invalid)?;
+        let publish = Publish::validate(
+            raw_publish(req),
+            &self.services.limits,
+            &self.services.topics,
+        )
+        .map_err(status::invalid)?;
         caller.may_publish_to(&publish.target)?;
         let log_max_len = match &publish.target {
             Target::Topic(topic) => {
-                self.topics
+                self.services
+                    .topics
                     .namespace(topic)
                     .map_err(status::invalid)?
                     .log_max_len
@@ -112,7 +88,8 @@ impl NotifyApi {
     }
 
     fn topic(&self, raw: &str) -> Result<Topic, Status> {
-        self.topics
+        self.services
+            .topics
             .topic(raw)
             .map(|(t, _)| t)
             .map_err(status::invalid)
@@ -137,7 +114,7 @@ impl NotifyApi {
         let code = result
             .as_ref()
             .map_or_else(|s| s.code(), |_| tonic::Code::Ok);
-        self.metrics.rpc(method, code, started.elapsed());
+        self.services.metrics.rpc(method, code, started.elapsed());
         result
     }
 
@@ -145,11 +122,12 @@ impl NotifyApi {
         &self,
         req: Request<pb::PublishRequest>,
     ) -> Result<pb::PublishResponse, Status> {
-        let caller = self.auth.publisher(&req).await?;
+        let caller = self.services.auth.publisher(&req).await?;
         let mut publish = req.into_inner();
         self.usernames.resolve(&mut publish).await?;
         let item = self.item(&caller, &publish)?;
         let committed = self
+            .services
             .publisher
             .publish(vec![item])
             .await
@@ -171,7 +149,7 @@ impl NotifyApi {
         &self,
         req: Request<pb::PublishBatchRequest>,
     ) -> Result<pb::PublishBatchResponse, Status> {
-        let caller = self.auth.authorize(&req, Right::Publish).await?;
+        let caller = self.services.auth.authorize(&req, Right::Publish).await?;
         let requests = &req.get_ref().requests;
         tracing::Span::current().record("items", requests.len());
         if requests.len() > MAX_BATCH_REQUESTS {
@@ -200,7 +178,8 @@ impl NotifyApi {
         let committed = if items.is_empty() {
             Vec::new()
         } else {
-            self.publisher
+            self.services
+                .publisher
                 .publish(items)
                 .await
                 .map_err(status::pipeline)?
@@ -226,7 +205,7 @@ impl NotifyApi {
         &self,
         req: Request<pb::EmitFightEventRequest>,
     ) -> Result<pb::EmitFightEventResponse, Status> {
-        let caller = self.auth.authorize(&req, Right::Publish).await?;
+        let caller = self.services.auth.authorize(&req, Right::Publish).await?;
         let r = req.get_ref();
         let event = r
             .event
@@ -253,6 +232,7 @@ impl NotifyApi {
             items.push(self.item(&caller, &publish)?);
         }
         let done = self
+            .services
             .publisher
             .publish(items)
             .await
@@ -278,7 +258,8 @@ impl NotifyApi {
         };
         let acked_seq = match &feed {
             Feed::Inbox(user) => {
-                self.store
+                self.services
+                    .store
                     .inbox_position(user)
                     .await
                     .map_err(status::store)?
@@ -293,6 +274,7 @@ impl NotifyApi {
         };
         // One more than asked tells whether another page follows.
         let mut page = self
+            .services
             .store
             .history(&feed, since, limit + 1)
             .await
@@ -445,12 +427,13 @@ impl pb::notify_server::Notify for NotifyApi {
         req: Request<pb::SubscribeRequest>,
     ) -> Result<Response<pb::SubscribeResponse>, Status> {
         let call = async {
-            let caller = self.auth.authorize(&req, Right::Publish).await?;
+            let caller = self.services.auth.authorize(&req, Right::Publish).await?;
             let req = req.into_inner();
             let user = user_id(&req.user_id)?;
             let topic = self.topic(&req.topic)?;
             caller.may_use_topic(&topic)?;
             let (created, topic_seq) = self
+                .services
                 .store
                 .subscribe(&user, &topic)
                 .await
@@ -458,6 +441,7 @@ impl pb::notify_server::Notify for NotifyApi {
             // After the commit: a connection opening meanwhile either reads
             // the stored row at its registration or is in routing here now.
             let live_connections = self
+                .services
                 .router
                 .server_subscription(&user, &topic, true, topic_seq);
             Ok(pb::SubscribeResponse {
@@ -474,17 +458,21 @@ impl pb::notify_server::Notify for NotifyApi {
         req: Request<pb::UnsubscribeRequest>,
     ) -> Result<Response<pb::UnsubscribeResponse>, Status> {
         let call = async {
-            let caller = self.auth.authorize(&req, Right::Publish).await?;
+            let caller = self.services.auth.authorize(&req, Right::Publish).await?;
             let req = req.into_inner();
             let user = user_id(&req.user_id)?;
             let topic = self.topic(&req.topic)?;
             caller.may_use_topic(&topic)?;
             let removed = self
+                .services
                 .store
                 .unsubscribe(&user, &topic)
                 .await
                 .map_err(status::store)?;
-            let live_connections = self.router.server_subscription(&user, &topic, false, 0);
+            let live_connections = self
+                .services
+                .router
+                .server_subscription(&user, &topic, false, 0);
             Ok(pb::UnsubscribeResponse {
                 removed,
                 live_connections,
@@ -499,10 +487,11 @@ impl pb::notify_server::Notify for NotifyApi {
     ) -> Result<Response<pb::GetPresenceResponse>, Status> {
         use pb::get_presence_request::Target as T;
         let call = async {
-            self.auth.authorize(&req, Right::Admin).await?;
+            self.services.auth.authorize(&req, Right::Admin).await?;
             match req.into_inner().target {
                 Some(T::UserId(user)) => {
                     let records = self
+                        .services
                         .store
                         .connections_of(&user_id(&user)?)
                         .await
@@ -515,6 +504,7 @@ impl pb::notify_server::Notify for NotifyApi {
                 Some(T::Topic(topic)) => {
                     let topic = self.topic(&topic)?;
                     let subscribers = self
+                        .services
                         .store
                         .subscriber_count(&topic)
                         .await
@@ -522,7 +512,7 @@ impl pb::notify_server::Notify for NotifyApi {
                     Ok(pb::GetPresenceResponse {
                         connections: Vec::new(),
                         subscribers,
-                        live_connections: self.router.topic_connections(&topic),
+                        live_connections: self.services.router.topic_connections(&topic),
                     })
                 }
                 None => Err(status::invalid(ValidationError::NoTarget)),
@@ -537,7 +527,7 @@ impl pb::notify_server::Notify for NotifyApi {
     ) -> Result<Response<pb::DisconnectResponse>, Status> {
         use pb::disconnect_request::Target as T;
         let call = async {
-            self.auth.authorize(&req, Right::Admin).await?;
+            self.services.auth.authorize(&req, Right::Admin).await?;
             let req = req.into_inner();
             if req.reason.len() > MAX_REASON_BYTES {
                 return Err(status::invalid(ValidationError::TooLong {
@@ -547,11 +537,12 @@ impl pb::notify_server::Notify for NotifyApi {
                 }));
             }
             let targets: Vec<ConnectionId> = match req.target {
-                Some(T::UserId(user)) => self.router.connections_of(&user_id(&user)?),
+                Some(T::UserId(user)) => self.services.router.connections_of(&user_id(&user)?),
                 Some(T::ConnectionId(id)) => {
                     let id = ConnectionId::parse("connection_id", &id).map_err(status::invalid)?;
-                    let known = !self.router.connections_of_ids(&[id]).is_empty()
+                    let known = !self.services.router.connections_of_ids(&[id]).is_empty()
                         || self
+                            .services
                             .store
                             .connection(id)
                             .await
@@ -566,7 +557,7 @@ impl pb::notify_server::Notify for NotifyApi {
                 }
                 None => return Err(status::invalid(ValidationError::NoTarget)),
             };
-            let disconnected = self.router.kick(
+            let disconnected = self.services.router.kick(
                 &targets,
                 u32::from(notify_core::close::DISCONNECTED),
                 &req.reason,
@@ -583,7 +574,8 @@ impl pb::notify_server::Notify for NotifyApi {
     ) -> Result<Response<pb::HistoryResponse>, Status> {
         let call = async {
             // Bridges read feeds to replay them to their sockets.
-            self.auth
+            self.services
+                .auth
                 .authorize_any(&req, &[Right::Admin, Right::Bridge])
                 .await?;
             self.history_page(req.into_inner()).await
@@ -598,7 +590,7 @@ impl pb::notify_server::Notify for NotifyApi {
         req: Request<pb::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
         use pb::watch_request::Target as T;
-        let caller = self.auth.authorize(&req, Right::Admin).await?;
+        let caller = self.services.auth.authorize(&req, Right::Admin).await?;
         let slot = self.watches.take(&caller.name).ok_or_else(|| {
             Status::resource_exhausted(format!(
                 "caller {} holds {} Watch streams, the most allowed (NOTIFY_MAX_WATCHES_PER_CALLER): close one first",
@@ -618,15 +610,19 @@ impl pb::notify_server::Notify for NotifyApi {
             };
             let since = (req.since > 0).then_some(req.since);
             // Opened before answering: what is committed after the call returns is streamed.
-            let watcher = watch::Watcher::open(self.store.as_ref(), &self.hub, key.clone(), since)
-                .await
-                .map_err(status::store)?;
+            let watcher =
+                watch::Watcher::open(self.services.store.as_ref(), &self.hub, key.clone(), since)
+                    .await
+                    .map_err(status::store)?;
             Ok((key, watcher))
         };
         let (key, watcher) = self.counted("Watch", open).await?;
         let (tx, rx) = crate::bounded::channel(watch::STREAM_BOUND, watch::out_len);
-        self.tracker
-            .spawn(watcher.run(self.store.clone(), tx, self.shutdown.clone()));
+        self.services.tracker.spawn(watcher.run(
+            self.services.store.clone(),
+            tx,
+            self.services.shutdown.clone(),
+        ));
         // The slot is the stream's: given back when the caller drops it.
         let stream = rx.map(move |item| {
             let _held = &slot;

@@ -22,6 +22,7 @@ pub mod pipeline;
 pub mod registry;
 pub mod retention;
 pub mod router;
+pub mod services;
 pub mod status;
 pub mod tickets;
 pub mod usernames;
@@ -153,32 +154,25 @@ pub async fn run(
         config.users.clone(),
         metrics.clone(),
     );
-    let link = link::Link::new(
-        store.clone(),
-        router.clone(),
-        publisher.clone(),
-        topics.clone(),
-        config.limits.clone(),
-        tracker.clone(),
-        shutdown.clone(),
-        authenticator.clone(),
-        config.bridge_queue,
-    );
+    let services = services::Services {
+        store,
+        publisher,
+        router,
+        topics: Arc::new(topics),
+        limits: Arc::new(config.limits.clone()),
+        auth: authenticator.clone(),
+        metrics,
+        tracker: tracker.clone(),
+        shutdown: shutdown.clone(),
+    };
+    let link = link::Link::new(services.clone(), config.bridge_queue);
     let cognito = match &config.cognito {
         Some(c) => Some(Arc::new(notify_auth::Cognito::new(c).await)),
         None => None,
     };
     let api = api::NotifyApi::new(
-        store,
-        publisher,
+        services,
         hub,
-        router,
-        topics,
-        config.limits.clone(),
-        metrics,
-        shutdown.clone(),
-        tracker.clone(),
-        authenticator.clone(),
         usernames::Usernames::new(cognito),
         watch::WatchSlots::new(config.max_watches_per_caller),
     );

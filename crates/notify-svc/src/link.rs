@@ -8,23 +8,20 @@
 //! the bridge's connections leave routing and the registry, unless the bridge
 //! already re-attached.
 
-use std::{pin::Pin, sync::Arc, time::UNIX_EPOCH};
+use std::{pin::Pin, time::UNIX_EPOCH};
 
-use notify_core::{
-    ConnectionId, MessageId, Publish, Target, Topic, TopicPolicy, UserId, publish::RawPublish,
-};
+use notify_core::{ConnectionId, MessageId, Publish, Target, Topic, UserId, publish::RawPublish};
 use notify_proto::v1::{self as pb, bridge_up::Msg as Up};
-use notify_store::{ConnectionRecord, Feed, PublishItem, Store};
+use notify_store::{ConnectionRecord, Feed, PublishItem};
 use tokio_stream::{Stream, StreamExt};
-use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::{
     bounded,
-    caller::{Authenticator, Right},
-    pipeline::Publisher,
+    caller::Right,
     registry::{Change, Registry},
-    router::{self, DownSender, Router},
+    router::{self, DownSender},
+    services::Services,
     status,
     tickets::{Ask, Tickets},
 };
@@ -35,44 +32,23 @@ const MAX_BRIDGE_ID_BYTES: usize = 128;
 /// State shared by every Attach stream.
 #[derive(Clone)]
 pub struct Link {
-    store: Arc<dyn Store>,
+    services: Services,
     registry: Registry,
     tickets: Tickets,
-    router: Router,
-    publisher: Publisher,
-    topics: Arc<TopicPolicy>,
-    limits: Arc<notify_core::Limits>,
-    tracker: TaskTracker,
-    shutdown: CancellationToken,
-    auth: Authenticator,
     /// Each bridge's down stream.
     queue: bounded::Bound,
 }
 
 impl Link {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        store: Arc<dyn Store>,
-        router: Router,
-        publisher: Publisher,
-        topics: TopicPolicy,
-        limits: notify_core::Limits,
-        tracker: TaskTracker,
-        shutdown: CancellationToken,
-        auth: Authenticator,
-        queue: bounded::Bound,
-    ) -> Self {
+    pub fn new(services: Services, queue: bounded::Bound) -> Self {
         Self {
-            registry: Registry::start(store.clone(), &tracker, shutdown.clone()),
-            tickets: Tickets::start(store.clone(), &tracker),
-            store,
-            router,
-            publisher,
-            topics: Arc::new(topics),
-            limits: Arc::new(limits),
-            tracker,
-            shutdown,
-            auth,
+            registry: Registry::start(
+                services.store.clone(),
+                &services.tracker,
+                services.shutdown.clone(),
+            ),
+            tickets: Tickets::start(services.store.clone(), &services.tracker),
+            services,
             queue,
         }
     }
@@ -92,7 +68,7 @@ impl Link {
             .iter()
             .filter_map(|t| Topic::parse(t).ok())
             .collect();
-        self.router.open(bridge, id, user.clone(), topics);
+        self.services.router.open(bridge, id, user.clone(), topics);
         let at = UNIX_EPOCH
             + std::time::Duration::from_millis(u64::try_from(conn.connected_at_ms).unwrap_or(0));
         let record = ConnectionRecord {
@@ -127,7 +103,7 @@ impl Link {
             }
             Up::Closed(closed) => {
                 if let Ok(id) = ConnectionId::parse("connection_id", &closed.connection_id) {
-                    self.router.close(id);
+                    self.services.router.close(id);
                     self.registry.change(Change::Close(id)).await;
                 }
             }
@@ -136,7 +112,7 @@ impl Link {
                     ConnectionId::parse("connection_id", &s.connection_id),
                     Topic::parse(&s.topic),
                 ) {
-                    self.router.subscribe(id, topic.clone());
+                    self.services.router.subscribe(id, topic.clone());
                     self.answer(s.ticket, Feed::Topic(topic), down).await;
                 }
             }
@@ -145,7 +121,7 @@ impl Link {
                     ConnectionId::parse("connection_id", &s.connection_id),
                     Topic::parse(&s.topic),
                 ) {
-                    self.router.unsubscribe(id, &topic);
+                    self.services.router.unsubscribe(id, &topic);
                 }
             }
             Up::Acks(acks) => {
@@ -156,8 +132,8 @@ impl Link {
                     .collect();
                 // Off the stream: acks commute (the highest wins), routing
                 // changes must not wait for them.
-                let (store, bridge) = (self.store.clone(), bridge.to_owned());
-                self.tracker.spawn(async move {
+                let (store, bridge) = (self.services.store.clone(), bridge.to_owned());
+                self.services.tracker.spawn(async move {
                     if let Err(e) = store.ack(&acks).await {
                         tracing::warn!(bridge, error = %e, "persisting acks failed");
                     }
@@ -167,7 +143,7 @@ impl Link {
                 // Its own task: a commit takes milliseconds, the stream's other
                 // messages must not wait for it.
                 let (link, bridge, down) = (self.clone(), bridge.to_owned(), down.clone());
-                self.tracker.spawn(async move {
+                self.services.tracker.spawn(async move {
                     let result = link.client_publish(&bridge, &publish).await;
                     let (seq, code, message) = match result {
                         Ok(seq) => (seq, 0, String::new()),
@@ -200,12 +176,13 @@ impl Link {
             data: &p.data,
             ..Default::default()
         };
-        let publish =
-            Publish::validate(raw, &self.limits, &self.topics).map_err(status::invalid)?;
+        let publish = Publish::validate(raw, &self.services.limits, &self.services.topics)
+            .map_err(status::invalid)?;
         let Target::Topic(topic) = &publish.target else {
             return Err(Status::invalid_argument("client publishes go to topics"));
         };
         let log_max_len = self
+            .services
             .topics
             .namespace(topic)
             .map_err(status::invalid)?
@@ -218,6 +195,7 @@ impl Link {
             log_max_len,
         };
         let done = self
+            .services
             .publisher
             .publish_from(item, sender)
             .await
@@ -236,7 +214,7 @@ impl pb::bridge_link_server::BridgeLink for Link {
         &self,
         req: Request<Streaming<pb::BridgeUp>>,
     ) -> Result<Response<Self::AttachStream>, Status> {
-        self.auth.authorize(&req, Right::Bridge).await?;
+        self.services.auth.authorize(&req, Right::Bridge).await?;
         let mut up = req.into_inner();
         let hello = match up.message().await? {
             Some(pb::BridgeUp {
@@ -258,7 +236,7 @@ impl pb::bridge_link_server::BridgeLink for Link {
             ));
         }
         let (down, rx) = bounded::channel(self.queue, router::down_len);
-        let generation = self.router.attach(&bridge, down.clone());
+        let generation = self.services.router.attach(&bridge, down.clone());
         // The Hello is the whole truth about this bridge: replace its rows.
         self.registry
             .change(Change::ClearBridge(bridge.clone()))
@@ -270,10 +248,10 @@ impl pb::bridge_link_server::BridgeLink for Link {
         tracing::info!(bridge, connections = count, "bridge attached");
 
         let link = self.clone();
-        self.tracker.spawn(async move {
+        self.services.tracker.spawn(async move {
             loop {
                 let next = tokio::select! {
-                    () = link.shutdown.cancelled() => break,
+                    () = link.services.shutdown.cancelled() => break,
                     next = up.message() => next,
                 };
                 match next {
@@ -288,7 +266,7 @@ impl pb::bridge_link_server::BridgeLink for Link {
                     }
                 }
             }
-            if link.router.detach(&bridge, generation) {
+            if link.services.router.detach(&bridge, generation) {
                 link.registry
                     .change(Change::ClearBridge(bridge.clone()))
                     .await;
