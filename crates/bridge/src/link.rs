@@ -187,9 +187,6 @@ impl Attempt<'_> {
     }
 }
 
-/// notify-svc's metadata for a Dev Panel publish (`caller.rs` there).
-const PANEL_ADMIN_HEADER: &str = "x-notify-panel-admin";
-
 /// The Notify API as the bridge uses it (history for replays, the Dev
 /// Panel's publishes).
 #[derive(Clone)]
@@ -224,7 +221,8 @@ impl Api {
         let mut req = self.credential.apply(Request::new(req));
         let admin = tonic::metadata::MetadataValue::try_from(admin_token)
             .map_err(|_| Status::unauthenticated("the admin's token is not a header value"))?;
-        req.metadata_mut().insert(PANEL_ADMIN_HEADER, admin);
+        req.metadata_mut()
+            .insert(notify_proto::PANEL_ADMIN_METADATA, admin);
         req.set_timeout(HISTORY_TIMEOUT);
         Ok(client.publish(req).await?.into_inner())
     }

@@ -207,7 +207,7 @@ async fn publish(req: Request<Incoming>, shared: &Shared) -> Response<Full<Bytes
             );
         }
     }
-    if !identity.in_group("admin") {
+    if !identity.in_group(notify_core::topic::ADMIN_GROUP) {
         return error(
             StatusCode::FORBIDDEN,
             "forbidden",

@@ -66,7 +66,7 @@ pub async fn read_header<S: AsyncRead + Unpin>(
     })
 }
 
-/// A v2 header for `client` (tests and the benchmark's clients).
+/// A v2 header for `client`, as a balancer writes it (for tests).
 pub fn header_for(client: SocketAddr, server: SocketAddr) -> Vec<u8> {
     let mut out = SIGNATURE.to_vec();
     out.push(0x21); // version 2, PROXY

@@ -65,10 +65,6 @@ impl Revocation {
         })
     }
 
-    pub fn every(&self) -> Duration {
-        self.check.every
-    }
-
     /// Whether `token` (verified as `identity`) is revoked; `Err` when
     /// Cognito cannot be asked.
     pub async fn revoked(&self, identity: &Identity, token: &str) -> Result<bool, AuthError> {

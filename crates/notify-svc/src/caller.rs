@@ -8,7 +8,7 @@
 //! calls with the [`Right`]s that allow it: it verifies the token as a
 //! Cognito client-credentials (M2M) access token and maps its scopes to
 //! rights. A publish right may be limited to topic namespaces. A bridge may
-//! publish for the Dev Panel's signed-in admin ([`PANEL_ADMIN_HEADER`]): the
+//! publish for the Dev Panel's signed-in admin (`notify_proto::PANEL_ADMIN_METADATA`): the
 //! admin's own token is checked here, and the publish is the admin's. Refusals
 //! are UNAUTHENTICATED (who are you?) or PERMISSION_DENIED (not allowed),
 //! each with the reason.
@@ -107,14 +107,6 @@ impl Caller {
 /// Name given to unauthenticated loopback callers in dev mode.
 pub const LOOPBACK_CALLER: &str = "loopback";
 
-/// Metadata a bridge sends with a Dev Panel publish: the signed-in admin's
-/// token. The publish is then the admin's (idempotency keys are theirs),
-/// not the bridge's.
-pub const PANEL_ADMIN_HEADER: &str = "x-notify-panel-admin";
-
-/// The group whose members may publish from the Dev Panel.
-const ADMIN_GROUP: &str = "admin";
-
 /// A bearer token the interceptor could not check by itself (a JWT).
 #[derive(Clone)]
 struct Unverified(String);
@@ -158,7 +150,7 @@ impl Authenticator {
     /// (the bridge needs `bridge`, the admin's token is checked here),
     /// else the caller, who needs `publish`.
     pub async fn publisher<T>(&self, req: &Request<T>) -> Result<Caller, Status> {
-        let Some(relayed) = req.metadata().get(PANEL_ADMIN_HEADER) else {
+        let Some(relayed) = req.metadata().get(notify_proto::PANEL_ADMIN_METADATA) else {
             return self.authorize(req, Right::Publish).await;
         };
         let bridge = self.authorize(req, Right::Bridge).await?;
@@ -188,12 +180,13 @@ impl Authenticator {
                 Status::unauthenticated(format!("the admin's token refused: {e}")),
             ),
         })?;
-        if !admin.in_group(ADMIN_GROUP) {
+        if !admin.in_group(notify_core::topic::ADMIN_GROUP) {
             return Err((
                 "panel_not_admin",
                 Status::permission_denied(format!(
-                    "user {} is not in the {ADMIN_GROUP} group: panel publishes are for admins",
-                    admin.user
+                    "user {} is not in the {} group: panel publishes are for admins",
+                    admin.user,
+                    notify_core::topic::ADMIN_GROUP
                 )),
             ));
         }

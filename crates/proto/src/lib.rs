@@ -14,4 +14,9 @@ pub mod v1 {
 
 /// The encoded `FileDescriptorSet` of every `notify.v1` file, for gRPC
 /// server reflection.
+/// Request metadata a bridge sends with a Dev Panel `Publish`: the
+/// signed-in admin's token, which notify-svc checks; the publish is then the
+/// admin's, not the bridge's.
+pub const PANEL_ADMIN_METADATA: &str = "x-notify-panel-admin";
+
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("notify_descriptor");
