@@ -8,7 +8,11 @@
 use std::io::Read;
 
 use clap::{ArgGroup, Args};
-use notify_proto::v1::{self as pb, notify_client::NotifyClient};
+use notify_core::setting::Setting;
+use notify_proto::{
+    channel::{CallerArgs, CallerNames},
+    v1::{self as pb, notify_client::NotifyClient},
+};
 use serde_json::{Value, json};
 use tonic::{Request, Status, transport::Channel};
 
@@ -23,18 +27,20 @@ pub struct Endpoint {
         global = true
     )]
     pub url: String,
-    /// A caller token from NOTIFY_API_TOKENS (none: loopback deployments).
-    #[arg(long, env = "NOTIFY_TOKEN", hide_env_values = true, global = true)]
-    pub token: Option<String>,
-    /// CA (PEM) to trust for an https:// --url instead of the system's roots.
-    #[arg(long, env = "NOTIFY_CA_FILE", global = true)]
-    pub ca_file: Option<std::path::PathBuf>,
-    /// Client certificate (PEM) when notify-svc requires mutual TLS.
-    #[arg(long, env = "NOTIFY_CLIENT_CERT", global = true)]
-    pub client_cert: Option<std::path::PathBuf>,
-    /// The client certificate's key (PEM).
-    #[arg(long, env = "NOTIFY_CLIENT_KEY", global = true)]
-    pub client_key: Option<std::path::PathBuf>,
+    /// The caller token and TLS files towards notify-svc.
+    #[command(flatten)]
+    pub caller: CallerArgs<CliCaller>,
+}
+
+/// `NOTIFY_TOKEN`, `NOTIFY_CA`, `NOTIFY_CERT`, `NOTIFY_KEY`: the CLI's
+/// credential and TLS files towards notify-svc.
+#[derive(Debug, Clone)]
+pub struct CliCaller;
+impl CallerNames for CliCaller {
+    const TOKEN: Setting = Setting::new("token", "NOTIFY_TOKEN");
+    const CA: Setting = Setting::new("ca-file", "NOTIFY_CA");
+    const CERT: Setting = Setting::new("client-cert", "NOTIFY_CERT");
+    const KEY: Setting = Setting::new("client-key", "NOTIFY_KEY");
 }
 
 /// Why a command failed: the server said no, it could not be asked, or the
@@ -81,18 +87,13 @@ struct Api {
 
 impl Api {
     async fn connect(endpoint: &Endpoint) -> Result<Self, Failure> {
-        let tls = notify_proto::channel::ClientTls {
-            ca: endpoint.ca_file.clone(),
-            cert: endpoint.client_cert.clone(),
-            key: endpoint.client_key.clone(),
-        };
-        let channel = notify_proto::channel::endpoint(&endpoint.url, &tls)
+        let channel = notify_proto::channel::endpoint(&endpoint.url, &endpoint.caller.tls())
             .map_err(|e| Failure::Usage(e.to_string()))?
             .connect_timeout(std::time::Duration::from_secs(5))
             .connect()
             .await
             .map_err(|e| anyhow::anyhow!("cannot reach {}: {e}", endpoint.url))?;
-        let token = match &endpoint.token {
+        let token = match &endpoint.caller.token {
             Some(t) => Some(
                 format!("Bearer {t}")
                     .parse()

@@ -27,8 +27,11 @@ pub struct ConnectArgs {
     #[arg(long, env = "NOTIFY_WS_URL", default_value = "ws://127.0.0.1:8080/ws")]
     ws: String,
     /// A token (Cognito or dev). Without it, a dev token is minted for --user.
+    // The id of the global caller token (`--token`, NOTIFY_TOKEN): this
+    // command's `--token` is the bridge's and takes its place.
     #[arg(
         long,
+        id = "NOTIFY_TOKEN",
         env = "NOTIFY_WS_TOKEN",
         hide_env_values = true,
         conflicts_with = "user"
@@ -36,10 +39,10 @@ pub struct ConnectArgs {
     token: Option<String>,
     /// Mint a dev token for this user (the bridge must trust the dev key, as
     /// `notify up` does).
-    #[arg(long, required_unless_present = "token")]
+    #[arg(long, required_unless_present = "NOTIFY_TOKEN")]
     user: Option<String>,
     /// Where the dev key is (`notify up`'s --data-dir).
-    #[arg(long, default_value = ".notify")]
+    #[arg(long, default_value = notify_bridge::config::DEV_DATA_DIR)]
     data_dir: std::path::PathBuf,
     /// Replay the inbox after this seq instead of after the last ack.
     #[arg(long)]

@@ -37,24 +37,7 @@ enum Command {
     #[command(
         after_help = "Examples:\n  notify up --simulate\n  notify up --data-dir /var/tmp/notify\n  DATABASE_URL=postgres://app:secret@db:5432/notify notify up"
     )]
-    Up {
-        // Boxed: the largest variant by far (clippy::large_enum_variant).
-        #[command(flatten)]
-        svc: Box<notify_svc::SvcArgs>,
-        /// WebSocket listen address of the bridge (loopback: dev tokens).
-        #[arg(long, env = "BRIDGE_WS_ADDR", default_value = "127.0.0.1:8080")]
-        ws_addr: std::net::SocketAddr,
-        /// Ops HTTP of the bridge (/healthz, /readyz, /metrics).
-        #[arg(long, env = "BRIDGE_HTTP_ADDR", default_value = "127.0.0.1:9465")]
-        bridge_http_addr: std::net::SocketAddr,
-        /// Where the dev key and the embedded database live.
-        #[arg(long, default_value = ".notify")]
-        data_dir: std::path::PathBuf,
-        /// Also drive fights through their life (a few changes a second), so
-        /// fight events flow at once: `notify tail --topic fights:live`.
-        #[arg(long)]
-        simulate: bool,
-    },
+    Up(UpArgs),
     /// Mint a dev token (RS256, local dev key) for a WebSocket client.
     #[command(
         after_help = "Examples:\n  notify token --user alice\n  notify token --user root --realm eu --groups admin\n  notify token --user billing --scopes notify/publish   # an M2M-shaped token\n  notify token --jwks > jwks.json                      # for AUTH_JWKS_URL=file:jwks.json"
@@ -113,15 +96,7 @@ enum Command {
 async fn main() -> std::process::ExitCode {
     let Cli { endpoint, command } = Cli::parse();
     let done: Result<(), cli::Failure> = match command {
-        Command::Up {
-            svc,
-            ws_addr,
-            bridge_http_addr,
-            data_dir,
-            simulate,
-        } => up(*svc, ws_addr, bridge_http_addr, data_dir, simulate)
-            .await
-            .map_err(Into::into),
+        Command::Up(args) => up(args).await.map_err(Into::into),
         Command::Token(args) => token(args).map_err(Into::into),
         Command::Connect(args) => connect::connect(args).await,
         Command::Publish(args) => cli::publish(&endpoint, args).await,
@@ -137,6 +112,29 @@ async fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(failure) => failure.report(),
     }
+}
+
+#[derive(clap::Args)]
+struct UpArgs {
+    /// Where the dev key and the embedded database live.
+    #[arg(long, default_value = notify_bridge::config::DEV_DATA_DIR)]
+    data_dir: std::path::PathBuf,
+    /// Also drive fights through their life (a few changes a second), so
+    /// fight events flow at once: `notify tail --topic fights:live`.
+    #[arg(long)]
+    simulate: bool,
+    // Boxed: the largest part by far (clippy::large_enum_variant).
+    #[command(flatten)]
+    svc: Box<notify_svc::SvcArgs>,
+    /// The bridge's sockets, as the bridge binary takes them (its defaults).
+    #[command(flatten, next_help_heading = "Bridge")]
+    sockets: notify_bridge::SocketArgs,
+    /// Ops HTTP of the bridge (/healthz, /readyz, /metrics).
+    #[arg(long, env = "BRIDGE_HTTP_ADDR", default_value = notify_bridge::config::DEFAULT_HTTP_ADDR, help_heading = "Bridge")]
+    bridge_http_addr: std::net::SocketAddr,
+    /// BetTracker's lease and polling, as the bet-tracker binary takes them.
+    #[command(flatten, next_help_heading = "BetTracker")]
+    tracker: bet_tracker::LoopArgs,
 }
 
 #[derive(clap::Args)]
@@ -166,7 +164,7 @@ struct TokenArgs {
     #[arg(long, default_value_t = 3600)]
     ttl_secs: u64,
     /// Where the dev key lives (created on first use; `notify up` uses the same).
-    #[arg(long, default_value = ".notify")]
+    #[arg(long, default_value = notify_bridge::config::DEV_DATA_DIR)]
     data_dir: std::path::PathBuf,
 }
 
@@ -218,23 +216,23 @@ fn token(args: TokenArgs) -> anyhow::Result<()> {
 /// `notify up`'s database file in its data directory when DATABASE_URL is not set.
 const DATABASE_FILE: &str = "notify.db";
 
-async fn up(
-    mut args: notify_svc::SvcArgs,
-    ws_addr: std::net::SocketAddr,
-    bridge_http_addr: std::net::SocketAddr,
-    data_dir: std::path::PathBuf,
-    simulate: bool,
-) -> anyhow::Result<()> {
-    let telemetry = notify_ops::logging::init_with_traces(
-        args.log_format,
-        "notify",
-        args.otlp_endpoint.as_deref(),
-    );
+async fn up(up: UpArgs) -> anyhow::Result<()> {
+    let UpArgs {
+        svc,
+        sockets,
+        bridge_http_addr,
+        tracker,
+        data_dir,
+        simulate,
+    } = up;
+    let mut args = *svc;
+    let ws_addr = sockets.ws_addr;
+    let telemetry = args.log.init("notify");
     let ran: anyhow::Result<()> = async move {
         if !ws_addr.ip().is_loopback() {
             anyhow::bail!("notify up trusts dev tokens: bind --ws-addr to loopback");
         }
-        if args.tls_cert.is_some() || args.tls_client_ca.is_some() {
+        if args.tls.cert.is_some() || args.tls_client_ca.is_some() {
             anyhow::bail!(
                 "notify up serves loopback only, in plaintext; TLS is for the notify-svc and bridge binaries"
             );
@@ -297,29 +295,17 @@ async fn up(
             ..notify_auth::DevToken::access("alice")
         })?;
         let bridge = notify_bridge::BridgeConfig {
-            bridge_id: format!("up:{}", ws_addr.port()),
-            // The same gRPC link as production, over loopback.
-            notify_urls: vec![format!("http://{}", args.grpc_addr)],
-            notify_token: None,
-            verifier,
-            revocation: None,
             topics: config.topics.clone(),
-            send_queue: notify_bridge::SendBound::default(),
-            max_frame: 64 * 1024,
-            rate_per_sec: 50,
-            burst: 100,
-            ping_every: std::time::Duration::from_secs(25),
-            header_timeout: std::time::Duration::from_secs(10),
-            max_subscriptions: 512,
-            connect_rate_per_ip: 0,
-            connect_burst_per_ip: 0,
-            proxy_protocol: false,
-            panel: true,
-            max_per_user: 20,
-            max_connections: 100_000,
             ops: Some(bridge_ops),
-            tls: None,
-            notify_tls: Default::default(),
+            // The panel is what `notify up` is for.
+            panel: true,
+            // The same gRPC link as production, over loopback.
+            ..notify_bridge::BridgeConfig::new(
+                &format!("up:{}", ws_addr.port()),
+                &sockets,
+                verifier,
+                vec![format!("http://{}", args.grpc_addr)],
+            )
         };
         println!("notify is starting");
         println!("  WebSocket    ws://{ws_addr}/ws   (bridge ops: http://{bridge_http_addr}/metrics)");
@@ -337,7 +323,7 @@ async fn up(
         println!("  database     {database}");
         println!("  dev token    (user alice, 24 h; more with `notify token --user NAME`)");
         println!("TOKEN={token}");
-        let data_flag = if data_dir == std::path::Path::new(".notify") {
+        let data_flag = if data_dir == std::path::Path::new(notify_bridge::config::DEV_DATA_DIR) {
             String::new()
         } else {
             format!(" --data-dir {}", data_dir.display())
@@ -368,8 +354,12 @@ async fn up(
         let mut svc = tokio::spawn(notify_svc::run(config, grpc, http, svc_stop.clone()));
         // BetTracker, through the same loopback gRPC as any producer.
         let tracker = tokio::spawn(bet_tracker::run(
-            bet_tracker::TrackerConfig::new("notify-up", &format!("http://{}", args.grpc_addr)),
-            bet_tracker::Source::new(&database, "bet-tracker")?,
+            bet_tracker::TrackerConfig::new(
+                "notify-up",
+                &format!("http://{}", args.grpc_addr),
+                &tracker,
+            ),
+            bet_tracker::Source::new(&database, &tracker.group)?,
             std::sync::Arc::new(bet_tracker::Stats::default()),
             shutdown.child_token(),
         ));
@@ -405,4 +395,12 @@ async fn up(
     .await;
     telemetry.finish();
     ran
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_command_line_is_well_formed() {
+        <super::Cli as clap::CommandFactory>::command().debug_assert();
+    }
 }

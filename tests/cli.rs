@@ -352,36 +352,18 @@ async fn notify_connect_follows_a_wss_bridge_checked_against_its_ca() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let bridge = notify_bridge::BridgeConfig {
-        bridge_id: "wss".into(),
-        notify_urls: vec![svc.url.clone()],
-        notify_token: None,
-        verifier: issuer.verifier(),
-        revocation: None,
-        topics: notify_core::TopicPolicy::default(),
-        send_queue: notify_bridge::SendBound {
-            frames: 64,
-            ..Default::default()
-        },
-        max_frame: 64 * 1024,
-        rate_per_sec: 50,
-        burst: 100,
-        ping_every: Duration::from_secs(25),
-        header_timeout: Duration::from_secs(10),
-        max_subscriptions: 512,
-        connect_rate_per_ip: 0,
-        connect_burst_per_ip: 0,
-        proxy_protocol: false,
-        panel: false,
-        max_per_user: 5,
-        max_connections: 10,
-        ops: None,
         tls: notify_ops::tls::TlsFiles::from_settings(
             Some(cert.cert.clone()),
             Some(cert.key.clone()),
             notify_ops::tls::ClientAuth::Off,
         )
         .unwrap(),
-        notify_tls: Default::default(),
+        ..notify_bridge::BridgeConfig::new(
+            "wss",
+            &notify_bridge::SocketArgs::from_env(),
+            issuer.verifier(),
+            vec![svc.url.clone()],
+        )
     };
     tokio::spawn(notify_bridge::run(bridge, listener, svc.stop.clone()));
     let token = issuer

@@ -108,13 +108,18 @@ fn with_causes(e: &(dyn std::error::Error + 'static)) -> String {
 async fn fetch_http(url: &str, ca: Option<&std::path::Path>) -> Result<String, AuthError> {
     let err = |e: &dyn std::fmt::Display| AuthError::Keys(format!("{url}: {e}"));
     let uri: hyper::Uri = url.parse().map_err(|e| err(&e))?;
-    let connector = hyper_rustls::HttpsConnectorBuilder::new()
-        // Built per fetch: fetches are rare (start, key rotation, at most
-        // one per REFETCH_GAP) and a replaced CA file is then read again.
-        .with_tls_config(notify_ops::tls::client_config(ca).map_err(|e| err(&e))?)
-        .https_or_http()
-        .enable_http1()
-        .build();
+    // Built per fetch: fetches are rare (start, key rotation, at most one
+    // per REFETCH_GAP) and a replaced CA file is then read again.
+    let connector = match ca {
+        Some(ca) => hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(trusting(ca).map_err(|e| err(&e))?),
+        None => hyper_rustls::HttpsConnectorBuilder::new()
+            .with_native_roots()
+            .map_err(|e| err(&e))?,
+    }
+    .https_or_http()
+    .enable_http1()
+    .build();
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build::<_, Empty<bytes::Bytes>>(connector);
     let response = client.get(uri).await.map_err(|e| err(&with_causes(&e)))?;
@@ -279,4 +284,26 @@ impl KeySet {
         cache.keys = keys;
         Ok(count)
     }
+}
+
+/// A TLS client config that trusts only the certificates in the PEM file `ca`.
+fn trusting(ca: &std::path::Path) -> Result<rustls::ClientConfig, String> {
+    use rustls::pki_types::{CertificateDer, pem::PemObject};
+    let mut roots = rustls::RootCertStore::empty();
+    let certs = CertificateDer::pem_file_iter(ca).map_err(|e| format!("{}: {e}", ca.display()))?;
+    for cert in certs {
+        let cert = cert.map_err(|e| format!("{}: {e}", ca.display()))?;
+        roots
+            .add(cert)
+            .map_err(|e| format!("{}: not a usable CA certificate: {e}", ca.display()))?;
+    }
+    if roots.is_empty() {
+        return Err(format!("{}: no CA certificate in it", ca.display()));
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
 }

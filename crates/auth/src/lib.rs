@@ -6,6 +6,8 @@
 //!   yields an [`Identity`].
 //! - [`Cognito`] asks the user pool what a token cannot say: revoked
 //!   tokens (`GetUser`) and usernames → `sub` (`AdminGetUser`), cached.
+//! - [`VerifierArgs`] and [`CognitoArgs`]: the settings that build them, as
+//!   arg groups every binary flattens under its own names.
 //! - [`DevIssuer`] mints tokens of the same shape with a local RSA key whose
 //!   JWKS the verifier trusts in dev mode: one verification path for dev and
 //!   Cognito.
@@ -18,6 +20,7 @@ mod dev;
 mod error;
 mod identity;
 mod keys;
+mod settings;
 mod verify;
 
 pub use cognito::{Cognito, CognitoConfig};
@@ -25,4 +28,5 @@ pub use dev::{DEV_CLIENT_ID, DEV_ISSUER, DEV_KEY_FILE, DevIssuer, DevToken};
 pub use error::AuthError;
 pub use identity::{Identity, Session, TokenUse};
 pub use keys::{KeySet, KeySource};
+pub use settings::{CognitoArgs, VerifierArgs, VerifierNames};
 pub use verify::{Verifier, VerifierConfig, session_of};

@@ -28,61 +28,11 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Code, Request, metadata::MetadataValue, transport::Channel};
 
 use crate::{
+    config::TrackerConfig,
     event::{Change, FightRow},
     metrics::Stats,
     source::Source,
 };
-
-/// How one tracker runs.
-#[derive(Debug, Clone)]
-pub struct TrackerConfig {
-    /// This instance, as the lease names its holder.
-    pub holder: String,
-    /// notify-svc's gRPC endpoint.
-    pub notify_url: String,
-    /// Bearer token for notify-svc (a `NOTIFY_API_TOKENS` entry), if it wants one.
-    pub notify_token: Option<String>,
-    /// How to reach an `https://` notify-svc (CA, client certificate).
-    pub notify_tls: notify_proto::channel::ClientTls,
-    /// How long a lease lasts without renewal: the standby takes over within
-    /// about this long (plus a third) after the active tracker died.
-    pub lease_ttl: Duration,
-    /// Poll delay while changes flow, and the most it backs off to when idle.
-    pub poll_min: Duration,
-    pub poll_max: Duration,
-    /// Outbox rows read per poll.
-    pub batch: i64,
-}
-
-impl TrackerConfig {
-    /// What `/info` shows of this tracker (the token only as set or not).
-    pub fn info(&self, database: &notify_store::Database, group: &str) -> notify_ops::info::Info {
-        notify_ops::info::Info::new("bet-tracker", env!("CARGO_PKG_VERSION"))
-            .set("holder", &self.holder)
-            .set("group", group)
-            .set("database", database)
-            .set("notify_url", &self.notify_url)
-            .secret("notify_token", self.notify_token.is_some())
-            .set("notify_tls", &self.notify_tls)
-            .set("lease_ttl", self.lease_ttl)
-            .set("poll_min", self.poll_min)
-            .set("poll_max", self.poll_max)
-            .set("batch", self.batch)
-    }
-
-    pub fn new(holder: &str, notify_url: &str) -> Self {
-        Self {
-            holder: holder.to_owned(),
-            notify_url: notify_url.to_owned(),
-            notify_token: None,
-            notify_tls: Default::default(),
-            lease_ttl: Duration::from_secs(10),
-            poll_min: Duration::from_millis(10),
-            poll_max: Duration::from_millis(500),
-            batch: 500,
-        }
-    }
-}
 
 /// Calls in flight at once across different fights: each waits for a
 /// commit (~1.5 ms here), so this many keep notify-svc's group commit fed.

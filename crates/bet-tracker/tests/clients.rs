@@ -70,30 +70,12 @@ async fn creator_acceptor_and_spectator_each_see_their_events_once_in_order() {
     let verifier = issuer.verifier();
     let ws_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let ws_url = format!("ws://{}/ws", ws_listener.local_addr().unwrap());
-    let bridge = BridgeConfig {
-        bridge_id: "bridge-fights".into(),
-        notify_urls: vec![grpc.clone()],
-        notify_token: None,
+    let bridge = BridgeConfig::new(
+        "bridge-fights",
+        &notify_bridge::SocketArgs::from_env(),
         verifier,
-        revocation: None,
-        topics: notify_core::TopicPolicy::default(),
-        send_queue: notify_bridge::SendBound::default(),
-        max_frame: 64 * 1024,
-        rate_per_sec: 100,
-        burst: 200,
-        ping_every: Duration::from_secs(25),
-        header_timeout: Duration::from_secs(10),
-        max_subscriptions: 512,
-        connect_rate_per_ip: 0,
-        connect_burst_per_ip: 0,
-        proxy_protocol: false,
-        panel: false,
-        max_per_user: 10,
-        max_connections: 100,
-        ops: None,
-        tls: None,
-        notify_tls: Default::default(),
-    };
+        vec![grpc.clone()],
+    );
     tokio::spawn(notify_bridge::run(bridge, ws_listener, stop.clone()));
     let connect = |user: &str| {
         let mut req = ws_url.as_str().into_client_request().unwrap();
@@ -135,7 +117,7 @@ async fn creator_acceptor_and_spectator_each_see_their_events_once_in_order() {
     )
     .unwrap();
     tokio::spawn(bet_tracker::run(
-        TrackerConfig::new("t-ws", &grpc),
+        TrackerConfig::new("t-ws", &grpc, &bet_tracker::LoopArgs::from_env()),
         source,
         Arc::new(Stats::default()),
         tracker_stop.clone(),

@@ -84,7 +84,7 @@ impl Platform {
         CancellationToken,
         tokio::task::JoinHandle<anyhow::Result<()>>,
     ) {
-        let mut config = TrackerConfig::new(holder, &self.grpc);
+        let mut config = TrackerConfig::new(holder, &self.grpc, &bet_tracker::LoopArgs::from_env());
         config.lease_ttl = Duration::from_secs(1);
         let source = Source::new(
             &Database::Postgres(PgStoreConfig::new(self.db.url.clone())),
@@ -562,7 +562,7 @@ async fn a_tracker_killed_mid_stream_loses_and_doubles_nothing() {
 async fn the_tracker_rides_out_a_database_outage() {
     let p = Platform::start().await;
     let relay = test_support::Relay::start(test_support::postgres_addr(&p.db.url)).await;
-    let mut config = TrackerConfig::new("t-db", &p.grpc);
+    let mut config = TrackerConfig::new("t-db", &p.grpc, &bet_tracker::LoopArgs::from_env());
     config.lease_ttl = Duration::from_secs(1);
     let through_relay = test_support::via(&p.db.url, relay.addr);
     let mut pg = PgStoreConfig::new(through_relay);

@@ -6,9 +6,10 @@
 //! whose deliveries it fans out. [`protocol`] holds the wire types,
 //! [`sequencer`] the gap-free seam between replay and live, [`rate`] the
 //! inbound rate limit, [`peers`] the connect limit per client IP, [`panel`]
-//! the Dev Panel at `/panel`.
+//! the Dev Panel at `/panel`; [`config`] its settings.
 
 pub mod admission;
+pub mod config;
 pub mod connection;
 pub mod hub;
 pub mod link;
@@ -23,12 +24,11 @@ pub mod revocation;
 pub mod sequencer;
 pub mod server;
 
+pub use config::{BridgeArgs, BridgeConfig, SocketArgs};
 pub use queue::Bound as SendBound;
 
 use std::{sync::Arc, time::Duration};
 
-use notify_auth::Verifier;
-use notify_core::TopicPolicy;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -36,88 +36,6 @@ use tokio_util::sync::CancellationToken;
 const FIRST_LINK_WAIT: Duration = Duration::from_secs(5);
 /// How often pending acks go up.
 const ACK_FLUSH_EVERY: Duration = Duration::from_millis(500);
-
-/// Everything a bridge needs.
-pub struct BridgeConfig {
-    pub bridge_id: String,
-    /// notify-svc endpoints; the bridge attaches to each.
-    pub notify_urls: Vec<String>,
-    pub notify_token: Option<String>,
-    pub verifier: Verifier,
-    /// Asks Cognito whether a token was revoked, at connect, on refresh and
-    /// every interval for open sockets (None: the token's signature and
-    /// expiry are the whole check).
-    pub revocation: Option<revocation::RevocationCheck>,
-    pub topics: TopicPolicy,
-    /// Outbound frames and bytes queued per connection before it is closed
-    /// with 4008.
-    pub send_queue: queue::Bound,
-    /// Largest inbound frame.
-    pub max_frame: usize,
-    pub rate_per_sec: u32,
-    pub burst: u32,
-    pub ping_every: Duration,
-    /// Connect attempts per second from one IP (burst: `connect_burst_per_ip`);
-    /// more get 429 before the token is checked. 0: no per-IP limit.
-    pub connect_rate_per_ip: u32,
-    pub connect_burst_per_ip: u32,
-    /// Connections start with a PROXY protocol v2 header (an NLB TLS
-    /// listener's target group with proxy protocol on): the client's address
-    /// for the per-IP limits and the logs.
-    pub proxy_protocol: bool,
-    /// Serve the Dev Panel at `/panel` (`notify up` does; off by default).
-    pub panel: bool,
-    /// Topics one connection may follow; more subscribes are `forbidden`.
-    pub max_subscriptions: usize,
-    /// Longest wait for a client's request headers (and, with TLS, its
-    /// handshake): a slowloris upgrade is cut off after this.
-    pub header_timeout: Duration,
-    /// Connections per user on this bridge; more are refused with 429.
-    pub max_per_user: usize,
-    /// Connections on this bridge; more are refused with 503.
-    pub max_connections: usize,
-    /// Where to serve /healthz, /readyz and /metrics, if anywhere.
-    pub ops: Option<TcpListener>,
-    /// Serve wss with these files (None: plain ws, e.g. behind a TLS-
-    /// terminating load balancer).
-    pub tls: Option<notify_ops::tls::TlsFiles>,
-    /// How to reach `https://` notify-svc URLs (CA, client certificate).
-    pub notify_tls: notify_proto::channel::ClientTls,
-}
-
-impl BridgeConfig {
-    /// What `/info` shows of this bridge (the notify-svc token only as set
-    /// or not; URLs without passwords).
-    pub fn info(&self) -> notify_ops::info::Info {
-        let urls: Vec<String> = self
-            .notify_urls
-            .iter()
-            .map(|u| notify_core::redact::redact_url(u))
-            .collect();
-        notify_ops::info::Info::new("bridge", env!("CARGO_PKG_VERSION"))
-            .set("bridge_id", &self.bridge_id)
-            .set("notify_urls", urls)
-            .secret("notify_token", self.notify_token.is_some())
-            .set("notify_tls", &self.notify_tls)
-            .set("auth", self.verifier.config())
-            .set("revocation_check", self.revocation.is_some())
-            .set("topics", &self.topics)
-            .set("send_queue", self.send_queue)
-            .set("max_frame", self.max_frame)
-            .set("rate_per_sec", self.rate_per_sec)
-            .set("burst", self.burst)
-            .set("ping_every", self.ping_every)
-            .set("connect_rate_per_ip", self.connect_rate_per_ip)
-            .set("connect_burst_per_ip", self.connect_burst_per_ip)
-            .set("proxy_protocol", self.proxy_protocol)
-            .set("panel", self.panel)
-            .set("max_subscriptions", self.max_subscriptions)
-            .set("header_timeout", self.header_timeout)
-            .set("max_per_user", self.max_per_user)
-            .set("max_connections", self.max_connections)
-            .set("tls", &self.tls)
-    }
-}
 
 /// Serves WebSocket clients on `listener` until `shutdown`, then closes every
 /// socket with 1012, sends the last acks and returns.

@@ -8,12 +8,14 @@
 //! - [`close`]: the WebSocket close codes of the client protocol.
 //! - [`error`]: [`ValidationError`], what is wrong with an input, said for a human.
 //! - [`redact`]: connection URLs without their passwords, for logs and `/info`.
+//! - [`setting`]: the flag and environment names of one configuration setting.
 
 pub mod close;
 pub mod error;
 pub mod ids;
 pub mod publish;
 pub mod redact;
+pub mod setting;
 pub mod topic;
 
 pub use error::ValidationError;

@@ -9,7 +9,12 @@ use std::{
     time::Duration,
 };
 
-use notify_core::{Limits, TopicPolicy};
+use notify_auth::{CognitoArgs, VerifierArgs, VerifierNames};
+use notify_core::{Limits, TopicPolicy, setting::Setting};
+use notify_ops::{
+    logging::{LogArgs, LogNames},
+    tls::{ServerTlsArgs, ServerTlsNames},
+};
 
 use crate::caller::{Caller, Right};
 use notify_store::Database;
@@ -46,74 +51,6 @@ pub struct SvcArgs {
     /// Without it, notify-svc refuses to start with no credentials.
     #[arg(long, env = "NOTIFY_DEV", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
     pub dev: bool,
-
-    /// JWKS of the Cognito user pool whose client-credentials (M2M) access
-    /// tokens may call the API (`https://…/.well-known/jwks.json`, `http://…`
-    /// or `file:PATH`); their scopes give rights: notify/publish,
-    /// notify/admin, notify/bridge. Static tokens keep working beside it.
-    #[arg(long, env = "NOTIFY_AUTH_JWKS_URL")]
-    pub auth_jwks_url: Option<String>,
-
-    /// CA (PEM) to trust for an https:// JWKS instead of the system's roots.
-    #[arg(long, env = "NOTIFY_AUTH_JWKS_CA")]
-    pub auth_jwks_ca: Option<PathBuf>,
-
-    /// Expected `iss` of those tokens (`https://cognito-idp.REGION.amazonaws.com/POOL`).
-    #[arg(long, env = "NOTIFY_AUTH_ISSUER")]
-    pub auth_issuer: Option<String>,
-
-    /// App clients whose tokens are accepted, comma separated.
-    #[arg(long, env = "NOTIFY_AUTH_CLIENT_IDS", value_delimiter = ',')]
-    pub auth_client_ids: Vec<String>,
-
-    /// JWKS of the user pool whose users' tokens the bridges relay for the
-    /// Dev Panel: a panel publish is made as the signed-in admin, checked
-    /// here (member of `admin`). Unset: panel publishes are refused.
-    #[arg(long, env = "NOTIFY_USERS_JWKS_URL")]
-    pub users_jwks_url: Option<String>,
-
-    /// Expected `iss` of users' tokens.
-    #[arg(long, env = "NOTIFY_USERS_ISSUER")]
-    pub users_issuer: Option<String>,
-
-    /// The users' app clients, comma separated.
-    #[arg(long, env = "NOTIFY_USERS_CLIENT_IDS", value_delimiter = ',')]
-    pub users_client_ids: Vec<String>,
-
-    /// The Cognito user pool's region, for `username:` publish targets.
-    #[arg(long, env = "COGNITO_REGION")]
-    pub cognito_region: Option<String>,
-
-    /// The Cognito user pool resolving `username:` targets (AdminGetUser,
-    /// IAM credentials from the default chain).
-    #[arg(long, env = "COGNITO_USER_POOL_ID")]
-    pub cognito_user_pool_id: Option<String>,
-
-    /// Another Cognito endpoint (a local stand-in); default: AWS's.
-    #[arg(long, env = "COGNITO_ENDPOINT_URL")]
-    pub cognito_endpoint_url: Option<String>,
-
-    /// Serve gRPC over TLS with this certificate chain (PEM; reloaded on
-    /// SIGHUP or when the file changes). None: plaintext h2c.
-    #[arg(long, env = "NOTIFY_TLS_CERT")]
-    pub tls_cert: Option<PathBuf>,
-
-    /// The TLS certificate's private key (PEM).
-    #[arg(long, env = "NOTIFY_TLS_KEY")]
-    pub tls_key: Option<PathBuf>,
-
-    /// CA (PEM) that signs callers' client certificates: mutual TLS.
-    #[arg(long, env = "NOTIFY_TLS_CLIENT_CA")]
-    pub tls_client_ca: Option<PathBuf>,
-
-    /// `required` (default with a client CA: no certificate, no handshake)
-    /// or `optional` (a certificate is checked if shown).
-    #[arg(long, env = "NOTIFY_TLS_CLIENT_AUTH")]
-    pub tls_client_auth: Option<String>,
-
-    /// How often to look for changed TLS files, in seconds (0: reload on SIGHUP only).
-    #[arg(long, env = "NOTIFY_TLS_WATCH_SECS", default_value_t = 2)]
-    pub tls_watch_secs: u64,
 
     /// Postgres connections in the pool.
     #[arg(long, env = "NOTIFY_DB_POOL_SIZE", default_value_t = 16)]
@@ -166,14 +103,53 @@ pub struct SvcArgs {
     #[arg(long, env = "NOTIFY_DB_TIMEOUT_MS", default_value_t = 10_000)]
     pub db_timeout_ms: u64,
 
-    /// Log format.
-    #[arg(long, env = "NOTIFY_LOG_FORMAT", value_enum, default_value_t)]
-    pub log_format: notify_ops::logging::LogFormat,
+    /// Cognito M2M access tokens (client credentials) that may call the API;
+    /// their scopes give rights: notify/publish, notify/admin, notify/bridge.
+    /// Static tokens keep working beside them.
+    #[command(
+        flatten,
+        next_help_heading = "M2M callers' tokens (scopes give rights)"
+    )]
+    pub auth: VerifierArgs<M2mCallers>,
 
-    /// Export traces over OTLP/gRPC to this collector (e.g.
-    /// http://127.0.0.1:4317). Unset: no export.
-    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
-    pub otlp_endpoint: Option<String>,
+    /// Users' tokens the bridges relay for the Dev Panel: a panel publish is
+    /// made as the signed-in admin, checked here (member of `admin`). Unset:
+    /// panel publishes are refused.
+    #[command(
+        flatten,
+        next_help_heading = "Dev Panel admins' tokens (relayed by bridges)"
+    )]
+    pub users: VerifierArgs<PanelAdmins>,
+
+    /// The Cognito user pool resolving `username:` publish targets.
+    #[command(flatten, next_help_heading = "Cognito (username: targets)")]
+    pub cognito: CognitoArgs,
+
+    /// Serve gRPC over TLS (reloaded on SIGHUP or when the files change).
+    #[command(flatten, next_help_heading = "gRPC TLS")]
+    pub tls: ServerTlsArgs<SvcTls>,
+
+    /// CA (PEM) that signs callers' client certificates: mutual TLS.
+    #[arg(
+        long,
+        env = "NOTIFY_TLS_CLIENT_CA",
+        value_name = "PEM",
+        help_heading = "gRPC TLS"
+    )]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// `required` (default with a client CA: no certificate, no handshake)
+    /// or `optional` (a certificate is checked if shown).
+    #[arg(
+        long,
+        env = "NOTIFY_TLS_CLIENT_AUTH",
+        value_name = "MODE",
+        help_heading = "gRPC TLS"
+    )]
+    pub tls_client_auth: Option<String>,
+
+    #[command(flatten, next_help_heading = "Logs and traces")]
+    pub log: LogArgs<SvcLog>,
 }
 
 impl fmt::Debug for SvcArgs {
@@ -189,7 +165,7 @@ impl fmt::Debug for SvcArgs {
                     .map(notify_store::postgres::redact_url),
             )
             .field("api_tokens", &"***")
-            .field("tls_cert", &self.tls_cert)
+            .field("tls_cert", &self.tls.cert)
             .field("tls_client_ca", &self.tls_client_ca)
             .field("group_commit", &self.group_commit)
             .field("batch_max", &self.batch_max)
@@ -197,6 +173,42 @@ impl fmt::Debug for SvcArgs {
             .field("committers", &self.committers)
             .finish_non_exhaustive()
     }
+}
+
+/// `NOTIFY_AUTH_*`: M2M callers' access tokens.
+#[derive(Debug, Clone)]
+pub struct M2mCallers;
+impl VerifierNames for M2mCallers {
+    const JWKS_URL: Setting = Setting::new("auth-jwks-url", "NOTIFY_AUTH_JWKS_URL");
+    const JWKS_CA: Setting = Setting::new("auth-jwks-ca", "NOTIFY_AUTH_JWKS_CA");
+    const ISSUER: Setting = Setting::new("auth-issuer", "NOTIFY_AUTH_ISSUER");
+    const CLIENT_IDS: Setting = Setting::new("auth-client-ids", "NOTIFY_AUTH_CLIENT_IDS");
+}
+
+/// `NOTIFY_USERS_*`: users' tokens relayed for the Dev Panel.
+#[derive(Debug, Clone)]
+pub struct PanelAdmins;
+impl VerifierNames for PanelAdmins {
+    const JWKS_URL: Setting = Setting::new("users-jwks-url", "NOTIFY_USERS_JWKS_URL");
+    const JWKS_CA: Setting = Setting::new("users-jwks-ca", "NOTIFY_USERS_JWKS_CA");
+    const ISSUER: Setting = Setting::new("users-issuer", "NOTIFY_USERS_ISSUER");
+    const CLIENT_IDS: Setting = Setting::new("users-client-ids", "NOTIFY_USERS_CLIENT_IDS");
+}
+
+/// `NOTIFY_TLS_*`: the gRPC listener's certificate.
+#[derive(Debug, Clone)]
+pub struct SvcTls;
+impl ServerTlsNames for SvcTls {
+    const CERT: Setting = Setting::new("tls-cert", "NOTIFY_TLS_CERT");
+    const KEY: Setting = Setting::new("tls-key", "NOTIFY_TLS_KEY");
+    const WATCH_SECS: Setting = Setting::new("tls-watch-secs", "NOTIFY_TLS_WATCH_SECS");
+}
+
+/// `NOTIFY_LOG_FORMAT`.
+#[derive(Debug, Clone)]
+pub struct SvcLog;
+impl LogNames for SvcLog {
+    const FORMAT: Setting = Setting::new("log-format", "NOTIFY_LOG_FORMAT");
 }
 
 /// The validated configuration `run` needs.
@@ -285,25 +297,13 @@ impl Config {
             problems.push(e);
             CallerTokens::default()
         });
-        let verifier = verifier_of(
-            "NOTIFY_AUTH",
-            args.auth_jwks_url.as_deref(),
-            args.auth_issuer.as_deref(),
-            &args.auth_client_ids,
-            args.auth_jwks_ca.clone(),
-        )
-        .unwrap_or_else(|e| {
+        let verifier = args.auth.verifier().unwrap_or_else(|e| {
             problems.push(e);
             None
         });
-        let users = verifier_of(
-            "NOTIFY_USERS",
-            args.users_jwks_url.as_deref(),
-            args.users_issuer.as_deref(),
-            &args.users_client_ids,
-            args.auth_jwks_ca.clone(),
-        )
-        .unwrap_or_else(|e| {
+        // The panel's users often share the M2M pool's private CA.
+        let users_ca = args.users.jwks_ca.clone().or(args.auth.jwks_ca.clone());
+        let users = args.users.verifier_with_ca(users_ca).unwrap_or_else(|e| {
             problems.push(e);
             None
         });
@@ -321,35 +321,15 @@ impl Config {
                 ));
             }
         }
-        let cognito = match (&args.cognito_region, &args.cognito_user_pool_id) {
-            (Some(region), Some(pool)) => Some(notify_auth::CognitoConfig {
-                endpoint_url: args.cognito_endpoint_url.clone(),
-                ..notify_auth::CognitoConfig::new(region, pool)
-            }),
-            (None, None) => None,
-            _ => {
-                problems
-                    .push("set both COGNITO_REGION and COGNITO_USER_POOL_ID, or neither".into());
-                None
-            }
-        };
+        let cognito = args.cognito.config().unwrap_or_else(|e| {
+            problems.push(e);
+            None
+        });
         let tls = notify_ops::tls::ClientAuth::from_settings(
             args.tls_client_ca.clone(),
             args.tls_client_auth.as_deref(),
         )
-        .and_then(|auth| {
-            notify_ops::tls::TlsFiles::from_settings(
-                args.tls_cert.clone(),
-                args.tls_key.clone(),
-                auth,
-            )
-        })
-        .map(|files| {
-            files.map(|f| notify_ops::tls::TlsFiles {
-                watch_every: Duration::from_secs(args.tls_watch_secs),
-                ..f
-            })
-        })
+        .and_then(|auth| args.tls.files(auth))
         .unwrap_or_else(|e| {
             problems.push(format!("NOTIFY_TLS_*: {e}"));
             None
@@ -424,36 +404,6 @@ impl Config {
             },
             max_watches_per_caller: args.max_watches_per_caller,
         })
-    }
-}
-
-/// A token verifier from `{PREFIX}_JWKS_URL`, `_ISSUER` and `_CLIENT_IDS`:
-/// all three or none.
-fn verifier_of(
-    prefix: &str,
-    jwks: Option<&str>,
-    issuer: Option<&str>,
-    client_ids: &[String],
-    ca: Option<PathBuf>,
-) -> Result<Option<notify_auth::Verifier>, String> {
-    match (jwks, issuer) {
-        (None, None) if client_ids.is_empty() => Ok(None),
-        (Some(jwks), Some(issuer)) if !client_ids.is_empty() => {
-            let source = notify_auth::KeySource::parse(jwks)
-                .and_then(|s| s.with_ca(ca))
-                .map_err(|e| format!("{prefix}_JWKS_URL: {e}"))?;
-            Ok(Some(notify_auth::Verifier::new(
-                notify_auth::KeySet::new(source),
-                notify_auth::VerifierConfig {
-                    issuer: issuer.to_owned(),
-                    client_ids: client_ids.to_vec(),
-                    leeway: Duration::from_secs(5),
-                },
-            )))
-        }
-        _ => Err(format!(
-            "{prefix} tokens need all of {prefix}_JWKS_URL, {prefix}_ISSUER and {prefix}_CLIENT_IDS"
-        )),
     }
 }
 

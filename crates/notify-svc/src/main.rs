@@ -19,11 +19,7 @@ struct Cli {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let telemetry = notify_ops::logging::init_with_traces(
-        cli.svc.log_format,
-        "notify-svc",
-        cli.svc.otlp_endpoint.as_deref(),
-    );
+    let telemetry = cli.svc.log.init("notify-svc");
     let config = match notify_svc::Config::from_args(&cli.svc) {
         Ok(config) => config,
         Err(problems) => {
@@ -44,4 +40,12 @@ async fn main() -> anyhow::Result<()> {
     let ran = notify_svc::run(config, grpc, http, shutdown).await;
     telemetry.finish();
     Ok(ran?)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_command_line_is_well_formed() {
+        <super::Cli as clap::CommandFactory>::command().debug_assert();
+    }
 }

@@ -3,6 +3,9 @@
 //! (`OTEL_EXPORTER_OTLP_ENDPOINT`) spans are exported too, filtered by
 //! `NOTIFY_TRACE_FILTER` ([`crate::traces::DEFAULT_FILTER`]) on their own.
 
+use std::marker::PhantomData;
+
+use notify_core::setting::Setting;
 use tracing_subscriber::{EnvFilter, Layer, fmt, layer::SubscriberExt, util::SubscriberInitExt};
 
 /// What to flush at exit: the trace exporter, if one runs.
@@ -27,6 +30,33 @@ pub enum LogFormat {
     Pretty,
     /// One JSON object a line, for collectors.
     Json,
+}
+
+/// The name a binary gives its log format setting (`NOTIFY_LOG_FORMAT`, …).
+pub trait LogNames: Clone + Send + Sync + 'static {
+    const FORMAT: Setting;
+}
+
+/// How a binary logs and where its traces go: flattened into its args.
+#[derive(Debug, Clone, clap::Args)]
+#[group(skip)]
+pub struct LogArgs<N: LogNames> {
+    /// Log format.
+    #[arg(id = N::FORMAT.env, long = N::FORMAT.long, env = N::FORMAT.env, value_name = "FORMAT", value_enum, default_value_t)]
+    pub format: LogFormat,
+    /// Export traces over OTLP/gRPC to this collector (e.g.
+    /// http://127.0.0.1:4317). Unset: no export.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+    #[arg(skip)]
+    names: PhantomData<N>,
+}
+
+impl<N: LogNames> LogArgs<N> {
+    /// Installs logging (and trace export) for `service`.
+    pub fn init(&self, service: &'static str) -> Telemetry {
+        init_with_traces(self.format, service, self.otlp_endpoint.as_deref())
+    }
 }
 
 /// Installs the global subscriber and, with `otlp_endpoint`, the trace

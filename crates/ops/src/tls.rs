@@ -14,11 +14,13 @@
 
 use std::{
     io,
+    marker::PhantomData,
     path::{Path, PathBuf},
     sync::{Arc, RwLock},
     time::{Duration, SystemTime},
 };
 
+use notify_core::setting::Setting;
 use rustls::{
     RootCertStore, ServerConfig,
     crypto::CryptoProvider,
@@ -54,6 +56,44 @@ pub struct TlsFiles {
     pub client_auth: ClientAuth,
     /// How often to look for changed files (zero: reload on SIGHUP only).
     pub watch_every: Duration,
+}
+
+/// The names a binary gives its listener's TLS settings.
+pub trait ServerTlsNames: Clone + Send + Sync + 'static {
+    const CERT: Setting;
+    const KEY: Setting;
+    const WATCH_SECS: Setting;
+}
+
+/// A listener's certificate, key and reload watch: flattened into a
+/// binary's args (client certificates are notify-svc's own settings).
+#[derive(Debug, Clone, clap::Args)]
+#[group(skip)]
+pub struct ServerTlsArgs<N: ServerTlsNames> {
+    /// Serve TLS with this certificate chain (PEM; reloaded on SIGHUP or
+    /// when the file changes, open connections kept). Unset: plaintext.
+    #[arg(id = N::CERT.env, long = N::CERT.long, env = N::CERT.env, value_name = "PEM")]
+    pub cert: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    #[arg(id = N::KEY.env, long = N::KEY.long, env = N::KEY.env, value_name = "PEM")]
+    pub key: Option<PathBuf>,
+    /// How often to look for changed TLS files, in seconds (0: reload on SIGHUP only).
+    #[arg(id = N::WATCH_SECS.env, long = N::WATCH_SECS.long, env = N::WATCH_SECS.env, value_name = "SECS", default_value_t = WATCH_EVERY.as_secs())]
+    pub watch_secs: u64,
+    #[arg(skip)]
+    names: PhantomData<N>,
+}
+
+impl<N: ServerTlsNames> ServerTlsArgs<N> {
+    /// The files to serve (None: plaintext), with `client_auth`.
+    pub fn files(&self, client_auth: ClientAuth) -> Result<Option<TlsFiles>, TlsError> {
+        let files = TlsFiles::from_settings(self.cert.clone(), self.key.clone(), client_auth)
+            .map_err(|e| TlsError::Config(format!("{} / {}: {e}", N::CERT.env, N::KEY.env)))?;
+        Ok(files.map(|f| TlsFiles {
+            watch_every: Duration::from_secs(self.watch_secs),
+            ..f
+        }))
+    }
 }
 
 /// Whether clients must show a certificate signed by a configured CA.

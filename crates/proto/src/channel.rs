@@ -4,8 +4,9 @@
 //! mutual TLS. Files are read on every call, so a client that reconnects
 //! picks up a rotated certificate.
 
-use std::path::PathBuf;
+use std::{fmt, marker::PhantomData, path::PathBuf};
 
+use notify_core::setting::Setting;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
 /// TLS settings of a client of notify-svc (all optional).
@@ -17,6 +18,56 @@ pub struct ClientTls {
     pub cert: Option<PathBuf>,
     /// The client certificate's private key (PEM).
     pub key: Option<PathBuf>,
+}
+
+/// The names a client binary gives its credential and TLS settings towards
+/// notify-svc: `{PREFIX}_TOKEN`, `{PREFIX}_CA`, `{PREFIX}_CERT`, `{PREFIX}_KEY`.
+pub trait CallerNames: Clone + Send + Sync + 'static {
+    const TOKEN: Setting;
+    const CA: Setting;
+    const CERT: Setting;
+    const KEY: Setting;
+}
+
+/// How a client presents itself to notify-svc: a caller token and TLS
+/// files, flattened into the client binary's args.
+#[derive(Clone, clap::Args)]
+#[group(skip)]
+pub struct CallerArgs<N: CallerNames> {
+    /// This client's credential for notify-svc (a NOTIFY_API_TOKENS token;
+    /// none: a loopback notify-svc in dev mode).
+    #[arg(id = N::TOKEN.env, long = N::TOKEN.long, env = N::TOKEN.env, value_name = "TOKEN", hide_env_values = true, global = true)]
+    pub token: Option<String>,
+    /// CA (PEM) to trust for an https:// notify-svc instead of the system's roots.
+    #[arg(id = N::CA.env, long = N::CA.long, env = N::CA.env, value_name = "PEM", global = true)]
+    pub ca: Option<PathBuf>,
+    /// Client certificate (PEM) when notify-svc requires mutual TLS.
+    #[arg(id = N::CERT.env, long = N::CERT.long, env = N::CERT.env, value_name = "PEM", global = true)]
+    pub cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(id = N::KEY.env, long = N::KEY.long, env = N::KEY.env, value_name = "PEM", global = true)]
+    pub key: Option<PathBuf>,
+    #[arg(skip)]
+    names: PhantomData<N>,
+}
+
+impl<N: CallerNames> CallerArgs<N> {
+    pub fn tls(&self) -> ClientTls {
+        ClientTls {
+            ca: self.ca.clone(),
+            cert: self.cert.clone(),
+            key: self.key.clone(),
+        }
+    }
+}
+
+impl<N: CallerNames> fmt::Debug for CallerArgs<N> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CallerArgs")
+            .field("token", &self.token.as_ref().map(|_| "***"))
+            .field("tls", &self.tls())
+            .finish()
+    }
 }
 
 /// Why an endpoint could not be configured.

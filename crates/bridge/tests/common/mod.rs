@@ -153,30 +153,17 @@ impl Platform {
     }
 
     pub fn bridge_config(&self, id: &str, send_queue: SendBound) -> BridgeConfig {
-        BridgeConfig {
-            bridge_id: id.into(),
-            notify_urls: vec![self.grpc.clone()],
-            notify_token: None,
-            verifier: self.verifier.clone(),
-            revocation: None,
-            topics: notify_core::TopicPolicy::default(),
-            send_queue,
-            max_frame: 64 * 1024,
-            rate_per_sec: 100,
-            burst: 200,
-            ping_every: Duration::from_secs(25),
-            header_timeout: Duration::from_secs(10),
-            max_subscriptions: 512,
+        let sockets = notify_bridge::SocketArgs {
+            send_queue: send_queue.frames,
+            send_queue_bytes: send_queue.bytes,
+            // Tests open many sockets from one IP, some for one user.
             connect_rate_per_ip: 0,
-            connect_burst_per_ip: 0,
-            proxy_protocol: false,
-            panel: true,
             max_per_user: 10,
-            max_connections: 1000,
-            ops: None,
-            tls: None,
-            notify_tls: Default::default(),
-        }
+            rate: 100,
+            panel: true,
+            ..notify_bridge::SocketArgs::from_env()
+        };
+        BridgeConfig::new(id, &sockets, self.verifier.clone(), vec![self.grpc.clone()])
     }
 
     /// Stops notify-svc and starts a new one on the same address and database.
