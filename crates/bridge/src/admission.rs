@@ -12,14 +12,7 @@ use std::{
 
 use notify_core::UserId;
 
-/// Why a connection was not admitted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refusal {
-    /// The bridge holds its most connections.
-    BridgeFull,
-    /// The user holds its most connections on this bridge.
-    UserLimit,
-}
+use crate::refusal::Refusal;
 
 /// The places taken, and the limits.
 #[derive(Debug)]
@@ -49,10 +42,6 @@ impl Admissions {
         })
     }
 
-    pub fn max_per_user(&self) -> usize {
-        self.max_per_user
-    }
-
     /// Takes a place for a connection of `user`, or says why not.
     pub fn admit(self: &Arc<Self>, user: &UserId) -> Result<Admitted, Refusal> {
         let mut taken = self.taken.lock().unwrap_or_else(|e| e.into_inner());
@@ -62,7 +51,7 @@ impl Admissions {
         let key = self.users.hash_one(user);
         let mine = taken.per_user.entry(key).or_default();
         if *mine as usize >= self.max_per_user {
-            return Err(Refusal::UserLimit);
+            return Err(Refusal::UserLimit(self.max_per_user));
         }
         *mine += 1;
         taken.total += 1;
@@ -111,20 +100,20 @@ mod tests {
         let admissions = Admissions::new(3, 2);
         let a1 = admissions.admit(&user("a")).unwrap();
         let _a2 = admissions.admit(&user("a")).unwrap();
-        assert_eq!(
-            admissions.admit(&user("a")).unwrap_err(),
-            Refusal::UserLimit
-        );
+        assert!(matches!(
+            admissions.admit(&user("a")),
+            Err(Refusal::UserLimit(_))
+        ));
         let _b1 = admissions.admit(&user("b")).unwrap();
-        assert_eq!(
-            admissions.admit(&user("c")).unwrap_err(),
-            Refusal::BridgeFull
-        );
+        assert!(matches!(
+            admissions.admit(&user("c")),
+            Err(Refusal::BridgeFull)
+        ));
         drop(a1);
         let _c1 = admissions.admit(&user("c")).unwrap();
-        assert_eq!(
-            admissions.admit(&user("a")).unwrap_err(),
-            Refusal::BridgeFull
-        );
+        assert!(matches!(
+            admissions.admit(&user("a")),
+            Err(Refusal::BridgeFull)
+        ));
     }
 }

@@ -17,7 +17,7 @@ use futures::{SinkExt, StreamExt};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use notify_auth::{Identity, Verifier};
-use notify_core::{ConnectionId, Subject, Topic, TopicPolicy};
+use notify_core::{ConnectionId, Feed, Position, Subject, Topic, TopicPolicy, UserId};
 use notify_proto::v1::{self as pb, bridge_up::Msg as Up};
 use tokio_tungstenite::{
     WebSocketStream,
@@ -29,11 +29,12 @@ use tokio_tungstenite::{
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    hub::{Hub, Outbound, Position, Prepared, Registration},
+    hub::{Hub, Registration},
     link::{Api, Pending},
     protocol::{self, Action, ErrorCode, FrameId, ServerFrame, Source},
-    queue::SendQueue,
+    queue::{Local, Outbound, Prepared, SendQueue},
     rate::TokenBucket,
+    refusal::Refusal,
     sequencer::{Outcome, Sequencer},
 };
 
@@ -73,42 +74,16 @@ pub struct Shared {
 }
 
 impl Shared {
-    /// Whether this token was revoked (see [`crate::revocation`]);
-    /// `Ok(false)` when no check is configured.
-    pub async fn revoked(
+    /// Who presents `token` (the user `expected`, if any), or why not:
+    /// the same decision at every door ([`crate::refusal`]).
+    pub async fn authenticate(
         &self,
-        identity: &notify_auth::Identity,
         token: &str,
-    ) -> Result<bool, notify_auth::AuthError> {
-        match &self.revocation {
-            Some(revocation) => revocation.revoked(identity, token).await,
-            None => Ok(false),
-        }
+        expected: Option<&UserId>,
+    ) -> Result<notify_auth::Identity, Refusal> {
+        crate::refusal::authenticate(&self.verifier, self.revocation.as_deref(), token, expected)
+            .await
     }
-}
-
-/// Which feed a store read was for.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum Feed {
-    Inbox,
-    Topic(Topic),
-}
-
-/// Results of a connection's own background work, sent to itself.
-#[derive(Debug)]
-pub enum Local {
-    Read(Feed, Result<pb::HistoryResponse, tonic::Status>),
-    /// A link to a notify-svc replica came or went: what that replica
-    /// committed meanwhile was not delivered live. Read every feed after
-    /// what was sent, after this delay (spread over the bridge's sockets).
-    CatchUp(Duration),
-    /// A reply computed off the loop (client publish results).
-    Reply(String),
-    /// A backend subscribed the user to a topic (`Notify.Subscribe`):
-    /// follow it from after this seq.
-    ServerSubscribe(Topic, u64),
-    /// A backend ended the user's subscription to a topic.
-    ServerUnsubscribe(Topic),
 }
 
 type Socket = WebSocketStream<TokioIo<Upgraded>>;
@@ -376,11 +351,11 @@ async fn start(ws: &mut Socket, opening: Opening) -> Result<Box<Conn>, End> {
         bucket,
     });
     if position.head_seq > after {
-        conn.fetch(Feed::Inbox, after, Duration::ZERO);
+        conn.fetch(conn.inbox_feed(), after, Duration::ZERO);
     } else {
         // Nothing stored after the resume point: live at once.
         let outcome = conn.inbox.stored(Vec::new(), true);
-        conn.emit(ws, || Feed::Inbox, outcome).await?;
+        conn.emit(ws, None, outcome).await?;
     }
     // The user's server-side subscriptions, followed from the welcome on (a
     // client that knows where it stood re-subscribes with its `since`).
@@ -573,7 +548,7 @@ impl Conn {
             }
             Local::CatchUp(delay) => {
                 if let Some(after) = self.inbox.catch_up() {
-                    self.fetch(Feed::Inbox, after, delay);
+                    self.fetch(self.inbox_feed(), after, delay);
                 }
                 let topics: Vec<(Topic, u64)> = self
                     .topics
@@ -599,16 +574,16 @@ impl Conn {
     async fn delivered(&mut self, ws: &mut Socket, message: Arc<Prepared>) -> Result<(), End> {
         if !message.user_id.is_empty() {
             let outcome = self.inbox.live(message.seq, message);
-            self.shed_past_bound(&Feed::Inbox);
-            return self.emit(ws, || Feed::Inbox, outcome).await;
+            self.shed_past_bound(None);
+            return self.emit(ws, None, outcome).await;
         }
         if let Some(topic) = &message.topic {
             let Some(seq) = self.topics.get_mut(topic) else {
                 return Ok(());
             };
             let outcome = seq.live(message.seq, Arc::clone(&message));
-            self.shed_past_bound(&Feed::Topic(topic.clone()));
-            return self.emit(ws, || Feed::Topic(topic.clone()), outcome).await;
+            self.shed_past_bound(Some(topic));
+            return self.emit(ws, Some(topic), outcome).await;
         }
         self.write_message(ws, &message).await
     }
@@ -619,11 +594,11 @@ impl Conn {
     /// message is committed): a slow store costs no memory and closes no
     /// client that reads; one that stalls meets the send queue's bound when
     /// the read's pages reach it.
-    fn shed_past_bound(&mut self, feed: &Feed) {
+    fn shed_past_bound(&mut self, topic: Option<&Topic>) {
         let bound = self.shared.queue;
-        let seq = match feed {
-            Feed::Inbox => &mut self.inbox,
-            Feed::Topic(topic) => match self.topics.get_mut(topic) {
+        let seq = match topic {
+            None => &mut self.inbox,
+            Some(topic) => match self.topics.get_mut(topic) {
                 Some(seq) => seq,
                 None => return,
             },
@@ -652,7 +627,7 @@ impl Conn {
                 // Try again shortly: the sequencer still waits for this read.
                 tracing::warn!(conn = %self.id, error = %e, "store read failed");
                 let last = match &feed {
-                    Feed::Inbox => self.inbox.last(),
+                    Feed::Inbox(_) => self.inbox.last(),
                     Feed::Topic(t) => self.topics.get(t).map_or(0, Sequencer::last),
                 };
                 self.fetch(feed, last, Duration::from_millis(500));
@@ -662,36 +637,50 @@ impl Conn {
         let complete = !response.has_more;
         self.shared.metrics.replay(response.messages.len());
         let outcome = match &feed {
-            Feed::Inbox => self.inbox.stored(page(response.messages), complete),
+            Feed::Inbox(_) => self.inbox.stored(page(response.messages), complete),
             Feed::Topic(t) => match self.topics.get_mut(t) {
                 Some(seq) => seq.stored(page(response.messages), complete),
                 None => return Ok(()), // unsubscribed meanwhile
             },
         };
-        self.emit(ws, || feed, outcome).await
+        let topic = match &feed {
+            Feed::Inbox(_) => None,
+            Feed::Topic(t) => Some(t),
+        };
+        self.emit(ws, topic, outcome).await
     }
 
-    /// Sends what the sequencer released; `feed` names the feed if a store
-    /// read is needed (built only then: the common live path allocates nothing).
+    /// Sends what the sequencer released from the inbox (`topic` None) or a
+    /// topic; the feed to read is built only if a store read is needed (the
+    /// common live path allocates nothing).
     async fn emit(
         &mut self,
         ws: &mut Socket,
-        feed: impl FnOnce() -> Feed,
+        topic: Option<&Topic>,
         outcome: Outcome<Arc<Prepared>>,
     ) -> Result<(), End> {
         for message in &outcome.emit {
             self.write_message(ws, message).await?;
         }
         if let Some(after) = outcome.fetch_after {
-            self.fetch(feed(), after, Duration::ZERO);
+            let feed = match topic {
+                None => self.inbox_feed(),
+                Some(topic) => Feed::Topic(topic.clone()),
+            };
+            self.fetch(feed, after, Duration::ZERO);
         }
         Ok(())
+    }
+
+    /// This connection's user's inbox, as a feed to read.
+    fn inbox_feed(&self) -> Feed {
+        Feed::Inbox(self.identity.user.clone())
     }
 
     fn fetch(&self, feed: Feed, after: u64, delay: Duration) {
         let (api, me) = (self.shared.api.clone(), self.me.clone());
         let target = match &feed {
-            Feed::Inbox => pb::history_request::Target::UserId(self.identity.user.to_string()),
+            Feed::Inbox(user) => pb::history_request::Target::UserId(user.to_string()),
             Feed::Topic(t) => pb::history_request::Target::Topic(t.to_string()),
         };
         tokio::spawn(async move {
@@ -762,36 +751,9 @@ impl Conn {
                 None
             }
             Action::Refresh { token, .. } => {
-                let verified = self.shared.verifier.verify(&token).await;
-                if let Ok(fresh) = &verified
-                    && fresh.user == self.identity.user
-                {
-                    match self.shared.revoked(fresh, &token).await {
-                        Ok(false) => {}
-                        Ok(true) => {
-                            let text = error_text(
-                                ErrorCode::Forbidden,
-                                "token refused: revoked (signed out)",
-                                id.as_ref(),
-                            );
-                            send(ws, text).await?;
-                            return Err(End::Close(
-                                protocol::CLOSE_TOKEN_EXPIRED,
-                                "token revoked".into(),
-                            ));
-                        }
-                        Err(e) => {
-                            let text = error_text(
-                                ErrorCode::Unavailable,
-                                &format!("cannot check the token now, retry: {e}"),
-                                id.as_ref(),
-                            );
-                            return send(ws, text).await;
-                        }
-                    }
-                }
-                Some(match verified {
-                    Ok(fresh) if fresh.user == self.identity.user => {
+                let user = self.identity.user.clone();
+                match self.shared.authenticate(&token, Some(&user)).await {
+                    Ok(fresh) => {
                         *self.identity = fresh;
                         if let Some(revocation) = &self.shared.revocation {
                             revocation.hold(self.id, &self.identity, &token);
@@ -809,17 +771,14 @@ impl Conn {
                         send(ws, text).await?;
                         return self.drop_topics_the_token_may_not_hold(ws).await;
                     }
-                    Ok(_) => error_text(
-                        ErrorCode::Forbidden,
-                        "the new token names another user",
-                        id.as_ref(),
-                    ),
-                    Err(e) => error_text(
-                        ErrorCode::BadRequest,
-                        &format!("token refused: {e}"),
-                        id.as_ref(),
-                    ),
-                })
+                    Err(refusal) => {
+                        send(ws, refusal.frame(id.as_ref())).await?;
+                        if let Some(code) = refusal.closes() {
+                            return Err(End::Close(code, refusal.reason().into()));
+                        }
+                        None
+                    }
+                }
             }
         };
         match reply {

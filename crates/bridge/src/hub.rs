@@ -8,78 +8,17 @@
 //! close (4008), never waited for.
 
 use std::{
-    collections::{BTreeSet, HashMap, HashSet},
+    collections::{HashMap, HashSet},
     sync::{Arc, Mutex},
     time::{Duration, SystemTime},
 };
 
-use notify_core::{ConnectionId, Topic, UserId};
+use notify_core::{ConnectionId, Position, Topic, UserId};
 use notify_proto::v1::{self as pb, bridge_up::Msg as Up};
-use serde_json::value::RawValue;
 use tokio::sync::{mpsc, oneshot};
-use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
 
-use crate::{protocol::ServerFrame, queue::SendQueue};
-
-/// A message ready to send: what ordering needs, and its `message` frame,
-/// encoded once and shared by every connection it goes to.
-#[derive(Debug)]
-pub struct Prepared {
-    pub seq: u64,
-    /// Set for inbox messages.
-    pub user_id: String,
-    /// Set for topic messages (parsed once, not per connection).
-    pub topic: Option<Topic>,
-    pub frame: Utf8Bytes,
-}
-
-impl Prepared {
-    /// Encodes the frame; `None` if the stored data is not JSON (it was
-    /// validated on the way in, so this does not happen).
-    pub fn new(m: pb::StoredMessage) -> Option<Arc<Self>> {
-        let data = RawValue::from_string(m.data).ok()?;
-        let frame = ServerFrame::Message {
-            id: &m.message_id,
-            seq: m.seq,
-            topic: (!m.topic.is_empty()).then_some(m.topic.as_str()),
-            event: &m.event,
-            data: &data,
-            ts: m.ts_ms,
-        }
-        .to_text();
-        let topic = if m.topic.is_empty() {
-            None
-        } else {
-            Some(Topic::parse(&m.topic).ok()?)
-        };
-        Some(Arc::new(Self {
-            seq: m.seq,
-            user_id: m.user_id,
-            topic,
-            frame: frame.into(),
-        }))
-    }
-}
-
-/// Where a feed stood once its registration was in routing everywhere.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Position {
-    pub head_seq: u64,
-    /// The inbox's cumulative ack (0 for topics).
-    pub acked_seq: u64,
-    /// The oldest seq still kept (0 if none).
-    pub first_seq: u64,
-    /// The user's server-side subscriptions (connection registrations).
-    pub subscriptions: BTreeSet<Topic>,
-}
-
-impl Position {
-    /// Whether everything after `after` up to the head is still kept.
-    pub fn recovers(&self, after: u64) -> bool {
-        after >= self.head_seq || (self.first_seq != 0 && self.first_seq <= after + 1)
-    }
-}
+use crate::queue::{CloseOrder, Local, Outbound, Prepared, SendQueue};
 
 /// Resolves when every link answered the ticket (or gave up on it).
 pub type Registration = oneshot::Receiver<Result<Position, String>>;
@@ -104,23 +43,6 @@ impl Waiting {
         };
         let _ = self.tx.send(result);
     }
-}
-
-/// What a connection task receives, in one bounded queue: deliveries and
-/// close orders from the hub, and the results of its own background work
-/// (queued behind deliveries; one queue per connection keeps idle ones small).
-#[derive(Debug)]
-pub enum Outbound {
-    Deliver(Arc<Prepared>),
-    Close(Box<CloseOrder>),
-    Local(Box<crate::connection::Local>),
-}
-
-/// Close the connection with this code and reason.
-#[derive(Debug)]
-pub struct CloseOrder {
-    pub code: u16,
-    pub reason: String,
 }
 
 struct Entry {
@@ -495,9 +417,9 @@ impl Hub {
         for id in s.by_user.get(&user).into_iter().flatten() {
             if let Some(entry) = s.conns.get(id) {
                 let local = if change.subscribed {
-                    crate::connection::Local::ServerSubscribe(topic.clone(), change.after_seq)
+                    Local::ServerSubscribe(topic.clone(), change.after_seq)
                 } else {
-                    crate::connection::Local::ServerUnsubscribe(topic.clone())
+                    Local::ServerUnsubscribe(topic.clone())
                 };
                 entry.queue.push_local(Outbound::Local(Box::new(local)));
             }
@@ -505,7 +427,7 @@ impl Hub {
     }
 
     /// Has every connection read its feeds from the store again (see
-    /// [`Local::CatchUp`](crate::connection::Local::CatchUp)), spread over
+    /// [`Local::CatchUp`](Local::CatchUp)), spread over
     /// time: at most ~2,000 reads a second from one bridge, so 100k sockets
     /// catch up within ~50 s instead of hitting the store at once.
     pub fn catch_up_all(&self) {
@@ -517,7 +439,7 @@ impl Hub {
             // At least 250 ms: the replica registers our sockets from the
             // Hello before the read, so nothing falls between the two.
             let delay = Duration::from_millis(250 + std::hash::Hasher::finish(&h) % spread_ms);
-            let out = Outbound::Local(Box::new(crate::connection::Local::CatchUp(delay)));
+            let out = Outbound::Local(Box::new(Local::CatchUp(delay)));
             if entry.queue.push(out).is_err() {
                 entry.slow.cancel();
             }

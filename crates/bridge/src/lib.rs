@@ -20,6 +20,8 @@ pub mod protocol;
 pub mod proxy_protocol;
 pub mod queue;
 pub mod rate;
+pub mod refusal;
+pub mod respond;
 pub mod revocation;
 pub mod sequencer;
 pub mod server;

@@ -18,7 +18,9 @@ use hyper::{
 use notify_proto::v1 as pb;
 use serde::Deserialize;
 
-use crate::{connection::Shared, server::json};
+use notify_auth::Identity;
+
+use crate::{connection::Shared, refusal::Refusal, respond};
 
 /// Largest publish request body: the API's 64 KiB `data` plus the envelope.
 const MAX_BODY: usize = 80 * 1024;
@@ -99,7 +101,7 @@ pub async fn handle(req: Request<Incoming>, shared: Arc<Shared>) -> Response<Ful
     };
     if path == "/panel/api/publish" {
         if req.method() != Method::POST {
-            return error(
+            return respond::error(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "bad_request",
                 "POST a JSON body",
@@ -108,7 +110,7 @@ pub async fn handle(req: Request<Incoming>, shared: Arc<Shared>) -> Response<Ful
         return publish(req, &shared).await;
     }
     if req.method() != Method::GET && req.method() != Method::HEAD {
-        return error(StatusCode::METHOD_NOT_ALLOWED, "bad_request", "GET only");
+        return respond::error(StatusCode::METHOD_NOT_ALLOWED, "bad_request", "GET only");
     }
     match ASSETS.iter().find(|(p, ..)| *p == path) {
         Some((_, content_type, body)) => {
@@ -135,7 +137,7 @@ pub async fn handle(req: Request<Incoming>, shared: Arc<Shared>) -> Response<Ful
             );
             response
         }
-        None => error(StatusCode::NOT_FOUND, "not_found", "no such panel page"),
+        None => respond::error(StatusCode::NOT_FOUND, "not_found", "no such panel page"),
     }
 }
 
@@ -157,6 +159,20 @@ fn default_event() -> String {
     "panel.test".into()
 }
 
+/// An admin within the panel's publish rate, or why not.
+async fn authorized(token: Option<&str>, shared: &Shared) -> Result<Identity, Refusal> {
+    let token = token.ok_or(Refusal::NoToken)?;
+    let identity = shared.authenticate(token, None).await?;
+    shared
+        .panel_publishes
+        .allow(identity.user.clone(), Instant::now())
+        .map_err(Refusal::PanelRate)?;
+    if !identity.in_group(notify_core::topic::ADMIN_GROUP) {
+        return Err(Refusal::NotAdmin);
+    }
+    Ok(identity)
+}
+
 async fn publish(req: Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>> {
     let token = req
         .headers()
@@ -164,60 +180,14 @@ async fn publish(req: Request<Incoming>, shared: &Shared) -> Response<Full<Bytes
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::to_owned);
-    let Some(token) = token else {
-        return error(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "sign in: Authorization: Bearer <token>",
-        );
-    };
-    let identity = match shared.verifier.verify(&token).await {
+    let identity = match authorized(token.as_deref(), shared).await {
         Ok(identity) => identity,
-        Err(e) => return error(StatusCode::UNAUTHORIZED, "unauthorized", &e.to_string()),
+        Err(refusal) => return refusal.response(),
     };
-    if let Err(wait) = shared
-        .panel_publishes
-        .allow(identity.user.clone(), Instant::now())
-    {
-        let mut refused = error(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate_limited",
-            &format!("too many panel publishes; retry in {} ms", wait.as_millis()),
-        );
-        let seconds = wait.as_secs().max(1).to_string();
-        if let Ok(value) = header::HeaderValue::from_str(&seconds) {
-            refused.headers_mut().insert(header::RETRY_AFTER, value);
-        }
-        return refused;
-    }
-    match shared.revoked(&identity, &token).await {
-        Ok(false) => {}
-        Ok(true) => {
-            return error(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "the token was revoked: sign in again",
-            );
-        }
-        Err(e) => {
-            return error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                &e.to_string(),
-            );
-        }
-    }
-    if !identity.in_group(notify_core::topic::ADMIN_GROUP) {
-        return error(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "publishing from the panel is for members of the admin group",
-        );
-    }
     let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
         Ok(body) => body.to_bytes(),
         Err(_) => {
-            return error(
+            return respond::error(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "too_large",
                 &format!("the body is over {MAX_BODY} bytes"),
@@ -227,7 +197,7 @@ async fn publish(req: Request<Incoming>, shared: &Shared) -> Response<Full<Bytes
     let body: PublishBody = match serde_json::from_slice(&body) {
         Ok(body) => body,
         Err(e) => {
-            return error(
+            return respond::error(
                 StatusCode::BAD_REQUEST,
                 "bad_request",
                 &format!("bad JSON body: {e}"),
@@ -238,7 +208,7 @@ async fn publish(req: Request<Incoming>, shared: &Shared) -> Response<Full<Bytes
         (Some(user), None) => pb::publish_request::Target::UserId(user),
         (None, Some(topic)) => pb::publish_request::Target::Topic(topic),
         _ => {
-            return error(
+            return respond::error(
                 StatusCode::BAD_REQUEST,
                 "bad_request",
                 "give exactly one of user and topic",
@@ -252,12 +222,13 @@ async fn publish(req: Request<Incoming>, shared: &Shared) -> Response<Full<Bytes
         idempotency_key: body.idempotency_key.unwrap_or_default(),
         ttl_seconds: 0,
     };
+    let token = token.unwrap_or_default();
     match shared.api.publish_as_admin(&token, request).await {
         Ok(answer) => {
             tracing::info!(admin = %identity.user, message_id = answer.message_id, "panel publish");
-            json(
+            respond::json(
                 StatusCode::OK,
-                serde_json::json!({
+                &serde_json::json!({
                     "message_id": answer.message_id,
                     "seq": answer.seq,
                     "duplicate": answer.duplicate,
@@ -272,14 +243,7 @@ async fn publish(req: Request<Incoming>, shared: &Shared) -> Response<Full<Bytes
                 tonic::Code::Unauthenticated => StatusCode::UNAUTHORIZED,
                 _ => StatusCode::SERVICE_UNAVAILABLE,
             };
-            error(code, "publish_failed", status.message())
+            respond::error(code, "publish_failed", status.message())
         }
     }
-}
-
-fn error(status: StatusCode, code: &str, message: &str) -> Response<Full<Bytes>> {
-    json(
-        status,
-        serde_json::json!({"error": code, "message": message}),
-    )
 }

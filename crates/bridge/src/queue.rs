@@ -1,4 +1,6 @@
-//! A connection's bounded send queue. The hub pushes without ever waiting (a
+//! A connection's bounded send queue and what goes through it ([`Outbound`]:
+//! [`Prepared`] deliveries, close orders, the connection's own [`Local`] results).
+//! The hub pushes without ever waiting (a
 //! full queue marks a slow consumer); the connection's task pops. It is
 //! bounded in frames and in bytes: 1,024 frames of 64 KiB would pin 64 MiB
 //! per stalled client, so the byte bound is what holds memory. Lighter
@@ -10,14 +12,94 @@ use std::{
     collections::VecDeque,
     sync::{Arc, Mutex},
     task::Poll,
+    time::Duration,
 };
 
 use futures::task::AtomicWaker;
 
-use crate::hub::Outbound;
+use notify_core::{Feed, Topic};
+use notify_proto::v1 as pb;
+use serde_json::value::RawValue;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+use crate::protocol::ServerFrame;
 
 /// Capacity kept after a burst drained; more is given back.
 const KEEP_CAPACITY: usize = 16;
+
+/// A message ready to send: what ordering needs, and its `message` frame,
+/// encoded once and shared by every connection it goes to.
+#[derive(Debug)]
+pub struct Prepared {
+    pub seq: u64,
+    /// Set for inbox messages.
+    pub user_id: String,
+    /// Set for topic messages (parsed once, not per connection).
+    pub topic: Option<Topic>,
+    pub frame: Utf8Bytes,
+}
+
+impl Prepared {
+    /// Encodes the frame; `None` if the stored data is not JSON (it was
+    /// validated on the way in, so this does not happen).
+    pub fn new(m: pb::StoredMessage) -> Option<Arc<Self>> {
+        let data = RawValue::from_string(m.data).ok()?;
+        let frame = ServerFrame::Message {
+            id: &m.message_id,
+            seq: m.seq,
+            topic: (!m.topic.is_empty()).then_some(m.topic.as_str()),
+            event: &m.event,
+            data: &data,
+            ts: m.ts_ms,
+        }
+        .to_text();
+        let topic = if m.topic.is_empty() {
+            None
+        } else {
+            Some(Topic::parse(&m.topic).ok()?)
+        };
+        Some(Arc::new(Self {
+            seq: m.seq,
+            user_id: m.user_id,
+            topic,
+            frame: frame.into(),
+        }))
+    }
+}
+
+/// What a connection task receives, in one bounded queue: deliveries and
+/// close orders from the hub, and the results of its own background work
+/// (queued behind deliveries; one queue per connection keeps idle ones small).
+#[derive(Debug)]
+pub enum Outbound {
+    Deliver(Arc<Prepared>),
+    Close(Box<CloseOrder>),
+    Local(Box<Local>),
+}
+
+/// Close the connection with this code and reason.
+#[derive(Debug)]
+pub struct CloseOrder {
+    pub code: u16,
+    pub reason: String,
+}
+
+/// Results of a connection's own background work, sent to itself.
+#[derive(Debug)]
+pub enum Local {
+    Read(Feed, Result<pb::HistoryResponse, tonic::Status>),
+    /// A link to a notify-svc replica came or went: what that replica
+    /// committed meanwhile was not delivered live. Read every feed after
+    /// what was sent, after this delay (spread over the bridge's sockets).
+    CatchUp(Duration),
+    /// A reply computed off the loop (client publish results).
+    Reply(String),
+    /// A backend subscribed the user to a topic (`Notify.Subscribe`):
+    /// follow it from after this seq.
+    ServerSubscribe(Topic, u64),
+    /// A backend ended the user's subscription to a topic.
+    ServerUnsubscribe(Topic),
+}
 
 /// The queue is at its bound.
 #[derive(Debug)]
@@ -156,7 +238,6 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::hub::CloseOrder;
 
     fn close(code: u16) -> Outbound {
         Outbound::Close(Box::new(CloseOrder {
@@ -179,7 +260,7 @@ mod tests {
             data: format!("\"{}\"", "x".repeat(bytes)),
             ..Default::default()
         };
-        Outbound::Deliver(crate::hub::Prepared::new(stored).unwrap())
+        Outbound::Deliver(Prepared::new(stored).unwrap())
     }
 
     fn code(item: Outbound) -> u16 {

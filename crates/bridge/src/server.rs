@@ -22,8 +22,10 @@ use tokio_tungstenite::{
 use tokio_util::task::TaskTracker;
 
 use crate::{
-    admission::Refusal,
+    admission::Admitted,
     connection::{self, Shared},
+    refusal::Refusal,
+    respond,
 };
 
 /// What one listener allows on the wire.
@@ -110,21 +112,45 @@ async fn serve_http<IO>(
     }
 }
 
-/// A refusal: JSON body, and the connection closes after it (a refused
-/// upgrade is not followed by another request; an idle socket is a cost).
-pub(crate) fn json(status: StatusCode, body: serde_json::Value) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
-    *response.status_mut() = status;
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static("application/json"),
-    );
-    headers.insert(
-        header::CONNECTION,
-        header::HeaderValue::from_static("close"),
-    );
-    response
+/// The door's checks in order: the client address's connect rate (before
+/// the token: verifying it is the expensive part), the token, a notify-svc
+/// to serve it, and a place among the bridge's and the user's connections
+/// (held from now on, given back if the upgrade fails, so simultaneous
+/// connects cannot all pass).
+async fn enter(
+    shared: &Shared,
+    peer: IpAddr,
+    token: &Option<String>,
+) -> Result<(notify_auth::Identity, Admitted), Refusal> {
+    shared
+        .peers
+        .allow(peer, std::time::Instant::now())
+        .map_err(Refusal::PeerRate)?;
+    let token = token.as_deref().ok_or(Refusal::NoToken)?;
+    let identity = shared.authenticate(token, None).await?;
+    if shared.hub.any_link().is_none() {
+        return Err(Refusal::NoNotifySvc);
+    }
+    let admitted = shared.admissions.admit(&identity.user)?;
+    Ok((identity, admitted))
+}
+
+/// `since` and the token (Authorization header first, else `?token=`) of
+/// an upgrade request, or what is malformed.
+fn upgrade_params(req: &Request<Incoming>) -> Result<(Option<u64>, Option<String>), &'static str> {
+    let (query_token, since) = query_params(req);
+    let header_token = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::to_owned);
+    let since = match since {
+        None => None,
+        Some(Ok(n)) => Some(n),
+        Some(Err(())) => return Err("since must be a non-negative integer"),
+    };
+    Ok((since, header_token.or(query_token)))
 }
 
 /// `token` and `since` from the query string.
@@ -151,9 +177,9 @@ async fn handle(
         return crate::panel::handle(req, shared).await;
     }
     if req.uri().path() != "/ws" {
-        return json(
+        return respond::json(
             StatusCode::NOT_FOUND,
-            serde_json::json!({"error": "not_found", "message": "WebSocket endpoint is /ws"}),
+            &serde_json::json!({"error": "not_found", "message": "WebSocket endpoint is /ws"}),
         );
     }
     let is_upgrade = req
@@ -162,112 +188,32 @@ async fn handle(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
     let Some(key) = req.headers().get(header::SEC_WEBSOCKET_KEY).cloned() else {
-        return json(
+        return respond::json(
             StatusCode::BAD_REQUEST,
-            serde_json::json!({"error": "bad_request", "message": "expected a WebSocket upgrade"}),
+            &serde_json::json!({"error": "bad_request", "message": "expected a WebSocket upgrade"}),
         );
     };
     if !is_upgrade {
-        return json(
+        return respond::json(
             StatusCode::BAD_REQUEST,
-            serde_json::json!({"error": "bad_request", "message": "expected a WebSocket upgrade"}),
+            &serde_json::json!({"error": "bad_request", "message": "expected a WebSocket upgrade"}),
         );
     }
-    // Before the token is read: verifying it is the expensive part.
-    if let Err(wait) = shared.peers.allow(peer, std::time::Instant::now()) {
-        shared.metrics.refused("peer_rate");
-        let mut response = json(
-            StatusCode::TOO_MANY_REQUESTS,
-            serde_json::json!({"error": "too_many_requests",
-                "message": "too many connects from this address; retry later"}),
-        );
-        let secs = wait.as_secs().max(1).to_string();
-        if let Ok(value) = header::HeaderValue::from_str(&secs) {
-            response.headers_mut().insert(header::RETRY_AFTER, value);
-        }
-        return response;
-    }
-    let (query_token, since) = query_params(&req);
-    let header_token = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::to_owned);
-    let Some(token) = header_token.or(query_token) else {
-        return json(
-            StatusCode::UNAUTHORIZED,
-            serde_json::json!({"error": "unauthorized", "message": "a token is required: Authorization: Bearer … or ?token="}),
-        );
+    let (since, token) = match upgrade_params(&req) {
+        Ok(params) => params,
+        Err(why) => return respond::error(StatusCode::BAD_REQUEST, "bad_request", why),
     };
-    let since = match since {
-        None => None,
-        Some(Ok(n)) => Some(n),
-        Some(Err(())) => {
-            return json(
-                StatusCode::BAD_REQUEST,
-                serde_json::json!({"error": "bad_request", "message": "since must be a non-negative integer"}),
-            );
+    let (identity, admitted) = match enter(&shared, peer, &token).await {
+        Ok(entered) => entered,
+        Err(refusal) => {
+            shared.metrics.refused(refusal.reason());
+            return refusal.response();
         }
     };
-    let identity = match shared.verifier.verify(&token).await {
-        Ok(identity) => identity,
-        Err(e) => {
-            shared.metrics.refused(e.reason());
-            return json(
-                StatusCode::UNAUTHORIZED,
-                serde_json::json!({"error": "unauthorized", "reason": e.reason(), "message": e.to_string()}),
-            );
-        }
-    };
-    match shared.revoked(&identity, &token).await {
-        Ok(false) => {}
-        Ok(true) => {
-            shared.metrics.refused("revoked");
-            return json(
-                StatusCode::UNAUTHORIZED,
-                serde_json::json!({"error": "unauthorized", "reason": "revoked",
-                    "message": "the token was revoked (signed out): sign in again"}),
-            );
-        }
-        Err(e) => {
-            shared.metrics.refused("revocation_unchecked");
-            return json(
-                StatusCode::SERVICE_UNAVAILABLE,
-                serde_json::json!({"error": "unavailable",
-                    "message": format!("cannot check the token with Cognito now, retry: {e}")}),
-            );
-        }
-    }
     // Kept for the connection's re-checks only when they happen.
-    let token = shared.revocation.is_some().then(|| token.into_boxed_str());
-    if shared.hub.any_link().is_none() {
-        shared.metrics.refused("no_notify_svc");
-        return json(
-            StatusCode::SERVICE_UNAVAILABLE,
-            serde_json::json!({"error": "unavailable", "message": "this bridge reaches no notify-svc; retry or connect to another"}),
-        );
-    }
-    // Counted here, with the check: a place is held from now on (and given
-    // back if the upgrade fails), so simultaneous connects cannot all pass.
-    let admitted = match shared.admissions.admit(&identity.user) {
-        Ok(admitted) => admitted,
-        Err(Refusal::BridgeFull) => {
-            shared.metrics.refused("bridge_full");
-            return json(
-                StatusCode::SERVICE_UNAVAILABLE,
-                serde_json::json!({"error": "unavailable", "message": "this bridge is full; connect to another"}),
-            );
-        }
-        Err(Refusal::UserLimit) => {
-            shared.metrics.refused("user_limit");
-            return json(
-                StatusCode::TOO_MANY_REQUESTS,
-                serde_json::json!({"error": "too_many_connections",
-                    "message": format!("at most {} connections per user", shared.admissions.max_per_user())}),
-            );
-        }
-    };
+    let token = token
+        .filter(|_| shared.revocation.is_some())
+        .map(String::into_boxed_str);
 
     let accept = derive_accept_key(key.as_bytes());
     let serving = tracker.clone();

@@ -1,6 +1,7 @@
 //! Domain types of the notify platform, shared by every service and free of I/O.
 //!
 //! - [`ids`]: user, message and connection identifiers.
+//! - [`feed`]: a user's inbox or a topic's log ([`Feed`]) and where it stands ([`Position`]).
 //! - [`topic`]: topic names (`namespace:rest`) and the per-namespace [`TopicPolicy`]
 //!   (who may subscribe, client publish, log retention).
 //! - [`publish`]: a validated [`Publish`] (target, event, JSON data, idempotency key,
@@ -12,6 +13,7 @@
 
 pub mod close;
 pub mod error;
+pub mod feed;
 pub mod ids;
 pub mod publish;
 pub mod redact;
@@ -19,6 +21,7 @@ pub mod setting;
 pub mod topic;
 
 pub use error::ValidationError;
+pub use feed::{Feed, Position};
 pub use ids::{ConnectionId, MessageId, UserId};
 pub use publish::{Limits, Publish, Target};
 pub use topic::{Forbidden, NamespacePolicy, Subject, SubscribeRule, Topic, TopicPolicy};

@@ -28,7 +28,9 @@ use async_trait::async_trait;
 use notify_core::{ConnectionId, MessageId, Publish, Topic, TopicPolicy, UserId};
 
 pub use database::Database;
+// Feeds and positions are domain types, shared with the bridge.
 pub use error::StoreError;
+pub use notify_core::{Feed, Position};
 pub use postgres::{PgStore, PgStoreConfig};
 pub use sqlite::{SqliteConfig, SqliteStore};
 
@@ -58,13 +60,6 @@ pub struct Committed {
     pub ts: SystemTime,
 }
 
-/// A seq-numbered stream: a user's inbox or a topic's log.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum Feed {
-    Inbox(UserId),
-    Topic(Topic),
-}
-
 /// A stored message as history and replay return it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredMessage {
@@ -83,20 +78,6 @@ pub struct HistoryPage {
     pub messages: Vec<StoredMessage>,
     /// The feed's last seq handed out (0 if none).
     pub head_seq: u64,
-}
-
-/// Where a feed stands.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Position {
-    /// The last seq handed out (0 if none).
-    pub head_seq: u64,
-    /// The inbox's cumulative ack (always 0 for a topic).
-    pub acked_seq: u64,
-    /// The oldest seq still kept (0 if nothing is): a resume from before it
-    /// cannot be recovered in full (inbox TTL, topic log size or age).
-    pub first_seq: u64,
-    /// The user's server-side subscriptions (inbox feeds; empty for topics).
-    pub subscriptions: Vec<Topic>,
 }
 
 /// A live connection as the registry knows it.

@@ -207,7 +207,7 @@ impl Store for SqliteStore {
                         head_seq: to_u64(r.get(0)?),
                         acked_seq: to_u64(r.get(1)?),
                         first_seq: to_u64(r.get(2)?),
-                        subscriptions: Vec::new(),
+                        subscriptions: Default::default(),
                     })
                 };
                 feeds
