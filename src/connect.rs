@@ -42,7 +42,7 @@ pub struct ConnectArgs {
     #[arg(long, required_unless_present = "NOTIFY_TOKEN")]
     user: Option<String>,
     /// Where the dev key is (`notify up`'s --data-dir).
-    #[arg(long, default_value = notify_bridge::config::DEV_DATA_DIR)]
+    #[arg(long, default_value = notify_bridge::DEV_DATA_DIR)]
     data_dir: std::path::PathBuf,
     /// Replay the inbox after this seq instead of after the last ack.
     #[arg(long)]

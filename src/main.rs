@@ -117,7 +117,7 @@ async fn main() -> std::process::ExitCode {
 #[derive(clap::Args)]
 struct UpArgs {
     /// Where the dev key and the embedded database live.
-    #[arg(long, default_value = notify_bridge::config::DEV_DATA_DIR)]
+    #[arg(long, default_value = notify_bridge::DEV_DATA_DIR)]
     data_dir: std::path::PathBuf,
     /// Also drive fights through their life (a few changes a second), so
     /// fight events flow at once: `notify tail --topic fights:live`.
@@ -130,7 +130,7 @@ struct UpArgs {
     #[command(flatten, next_help_heading = "Bridge")]
     sockets: notify_bridge::SocketArgs,
     /// Ops HTTP of the bridge (/healthz, /readyz, /metrics).
-    #[arg(long, env = "BRIDGE_HTTP_ADDR", default_value = notify_bridge::config::DEFAULT_HTTP_ADDR, help_heading = "Bridge")]
+    #[arg(long, env = "BRIDGE_HTTP_ADDR", default_value = notify_bridge::DEFAULT_HTTP_ADDR, help_heading = "Bridge")]
     bridge_http_addr: std::net::SocketAddr,
     /// BetTracker's lease and polling, as the bet-tracker binary takes them.
     #[command(flatten, next_help_heading = "BetTracker")]
@@ -164,7 +164,7 @@ struct TokenArgs {
     #[arg(long, default_value_t = 3600)]
     ttl_secs: u64,
     /// Where the dev key lives (created on first use; `notify up` uses the same).
-    #[arg(long, default_value = notify_bridge::config::DEV_DATA_DIR)]
+    #[arg(long, default_value = notify_bridge::DEV_DATA_DIR)]
     data_dir: std::path::PathBuf,
 }
 
@@ -323,7 +323,7 @@ async fn up(up: UpArgs) -> anyhow::Result<()> {
         println!("  database     {database}");
         println!("  dev token    (user alice, 24 h; more with `notify token --user NAME`)");
         println!("TOKEN={token}");
-        let data_flag = if data_dir == std::path::Path::new(notify_bridge::config::DEV_DATA_DIR) {
+        let data_flag = if data_dir == std::path::Path::new(notify_bridge::DEV_DATA_DIR) {
             String::new()
         } else {
             format!(" --data-dir {}", data_dir.display())

@@ -121,10 +121,6 @@ impl Hub {
         }
     }
 
-    pub fn bridge_id(&self) -> &str {
-        &self.bridge_id
-    }
-
     /// Attaches link `index`: its Hello (full state) goes first on `up`.
     pub fn attach_link(&self, index: usize, up: mpsc::Sender<pb::BridgeUp>) {
         let mut s = self.state.lock().expect("hub lock");
@@ -464,14 +460,5 @@ impl Hub {
                 }
             }
         }
-    }
-
-    /// Connections open now.
-    pub fn len(&self) -> usize {
-        self.state.lock().expect("hub lock").conns.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }

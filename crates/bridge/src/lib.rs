@@ -8,26 +8,29 @@
 //! inbound rate limit, [`peers`] the connect limit per client IP, [`panel`]
 //! the Dev Panel at `/panel`; [`config`] its settings.
 
-pub mod admission;
-pub mod config;
-pub mod connection;
-pub mod hub;
-pub mod link;
-pub mod metrics;
-pub mod panel;
-pub mod peers;
+mod admission;
+mod config;
+mod connection;
+mod hub;
+mod link;
+mod metrics;
+mod panel;
+mod peers;
 pub mod protocol;
 pub mod proxy_protocol;
-pub mod queue;
-pub mod rate;
-pub mod refusal;
-pub mod respond;
-pub mod revocation;
-pub mod sequencer;
-pub mod server;
+mod queue;
+mod rate;
+mod refusal;
+mod respond;
+mod revocation;
+mod sequencer;
+mod server;
 
-pub use config::{BridgeArgs, BridgeConfig, SocketArgs};
+pub use config::{
+    BridgeArgs, BridgeConfig, DEFAULT_HTTP_ADDR, DEV_DATA_DIR, SocketArgs, UserTokens,
+};
 pub use queue::Bound as SendBound;
+pub use revocation::RevocationCheck;
 
 use std::{sync::Arc, time::Duration};
 

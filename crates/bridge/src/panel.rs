@@ -174,12 +174,7 @@ async fn authorized(token: Option<&str>, shared: &Shared) -> Result<Identity, Re
 }
 
 async fn publish(req: Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>> {
-    let token = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::to_owned);
+    let token = crate::refusal::bearer(req.headers());
     let identity = match authorized(token.as_deref(), shared).await {
         Ok(identity) => identity,
         Err(refusal) => return refusal.response(),

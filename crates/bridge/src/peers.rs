@@ -53,10 +53,12 @@ impl<K: Hash + Eq> PeerLimits<K> {
     }
 
     /// Peers currently remembered.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.buckets.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

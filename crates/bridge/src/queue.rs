@@ -101,9 +101,9 @@ pub enum Local {
     ServerUnsubscribe(Topic),
 }
 
-/// The queue is at its bound.
+/// The queue is at its bound (the item was not queued).
 #[derive(Debug)]
-pub struct Full(pub Outbound);
+pub struct Full;
 
 /// How much a queue may hold (`BRIDGE_SEND_QUEUE`, `BRIDGE_SEND_QUEUE_BYTES`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -166,7 +166,7 @@ impl SendQueue {
             let mut items = self.items.lock().expect("queue lock");
             let over_bytes = items.bytes > 0 && items.bytes + len > self.bound.bytes;
             if items.queue.len() >= self.bound.frames || over_bytes {
-                return Err(Full(item));
+                return Err(Full);
             }
             items.bytes += len;
             items.queue.push_back(item);
@@ -219,15 +219,18 @@ impl SendQueue {
         items.bytes = 0;
     }
 
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.items.lock().expect("queue lock").queue.len()
     }
 
     /// Bytes of frames waiting.
+    #[cfg(test)]
     pub fn bytes(&self) -> usize {
         self.items.lock().expect("queue lock").bytes
     }
 
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

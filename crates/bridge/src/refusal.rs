@@ -143,6 +143,12 @@ impl Refusal {
     }
 }
 
+/// The token of an `Authorization: Bearer …` header.
+pub fn bearer(headers: &hyper::HeaderMap) -> Option<String> {
+    let value = headers.get(hyper::header::AUTHORIZATION)?.to_str().ok()?;
+    value.strip_prefix("Bearer ").map(str::to_owned)
+}
+
 /// Who presents `token`: verified, the user `expected` when one is (a
 /// refresh keeps its socket's user), then (with the revocation check) not
 /// signed out.

@@ -24,7 +24,7 @@ use tokio_util::task::TaskTracker;
 use crate::{
     admission::Admitted,
     connection::{self, Shared},
-    refusal::Refusal,
+    refusal::{self, Refusal},
     respond,
 };
 
@@ -139,12 +139,7 @@ async fn enter(
 /// an upgrade request, or what is malformed.
 fn upgrade_params(req: &Request<Incoming>) -> Result<(Option<u64>, Option<String>), &'static str> {
     let (query_token, since) = query_params(req);
-    let header_token = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::to_owned);
+    let header_token = refusal::bearer(req.headers());
     let since = match since {
         None => None,
         Some(Ok(n)) => Some(n),

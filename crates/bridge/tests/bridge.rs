@@ -697,7 +697,7 @@ async fn cognito_users_connect_and_signed_out_or_disabled_ones_are_refused_and_c
         },
     );
     // Open sockets are asked about again every second.
-    config.revocation = Some(notify_bridge::revocation::RevocationCheck {
+    config.revocation = Some(notify_bridge::RevocationCheck {
         cognito,
         every: Duration::from_secs(1),
     });

@@ -1,34 +1,33 @@
 //! notify-svc: the Notify gRPC API of the platform.
 //!
-//! [`run`] wires the parts: the [`caller`] interceptor authenticates, [`api`]
-//! validates and serves `notify.v1.Notify` ([`fight`] maps fight events to
-//! their messages), [`pipeline`] group-commits
-//! publishes to the store, [`watch`] fans committed messages out to `Watch`
-//! streams, [`link`] serves the bridges' `BridgeLink` with the [`router`]
-//! (who is where), the [`registry`] writer and [`tickets`] (registration
-//! barriers), [`usernames`] resolves `username:` targets, [`ops`] serves health and [`metrics`], [`retention`] sweeps old
-//! data. gRPC health and reflection are served beside the API. Errors become
-//! gRPC statuses in one place, [`status`].
+//! [`run`] wires the parts, grouped by edge:
+//! - the Notify API ([`api`]): validates and serves `notify.v1.Notify`
+//!   ([`api::fight`] maps fight events to their messages, `api::usernames`
+//!   resolves `username:` targets);
+//! - the bridges' `BridgeLink` ([`link`]): attach, registrations (its
+//!   registry writer and ticket barriers), acks, deliveries down;
+//! - delivery ([`delivery`]): the pipeline group-commits publishes, the router
+//!   (who is where) sends them to bridges, `watch` to `Watch` streams.
+//!
+//! Beside them: [`caller`] authenticates both edges, [`services`] is what both
+//! share, [`status`] turns every error into a gRPC status, [`ops`] serves
+//! health and [`metrics`], [`retention`] sweeps old data, [`config`] reads
+//! the settings. gRPC health and reflection are served beside the API.
 
-pub mod api;
-pub mod bounded;
-pub mod caller;
-pub mod config;
-pub mod fight;
-pub mod link;
-pub mod metrics;
-pub mod ops;
-pub mod pipeline;
-pub mod registry;
-pub mod retention;
-pub mod router;
-pub mod services;
-pub mod status;
-pub mod tickets;
-pub mod usernames;
-pub mod watch;
+mod api;
+mod caller;
+mod config;
+mod delivery;
+mod link;
+mod metrics;
+mod ops;
+mod retention;
+mod services;
+mod status;
 
 use std::{sync::Arc, time::Duration};
+
+use delivery::{pipeline, router, watch};
 
 use notify_proto::v1::{bridge_link_server::BridgeLinkServer, notify_server::NotifyServer};
 use notify_store::{Store, StoreError};
@@ -36,6 +35,7 @@ use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic_health::ServingStatus;
 
+pub use api::fight;
 pub use config::{Config, SvcArgs};
 
 /// Largest gRPC request: a full `PublishBatch` of small messages fits; a
@@ -100,7 +100,10 @@ pub async fn run(
         store.observe_pool_waits(Arc::new(move |waited| metrics.pool_wait(waited)));
     }
     let router = router::Router::default();
-    metrics.track_router(&router);
+    metrics.track_deliveries(
+        router.counts().sent.clone(),
+        router.counts().dropped.clone(),
+    );
     let ready = ops::Readiness::default();
     let ops_server = tokio::spawn(ops::serve(
         http,
@@ -173,7 +176,7 @@ pub async fn run(
     let api = api::NotifyApi::new(
         services,
         hub,
-        usernames::Usernames::new(cognito),
+        api::Usernames::new(cognito),
         watch::WatchSlots::new(config.max_watches_per_caller),
     );
     let notify = tonic::service::interceptor::InterceptedService::new(

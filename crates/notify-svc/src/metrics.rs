@@ -207,7 +207,7 @@ impl Metrics {
     }
 
     /// Reads the gauges that describe the present: the pool and the router.
-    pub fn refresh(&self, pool: Option<notify_store::PoolStatus>, router: &crate::router::Router) {
+    pub fn refresh(&self, pool: Option<notify_store::PoolStatus>, by_bridge: &[(String, u64)]) {
         if let Some(pool) = pool {
             for (state, n) in [("open", pool.open), ("idle", pool.idle), ("max", pool.max)] {
                 self.pool_connections
@@ -216,9 +216,8 @@ impl Metrics {
             }
             self.pool_waiting.set(pool.waiting as i64);
         }
-        let by_bridge = router.connections_by_bridge();
         self.bridge_connections.clear();
-        for (bridge, n) in &by_bridge {
+        for (bridge, n) in by_bridge {
             self.bridge_connections
                 .get_or_create(&BridgeLabels {
                     bridge: bridge.clone(),
@@ -228,18 +227,19 @@ impl Metrics {
         self.bridges.set(by_bridge.len() as i64);
     }
 
-    /// Registers the router's own counters.
-    pub fn track_router(&self, router: &crate::router::Router) {
+    /// Registers the router's own counters: copies queued to bridge links,
+    /// and copies dropped on a full one.
+    pub fn track_deliveries(&self, sent: Counter, dropped: Counter) {
         let mut registry = self.registry.lock().expect("registry lock");
         registry.register(
             "deliveries",
             "Messages queued to bridge links (one per bridge holding a recipient)",
-            router.counts().sent.clone(),
+            sent,
         );
         registry.register(
             "delivery_drops",
             "Live copies dropped on a full bridge link queue (clients catch up from the store)",
-            router.counts().dropped.clone(),
+            dropped,
         );
     }
 

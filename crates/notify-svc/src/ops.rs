@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use notify_store::Store;
 
-use crate::{metrics::Metrics, router::Router};
+use crate::{delivery::router::Router, metrics::Metrics};
 
 /// Whether the service can take traffic; shared by the probe, gRPC health and `/readyz`.
 #[derive(Clone, Default)]
@@ -49,7 +49,10 @@ impl Probe for SvcProbe {
     }
 
     fn metrics(&self) -> String {
-        self.metrics.refresh(self.store.pool_status(), &self.router);
+        self.metrics.refresh(
+            self.store.pool_status(),
+            &self.router.connections_by_bridge(),
+        );
         self.metrics.encode()
     }
 }

@@ -9,7 +9,10 @@ use notify_core::{Limits, TopicPolicy};
 use notify_store::Store;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-use crate::{caller::Authenticator, metrics::Metrics, pipeline::Publisher, router::Router};
+use crate::{
+    caller::Authenticator, delivery::pipeline::Publisher, delivery::router::Router,
+    metrics::Metrics,
+};
 
 /// Shared by every request handler; cheap to clone.
 #[derive(Clone)]

@@ -4,7 +4,7 @@ use notify_core::ValidationError;
 use notify_store::StoreError;
 use tonic::Status;
 
-use crate::pipeline::PipelineError;
+use crate::delivery::pipeline::PipelineError;
 
 pub fn invalid(e: ValidationError) -> Status {
     Status::invalid_argument(e.to_string())

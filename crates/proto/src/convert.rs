@@ -1,5 +1,7 @@
 //! Conversions between `notify.v1` messages and domain types.
 
+use std::time::{SystemTime, UNIX_EPOCH};
+
 use notify_core::publish::RawPublish;
 
 use crate::v1::{PublishRequest, publish_request::Target};
@@ -22,4 +24,11 @@ pub fn raw_publish(req: &PublishRequest) -> RawPublish<'_> {
         None => {}
     }
     raw
+}
+
+/// A time as the protocol carries it: milliseconds since the Unix epoch (0
+/// before it, saturating far after it).
+pub fn millis(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }

@@ -19,6 +19,7 @@
 //! [`tls`]: `sslmode=require` (RDS Proxy's default) with verified certificates.
 
 pub mod fights;
+mod migrate;
 mod tls;
 
 use std::{
@@ -37,7 +38,7 @@ use uuid::Uuid;
 
 use crate::{
     Committed, ConnectionRecord, Feed, HistoryPage, Position, PublishItem, Store, StoreError,
-    StoredMessage, Swept, migrate,
+    StoredMessage, Swept,
     plan::{
         Assigned, Origin, SeqDemand, StoredKey, commit_time, in_batch_origins, inbox_rows, key_of,
         new_items, new_keys, results, shared_payloads, topic_appends,
@@ -225,7 +226,7 @@ impl Store for PgStore {
     async fn migrate(&self) -> Result<usize, StoreError> {
         let mut client = self.client().await?;
         let client: &mut tokio_postgres::Client = &mut client;
-        migrate::run(client, migrate::POSTGRES).await
+        migrate::run(client, crate::migrate::POSTGRES).await
     }
 
     #[tracing::instrument(skip_all, fields(items = items.len()))]

@@ -18,7 +18,7 @@ use notify_store::{Committed, PublishItem};
 use prometheus_client::metrics::counter::Counter;
 use prost::Message as _;
 
-use crate::bounded;
+use crate::delivery::bounded;
 
 /// A bridge's down stream: deliveries, kicks, answers; bounded in messages
 /// and bytes (`NOTIFY_BRIDGE_QUEUE_BYTES`), past which live copies drop.
@@ -335,7 +335,7 @@ impl Router {
                     user_id: user.map(ToString::to_string).unwrap_or_default(),
                     event: item.publish.event.clone(),
                     data: item.publish.data.clone(),
-                    ts_ms: crate::api::millis(done.ts),
+                    ts_ms: notify_proto::convert::millis(done.ts),
                 };
             let send = |bridge: &str, message: pb::StoredMessage| {
                 t.bridges.get(bridge).is_some_and(|b| {

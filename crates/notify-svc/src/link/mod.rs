@@ -8,6 +8,9 @@
 //! the bridge's connections leave routing and the registry, unless the bridge
 //! already re-attached.
 
+mod registry;
+mod tickets;
+
 use std::{pin::Pin, time::UNIX_EPOCH};
 
 use notify_core::{ConnectionId, MessageId, Publish, Target, Topic, UserId, publish::RawPublish};
@@ -17,13 +20,13 @@ use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::{
-    bounded,
     caller::Right,
-    registry::{Change, Registry},
-    router::{self, DownSender},
+    delivery::bounded,
+    delivery::router::{self, DownSender},
+    link::registry::{Change, Registry},
+    link::tickets::{Ask, Tickets},
     services::Services,
     status,
-    tickets::{Ask, Tickets},
 };
 
 /// Longest bridge id.

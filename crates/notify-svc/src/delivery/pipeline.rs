@@ -13,7 +13,11 @@
 //! database refuses (not an outage) is committed again job by job: the
 //! caller whose publish the database refuses fails alone.
 
-use std::{collections::HashMap, sync::Arc, time::Instant};
+use std::{
+    collections::HashMap,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use notify_core::{ConnectionId, Target};
 use notify_store::{Committed, PublishItem, Store, StoreError};
@@ -21,7 +25,20 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use crate::{config::PipelineConfig, metrics::Metrics, router::Router, watch::WatchHub};
+use crate::{
+    delivery::{router::Router, watch::WatchHub},
+    metrics::Metrics,
+};
+
+/// How the publish pipeline batches.
+#[derive(Debug, Clone)]
+pub struct PipelineConfig {
+    pub max_batch: usize,
+    pub linger: Duration,
+    pub committers: usize,
+    /// Publish calls waiting for a committer before new ones are refused.
+    pub queue: usize,
+}
 
 /// Why a publish was not committed.
 #[derive(Debug, Clone, thiserror::Error)]

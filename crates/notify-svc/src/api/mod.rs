@@ -1,13 +1,15 @@
 //! The `notify.v1.Notify` service: validates requests, checks each caller's
 //! rights ([`crate::caller`]), and hands publishes to the pipeline.
 
-use std::{
-    pin::Pin,
-    sync::Arc,
-    time::{Instant, SystemTime, UNIX_EPOCH},
-};
+pub mod fight;
+mod usernames;
+
+pub use usernames::Usernames;
+
+use std::{pin::Pin, sync::Arc, time::Instant};
 
 use notify_core::{ConnectionId, MessageId, Publish, Target, Topic, UserId, ValidationError};
+use notify_proto::convert::millis;
 use notify_proto::{convert::raw_publish, v1 as pb};
 use notify_store::{ConnectionRecord, Feed, PublishItem, StoredMessage};
 use tokio_stream::{Stream, StreamExt};
@@ -15,12 +17,10 @@ use tonic::{Request, Response, Status};
 
 use crate::{
     caller::{Caller, Right},
-    fight,
-    pipeline::Published,
+    delivery::pipeline::Published,
+    delivery::watch::{self, WatchHub, WatchKey},
     services::Services,
     status,
-    usernames::Usernames,
-    watch::{self, WatchHub, WatchKey},
 };
 
 /// Most requests in one `PublishBatch`.
@@ -320,11 +320,6 @@ fn user_id(raw: &str) -> Result<UserId, Status> {
     UserId::parse("user_id", raw).map_err(status::invalid)
 }
 
-pub(crate) fn millis(t: SystemTime) -> i64 {
-    t.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
 fn publish_response(published: Published) -> pb::PublishResponse {
     let Published {
         committed: done,
@@ -617,7 +612,7 @@ impl pb::notify_server::Notify for NotifyApi {
             Ok((key, watcher))
         };
         let (key, watcher) = self.counted("Watch", open).await?;
-        let (tx, rx) = crate::bounded::channel(watch::STREAM_BOUND, watch::out_len);
+        let (tx, rx) = crate::delivery::bounded::channel(watch::STREAM_BOUND, watch::out_len);
         self.services.tracker.spawn(watcher.run(
             self.services.store.clone(),
             tx,

@@ -17,7 +17,7 @@ use notify_store::{Committed, Feed, PublishItem, Store, StoreError, StoredMessag
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
-use crate::bounded;
+use crate::delivery::bounded;
 
 /// Messages a watcher may fall behind before it reads the store instead.
 const WATCH_BUFFER: usize = 1024;

@@ -13,13 +13,15 @@
 //! are UNAUTHENTICATED (who are you?) or PERMISSION_DENIED (not allowed),
 //! each with the reason.
 
+mod tokens;
+
+pub use tokens::CallerTokens;
+
 use std::{collections::BTreeSet, sync::Arc};
 
 use notify_auth::{TokenUse, Verifier};
 use notify_core::{Target, Topic};
 use tonic::{Request, Status};
-
-use crate::config::CallerTokens;
 
 /// What an RPC needs, as Cognito resource-server scopes name it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -205,7 +207,7 @@ impl Authenticator {
     }
 
     /// No credentials configured: only `--dev` starts like this (see
-    /// [`Config`](crate::config::Config)), and only on loopback.
+    /// [`Config`](crate::Config)), and only on loopback.
     fn dev_mode(&self) -> bool {
         self.tokens.is_empty() && self.verifier.is_none()
     }

@@ -10,7 +10,7 @@ use notify_store::{Feed, Store};
 use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
 
-use crate::router::DownSender;
+use crate::delivery::router::DownSender;
 
 /// Questions queued before link streams wait.
 const QUEUE: usize = 65_536;
