@@ -4,7 +4,7 @@
 pub mod fight;
 mod usernames;
 
-pub use usernames::Usernames;
+pub use usernames::{UsernameError, Usernames};
 
 use std::{pin::Pin, sync::Arc, time::Instant};
 
@@ -68,7 +68,9 @@ impl NotifyApi {
             &self.services.topics,
         )
         .map_err(status::invalid)?;
-        caller.may_publish_to(&publish.target)?;
+        caller
+            .may_publish_to(&publish.target)
+            .map_err(status::caller)?;
         let log_max_len = match &publish.target {
             Target::Topic(topic) => {
                 self.services
@@ -124,7 +126,10 @@ impl NotifyApi {
     ) -> Result<pb::PublishResponse, Status> {
         let caller = self.services.auth.publisher(&req).await?;
         let mut publish = req.into_inner();
-        self.usernames.resolve(&mut publish).await?;
+        self.usernames
+            .resolve(&mut publish)
+            .await
+            .map_err(status::username)?;
         let item = self.item(&caller, &publish)?;
         let committed = self
             .services
@@ -164,7 +169,7 @@ impl NotifyApi {
         for r in requests {
             let mut r = r.clone();
             if let Err(e) = self.usernames.resolve(&mut r).await {
-                results.push(Some(error_result(&e)));
+                results.push(Some(error_result(&status::username(e))));
                 continue;
             }
             match self.item(&caller, &r) {
@@ -426,7 +431,7 @@ impl pb::notify_server::Notify for NotifyApi {
             let req = req.into_inner();
             let user = user_id(&req.user_id)?;
             let topic = self.topic(&req.topic)?;
-            caller.may_use_topic(&topic)?;
+            caller.may_use_topic(&topic).map_err(status::caller)?;
             let (created, topic_seq) = self
                 .services
                 .store
@@ -457,7 +462,7 @@ impl pb::notify_server::Notify for NotifyApi {
             let req = req.into_inner();
             let user = user_id(&req.user_id)?;
             let topic = self.topic(&req.topic)?;
-            caller.may_use_topic(&topic)?;
+            caller.may_use_topic(&topic).map_err(status::caller)?;
             let removed = self
                 .services
                 .store

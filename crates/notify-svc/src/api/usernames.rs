@@ -7,10 +7,20 @@ use std::sync::Arc;
 
 use notify_auth::Cognito;
 use notify_proto::v1::{self as pb, publish_request::Target};
-use tonic::Status;
 
 /// The prefix of a user target that is a username, not a `sub`.
 pub const PREFIX: &str = "username:";
+
+/// Why a `username:` target could not be resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UsernameError {
+    /// No user pool is configured.
+    NoPool,
+    /// The pool has no such user.
+    Unknown(String),
+    /// Cognito did not answer.
+    Unreachable { name: String, why: String },
+}
 
 /// Resolves usernames when a user pool is configured.
 #[derive(Clone)]
@@ -24,9 +34,8 @@ impl Usernames {
     }
 
     /// Replaces every `username:` target of `req` by its user's `sub`.
-    /// Unknown user: NOT_FOUND; no pool configured: INVALID_ARGUMENT;
-    /// Cognito not answering: UNAVAILABLE.
-    pub async fn resolve(&self, req: &mut pb::PublishRequest) -> Result<(), Status> {
+    /// ([`crate::status::username`] says why not in gRPC terms.)
+    pub async fn resolve(&self, req: &mut pb::PublishRequest) -> Result<(), UsernameError> {
         match &mut req.target {
             Some(Target::UserId(user)) => self.resolve_one(user).await,
             Some(Target::Users(list)) => {
@@ -39,22 +48,21 @@ impl Usernames {
         }
     }
 
-    async fn resolve_one(&self, user: &mut String) -> Result<(), Status> {
+    async fn resolve_one(&self, user: &mut String) -> Result<(), UsernameError> {
         let Some(name) = user.strip_prefix(PREFIX) else {
             return Ok(());
         };
-        let cognito = self.cognito.as_ref().ok_or_else(|| {
-            Status::invalid_argument(
-                "username: targets need a user pool: set COGNITO_REGION and COGNITO_USER_POOL_ID",
-            )
-        })?;
+        let cognito = self.cognito.as_ref().ok_or(UsernameError::NoPool)?;
         match cognito.sub_of(name).await {
             Ok(Some(sub)) => {
                 *user = sub;
                 Ok(())
             }
-            Ok(None) => Err(Status::not_found(format!("no user {name:?} in the pool"))),
-            Err(e) => Err(Status::unavailable(format!("cannot resolve {name:?}: {e}"))),
+            Ok(None) => Err(UsernameError::Unknown(name.to_owned())),
+            Err(e) => Err(UsernameError::Unreachable {
+                name: name.to_owned(),
+                why: e.to_string(),
+            }),
         }
     }
 }

@@ -23,6 +23,8 @@ use notify_auth::{TokenUse, Verifier};
 use notify_core::{Target, Topic};
 use tonic::{Request, Status};
 
+use crate::status;
+
 /// What an RPC needs, as Cognito resource-server scopes name it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Right {
@@ -66,31 +68,25 @@ pub struct Caller {
 
 impl Caller {
     /// Refuses a publish target outside the caller's namespaces.
-    pub fn may_publish_to(&self, target: &Target) -> Result<(), Status> {
+    pub fn may_publish_to(&self, target: &Target) -> Result<(), Refusal> {
         match target {
             Target::Topic(topic) => self.may_use_topic(topic),
-            Target::Broadcast if self.namespaces.is_some() => {
-                Err(Status::permission_denied(format!(
-                    "caller {} may publish to namespaces {} only; a broadcast reaches every namespace's sockets",
-                    self.name,
-                    self.namespace_list()
-                )))
-            }
+            Target::Broadcast if self.namespaces.is_some() => Err(Refusal::Broadcast {
+                caller: self.name.clone(),
+                namespaces: self.namespace_list(),
+            }),
             Target::Broadcast | Target::User(_) | Target::Users(_) => Ok(()),
         }
     }
 
     /// Refuses a topic outside the caller's namespaces (publish, Subscribe).
-    pub fn may_use_topic(&self, topic: &Topic) -> Result<(), Status> {
+    pub fn may_use_topic(&self, topic: &Topic) -> Result<(), Refusal> {
         match &self.namespaces {
-            Some(allowed) if !allowed.contains(topic.namespace()) => {
-                Err(Status::permission_denied(format!(
-                    "caller {} may use namespaces {} only, not {:?}",
-                    self.name,
-                    self.namespace_list(),
-                    topic.namespace()
-                )))
-            }
+            Some(allowed) if !allowed.contains(topic.namespace()) => Err(Refusal::Namespace {
+                caller: self.name.clone(),
+                namespaces: self.namespace_list(),
+                namespace: topic.namespace().to_owned(),
+            }),
             _ => Ok(()),
         }
     }
@@ -103,6 +99,67 @@ impl Caller {
             .map(String::as_str)
             .collect();
         names.join(", ")
+    }
+}
+
+/// Why a caller is refused; [`crate::status::caller`] says it in gRPC terms.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// Dev mode serves loopback callers only.
+    NotLoopback,
+    /// No `authorization` metadata.
+    Missing,
+    /// `authorization` is not `Bearer <token>`.
+    Malformed,
+    /// Neither a static token nor (without a JWKS) anything else to check.
+    UnknownToken,
+    /// The JWKS could not be read: not the caller's fault.
+    KeysUnavailable(String),
+    /// The M2M token did not verify.
+    TokenRefused(String),
+    /// An ID token where a client-credentials access token belongs.
+    IdToken,
+    /// The call needs a right the caller lacks.
+    MissingScope {
+        needed: String,
+        caller: String,
+        granted: String,
+    },
+    /// A namespace-limited caller asked for a broadcast.
+    Broadcast { caller: String, namespaces: String },
+    /// A namespace-limited caller named a topic outside its namespaces.
+    Namespace {
+        caller: String,
+        namespaces: String,
+        namespace: String,
+    },
+    /// A panel publish, but no NOTIFY_USERS_* to check the admin with.
+    PanelUnverifiable,
+    /// The users' JWKS could not be read.
+    PanelKeysUnavailable(String),
+    /// The relayed admin token did not verify.
+    PanelTokenRefused(String),
+    /// The relayed user is not in the admin group.
+    PanelNotAdmin(String),
+}
+
+impl Refusal {
+    /// The label of `notify_auth_failures_total`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::NotLoopback => "not_loopback",
+            Self::Missing => "missing",
+            Self::Malformed => "malformed",
+            Self::UnknownToken => "unknown_token",
+            Self::KeysUnavailable(_) | Self::PanelKeysUnavailable(_) => "keys_unavailable",
+            Self::TokenRefused(_) => "token_refused",
+            Self::IdToken => "id_token",
+            Self::MissingScope { .. } => "missing_scope",
+            Self::Broadcast { .. } | Self::Namespace { .. } => "namespace",
+            Self::PanelUnverifiable => "panel_unverifiable",
+            Self::PanelTokenRefused(_) => "panel_token_refused",
+            Self::PanelNotAdmin(_) => "panel_not_admin",
+        }
     }
 }
 
@@ -124,9 +181,6 @@ pub struct Authenticator {
     /// Refusals are counted by reason (`notify_auth_failures_total`).
     metrics: crate::metrics::Metrics,
 }
-
-/// A refusal and its reason label.
-type Refusal = (&'static str, Status);
 
 impl Authenticator {
     pub fn new(
@@ -164,33 +218,13 @@ impl Authenticator {
 
     /// The Dev Panel's admin from their own token.
     async fn panel_admin(&self, token: &str) -> Result<Caller, Refusal> {
-        let users = self.users.as_ref().ok_or_else(|| {
-            (
-                "panel_unverifiable",
-                Status::failed_precondition(
-                    "notify-svc cannot check panel admins: set NOTIFY_USERS_JWKS_URL, NOTIFY_USERS_ISSUER and NOTIFY_USERS_CLIENT_IDS",
-                ),
-            )
-        })?;
+        let users = self.users.as_ref().ok_or(Refusal::PanelUnverifiable)?;
         let admin = users.verify(token).await.map_err(|e| match e {
-            notify_auth::AuthError::Keys(_) => (
-                "keys_unavailable",
-                Status::unavailable(format!("cannot check the admin's token: {e}")),
-            ),
-            e => (
-                "panel_token_refused",
-                Status::unauthenticated(format!("the admin's token refused: {e}")),
-            ),
+            notify_auth::AuthError::Keys(_) => Refusal::PanelKeysUnavailable(e.to_string()),
+            e => Refusal::PanelTokenRefused(e.to_string()),
         })?;
         if !admin.in_group(notify_core::topic::ADMIN_GROUP) {
-            return Err((
-                "panel_not_admin",
-                Status::permission_denied(format!(
-                    "user {} is not in the {} group: panel publishes are for admins",
-                    admin.user,
-                    notify_core::topic::ADMIN_GROUP
-                )),
-            ));
+            return Err(Refusal::PanelNotAdmin(admin.user.to_string()));
         }
         Ok(Caller {
             name: format!("panel:{}", admin.user),
@@ -200,9 +234,9 @@ impl Authenticator {
     }
 
     fn counted<T>(&self, result: Result<T, Refusal>) -> Result<T, Status> {
-        result.map_err(|(reason, status)| {
-            self.metrics.auth_failure(reason);
-            status
+        result.map_err(|refusal| {
+            self.metrics.auth_failure(refusal.reason());
+            status::caller(refusal)
         })
     }
 
@@ -223,20 +257,13 @@ impl Authenticator {
                     });
                     Ok(())
                 }
-                _ => Err((
-                    "not_loopback",
-                    Status::unauthenticated(
-                        "no API tokens are configured (NOTIFY_API_TOKENS): only loopback callers are accepted",
-                    ),
-                )),
+                _ => Err(Refusal::NotLoopback),
             };
         }
-        let header = req.metadata().get("authorization").ok_or_else(|| {
-            (
-                "missing",
-                Status::unauthenticated("missing authorization: Bearer <token>"),
-            )
-        })?;
+        let header = req
+            .metadata()
+            .get("authorization")
+            .ok_or(Refusal::Missing)?;
         let token = header
             .to_str()
             .ok()
@@ -244,12 +271,7 @@ impl Authenticator {
                 h.strip_prefix("Bearer ")
                     .or_else(|| h.strip_prefix("bearer "))
             })
-            .ok_or_else(|| {
-                (
-                    "malformed",
-                    Status::unauthenticated("authorization must be `Bearer <token>`"),
-                )
-            })?
+            .ok_or(Refusal::Malformed)?
             .trim()
             .to_owned();
         if let Some(caller) = self.tokens.caller(&token) {
@@ -257,10 +279,7 @@ impl Authenticator {
             return Ok(());
         }
         if self.verifier.is_none() {
-            return Err((
-                "unknown_token",
-                Status::unauthenticated("unknown API token"),
-            ));
+            return Err(Refusal::UnknownToken);
         }
         req.extensions_mut().insert(Unverified(token));
         Ok(())
@@ -293,56 +312,36 @@ impl Authenticator {
                 let Unverified(token) = req
                     .extensions()
                     .get::<Unverified>()
-                    .ok_or_else(|| ("missing", Status::unauthenticated("no caller")))?;
+                    .ok_or(Refusal::Missing)?;
                 self.verify(token).await?
             }
         };
         if !rights.iter().any(|r| caller.rights.contains(r)) {
             let granted: Vec<&str> = caller.rights.iter().map(|r| r.scope()).collect();
             let needed: Vec<&str> = rights.iter().map(|r| r.scope()).collect();
-            return Err((
-                "missing_scope",
-                Status::permission_denied(format!(
-                    "this call needs scope {}; caller {} has {}",
-                    needed.join(" or "),
-                    caller.name,
-                    if granted.is_empty() {
-                        "none".to_owned()
-                    } else {
-                        granted.join(" ")
-                    }
-                )),
-            ));
+            return Err(Refusal::MissingScope {
+                needed: needed.join(" or "),
+                caller: caller.name,
+                granted: if granted.is_empty() {
+                    "none".to_owned()
+                } else {
+                    granted.join(" ")
+                },
+            });
         }
         Ok(caller)
     }
 
     /// A Cognito client-credentials access token → its app client and rights.
     async fn verify(&self, token: &str) -> Result<Caller, Refusal> {
-        let verifier = self.verifier.as_ref().ok_or_else(|| {
-            (
-                "unknown_token",
-                Status::unauthenticated("unknown API token"),
-            )
-        })?;
+        let verifier = self.verifier.as_ref().ok_or(Refusal::UnknownToken)?;
         let identity = verifier.verify(token).await.map_err(|e| match e {
             // The JWKS could not be read: not the caller's fault, retry.
-            notify_auth::AuthError::Keys(_) => (
-                "keys_unavailable",
-                Status::unavailable(format!("cannot check tokens: {e}")),
-            ),
-            e => (
-                "token_refused",
-                Status::unauthenticated(format!("token refused: {e}")),
-            ),
+            notify_auth::AuthError::Keys(_) => Refusal::KeysUnavailable(e.to_string()),
+            e => Refusal::TokenRefused(e.to_string()),
         })?;
         if identity.token_use != TokenUse::Access {
-            return Err((
-                "id_token",
-                Status::unauthenticated(
-                    "token refused: an ID token; services use client-credentials access tokens",
-                ),
-            ));
+            return Err(Refusal::IdToken);
         }
         Ok(Caller::from_scopes(identity.client_id, &identity.scopes))
     }
