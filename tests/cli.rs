@@ -8,17 +8,17 @@ use std::{
     time::Duration,
 };
 
+use notify_harness::InProcessSvc;
 use serde_json::Value;
 use test_support::TestDb;
 use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 
 struct Svc {
     url: String,
     /// Flags every command gets (TLS files).
     flags: Vec<String>,
     db: TestDb,
-    stop: CancellationToken,
+    running: InProcessSvc,
 }
 
 impl Svc {
@@ -31,31 +31,13 @@ impl Svc {
         let db = TestDb::create().await;
         let mut config = notify_svc::Config::for_database(&db.url).unwrap();
         tweak(&mut config);
-        let scheme = if config.tls.is_some() {
-            "https"
-        } else {
-            "http"
-        };
-        let grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("{scheme}://localhost:{}", grpc.local_addr().unwrap().port());
-        let stop = CancellationToken::new();
-        tokio::spawn(notify_svc::run(config, grpc, http, stop.clone()));
-        let svc = Self {
-            url,
+        let running = InProcessSvc::start(config).await;
+        Self {
+            url: running.url(),
             flags,
             db,
-            stop,
-        };
-        test_support::eventually("notify-svc answers", Duration::from_secs(20), || async {
-            svc.notify(&["presence", "--user", "probe"], None)
-                .await
-                .status
-                .success()
-                .then_some(())
-        })
-        .await;
-        svc
+            running,
+        }
     }
 
     /// Runs `notify ARGS --url …` (stdin if given), off the runtime's threads.
@@ -88,12 +70,6 @@ impl Svc {
         })
         .await
         .unwrap()
-    }
-}
-
-impl Drop for Svc {
-    fn drop(&mut self) {
-        self.stop.cancel();
     }
 }
 
@@ -365,7 +341,11 @@ async fn notify_connect_follows_a_wss_bridge_checked_against_its_ca() {
             vec![svc.url.clone()],
         )
     };
-    tokio::spawn(notify_bridge::run(bridge, listener, svc.stop.clone()));
+    tokio::spawn(notify_bridge::run(
+        bridge,
+        listener,
+        svc.running.stop.clone(),
+    ));
     let token = issuer
         .mint(&notify_auth::DevToken::access("wendy"))
         .unwrap();

@@ -21,6 +21,11 @@ pub struct KindLabels {
     pub kind: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CallLabels {
+    pub call: &'static str,
+}
+
 /// Every series of a tracker, plus the flags systemd and the ops port read.
 pub struct Stats {
     registry: Mutex<Registry>,
@@ -31,6 +36,11 @@ pub struct Stats {
     pub expired: Counter,
     /// Changes notify-svc refused as invalid (logged and passed over).
     pub rejected: Counter,
+    /// Failed calls about to be retried, by what was called (`notify`,
+    /// `database`): a tracker in trouble shows here before its lag grows.
+    pub retries: Family<CallLabels, Counter>,
+    /// Sweeps for open fights past their deadline that completed.
+    pub sweeps: Counter,
     /// 1 while this tracker holds the lease.
     pub active: Gauge,
     /// The outbox id emitted last.
@@ -72,6 +82,18 @@ impl Default for Stats {
             "Outbox changes notify-svc refused as invalid (passed over, logged)",
             rejected.clone(),
         );
+        let retries = Family::<CallLabels, Counter>::default();
+        registry.register(
+            "retries",
+            "Failed calls retried, by what was called (notify, database)",
+            retries.clone(),
+        );
+        let sweeps = Counter::default();
+        registry.register(
+            "expiry_sweeps",
+            "Completed sweeps for open fights past their deadline",
+            sweeps.clone(),
+        );
         let active = Gauge::default();
         registry.register(
             "lease_active",
@@ -98,6 +120,8 @@ impl Default for Stats {
             by_kind,
             expired,
             rejected,
+            retries,
+            sweeps,
             active,
             cursor,
             lag_events,
@@ -109,6 +133,16 @@ impl Default for Stats {
 }
 
 impl Stats {
+    /// A failed call to `call` (`notify`, `database`) will be retried.
+    pub fn retrying(&self, call: &'static str) {
+        self.retries.get_or_create(&CallLabels { call }).inc();
+    }
+
+    /// Retries of calls to `call` so far.
+    pub fn retries_of(&self, call: &'static str) -> u64 {
+        self.retries.get_or_create(&CallLabels { call }).get()
+    }
+
     /// One event of `kind` (`created`, `accepted`, …) was accepted.
     pub fn emitted(&self, kind: &str) {
         self.emitted.inc();

@@ -175,7 +175,10 @@ async fn emit_while_leased(config: &TrackerConfig, source: &Source, emitter: &Em
             match expire(source, emitter).await {
                 Err(Stop::Shutdown) => return,
                 Err(Stop::LeaseLost) => continue,
-                Ok(()) => next_expiry = Instant::now() + EXPIRY_EVERY,
+                Ok(()) => {
+                    emitter.stats.sweeps.inc();
+                    next_expiry = Instant::now() + EXPIRY_EVERY;
+                }
             }
         }
         emitter.pause(delay).await;
@@ -352,6 +355,7 @@ impl Emitter {
                 }
                 Err(status) => {
                     tracing::warn!(key, code = ?status.code(), message = status.message(), retry_in = ?retry, "EmitFightEvent failed");
+                    self.stats.retrying("notify");
                 }
             }
             self.pause(retry).await;
@@ -374,7 +378,8 @@ impl Emitter {
             match call().await {
                 Ok(value) => return Ok(value),
                 Err(e) => {
-                    tracing::warn!(error = %e, retry_in = ?retry, "tracker database call failed")
+                    tracing::warn!(error = %e, retry_in = ?retry, "tracker database call failed");
+                    self.stats.retrying("database");
                 }
             }
             self.pause(retry).await;

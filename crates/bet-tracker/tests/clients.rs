@@ -8,7 +8,6 @@ use bet_tracker::{Source, Stats, TrackerConfig};
 use futures::{SinkExt, StreamExt};
 use notify_auth::{DevIssuer, DevToken};
 use notify_bridge::BridgeConfig;
-use notify_proto::v1::notify_client::NotifyClient;
 use notify_store::{Database, PgStoreConfig};
 use serde_json::Value;
 use test_support::TestDb;
@@ -55,16 +54,10 @@ async fn messages(ws: &mut Socket, n: usize) -> Vec<(String, String, String, Str
 async fn creator_acceptor_and_spectator_each_see_their_events_once_in_order() {
     let db = TestDb::create().await;
     let stop = CancellationToken::new();
-    let grpc_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let grpc = format!("http://{}", grpc_listener.local_addr().unwrap());
-    let config = notify_svc::Config::for_database(&db.url).unwrap();
-    let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    tokio::spawn(notify_svc::run(config, grpc_listener, http, stop.clone()));
-    test_support::eventually("notify-svc answers", Duration::from_secs(20), || {
-        let grpc = grpc.clone();
-        async move { NotifyClient::connect(grpc).await.ok().map(|_| ()) }
-    })
-    .await;
+    let svc =
+        notify_harness::InProcessSvc::start(notify_svc::Config::for_database(&db.url).unwrap())
+            .await;
+    let grpc = svc.url();
 
     let issuer = Arc::new(DevIssuer::generate("http://dev", "app").unwrap());
     let verifier = issuer.verifier();

@@ -8,58 +8,34 @@ use std::{
 };
 
 use bet_tracker::{Source, Stats, TrackerConfig};
+use notify_harness::InProcessSvc;
 use notify_proto::v1::{self as pb, notify_client::NotifyClient};
 use notify_store::{Database, PgStoreConfig};
+use notify_svc::Config;
 use test_support::TestDb;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 struct Platform {
     grpc: String,
     db: TestDb,
-    stop: CancellationToken,
-    svc: Option<tokio::task::JoinHandle<Result<(), notify_svc::RunError>>>,
+    /// notify-svc (None while stopped).
+    svc: Option<InProcessSvc>,
 }
 
 impl Platform {
     async fn start() -> Self {
         let db = TestDb::create().await;
-        let grpc_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let grpc = format!("http://{}", grpc_listener.local_addr().unwrap());
-        let mut platform = Self {
-            grpc,
+        let svc = InProcessSvc::start(Config::for_database(&db.url).unwrap()).await;
+        Self {
+            grpc: svc.url(),
             db,
-            stop: CancellationToken::new(),
-            svc: None,
-        };
-        platform.serve(grpc_listener).await;
-        platform
-    }
-
-    async fn serve(&mut self, grpc_listener: TcpListener) {
-        let config = notify_svc::Config::for_database(&self.db.url).unwrap();
-        let http_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        self.stop = CancellationToken::new();
-        self.svc = Some(tokio::spawn(notify_svc::run(
-            config,
-            grpc_listener,
-            http_listener,
-            self.stop.clone(),
-        )));
-        test_support::eventually("notify-svc answers", Duration::from_secs(20), || {
-            let grpc = self.grpc.clone();
-            async move {
-                let mut c = NotifyClient::connect(grpc).await.ok()?;
-                c.history(inbox("probe")).await.ok().map(|_| ())
-            }
-        })
-        .await;
+            svc: Some(svc),
+        }
     }
 
     async fn stop_svc(&mut self) {
-        self.stop.cancel();
-        if let Some(svc) = self.svc.take() {
-            svc.await.unwrap().unwrap();
+        if let Some(mut svc) = self.svc.take() {
+            svc.stop().await.unwrap();
         }
     }
 
@@ -67,7 +43,8 @@ impl Platform {
     async fn restart_svc(&mut self) {
         let addr = self.grpc.trim_start_matches("http://").to_owned();
         let listener = test_support::rebind(&addr).await;
-        self.serve(listener).await;
+        let config = Config::for_database(&self.db.url).unwrap();
+        self.svc = Some(InProcessSvc::start_on(config, listener).await);
     }
 
     fn tracker(&self, holder: &str) -> (Arc<Stats>, CancellationToken) {
@@ -135,26 +112,11 @@ impl Platform {
     }
 }
 
-impl Drop for Platform {
-    fn drop(&mut self) {
-        self.stop.cancel();
-    }
-}
-
 /// A plain HTTP GET: the status line, headers and body as text.
 async fn http_get(addr: &str, path: &str) -> String {
     test_support::http_get(addr, path)
         .await
         .unwrap_or_else(|| panic!("no HTTP answer from {addr}"))
-}
-
-fn inbox(user: &str) -> pb::HistoryRequest {
-    pb::HistoryRequest {
-        target: Some(pb::history_request::Target::UserId(user.into())),
-        since: 0,
-        limit: 1,
-        after_acked: false,
-    }
 }
 
 fn user(u: &str) -> pb::history_request::Target {
@@ -190,13 +152,15 @@ fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
 async fn every_change_reaches_its_recipients_once_even_after_a_replay() {
     let p = Platform::start().await;
     p.sql(LIFE_OF_F1).await;
-    let (stats, stop) = p.tracker("t1");
+    let (stats, stop, task) = p.tracker_task("t1");
     test_support::eventually("three changes emitted", Duration::from_secs(20), || async {
         (stats.cursor.get() == 3).then_some(())
     })
     .await;
     assert!(stats.ready.load(Ordering::Relaxed) && stats.active.get() == 1);
+    // Stopped for good (its lease given back) before the cursor is rewound.
     stop.cancel();
+    task.await.unwrap().unwrap();
 
     let expected_cora = life_of_f1();
     assert_eq!(p.events_of(user("cora")).await, expected_cora);
@@ -213,7 +177,6 @@ async fn every_change_reaches_its_recipients_once_even_after_a_replay() {
     // A tracker that died after emitting but before writing its cursor
     // emits the same changes again: nothing is stored twice.
     p.sql("UPDATE tracker_cursors SET outbox_id = 0").await;
-    tokio::time::sleep(Duration::from_millis(1200)).await; // the old lease runs out
     let (again, stop) = p.tracker("t1-restarted");
     test_support::eventually("replayed", Duration::from_secs(20), || async {
         (again.cursor.get() == 3).then_some(())
@@ -284,7 +247,11 @@ async fn an_open_fight_past_its_deadline_expires_once() {
     })
     .await;
     // More sweeps pass: still once.
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let swept = stats.sweeps.get();
+    test_support::eventually("two more sweeps", Duration::from_secs(20), || async {
+        (stats.sweeps.get() >= swept + 2).then_some(())
+    })
+    .await;
     stop.cancel();
     assert_eq!(stats.expired.get(), 1);
     let expired: Vec<_> = p
@@ -388,7 +355,10 @@ async fn changes_made_while_notify_svc_is_down_arrive_once_it_is_back() {
     p.stop_svc().await;
     p.sql(LIFE_OF_F1).await;
     // The tracker keeps trying (backing off) and moves nothing meanwhile.
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    test_support::eventually("emits retried", Duration::from_secs(20), || async {
+        (stats.retries_of("notify") >= 3).then_some(())
+    })
+    .await;
     assert_eq!(stats.cursor.get(), 0);
     assert_eq!(stats.emitted.get(), 0);
     p.restart_svc().await;
@@ -450,26 +420,26 @@ async fn a_simulation_reaches_the_lobby_topic_change_for_change() {
 }
 
 /// Starts the real binary against the platform.
-fn spawn_binary(p: &Platform, id: &str) -> tokio::process::Child {
-    tokio::process::Command::new(env!("CARGO_BIN_EXE_bet-tracker"))
+/// The bet-tracker binary, and its ops port.
+fn spawn_binary(p: &Platform, id: &str) -> (tokio::process::Child, String) {
+    let ops = format!("127.0.0.1:{}", test_support::free_port());
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_bet-tracker"))
         .env("DATABASE_URL", &p.db.url)
         .env("TRACKER_NOTIFY_URL", &p.grpc)
         .env("TRACKER_ID", id)
         .env("TRACKER_LEASE_MS", "1000")
-        .env(
-            "TRACKER_HTTP_ADDR",
-            format!("127.0.0.1:{}", test_support::free_port()),
-        )
+        .env("TRACKER_HTTP_ADDR", &ops)
         .env("RUST_LOG", "error")
         .kill_on_drop(true)
         .spawn()
-        .unwrap()
+        .unwrap();
+    (child, ops)
 }
 
 #[tokio::test]
 async fn a_tracker_killed_mid_stream_loses_and_doubles_nothing() {
     let p = Platform::start().await;
-    let mut first = spawn_binary(&p, "doomed");
+    let (mut first, first_ops) = spawn_binary(&p, "doomed");
     let sim = tokio::spawn({
         let url = p.db.url.clone();
         async move {
@@ -487,13 +457,18 @@ async fn a_tracker_killed_mid_stream_loses_and_doubles_nothing() {
             .unwrap()
         }
     });
-    // kill -9 in the middle of the stream: whatever it emitted after its
-    // last cursor write comes again from the next tracker.
-    tokio::time::sleep(Duration::from_millis(900)).await;
+    // kill -9 in the middle of the stream (once it has emitted a few):
+    // whatever it emitted after its last cursor write comes again from the
+    // next tracker.
+    test_support::eventually("the first emits", Duration::from_secs(20), || async {
+        let emitted = test_support::prometheus::value_at(&first_ops, "tracker_events_total").await;
+        (emitted >= 50.0).then_some(())
+    })
+    .await;
     first.start_kill().unwrap();
     first.wait().await.unwrap();
     let written = sim.await.unwrap();
-    let _second = spawn_binary(&p, "heir");
+    let (_second, heir_ops) = spawn_binary(&p, "heir");
 
     let (client, conn) = tokio_postgres::connect(&p.db.url, tokio_postgres::NoTls)
         .await
@@ -510,8 +485,13 @@ async fn a_tracker_killed_mid_stream_loses_and_doubles_nothing() {
         (row.get::<_, i64>(0) == written as i64).then_some(())
     })
     .await;
-    // Once more for overdue fights: they expire within a sweep or two.
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // Overdue fights expire within a sweep: wait for two more.
+    let sweeps = || test_support::prometheus::value_at(&heir_ops, "tracker_expiry_sweeps_total");
+    let swept = sweeps().await;
+    test_support::eventually("two more sweeps", Duration::from_secs(20), || async {
+        (sweeps().await >= swept + 2.0).then_some(())
+    })
+    .await;
 
     // Every change is one lobby message, and every fighter's inbox holds each
     // (fight, event) once: nothing lost, nothing doubled.
@@ -585,7 +565,10 @@ async fn the_tracker_rides_out_a_database_outage() {
     // its own connection), then gets it back.
     relay.cut();
     p.sql(LIFE_OF_F1).await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    test_support::eventually("reads retried", Duration::from_secs(20), || async {
+        (stats.retries_of("database") >= 3).then_some(())
+    })
+    .await;
     assert_eq!(
         stats.cursor.get(),
         0,

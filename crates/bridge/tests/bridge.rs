@@ -11,7 +11,7 @@ use notify_auth::{DevToken, Verifier};
 use notify_bridge::SendBound;
 use notify_proto::v1::{self as pb, notify_client::NotifyClient};
 use serde_json::Value;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio_tungstenite::{
     WebSocketStream,
     tungstenite::{Message, client::IntoClientRequest},
@@ -709,14 +709,8 @@ async fn cognito_users_connect_and_signed_out_or_disabled_ones_are_refused_and_c
         credentials: Some(("test".into(), "test".into())),
         ..CognitoConfig::new(REGION, &pool.pool_id)
     });
-    let replica = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let replica_url = format!("http://{}", replica.local_addr().unwrap());
-    tokio::spawn(notify_svc::run(
-        with_pool,
-        replica,
-        TcpListener::bind("127.0.0.1:0").await.unwrap(),
-        p.svc_stop.clone(),
-    ));
+    let replica = notify_harness::InProcessSvc::start(with_pool).await;
+    let replica_url = replica.url();
     config.notify_urls = vec![replica_url.clone()];
     let ws = p.run_bridge(config).await;
     let tokens = pool.sign_in("alice").await;
@@ -1482,10 +1476,7 @@ async fn a_publish_while_notify_svc_is_away_is_answered_unavailable_then_succeed
     let mut vic = p.connect("vic", "").await;
     assert_eq!(vic.next().await["type"], "welcome");
     // notify-svc goes away; the socket stays.
-    p.svc_stop.cancel();
-    if let Some(svc) = p.svc.take() {
-        let _ = svc.await;
-    }
+    p.stop_svc().await;
     until_links(&p.ops, 0).await;
     let publish =
         serde_json::json!({"action": "publish", "topic": "room:lobby", "data": 1, "id": "p"});

@@ -168,11 +168,8 @@ async fn live_messages_held_during_a_slow_store_read_are_bounded_and_none_is_los
     let p = Platform::start().await;
     let relay =
         test_support::Relay::start(p.grpc.trim_start_matches("http://").parse().unwrap()).await;
-    let b_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let b_grpc = format!("http://{}", b_listener.local_addr().unwrap());
-    let b_stop = tokio_util::sync::CancellationToken::new();
-    let _b = start_svc(&p.db.url, b_listener, b_stop.clone()).await;
-    let _stop_b = b_stop.drop_guard();
+    let b = start_svc(&p.db.url, None).await;
+    let b_grpc = b.url();
     let mut config = p.bridge_config(
         "bridge-relayed",
         SendBound {

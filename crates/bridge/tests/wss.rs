@@ -24,7 +24,6 @@ use tokio_tungstenite::{
     WebSocketStream,
     tungstenite::{Message, client::IntoClientRequest},
 };
-use tokio_util::sync::CancellationToken;
 
 type Wss = WebSocketStream<TlsStream<TcpStream>>;
 
@@ -81,11 +80,8 @@ async fn wss_clients_reach_a_mutual_tls_notify_svc_and_keep_their_sockets_across
         ClientAuth::Required(callers.ca.clone()),
     )
     .unwrap();
-    let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let grpc_addr = grpc.local_addr().unwrap();
-    let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let svc_stop = CancellationToken::new();
-    let svc = tokio::spawn(notify_svc::run(config, grpc, http, svc_stop.clone()));
+    let mut svc = notify_harness::InProcessSvc::start(config).await;
+    let grpc_addr = svc.grpc;
     let publisher = ClientTls {
         ca: Some(svc_pki.ca.clone()),
         ..callers_identity(&callers.client("publisher"))
@@ -191,8 +187,7 @@ async fn wss_clients_reach_a_mutual_tls_notify_svc_and_keep_their_sockets_across
     );
 
     bridge.kill().await.unwrap();
-    svc_stop.cancel();
-    svc.await.unwrap().unwrap();
+    svc.stop().await.unwrap();
     drop(db);
 }
 

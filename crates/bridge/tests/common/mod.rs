@@ -7,6 +7,7 @@ use std::{sync::Arc, time::Duration};
 use futures::{SinkExt, StreamExt};
 use notify_auth::{DevIssuer, DevToken, Verifier};
 use notify_bridge::{BridgeConfig, SendBound};
+use notify_harness::InProcessSvc;
 use notify_proto::v1::{self as pb, notify_client::NotifyClient};
 use serde_json::Value;
 use test_support::TestDb;
@@ -26,41 +27,16 @@ pub struct Platform {
     pub verifier: Verifier,
     /// Stops the bridges.
     pub shutdown: CancellationToken,
-    /// Stops notify-svc.
-    pub svc_stop: CancellationToken,
-    pub svc: Option<tokio::task::JoinHandle<Result<(), notify_svc::RunError>>>,
+    /// The notify-svc (None while stopped).
+    pub svc: Option<InProcessSvc>,
     pub db: TestDb,
 }
 
-pub async fn start_svc(
-    db_url: &str,
-    grpc_listener: TcpListener,
-    stop: CancellationToken,
-) -> tokio::task::JoinHandle<Result<(), notify_svc::RunError>> {
-    start_svc_with(db_url, grpc_listener, stop, None).await
-}
-
-/// [`start_svc`], checking Dev Panel admins with `users`.
-pub async fn start_svc_with(
-    db_url: &str,
-    grpc_listener: TcpListener,
-    stop: CancellationToken,
-    users: Option<Verifier>,
-) -> tokio::task::JoinHandle<Result<(), notify_svc::RunError>> {
+/// A notify-svc on `db_url` that checks Dev Panel admins with `users`.
+pub async fn start_svc(db_url: &str, users: Option<Verifier>) -> InProcessSvc {
     let mut config = notify_svc::Config::for_database(db_url).unwrap();
     config.users = users;
-    let http_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let grpc = format!("http://{}", grpc_listener.local_addr().unwrap());
-    let handle = tokio::spawn(notify_svc::run(config, grpc_listener, http_listener, stop));
-    test_support::eventually("notify-svc answers", Duration::from_secs(20), || {
-        let grpc = grpc.clone();
-        async move {
-            let mut c = NotifyClient::connect(grpc).await.ok()?;
-            c.history(history("probe")).await.ok().map(|_| ())
-        }
-    })
-    .await;
-    handle
+    InProcessSvc::start(config).await
 }
 
 impl Platform {
@@ -76,18 +52,10 @@ impl Platform {
     pub async fn start_with(tweak: impl FnOnce(&mut BridgeConfig)) -> Self {
         let db = TestDb::create().await;
         let shutdown = CancellationToken::new();
-        let svc_stop = CancellationToken::new();
-        let grpc_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let grpc = format!("http://{}", grpc_listener.local_addr().unwrap());
         let issuer = Arc::new(DevIssuer::generate("http://dev", "app").unwrap());
         let verifier = issuer.verifier();
-        let svc = start_svc_with(
-            &db.url,
-            grpc_listener,
-            svc_stop.clone(),
-            Some(verifier.clone()),
-        )
-        .await;
+        let svc = start_svc(&db.url, Some(verifier.clone())).await;
+        let grpc = svc.url();
 
         let mut platform = Self {
             grpc,
@@ -96,7 +64,6 @@ impl Platform {
             issuer,
             verifier,
             shutdown,
-            svc_stop,
             svc: Some(svc),
             db,
         };
@@ -166,17 +133,21 @@ impl Platform {
         BridgeConfig::new(id, &sockets, self.verifier.clone(), vec![self.grpc.clone()])
     }
 
+    /// Stops notify-svc (bridges keep their sockets and retry their links).
+    pub async fn stop_svc(&mut self) {
+        if let Some(mut svc) = self.svc.take() {
+            svc.stop().await.unwrap();
+        }
+    }
+
     /// Stops notify-svc and starts a new one on the same address and database.
     pub async fn restart_svc(&mut self) {
-        self.svc_stop.cancel();
-        if let Some(handle) = self.svc.take() {
-            handle.await.unwrap().unwrap();
-        }
+        self.stop_svc().await;
         let addr = self.grpc.trim_start_matches("http://").to_owned();
         let listener = test_support::rebind(&addr).await;
-        self.svc_stop = CancellationToken::new();
-        let users = Some(self.verifier.clone());
-        self.svc = Some(start_svc_with(&self.db.url, listener, self.svc_stop.clone(), users).await);
+        let mut config = notify_svc::Config::for_database(&self.db.url).unwrap();
+        config.users = Some(self.verifier.clone());
+        self.svc = Some(InProcessSvc::start_on(config, listener).await);
     }
 
     pub fn token(&self, user: &str) -> String {
@@ -245,7 +216,6 @@ impl Platform {
 impl Drop for Platform {
     fn drop(&mut self) {
         self.shutdown.cancel();
-        self.svc_stop.cancel();
     }
 }
 

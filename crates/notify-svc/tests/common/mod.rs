@@ -7,11 +7,10 @@
 use std::{net::SocketAddr, time::Duration};
 
 use clap::Parser;
+use notify_harness::InProcessSvc;
 use notify_proto::v1::{self as pb, notify_client::NotifyClient};
-use notify_svc::{Config, RunError, SvcArgs};
+use notify_svc::{Config, SvcArgs};
 use test_support::{TestDb, TestDir};
-use tokio::{net::TcpListener, task::JoinHandle};
-use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
 #[derive(Parser)]
@@ -20,7 +19,6 @@ struct Cli {
     svc: SvcArgs,
 }
 
-/// Parses notify-svc flags as the binary would.
 /// A configuration from these flags, in dev mode (loopback callers, unless
 /// the flags configure credentials).
 pub fn config(database_url: &str, flags: &[&str]) -> Config {
@@ -64,8 +62,7 @@ macro_rules! on_both_stores {
 pub struct Svc {
     pub grpc: SocketAddr,
     pub http: SocketAddr,
-    pub shutdown: CancellationToken,
-    pub handle: JoinHandle<Result<(), RunError>>,
+    running: InProcessSvc,
     /// The database this instance owns (None for a second replica on it).
     pub db: Option<TestDb>,
     /// The SQLite directory this instance owns, if it runs on SQLite.
@@ -118,71 +115,15 @@ impl Svc {
     }
 
     async fn start_inner(db: Option<TestDb>, cfg: Config, url: String) -> Self {
-        let tls = cfg.tls.is_some();
-        let grpc_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let http_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let (grpc, http) = (
-            grpc_listener.local_addr().unwrap(),
-            http_listener.local_addr().unwrap(),
-        );
-        let shutdown = CancellationToken::new();
-        let handle = tokio::spawn(notify_svc::run(
-            cfg,
-            grpc_listener,
-            http_listener,
-            shutdown.clone(),
-        ));
-        let svc = Self {
-            grpc,
-            http,
-            shutdown,
-            handle,
+        let running = InProcessSvc::start(cfg).await;
+        Self {
+            grpc: running.grpc,
+            http: running.http,
+            running,
             db,
             sqlite: None,
             url,
-        };
-        if tls {
-            // A plaintext health check cannot reach a TLS port: ask the ops port.
-            svc.wait_ready().await;
-        } else {
-            svc.wait_serving().await;
         }
-        svc
-    }
-
-    /// Until /readyz on the ops port answers 200 (migrated, database up).
-    pub async fn wait_ready(&self) {
-        let http = self.http.to_string();
-        test_support::eventually("notify-svc ready", Duration::from_secs(20), || {
-            let http = http.clone();
-            async move {
-                let answer = test_support::http_get(&http, "/readyz").await?;
-                (answer.split_whitespace().nth(1) == Some("200")).then_some(())
-            }
-        })
-        .await;
-    }
-
-    pub async fn wait_serving(&self) {
-        let url = format!("http://{}", self.grpc);
-        test_support::eventually("notify-svc SERVING", Duration::from_secs(20), || {
-            let url = url.clone();
-            async move {
-                let channel = Channel::from_shared(url).ok()?.connect().await.ok()?;
-                let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
-                let status = health
-                    .check(tonic_health::pb::HealthCheckRequest {
-                        service: "notify.v1.Notify".into(),
-                    })
-                    .await
-                    .ok()?
-                    .into_inner()
-                    .status;
-                (status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32)
-                    .then_some(())
-            }
-        })
-        .await;
     }
 
     pub async fn client(&self) -> NotifyClient<Channel> {
@@ -191,14 +132,12 @@ impl Svc {
             .expect("connect")
     }
 
-    pub async fn stop(self) -> Option<TestDb> {
-        self.shutdown.cancel();
-        tokio::time::timeout(Duration::from_secs(15), self.handle)
+    pub async fn stop(mut self) -> Option<TestDb> {
+        tokio::time::timeout(Duration::from_secs(15), self.running.stop())
             .await
             .expect("notify-svc stops within 15 s")
-            .expect("join")
             .expect("clean stop");
-        self.db
+        self.db.take()
     }
 }
 
