@@ -86,7 +86,7 @@ impl Shared {
     }
 }
 
-type Socket = WebSocketStream<TokioIo<Upgraded>>;
+pub type Socket = WebSocketStream<TokioIo<Upgraded>>;
 
 /// What woke the connection loop.
 enum Event {

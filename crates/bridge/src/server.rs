@@ -177,23 +177,10 @@ async fn handle(
             &serde_json::json!({"error": "not_found", "message": "WebSocket endpoint is /ws"}),
         );
     }
-    let is_upgrade = req
-        .headers()
-        .get(header::UPGRADE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
-    let Some(key) = req.headers().get(header::SEC_WEBSOCKET_KEY).cloned() else {
-        return respond::json(
-            StatusCode::BAD_REQUEST,
-            &serde_json::json!({"error": "bad_request", "message": "expected a WebSocket upgrade"}),
-        );
+    let key = match websocket_key(&req) {
+        Ok(key) => key,
+        Err(why) => return respond::error(StatusCode::BAD_REQUEST, "bad_request", why),
     };
-    if !is_upgrade {
-        return respond::json(
-            StatusCode::BAD_REQUEST,
-            &serde_json::json!({"error": "bad_request", "message": "expected a WebSocket upgrade"}),
-        );
-    }
     let (since, token) = match upgrade_params(&req) {
         Ok(params) => params,
         Err(why) => return respond::error(StatusCode::BAD_REQUEST, "bad_request", why),
@@ -213,40 +200,57 @@ async fn handle(
     let accept = derive_accept_key(key.as_bytes());
     let serving = tracker.clone();
     tracker.spawn(async move {
-        match hyper::upgrade::on(req).await {
-            Ok(upgraded) => {
-                // tungstenite's default reserves 128 KiB for reading per
-                // socket; 1 KiB holds any ack or subscribe in one read (a
-                // 64 KiB client publish takes more reads, and is rare), and
-                // idle connections are most of a bridge. Writes are queued
-                // until the connection flushes (or 16 KiB wait), so a burst
-                // goes out in one syscall; the write buffer is not
-                // preallocated.
-                let config = WebSocketConfig::default()
-                    .read_buffer_size(1024)
-                    .write_buffer_size(16 * 1024)
-                    .max_message_size(Some(max_frame))
-                    .max_frame_size(Some(max_frame));
-                let ws = WebSocketStream::from_raw_socket(
-                    TokioIo::new(upgraded),
-                    Role::Server,
-                    Some(config),
-                )
-                .await;
-                // A task of its own, sized to the connection alone: this one
-                // also holds the upgrade's state, which an idle socket should
-                // not carry for its whole life (~3 KB each).
-                let accepted = Box::new(connection::Accepted {
-                    ws,
-                    since,
-                    token,
-                    admitted: Some(admitted),
-                });
-                serving.spawn(connection::serve(accepted, Box::new(identity), shared));
-            }
-            Err(e) => tracing::debug!(error = %e, "upgrade failed"),
-        }
+        let Some(ws) = upgraded(req, max_frame).await else {
+            return;
+        };
+        // A task of its own, sized to the connection alone: this one also
+        // holds the upgrade's state, which an idle socket should not carry
+        // for its whole life (~3 KB each).
+        let accepted = Box::new(connection::Accepted {
+            ws,
+            since,
+            token,
+            admitted: Some(admitted),
+        });
+        serving.spawn(connection::serve(accepted, Box::new(identity), shared));
     });
+    switching_protocols(&accept)
+}
+
+/// The `Sec-WebSocket-Key` of a WebSocket upgrade request, or why it is not one.
+fn websocket_key(req: &Request<Incoming>) -> Result<header::HeaderValue, &'static str> {
+    let is_upgrade = req
+        .headers()
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    match req.headers().get(header::SEC_WEBSOCKET_KEY) {
+        Some(key) if is_upgrade => Ok(key.clone()),
+        _ => Err("expected a WebSocket upgrade"),
+    }
+}
+
+/// The WebSocket once the upgrade completed (None: the client went away).
+async fn upgraded(req: Request<Incoming>, max_frame: usize) -> Option<connection::Socket> {
+    let upgraded = hyper::upgrade::on(req)
+        .await
+        .inspect_err(|e| tracing::debug!(error = %e, "upgrade failed"))
+        .ok()?;
+    // tungstenite's default reserves 128 KiB for reading per socket; 1 KiB
+    // holds any ack or subscribe in one read (a 64 KiB client publish takes
+    // more reads, and is rare), and idle connections are most of a bridge.
+    // Writes are queued until the connection flushes (or 16 KiB wait), so a
+    // burst goes out in one syscall; the write buffer is not preallocated.
+    let config = WebSocketConfig::default()
+        .read_buffer_size(1024)
+        .write_buffer_size(16 * 1024)
+        .max_message_size(Some(max_frame))
+        .max_frame_size(Some(max_frame));
+    Some(WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await)
+}
+
+/// 101 Switching Protocols, accepting the upgrade with `accept`.
+fn switching_protocols(accept: &str) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::new()));
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let headers = response.headers_mut();
@@ -258,7 +262,7 @@ async fn handle(
         header::CONNECTION,
         header::HeaderValue::from_static("Upgrade"),
     );
-    if let Ok(value) = header::HeaderValue::from_str(&accept) {
+    if let Ok(value) = header::HeaderValue::from_str(accept) {
         headers.insert(header::SEC_WEBSOCKET_ACCEPT, value);
     }
     response

@@ -94,16 +94,7 @@ pub async fn run(
         Some(tls) => tracker.spawn(tls.clone().watch(background.clone())),
         None => tracker.spawn(notify_ops::signals::nothing_to_reload(background.clone())),
     };
-    let metrics = metrics::Metrics::new();
-    {
-        let metrics = metrics.clone();
-        store.observe_pool_waits(Arc::new(move |waited| metrics.pool_wait(waited)));
-    }
-    let router = router::Router::default();
-    metrics.track_deliveries(
-        router.counts().sent.clone(),
-        router.counts().dropped.clone(),
-    );
+    let (metrics, router) = observed(&store);
     let ready = ops::Readiness::default();
     let ops_server = tokio::spawn(ops::serve(
         http,
@@ -116,10 +107,8 @@ pub async fn run(
         config.info(),
         shutdown.clone(),
     ));
-
     let (health, health_service) = tonic_health::server::health_reporter();
     report(&health, ServingStatus::NotServing).await;
-
     if !migrate(store.as_ref(), &shutdown)
         .await
         .inspect_err(|_| background.cancel())?
@@ -128,7 +117,6 @@ pub async fn run(
         let _ = ops_server.await;
         return Ok(());
     }
-    let topics = config.topics.clone();
     let hub = watch::WatchHub::default();
     let publisher = pipeline::Publisher::start(
         store.clone(),
@@ -140,7 +128,7 @@ pub async fn run(
     );
     tracker.spawn(retention::run(
         store.clone(),
-        topics.clone(),
+        config.topics.clone(),
         background.clone(),
     ));
     tracker.spawn(probe(
@@ -150,24 +138,64 @@ pub async fn run(
         metrics.clone(),
         background.clone(),
     ));
-
-    let authenticator = caller::Authenticator::new(
-        config.tokens.clone(),
-        config.verifier.clone(),
-        config.users.clone(),
-        metrics.clone(),
-    );
     let services = services::Services {
         store,
         publisher,
         router,
-        topics: Arc::new(topics),
+        topics: Arc::new(config.topics.clone()),
         limits: Arc::new(config.limits.clone()),
-        auth: authenticator.clone(),
+        auth: caller::Authenticator::new(
+            config.tokens.clone(),
+            config.verifier.clone(),
+            config.users.clone(),
+            metrics.clone(),
+        ),
         metrics,
         tracker: tracker.clone(),
         shutdown: shutdown.clone(),
     };
+    let routes = grpc_routes(&config, services, hub)
+        .await?
+        .add_service(health_service);
+    tracing::info!(%addr, tls = tls.is_some(), "notify-svc serving gRPC");
+    notify_ops::systemd::ready();
+    tokio::spawn(notify_ops::systemd::watchdog(|| true, shutdown.clone()));
+    let stopping = stopping(health, ready, shutdown.clone());
+    let served = serve_grpc(routes, grpc, tls, &shutdown, stopping).await;
+    background.cancel();
+    tracker.close();
+    tracker.wait().await;
+    ops_server
+        .await
+        .map_err(|e| std::io::Error::other(e.to_string()))??;
+    served?;
+    tracing::info!("notify-svc stopped");
+    Ok(())
+}
+
+/// The metrics and the router, wired to each other and to the store's pool.
+fn observed(store: &Arc<dyn Store>) -> (metrics::Metrics, router::Router) {
+    let metrics = metrics::Metrics::new();
+    {
+        let metrics = metrics.clone();
+        store.observe_pool_waits(Arc::new(move |waited| metrics.pool_wait(waited)));
+    }
+    let router = router::Router::default();
+    metrics.track_deliveries(
+        router.counts().sent.clone(),
+        router.counts().dropped.clone(),
+    );
+    (metrics, router)
+}
+
+/// The gRPC services: the Notify API and the bridges' link (both behind the
+/// caller interceptor) and reflection.
+async fn grpc_routes(
+    config: &Config,
+    services: services::Services,
+    hub: watch::WatchHub,
+) -> Result<tonic::transport::server::Router, RunError> {
+    let authenticator = services.auth.clone();
     let link = link::Link::new(services.clone(), config.bridge_queue);
     let cognito = match &config.cognito {
         Some(c) => Some(Arc::new(notify_auth::Cognito::new(c).await)),
@@ -192,33 +220,41 @@ pub async fn run(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .map_err(|e| RunError::Io(std::io::Error::other(e.to_string())))?;
-
-    tracing::info!(addr = ?grpc.local_addr().ok(), tls = tls.is_some(), "notify-svc serving gRPC");
-    notify_ops::systemd::ready();
-    tokio::spawn(notify_ops::systemd::watchdog(|| true, shutdown.clone()));
-    let stopping = {
-        let health = health.clone();
-        let ready = ready.clone();
-        let shutdown = shutdown.clone();
-        async move {
-            shutdown.cancelled().await;
-            notify_ops::systemd::stopping();
-            ready.set(false);
-            report(&health, ServingStatus::NotServing).await;
-            tracing::info!("shutting down: draining in-flight calls");
-        }
-    };
-    let router = tonic::transport::Server::builder()
+    Ok(tonic::transport::Server::builder()
         // Bounds work per HTTP/2 connection; callers beyond it queue in h2 flow control.
         .concurrency_limit_per_connection(1024)
-        .add_service(health_service)
         .add_service(reflection)
         .add_service(notify)
-        .add_service(bridge_link);
-    let served = match tls {
+        .add_service(bridge_link))
+}
+
+/// Resolves at `shutdown`, once notify-svc says it is stopping: not ready,
+/// NOT_SERVING, systemd told; the server then drains in-flight calls.
+async fn stopping(
+    health: tonic_health::server::HealthReporter,
+    ready: ops::Readiness,
+    shutdown: CancellationToken,
+) {
+    shutdown.cancelled().await;
+    notify_ops::systemd::stopping();
+    ready.set(false);
+    report(&health, ServingStatus::NotServing).await;
+    tracing::info!("shutting down: draining in-flight calls");
+}
+
+/// Serves `routes` on `grpc` (over TLS with `tls`, whose acceptor stops at
+/// `shutdown`) until `stopping` resolves and in-flight calls are done.
+async fn serve_grpc(
+    routes: tonic::transport::server::Router,
+    grpc: TcpListener,
+    tls: Option<Arc<notify_ops::tls::ServerTls>>,
+    shutdown: &CancellationToken,
+    stopping: impl Future<Output = ()>,
+) -> Result<(), tonic::transport::Error> {
+    match tls {
         Some(tls) => {
             let incoming = notify_ops::tls::incoming(grpc, tls, shutdown.clone());
-            router
+            routes
                 .serve_with_incoming_shutdown(incoming, stopping)
                 .await
         }
@@ -229,20 +265,11 @@ pub async fn run(
             let incoming = tonic::transport::server::TcpIncoming::from(grpc)
                 .with_nodelay(Some(true))
                 .with_keepalive(Some(Duration::from_secs(60)));
-            router
+            routes
                 .serve_with_incoming_shutdown(incoming, stopping)
                 .await
         }
-    };
-    background.cancel();
-    tracker.close();
-    tracker.wait().await;
-    ops_server
-        .await
-        .map_err(|e| std::io::Error::other(e.to_string()))??;
-    served?;
-    tracing::info!("notify-svc stopped");
-    Ok(())
+    }
 }
 
 /// Applies migrations, retrying while the database is unreachable. Returns

@@ -325,81 +325,93 @@ impl Router {
                 reached.push(0);
                 continue;
             }
-            let excluded = exclude.get(&i).map(ToString::to_string).unwrap_or_default();
             let trace_parent = traces.get(&i).cloned().unwrap_or_default();
-            let message =
-                |user: Option<&UserId>, topic: Option<&Topic>, seq: u64| pb::StoredMessage {
-                    message_id: done.message_id.to_string(),
-                    seq,
-                    topic: topic.map(ToString::to_string).unwrap_or_default(),
-                    user_id: user.map(ToString::to_string).unwrap_or_default(),
-                    event: item.publish.event.clone(),
-                    data: item.publish.data.clone(),
-                    ts_ms: notify_proto::convert::millis(done.ts),
+            reached.push(self.deliver_one(&t, item, done, exclude.get(&i), trace_parent));
+        }
+        reached
+    }
+
+    /// Sends one committed message (not to `exclude`, its sender's socket)
+    /// to every bridge holding a recipient; returns how many live
+    /// connections it reached.
+    fn deliver_one(
+        &self,
+        t: &Tables,
+        item: &PublishItem,
+        done: &Committed,
+        exclude: Option<&ConnectionId>,
+        trace_parent: String,
+    ) -> u32 {
+        let excluded = exclude.map(ToString::to_string).unwrap_or_default();
+        let message = |user: Option<&UserId>, topic: Option<&Topic>, seq: u64| pb::StoredMessage {
+            message_id: done.message_id.to_string(),
+            seq,
+            topic: topic.map(ToString::to_string).unwrap_or_default(),
+            user_id: user.map(ToString::to_string).unwrap_or_default(),
+            event: item.publish.event.clone(),
+            data: item.publish.data.clone(),
+            ts_ms: notify_proto::convert::millis(done.ts),
+        };
+        let send = |bridge: &str, message: pb::StoredMessage| {
+            t.bridges.get(bridge).is_some_and(|b| {
+                let delivery = pb::Delivery {
+                    message: Some(message),
+                    exclude_connection_id: excluded.clone(),
+                    trace_parent: trace_parent.clone(),
                 };
-            let send = |bridge: &str, message: pb::StoredMessage| {
-                t.bridges.get(bridge).is_some_and(|b| {
-                    let delivery = pb::Delivery {
-                        message: Some(message),
-                        exclude_connection_id: excluded.clone(),
-                        trace_parent: trace_parent.clone(),
-                    };
-                    let sent =
-                        b.tx.try_send(down(pb::bridge_down::Msg::Delivery(delivery)));
-                    if sent.is_err() {
-                        self.counts.dropped.inc();
-                        tracing::warn!(bridge, "bridge queue full: live copy dropped");
-                    } else {
-                        self.counts.sent.inc();
-                    }
-                    sent.is_ok()
-                })
-            };
-            let mut count = 0;
-            let mut to_user = |user: &UserId, seq: u64| {
-                for (bridge, n) in t.users.get(user).into_iter().flatten() {
-                    if send(bridge, message(Some(user), None, seq)) {
+                let sent =
+                    b.tx.try_send(down(pb::bridge_down::Msg::Delivery(delivery)));
+                if sent.is_err() {
+                    self.counts.dropped.inc();
+                    tracing::warn!(bridge, "bridge queue full: live copy dropped");
+                } else {
+                    self.counts.sent.inc();
+                }
+                sent.is_ok()
+            })
+        };
+        let mut count = 0;
+        let mut to_user = |user: &UserId, seq: u64| {
+            for (bridge, n) in t.users.get(user).into_iter().flatten() {
+                if send(bridge, message(Some(user), None, seq)) {
+                    count += n;
+                }
+            }
+        };
+        match &item.publish.target {
+            Target::User(user) => to_user(user, done.seq),
+            Target::Users(_) => {
+                for (user, seq) in &done.inbox_seqs {
+                    to_user(user, *seq);
+                }
+            }
+            Target::Topic(topic) => {
+                for (bridge, n) in t.topics.get(topic).into_iter().flatten() {
+                    if send(bridge, message(None, Some(topic), done.seq)) {
                         count += n;
                     }
                 }
-            };
-            match &item.publish.target {
-                Target::User(user) => to_user(user, done.seq),
-                Target::Users(_) => {
-                    for (user, seq) in &done.inbox_seqs {
-                        to_user(user, *seq);
-                    }
+                // The sender is not told of its own publish.
+                let sender_follows = exclude
+                    .and_then(|id| t.conns.get(id))
+                    .is_some_and(|c| c.topics.contains(topic));
+                if sender_follows {
+                    count = count.saturating_sub(1);
                 }
-                Target::Topic(topic) => {
-                    for (bridge, n) in t.topics.get(topic).into_iter().flatten() {
-                        if send(bridge, message(None, Some(topic), done.seq)) {
-                            count += n;
-                        }
-                    }
-                    // The sender is not told of its own publish.
-                    let sender_follows = exclude
-                        .get(&i)
-                        .and_then(|id| t.conns.get(id))
-                        .is_some_and(|c| c.topics.contains(topic));
-                    if sender_follows {
-                        count = count.saturating_sub(1);
-                    }
+            }
+            Target::Broadcast => {
+                let mut per_bridge: HashMap<&str, u32> = HashMap::new();
+                for conn in t.conns.values() {
+                    *per_bridge.entry(&conn.bridge).or_default() += 1;
                 }
-                Target::Broadcast => {
-                    let mut per_bridge: HashMap<&str, u32> = HashMap::new();
-                    for conn in t.conns.values() {
-                        *per_bridge.entry(&conn.bridge).or_default() += 1;
-                    }
-                    for (bridge, n) in per_bridge {
-                        if send(bridge, message(None, None, 0)) {
-                            count += n;
-                        }
+                for (bridge, n) in per_bridge {
+                    if send(bridge, message(None, None, 0)) {
+                        count += n;
                     }
                 }
             }
-            reached.push(count);
         }
-        reached
+        count
     }
 }
 

@@ -12,8 +12,8 @@ use crate::{
     Committed, ConnectionRecord, Feed, HistoryPage, Position, PublishItem, SWEEP_CHUNK, Store,
     StoreError, StoredMessage, Swept, migrate as migrations,
     plan::{
-        Origin, SeqDemand, StoredKey, commit_time, in_batch_origins, inbox_rows, key_of, new_items,
-        new_keys, results, shared_payloads, topic_appends,
+        Assigned, Origin, SeqDemand, StoredKey, commit_time, in_batch_origins, inbox_rows, key_of,
+        new_items, new_keys, results, shared_payloads, topic_appends,
     },
 };
 
@@ -446,44 +446,18 @@ fn connection_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<ConnectionRecord
 
 // === the group commit ===
 
-/// Numbers and stores one batch inside the writer's transaction. Keys are
-/// looked up first: nobody else can write until the commit, so what is not
-/// there now is this batch's to take.
-fn commit_batch<'a>(
+/// Numbers and stores one batch inside the writer's transaction, in the
+/// order of `crate::plan`: keys already stored, seqs reserved, payloads and
+/// inbox rows, topic logs, new keys.
+fn commit_batch(
     conn: &Connection,
-    items: &'a [PublishItem],
+    items: &[PublishItem],
     window: std::time::Duration,
 ) -> rusqlite::Result<Vec<Committed>> {
     let now = commit_time();
-    let now_us = micros(now);
     let origins = in_batch_origins(items);
-    let mut stored: HashMap<usize, StoredKey> = HashMap::new();
-    {
-        let mut lookup = conn.prepare_cached(
-            "SELECT message_id, seq, created_at FROM idempotency_keys
-             WHERE caller = ?1 AND key = ?2 AND expires_at > ?3",
-        )?;
-        for (i, item) in items.iter().enumerate() {
-            if origins[i] != Origin::Fresh || item.publish.idempotency_key.is_none() {
-                continue;
-            }
-            let (caller, key) = key_of(item);
-            let found = lookup
-                .query_row(params![caller, key, now_us], |r| {
-                    Ok(StoredKey {
-                        message_id: MessageId(uuid(r.get(0)?)),
-                        seq: to_u64(r.get(1)?),
-                        ts: time(r.get(2)?),
-                    })
-                })
-                .optional()?;
-            if let Some(original) = found {
-                stored.insert(i, original);
-            }
-        }
-    }
+    let stored = stored_keys(conn, items, &origins, micros(now))?;
     let new = new_items(&origins, &stored);
-
     // Reserve seqs by bumping the heads.
     let demand = SeqDemand::of(items, &new);
     let user_last = bump_heads(
@@ -502,90 +476,159 @@ fn commit_batch<'a>(
         &demand.topics,
     )?;
     let assigned = demand.assign(items, &new, &user_last, &topic_last);
-
-    // Payloads and inbox entries.
-    let mut payload = conn.prepare_cached(
-        "INSERT INTO messages (id, caller, event, data, created_at, expires_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-    )?;
-    for i in shared_payloads(items, &new) {
-        let item = &items[i];
-        payload.execute(params![
-            item.message_id.0.as_bytes(),
-            item.caller,
-            item.publish.event,
-            item.publish.data,
-            now_us,
-            micros(now + item.publish.ttl),
-        ])?;
-    }
-    let mut entry = conn.prepare_cached(
-        "INSERT INTO inbox (user_id, seq, message_id, caller, event, data, created_at, expires_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-    )?;
-    for row in inbox_rows(items, &new, &assigned) {
-        let item = &items[row.item];
-        let inline = |v: &'a str| row.inline.then_some(v);
-        entry.execute(params![
-            row.user,
-            to_i64(row.seq),
-            item.message_id.0.as_bytes(),
-            inline(&item.caller),
-            inline(&item.publish.event),
-            inline(&item.publish.data),
-            now_us,
-            micros(now + item.publish.ttl),
-        ])?;
-    }
-
-    // Topic logs: trim what this batch pushed out, append what it keeps.
-    let appends = topic_appends(items, &new, &assigned, &topic_last);
-    let mut trim =
-        conn.prepare_cached("DELETE FROM topic_log WHERE topic = ?1 AND seq > ?2 AND seq <= ?3")?;
-    for t in &appends.trims {
-        trim.execute(params![t.topic, to_i64(t.after), to_i64(t.upto)])?;
-    }
-    let mut append = conn.prepare_cached(
-        "INSERT INTO topic_log (topic, seq, message_id, caller, event, data, created_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-    )?;
-    for &i in &appends.rows {
-        let item = &items[i];
-        let Target::Topic(topic) = &item.publish.target else {
-            continue;
-        };
-        append.execute(params![
-            topic.as_str(),
-            to_i64(assigned[i].seq),
-            item.message_id.0.as_bytes(),
-            item.caller,
-            item.publish.event,
-            item.publish.data,
-            now_us,
-        ])?;
-    }
-
-    // The new keys with their answers; an expired key is taken over.
-    let mut claim = conn.prepare_cached(
-        "INSERT INTO idempotency_keys (caller, key, message_id, seq, created_at, expires_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-         ON CONFLICT (caller, key) DO UPDATE
-           SET message_id = excluded.message_id, seq = excluded.seq,
-               created_at = excluded.created_at, expires_at = excluded.expires_at",
-    )?;
-    let expires = micros(now + window);
-    for i in new_keys(items, &new) {
-        let (caller, key) = key_of(&items[i]);
-        claim.execute(params![
-            caller,
-            key,
-            items[i].message_id.0.as_bytes(),
-            to_i64(assigned[i].seq),
-            now_us,
-            expires,
-        ])?;
-    }
+    let batch = Batch {
+        items,
+        new: &new,
+        assigned: &assigned,
+        now,
+    };
+    batch.insert_messages(conn)?;
+    batch.write_topic_logs(conn, &topic_last)?;
+    batch.claim_keys(conn, window)?;
     Ok(results(items, &origins, &stored, &assigned, now))
+}
+
+/// The live idempotency keys the batch's fresh items name. Keys are looked
+/// up first: nobody else can write until the commit, so what is not there
+/// now is this batch's to take.
+fn stored_keys(
+    conn: &Connection,
+    items: &[PublishItem],
+    origins: &[Origin],
+    now_us: i64,
+) -> rusqlite::Result<HashMap<usize, StoredKey>> {
+    let mut stored = HashMap::new();
+    let mut lookup = conn.prepare_cached(
+        "SELECT message_id, seq, created_at FROM idempotency_keys
+         WHERE caller = ?1 AND key = ?2 AND expires_at > ?3",
+    )?;
+    for (i, item) in items.iter().enumerate() {
+        if origins[i] != Origin::Fresh || item.publish.idempotency_key.is_none() {
+            continue;
+        }
+        let (caller, key) = key_of(item);
+        let found = lookup
+            .query_row(params![caller, key, now_us], |r| {
+                Ok(StoredKey {
+                    message_id: MessageId(uuid(r.get(0)?)),
+                    seq: to_u64(r.get(1)?),
+                    ts: time(r.get(2)?),
+                })
+            })
+            .optional()?;
+        if let Some(original) = found {
+            stored.insert(i, original);
+        }
+    }
+    Ok(stored)
+}
+
+/// One batch once its seqs are reserved: what is left to write.
+struct Batch<'a> {
+    items: &'a [PublishItem],
+    /// Which items are stored by this batch (not duplicates).
+    new: &'a [bool],
+    assigned: &'a [Assigned],
+    now: SystemTime,
+}
+
+impl<'a> Batch<'a> {
+    /// Payloads (shared by user-list recipients) and inbox entries.
+    fn insert_messages(&self, conn: &Connection) -> rusqlite::Result<()> {
+        let (items, now, now_us) = (self.items, self.now, micros(self.now));
+        let mut payload = conn.prepare_cached(
+            "INSERT INTO messages (id, caller, event, data, created_at, expires_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )?;
+        for i in shared_payloads(items, self.new) {
+            let item = &items[i];
+            payload.execute(params![
+                item.message_id.0.as_bytes(),
+                item.caller,
+                item.publish.event,
+                item.publish.data,
+                now_us,
+                micros(now + item.publish.ttl),
+            ])?;
+        }
+        let mut entry = conn.prepare_cached(
+            "INSERT INTO inbox (user_id, seq, message_id, caller, event, data, created_at, expires_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )?;
+        for row in inbox_rows(items, self.new, self.assigned) {
+            let item = &items[row.item];
+            let inline = |v: &'a str| row.inline.then_some(v);
+            entry.execute(params![
+                row.user,
+                to_i64(row.seq),
+                item.message_id.0.as_bytes(),
+                inline(&item.caller),
+                inline(&item.publish.event),
+                inline(&item.publish.data),
+                now_us,
+                micros(now + item.publish.ttl),
+            ])?;
+        }
+        Ok(())
+    }
+
+    /// Topic logs: trims what this batch pushed out, appends what it keeps.
+    fn write_topic_logs(
+        &self,
+        conn: &Connection,
+        topic_last: &HashMap<String, u64>,
+    ) -> rusqlite::Result<()> {
+        let appends = topic_appends(self.items, self.new, self.assigned, topic_last);
+        let mut trim = conn
+            .prepare_cached("DELETE FROM topic_log WHERE topic = ?1 AND seq > ?2 AND seq <= ?3")?;
+        for t in &appends.trims {
+            trim.execute(params![t.topic, to_i64(t.after), to_i64(t.upto)])?;
+        }
+        let mut append = conn.prepare_cached(
+            "INSERT INTO topic_log (topic, seq, message_id, caller, event, data, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )?;
+        for &i in &appends.rows {
+            let item = &self.items[i];
+            let Target::Topic(topic) = &item.publish.target else {
+                continue;
+            };
+            append.execute(params![
+                topic.as_str(),
+                to_i64(self.assigned[i].seq),
+                item.message_id.0.as_bytes(),
+                item.caller,
+                item.publish.event,
+                item.publish.data,
+                micros(self.now),
+            ])?;
+        }
+        Ok(())
+    }
+
+    /// The new keys with their answers; an expired key is taken over.
+    fn claim_keys(&self, conn: &Connection, window: std::time::Duration) -> rusqlite::Result<()> {
+        let mut claim = conn.prepare_cached(
+            "INSERT INTO idempotency_keys (caller, key, message_id, seq, created_at, expires_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT (caller, key) DO UPDATE
+               SET message_id = excluded.message_id, seq = excluded.seq,
+                   created_at = excluded.created_at, expires_at = excluded.expires_at",
+        )?;
+        let expires = micros(self.now + window);
+        for i in new_keys(self.items, self.new) {
+            let (caller, key) = key_of(&self.items[i]);
+            claim.execute(params![
+                caller,
+                key,
+                self.items[i].message_id.0.as_bytes(),
+                to_i64(self.assigned[i].seq),
+                micros(self.now),
+                expires,
+            ])?;
+        }
+        Ok(())
+    }
 }
 
 /// Adds each key's demand to its head; returns the new last seqs.
