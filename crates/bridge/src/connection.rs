@@ -388,6 +388,10 @@ fn error_text(code: ErrorCode, message: &str, id: Option<&FrameId>) -> String {
 }
 
 impl Conn {
+    // One function on purpose (~130 lines): the select, the handling and the
+    // watch below share one future, whose size is every idle connection's
+    // memory (the bridge's budget is 5 KB a socket, docs/benchmarks.md); the
+    // loop is tuned as a whole and measured as a whole.
     async fn run(&mut self, ws: &mut Socket, queue: &SendQueue, slow: &CancellationToken) -> End {
         let mut ping = tokio::time::interval(self.shared.ping_every);
         ping.tick().await;

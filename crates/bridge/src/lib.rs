@@ -68,30 +68,23 @@ pub async fn run(
     let api = link::Api::new(first, &config.notify_tls, credential.clone())?;
     // Links outlive the sockets a little: the last acks and Closed reports go up.
     let links_stop = CancellationToken::new();
-    let mut links = Vec::new();
-    for (index, url) in config.notify_urls.iter().enumerate() {
-        links.push(tokio::spawn(link::run(
-            index,
-            url.clone(),
-            config.notify_tls.clone(),
-            credential.clone(),
-            hub.clone(),
-            pending.clone(),
-            links_stop.clone(),
-        )));
-    }
-    let flusher = {
-        let (hub, stop) = (hub.clone(), links_stop.clone());
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(ACK_FLUSH_EVERY);
-            loop {
-                tokio::select! {
-                    () = stop.cancelled() => return,
-                    _ = tick.tick() => hub.flush_acks(),
-                }
-            }
+    let links: Vec<_> = config
+        .notify_urls
+        .iter()
+        .enumerate()
+        .map(|(index, url)| {
+            tokio::spawn(link::run(
+                index,
+                url.clone(),
+                config.notify_tls.clone(),
+                credential.clone(),
+                hub.clone(),
+                pending.clone(),
+                links_stop.clone(),
+            ))
         })
-    };
+        .collect();
+    let flusher = tokio::spawn(flush_acks(hub.clone(), links_stop.clone()));
     let metrics = metrics::Metrics::default();
     if let Some(ops) = config.ops {
         tokio::spawn(metrics::serve(
@@ -129,17 +122,7 @@ pub async fn run(
         Some(tls) => tokio::spawn(tls.clone().watch(links_stop.clone())),
         None => tokio::spawn(notify_ops::signals::nothing_to_reload(links_stop.clone())),
     };
-    // Sockets are taken once a notify-svc link is up: one accepted before
-    // would only get 503. Meanwhile connects wait in the listen backlog for a
-    // real answer; a bridge that reaches no notify-svc serves (503) after
-    // FIRST_LINK_WAIT, so clients and load balancers learn why.
-    tokio::select! {
-        () = hub.linked() => {}
-        () = tokio::time::sleep(FIRST_LINK_WAIT) => {
-            tracing::warn!(urls = ?config.notify_urls, "no notify-svc reached yet: serving, with 503 until one is");
-        }
-        () = shutdown.cancelled() => {}
-    }
+    first_link(&hub, &config.notify_urls, &shutdown).await;
     tracing::info!(addr = ?listener.local_addr().ok(), bridge = %config.bridge_id, wss = tls.is_some(), "bridge serving WebSocket");
     notify_ops::systemd::ready();
     tokio::spawn(notify_ops::systemd::watchdog(|| true, shutdown.clone()));
@@ -160,4 +143,29 @@ pub async fn run(
     }
     tracing::info!("bridge stopped");
     Ok(())
+}
+
+/// Sends the acks gathered from clients up every ACK_FLUSH_EVERY, until `stop`.
+async fn flush_acks(hub: hub::Hub, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(ACK_FLUSH_EVERY);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = tick.tick() => hub.flush_acks(),
+        }
+    }
+}
+
+/// Sockets are taken once a notify-svc link is up: one accepted before would
+/// only get 503. Meanwhile connects wait in the listen backlog for a real
+/// answer; a bridge that reaches no notify-svc serves (503) after
+/// FIRST_LINK_WAIT, so clients and load balancers learn why.
+async fn first_link(hub: &hub::Hub, urls: &[String], shutdown: &CancellationToken) {
+    tokio::select! {
+        () = hub.linked() => {}
+        () = tokio::time::sleep(FIRST_LINK_WAIT) => {
+            tracing::warn!(?urls, "no notify-svc reached yet: serving, with 503 until one is");
+        }
+        () = shutdown.cancelled() => {}
+    }
 }

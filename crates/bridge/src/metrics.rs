@@ -44,6 +44,7 @@ pub struct Metrics {
 }
 
 impl Default for Metrics {
+    // Long: one registration per series, each with its help text; a list.
     fn default() -> Self {
         let mut registry = Registry::with_prefix("bridge");
         let connections = Gauge::default();

@@ -278,6 +278,8 @@ impl Config {
     }
 
     /// Checks everything at once and reports every problem together.
+    // Long (~110 lines): one check per setting, in SvcArgs' order, each
+    // adding to `problems` instead of returning, which is the point.
     pub fn from_args(args: &SvcArgs) -> Result<Self, Vec<String>> {
         let mut problems = Vec::new();
         let tokens = CallerTokens::parse(&args.api_tokens).unwrap_or_else(|e| {

@@ -68,6 +68,9 @@ pub enum RunError {
 /// Serves the Notify API on `grpc` and the ops endpoints on `http` until
 /// `shutdown` is cancelled; then reports NOT_SERVING, stops accepting, lets
 /// in-flight calls and commits finish, and returns.
+// Long (~100 lines) because it is the start-up order, read top to bottom:
+// checks, TLS, metrics, ops port, migrations, pipeline, background tasks,
+// services, serving, draining. Each step is a call; the order is the content.
 pub async fn run(
     config: Config,
     grpc: TcpListener,

@@ -65,6 +65,7 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    // Long: one registration per series, each with its help text; a list.
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("notify");
         let rpcs = Family::<RpcLabels, Counter>::default();

@@ -73,6 +73,32 @@ pub fn messages(event: &pb::FightEvent) -> Result<Vec<FightMessage>, String> {
     };
     let fight = fight.as_ref().ok_or("fight is required")?;
     check_fight(fight)?;
+    check_status(kind, fight, name, expected)?;
+
+    let mut data = json!({ "fight": fight_json(fight) });
+    if let (Value::Object(data), Value::Object(extra)) = (&mut data, extra) {
+        data.extend(extra);
+    }
+    let data = data.to_string();
+    let recipients = recipients(kind, fight);
+    Ok(recipients
+        .into_iter()
+        .map(|to| FightMessage {
+            to,
+            event: name,
+            data: data.clone(),
+        })
+        .collect())
+}
+
+/// The fight's status fits the event, and the fields the event needs are there.
+fn check_status(
+    kind: &Kind,
+    fight: &pb::Fight,
+    name: &str,
+    expected: &[pb::FightStatus],
+) -> Result<(), String> {
+    use pb::FightStatus as S;
     let status = S::try_from(fight.status).unwrap_or(S::Unspecified);
     if !expected.contains(&status) {
         return Err(format!(
@@ -102,12 +128,12 @@ pub fn messages(event: &pb::FightEvent) -> Result<Vec<FightMessage>, String> {
         }
         _ => {}
     }
+    Ok(())
+}
 
-    let mut data = json!({ "fight": fight_json(fight) });
-    if let (Value::Object(data), Value::Object(extra)) = (&mut data, extra) {
-        data.extend(extra);
-    }
-    let data = data.to_string();
+/// Who hears of an event: the fighters' inboxes, the fight's own topic and
+/// the lobby, as the event's kind says.
+fn recipients(kind: &Kind, fight: &pb::Fight) -> Vec<Recipient> {
     let fight_topic = format!("fight:{}", fight.fight_id);
     let fighters = || {
         let mut inboxes = vec![Recipient::Inbox(fight.creator_id.clone())];
@@ -116,7 +142,7 @@ pub fn messages(event: &pb::FightEvent) -> Result<Vec<FightMessage>, String> {
         }
         inboxes
     };
-    let recipients = match kind {
+    match kind {
         Kind::Created(_) => vec![
             Recipient::Inbox(fight.creator_id.clone()),
             Recipient::Topic(LOBBY_TOPIC.into()),
@@ -131,15 +157,7 @@ pub fn messages(event: &pb::FightEvent) -> Result<Vec<FightMessage>, String> {
             all.push(Recipient::Topic(LOBBY_TOPIC.into()));
             all
         }
-    };
-    Ok(recipients
-        .into_iter()
-        .map(|to| FightMessage {
-            to,
-            event: name,
-            data: data.clone(),
-        })
-        .collect())
+    }
 }
 
 fn check_fight(fight: &pb::Fight) -> Result<(), String> {
