@@ -2,8 +2,8 @@
 //!
 //! [`run`] wires the parts, grouped by edge:
 //! - the Notify API ([`api`]): validates and serves `notify.v1.Notify`
-//!   ([`api::fight`] maps fight events to their messages, `api::usernames`
-//!   resolves `username:` targets);
+//!   ([`api::fight`] maps fight events to their messages; [`usernames`]
+//!   resolves `username:` targets with Cognito);
 //! - the bridges' `BridgeLink` ([`link`]): attach, registrations (its
 //!   registry writer and ticket barriers), acks, deliveries down;
 //! - delivery ([`delivery`]): the pipeline group-commits publishes, the router
@@ -24,6 +24,7 @@ mod ops;
 mod retention;
 mod services;
 mod status;
+mod usernames;
 
 use std::{sync::Arc, time::Duration};
 
@@ -207,7 +208,7 @@ async fn grpc_routes(
     let api = api::NotifyApi::new(
         services,
         hub,
-        api::Usernames::new(cognito),
+        usernames::Usernames::new(cognito),
         watch::WatchSlots::new(config.max_watches_per_caller),
     );
     let notify = tonic::service::interceptor::InterceptedService::new(

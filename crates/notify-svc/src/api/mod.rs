@@ -2,9 +2,6 @@
 //! rights ([`crate::caller`]), and hands publishes to the pipeline.
 
 pub mod fight;
-mod usernames;
-
-pub use usernames::{UsernameError, Usernames};
 
 use std::{pin::Pin, sync::Arc, time::Instant};
 
@@ -21,6 +18,7 @@ use crate::{
     delivery::watch::{self, WatchHub, WatchKey},
     services::Services,
     status,
+    usernames::Usernames,
 };
 
 /// Most requests in one `PublishBatch`.
@@ -70,7 +68,7 @@ impl NotifyApi {
         .map_err(status::invalid)?;
         caller
             .may_publish_to(&publish.target)
-            .map_err(status::caller)?;
+            .map_err(Status::from)?;
         let log_max_len = match &publish.target {
             Target::Topic(topic) => {
                 self.services
@@ -129,7 +127,7 @@ impl NotifyApi {
         self.usernames
             .resolve(&mut publish)
             .await
-            .map_err(status::username)?;
+            .map_err(Status::from)?;
         let item = self.item(&caller, &publish)?;
         let committed = self
             .services
@@ -169,7 +167,7 @@ impl NotifyApi {
         for r in requests {
             let mut r = r.clone();
             if let Err(e) = self.usernames.resolve(&mut r).await {
-                results.push(Some(error_result(&status::username(e))));
+                results.push(Some(error_result(&Status::from(e))));
                 continue;
             }
             match self.item(&caller, &r) {
@@ -431,7 +429,7 @@ impl pb::notify_server::Notify for NotifyApi {
             let req = req.into_inner();
             let user = user_id(&req.user_id)?;
             let topic = self.topic(&req.topic)?;
-            caller.may_use_topic(&topic).map_err(status::caller)?;
+            caller.may_use_topic(&topic).map_err(Status::from)?;
             let (created, topic_seq) = self
                 .services
                 .store
@@ -462,7 +460,7 @@ impl pb::notify_server::Notify for NotifyApi {
             let req = req.into_inner();
             let user = user_id(&req.user_id)?;
             let topic = self.topic(&req.topic)?;
-            caller.may_use_topic(&topic).map_err(status::caller)?;
+            caller.may_use_topic(&topic).map_err(Status::from)?;
             let removed = self
                 .services
                 .store

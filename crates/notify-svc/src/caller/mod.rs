@@ -23,8 +23,6 @@ use notify_auth::{TokenUse, Verifier};
 use notify_core::{Target, Topic};
 use tonic::{Request, Status};
 
-use crate::status;
-
 /// What an RPC needs, as Cognito resource-server scopes name it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Right {
@@ -102,7 +100,7 @@ impl Caller {
     }
 }
 
-/// Why a caller is refused; [`crate::status::caller`] says it in gRPC terms.
+/// Why a caller is refused; `status.rs` says it in gRPC terms.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refusal {
     /// Dev mode serves loopback callers only.
@@ -236,7 +234,7 @@ impl Authenticator {
     fn counted<T>(&self, result: Result<T, Refusal>) -> Result<T, Status> {
         result.map_err(|refusal| {
             self.metrics.auth_failure(refusal.reason());
-            status::caller(refusal)
+            Status::from(refusal)
         })
     }
 

@@ -34,7 +34,7 @@ impl Usernames {
     }
 
     /// Replaces every `username:` target of `req` by its user's `sub`.
-    /// ([`crate::status::username`] says why not in gRPC terms.)
+    /// (`status.rs` says why not in gRPC terms.)
     pub async fn resolve(&self, req: &mut pb::PublishRequest) -> Result<(), UsernameError> {
         match &mut req.target {
             Some(Target::UserId(user)) => self.resolve_one(user).await,
