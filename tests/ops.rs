@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use futures::{SinkExt, StreamExt};
+use futures::SinkExt;
 use notify_proto::v1::{self as pb, notify_client::NotifyClient};
 use serde_json::Value;
 use test_support::{
@@ -207,19 +207,10 @@ impl Ops {
             tokio_tungstenite::connect_async(format!("ws://{ws}/ws?token={token}"))
                 .await
                 .unwrap();
-        let mut next_frame = async || -> Value {
-            loop {
-                let frame = tokio::time::timeout(Duration::from_secs(10), socket.next())
-                    .await
-                    .expect("a frame within 10 s")
-                    .expect("socket open")
-                    .unwrap();
-                if let Message::Text(text) = frame {
-                    return serde_json::from_str(text.as_str()).unwrap();
-                }
-            }
-        };
-        assert_eq!(next_frame().await["type"], "welcome");
+        assert_eq!(
+            notify_harness::next_json(&mut socket).await["type"],
+            "welcome"
+        );
         let channel = tonic::transport::Endpoint::from_shared(format!("http://{grpc}"))
             .unwrap()
             .connect()
@@ -241,7 +232,7 @@ impl Ops {
         })
         .await
         .unwrap();
-        let message = next_frame().await;
+        let message = notify_harness::next_json(&mut socket).await;
         assert_eq!(message["event"], "ops.check", "{message}");
 
         // A fight of alice's: BetService writes it, the tracker emits it.
@@ -255,7 +246,7 @@ impl Ops {
         )
         .await
         .unwrap();
-        let fight = next_frame().await;
+        let fight = notify_harness::next_json(&mut socket).await;
         assert_eq!(fight["event"], "fight_created", "{fight}");
         socket
             .send(Message::text(format!(

@@ -5,7 +5,7 @@
 
 use std::{path::Path, process::Stdio, time::Duration};
 
-use futures::{SinkExt, StreamExt};
+use futures::SinkExt;
 use notify_proto::v1::{self as pb, notify_client::NotifyClient};
 use serde_json::Value;
 use test_support::{TestDb, TestDir, eventually, free_port};
@@ -159,14 +159,7 @@ where
 {
     let mut got = Vec::new();
     while got.len() < n {
-        let frame = tokio::time::timeout(Duration::from_secs(10), socket.next())
-            .await
-            .expect("a frame within 10 s")
-            .expect("socket open")
-            .expect("frame");
-        if let Message::Text(t) = frame {
-            got.push(serde_json::from_str(t.as_str()).unwrap());
-        }
+        got.push(notify_harness::next_json(socket).await);
     }
     got
 }

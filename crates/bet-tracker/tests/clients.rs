@@ -5,11 +5,11 @@
 use std::{sync::Arc, time::Duration};
 
 use bet_tracker::{Source, Stats, TrackerConfig};
-use futures::{SinkExt, StreamExt};
+use futures::SinkExt;
 use notify_auth::{DevIssuer, DevToken};
 use notify_bridge::BridgeConfig;
+use notify_harness::next_json_within;
 use notify_store::{Database, PgStoreConfig};
-use serde_json::Value;
 use test_support::TestDb;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::{
@@ -20,24 +20,14 @@ use tokio_util::sync::CancellationToken;
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
-async fn next_frame(ws: &mut Socket) -> Value {
-    loop {
-        let msg = tokio::time::timeout(Duration::from_secs(20), ws.next())
-            .await
-            .expect("a frame within 20 s")
-            .expect("socket open")
-            .expect("no socket error");
-        if let Message::Text(text) = msg {
-            return serde_json::from_str(text.as_str()).unwrap();
-        }
-    }
-}
+/// Fight events pass through the tracker's poll: more than a bare publish.
+const FRAME_WAIT: Duration = Duration::from_secs(20);
 
 /// The next `n` message frames: (event, topic or "inbox", message id, fight id).
 async fn messages(ws: &mut Socket, n: usize) -> Vec<(String, String, String, String)> {
     let mut out = Vec::new();
     while out.len() < n {
-        let f = next_frame(ws).await;
+        let f = next_json_within(ws, FRAME_WAIT).await;
         if f["type"] == "message" {
             out.push((
                 f["event"].as_str().unwrap().to_owned(),
@@ -94,14 +84,17 @@ async fn creator_acceptor_and_spectator_each_see_their_events_once_in_order() {
         connect("sam").await,
     );
     for ws in [&mut cora, &mut abe, &mut sam] {
-        assert_eq!(next_frame(ws).await["type"], "welcome");
+        assert_eq!(next_json_within(ws, FRAME_WAIT).await["type"], "welcome");
     }
     sam.send(Message::text(
         r#"{"action":"subscribe","topic":"fights:live"}"#,
     ))
     .await
     .unwrap();
-    assert_eq!(next_frame(&mut sam).await["type"], "subscribed");
+    assert_eq!(
+        next_json_within(&mut sam, FRAME_WAIT).await["type"],
+        "subscribed"
+    );
 
     let tracker_stop = CancellationToken::new();
     let source = Source::new(
@@ -192,7 +185,7 @@ async fn creator_acceptor_and_spectator_each_see_their_events_once_in_order() {
     for ws in [&mut cora, &mut abe, &mut sam] {
         let extra = tokio::time::timeout(Duration::from_millis(700), async {
             loop {
-                let f = next_frame(ws).await;
+                let f = next_json_within(ws, FRAME_WAIT).await;
                 if f["type"] == "message" {
                     return f;
                 }

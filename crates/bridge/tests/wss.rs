@@ -6,24 +6,20 @@
 
 use std::{path::Path, process::Stdio, time::Duration};
 
-use futures::StreamExt;
 use notify_auth::{DEV_CLIENT_ID, DEV_ISSUER, DEV_KEY_FILE, DevIssuer, DevToken};
+use notify_harness::{next_json, to_user};
 use notify_ops::tls::{ClientAuth, TlsFiles};
 use notify_proto::{
     channel::{self, ClientTls},
-    v1::{self as pb, notify_client::NotifyClient},
+    v1::notify_client::NotifyClient,
 };
-use serde_json::Value;
 use test_support::{
     TestDb, TestDir, eventually, free_port,
     tls::{CertFiles, TestPki},
 };
 use tokio::net::TcpStream;
 use tokio_rustls::{TlsConnector, client::TlsStream, rustls::pki_types::ServerName};
-use tokio_tungstenite::{
-    WebSocketStream,
-    tungstenite::{Message, client::IntoClientRequest},
-};
+use tokio_tungstenite::{WebSocketStream, tungstenite::client::IntoClientRequest};
 
 type Wss = WebSocketStream<TlsStream<TcpStream>>;
 
@@ -42,28 +38,6 @@ async fn wss(addr: &str, ca: &Path, token: &str) -> Result<Wss, String> {
         .await
         .map_err(|e| e.to_string())?;
     Ok(ws)
-}
-
-async fn next(ws: &mut Wss) -> Value {
-    loop {
-        let frame = tokio::time::timeout(Duration::from_secs(10), ws.next())
-            .await
-            .expect("a frame within 10 s")
-            .expect("socket open")
-            .expect("no socket error");
-        if let Message::Text(text) = frame {
-            return serde_json::from_str(text.as_str()).unwrap();
-        }
-    }
-}
-
-fn to_user(user: &str, data: &str) -> pb::PublishRequest {
-    pb::PublishRequest {
-        target: Some(pb::publish_request::Target::UserId(user.into())),
-        event: "note".into(),
-        data: data.into(),
-        ..Default::default()
-    }
 }
 
 #[tokio::test]
@@ -135,13 +109,13 @@ async fn wss_clients_reach_a_mutual_tls_notify_svc_and_keep_their_sockets_across
         wss(&ws_addr, &edge.ca, &token).await.ok()
     })
     .await;
-    assert_eq!(next(&mut alice).await["type"], "welcome");
+    assert_eq!(next_json(&mut alice).await["type"], "welcome");
     let sent = api
         .clone()
         .publish(to_user("alice", r#"{"n":1}"#))
         .await
         .unwrap();
-    let m = next(&mut alice).await;
+    let m = next_json(&mut alice).await;
     assert_eq!(
         (m["type"].as_str(), m["seq"].as_u64()),
         (Some("message"), Some(sent.into_inner().seq))
@@ -169,7 +143,7 @@ async fn wss_clients_reach_a_mutual_tls_notify_svc_and_keep_their_sockets_across
         || async { wss(&ws_addr, &next_edge.ca, &bob_token).await.ok() },
     )
     .await;
-    assert_eq!(next(&mut bob).await["type"], "welcome");
+    assert_eq!(next_json(&mut bob).await["type"], "welcome");
     assert!(
         wss(&ws_addr, &edge.ca, &bob_token).await.is_err(),
         "new handshakes no longer show the old certificate"
@@ -179,7 +153,7 @@ async fn wss_clients_reach_a_mutual_tls_notify_svc_and_keep_their_sockets_across
         .publish(to_user("alice", r#"{"n":2}"#))
         .await
         .unwrap();
-    let m = next(&mut alice).await;
+    let m = next_json(&mut alice).await;
     assert_eq!(m["data"]["n"], 2);
     assert!(
         bridge.try_wait().unwrap().is_none(),

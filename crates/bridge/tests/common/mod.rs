@@ -8,6 +8,8 @@ use futures::{SinkExt, StreamExt};
 use notify_auth::{DevIssuer, DevToken, Verifier};
 use notify_bridge::{BridgeConfig, SendBound};
 use notify_harness::InProcessSvc;
+#[allow(unused_imports)] // each test binary uses its own part
+pub use notify_harness::{to_topic, to_user};
 use notify_proto::v1::{self as pb, notify_client::NotifyClient};
 use serde_json::Value;
 use test_support::TestDb;
@@ -238,13 +240,6 @@ pub fn history(user: &str) -> pb::HistoryRequest {
     }
 }
 
-pub fn to_topic(topic: &str, data: &str) -> pb::PublishRequest {
-    pb::PublishRequest {
-        target: Some(pb::publish_request::Target::Topic(topic.into())),
-        ..to_user("", data)
-    }
-}
-
 /// Publishes to a topic once; `subscribed` means routed, so no retries:
 /// the answer must already count every subscriber.
 pub async fn publish_to_subscribers(
@@ -263,31 +258,13 @@ pub async fn publish_to_subscribers(
     r
 }
 
-pub fn to_user(user: &str, data: &str) -> pb::PublishRequest {
-    pb::PublishRequest {
-        target: Some(pb::publish_request::Target::UserId(user.into())),
-        event: "note".into(),
-        data: data.into(),
-        ..Default::default()
-    }
-}
-
 pub struct Client {
     pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
 }
 
 impl Client {
     pub async fn next(&mut self) -> Value {
-        loop {
-            let msg = tokio::time::timeout(Duration::from_secs(10), self.ws.next())
-                .await
-                .expect("a frame within 10 s")
-                .expect("socket open")
-                .expect("no socket error");
-            if let Message::Text(text) = msg {
-                return serde_json::from_str(text.as_str()).unwrap();
-            }
-        }
+        notify_harness::next_json(&mut self.ws).await
     }
 
     pub async fn send(&mut self, frame: Value) {

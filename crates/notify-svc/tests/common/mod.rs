@@ -8,6 +8,8 @@ use std::{net::SocketAddr, time::Duration};
 
 use clap::Parser;
 use notify_harness::InProcessSvc;
+#[allow(unused_imports)] // each test binary uses its own part
+pub use notify_harness::{to_topic, to_user, to_users};
 use notify_proto::v1::{self as pb, notify_client::NotifyClient};
 use notify_svc::{Config, SvcArgs};
 use test_support::{TestDb, TestDir};
@@ -141,39 +143,12 @@ impl Svc {
     }
 }
 
-pub fn to_user(user: &str, data: &str) -> pb::PublishRequest {
-    pb::PublishRequest {
-        target: Some(pb::publish_request::Target::UserId(user.into())),
-        event: "note".into(),
-        data: data.into(),
-        ..Default::default()
-    }
-}
-
-pub fn to_users(users: &[&str], data: &str) -> pb::PublishRequest {
-    pb::PublishRequest {
-        target: Some(pb::publish_request::Target::Users(pb::UserList {
-            user_ids: users.iter().map(|u| u.to_string()).collect(),
-        })),
-        ..to_user("", data)
-    }
-}
-
 /// Each user's inbox seq of a user-list publish, in list order.
 pub fn inbox_seqs(r: &pb::PublishResponse) -> Vec<(String, u64)> {
     r.inbox_seqs
         .iter()
         .map(|s| (s.user_id.clone(), s.seq))
         .collect()
-}
-
-pub fn to_topic(topic: &str, data: &str) -> pb::PublishRequest {
-    pb::PublishRequest {
-        target: Some(pb::publish_request::Target::Topic(topic.into())),
-        event: "note".into(),
-        data: data.into(),
-        ..Default::default()
-    }
 }
 
 pub fn history_of_user(user: &str, since: u64, limit: u32) -> pb::HistoryRequest {

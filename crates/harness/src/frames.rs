@@ -1,0 +1,36 @@
+//! Reading a WebSocket client's frames in tests.
+
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+use serde_json::Value;
+use tokio_tungstenite::tungstenite::{Error, Message};
+
+/// How long a test waits for a frame it expects.
+const FRAME_WAIT: Duration = Duration::from_secs(10);
+
+/// The next text frame, parsed (pings and other frames are passed over);
+/// panics if none comes within 10 s or the socket ends.
+pub async fn next_json<S>(socket: &mut S) -> Value
+where
+    S: Stream<Item = Result<Message, Error>> + Unpin,
+{
+    next_json_within(socket, FRAME_WAIT).await
+}
+
+/// [`next_json`], waiting up to `within`.
+pub async fn next_json_within<S>(socket: &mut S, within: Duration) -> Value
+where
+    S: Stream<Item = Result<Message, Error>> + Unpin,
+{
+    loop {
+        let frame = tokio::time::timeout(within, socket.next())
+            .await
+            .unwrap_or_else(|_| panic!("a frame within {within:?}"))
+            .expect("socket open")
+            .expect("no socket error");
+        if let Message::Text(text) = frame {
+            return serde_json::from_str(text.as_str()).expect("a JSON frame");
+        }
+    }
+}
