@@ -139,23 +139,8 @@ async fn presence_follows_connections_and_messages_reach_exactly_their_targets()
     for c in [&mut phone, &mut laptop, &mut ben, &mut bystander] {
         assert_eq!(c.next().await["type"], "welcome");
     }
-    let connections = test_support::eventually(
-        "amy's two devices registered",
-        Duration::from_secs(10),
-        || {
-            let mut api = api.clone();
-            async move {
-                let n = api
-                    .get_presence(presence_req("amy"))
-                    .await
-                    .ok()?
-                    .into_inner()
-                    .connections;
-                (n.len() == 2).then_some(n)
-            }
-        },
-    )
-    .await;
+    // Both of amy's devices registered.
+    let connections = p.until_connections("amy", 2).await;
     assert!(connections.iter().all(|c| c.bridge_id == "bridge-test"));
 
     // A user message reaches both of amy's devices, nobody else.
@@ -234,19 +219,7 @@ async fn presence_follows_connections_and_messages_reach_exactly_their_targets()
         let close = closing_code(c).await;
         assert_eq!(close, Some(4003));
     }
-    test_support::eventually("presence empty", Duration::from_secs(10), || {
-        let mut api = api.clone();
-        async move {
-            let n = api
-                .get_presence(presence_req("amy"))
-                .await
-                .ok()?
-                .into_inner()
-                .connections;
-            n.is_empty().then_some(())
-        }
-    })
-    .await;
+    p.until_connections("amy", 0).await;
 }
 
 #[tokio::test]
@@ -1160,22 +1133,7 @@ async fn a_token_expiring_beyond_any_clock_is_refused_and_a_failed_refresh_leave
     assert_eq!(oli.next().await["seq"].as_u64(), Some(1));
     // Gone, it is gone from presence and routing: no ghost stays behind.
     drop(oli);
-    test_support::eventually(
-        "oli's socket is deregistered",
-        Duration::from_secs(10),
-        || {
-            let mut api = api.clone();
-            async move {
-                let n = api
-                    .get_presence(presence_req("oli"))
-                    .await
-                    .ok()?
-                    .into_inner();
-                n.connections.is_empty().then_some(())
-            }
-        },
-    )
-    .await;
+    p.until_connections("oli", 0).await;
     let sent = api.publish(to_user("oli", "2")).await.unwrap().into_inner();
     assert_eq!(sent.delivered, 0, "nothing routed to a ghost");
 }

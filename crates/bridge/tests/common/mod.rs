@@ -210,6 +210,23 @@ impl Platform {
         .await
     }
 
+    /// Waits (up to 10 s) until `user` has `n` live connections in
+    /// notify-svc's presence; returns them.
+    pub async fn until_connections(&self, user: &str, n: usize) -> Vec<pb::Connection> {
+        let what = format!("{user} has {n} live connections");
+        test_support::eventually(&what, Duration::from_secs(10), || async {
+            let mut api = self.api().await;
+            let live = api
+                .get_presence(presence_req(user))
+                .await
+                .ok()?
+                .into_inner()
+                .connections;
+            (live.len() == n).then_some(live)
+        })
+        .await
+    }
+
     pub async fn api(&self) -> NotifyClient<tonic::transport::Channel> {
         NotifyClient::connect(self.grpc.clone()).await.unwrap()
     }
