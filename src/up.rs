@@ -29,6 +29,9 @@ pub struct UpArgs {
     /// The bridge's sockets, as the bridge binary takes them (its defaults).
     #[command(flatten, next_help_heading = "Bridge")]
     sockets: notify_bridge::SocketArgs,
+    /// Client actions routed to backends, as the bridge binary takes them.
+    #[command(flatten, next_help_heading = "Routed actions")]
+    upstream: notify_bridge::UpstreamArgs,
     /// Ops HTTP of the bridge (/healthz, /readyz, /metrics).
     #[arg(long, env = "BRIDGE_HTTP_ADDR", default_value = notify_bridge::DEFAULT_HTTP_ADDR, help_heading = "Bridge")]
     bridge_http_addr: std::net::SocketAddr,
@@ -180,8 +183,13 @@ async fn serve(
     // The panel publishes as its signed-in admin: notify-svc checks their
     // dev token with the same key.
     config.users.get_or_insert_with(|| issuer.verifier());
+    let upstream = args
+        .upstream
+        .config()
+        .map_err(|e| anyhow::anyhow!("notify up: {e}"))?;
     let bridge = notify_bridge::BridgeConfig {
         topics: config.topics.clone(),
+        upstream,
         ops: Some(ports.bridge_ops),
         // The panel is what `notify up` is for.
         panel: true,

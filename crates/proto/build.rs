@@ -11,6 +11,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protos = [
         root.join("notify/v1/notify.proto"),
         root.join("notify/v1/bridge.proto"),
+        root.join("notify/v1/upstream.proto"),
     ];
 
     let mut config = tonic_prost_build::Config::new();

@@ -12,6 +12,7 @@ import {
   type ErrorFrame,
   type FightEvent,
   type NotifyMessage,
+  type Reply,
   type ServerFrame,
   type Subscribed,
   type SubscriptionSource,
@@ -115,6 +116,8 @@ export class NotifyError extends Error {
   constructor(
     readonly code: string,
     message: string,
+    /** A routed action's backend status (`NOT_FOUND`, …), when it sent one. */
+    readonly status?: string,
   ) {
     super(message);
     this.name = 'NotifyError';
@@ -323,6 +326,24 @@ export class NotifyClient {
       return Promise.reject(new NotifyError('not_connected', 'not connected: publish again once connected'));
     }
     return this.request({ action: 'publish', topic, data, ...(event ? { event } : {}) });
+  }
+
+  /**
+   * Calls an action routed to a backend (the bridge's `BRIDGE_ROUTES`, API
+   * Gateway's routes): sends `{action, ...payload}` and resolves with the
+   * backend's reply data; rejects with a NotifyError carrying the error
+   * frame's code (and the backend's `status`), e.g. `unavailable` for a slow
+   * or absent backend (retry).
+   */
+  async call<T = unknown>(action: string, payload: Record<string, unknown> = {}): Promise<T> {
+    if (this.currentState !== 'connected') {
+      throw new NotifyError('not_connected', 'not connected: call again once connected');
+    }
+    const frame = await this.request({ ...payload, action } as ClientAction);
+    if (frame.type !== 'reply') {
+      throw new NotifyError('bad_reply', `expected a reply, got ${frame.type}`);
+    }
+    return (frame as Reply).data as T;
   }
 
   // --- Connection life ----------------------------------------------------
@@ -652,7 +673,7 @@ export class NotifyClient {
     this.pending.delete(id);
     if (frame.type === 'error') {
       const error = frame as ErrorFrame;
-      pending.reject(new NotifyError(error.code, error.message));
+      pending.reject(new NotifyError(error.code, error.message, error.status));
     } else {
       pending.resolve(frame);
     }

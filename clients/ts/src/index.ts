@@ -24,6 +24,7 @@ export type {
   NotifyMessage,
   Published,
   Refreshed,
+  Reply,
   ServerFrame,
   Subscribed,
   SubscriptionSource,

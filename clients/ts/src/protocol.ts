@@ -70,13 +70,33 @@ export interface Refreshed {
   id?: string;
 }
 
-/** `unavailable`: not now — the same frame may succeed later. */
-export type ErrorCode = 'bad_request' | 'forbidden' | 'rate_limited' | 'too_large' | 'unknown_action' | 'unavailable';
+/**
+ * `unavailable`: not now — the same frame may succeed later.
+ * `upstream_error`: a routed action's backend failed (its gRPC code is `status`).
+ */
+export type ErrorCode =
+  | 'bad_request'
+  | 'forbidden'
+  | 'rate_limited'
+  | 'too_large'
+  | 'unknown_action'
+  | 'unavailable'
+  | 'upstream_error';
 
 export interface ErrorFrame {
   type: 'error';
   code: ErrorCode;
   message: string;
+  id?: string;
+  /** A routed action's backend status (`NOT_FOUND`, …), when it sent one. */
+  status?: string;
+}
+
+/** A routed action's answer from its backend (`BRIDGE_ROUTES`). */
+export interface Reply {
+  type: 'reply';
+  action: string;
+  data: unknown;
   id?: string;
 }
 
@@ -88,6 +108,7 @@ export type ServerFrame =
   | Published
   | Pong
   | Refreshed
+  | Reply
   | ErrorFrame;
 
 export type ClientAction =
@@ -96,7 +117,9 @@ export type ClientAction =
   | { action: 'ack'; seq: number }
   | { action: 'publish'; topic: string; data: unknown; event?: string; id?: string }
   | { action: 'ping'; id?: string }
-  | { action: 'refresh'; token: string; id?: string };
+  | { action: 'refresh'; token: string; id?: string }
+  /** An action routed to a backend: any other name, with any fields. */
+  | { action: string; id?: string; [field: string]: unknown };
 
 /** Close codes the bridge uses. */
 export const CloseCode = {

@@ -320,6 +320,23 @@ test('publish resolves with the bridge answer', async () => {
   assert.deepEqual(await answer, { type: 'published', seq: 4, id: 'r1' });
 });
 
+test('call sends a routed action and resolves with the backend reply, or rejects with its status', async () => {
+  const { client, last } = setup();
+  client.connect();
+  await settle();
+  last().welcome();
+  const answer = client.call<{ ok: boolean }>('sendMessage', { room: 'lobby', text: 'hi' });
+  assert.deepEqual(last().actions('sendMessage'), [{ room: 'lobby', text: 'hi', action: 'sendMessage', id: 'r1' }]);
+  last().serverSends({ type: 'reply', action: 'sendMessage', data: { ok: true }, id: 'r1' });
+  assert.deepEqual(await answer, { ok: true });
+  const refused = client.call('joinRoom', { room: 'nope' });
+  last().serverSends({ type: 'error', code: 'bad_request', status: 'NOT_FOUND', message: 'no such room', id: 'r2' });
+  await assert.rejects(refused, (e: unknown) => {
+    const error = e as { code: string; status?: string; message: string };
+    return error.code === 'bad_request' && error.status === 'NOT_FOUND' && error.message === 'no such room';
+  });
+});
+
 test('a resume that retention cut short is told to the app, and what is kept still arrives', async () => {
   const { client, last } = setup({ since: 4 });
   const gaps: unknown[] = [];

@@ -25,6 +25,9 @@ pub struct Identity {
     pub groups: Vec<String>,
     /// `custom:realm`, for realm-scoped topics.
     pub realm: Option<String>,
+    /// `username` (access tokens) or `cognito:username` (ID tokens): what a
+    /// routed action tells its backend beside the `sub`.
+    pub username: Option<Box<str>>,
     /// `scope`, split on spaces (access tokens).
     pub scopes: Vec<String>,
     pub expires_at: SystemTime,

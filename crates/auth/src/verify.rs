@@ -173,6 +173,10 @@ impl Verifier {
             client_id,
             groups: claims.groups,
             realm: claims.realm,
+            username: claims
+                .username
+                .or(claims.cognito_username)
+                .map(String::into_boxed_str),
             scopes: claims.scope.split_whitespace().map(String::from).collect(),
             // Checked above: within a century of now.
             expires_at: UNIX_EPOCH + Duration::from_secs(claims.exp.unwrap_or_default()),

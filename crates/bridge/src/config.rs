@@ -17,7 +17,7 @@ use notify_ops::{
 use notify_proto::channel::{CallerArgs, CallerNames, ClientTls};
 use tokio::net::TcpListener;
 
-use crate::{queue::Bound, revocation::RevocationCheck};
+use crate::{queue::Bound, revocation::RevocationCheck, upstream::UpstreamConfig};
 
 /// Where `notify token`, `notify up` and a dev bridge keep the dev key.
 pub const DEV_DATA_DIR: &str = ".notify";
@@ -93,11 +93,69 @@ impl SocketArgs {
     }
 }
 
+/// Client actions routed to backends (`notify.v1.Upstream`): what `notify
+/// up` shares with the bridge binary.
+#[derive(Debug, Clone, clap::Args)]
+pub struct UpstreamArgs {
+    /// Routes of client actions to backends: `action=URL,…`, `$default=URL`
+    /// for every other action (API Gateway's routes). Built-in actions
+    /// cannot be routed.
+    #[arg(long, env = "BRIDGE_ROUTES", value_delimiter = ',')]
+    pub routes: Vec<String>,
+    /// Longest wait for a backend's answer, in milliseconds; the client then
+    /// gets a retryable `unavailable`.
+    #[arg(long, env = "BRIDGE_UPSTREAM_TIMEOUT_MS", default_value_t = 5000)]
+    pub upstream_timeout_ms: u64,
+    /// Routed calls one connection may have in flight (more: `rate_limited`).
+    #[arg(
+        long,
+        env = "BRIDGE_UPSTREAM_CALLS_PER_CONNECTION",
+        default_value_t = 8
+    )]
+    pub upstream_calls_per_connection: usize,
+    /// Routed calls one route may have in flight on this bridge (more:
+    /// `unavailable`): a slow backend holds at most this many tasks.
+    #[arg(long, env = "BRIDGE_UPSTREAM_CALLS_PER_ROUTE", default_value_t = 1000)]
+    pub upstream_calls_per_route: usize,
+    /// The bridge's credential and TLS files towards backends.
+    #[command(flatten)]
+    pub caller: CallerArgs<UpstreamCaller>,
+}
+
+impl UpstreamArgs {
+    /// The routes' configuration, or what is wrong with it.
+    pub fn config(&self) -> Result<UpstreamConfig, String> {
+        if self.upstream_calls_per_connection == 0 || self.upstream_calls_per_route == 0 {
+            return Err("BRIDGE_UPSTREAM_CALLS_PER_*: at least 1".into());
+        }
+        Ok(UpstreamConfig {
+            routes: UpstreamConfig::parse_routes(&self.routes)?,
+            timeout: Duration::from_millis(self.upstream_timeout_ms.max(1)),
+            per_connection: self.upstream_calls_per_connection,
+            per_route: self.upstream_calls_per_route,
+            token: self.caller.token.clone(),
+            tls: self.caller.tls(),
+        })
+    }
+}
+
+/// `BRIDGE_UPSTREAM_*`: how the bridge calls routed actions' backends.
+#[derive(Debug, Clone)]
+pub struct UpstreamCaller;
+impl CallerNames for UpstreamCaller {
+    const TOKEN: Setting = Setting::new("upstream-token", "BRIDGE_UPSTREAM_TOKEN");
+    const CA: Setting = Setting::new("upstream-ca", "BRIDGE_UPSTREAM_CA");
+    const CERT: Setting = Setting::new("upstream-cert", "BRIDGE_UPSTREAM_CERT");
+    const KEY: Setting = Setting::new("upstream-key", "BRIDGE_UPSTREAM_KEY");
+}
+
 /// The `bridge` binary's settings.
 #[derive(Debug, Clone, clap::Args)]
 pub struct BridgeArgs {
     #[command(flatten)]
     pub sockets: SocketArgs,
+    #[command(flatten, next_help_heading = "Routed actions")]
+    pub upstream: UpstreamArgs,
     /// Ops HTTP listen address (/healthz, /readyz, /metrics, /info).
     #[arg(long, env = "BRIDGE_HTTP_ADDR", default_value = DEFAULT_HTTP_ADDR)]
     pub http_addr: SocketAddr,
@@ -232,6 +290,8 @@ pub struct BridgeConfig {
     pub tls: Option<notify_ops::tls::TlsFiles>,
     /// How to reach `https://` notify-svc URLs (CA, client certificate).
     pub notify_tls: ClientTls,
+    /// Client actions routed to backends.
+    pub upstream: UpstreamConfig,
 }
 
 impl BridgeConfig {
@@ -270,6 +330,7 @@ impl BridgeConfig {
             ops: None,
             tls: None,
             notify_tls: ClientTls::default(),
+            upstream: UpstreamConfig::default(),
         }
     }
 
@@ -311,6 +372,10 @@ impl BridgeConfig {
                 problems.push(e.to_string());
                 None
             });
+        let upstream = args.upstream.config().unwrap_or_else(|e| {
+            problems.push(e);
+            UpstreamConfig::default()
+        });
         if args.notify_urls.iter().all(|u| u.is_empty()) {
             problems.push("BRIDGE_NOTIFY_URLS names no notify-svc".into());
         }
@@ -350,6 +415,7 @@ impl BridgeConfig {
             revocation,
             tls,
             notify_tls: args.caller.tls(),
+            upstream,
             ..Self::new(
                 &bridge_id,
                 &args.sockets,
@@ -389,6 +455,18 @@ impl BridgeConfig {
             .set("max_per_user", self.max_per_user)
             .set("max_connections", self.max_connections)
             .set("tls", &self.tls)
+            .set(
+                "routes",
+                self.upstream
+                    .routes
+                    .iter()
+                    .map(|(action, url)| {
+                        format!("{action}={}", notify_core::redact::redact_url(url))
+                    })
+                    .collect::<Vec<_>>(),
+            )
+            .set("upstream_timeout", self.upstream.timeout)
+            .secret("upstream_token", self.upstream.token.is_some())
     }
 }
 

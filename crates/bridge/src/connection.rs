@@ -70,6 +70,8 @@ pub struct Shared {
     pub panel: bool,
     /// Dev Panel publishes per admin.
     pub panel_publishes: crate::peers::PeerLimits<notify_core::UserId>,
+    /// Client actions routed to backends.
+    pub upstreams: crate::upstream::Upstreams,
     pub shutdown: CancellationToken,
 }
 
@@ -175,6 +177,8 @@ struct Conn {
     /// Its own queue, for [`Local`] results.
     me: Arc<SendQueue>,
     bucket: TokenBucket,
+    /// Routed calls in flight (crate::upstream).
+    calls: u16,
 }
 
 /// A connection's place in the hub, given up when dropped.
@@ -349,6 +353,7 @@ async fn start(ws: &mut Socket, opening: Opening) -> Result<Box<Conn>, End> {
         server_topics: Vec::new(),
         me,
         bucket,
+        calls: 0,
     });
     if position.head_seq > after {
         conn.fetch(conn.inbox_feed(), after, Duration::ZERO);
@@ -384,7 +389,13 @@ async fn send(ws: &mut Socket, text: String) -> Result<(), End> {
 }
 
 fn error_text(code: ErrorCode, message: &str, id: Option<&FrameId>) -> String {
-    ServerFrame::Error { code, message, id }.to_text()
+    ServerFrame::Error {
+        code,
+        message,
+        id,
+        status: None,
+    }
+    .to_text()
 }
 
 impl Conn {
@@ -525,6 +536,10 @@ impl Conn {
         match local {
             Local::Read(feed, read) => Box::pin(self.read(ws, feed, read)).await,
             Local::Reply(text) => send(ws, text).await,
+            Local::Routed(text) => {
+                self.calls = self.calls.saturating_sub(1);
+                send(ws, text).await
+            }
             Local::ServerSubscribe(topic, after) => {
                 if self.topics.contains_key(&topic) {
                     return Ok(()); // followed already, from its own position
@@ -718,7 +733,20 @@ impl Conn {
         }
         let action = match protocol::parse(text) {
             Ok(action) => action,
-            Err(e) => return send(ws, error_text(e.code, &e.message, e.id.as_ref())).await,
+            Err(e) => {
+                let route = e
+                    .action
+                    .as_deref()
+                    .and_then(|a| self.shared.upstreams.route(a));
+                return match route {
+                    Some(route) => {
+                        let route = Arc::clone(route);
+                        let action = e.action.unwrap_or_default();
+                        self.route(ws, route, action, text, e.id).await
+                    }
+                    None => send(ws, error_text(e.code, &e.message, e.id.as_ref())).await,
+                };
+            }
         };
         let id = action.id().cloned();
         let reply = match action {
@@ -903,6 +931,61 @@ impl Conn {
     }
 
     /// Sends a client publish up; the reply comes back as a [`Local`].
+    /// Sends a frame whose action is routed to its backend; the reply (or
+    /// the error) comes back as [`Local::Routed`]. Bounded per connection
+    /// and per route: past either bound the client is told at once.
+    async fn route(
+        &mut self,
+        ws: &mut Socket,
+        route: Arc<crate::upstream::Route>,
+        action: String,
+        frame: &str,
+        id: Option<FrameId>,
+    ) -> Result<(), End> {
+        let upstreams = &self.shared.upstreams;
+        if usize::from(self.calls) >= upstreams.per_connection() {
+            let busy = crate::upstream::CallError::ConnectionBusy(upstreams.per_connection());
+            return send(ws, busy.frame(id.as_ref())).await;
+        }
+        let permit = match route.admit() {
+            Ok(permit) => permit,
+            Err(busy) => return send(ws, busy.frame(id.as_ref())).await,
+        };
+        self.calls += 1;
+        self.shared.metrics.routed.inc();
+        let named = action.clone();
+        let request = pb::HandleRequest {
+            caller: Some(crate::upstream::caller(
+                &self.identity,
+                &self.id.to_string(),
+                self.shared.hub.bridge_id(),
+            )),
+            route: String::new(),
+            action,
+            frame: frame.to_owned(),
+        };
+        let (me, timeout) = (self.me.clone(), upstreams.timeout());
+        tokio::spawn(async move {
+            let answer = route.call(request, timeout).await;
+            drop(permit);
+            let text = match answer {
+                Ok(reply) => {
+                    let data = serde_json::value::RawValue::from_string(reply)
+                        .unwrap_or_else(|_| serde_json::value::RawValue::NULL.to_owned());
+                    ServerFrame::Reply {
+                        action: &named,
+                        data: &data,
+                        id: id.as_ref(),
+                    }
+                    .to_text()
+                }
+                Err(e) => e.frame(id.as_ref()),
+            };
+            me.push_local(Outbound::Local(Box::new(Local::Routed(text))));
+        });
+        Ok(())
+    }
+
     fn publish(&self, raw: &str, data: &str, event: Option<&str>, id: Option<FrameId>) {
         let me = self.me.clone();
         let reply = move |text: String| {

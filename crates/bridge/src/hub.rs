@@ -121,6 +121,10 @@ impl Hub {
         }
     }
 
+    pub fn bridge_id(&self) -> &str {
+        &self.bridge_id
+    }
+
     /// Attaches link `index`: its Hello (full state) goes first on `up`.
     pub fn attach_link(&self, index: usize, up: mpsc::Sender<pb::BridgeUp>) {
         let mut s = self.state.lock().expect("hub lock");

@@ -25,9 +25,10 @@ mod respond;
 mod revocation;
 mod sequencer;
 mod server;
+mod upstream;
 
 pub use config::{
-    BridgeArgs, BridgeConfig, DEFAULT_HTTP_ADDR, DEV_DATA_DIR, SocketArgs, UserTokens,
+    BridgeArgs, BridgeConfig, DEFAULT_HTTP_ADDR, DEV_DATA_DIR, SocketArgs, UpstreamArgs, UserTokens,
 };
 pub use queue::Bound as SendBound;
 pub use revocation::RevocationCheck;
@@ -113,6 +114,7 @@ pub async fn run(
         panel: config.panel,
         // A person at a form: a few a second, a burst for a quick series.
         panel_publishes: peers::PeerLimits::new(2, 10),
+        upstreams: upstream::Upstreams::new(&config.upstream)?,
         shutdown: shutdown.clone(),
     });
     if let Some(revocation) = &shared.revocation {

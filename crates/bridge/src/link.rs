@@ -43,7 +43,7 @@ impl Credential {
         }))
     }
 
-    fn apply<T>(&self, mut req: Request<T>) -> Request<T> {
+    pub fn apply<T>(&self, mut req: Request<T>) -> Request<T> {
         if let Some(value) = &self.0 {
             req.metadata_mut().insert("authorization", value.clone());
         }

@@ -41,6 +41,8 @@ pub struct Metrics {
     /// that stopped reading (timers and shutdown still act on them).
     pub waiting: Gauge,
     pub refused: Family<ReasonLabels, Counter>,
+    /// Client frames routed to a backend (crate::upstream).
+    pub routed: Counter,
 }
 
 impl Default for Metrics {
@@ -113,6 +115,12 @@ impl Default for Metrics {
             "Upgrades refused, by reason (auth failures, limits)",
             refused.clone(),
         );
+        let routed = Counter::default();
+        registry.register(
+            "routed_calls",
+            "Client frames routed to a backend (BRIDGE_ROUTES)",
+            routed.clone(),
+        );
         Self {
             registry: Arc::new(Mutex::new(registry)),
             connections,
@@ -126,6 +134,7 @@ impl Default for Metrics {
             held_shed,
             waiting,
             refused,
+            routed,
         }
     }
 }

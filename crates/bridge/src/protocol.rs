@@ -93,8 +93,11 @@ pub enum ErrorCode {
     TooLarge,
     UnknownAction,
     /// Not now: the same frame may succeed later (notify-svc or Cognito
-    /// unreachable, a publish not confirmed).
+    /// unreachable, a publish not confirmed, a routed action's backend
+    /// slow or down).
     Unavailable,
+    /// A routed action's backend failed (its gRPC code is the frame's `status`).
+    UpstreamError,
 }
 
 /// A frame the bridge refuses, with what to answer.
@@ -104,6 +107,14 @@ pub struct FrameError {
     pub message: String,
     /// The frame's `id`, when it could be read.
     pub id: Option<FrameId>,
+    /// For `unknown_action`: the action the frame named, which a configured
+    /// route may take (crate::upstream).
+    pub action: Option<String>,
+}
+
+/// Whether `action` is one of the bridge's own (never routed to a backend).
+pub fn is_built_in(action: &str) -> bool {
+    ACTIONS.contains(&action)
 }
 
 const ACTIONS: [&str; 7] = [
@@ -136,27 +147,26 @@ pub fn parse(text: &str) -> Result<Action, FrameError> {
                     code: ErrorCode::BadRequest,
                     message: "frames are JSON objects with an \"action\"".into(),
                     id: None,
+                    action: None,
                 });
             };
             let id = envelope
                 .id
                 .and_then(|id| serde_json::from_value::<FrameId>(id).ok());
-            let known = envelope
-                .action
-                .as_ref()
-                .and_then(|a| a.as_str())
-                .is_some_and(|a| ACTIONS.contains(&a));
-            Err(if known {
+            let action = envelope.action.as_ref().and_then(|a| a.as_str());
+            Err(if action.is_some_and(is_built_in) {
                 FrameError {
                     code: ErrorCode::BadRequest,
                     message: e.to_string(),
                     id,
+                    action: None,
                 }
             } else {
                 FrameError {
                     code: ErrorCode::UnknownAction,
                     message: "That's not a valid action".into(),
                     id,
+                    action: action.map(str::to_owned),
                 }
             })
         }
@@ -229,6 +239,17 @@ pub enum ServerFrame<'a> {
     Error {
         code: ErrorCode,
         message: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a FrameId>,
+        /// A routed action's backend status (`NOT_FOUND`, …), when it sent one.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        status: Option<&'a str>,
+    },
+    /// A routed action's answer from its backend.
+    Reply {
+        action: &'a str,
+        /// The backend's JSON answer.
+        data: &'a RawValue,
         #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<&'a FrameId>,
     },
@@ -368,6 +389,7 @@ mod tests {
             code: ErrorCode::UnknownAction,
             message: "That's not a valid action",
             id: Some(&id),
+            status: None,
         };
         assert_eq!(
             error.to_text(),

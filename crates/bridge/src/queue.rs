@@ -94,6 +94,8 @@ pub enum Local {
     CatchUp(Duration),
     /// A reply computed off the loop (client publish results).
     Reply(String),
+    /// A routed action's reply or error (one call in flight fewer).
+    Routed(String),
     /// A backend subscribed the user to a topic (`Notify.Subscribe`):
     /// follow it from after this seq.
     ServerSubscribe(Topic, u64),

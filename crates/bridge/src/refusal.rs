@@ -132,6 +132,7 @@ impl Refusal {
             code,
             message: &self.message(),
             id,
+            status: None,
         }
         .to_text()
     }

@@ -76,6 +76,7 @@ fn refusal_is_an_error_frame(text: &str) {
             code: e.code,
             message: &e.message,
             id: e.id.as_ref(),
+            status: None,
         };
         let sent: Value = serde_json::from_str(&frame.to_text()).expect("error frames are JSON");
         assert_eq!(sent["type"], "error");

@@ -12,9 +12,13 @@ const realClock = {
 /** An `error` frame answering a request, or the connection lost before the answer. */
 export class NotifyError extends Error {
     code;
-    constructor(code, message) {
+    status;
+    constructor(code, message, 
+    /** A routed action's backend status (`NOT_FOUND`, …), when it sent one. */
+    status) {
         super(message);
         this.code = code;
+        this.status = status;
         this.name = 'NotifyError';
     }
 }
@@ -196,6 +200,23 @@ export class NotifyClient {
             return Promise.reject(new NotifyError('not_connected', 'not connected: publish again once connected'));
         }
         return this.request({ action: 'publish', topic, data, ...(event ? { event } : {}) });
+    }
+    /**
+     * Calls an action routed to a backend (the bridge's `BRIDGE_ROUTES`, API
+     * Gateway's routes): sends `{action, ...payload}` and resolves with the
+     * backend's reply data; rejects with a NotifyError carrying the error
+     * frame's code (and the backend's `status`), e.g. `unavailable` for a slow
+     * or absent backend (retry).
+     */
+    async call(action, payload = {}) {
+        if (this.currentState !== 'connected') {
+            throw new NotifyError('not_connected', 'not connected: call again once connected');
+        }
+        const frame = await this.request({ ...payload, action });
+        if (frame.type !== 'reply') {
+            throw new NotifyError('bad_reply', `expected a reply, got ${frame.type}`);
+        }
+        return frame.data;
     }
     // --- Connection life ----------------------------------------------------
     setState(state, detail = {}) {
@@ -507,7 +528,7 @@ export class NotifyClient {
         this.pending.delete(id);
         if (frame.type === 'error') {
             const error = frame;
-            pending.reject(new NotifyError(error.code, error.message));
+            pending.reject(new NotifyError(error.code, error.message, error.status));
         }
         else {
             pending.resolve(frame);

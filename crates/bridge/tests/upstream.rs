@@ -1,0 +1,276 @@
+//! Routed actions end to end: a real backend (a tonic server implementing
+//! `notify.v1.Upstream`, on an ephemeral port), a real bridge routing client
+//! frames to it, real WebSocket clients. The reply comes back with the
+//! frame's id and the verified identity reaches the backend; a backend
+//! error, a slow backend and an absent one each give their frame and the
+//! socket stays usable; calls in flight are bounded; built-in actions are
+//! never routed.
+
+mod common;
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use common::Platform;
+use notify_bridge::UpstreamArgs;
+use notify_proto::v1::{
+    self as pb,
+    upstream_server::{Upstream, UpstreamServer},
+};
+use serde_json::{Value, json};
+use tokio::sync::Semaphore;
+use tonic::{Request, Response, Status};
+
+/// The test's backend: what it answers depends on the frame's action.
+#[derive(Clone)]
+struct Backend {
+    /// `hold` calls each wait for a permit the test adds.
+    release: Arc<Semaphore>,
+}
+
+impl Default for Backend {
+    fn default() -> Self {
+        Self {
+            release: Arc::new(Semaphore::new(0)),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Upstream for Backend {
+    async fn handle(
+        &self,
+        req: Request<pb::HandleRequest>,
+    ) -> Result<Response<pb::HandleResponse>, Status> {
+        let token = req
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        let req = req.into_inner();
+        let reply = match req.action.as_str() {
+            "echo" | "other" => {
+                let caller = req.caller.unwrap_or_default();
+                json!({
+                    "route": req.route,
+                    "frame": serde_json::from_str::<Value>(&req.frame).unwrap(),
+                    "user_id": caller.user_id,
+                    "username": caller.username,
+                    "groups": caller.groups,
+                    "realm": caller.realm,
+                    "connection_id": caller.connection_id,
+                    "bridge_id": caller.bridge_id,
+                    "authorization": token,
+                })
+                .to_string()
+            }
+            "fail" => return Err(Status::not_found("no such room")),
+            "hold" => {
+                self.release.acquire().await.unwrap().forget();
+                "\"released\"".into()
+            }
+            "slow" => {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                "\"late\"".into()
+            }
+            _ => return Err(Status::internal("unexpected action")),
+        };
+        Ok(Response::new(pb::HandleResponse { reply }))
+    }
+}
+
+async fn start_backend(backend: Backend) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(UpstreamServer::new(backend))
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+    );
+    addr
+}
+
+/// A platform whose bridge routes `routes` (`action=URL`), with `flags`.
+async fn platform(routes: &str, flags: &[&str]) -> Platform {
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        upstream: UpstreamArgs,
+    }
+    let mut argv = vec![
+        "bridge",
+        "--routes",
+        routes,
+        "--upstream-token",
+        "backend-secret",
+    ];
+    argv.extend_from_slice(flags);
+    let args = <Cli as clap::Parser>::try_parse_from(argv)
+        .unwrap()
+        .upstream;
+    let upstream = args.config().unwrap();
+    Platform::start_with(move |config| config.upstream = upstream).await
+}
+
+#[tokio::test]
+async fn a_routed_action_gets_its_backends_reply_with_the_callers_verified_identity() {
+    let backend = start_backend(Backend::default()).await;
+    let p = platform(&format!("echo=http://{backend}"), &[]).await;
+    let mut amy = p.connect("amy", "").await;
+    let welcome = amy.next().await;
+    amy.send(json!({"action": "echo", "id": "e1", "message": "hi"}))
+        .await;
+    let reply = amy.next().await;
+    assert_eq!(reply["type"], "reply", "{reply}");
+    assert_eq!(
+        (reply["id"].as_str(), reply["action"].as_str()),
+        (Some("e1"), Some("echo"))
+    );
+    let data = &reply["data"];
+    assert_eq!(data["route"], "echo");
+    assert_eq!(data["frame"]["message"], "hi", "the client's frame as sent");
+    assert_eq!(data["user_id"], "amy");
+    assert_eq!(data["username"], "amy", "the dev token's username claim");
+    assert_eq!(data["connection_id"], welcome["connection_id"]);
+    assert_eq!(data["bridge_id"], "bridge-test");
+    assert_eq!(data["authorization"], "Bearer backend-secret");
+    // Built-in actions are the bridge's own: ping is never routed.
+    amy.send(json!({"action": "ping", "id": 2})).await;
+    assert_eq!(amy.next().await["type"], "pong");
+    // An action no route takes is still unknown.
+    amy.send(json!({"action": "nowhere", "id": 3})).await;
+    let unknown = amy.next().await;
+    assert_eq!(
+        (unknown["code"].as_str(), unknown["id"].as_i64()),
+        (Some("unknown_action"), Some(3))
+    );
+}
+
+#[tokio::test]
+async fn the_default_route_takes_every_other_action() {
+    let backend = start_backend(Backend::default()).await;
+    let p = platform(&format!("$default=http://{backend}"), &[]).await;
+    let mut ben = p.connect("ben", "").await;
+    ben.next().await;
+    ben.send(json!({"action": "other", "id": 1})).await;
+    let reply = ben.next().await;
+    assert_eq!(
+        (reply["type"].as_str(), reply["data"]["route"].as_str()),
+        (Some("reply"), Some("$default"))
+    );
+    // A built-in action with a wrong field is the bridge's bad_request, not routed.
+    ben.send(json!({"action": "subscribe", "id": 2})).await;
+    assert_eq!(ben.next().await["code"], "bad_request");
+}
+
+#[tokio::test]
+async fn backend_errors_slowness_and_absence_each_get_their_frame_and_the_socket_lives_on() {
+    let backend = start_backend(Backend::default()).await;
+    let gone = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let routes = format!("fail=http://{backend},slow=http://{backend},gone=http://{gone}");
+    let p = platform(&routes, &["--upstream-timeout-ms", "300"]).await;
+    let mut cal = p.connect("cal", "").await;
+    cal.next().await;
+
+    cal.send(json!({"action": "fail", "id": "f"})).await;
+    let failed = cal.next().await;
+    assert_eq!(
+        (
+            failed["type"].as_str(),
+            failed["code"].as_str(),
+            failed["status"].as_str(),
+            failed["message"].as_str(),
+            failed["id"].as_str()
+        ),
+        (
+            Some("error"),
+            Some("bad_request"),
+            Some("NOT_FOUND"),
+            Some("no such room"),
+            Some("f")
+        ),
+        "{failed}"
+    );
+
+    let started = std::time::Instant::now();
+    cal.send(json!({"action": "slow", "id": "s"})).await;
+    let slow = cal.next().await;
+    assert_eq!(
+        (slow["code"].as_str(), slow["id"].as_str()),
+        (Some("unavailable"), Some("s")),
+        "{slow}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "answered at the timeout, not the backend's pace"
+    );
+
+    cal.send(json!({"action": "gone", "id": "g"})).await;
+    let gone = cal.next().await;
+    assert_eq!(
+        (gone["code"].as_str(), gone["id"].as_str()),
+        (Some("unavailable"), Some("g")),
+        "{gone}"
+    );
+    assert!(
+        gone["message"].as_str().unwrap().contains("retry"),
+        "{gone}"
+    );
+
+    cal.send(json!({"action": "ping", "id": "p"})).await;
+    assert_eq!(
+        cal.next().await["type"],
+        "pong",
+        "the socket is still usable"
+    );
+}
+
+#[tokio::test]
+async fn calls_in_flight_are_bounded_per_connection_and_freed_by_the_answers() {
+    let backend = Backend::default();
+    let release = backend.release.clone();
+    let addr = start_backend(backend).await;
+    let p = platform(
+        &format!("hold=http://{addr}"),
+        &[
+            "--upstream-calls-per-connection",
+            "2",
+            "--upstream-timeout-ms",
+            "20000",
+        ],
+    )
+    .await;
+    let mut dee = p.connect("dee", "").await;
+    dee.next().await;
+    for id in 1..=3 {
+        dee.send(json!({"action": "hold", "id": id})).await;
+    }
+    let refused = dee.next().await;
+    assert_eq!(
+        (refused["code"].as_str(), refused["id"].as_i64()),
+        (Some("rate_limited"), Some(3)),
+        "{refused}"
+    );
+    // A flood beyond the bound costs the bridge nothing: every extra call is
+    // refused at once while the two wait.
+    for id in 4..=50 {
+        dee.send(json!({"action": "hold", "id": id})).await;
+        assert_eq!(dee.next().await["code"], "rate_limited");
+    }
+    release.add_permits(2);
+    let mut answered = Vec::new();
+    for _ in 0..2 {
+        let reply = dee.next().await;
+        assert_eq!(reply["data"], "released", "{reply}");
+        answered.push(reply["id"].as_i64().unwrap());
+    }
+    answered.sort_unstable();
+    assert_eq!(answered, [1, 2]);
+    // Places are free again.
+    dee.send(json!({"action": "hold", "id": 99})).await;
+    release.add_permits(1);
+    assert_eq!(dee.next().await["id"], 99);
+}
