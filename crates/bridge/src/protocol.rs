@@ -108,7 +108,7 @@ pub struct FrameError {
     /// The frame's `id`, when it could be read.
     pub id: Option<FrameId>,
     /// For `unknown_action`: the action the frame named, which a configured
-    /// route may take (crate::upstream).
+    /// route may take (the bridge's upstream routes).
     pub action: Option<String>,
 }
 
