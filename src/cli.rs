@@ -1,5 +1,5 @@
 //! The `notify` CLI's commands that talk to any deployment over gRPC:
-//! `publish`, `tail`, `history`, `subscribe`, `unsubscribe`, `presence`,
+//! `publish`, `send`, `tail`, `history`, `subscribe`, `unsubscribe`, `presence`,
 //! `disconnect`, and `migrate`
 //! (straight to the database). Output is one JSON object per line; exit
 //! codes: 0 ok, 1 the server refused (its status and message on stderr) or
@@ -148,16 +148,7 @@ pub struct PublishArgs {
 
 pub async fn publish(endpoint: &Endpoint, args: PublishArgs) -> Result<(), Failure> {
     use pb::publish_request::Target;
-    let data = match args.data.as_deref() {
-        Some("-") | None => {
-            let mut text = String::new();
-            std::io::stdin()
-                .read_to_string(&mut text)
-                .map_err(|e| anyhow::anyhow!("reading data from stdin: {e}"))?;
-            text.trim_end().to_owned()
-        }
-        Some(data) => data.to_owned(),
-    };
+    let data = read_data(args.data.as_deref())?;
     let target = match (args.user, args.users, args.topic) {
         (Some(u), ..) => Target::UserId(u),
         (_, Some(users), _) => Target::Users(pb::UserList { user_ids: users }),
@@ -187,6 +178,52 @@ pub async fn publish(endpoint: &Endpoint, args: PublishArgs) -> Result<(), Failu
             "delivered": r.delivered,
             "inbox_seqs": inbox_seqs,
         })
+    );
+    Ok(())
+}
+
+/// `--data`, or stdin when it is `-` or absent.
+fn read_data(data: Option<&str>) -> Result<String, Failure> {
+    match data {
+        Some("-") | None => {
+            let mut text = String::new();
+            std::io::stdin()
+                .read_to_string(&mut text)
+                .map_err(|e| anyhow::anyhow!("reading data from stdin: {e}"))?;
+            Ok(text.trim_end().to_owned())
+        }
+        Some(data) => Ok(data.to_owned()),
+    }
+}
+
+/// One live connection.
+#[derive(Args)]
+pub struct SendArgs {
+    /// The connection (a routed action's `connection_id`, `notify presence`).
+    #[arg(long)]
+    connection: String,
+    /// Event name.
+    #[arg(long, default_value = "message")]
+    event: String,
+    /// JSON data; `-` or absent: read from stdin.
+    #[arg(long)]
+    data: Option<String>,
+}
+
+/// Sends to one live connection (not stored); prints its message id.
+pub async fn send(endpoint: &Endpoint, args: SendArgs) -> Result<(), Failure> {
+    let data = read_data(args.data.as_deref())?;
+    let mut api = Api::connect(endpoint).await?;
+    let req = api.request(pb::PublishRequest {
+        target: Some(pb::publish_request::Target::ConnectionId(args.connection)),
+        event: args.event,
+        data,
+        ..Default::default()
+    });
+    let r = api.client.publish(req).await?.into_inner();
+    println!(
+        "{}",
+        json!({"message_id": r.message_id, "delivered": r.delivered})
     );
     Ok(())
 }

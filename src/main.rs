@@ -1,7 +1,7 @@
 //! The `notify` binary: [`up`] runs notify-svc, a WebSocket bridge and
 //! bet-tracker in one process (`--simulate` adds a stream of fights);
 //! `notify token` mints dev tokens; the rest of the CLI
-//! ([`cli`]: publish, tail, history, subscribe, unsubscribe, presence,
+//! ([`cli`]: publish, send, tail, history, subscribe, unsubscribe, presence,
 //! disconnect, migrate) talks to
 //! any deployment. Without DATABASE_URL, `up` runs on embedded SQLite.
 
@@ -52,6 +52,12 @@ enum Command {
         after_help = "Examples:\n  notify publish --user alice --data '{\"text\":\"hi\"}'\n  echo '{\"score\":3}' | notify publish --topic room:lobby --event score\n  notify publish --users alice,bob --key order-42 --data '\"shipped\"'"
     )]
     Publish(cli::PublishArgs),
+    /// Send to one live connection (API Gateway's postToConnection): not
+    /// stored; fails with NOT_FOUND when the connection is gone.
+    #[command(
+        after_help = "Examples:\n  notify send --connection 0193… --data '{\"text\":\"your turn\"}'"
+    )]
+    Send(cli::SendArgs),
     /// Follow a user, a topic or the broadcasts live: one JSON per line.
     #[command(
         after_help = "Examples:\n  notify tail --topic fights:live\n  notify tail --user alice --since 0"
@@ -97,6 +103,7 @@ async fn main() -> std::process::ExitCode {
         Command::Token(args) => token(args).map_err(Into::into),
         Command::Connect(args) => connect::connect(args).await,
         Command::Publish(args) => cli::publish(&endpoint, args).await,
+        Command::Send(args) => cli::send(&endpoint, args).await,
         Command::Tail(args) => cli::tail(&endpoint, args).await,
         Command::History(args) => cli::history(&endpoint, args).await,
         Command::Presence(args) => cli::presence(&endpoint, args).await,

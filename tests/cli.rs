@@ -403,3 +403,15 @@ async fn notify_connect_follows_a_wss_bridge_checked_against_its_ca() {
     let why = String::from_utf8_lossy(&out.stderr);
     assert!(why.contains("TLS"), "{why}");
 }
+
+#[tokio::test]
+async fn notify_send_to_a_connection_that_is_gone_is_refused_not_found() {
+    let svc = Svc::start().await;
+    let id = "0193a0c4-5b2e-7000-8000-000000000000";
+    let out = svc
+        .notify(&["send", "--connection", id, "--data", "1"], None)
+        .await;
+    assert_eq!(out.status.code(), Some(1));
+    let why = String::from_utf8_lossy(&out.stderr);
+    assert!(why.contains("not connected"), "{why}");
+}

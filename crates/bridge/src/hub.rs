@@ -369,8 +369,18 @@ impl Hub {
         };
         let exclude =
             ConnectionId::parse("exclude_connection_id", &delivery.exclude_connection_id).ok();
+        // A Publish to one connection_id (not stored, seq 0).
+        let only = match delivery.connection_id.as_str() {
+            "" => None,
+            raw => match ConnectionId::parse("connection_id", raw) {
+                Ok(id) => Some(id),
+                Err(_) => return,
+            },
+        };
         let s = self.state.lock().expect("hub lock");
-        let targets: Vec<&ConnectionId> = if !message.user_id.is_empty() {
+        let targets: Vec<&ConnectionId> = if let Some(only) = &only {
+            vec![only]
+        } else if !message.user_id.is_empty() {
             UserId::parse("user_id", &message.user_id)
                 .ok()
                 .and_then(|u| s.by_user.get(&u))

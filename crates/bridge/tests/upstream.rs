@@ -274,3 +274,100 @@ async fn calls_in_flight_are_bounded_per_connection_and_freed_by_the_answers() {
     release.add_permits(1);
     assert_eq!(dee.next().await["id"], 99);
 }
+
+#[tokio::test]
+async fn a_publish_to_a_connection_id_reaches_that_socket_only_and_is_not_stored() {
+    let backend = start_backend(Backend::default()).await;
+    let p = platform(&format!("echo=http://{backend}"), &[]).await;
+    let mut phone = p.connect("eve", "").await;
+    let mut laptop = p.connect("eve", "").await;
+    phone.next().await;
+    laptop.next().await;
+    // The backend learns the socket's id from a routed action.
+    phone.send(json!({"action": "echo", "id": 1})).await;
+    let connection = phone.next().await["data"]["connection_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut api = p.api().await;
+    let to_phone = |data: &str| pb::PublishRequest {
+        target: Some(pb::publish_request::Target::ConnectionId(
+            connection.clone(),
+        )),
+        event: "your_turn".into(),
+        data: data.into(),
+        ..Default::default()
+    };
+    let sent = api
+        .publish(to_phone(r#"{"n":1}"#))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((sent.seq, sent.delivered), (0, 1));
+    let got = phone.next().await;
+    assert_eq!(
+        (
+            got["type"].as_str(),
+            got["event"].as_str(),
+            got["seq"].as_u64(),
+            got["id"].as_str()
+        ),
+        (
+            Some("message"),
+            Some("your_turn"),
+            Some(0),
+            Some(sent.message_id.as_str())
+        ),
+        "{got}"
+    );
+    assert_eq!(got["data"]["n"], 1);
+    // The other socket of the same user got nothing: its next frame is the pong.
+    laptop.send(json!({"action": "ping", "id": "after"})).await;
+    assert_eq!(laptop.next().await["type"], "pong");
+    // Not stored: the inbox has nothing, and a reconnect replays nothing.
+    let inbox = api
+        .history(common::history("eve"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(inbox.head_seq, 0, "nothing stored");
+    // Stored-publish fields do not apply; nor does a batch.
+    let keyed = pb::PublishRequest {
+        idempotency_key: "k1".into(),
+        ..to_phone("1")
+    };
+    assert_eq!(
+        api.publish(keyed).await.unwrap_err().code(),
+        tonic::Code::InvalidArgument
+    );
+    let batch = api
+        .publish_batch(pb::PublishBatchRequest {
+            requests: vec![to_phone("1")],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(pb::publish_result::Result::Error(refused)) = &batch.results[0].result else {
+        panic!("a batched connection target is refused: {batch:?}");
+    };
+    assert_eq!(refused.code, tonic::Code::InvalidArgument as i32);
+    // Gone: NOT_FOUND, as API Gateway's 410 GoneException said.
+    drop(phone);
+    p.until_connections("eve", 1).await;
+    let gone = test_support::eventually(
+        "the phone is out of routing",
+        Duration::from_secs(10),
+        || {
+            let mut api = api.clone();
+            let req = to_phone("2");
+            async move {
+                api.publish(req)
+                    .await
+                    .err()
+                    .filter(|s| s.code() == tonic::Code::NotFound)
+            }
+        },
+    )
+    .await;
+    assert!(gone.message().contains("not connected"), "{gone:?}");
+}

@@ -85,24 +85,7 @@ impl Publish {
             (None, None, None, true) => Target::Broadcast,
             _ => return Err(ValidationError::NoTarget),
         };
-        let event = bounded_text("event", raw.event, limits.max_event_bytes)?;
-        if raw.data.len() > limits.max_data_bytes {
-            return Err(ValidationError::DataTooLarge {
-                len: raw.data.len(),
-                max: limits.max_data_bytes,
-            });
-        }
-        // Depth first: it is a cheap scan, and the parse below never recurses
-        // (IgnoredAny), so hostile input cannot exhaust the stack either way.
-        let depth = json_depth(raw.data);
-        if depth > limits.max_json_depth {
-            return Err(ValidationError::TooDeep {
-                depth,
-                max: limits.max_json_depth,
-            });
-        }
-        serde_json::from_str::<serde::de::IgnoredAny>(raw.data)
-            .map_err(|e| ValidationError::InvalidJson(e.to_string()))?;
+        let event = check_content(raw.event, raw.data, limits)?;
         let idempotency_key = match raw.idempotency_key {
             "" => None,
             key => Some(bounded_text(
@@ -129,6 +112,31 @@ impl Publish {
             ttl,
         })
     }
+}
+
+/// The event name and the JSON data of a publish, checked against `limits`
+/// (size, depth, JSON); the event as owned text. Shared by every target,
+/// including those that are not stored (one connection).
+pub fn check_content(event: &str, data: &str, limits: &Limits) -> Result<String, ValidationError> {
+    let event = bounded_text("event", event, limits.max_event_bytes)?;
+    if data.len() > limits.max_data_bytes {
+        return Err(ValidationError::DataTooLarge {
+            len: data.len(),
+            max: limits.max_data_bytes,
+        });
+    }
+    // Depth first: it is a cheap scan, and the parse below never recurses
+    // (IgnoredAny), so hostile input cannot exhaust the stack either way.
+    let depth = json_depth(data);
+    if depth > limits.max_json_depth {
+        return Err(ValidationError::TooDeep {
+            depth,
+            max: limits.max_json_depth,
+        });
+    }
+    serde_json::from_str::<serde::de::IgnoredAny>(data)
+        .map_err(|e| ValidationError::InvalidJson(e.to_string()))?;
+    Ok(event)
 }
 
 fn parse_users(users: &[String], limits: &Limits) -> Result<Vec<UserId>, ValidationError> {

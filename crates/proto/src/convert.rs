@@ -21,7 +21,8 @@ pub fn raw_publish(req: &PublishRequest) -> RawPublish<'_> {
         Some(Target::Users(list)) => raw.users = Some(&list.user_ids),
         Some(Target::Topic(topic)) => raw.topic = Some(topic),
         Some(Target::Broadcast(b)) => raw.broadcast = *b,
-        None => {}
+        // Not a stored publish: the Notify API takes it apart (Publish alone).
+        Some(Target::ConnectionId(_)) | None => {}
     }
     raw
 }

@@ -60,6 +60,11 @@ impl NotifyApi {
 
     /// A valid publish the caller may make, ready for the pipeline.
     fn item(&self, caller: &Caller, req: &pb::PublishRequest) -> Result<PublishItem, Status> {
+        if let Some(pb::publish_request::Target::ConnectionId(_)) = req.target {
+            return Err(Status::invalid_argument(
+                "a connection_id target goes by Publish alone (it is not stored, nor batched)",
+            ));
+        }
         let publish = Publish::validate(
             raw_publish(req),
             &self.services.limits,
@@ -124,6 +129,9 @@ impl NotifyApi {
     ) -> Result<pb::PublishResponse, Status> {
         let caller = self.services.auth.publisher(&req).await?;
         let mut publish = req.into_inner();
+        if let Some(pb::publish_request::Target::ConnectionId(connection)) = &publish.target {
+            return self.publish_to_connection(connection, &publish);
+        }
         self.usernames
             .resolve(&mut publish)
             .await
@@ -146,6 +154,54 @@ impl NotifyApi {
         );
         span.record("seq", done.committed.seq);
         Ok(publish_response(done))
+    }
+
+    /// A message to one live connection, not stored (API Gateway's
+    /// postToConnection): routed to the bridge holding it, NOT_FOUND when
+    /// no bridge does.
+    fn publish_to_connection(
+        &self,
+        connection: &str,
+        publish: &pb::PublishRequest,
+    ) -> Result<pb::PublishResponse, Status> {
+        let id = ConnectionId::parse("connection_id", connection).map_err(status::invalid)?;
+        if !publish.idempotency_key.is_empty() || publish.ttl_seconds != 0 {
+            return Err(Status::invalid_argument(
+                "a connection_id target is not stored: idempotency_key and ttl_seconds do not apply",
+            ));
+        }
+        let event = notify_core::publish::check_content(
+            &publish.event,
+            &publish.data,
+            &self.services.limits,
+        )
+        .map_err(status::invalid)?;
+        let message_id = MessageId::new().to_string();
+        let message = pb::StoredMessage {
+            message_id: message_id.clone(),
+            seq: 0,
+            topic: String::new(),
+            user_id: String::new(),
+            event,
+            data: publish.data.clone(),
+            ts_ms: millis(std::time::SystemTime::now()),
+        };
+        let trace_parent = notify_ops::traces::traceparent(&tracing::Span::current());
+        if !self
+            .services
+            .router
+            .to_connection(&id, message, trace_parent.unwrap_or_default())
+        {
+            return Err(Status::not_found(format!(
+                "connection {id} is not connected (a connection_id message is not stored)"
+            )));
+        }
+        tracing::Span::current().record("message_id", message_id.as_str());
+        Ok(pb::PublishResponse {
+            message_id,
+            delivered: 1,
+            ..Default::default()
+        })
     }
 
     async fn publish_batch(

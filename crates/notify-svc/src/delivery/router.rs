@@ -306,6 +306,37 @@ impl Router {
         kicked
     }
 
+    /// Sends `message` to the one connection `id` (not stored: a Publish to
+    /// a connection_id); false when no bridge holds it, or its link queue is
+    /// full.
+    pub fn to_connection(
+        &self,
+        id: &ConnectionId,
+        message: pb::StoredMessage,
+        trace_parent: String,
+    ) -> bool {
+        let t = self.tables.lock().expect("router lock");
+        let Some(bridge) = t.conns.get(id).and_then(|c| t.bridges.get(&c.bridge)) else {
+            return false;
+        };
+        let delivery = pb::Delivery {
+            message: Some(message),
+            exclude_connection_id: String::new(),
+            trace_parent,
+            connection_id: id.to_string(),
+        };
+        let sent = bridge
+            .tx
+            .try_send(down(pb::bridge_down::Msg::Delivery(delivery)))
+            .is_ok();
+        if sent {
+            self.counts.sent.inc();
+        } else {
+            self.counts.dropped.inc();
+        }
+        sent
+    }
+
     /// Sends a committed batch to the bridges that need it; returns, per item,
     /// how many live connections it reached.
     pub fn deliver(
@@ -358,6 +389,7 @@ impl Router {
                     message: Some(message),
                     exclude_connection_id: excluded.clone(),
                     trace_parent: trace_parent.clone(),
+                    connection_id: String::new(),
                 };
                 let sent =
                     b.tx.try_send(down(pb::bridge_down::Msg::Delivery(delivery)));
