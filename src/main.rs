@@ -34,7 +34,8 @@ enum Command {
     #[command(
         after_help = "Examples:\n  notify up --simulate\n  notify up --data-dir /var/tmp/notify\n  DATABASE_URL=postgres://app:secret@db:5432/notify notify up"
     )]
-    Up(up::UpArgs),
+    // Boxed: the largest variant by far (clippy::large_enum_variant).
+    Up(Box<up::UpArgs>),
     /// Mint a dev token (RS256, local dev key) for a WebSocket client.
     #[command(
         after_help = "Examples:\n  notify token --user alice\n  notify token --user root --realm eu --groups admin\n  notify token --user billing --scopes notify/publish   # an M2M-shaped token\n  notify token --jwks > jwks.json                      # for AUTH_JWKS_URL=file:jwks.json"
@@ -99,7 +100,7 @@ enum Command {
 async fn main() -> std::process::ExitCode {
     let Cli { endpoint, command } = Cli::parse();
     let done: Result<(), cli::Failure> = match command {
-        Command::Up(args) => up::up(args).await.map_err(Into::into),
+        Command::Up(args) => up::up(*args).await.map_err(Into::into),
         Command::Token(args) => token(args).map_err(Into::into),
         Command::Connect(args) => connect::connect(args).await,
         Command::Publish(args) => cli::publish(&endpoint, args).await,

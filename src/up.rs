@@ -23,9 +23,8 @@ pub struct UpArgs {
     /// fight events flow at once: `notify tail --topic fights:live`.
     #[arg(long)]
     simulate: bool,
-    // Boxed: the largest part by far (clippy::large_enum_variant).
     #[command(flatten)]
-    svc: Box<notify_svc::SvcArgs>,
+    svc: notify_svc::SvcArgs,
     /// The bridge's sockets, as the bridge binary takes them (its defaults).
     #[command(flatten, next_help_heading = "Bridge")]
     sockets: notify_bridge::SocketArgs,
@@ -82,7 +81,7 @@ fn svc_config(args: &UpArgs) -> anyhow::Result<notify_svc::Config> {
             "notify up serves loopback only, in plaintext; TLS is for the notify-svc and bridge binaries"
         );
     }
-    let mut svc = (*args.svc).clone();
+    let mut svc = args.svc.clone();
     // `notify up` is development: loopback callers need no credentials
     // (and then the gRPC port must stay on loopback: Config checks it).
     svc.dev = true;

@@ -117,6 +117,16 @@ pub struct UpstreamArgs {
     /// `unavailable`): a slow backend holds at most this many tasks.
     #[arg(long, env = "BRIDGE_UPSTREAM_CALLS_PER_ROUTE", default_value_t = 1000)]
     pub upstream_calls_per_route: usize,
+    /// The connect hook: a backend implementing `Upstream/OnConnect`, asked
+    /// before each upgrade completes (API Gateway's `$connect`); it may
+    /// refuse the connection, subscribe it to topics and keep data with it.
+    #[arg(long, env = "BRIDGE_CONNECT_HOOK")]
+    pub connect_hook: Option<String>,
+    /// Let connections in when the connect hook cannot be asked. Off
+    /// (fail-closed, 503): a hook that checks something is never skipped
+    /// silently.
+    #[arg(long, env = "BRIDGE_CONNECT_HOOK_FAIL_OPEN", default_value_t = false, action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
+    pub connect_hook_fail_open: bool,
     /// The bridge's credential and TLS files towards backends.
     #[command(flatten)]
     pub caller: CallerArgs<UpstreamCaller>,
@@ -135,6 +145,8 @@ impl UpstreamArgs {
             per_route: self.upstream_calls_per_route,
             token: self.caller.token.clone(),
             tls: self.caller.tls(),
+            connect_hook: self.connect_hook.clone(),
+            fail_open: self.connect_hook_fail_open,
         })
     }
 }

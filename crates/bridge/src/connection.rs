@@ -179,6 +179,8 @@ struct Conn {
     bucket: TokenBucket,
     /// Routed calls in flight (crate::upstream).
     calls: u16,
+    /// What the connect hook kept with it, sent with its routed actions.
+    data: Option<Box<str>>,
 }
 
 /// A connection's place in the hub, given up when dropped.
@@ -209,6 +211,10 @@ pub struct Accepted {
     /// Its place under the connection limits, given back as the hub forgets
     /// it (kept here, on the heap, not in the connection's state).
     pub admitted: Option<crate::admission::Admitted>,
+    /// Its id, made before the upgrade (the connect hook is told it).
+    pub id: ConnectionId,
+    /// What the connect hook gave it, if a hook is configured.
+    pub hooked: Option<Box<crate::upstream::Hooked>>,
 }
 
 /// Serves one upgraded connection until it ends.
@@ -218,7 +224,7 @@ pub struct Accepted {
 /// and idle connections are what a bridge holds most of.
 pub async fn serve(accepted: Box<Accepted>, identity: Box<Identity>, shared: Arc<Shared>) {
     let mut accepted = accepted;
-    let id = ConnectionId::new();
+    let id = accepted.id;
     let queue = SendQueue::new(shared.queue);
     let slow = CancellationToken::new();
     let registration = shared
@@ -244,6 +250,7 @@ pub async fn serve(accepted: Box<Accepted>, identity: Box<Identity>, shared: Arc
         registration,
         me: queue.clone(),
         shared: shared.clone(),
+        hooked: accepted.hooked.take(),
     };
     let started = start_boxed(&mut accepted.ws, opening);
     let end = match started.await {
@@ -305,6 +312,8 @@ struct Opening {
     /// The connection's own queue.
     me: Arc<SendQueue>,
     shared: Arc<Shared>,
+    /// What the connect hook gave it.
+    hooked: Option<Box<crate::upstream::Hooked>>,
 }
 
 /// Waits for a registration to be in routing on every notify-svc.
@@ -326,6 +335,7 @@ async fn start(ws: &mut Socket, opening: Opening) -> Result<Box<Conn>, End> {
         registration,
         me,
         shared,
+        hooked,
     } = opening;
     let position = registered(registration)
         .await
@@ -354,6 +364,7 @@ async fn start(ws: &mut Socket, opening: Opening) -> Result<Box<Conn>, End> {
         me,
         bucket,
         calls: 0,
+        data: None,
     });
     if position.head_seq > after {
         conn.fetch(conn.inbox_feed(), after, Duration::ZERO);
@@ -364,7 +375,13 @@ async fn start(ws: &mut Socket, opening: Opening) -> Result<Box<Conn>, End> {
     }
     // The user's server-side subscriptions, followed from the welcome on (a
     // client that knows where it stood re-subscribes with its `since`).
-    for topic in position.subscriptions {
+    // And the topics the connect hook gave this connection alone.
+    let (hook_topics, hook_data) = match hooked {
+        Some(hooked) => (hooked.topics, hooked.data),
+        None => (Vec::new(), None),
+    };
+    conn.data = hook_data;
+    for topic in position.subscriptions.into_iter().chain(hook_topics) {
         // Boxed: most users have none, and the start of every connection
         // would otherwise carry room for a registration wait.
         let text = Box::pin(conn.follow(topic, None, Source::Server, None)).await;
@@ -963,6 +980,7 @@ impl Conn {
             route: String::new(),
             action,
             frame: frame.to_owned(),
+            connection_data: self.data.as_deref().unwrap_or_default().to_owned(),
         };
         let (me, timeout) = (self.me.clone(), upstreams.timeout());
         tokio::spawn(async move {

@@ -43,6 +43,19 @@ pub enum Refusal {
     BridgeFull,
     /// The user holds this many connections on this bridge, the most.
     UserLimit(usize),
+    /// The connect hook refused the connection, with this status.
+    Hook { code: tonic::Code, message: String },
+    /// The connect hook could not be asked (and the bridge fails closed).
+    HookUnavailable(String),
+}
+
+impl From<crate::upstream::HookRefusal> for Refusal {
+    fn from(refusal: crate::upstream::HookRefusal) -> Self {
+        match refusal {
+            crate::upstream::HookRefusal::Refused { code, message } => Self::Hook { code, message },
+            crate::upstream::HookRefusal::Unavailable(why) => Self::HookUnavailable(why),
+        }
+    }
 }
 
 impl Refusal {
@@ -60,6 +73,8 @@ impl Refusal {
             Self::NoNotifySvc => "no_notify_svc",
             Self::BridgeFull => "bridge_full",
             Self::UserLimit(_) => "user_limit",
+            Self::Hook { .. } => "hook_refused",
+            Self::HookUnavailable(_) => "hook_unavailable",
         }
     }
 
@@ -83,6 +98,10 @@ impl Refusal {
             }
             Self::BridgeFull => "this bridge is full; connect to another".into(),
             Self::UserLimit(max) => format!("at most {max} connections per user"),
+            Self::Hook { message, .. } => message.clone(),
+            Self::HookUnavailable(why) => {
+                format!("the connect hook cannot be asked ({why}); retry")
+            }
         }
     }
 
@@ -96,9 +115,19 @@ impl Refusal {
             Self::PeerRate(_) => (StatusCode::TOO_MANY_REQUESTS, "too_many_requests"),
             Self::PanelRate(_) => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             Self::UserLimit(_) => (StatusCode::TOO_MANY_REQUESTS, "too_many_connections"),
-            Self::RevocationUnchecked(_) | Self::NoNotifySvc | Self::BridgeFull => {
-                (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
-            }
+            Self::RevocationUnchecked(_)
+            | Self::NoNotifySvc
+            | Self::BridgeFull
+            | Self::HookUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            Self::Hook { code, .. } => match code {
+                tonic::Code::PermissionDenied => (StatusCode::FORBIDDEN, "forbidden"),
+                tonic::Code::Unauthenticated => (StatusCode::UNAUTHORIZED, "unauthorized"),
+                tonic::Code::ResourceExhausted => {
+                    (StatusCode::TOO_MANY_REQUESTS, "too_many_requests")
+                }
+                tonic::Code::InvalidArgument => (StatusCode::BAD_REQUEST, "bad_request"),
+                _ => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            },
         }
     }
 
@@ -124,9 +153,11 @@ impl Refusal {
             Self::NoToken | Self::BadToken(_) => ErrorCode::BadRequest,
             Self::Revoked | Self::OtherUser | Self::NotAdmin => ErrorCode::Forbidden,
             Self::PeerRate(_) | Self::PanelRate(_) | Self::UserLimit(_) => ErrorCode::RateLimited,
-            Self::RevocationUnchecked(_) | Self::NoNotifySvc | Self::BridgeFull => {
-                ErrorCode::Unavailable
-            }
+            Self::RevocationUnchecked(_)
+            | Self::NoNotifySvc
+            | Self::BridgeFull
+            | Self::HookUnavailable(_)
+            | Self::Hook { .. } => ErrorCode::Unavailable,
         };
         ServerFrame::Error {
             code,

@@ -13,6 +13,7 @@ use hyper::{
     service::service_fn,
 };
 use hyper_util::rt::TokioIo;
+use notify_core::ConnectionId;
 use notify_ops::tls::ServerTls;
 use tokio::net::TcpListener;
 use tokio_tungstenite::{
@@ -112,6 +113,13 @@ async fn serve_http<IO>(
     }
 }
 
+/// Who came in, their place, and what the connect hook gave them.
+type Entered = (
+    notify_auth::Identity,
+    Admitted,
+    Option<Box<crate::upstream::Hooked>>,
+);
+
 /// The door's checks in order: the client address's connect rate (before
 /// the token: verifying it is the expensive part), the token, a notify-svc
 /// to serve it, and a place among the bridge's and the user's connections
@@ -121,7 +129,9 @@ async fn enter(
     shared: &Shared,
     peer: IpAddr,
     token: &Option<String>,
-) -> Result<(notify_auth::Identity, Admitted), Refusal> {
+    id: ConnectionId,
+    query: &str,
+) -> Result<Entered, Refusal> {
     shared
         .peers
         .allow(peer, std::time::Instant::now())
@@ -132,7 +142,25 @@ async fn enter(
         return Err(Refusal::NoNotifySvc);
     }
     let admitted = shared.admissions.admit(&identity.user)?;
-    Ok((identity, admitted))
+    // The backend's $connect: last, with the place held (given back if it says no).
+    let hooked = if shared.upstreams.has_connect_hook() {
+        let caller = crate::upstream::caller(&identity, &id.to_string(), shared.hub.bridge_id());
+        Some(Box::new(shared.upstreams.connect(caller, query).await?))
+    } else {
+        None
+    };
+    Ok((identity, admitted, hooked))
+}
+
+/// The upgrade's query string without its token (what a connect hook sees).
+fn query_without_token(req: &Request<Incoming>) -> String {
+    req.uri()
+        .query()
+        .unwrap_or_default()
+        .split('&')
+        .filter(|pair| !pair.is_empty() && !pair.starts_with("token="))
+        .collect::<Vec<_>>()
+        .join("&")
 }
 
 /// `since` and the token (Authorization header first, else `?token=`) of
@@ -185,7 +213,9 @@ async fn handle(
         Ok(params) => params,
         Err(why) => return respond::error(StatusCode::BAD_REQUEST, "bad_request", why),
     };
-    let (identity, admitted) = match enter(&shared, peer, &token).await {
+    let id = ConnectionId::new();
+    let query = query_without_token(&req);
+    let (identity, admitted, hooked) = match enter(&shared, peer, &token, id, &query).await {
         Ok(entered) => entered,
         Err(refusal) => {
             shared.metrics.refused(refusal.reason());
@@ -211,6 +241,8 @@ async fn handle(
             since,
             token,
             admitted: Some(admitted),
+            id,
+            hooked,
         });
         serving.spawn(connection::serve(accepted, Box::new(identity), shared));
     });

@@ -41,6 +41,10 @@ pub struct UpstreamConfig {
     /// The bridge's credential towards backends.
     pub token: Option<String>,
     pub tls: ClientTls,
+    /// The connect hook's backend (`Upstream/OnConnect`), if any.
+    pub connect_hook: Option<String>,
+    /// Let connections in when the hook cannot be asked (default: refuse).
+    pub fail_open: bool,
 }
 
 impl UpstreamConfig {
@@ -70,12 +74,42 @@ impl UpstreamConfig {
     }
 }
 
-/// The routes of one bridge.
+/// The routes of one bridge, and its connect hook.
 #[derive(Default)]
 pub struct Upstreams {
     routes: HashMap<String, Arc<Route>>,
+    hook: Option<ConnectHook>,
     timeout: Duration,
     per_connection: usize,
+}
+
+/// The connect hook: asked before each upgrade completes.
+struct ConnectHook {
+    client: UpstreamClient<Channel>,
+    credential: Credential,
+    fail_open: bool,
+}
+
+/// What the connect hook gave a connection.
+#[derive(Debug, Default)]
+pub struct Hooked {
+    /// Followed from the welcome on, as a backend's Subscribe.
+    pub topics: Vec<notify_core::Topic>,
+    /// Sent with the connection's routed actions.
+    pub data: Option<Box<str>>,
+}
+
+/// Largest `data` a connect hook may keep with a connection: every open
+/// socket holds it.
+const MAX_HOOK_DATA: usize = 4096;
+
+/// Why the connect hook refused a connection (or could not be asked).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HookRefusal {
+    /// The hook said no, with this status.
+    Refused { code: Code, message: String },
+    /// The hook could not be asked and the bridge fails closed.
+    Unavailable(String),
 }
 
 /// One route: its backend and the calls it may have in flight.
@@ -107,10 +141,82 @@ impl Upstreams {
                 }),
             );
         }
+        let hook = match &config.connect_hook {
+            Some(url) => Some(ConnectHook {
+                client: UpstreamClient::new(
+                    notify_proto::channel::endpoint(url, &config.tls)?
+                        .connect_timeout(CONNECT_TIMEOUT)
+                        .tcp_nodelay(true)
+                        .connect_lazy(),
+                ),
+                credential: credential.clone(),
+                fail_open: config.fail_open,
+            }),
+            None => None,
+        };
         Ok(Self {
             routes,
+            hook,
             timeout: config.timeout,
             per_connection: config.per_connection,
+        })
+    }
+
+    /// Whether connections are asked about before their upgrade.
+    pub fn has_connect_hook(&self) -> bool {
+        self.hook.is_some()
+    }
+
+    /// Asks the connect hook about a connection (no hook: let in, nothing
+    /// kept).
+    pub async fn connect(&self, caller: pb::Caller, query: &str) -> Result<Hooked, HookRefusal> {
+        let Some(hook) = &self.hook else {
+            return Ok(Hooked::default());
+        };
+        let mut req = hook
+            .credential
+            .apply(tonic::Request::new(pb::ConnectRequest {
+                caller: Some(caller),
+                query: query.to_owned(),
+            }));
+        req.set_timeout(self.timeout);
+        let answer = tokio::time::timeout(self.timeout, hook.client.clone().on_connect(req)).await;
+        let unavailable = |why: String| {
+            if hook.fail_open {
+                tracing::warn!(error = %why, "connect hook unavailable: letting the connection in (fail-open)");
+                Ok(Hooked::default())
+            } else {
+                Err(HookRefusal::Unavailable(why))
+            }
+        };
+        let answer = match answer {
+            Err(_) => return unavailable(format!("no answer within {:?}", self.timeout)),
+            Ok(Err(status)) => match status_error(status, self.timeout) {
+                CallError::Backend { code, message } => {
+                    return Err(HookRefusal::Refused { code, message });
+                }
+                other => return unavailable(format!("{other:?}")),
+            },
+            Ok(Ok(answer)) => answer.into_inner(),
+        };
+        if answer.data.len() > MAX_HOOK_DATA {
+            return unavailable(format!(
+                "the hook kept {} bytes with the connection, over {MAX_HOOK_DATA}",
+                answer.data.len()
+            ));
+        }
+        let mut topics = Vec::new();
+        for name in answer.topics {
+            match notify_core::Topic::parse(&name) {
+                Ok(topic) => topics.push(topic),
+                Err(e) => {
+                    tracing::warn!(topic = name, error = %e, "connect hook named a bad topic: skipped")
+                }
+            }
+        }
+        Ok(Hooked {
+            topics,
+            data: (!answer.data.is_empty()).then(|| answer.data.into_boxed_str()),
         })
     }
 

@@ -52,6 +52,7 @@ impl Upstream for Backend {
             "echo" | "other" => {
                 let caller = req.caller.unwrap_or_default();
                 json!({
+                    "connection_data": req.connection_data,
                     "route": req.route,
                     "frame": serde_json::from_str::<Value>(&req.frame).unwrap(),
                     "user_id": caller.user_id,
@@ -76,6 +77,25 @@ impl Upstream for Backend {
             _ => return Err(Status::internal("unexpected action")),
         };
         Ok(Response::new(pb::HandleResponse { reply }))
+    }
+
+    /// mallory is refused; sam gets a topic and data kept with the
+    /// connection; the query (never the token) is checked.
+    async fn on_connect(
+        &self,
+        req: Request<pb::ConnectRequest>,
+    ) -> Result<Response<pb::ConnectResponse>, Status> {
+        let req = req.into_inner();
+        assert!(!req.query.contains("token"), "{}", req.query);
+        let caller = req.caller.unwrap_or_default();
+        match caller.user_id.as_str() {
+            "mallory" => Err(Status::permission_denied("mallory is banned")),
+            "sam" => Ok(Response::new(pb::ConnectResponse {
+                topics: vec!["room:vip".into()],
+                data: json!({"tier": "gold", "query": req.query}).to_string(),
+            })),
+            _ => Ok(Response::new(pb::ConnectResponse::default())),
+        }
     }
 }
 
@@ -370,4 +390,92 @@ async fn a_publish_to_a_connection_id_reaches_that_socket_only_and_is_not_stored
     )
     .await;
     assert!(gone.message().contains("not connected"), "{gone:?}");
+}
+
+/// Connects `user` with `query`; the HTTP refusal if the upgrade is refused.
+async fn try_connect(
+    p: &Platform,
+    user: &str,
+    query: &str,
+) -> Result<common::Client, tokio_tungstenite::tungstenite::http::Response<Option<Vec<u8>>>> {
+    use tokio_tungstenite::tungstenite::{Error, client::IntoClientRequest};
+    let mut req = format!("{}{query}", p.ws).into_client_request().unwrap();
+    req.headers_mut().insert(
+        "authorization",
+        format!("Bearer {}", p.token(user)).parse().unwrap(),
+    );
+    match tokio_tungstenite::connect_async(req).await {
+        Ok((ws, _)) => Ok(common::Client { ws }),
+        Err(Error::Http(response)) => Err(*response),
+        Err(e) => panic!("neither an upgrade nor an HTTP refusal: {e}"),
+    }
+}
+
+#[tokio::test]
+async fn the_connect_hook_refuses_one_user_and_subscribes_another_before_the_upgrade() {
+    let backend = start_backend(Backend::default()).await;
+    let hook = format!("http://{backend}");
+    let p = platform(&format!("echo={hook}"), &["--connect-hook", &hook]).await;
+    // Refused with the hook's status and reason, before any welcome.
+    let refused = try_connect(&p, "mallory", "?device=phone")
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(refused.status(), 403);
+    let body: Value = serde_json::from_slice(refused.body().as_deref().unwrap()).unwrap();
+    assert_eq!(
+        (body["reason"].as_str(), body["message"].as_str()),
+        (Some("hook_refused"), Some("mallory is banned"))
+    );
+    p.until_connections("mallory", 0).await;
+    // Subscribed by the hook: `subscribed` (source server) right after welcome,
+    // and the topic's messages arrive; the hook's data rides with routed actions.
+    let mut sam = try_connect(&p, "sam", "?device=phone").await.unwrap();
+    assert_eq!(sam.next().await["type"], "welcome");
+    let subscribed = sam.next().await;
+    assert_eq!(
+        (
+            subscribed["type"].as_str(),
+            subscribed["topic"].as_str(),
+            subscribed["source"].as_str()
+        ),
+        (Some("subscribed"), Some("room:vip"), Some("server")),
+        "{subscribed}"
+    );
+    let mut api = p.api().await;
+    api.publish(common::to_topic("room:vip", "\"doors open\""))
+        .await
+        .unwrap();
+    assert_eq!(sam.next().await["data"], "doors open");
+    sam.send(json!({"action": "echo", "id": 1})).await;
+    let data: Value = serde_json::from_str(
+        sam.next().await["data"]["connection_data"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(data, json!({"tier": "gold", "query": "device=phone"}));
+    // Anyone else is let in as usual.
+    let mut tom = try_connect(&p, "tom", "").await.unwrap();
+    assert_eq!(tom.next().await["type"], "welcome");
+}
+
+#[tokio::test]
+async fn a_connect_hook_that_cannot_be_asked_fails_closed_unless_told_to_fail_open() {
+    let gone = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", l.local_addr().unwrap())
+    };
+    let closed = platform("", &["--connect-hook", &gone]).await;
+    let refused = try_connect(&closed, "uma", "").await.err().unwrap();
+    assert_eq!(refused.status(), 503);
+    let body: Value = serde_json::from_slice(refused.body().as_deref().unwrap()).unwrap();
+    assert_eq!(body["reason"], "hook_unavailable", "{body}");
+    let open = platform(
+        "",
+        &["--connect-hook", &gone, "--connect-hook-fail-open", "true"],
+    )
+    .await;
+    let mut uma = try_connect(&open, "uma", "").await.unwrap();
+    assert_eq!(uma.next().await["type"], "welcome");
 }
