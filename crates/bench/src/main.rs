@@ -31,6 +31,8 @@ enum Bench {
     Publish(PublishArgs),
     /// WebSocket bridge figures: connects/s, RSS per connection, fan-out.
     Ws(ws::WsArgs),
+    /// Routed actions: round trips to a no-op backend beside the bridge's own echo.
+    Routed(routed::RoutedArgs),
     /// BetTracker's lag: fight change committed -> WebSocket frame.
     Fights(fights::FightsArgs),
     /// The cost of one write per subscriber per message on this machine.
@@ -99,6 +101,7 @@ async fn main() -> anyhow::Result<()> {
         Bench::Publish(args) => publish(args).await,
         Bench::NoopServer { addr } => noop::serve(addr).await,
         Bench::Ws(args) => ws::run(args).await,
+        Bench::Routed(args) => routed::run(args).await,
         Bench::SendFloor(args) => floor::run(&args),
         Bench::Fights(args) => fights::run(args).await,
     }
@@ -107,6 +110,7 @@ async fn main() -> anyhow::Result<()> {
 mod fights;
 mod floor;
 mod noop;
+mod routed;
 mod ws;
 
 /// The first process whose name is `name`.
