@@ -83,8 +83,18 @@ impl Shared {
         token: &str,
         expected: Option<&UserId>,
     ) -> Result<notify_auth::Identity, Refusal> {
-        crate::refusal::authenticate(&self.verifier, self.revocation.as_deref(), token, expected)
-            .await
+        let mut identity = crate::refusal::authenticate(
+            &self.verifier,
+            self.revocation.as_deref(),
+            token,
+            expected,
+        )
+        .await?;
+        if !self.upstreams.in_use() {
+            // Only backends read it; every idle socket's bytes count.
+            identity.username = None;
+        }
+        Ok(identity)
     }
 }
 
@@ -177,9 +187,17 @@ struct Conn {
     /// Its own queue, for [`Local`] results.
     me: Arc<SendQueue>,
     bucket: TokenBucket,
-    /// Routed calls in flight (crate::upstream).
+    /// Routed actions' state, made on first use: most sockets never route
+    /// a frame, and every idle socket's bytes count (5 KB budget).
+    routed: Option<Box<Routed>>,
+}
+
+/// A connection's routed actions.
+#[derive(Default)]
+struct Routed {
+    /// Calls in flight.
     calls: u16,
-    /// What the connect hook kept with it, sent with its routed actions.
+    /// What the connect hook kept with the connection.
     data: Option<Box<str>>,
 }
 
@@ -211,9 +229,8 @@ pub struct Accepted {
     /// Its place under the connection limits, given back as the hub forgets
     /// it (kept here, on the heap, not in the connection's state).
     pub admitted: Option<crate::admission::Admitted>,
-    /// Its id, made before the upgrade (the connect hook is told it).
-    pub id: ConnectionId,
-    /// What the connect hook gave it, if a hook is configured.
+    /// What the connect hook gave it (and its id, made before the upgrade
+    /// to tell the hook), if a hook is configured.
     pub hooked: Option<Box<crate::upstream::Hooked>>,
 }
 
@@ -224,7 +241,10 @@ pub struct Accepted {
 /// and idle connections are what a bridge holds most of.
 pub async fn serve(accepted: Box<Accepted>, identity: Box<Identity>, shared: Arc<Shared>) {
     let mut accepted = accepted;
-    let id = accepted.id;
+    let id = accepted
+        .hooked
+        .as_ref()
+        .map_or_else(ConnectionId::new, |hooked| hooked.id);
     let queue = SendQueue::new(shared.queue);
     let slow = CancellationToken::new();
     let registration = shared
@@ -363,8 +383,7 @@ async fn start(ws: &mut Socket, opening: Opening) -> Result<Box<Conn>, End> {
         server_topics: Vec::new(),
         me,
         bucket,
-        calls: 0,
-        data: None,
+        routed: None,
     });
     if position.head_seq > after {
         conn.fetch(conn.inbox_feed(), after, Duration::ZERO);
@@ -380,7 +399,12 @@ async fn start(ws: &mut Socket, opening: Opening) -> Result<Box<Conn>, End> {
         Some(hooked) => (hooked.topics, hooked.data),
         None => (Vec::new(), None),
     };
-    conn.data = hook_data;
+    if let Some(data) = hook_data {
+        conn.routed = Some(Box::new(Routed {
+            calls: 0,
+            data: Some(data),
+        }));
+    }
     for topic in position.subscriptions.into_iter().chain(hook_topics) {
         // Boxed: most users have none, and the start of every connection
         // would otherwise carry room for a registration wait.
@@ -554,7 +578,9 @@ impl Conn {
             Local::Read(feed, read) => Box::pin(self.read(ws, feed, read)).await,
             Local::Reply(text) => send(ws, text).await,
             Local::Routed(text) => {
-                self.calls = self.calls.saturating_sub(1);
+                if let Some(routed) = &mut self.routed {
+                    routed.calls = routed.calls.saturating_sub(1);
+                }
                 send(ws, text).await
             }
             Local::ServerSubscribe(topic, after) => {
@@ -960,7 +986,8 @@ impl Conn {
         id: Option<FrameId>,
     ) -> Result<(), End> {
         let upstreams = &self.shared.upstreams;
-        if usize::from(self.calls) >= upstreams.per_connection() {
+        let state = self.routed.get_or_insert_with(Box::default);
+        if usize::from(state.calls) >= upstreams.per_connection() {
             let busy = crate::upstream::CallError::ConnectionBusy(upstreams.per_connection());
             return send(ws, busy.frame(id.as_ref())).await;
         }
@@ -968,7 +995,7 @@ impl Conn {
             Ok(permit) => permit,
             Err(busy) => return send(ws, busy.frame(id.as_ref())).await,
         };
-        self.calls += 1;
+        state.calls += 1;
         self.shared.metrics.routed.inc();
         let named = action.clone();
         let request = pb::HandleRequest {
@@ -980,7 +1007,7 @@ impl Conn {
             route: String::new(),
             action,
             frame: frame.to_owned(),
-            connection_data: self.data.as_deref().unwrap_or_default().to_owned(),
+            connection_data: state.data.as_deref().unwrap_or_default().to_owned(),
         };
         let (me, timeout) = (self.me.clone(), upstreams.timeout());
         tokio::spawn(async move {

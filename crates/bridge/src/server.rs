@@ -129,7 +129,6 @@ async fn enter(
     shared: &Shared,
     peer: IpAddr,
     token: &Option<String>,
-    id: ConnectionId,
     query: &str,
 ) -> Result<Entered, Refusal> {
     shared
@@ -144,8 +143,9 @@ async fn enter(
     let admitted = shared.admissions.admit(&identity.user)?;
     // The backend's $connect: last, with the place held (given back if it says no).
     let hooked = if shared.upstreams.has_connect_hook() {
+        let id = ConnectionId::new();
         let caller = crate::upstream::caller(&identity, &id.to_string(), shared.hub.bridge_id());
-        Some(Box::new(shared.upstreams.connect(caller, query).await?))
+        Some(Box::new(shared.upstreams.connect(id, caller, query).await?))
     } else {
         None
     };
@@ -213,9 +213,8 @@ async fn handle(
         Ok(params) => params,
         Err(why) => return respond::error(StatusCode::BAD_REQUEST, "bad_request", why),
     };
-    let id = ConnectionId::new();
     let query = query_without_token(&req);
-    let (identity, admitted, hooked) = match enter(&shared, peer, &token, id, &query).await {
+    let (identity, admitted, hooked) = match enter(&shared, peer, &token, &query).await {
         Ok(entered) => entered,
         Err(refusal) => {
             shared.metrics.refused(refusal.reason());
@@ -241,7 +240,6 @@ async fn handle(
             since,
             token,
             admitted: Some(admitted),
-            id,
             hooked,
         });
         serving.spawn(connection::serve(accepted, Box::new(identity), shared));

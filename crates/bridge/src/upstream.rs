@@ -91,8 +91,10 @@ struct ConnectHook {
 }
 
 /// What the connect hook gave a connection.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Hooked {
+    /// The connection's id, made before the upgrade to tell the hook.
+    pub id: notify_core::ConnectionId,
     /// Followed from the welcome on, as a backend's Subscribe.
     pub topics: Vec<notify_core::Topic>,
     /// Sent with the connection's routed actions.
@@ -162,6 +164,12 @@ impl Upstreams {
         })
     }
 
+    /// Whether any backend takes part (a route or the connect hook): only
+    /// then is a caller's username worth keeping with its connection.
+    pub fn in_use(&self) -> bool {
+        !self.routes.is_empty() || self.hook.is_some()
+    }
+
     /// Whether connections are asked about before their upgrade.
     pub fn has_connect_hook(&self) -> bool {
         self.hook.is_some()
@@ -169,9 +177,19 @@ impl Upstreams {
 
     /// Asks the connect hook about a connection (no hook: let in, nothing
     /// kept).
-    pub async fn connect(&self, caller: pb::Caller, query: &str) -> Result<Hooked, HookRefusal> {
+    pub async fn connect(
+        &self,
+        id: notify_core::ConnectionId,
+        caller: pb::Caller,
+        query: &str,
+    ) -> Result<Hooked, HookRefusal> {
+        let let_in = Hooked {
+            id,
+            topics: Vec::new(),
+            data: None,
+        };
         let Some(hook) = &self.hook else {
-            return Ok(Hooked::default());
+            return Ok(let_in);
         };
         let mut req = hook
             .credential
@@ -184,7 +202,7 @@ impl Upstreams {
         let unavailable = |why: String| {
             if hook.fail_open {
                 tracing::warn!(error = %why, "connect hook unavailable: letting the connection in (fail-open)");
-                Ok(Hooked::default())
+                Ok(let_in)
             } else {
                 Err(HookRefusal::Unavailable(why))
             }
@@ -215,6 +233,7 @@ impl Upstreams {
             }
         }
         Ok(Hooked {
+            id,
             topics,
             data: (!answer.data.is_empty()).then(|| answer.data.into_boxed_str()),
         })
