@@ -133,6 +133,20 @@ pub struct UpstreamArgs {
 }
 
 impl UpstreamArgs {
+    /// Every default (and `BRIDGE_*` from the environment) with `routes`:
+    /// for bridges run in-process, as tests do. Panics on a bad route.
+    pub fn from_routes(routes: &str) -> UpstreamConfig {
+        #[derive(clap::Parser)]
+        struct Defaults {
+            #[command(flatten)]
+            upstream: UpstreamArgs,
+        }
+        <Defaults as clap::Parser>::parse_from(["bridge", "--routes", routes])
+            .upstream
+            .config()
+            .expect("valid routes")
+    }
+
     /// The routes' configuration, or what is wrong with it.
     pub fn config(&self) -> Result<UpstreamConfig, String> {
         if self.upstream_calls_per_connection == 0 || self.upstream_calls_per_route == 0 {

@@ -479,3 +479,42 @@ async fn a_connect_hook_that_cannot_be_asked_fails_closed_unless_told_to_fail_op
     let mut uma = try_connect(&open, "uma", "").await.unwrap();
     assert_eq!(uma.next().await["type"], "welcome");
 }
+
+#[tokio::test]
+async fn routes_and_connection_publishes_work_across_two_bridges_and_two_replicas() {
+    let backend = start_backend(Backend::default()).await;
+    let p = platform(&format!("echo=http://{backend}"), &[]).await;
+    // A second notify-svc replica, and a second bridge attached to both,
+    // routing the same action.
+    let replica = common::start_svc(&p.db.url, None).await;
+    let mut second = p.bridge_config("bridge-two", notify_bridge::SendBound::default());
+    second.notify_urls = vec![p.grpc.clone(), replica.url()];
+    second.upstream = notify_bridge::UpstreamArgs::from_routes(&format!("echo=http://{backend}"));
+    let ws_two = p.run_bridge(second).await;
+    let mut far = p.connect_to(&ws_two, "zoe", "").await;
+    far.next().await;
+    far.send(json!({"action": "echo", "id": "z"})).await;
+    let reply = far.next().await;
+    assert_eq!(reply["data"]["bridge_id"], "bridge-two", "{reply}");
+    let connection = reply["data"]["connection_id"].as_str().unwrap().to_owned();
+    // Either replica routes a connection publish to the bridge holding it.
+    for (n, url) in [p.grpc.clone(), replica.url()].into_iter().enumerate() {
+        let mut api = notify_proto::v1::notify_client::NotifyClient::connect(url)
+            .await
+            .unwrap();
+        let sent = api
+            .publish(pb::PublishRequest {
+                target: Some(pb::publish_request::Target::ConnectionId(
+                    connection.clone(),
+                )),
+                event: "ping".into(),
+                data: n.to_string(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(sent.delivered, 1);
+        assert_eq!(far.next().await["data"], n, "through replica {n}");
+    }
+}
