@@ -513,3 +513,60 @@ async fn notify_up_refuses_to_serve_its_unauthenticated_api_beyond_loopback() {
     assert_eq!(out.status.code(), Some(2), "{said}");
     assert!(said.contains("loopback only"), "{said}");
 }
+
+/// A backend answering every routed action with the caller's user id.
+struct WhoAmI;
+
+#[tonic::async_trait]
+impl notify_proto::v1::upstream_server::Upstream for WhoAmI {
+    async fn handle(
+        &self,
+        req: tonic::Request<notify_proto::v1::HandleRequest>,
+    ) -> Result<tonic::Response<notify_proto::v1::HandleResponse>, tonic::Status> {
+        let caller = req.into_inner().caller.unwrap_or_default();
+        let reply = serde_json::json!({ "you": caller.user_id }).to_string();
+        Ok(tonic::Response::new(notify_proto::v1::HandleResponse {
+            reply,
+        }))
+    }
+
+    async fn on_connect(
+        &self,
+        _: tonic::Request<notify_proto::v1::ConnectRequest>,
+    ) -> Result<tonic::Response<notify_proto::v1::ConnectResponse>, tonic::Status> {
+        Ok(tonic::Response::new(Default::default()))
+    }
+}
+
+#[tokio::test]
+async fn notify_up_routes_actions_to_a_backend_as_the_bridge_binary_does() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend = listener.local_addr().unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(notify_proto::v1::upstream_server::UpstreamServer::new(
+                WhoAmI,
+            ))
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+    );
+    let data = TestDir::create("up-routes");
+    let routes = format!("whoami=http://{backend}");
+    let up = Up::start(&data.path, None, &["--routes", &routes]).await;
+    let token = dev_token(&data.path, "ivy").await;
+    let mut socket = up.socket(&token).await;
+    assert_eq!(frames(&mut socket, 1).await[0]["type"], "welcome");
+    socket
+        .send(Message::text(r#"{"action":"whoami","id":"w"}"#))
+        .await
+        .unwrap();
+    let reply = &frames(&mut socket, 1).await[0];
+    assert_eq!(
+        (
+            reply["type"].as_str(),
+            reply["id"].as_str(),
+            reply["data"]["you"].as_str()
+        ),
+        (Some("reply"), Some("w"), Some("ivy")),
+        "{reply}"
+    );
+}
