@@ -230,15 +230,10 @@ async fn publish(req: Request<Incoming>, shared: &Shared) -> Response<Full<Bytes
                 }),
             )
         }
-        Err(status) => {
-            let code = match status.code() {
-                tonic::Code::InvalidArgument | tonic::Code::NotFound => StatusCode::BAD_REQUEST,
-                tonic::Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
-                tonic::Code::PermissionDenied => StatusCode::FORBIDDEN,
-                tonic::Code::Unauthenticated => StatusCode::UNAUTHORIZED,
-                _ => StatusCode::SERVICE_UNAVAILABLE,
-            };
-            respond::error(code, "publish_failed", status.message())
-        }
+        Err(status) => respond::error(
+            respond::status_of(status.code()),
+            "publish_failed",
+            status.message(),
+        ),
     }
 }

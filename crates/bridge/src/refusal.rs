@@ -119,15 +119,17 @@ impl Refusal {
             | Self::NoNotifySvc
             | Self::BridgeFull
             | Self::HookUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
-            Self::Hook { code, .. } => match code {
-                tonic::Code::PermissionDenied => (StatusCode::FORBIDDEN, "forbidden"),
-                tonic::Code::Unauthenticated => (StatusCode::UNAUTHORIZED, "unauthorized"),
-                tonic::Code::ResourceExhausted => {
-                    (StatusCode::TOO_MANY_REQUESTS, "too_many_requests")
-                }
-                tonic::Code::InvalidArgument => (StatusCode::BAD_REQUEST, "bad_request"),
-                _ => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
-            },
+            Self::Hook { code, .. } => {
+                let status = respond::status_of(*code);
+                let error = match status {
+                    StatusCode::FORBIDDEN => "forbidden",
+                    StatusCode::UNAUTHORIZED => "unauthorized",
+                    StatusCode::TOO_MANY_REQUESTS => "too_many_requests",
+                    StatusCode::BAD_REQUEST => "bad_request",
+                    _ => "unavailable",
+                };
+                (status, error)
+            }
         }
     }
 

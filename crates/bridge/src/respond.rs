@@ -23,6 +23,18 @@ pub fn json(status: StatusCode, body: &serde_json::Value) -> Response<Full<Bytes
     response
 }
 
+/// The HTTP status a gRPC status code from behind the bridge (notify-svc,
+/// a connect hook) becomes: the caller's fault stays 4xx, the rest is 503.
+pub fn status_of(code: tonic::Code) -> StatusCode {
+    match code {
+        tonic::Code::InvalidArgument | tonic::Code::NotFound => StatusCode::BAD_REQUEST,
+        tonic::Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
+        tonic::Code::PermissionDenied => StatusCode::FORBIDDEN,
+        tonic::Code::Unauthenticated => StatusCode::UNAUTHORIZED,
+        _ => StatusCode::SERVICE_UNAVAILABLE,
+    }
+}
+
 /// `{"error": code, "message": message}` with `status`.
 pub fn error(status: StatusCode, code: &str, message: &str) -> Response<Full<Bytes>> {
     json(

@@ -308,7 +308,7 @@ impl CallError {
             code,
             message: &message,
             id,
-            status: status.map(code_name),
+            status: status.map(notify_proto::convert::code_name),
         }
         .to_text()
     }
@@ -324,29 +324,6 @@ fn backend_code(code: Code) -> ErrorCode {
         Code::ResourceExhausted => ErrorCode::RateLimited,
         Code::Unavailable | Code::DeadlineExceeded | Code::Aborted => ErrorCode::Unavailable,
         _ => ErrorCode::UpstreamError,
-    }
-}
-
-/// A gRPC code as its protocol name (`NOT_FOUND`).
-fn code_name(code: Code) -> &'static str {
-    match code {
-        Code::Ok => "OK",
-        Code::Cancelled => "CANCELLED",
-        Code::Unknown => "UNKNOWN",
-        Code::InvalidArgument => "INVALID_ARGUMENT",
-        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
-        Code::NotFound => "NOT_FOUND",
-        Code::AlreadyExists => "ALREADY_EXISTS",
-        Code::PermissionDenied => "PERMISSION_DENIED",
-        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        Code::FailedPrecondition => "FAILED_PRECONDITION",
-        Code::Aborted => "ABORTED",
-        Code::OutOfRange => "OUT_OF_RANGE",
-        Code::Unimplemented => "UNIMPLEMENTED",
-        Code::Internal => "INTERNAL",
-        Code::Unavailable => "UNAVAILABLE",
-        Code::DataLoss => "DATA_LOSS",
-        Code::Unauthenticated => "UNAUTHENTICATED",
     }
 }
 
