@@ -123,16 +123,11 @@ pub struct Route {
 }
 
 impl Upstreams {
-    /// Channels are lazy: a backend that is down at start is reached once it
-    /// is up.
     pub fn new(config: &UpstreamConfig) -> anyhow::Result<Self> {
         let credential = Credential::new(config.token.as_deref())?;
         let mut routes = HashMap::new();
         for (action, url) in &config.routes {
-            let channel = notify_proto::channel::endpoint(url, &config.tls)?
-                .connect_timeout(CONNECT_TIMEOUT)
-                .tcp_nodelay(true)
-                .connect_lazy();
+            let channel = backend(url, &config.tls)?;
             routes.insert(
                 action.clone(),
                 Arc::new(Route {
@@ -145,12 +140,7 @@ impl Upstreams {
         }
         let hook = match &config.connect_hook {
             Some(url) => Some(ConnectHook {
-                client: UpstreamClient::new(
-                    notify_proto::channel::endpoint(url, &config.tls)?
-                        .connect_timeout(CONNECT_TIMEOUT)
-                        .tcp_nodelay(true)
-                        .connect_lazy(),
-                ),
+                client: UpstreamClient::new(backend(url, &config.tls)?),
                 credential: credential.clone(),
                 fail_open: config.fail_open,
             }),
@@ -254,6 +244,14 @@ impl Upstreams {
     pub fn timeout(&self) -> Duration {
         self.timeout
     }
+}
+
+/// A lazy channel to a backend: one that is down at start is used once up.
+fn backend(url: &str, tls: &ClientTls) -> anyhow::Result<Channel> {
+    Ok(notify_proto::channel::endpoint(url, tls)?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .tcp_nodelay(true)
+        .connect_lazy())
 }
 
 /// Why a routed call gave no reply.
