@@ -102,30 +102,8 @@ async fn a_burst_of_large_messages_closes_a_stalled_client_at_the_default_byte_b
     // client that keeps within the bound (on a loaded machine this test's own
     // reader may fall 1 MiB behind an unpaced burst, and is then rightly
     // closed too), while the stalled client's 10 MB pile up all the same.
-    // The stalled client is closed, and how says what held its burst:
-    // 4008 when its queue overflowed (the burst was in memory, up to the
-    // bound); 1001 (silent through two pings) when a catch-up read had begun
-    // before the burst — after a link re-attach on a loaded machine — so that
-    // the burst waited in the store (shed), not in memory, while the read's
-    // pages filled its socket and blocked it. Either way nothing unbounded.
-    let ops = p.ops.clone();
-    let told = tokio::spawn(async move {
-        test_support::eventually(
-            "the stalled client is closed",
-            Duration::from_secs(120),
-            || {
-                let ops = ops.clone();
-                async move {
-                    let slow =
-                        test_support::prometheus::value_at(&ops, "bridge_slow_consumers_total");
-                    let open = test_support::prometheus::value_at(&ops, "bridge_connections");
-                    (slow.await >= 1.0 || open.await == 0.0).then_some(())
-                }
-            },
-        )
-        .await;
-        closing_code(&mut stalled).await
-    });
+    // Closed as slow (4008) or for silence (1001): see close_code_once_stalled.
+    let told = p.close_code_once_stalled(stalled, 0.0);
     let data = format!("\"{}\"", "z".repeat(50 * 1000));
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(read_messages(reader, 200, tx));

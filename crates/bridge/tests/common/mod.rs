@@ -79,23 +79,34 @@ impl Platform {
     }
 
     /// The close code a stalled client gets, read once the first bridge
-    /// closed it as a slow consumer (reading earlier would un-stall it).
-    pub fn close_code_once_slow(
+    /// closed it (reading earlier would un-stall it): as a slow consumer
+    /// (4008), or for silence (1001) — seen as the bridge's open connections
+    /// falling to `open_after` (count the readers that are gone by then).
+    ///
+    /// Which one says what held the burst: 4008 when the client's queue
+    /// overflowed (the burst was in memory, up to the bound); 1001 when a
+    /// catch-up read had begun before the burst — after a link re-attach on
+    /// a loaded machine — so the burst waited in the store (shed), not in
+    /// memory, while the read's pages filled the socket and blocked it with
+    /// nothing more to arrive. Either way nothing is unbounded; tests using
+    /// this ping every few seconds so the second way ends soon too.
+    pub fn close_code_once_stalled(
         &self,
         mut stalled: Client,
+        open_after: f64,
     ) -> tokio::task::JoinHandle<Option<u16>> {
         let ops = self.ops.clone();
         tokio::spawn(async move {
             test_support::eventually(
-                "a slow consumer is closed",
+                "the stalled client is closed",
                 Duration::from_secs(120),
                 || {
                     let ops = ops.clone();
                     async move {
-                        (test_support::prometheus::value_at(&ops, "bridge_slow_consumers_total")
-                            .await
-                            >= 1.0)
-                            .then_some(())
+                        let slow =
+                            test_support::prometheus::value_at(&ops, "bridge_slow_consumers_total");
+                        let open = test_support::prometheus::value_at(&ops, "bridge_connections");
+                        (slow.await >= 1.0 || open.await <= open_after).then_some(())
                     }
                 },
             )
