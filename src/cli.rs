@@ -326,6 +326,65 @@ pub async fn tail(endpoint: &Endpoint, args: TailArgs) -> Result<(), Failure> {
     }
 }
 
+/// Where to start following the lifecycle log.
+#[derive(Args)]
+pub struct ConnectionsArgs {
+    /// Events after this position (0: from the oldest kept).
+    #[arg(long, default_value_t = 0, conflicts_with = "from_now")]
+    after: u64,
+    /// Only events recorded from now on.
+    #[arg(long)]
+    from_now: bool,
+}
+
+/// Prints each lifecycle event as it is recorded, until the stream ends or Ctrl-C.
+pub async fn connections(endpoint: &Endpoint, args: ConnectionsArgs) -> Result<(), Failure> {
+    let mut api = Api::connect(endpoint).await?;
+    let req = api.request(pb::WatchConnectionsRequest {
+        after: args.after,
+        from_now: args.from_now,
+    });
+    let mut stream = api.client.watch_connections(req).await?.into_inner();
+    loop {
+        let next = tokio::select! {
+            next = stream.message() => next?,
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+        };
+        let Some(batch) = next else { return Ok(()) };
+        if batch.missed {
+            eprintln!(
+                "events after --after {} are gone (retention): starting at the oldest kept",
+                args.after
+            );
+        }
+        for e in batch.events {
+            println!("{}", connection_event_json(&e));
+        }
+    }
+}
+
+fn connection_event_json(e: &pb::ConnectionEvent) -> Value {
+    let kind = pb::connection_event::Kind::try_from(e.kind).map_or("unknown", |k| match k {
+        pb::connection_event::Kind::Connected => "connected",
+        pb::connection_event::Kind::Disconnected => "disconnected",
+        pb::connection_event::Kind::Subscribed => "subscribed",
+        pb::connection_event::Kind::Unsubscribed => "unsubscribed",
+        pb::connection_event::Kind::Unspecified => "unknown",
+    });
+    let disconnected = e.kind == pb::connection_event::Kind::Disconnected as i32;
+    json!({
+        "position": e.position,
+        "kind": kind,
+        "connection_id": e.connection_id,
+        "user_id": e.user_id,
+        "bridge_id": e.bridge_id,
+        "topic": (!e.topic.is_empty()).then_some(&e.topic),
+        "close_code": disconnected.then_some(e.close_code),
+        "reason": disconnected.then_some(&e.reason),
+        "at": e.at_ms,
+    })
+}
+
 /// A user's live connections, or a topic's subscribers.
 #[derive(Args)]
 #[command(group(ArgGroup::new("whose").required(true).args(["user", "topic"])))]

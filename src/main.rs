@@ -64,6 +64,13 @@ enum Command {
         after_help = "Examples:\n  notify tail --topic fights:live\n  notify tail --user alice --since 0"
     )]
     Tail(cli::TailArgs),
+    /// Follow connection lifecycle events (connected, disconnected,
+    /// subscribed, unsubscribed) of every bridge: one JSON per line, each
+    /// with its position to resume --after.
+    #[command(
+        after_help = "Examples:\n  notify connections --from-now\n  notify connections --after 41"
+    )]
+    Connections(cli::ConnectionsArgs),
     /// Print a user's inbox or a topic's log after --since: one JSON per line.
     #[command(
         after_help = "Examples:\n  notify history --user alice\n  notify history --topic fights:live --since 120"
@@ -106,6 +113,7 @@ async fn main() -> std::process::ExitCode {
         Command::Publish(args) => cli::publish(&endpoint, args).await,
         Command::Send(args) => cli::send(&endpoint, args).await,
         Command::Tail(args) => cli::tail(&endpoint, args).await,
+        Command::Connections(args) => cli::connections(&endpoint, args).await,
         Command::History(args) => cli::history(&endpoint, args).await,
         Command::Presence(args) => cli::presence(&endpoint, args).await,
         Command::Subscribe(args) => cli::subscription(&endpoint, args, true).await,

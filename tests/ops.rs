@@ -110,14 +110,11 @@ impl Ops {
                      cli:publish+admin={CLI_TOKEN}"
                 ),
             );
-        let mut bridge = ServiceProcess::new("bridge", sibling_binary(exe, "bridge"))
-            .env("BRIDGE_WS_ADDR", &ws)
-            .env("BRIDGE_HTTP_ADDR", &bridge_http)
-            .env("BRIDGE_NOTIFY_URLS", format!("http://{grpc}"))
-            .env("BRIDGE_NOTIFY_TOKEN", BRIDGE_TOKEN)
-            .env("BRIDGE_ID", "ops-bridge")
-            .env("BRIDGE_DATA_DIR", data.path.display().to_string())
-            .env("AUTH_DEV", "1");
+        let url = format!("http://{grpc}");
+        let mut bridge =
+            ServiceProcess::dev_bridge(exe, "bridge", &ws, &bridge_http, &url, &data.path)
+                .env("BRIDGE_NOTIFY_TOKEN", BRIDGE_TOKEN)
+                .env("BRIDGE_ID", "ops-bridge");
         let mut tracker = ServiceProcess::new("bet-tracker", sibling_binary(exe, "bet-tracker"))
             .env("DATABASE_URL", &db_url)
             .env("TRACKER_NOTIFY_URL", format!("http://{grpc}"))

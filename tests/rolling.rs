@@ -18,11 +18,7 @@ use std::{
 use futures::{SinkExt, StreamExt};
 use notify_proto::v1::{self as pb, notify_client::NotifyClient};
 use serde_json::Value;
-use test_support::{
-    TestDb, TestDir, eventually, free_port,
-    process::{ServiceProcess, sibling_binary},
-    wait_ready,
-};
+use test_support::{TestDb, TestDir, eventually, free_port, process::ServiceProcess, wait_ready};
 use tokio_tungstenite::tungstenite::{Message, protocol::frame::coding::CloseCode};
 
 const CLIENTS: usize = 20;
@@ -52,21 +48,12 @@ async fn restarting_the_bridges_one_by_one_under_load_loses_nothing() {
     let grpc = format!("127.0.0.1:{}", free_port());
     let mut svc = ServiceProcess::notify_svc(exe, &grpc, &db.url);
     svc.start();
-    let ws: Vec<String> = (0..2)
-        .map(|_| format!("127.0.0.1:{}", free_port()))
-        .collect();
-    let ops: Vec<String> = (0..2)
-        .map(|_| format!("127.0.0.1:{}", free_port()))
-        .collect();
+    let (ws, ops) = (test_support::free_addrs(2), test_support::free_addrs(2));
     let mut bridges: Vec<ServiceProcess> = (0..2)
         .map(|i| {
-            ServiceProcess::new(&format!("bridge-{i}"), sibling_binary(exe, "bridge"))
-                .env("BRIDGE_WS_ADDR", &ws[i])
-                .env("BRIDGE_HTTP_ADDR", &ops[i])
-                .env("BRIDGE_NOTIFY_URLS", format!("http://{grpc}"))
+            let (name, url) = (format!("bridge-{i}"), format!("http://{grpc}"));
+            ServiceProcess::dev_bridge(exe, &name, &ws[i], &ops[i], &url, &data.path)
                 .env("BRIDGE_ID", format!("rolling-{i}"))
-                .env("BRIDGE_DATA_DIR", data.path.display().to_string())
-                .env("AUTH_DEV", "1")
         })
         .collect();
     for (bridge, ops) in bridges.iter_mut().zip(&ops) {

@@ -11,9 +11,7 @@ use futures::{SinkExt, StreamExt};
 use notify_proto::v1::{self as pb, notify_client::NotifyClient};
 use serde_json::Value;
 use test_support::{
-    TestDb, TestDir, eventually, free_port,
-    process::{ServiceProcess, sibling_binary},
-    prometheus::value_at,
+    TestDb, TestDir, eventually, free_port, process::ServiceProcess, prometheus::value_at,
     wait_ready,
 };
 use tokio_tungstenite::tungstenite::Message;
@@ -47,12 +45,8 @@ async fn stalled_clients_are_closed_and_hold_no_more_than_the_byte_bound() {
     svc.start();
     let ws = format!("127.0.0.1:{}", free_port());
     let ops = format!("127.0.0.1:{}", free_port());
-    let mut bridge = ServiceProcess::new("bridge", sibling_binary(exe, "bridge"))
-        .env("BRIDGE_WS_ADDR", &ws)
-        .env("BRIDGE_HTTP_ADDR", &ops)
-        .env("BRIDGE_NOTIFY_URLS", format!("http://{grpc}"))
-        .env("BRIDGE_DATA_DIR", data.path.display().to_string())
-        .env("AUTH_DEV", "1");
+    let url = format!("http://{grpc}");
+    let mut bridge = ServiceProcess::dev_bridge(exe, "bridge", &ws, &ops, &url, &data.path);
     bridge.start();
     wait_ready(&ops).await;
     let issuer = notify_auth::DevIssuer::load_or_create(

@@ -21,11 +21,7 @@ use opentelemetry_proto::tonic::{
     common::v1::{AnyValue, any_value::Value as Any},
     trace::v1::Span,
 };
-use test_support::{
-    TestDb, TestDir, eventually, free_port,
-    process::{ServiceProcess, sibling_binary},
-    wait_ready,
-};
+use test_support::{TestDb, TestDir, eventually, free_port, process::ServiceProcess, wait_ready};
 use tokio_tungstenite::tungstenite::Message;
 
 /// Spans received, with the `service.name` of their resource.
@@ -93,12 +89,8 @@ async fn one_publish_is_one_trace_from_request_to_bridge_delivery() {
         .env("OTEL_EXPORTER_OTLP_ENDPOINT", &otlp)
         // Export every 100 ms instead of every 5 s.
         .env("OTEL_BSP_SCHEDULE_DELAY", "100");
-    let mut bridge = ServiceProcess::new("bridge", sibling_binary(exe, "bridge"))
-        .env("BRIDGE_WS_ADDR", &ws)
-        .env("BRIDGE_HTTP_ADDR", &bridge_http)
-        .env("BRIDGE_NOTIFY_URLS", format!("http://{grpc}"))
-        .env("BRIDGE_DATA_DIR", data.path.display().to_string())
-        .env("AUTH_DEV", "1")
+    let url = format!("http://{grpc}");
+    let mut bridge = ServiceProcess::dev_bridge(exe, "bridge", &ws, &bridge_http, &url, &data.path)
         .env("OTEL_EXPORTER_OTLP_ENDPOINT", &otlp)
         .env("OTEL_BSP_SCHEDULE_DELAY", "100");
     svc.start();

@@ -86,6 +86,15 @@ impl Notify for Noop {
     ) -> Result<Response<Self::WatchStream>, Status> {
         unimplemented()
     }
+
+    type WatchConnectionsStream = tokio_stream::Empty<Result<pb::ConnectionEvents, Status>>;
+
+    async fn watch_connections(
+        &self,
+        _req: Request<pb::WatchConnectionsRequest>,
+    ) -> Result<Response<Self::WatchConnectionsStream>, Status> {
+        unimplemented()
+    }
 }
 
 /// Serves until killed.

@@ -171,9 +171,30 @@ const SLOW_CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why the loop ended, and how to close.
 enum End {
+    /// We close, with this code and reason.
     Close(u16, String),
+    /// The client closed (its code; 1005 when its frame had none).
+    ClientClosed(u16, String),
+    /// The socket went away (1006).
     Gone,
 }
+
+impl End {
+    /// The close code and reason, as lifecycle events report them.
+    fn close(&self) -> (u16, &str) {
+        match self {
+            Self::Close(code, reason) | Self::ClientClosed(code, reason) => (*code, reason),
+            Self::Gone => (CLOSE_ABNORMAL, "connection lost"),
+        }
+    }
+}
+
+/// RFC 6455: no close frame (reported, never sent).
+const CLOSE_ABNORMAL: u16 = 1006;
+/// RFC 6455: a close frame without a code (reported, never sent).
+const CLOSE_NO_STATUS: u16 = 1005;
+/// RFC 6455: the server failed (a connection task panicked).
+const CLOSE_INTERNAL_ERROR: u16 = 1011;
 
 struct Conn {
     id: ConnectionId,
@@ -201,21 +222,37 @@ struct Routed {
     data: Option<Box<str>>,
 }
 
-/// A connection's place in the hub, given up when dropped.
+/// A connection's place in the hub, given up by [`leave`](Self::leave),
+/// or when dropped (a panic: reported as 1011).
 struct Departure {
     id: ConnectionId,
-    shared: Arc<Shared>,
+    /// None once left.
+    shared: Option<Arc<Shared>>,
+}
+
+impl Departure {
+    fn leave(mut self, code: u16, reason: &str) {
+        if let Some(shared) = self.shared.take() {
+            depart(&shared, self.id, code, reason);
+        }
+    }
 }
 
 impl Drop for Departure {
     fn drop(&mut self) {
-        if let Some(revocation) = &self.shared.revocation {
-            revocation.release(self.id);
+        if let Some(shared) = self.shared.take() {
+            depart(&shared, self.id, CLOSE_INTERNAL_ERROR, "bridge error");
         }
-        self.shared.hub.close(self.id);
-        self.shared.hub.flush_acks();
-        self.shared.metrics.connections.dec();
     }
+}
+
+fn depart(shared: &Shared, id: ConnectionId, code: u16, reason: &str) {
+    if let Some(revocation) = &shared.revocation {
+        revocation.release(id);
+    }
+    shared.hub.close(id, code, reason);
+    shared.hub.flush_acks();
+    shared.metrics.connections.dec();
 }
 
 /// An upgraded socket as the server hands it over.
@@ -256,7 +293,7 @@ pub async fn serve(accepted: Box<Accepted>, identity: Box<Identity>, shared: Arc
     // connection the hub still routes to but nobody serves is a ghost.
     let departure = Departure {
         id,
-        shared: shared.clone(),
+        shared: Some(shared.clone()),
     };
     if let (Some(revocation), Some(token)) = (&shared.revocation, accepted.token.take()) {
         revocation.hold(id, &identity, &token);
@@ -277,7 +314,8 @@ pub async fn serve(accepted: Box<Accepted>, identity: Box<Identity>, shared: Arc
         Ok(mut conn) => conn.run(&mut accepted.ws, &queue, &slow).await,
         Err(end) => end,
     };
-    drop(departure);
+    let (code, reason) = end.close();
+    departure.leave(code, reason);
     // A reconnect during the closing handshake finds the place free.
     drop(accepted.admitted.take());
     let mut close_within = CLOSE_TIMEOUT;
@@ -479,7 +517,13 @@ impl Conn {
                         continue;
                     }
                     Some(Ok(Message::Ping(_) | Message::Frame(_))) => continue,
-                    Some(Ok(Message::Close(_))) | None => return End::Gone,
+                    Some(Ok(Message::Close(frame))) => {
+                        return match frame {
+                            Some(f) => End::ClientClosed(f.code.into(), f.reason.as_str().to_owned()),
+                            None => End::ClientClosed(CLOSE_NO_STATUS, String::new()),
+                        };
+                    }
+                    None => return End::Gone,
                     Some(Err(tokio_tungstenite::tungstenite::Error::Capacity(_))) => Event::TooLarge,
                     // RFC 6455 §8.1: a text frame that is not UTF-8 fails the
                     // connection with 1007.

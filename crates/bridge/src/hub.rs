@@ -65,6 +65,10 @@ struct State {
     acks: HashMap<UserId, u64>,
     tickets: HashMap<u64, Waiting>,
     last_ticket: u64,
+    /// Subscribes and unsubscribes that changed something, counted: with
+    /// the connection id, the name of each lifecycle event, the same on
+    /// every replica that hears it.
+    last_change: u64,
 }
 
 impl State {
@@ -258,8 +262,8 @@ impl Hub {
         registration
     }
 
-    /// Forgets a connection and reports it up.
-    pub fn close(&self, id: ConnectionId) {
+    /// Forgets a connection and reports it up, with how it closed.
+    pub fn close(&self, id: ConnectionId, close_code: u16, reason: &str) {
         let mut s = self.state.lock().expect("hub lock");
         let Some(entry) = s.conns.remove(&id) else {
             return;
@@ -282,6 +286,9 @@ impl Hub {
         }
         s.up(Up::Closed(pb::ConnectionClosed {
             connection_id: id.to_string(),
+            close_code: u32::from(close_code),
+            reason: reason.to_owned(),
+            user_id: entry.user.to_string(),
         }));
     }
 
@@ -294,14 +301,18 @@ impl Hub {
             let _ = tx.send(Err("connection closed".into()));
             return rx;
         };
+        let mut event = 0;
         if entry.topics.insert(topic.clone()) {
             s.by_topic.entry(topic.clone()).or_default().insert(id);
+            s.last_change += 1;
+            event = s.last_change;
         }
         let (ticket, registration) = s.ticket(id);
         s.up(Up::Subscribed(pb::TopicSubscribed {
             connection_id: id.to_string(),
             topic: topic.to_string(),
             ticket,
+            event,
         }));
         registration
     }
@@ -318,9 +329,12 @@ impl Hub {
                     s.by_topic.remove(topic);
                 }
             }
+            s.last_change += 1;
+            let event = s.last_change;
             s.up(Up::Unsubscribed(pb::TopicUnsubscribed {
                 connection_id: id.to_string(),
                 topic: topic.to_string(),
+                event,
             }));
         }
     }

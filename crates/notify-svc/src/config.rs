@@ -88,6 +88,18 @@ pub struct SvcArgs {
     #[arg(long, env = "NOTIFY_MAX_WATCHES_PER_CALLER", default_value_t = 16)]
     pub max_watches_per_caller: usize,
 
+    /// How long no replica may hear a bridge before its connections are
+    /// taken for closed (a disconnected event each, `bridge_lost`), in seconds.
+    // 15 s: a killed bridge's sockets reconnect elsewhere within seconds; a
+    // link blip (a replica restart) heals well within it.
+    #[arg(long, env = "NOTIFY_BRIDGE_EXPIRY_SECS", default_value_t = 15)]
+    pub bridge_expiry_secs: u64,
+
+    /// How long connection lifecycle events are kept for WatchConnections
+    /// to resume from, in seconds.
+    #[arg(long, env = "NOTIFY_LIFECYCLE_RETENTION_SECS", default_value_t = 24 * 3600)]
+    pub lifecycle_retention_secs: u64,
+
     /// Largest `data` accepted, in bytes.
     #[arg(long, env = "NOTIFY_MAX_DATA_BYTES", default_value_t = 64 * 1024)]
     pub max_data_bytes: usize,
@@ -231,6 +243,10 @@ pub struct Config {
     pub bridge_queue: bounded::Bound,
     /// Watch streams one caller may hold open at once.
     pub max_watches_per_caller: usize,
+    /// A bridge no replica heard for this long is lost.
+    pub bridge_expiry: Duration,
+    /// How long lifecycle events are kept.
+    pub lifecycle_retention: Duration,
 }
 
 impl Config {
@@ -256,6 +272,8 @@ impl Config {
             .set("tls", &self.tls)
             .set("bridge_queue", self.bridge_queue)
             .set("max_watches_per_caller", self.max_watches_per_caller)
+            .set("bridge_expiry", self.bridge_expiry)
+            .set("lifecycle_retention", self.lifecycle_retention)
     }
 
     /// Every default on `database_url` (and `NOTIFY_*` from the environment),
@@ -346,6 +364,10 @@ impl Config {
         if args.batch_max == 0 {
             problems.push("--batch-max must be at least 1".into());
         }
+        if args.bridge_expiry_secs == 0 {
+            // 0 would take every bridge for lost between two heartbeats.
+            problems.push("--bridge-expiry-secs must be at least 1".into());
+        }
         let Some(mut database) = database.filter(|_| problems.is_empty()) else {
             return Err(problems);
         };
@@ -392,6 +414,8 @@ impl Config {
                 bytes: args.bridge_queue_bytes,
             },
             max_watches_per_caller: args.max_watches_per_caller,
+            bridge_expiry: Duration::from_secs(args.bridge_expiry_secs),
+            lifecycle_retention: Duration::from_secs(args.lifecycle_retention_secs),
         })
     }
 }

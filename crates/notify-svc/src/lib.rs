@@ -133,6 +133,7 @@ pub async fn run(
     tracker.spawn(retention::run(
         store.clone(),
         config.topics.clone(),
+        config.lifecycle_retention,
         background.clone(),
     ));
     tracker.spawn(probe(
@@ -157,6 +158,7 @@ pub async fn run(
         metrics,
         tracker: tracker.clone(),
         shutdown: shutdown.clone(),
+        lifecycle: services::LifecycleSignal::default(),
     };
     let routes = grpc_routes(&config, services, hub)
         .await?
@@ -200,7 +202,7 @@ async fn grpc_routes(
     hub: watch::WatchHub,
 ) -> Result<tonic::transport::server::Router, RunError> {
     let authenticator = services.auth.clone();
-    let link = link::Link::new(services.clone(), config.bridge_queue);
+    let link = link::Link::new(services.clone(), config.bridge_queue, config.bridge_expiry);
     let cognito = match &config.cognito {
         Some(c) => Some(Arc::new(notify_auth::Cognito::new(c).await)),
         None => None,

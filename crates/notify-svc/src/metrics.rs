@@ -56,6 +56,7 @@ pub struct Metrics {
     pool_waiting: Gauge,
     bridge_connections: Family<BridgeLabels, Gauge>,
     bridges: Gauge,
+    expired_connections: Counter,
 }
 
 impl Default for Metrics {
@@ -108,6 +109,12 @@ impl Metrics {
             "commit_seconds",
             "Duration of one group commit",
             commit_seconds.clone(),
+        );
+        let expired_connections = Counter::default();
+        registry.register(
+            "expired_connections",
+            "Registered connections closed because no replica heard their bridge (bridge_lost)",
+            expired_connections.clone(),
         );
         let commit_failures = Counter::default();
         registry.register(
@@ -174,6 +181,7 @@ impl Metrics {
             commit_batch,
             commit_seconds,
             commit_failures,
+            expired_connections,
             ready,
         }
     }
@@ -255,6 +263,10 @@ impl Metrics {
     pub fn committed(&self, new: u64, duplicates: u64) {
         self.published.inc_by(new);
         self.duplicates.inc_by(duplicates);
+    }
+
+    pub fn expired(&self, connections: u64) {
+        self.expired_connections.inc_by(connections);
     }
 
     pub fn set_ready(&self, ready: bool) {

@@ -1,5 +1,6 @@
-//! The retention sweeper: expired inbox messages, idempotency keys and old
-//! topic log entries are deleted in bounded chunks, in the background.
+//! The retention sweeper: expired inbox messages, idempotency keys, old
+//! topic log entries and old lifecycle events are deleted in bounded
+//! chunks, in the background.
 
 use std::{sync::Arc, time::Duration};
 
@@ -11,9 +12,21 @@ use tokio_util::sync::CancellationToken;
 const SWEEP_EVERY: Duration = Duration::from_secs(30);
 
 /// Sweeps until `shutdown`. Sweeps again at once while chunks come back full.
-pub async fn run(store: Arc<dyn Store>, topics: TopicPolicy, shutdown: CancellationToken) {
+pub async fn run(
+    store: Arc<dyn Store>,
+    topics: TopicPolicy,
+    lifecycle_retention: Duration,
+    shutdown: CancellationToken,
+) {
     loop {
-        let busy = match store.sweep(&topics).await {
+        let lifecycle_busy = match store.sweep_lifecycle(lifecycle_retention).await {
+            Ok(n) => n >= notify_store::SWEEP_CHUNK,
+            Err(e) => {
+                tracing::warn!(error = %e, "lifecycle sweep failed");
+                false
+            }
+        };
+        let messages_busy = match store.sweep(&topics).await {
             Ok(swept) => {
                 if swept != Default::default() {
                     tracing::debug!(?swept, "retention sweep");
@@ -25,7 +38,7 @@ pub async fn run(store: Arc<dyn Store>, topics: TopicPolicy, shutdown: Cancellat
                 false
             }
         };
-        let pause = if busy {
+        let pause = if lifecycle_busy || messages_busy {
             Duration::from_millis(100)
         } else {
             SWEEP_EVERY

@@ -399,6 +399,12 @@ async fn a_static_token_has_only_the_rights_its_entry_names_publish_by_default()
         "notify/admin",
         "a producer reading presence",
     );
+    assert_denied(
+        api.watch_connections(bearer(pb::WatchConnectionsRequest::default(), SHOP))
+            .await,
+        "notify/admin",
+        "a producer watching everyone's connections",
+    );
 
     // The bridge's token attaches and replays feeds, and cannot publish.
     let mut attached = link
@@ -426,6 +432,9 @@ async fn a_static_token_has_only_the_rights_its_entry_names_publish_by_default()
     api.watch(bearer(watch_user("ann"), OPS))
         .await
         .expect("an admin watches");
+    api.watch_connections(bearer(pb::WatchConnectionsRequest::default(), OPS))
+        .await
+        .expect("an admin watches connections");
     let page = api
         .history(bearer(history_of("ann"), OPS))
         .await

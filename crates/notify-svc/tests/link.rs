@@ -92,9 +92,16 @@ async fn alice_head(svc: &Svc) -> u64 {
     client.history(req).await.unwrap().into_inner().head_seq
 }
 
+/// A bridge lost for this long has its connections closed (short here).
+const EXPIRY: Duration = Duration::from_secs(1);
+
+fn short_expiry(config: &mut notify_svc::Config) {
+    config.bridge_expiry = EXPIRY;
+}
+
 #[tokio::test]
 async fn an_attached_bridge_gets_deliveries_and_kicks_and_presence_follows() {
-    let svc = Svc::start().await;
+    let svc = Svc::start_with(test_support::TestDb::create().await, short_expiry).await;
     let (phone, laptop) = (ConnectionId::new(), ConnectionId::new());
     let mut bridge = FakeBridge::attach(&svc, "b1", vec![live(phone, "alice", &["room:x"])]).await;
     let mut client = svc.client().await;
@@ -139,6 +146,7 @@ async fn an_attached_bridge_gets_deliveries_and_kicks_and_presence_follows() {
             connection_id: laptop.to_string(),
             topic: "room:x".into(),
             ticket: 12,
+            event: 1,
         }))
         .await;
     let mut answers = Vec::new();
@@ -186,10 +194,13 @@ async fn an_attached_bridge_gets_deliveries_and_kicks_and_presence_follows() {
     assert_eq!((kick.close_code, kick.reason.as_str()), (4003, "bye"));
     assert_eq!(kick.connection_ids.len(), 2);
 
-    // The bridge closes one; then its stream ends and the registry empties.
+    // The bridge closes one; then its stream ends and, once no replica has
+    // heard it for the expiry, the registry empties.
     bridge
         .send(Up::Closed(pb::ConnectionClosed {
             connection_id: phone.to_string(),
+            close_code: 1000,
+            ..Default::default()
         }))
         .await;
     test_support::eventually("phone gone", Duration::from_secs(10), || async {
@@ -269,6 +280,7 @@ async fn attach_must_start_with_hello() {
     up.send(pb::BridgeUp {
         msg: Some(Up::Closed(pb::ConnectionClosed {
             connection_id: "x".into(),
+            ..Default::default()
         })),
     })
     .await
@@ -356,4 +368,172 @@ async fn a_bridge_that_stops_reading_pins_its_byte_bound_not_gigabytes() {
         .into_inner();
     assert_eq!(page.head_seq, 200);
     drop(rogue);
+}
+
+/// The events a WatchConnections stream sends within `within`, as
+/// (position, kind, connection, topic, close code, reason).
+async fn events_within(
+    stream: &mut Streaming<pb::ConnectionEvents>,
+    want: usize,
+    within: Duration,
+) -> Vec<(u64, i32, String, String, u32, String)> {
+    let mut got = Vec::new();
+    let deadline = tokio::time::Instant::now() + within;
+    while got.len() < want {
+        let Ok(next) = tokio::time::timeout_at(deadline, stream.next()).await else {
+            break;
+        };
+        let batch = next.expect("stream open").expect("no error");
+        assert!(!batch.missed, "nothing swept here");
+        for e in batch.events {
+            got.push((
+                e.position,
+                e.kind,
+                e.connection_id,
+                e.topic,
+                e.close_code,
+                e.reason,
+            ));
+        }
+    }
+    got
+}
+
+#[tokio::test]
+async fn lifecycle_events_heard_by_two_replicas_stream_once_in_order_and_resume_after_a_lost_bridge()
+ {
+    use pb::connection_event::Kind;
+    let a = Svc::start_with(test_support::TestDb::create().await, short_expiry).await;
+    let b = Svc::replica_with(&a.url, short_expiry).await;
+    let mut api = b.client().await;
+    let mut watch = api
+        .watch_connections(pb::WatchConnectionsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+
+    // One bridge, linked to both replicas: each hears every report.
+    let (kept, brief) = (ConnectionId::new(), ConnectionId::new());
+    let hello = vec![live(kept, "alice", &[])];
+    let to_a = FakeBridge::attach(&a, "b9", hello.clone()).await;
+    let to_b = FakeBridge::attach(&b, "b9", hello).await;
+    let reports = [
+        Up::Opened(pb::ConnectionOpened {
+            connection: Some(live(brief, "bob", &[])),
+            ticket: 0,
+        }),
+        Up::Subscribed(pb::TopicSubscribed {
+            connection_id: brief.to_string(),
+            topic: "room:x".into(),
+            ticket: 0,
+            event: 1,
+        }),
+        // Already following: no event.
+        Up::Subscribed(pb::TopicSubscribed {
+            connection_id: brief.to_string(),
+            topic: "room:x".into(),
+            ticket: 0,
+            event: 0,
+        }),
+        Up::Unsubscribed(pb::TopicUnsubscribed {
+            connection_id: brief.to_string(),
+            topic: "room:x".into(),
+            event: 2,
+        }),
+        Up::Closed(pb::ConnectionClosed {
+            connection_id: brief.to_string(),
+            close_code: 1000,
+            reason: "bye".into(),
+            user_id: "bob".into(),
+        }),
+    ];
+    for report in reports {
+        to_a.send(report.clone()).await;
+        to_b.send(report).await;
+    }
+    let (k, b_id) = (kept.to_string(), brief.to_string());
+    let s = String::new;
+    let want = vec![
+        (1, Kind::Connected as i32, k.clone(), s(), 0, s()),
+        (2, Kind::Connected as i32, b_id.clone(), s(), 0, s()),
+        (
+            3,
+            Kind::Subscribed as i32,
+            b_id.clone(),
+            "room:x".into(),
+            0,
+            s(),
+        ),
+        (
+            4,
+            Kind::Unsubscribed as i32,
+            b_id.clone(),
+            "room:x".into(),
+            0,
+            s(),
+        ),
+        (
+            5,
+            Kind::Disconnected as i32,
+            b_id.clone(),
+            s(),
+            1000,
+            "bye".into(),
+        ),
+    ];
+    let got = events_within(&mut watch, 5, Duration::from_secs(10)).await;
+    assert_eq!(got, want, "each event once, gap-free, in order");
+    // Nothing more: the second copies were dropped.
+    assert!(
+        events_within(&mut watch, 1, Duration::from_millis(1500))
+            .await
+            .is_empty()
+    );
+
+    // The watcher goes away; meanwhile the bridge dies (both links end
+    // without a Closed for `kept`).
+    drop(watch);
+    drop((to_a, to_b));
+    tokio::time::sleep(EXPIRY * 3).await;
+    // It resumes from the last position it handled: the lost bridge's
+    // connection is reported closed, and nothing else.
+    let mut resumed = api
+        .watch_connections(pb::WatchConnectionsRequest {
+            after: 5,
+            from_now: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let got = events_within(&mut resumed, 1, Duration::from_secs(10)).await;
+    assert_eq!(
+        got,
+        [(
+            6,
+            Kind::Disconnected as i32,
+            k,
+            s(),
+            1006,
+            "bridge_lost".into()
+        )]
+    );
+    // From now: only what happens after the call.
+    let mut fresh = api
+        .watch_connections(pb::WatchConnectionsRequest {
+            after: 0,
+            from_now: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let later = ConnectionId::new();
+    let again = FakeBridge::attach(&a, "b10", vec![live(later, "cy", &[])]).await;
+    let got = events_within(&mut fresh, 1, Duration::from_secs(10)).await;
+    assert_eq!(
+        got,
+        [(7, Kind::Connected as i32, later.to_string(), s(), 0, s())]
+    );
+    drop(again);
+    b.stop().await;
+    a.stop().await;
 }

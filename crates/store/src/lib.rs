@@ -9,6 +9,7 @@
 //! - [`sqlite`]: the embedded backend (bundled SQLite, WAL) for `notify up`.
 //! - [`database`]: picks the backend a URL names.
 //! - [`fights`]: BetTracker's and BetService's views of the fights tables.
+//! - [`lifecycle`]: the connection lifecycle log that backends watch.
 //! - [`migrate`]: the migration runners and the embedded SQL files.
 //!
 //! Backend error types never cross the trait: everything is a [`StoreError`].
@@ -17,12 +18,13 @@
 pub mod database;
 pub mod error;
 pub mod fights;
+pub mod lifecycle;
 pub mod migrate;
 pub mod plan;
 pub mod postgres;
 pub mod sqlite;
 
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use notify_core::{ConnectionId, MessageId, Publish, Topic, TopicPolicy, UserId};
@@ -30,6 +32,7 @@ use notify_core::{ConnectionId, MessageId, Publish, Topic, TopicPolicy, UserId};
 pub use database::Database;
 // Feeds and positions are domain types, shared with the bridge.
 pub use error::StoreError;
+pub use lifecycle::{ConnectionEvent, Lifecycle, LifecyclePage, RecordedEvent};
 pub use notify_core::{Feed, Position};
 pub use postgres::{PgStore, PgStoreConfig};
 pub use sqlite::{SqliteConfig, SqliteStore};
@@ -174,9 +177,15 @@ pub trait Store: Send + Sync + 'static {
     /// Adds or refreshes connections in the registry.
     async fn register_connections(&self, records: &[ConnectionRecord]) -> Result<(), StoreError>;
 
-    /// Removes every connection registered by a bridge (its stream ended, or
-    /// it is about to re-send its full state); returns how many.
-    async fn remove_bridge(&self, bridge_id: &str) -> Result<u64, StoreError>;
+    /// Removes the connections registered by a bridge that are not in
+    /// `live` (its Hello is the whole truth about it), each recorded
+    /// disconnected (`closed_unheard`, 1006) in the same transaction;
+    /// returns how many went.
+    async fn replace_bridge(
+        &self,
+        bridge_id: &str,
+        live: &[ConnectionId],
+    ) -> Result<u64, StoreError>;
 
     /// Removes connections; returns how many were there.
     async fn remove_connections(&self, ids: &[ConnectionId]) -> Result<u64, StoreError>;
@@ -186,6 +195,26 @@ pub trait Store: Send + Sync + 'static {
 
     /// One registered connection.
     async fn connection(&self, id: ConnectionId) -> Result<Option<ConnectionRecord>, StoreError>;
+
+    /// Records the lifecycle events not recorded yet (an event is named by
+    /// its connection and ordinal: the first copy wins), numbering them
+    /// gap-free in commit order.
+    async fn record_lifecycle(&self, events: &[ConnectionEvent]) -> Result<(), StoreError>;
+
+    /// Lifecycle events after position `after`, oldest first, at most `limit`.
+    async fn lifecycle_after(&self, after: u64, limit: u32) -> Result<LifecyclePage, StoreError>;
+
+    /// Notes, in database time, that some replica holds these bridges' links.
+    async fn bridges_seen(&self, bridges: &[String]) -> Result<(), StoreError>;
+
+    /// Bridges no replica has seen for `expiry` are gone: their registry
+    /// rows leave, each recorded disconnected (`bridge_lost`, 1006), in one
+    /// transaction. Returns how many connections went.
+    async fn expire_bridges(&self, expiry: Duration) -> Result<u64, StoreError>;
+
+    /// Deletes lifecycle events recorded more than `keep` ago; bounded work
+    /// per call (a full chunk means more is waiting).
+    async fn sweep_lifecycle(&self, keep: Duration) -> Result<u64, StoreError>;
 
     /// Deletes expired inbox messages, idempotency keys and topic log entries
     /// older than their namespace allows. Bounded work per call.

@@ -54,11 +54,23 @@ pub const POSTGRES: &[Migration] = &[
         name: "fights",
         sql: include_str!("../../../migrations/postgres/0003_fights.sql"),
     },
+    Migration {
+        version: 4,
+        name: "connection_events",
+        sql: include_str!("../../../migrations/postgres/0004_connection_events.sql"),
+    },
 ];
 
 /// The SQLite migrations, in order.
-pub const SQLITE: &[Migration] = &[Migration {
-    version: 1,
-    name: "init",
-    sql: include_str!("../../../migrations/sqlite/0001_init.sql"),
-}];
+pub const SQLITE: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "init",
+        sql: include_str!("../../../migrations/sqlite/0001_init.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "connection_events",
+        sql: include_str!("../../../migrations/sqlite/0002_connection_events.sql"),
+    },
+];

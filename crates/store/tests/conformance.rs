@@ -10,10 +10,12 @@
 use std::{sync::Arc, time::Duration};
 
 use notify_core::{
-    MessageId, NamespacePolicy, Publish, SubscribeRule, Target, Topic, TopicPolicy, UserId,
+    ConnectionId, MessageId, NamespacePolicy, Publish, SubscribeRule, Target, Topic, TopicPolicy,
+    UserId,
 };
 use notify_store::{
-    Database, Feed, PgStoreConfig, PublishItem, SqliteConfig, Store, StoreError,
+    ConnectionEvent, Database, Feed, Lifecycle, PgStoreConfig, PublishItem, SqliteConfig, Store,
+    StoreError,
     fights::{FightBook, FightLog, NewFight},
     migrate,
 };
@@ -135,6 +137,10 @@ conformance!(
     positions_tell_the_oldest_kept_seq_and_the_subscriptions,
     subscriptions_are_sets_per_user,
     the_registry_takes_and_drops_connections_in_batches,
+    lifecycle_events_heard_by_two_replicas_are_recorded_once_gap_free_in_order,
+    a_bridge_hello_closes_the_rows_it_no_longer_lists,
+    a_bridge_no_replica_has_seen_loses_its_connections_with_a_disconnect_each,
+    the_lifecycle_sweep_drops_old_events_and_a_reader_learns_it_missed_them,
     history_pages_through_a_feed_and_hides_expired_entries,
     every_fight_change_lands_in_the_outbox_with_gap_free_ids,
     one_tracker_holds_the_lease_and_only_it_moves_the_cursor,
@@ -491,9 +497,243 @@ async fn the_registry_takes_and_drops_connections_in_batches(db: Backend) {
     let left = s.connections_of(&user("fay")).await.unwrap();
     assert_eq!(left.len(), 1);
     assert_eq!(left[0].bridge_id, "b2");
-    assert_eq!(s.remove_bridge("b1").await.unwrap(), 1);
+    assert_eq!(s.replace_bridge("b1", &[]).await.unwrap(), 1);
     assert!(s.connections_of(&user("gus")).await.unwrap().is_empty());
     assert_eq!(s.remove_connections(&[]).await.unwrap(), 0);
+}
+
+fn lifecycle(id: ConnectionId, name: &str, what: Lifecycle) -> ConnectionEvent {
+    ConnectionEvent {
+        connection_id: id,
+        user_id: user(name),
+        bridge_id: "b1".into(),
+        at: std::time::SystemTime::now(),
+        what,
+    }
+}
+
+fn registered(name: &str, bridge: &str) -> notify_store::ConnectionRecord {
+    let now = std::time::SystemTime::now();
+    notify_store::ConnectionRecord {
+        connection_id: ConnectionId::new(),
+        user_id: user(name),
+        bridge_id: bridge.into(),
+        connected_at: now,
+        last_seen: now,
+    }
+}
+
+async fn ids_of(s: &dyn Store, name: &str) -> Vec<ConnectionId> {
+    let records = s.connections_of(&user(name)).await.unwrap();
+    records.into_iter().map(|r| r.connection_id).collect()
+}
+
+/// Every event of the log, as (position, connection, kind, topic, code, reason).
+async fn log_of(s: &dyn Store) -> Vec<(u64, ConnectionId, i16, String, u16, String)> {
+    let page = s.lifecycle_after(0, 10_000).await.unwrap();
+    page.events
+        .into_iter()
+        .map(|r| {
+            let (code, reason) = r.event.what.close();
+            let (code, reason) = (code, reason.to_owned());
+            (
+                r.position,
+                r.event.connection_id,
+                r.event.what.kind(),
+                r.event.what.topic().to_owned(),
+                code,
+                reason,
+            )
+        })
+        .collect()
+}
+
+async fn lifecycle_events_heard_by_two_replicas_are_recorded_once_gap_free_in_order(db: Backend) {
+    db.migrated().await;
+    let (a, b) = (db.store(), db.store());
+    // 40 connections, each connected, subscribed, unsubscribed, closed; both
+    // replicas record every event, in batches cut at different places.
+    let mut events = Vec::new();
+    let ids: Vec<ConnectionId> = (0..40).map(|_| ConnectionId::new()).collect();
+    for (n, id) in ids.iter().enumerate() {
+        let topic = || format!("room:r{n}");
+        let change = 2 * n as u64 + 1;
+        events.push(lifecycle(*id, "ann", Lifecycle::Connected));
+        events.push(lifecycle(
+            *id,
+            "ann",
+            Lifecycle::Subscribed {
+                topic: topic(),
+                change,
+            },
+        ));
+        events.push(lifecycle(
+            *id,
+            "ann",
+            Lifecycle::Unsubscribed {
+                topic: topic(),
+                change: change + 1,
+            },
+        ));
+        events.push(lifecycle(
+            *id,
+            "ann",
+            Lifecycle::Disconnected {
+                close_code: 1000,
+                reason: "bye".into(),
+            },
+        ));
+    }
+    let replay = |s: Arc<dyn Store>, events: Vec<ConnectionEvent>, size: usize| {
+        tokio::spawn(async move {
+            for batch in events.chunks(size) {
+                s.record_lifecycle(batch).await.unwrap();
+            }
+        })
+    };
+    let (ra, rb) = (
+        replay(a.clone(), events.clone(), 7),
+        replay(b.clone(), events.clone(), 13),
+    );
+    ra.await.unwrap();
+    rb.await.unwrap();
+    // A copy heard again later (a Hello re-listing a connection) is dropped.
+    a.record_lifecycle(&events[..2]).await.unwrap();
+
+    let log = log_of(a.as_ref()).await;
+    let positions: Vec<u64> = log.iter().map(|e| e.0).collect();
+    assert_eq!(
+        positions,
+        (1..=160).collect::<Vec<_>>(),
+        "gap-free, once each"
+    );
+    for id in &ids {
+        let mine: Vec<(i16, &str)> = log
+            .iter()
+            .filter(|e| e.1 == *id)
+            .map(|e| (e.2, e.5.as_str()))
+            .collect();
+        assert_eq!(mine, [(1, ""), (3, ""), (4, ""), (2, "bye")], "in order");
+    }
+    let page = b.lifecycle_after(150, 4).await.unwrap();
+    let got: Vec<u64> = page.events.iter().map(|e| e.position).collect();
+    assert_eq!(
+        (got, page.head, page.oldest),
+        (vec![151, 152, 153, 154], 160, 1)
+    );
+}
+
+async fn a_bridge_hello_closes_the_rows_it_no_longer_lists(db: Backend) {
+    let s = db.migrated().await;
+    let (kept, closed, other) = (
+        registered("ann", "b1"),
+        registered("bob", "b1"),
+        registered("cy", "b2"),
+    );
+    s.register_connections(&[kept.clone(), closed.clone(), other.clone()])
+        .await
+        .unwrap();
+    let gone = s.replace_bridge("b1", &[kept.connection_id]).await.unwrap();
+    assert_eq!(gone, 1);
+    assert_eq!(ids_of(s.as_ref(), "ann").await, [kept.connection_id]);
+    assert!(ids_of(s.as_ref(), "bob").await.is_empty());
+    assert_eq!(ids_of(s.as_ref(), "cy").await, [other.connection_id]);
+    let log = log_of(s.as_ref()).await;
+    assert_eq!(
+        log,
+        [(
+            1,
+            closed.connection_id,
+            2,
+            String::new(),
+            1006,
+            "closed_unheard".into()
+        )]
+    );
+}
+
+async fn a_bridge_no_replica_has_seen_loses_its_connections_with_a_disconnect_each(db: Backend) {
+    db.migrated().await;
+    let (a, b) = (db.store(), db.store());
+    a.bridges_seen(&["lost".into(), "alive".into()])
+        .await
+        .unwrap();
+    let (l1, l2, kept) = (
+        registered("ann", "lost"),
+        registered("bob", "lost"),
+        registered("ann", "alive"),
+    );
+    a.register_connections(&[l1.clone(), l2.clone(), kept.clone()])
+        .await
+        .unwrap();
+    // Nothing is older than a minute.
+    assert_eq!(a.expire_bridges(Duration::from_secs(60)).await.unwrap(), 0);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    a.bridges_seen(&["alive".into()]).await.unwrap();
+    // Two replicas expire at once: each connection goes once.
+    let (ea, eb) = tokio::join!(
+        a.expire_bridges(Duration::from_millis(200)),
+        b.expire_bridges(Duration::from_millis(200)),
+    );
+    assert_eq!(ea.unwrap() + eb.unwrap(), 2);
+    assert_eq!(ids_of(a.as_ref(), "ann").await, [kept.connection_id]);
+    assert!(ids_of(a.as_ref(), "bob").await.is_empty());
+    let mut log: Vec<(String, i16, u16, String)> = log_of(a.as_ref())
+        .await
+        .into_iter()
+        .map(|e| (e.1.to_string(), e.2, e.4, e.5))
+        .collect();
+    log.sort();
+    let mut want = vec![
+        (
+            l1.connection_id.to_string(),
+            2,
+            1006,
+            "bridge_lost".to_owned(),
+        ),
+        (
+            l2.connection_id.to_string(),
+            2,
+            1006,
+            "bridge_lost".to_owned(),
+        ),
+    ];
+    want.sort();
+    assert_eq!(log, want);
+    // A later report of the real close is the same event: dropped.
+    let late = ConnectionEvent {
+        bridge_id: "lost".into(),
+        ..lifecycle(
+            l1.connection_id,
+            "ann",
+            Lifecycle::Disconnected {
+                close_code: 1000,
+                reason: String::new(),
+            },
+        )
+    };
+    b.record_lifecycle(&[late]).await.unwrap();
+    assert_eq!(log_of(a.as_ref()).await.len(), 2);
+}
+
+async fn the_lifecycle_sweep_drops_old_events_and_a_reader_learns_it_missed_them(db: Backend) {
+    let s = db.migrated().await;
+    let first: Vec<ConnectionEvent> = (0..3)
+        .map(|_| lifecycle(ConnectionId::new(), "ann", Lifecycle::Connected))
+        .collect();
+    s.record_lifecycle(&first).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let later = [lifecycle(ConnectionId::new(), "ann", Lifecycle::Connected)];
+    s.record_lifecycle(&later).await.unwrap();
+    assert_eq!(s.sweep_lifecycle(Duration::from_secs(60)).await.unwrap(), 0);
+    assert_eq!(
+        s.sweep_lifecycle(Duration::from_millis(200)).await.unwrap(),
+        3
+    );
+    let page = s.lifecycle_after(1, 10).await.unwrap();
+    assert_eq!((page.oldest, page.head, page.events.len()), (4, 4, 1));
+    assert!(page.missed_after(1), "2 and 3 are gone");
+    assert!(!page.missed_after(3));
 }
 
 async fn subscriptions_are_sets_per_user(db: Backend) {

@@ -228,6 +228,13 @@ pub fn free_port() -> u16 {
     panic!("no free loopback port in 20000..32000");
 }
 
+/// `n` loopback addresses on [`free_port`]s.
+pub fn free_addrs(n: usize) -> Vec<String> {
+    (0..n)
+        .map(|_| format!("127.0.0.1:{}", free_port()))
+        .collect()
+}
+
 /// A TCP relay on loopback in front of a real server (Postgres, notify-svc),
 /// which a test can cut to play a network failure or a database outage, or
 /// pause to play a server that answers late, and restore.

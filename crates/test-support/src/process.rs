@@ -59,6 +59,25 @@ impl ServiceProcess {
             .env("DATABASE_URL", db_url)
     }
 
+    /// A bridge (the binary beside `any_built_binary`) serving WebSockets
+    /// on `ws` and its ops port on `ops`, linked to `notify_urls`
+    /// (comma-separated), in dev auth with its key under `data_dir`.
+    pub fn dev_bridge(
+        any_built_binary: &str,
+        name: &str,
+        ws: &str,
+        ops: &str,
+        notify_urls: &str,
+        data_dir: &std::path::Path,
+    ) -> Self {
+        Self::new(name, sibling_binary(any_built_binary, "bridge"))
+            .env("BRIDGE_WS_ADDR", ws)
+            .env("BRIDGE_HTTP_ADDR", ops)
+            .env("BRIDGE_NOTIFY_URLS", notify_urls)
+            .env("BRIDGE_DATA_DIR", data_dir.display().to_string())
+            .env("AUTH_DEV", "1")
+    }
+
     /// The running process's id.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().and_then(Child::id)

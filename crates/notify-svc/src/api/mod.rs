@@ -1,6 +1,7 @@
 //! The `notify.v1.Notify` service: validates requests, checks each caller's
 //! rights ([`crate::caller`]), and hands publishes to the pipeline.
 
+mod connections;
 pub mod fight;
 
 use std::{pin::Pin, sync::Arc, time::Instant};
@@ -44,6 +45,17 @@ pub struct NotifyApi {
 }
 
 impl NotifyApi {
+    /// A place for one more Watch or WatchConnections stream of `caller`.
+    fn watch_slot(&self, caller: &Caller) -> Result<watch::WatchSlot, Status> {
+        self.watches.take(&caller.name).ok_or_else(|| {
+            Status::resource_exhausted(format!(
+                "caller {} holds {} Watch streams, the most allowed (NOTIFY_MAX_WATCHES_PER_CALLER): close one first",
+                caller.name,
+                self.watches.max_per_caller()
+            ))
+        })
+    }
+
     pub fn new(
         services: Services,
         hub: WatchHub,
@@ -645,13 +657,7 @@ impl pb::notify_server::Notify for NotifyApi {
     ) -> Result<Response<Self::WatchStream>, Status> {
         use pb::watch_request::Target as T;
         let caller = self.services.auth.authorize(&req, Right::Admin).await?;
-        let slot = self.watches.take(&caller.name).ok_or_else(|| {
-            Status::resource_exhausted(format!(
-                "caller {} holds {} Watch streams, the most allowed (NOTIFY_MAX_WATCHES_PER_CALLER): close one first",
-                caller.name,
-                self.watches.max_per_caller()
-            ))
-        })?;
+        let slot = self.watch_slot(&caller)?;
         let req = req.into_inner();
         let open = async {
             let key = match req.target {
@@ -690,4 +696,36 @@ impl pb::notify_server::Notify for NotifyApi {
         });
         Ok(Response::new(Box::pin(stream)))
     }
+
+    type WatchConnectionsStream = ConnectionEventStream;
+
+    async fn watch_connections(
+        &self,
+        req: Request<pb::WatchConnectionsRequest>,
+    ) -> Result<Response<Self::WatchConnectionsStream>, Status> {
+        let caller = self.services.auth.authorize(&req, Right::Admin).await?;
+        let slot = self.watch_slot(&caller)?;
+        let req = req.into_inner();
+        let store = self.services.store.clone();
+        let after = self
+            .counted("WatchConnections", connections::start(store.as_ref(), &req))
+            .await?;
+        let (tx, rx) = tokio::sync::mpsc::channel(connections::STREAM_QUEUE);
+        self.services.tracker.spawn(connections::run(
+            store,
+            after,
+            self.services.lifecycle.watch(),
+            tx,
+            self.services.shutdown.clone(),
+        ));
+        // The slot is the stream's: given back when the caller drops it.
+        let stream = tokio_stream::wrappers::ReceiverStream::new(rx).map(move |item| {
+            let _held = &slot;
+            item
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
 }
+
+type ConnectionEventStream =
+    Pin<Box<dyn Stream<Item = Result<pb::ConnectionEvents, Status>> + Send>>;

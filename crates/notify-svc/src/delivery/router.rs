@@ -189,26 +189,34 @@ impl Router {
         t.close(id).map(|c| c.user)
     }
 
-    pub fn subscribe(&self, id: ConnectionId, topic: Topic) {
+    /// Subscribes a connection; returns its user if it is known.
+    pub fn subscribe(&self, id: ConnectionId, topic: Topic) -> Option<UserId> {
         let mut t = self.tables.lock().expect("router lock");
-        let Some(conn) = t.conns.get_mut(&id) else {
-            return;
-        };
+        let conn = t.conns.get_mut(&id)?;
+        let user = conn.user.clone();
         if conn.topics.insert(topic.clone()) {
             let bridge = conn.bridge.clone();
             add(t.topics.entry(topic).or_default(), &bridge);
         }
+        Some(user)
     }
 
-    pub fn unsubscribe(&self, id: ConnectionId, topic: &Topic) {
+    /// Unsubscribes a connection; returns its user if it is known.
+    pub fn unsubscribe(&self, id: ConnectionId, topic: &Topic) -> Option<UserId> {
         let mut t = self.tables.lock().expect("router lock");
-        let Some(conn) = t.conns.get_mut(&id) else {
-            return;
-        };
+        let conn = t.conns.get_mut(&id)?;
+        let user = conn.user.clone();
         if conn.topics.remove(topic) {
             let bridge = conn.bridge.clone();
             remove(&mut t.topics, topic, &bridge);
         }
+        Some(user)
+    }
+
+    /// The bridges attached here now.
+    pub fn bridges(&self) -> Vec<String> {
+        let t = self.tables.lock().expect("router lock");
+        t.bridges.keys().cloned().collect()
     }
 
     /// Tells every bridge holding connections of `user` that a server-side

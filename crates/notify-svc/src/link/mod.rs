@@ -5,17 +5,24 @@
 //! the persisted connection registry are rebuilt from it (a notify-svc that
 //! restarted knows every live connection again at once). Changes follow;
 //! deliveries, kicks and client-publish results go down. When the stream ends
-//! the bridge's connections leave routing and the registry, unless the bridge
-//! already re-attached.
+//! the bridge's connections leave routing, unless the bridge already
+//! re-attached; its registry rows stay while any replica still hears the
+//! bridge, and go with a disconnected event each once none has for
+//! NOTIFY_BRIDGE_EXPIRY ([`expiry`]). Every report is also a lifecycle event
+//! for WatchConnections ([`registry`] records it).
 
+mod expiry;
 mod registry;
 mod tickets;
 
-use std::{pin::Pin, time::UNIX_EPOCH};
+use std::{
+    pin::Pin,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
 
 use notify_core::{ConnectionId, MessageId, Publish, Target, Topic, UserId, publish::RawPublish};
 use notify_proto::v1::{self as pb, bridge_up::Msg as Up};
-use notify_store::{ConnectionRecord, Feed, PublishItem};
+use notify_store::{ConnectionEvent, ConnectionRecord, Feed, Lifecycle, PublishItem};
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
@@ -43,10 +50,18 @@ pub struct Link {
 }
 
 impl Link {
-    pub fn new(services: Services, queue: bounded::Bound) -> Self {
+    /// `bridge_expiry`: how long no replica may hear a bridge before its
+    /// connections are taken for closed.
+    pub fn new(services: Services, queue: bounded::Bound, bridge_expiry: Duration) -> Self {
+        services.tracker.spawn(expiry::run(
+            services.clone(),
+            bridge_expiry,
+            services.shutdown.clone(),
+        ));
         Self {
             registry: Registry::start(
                 services.store.clone(),
+                services.lifecycle.clone(),
                 &services.tracker,
                 services.shutdown.clone(),
             ),
@@ -79,10 +94,31 @@ impl Link {
             user_id: user.clone(),
             bridge_id: bridge.to_owned(),
             connected_at: at,
-            last_seen: std::time::SystemTime::now(),
+            last_seen: SystemTime::now(),
         };
         self.registry.change(Change::Open(record)).await;
+        self.event(bridge, id, user.clone(), at, Lifecycle::Connected)
+            .await;
         Some(user)
+    }
+
+    /// Queues a lifecycle event heard from `bridge`.
+    async fn event(
+        &self,
+        bridge: &str,
+        connection_id: ConnectionId,
+        user_id: UserId,
+        at: SystemTime,
+        what: Lifecycle,
+    ) {
+        let event = ConnectionEvent {
+            connection_id,
+            user_id,
+            bridge_id: bridge.to_owned(),
+            at,
+            what,
+        };
+        self.registry.change(Change::Event(event)).await;
     }
 
     /// Answers a ticket once its registration is in routing (it is: the
@@ -106,8 +142,16 @@ impl Link {
             }
             Up::Closed(closed) => {
                 if let Ok(id) = ConnectionId::parse("connection_id", &closed.connection_id) {
-                    self.services.router.close(id);
+                    let known = self.services.router.close(id);
                     self.registry.change(Change::Close(id)).await;
+                    let user = UserId::parse("user_id", &closed.user_id).ok().or(known);
+                    if let Some(user) = user {
+                        let what = Lifecycle::Disconnected {
+                            close_code: u16::try_from(closed.close_code).unwrap_or(0),
+                            reason: closed.reason,
+                        };
+                        self.event(bridge, id, user, SystemTime::now(), what).await;
+                    }
                 }
             }
             Up::Subscribed(s) => {
@@ -115,8 +159,16 @@ impl Link {
                     ConnectionId::parse("connection_id", &s.connection_id),
                     Topic::parse(&s.topic),
                 ) {
-                    self.services.router.subscribe(id, topic.clone());
+                    let user = self.services.router.subscribe(id, topic.clone());
                     self.answer(s.ticket, Feed::Topic(topic), down).await;
+                    // event 0: it already followed the topic.
+                    if let (Some(user), change @ 1..) = (user, s.event) {
+                        let what = Lifecycle::Subscribed {
+                            topic: s.topic,
+                            change,
+                        };
+                        self.event(bridge, id, user, SystemTime::now(), what).await;
+                    }
                 }
             }
             Up::Unsubscribed(s) => {
@@ -124,7 +176,14 @@ impl Link {
                     ConnectionId::parse("connection_id", &s.connection_id),
                     Topic::parse(&s.topic),
                 ) {
-                    self.services.router.unsubscribe(id, &topic);
+                    let user = self.services.router.unsubscribe(id, &topic);
+                    if let (Some(user), change @ 1..) = (user, s.event) {
+                        let what = Lifecycle::Unsubscribed {
+                            topic: s.topic,
+                            change,
+                        };
+                        self.event(bridge, id, user, SystemTime::now(), what).await;
+                    }
                 }
             }
             Up::Acks(acks) => {
@@ -241,8 +300,16 @@ impl pb::bridge_link_server::BridgeLink for Link {
         let (down, rx) = bounded::channel(self.queue, router::down_len);
         let generation = self.services.router.attach(&bridge, down.clone());
         // The Hello is the whole truth about this bridge: replace its rows.
+        let live = hello
+            .connections
+            .iter()
+            .filter_map(|c| ConnectionId::parse("connection_id", &c.connection_id).ok())
+            .collect();
         self.registry
-            .change(Change::ClearBridge(bridge.clone()))
+            .change(Change::Replace {
+                bridge: bridge.clone(),
+                live,
+            })
             .await;
         let count = hello.connections.len();
         for conn in hello.connections {
@@ -269,10 +336,9 @@ impl pb::bridge_link_server::BridgeLink for Link {
                     }
                 }
             }
+            // Its registry rows stay: another replica may still hear it,
+            // and if none does, expiry closes them with an event each.
             if link.services.router.detach(&bridge, generation) {
-                link.registry
-                    .change(Change::ClearBridge(bridge.clone()))
-                    .await;
                 tracing::info!(bridge, "bridge detached");
             }
         });

@@ -1,9 +1,12 @@
-//! The connection registry's writer. Bridges report connections opening and
-//! closing by the thousand during a connect storm; one task applies the
-//! changes to the store in order, a batch per round trip, so link streams
-//! never wait on the database. A failed batch is retried with the changes
-//! that arrived meanwhile folded in: nothing is dropped while the database
-//! is away, and the registry converges once it is back.
+//! The connection registry's and lifecycle log's writer. Bridges report
+//! connections opening and closing by the thousand during a connect storm;
+//! one task applies the changes to the store in order, a batch per round
+//! trip, so link streams never wait on the database. A failed batch is
+//! retried with the changes that arrived meanwhile folded in: nothing is
+//! dropped while the database is away, and the registry converges once it
+//! is back. Lifecycle events are recorded in the order heard (the store
+//! drops copies other replicas recorded first), and WatchConnections
+//! streams are woken once they are.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -12,9 +15,13 @@ use std::{
 };
 
 use notify_core::ConnectionId;
-use notify_store::{ConnectionRecord, Store, StoreError};
+use notify_store::{
+    ConnectionEvent, ConnectionRecord, Store, StoreError, lifecycle::REASON_CLOSED_UNHEARD,
+};
 use tokio::sync::mpsc;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+use crate::services::LifecycleSignal;
 
 /// Changes queued before link streams wait; the writer drains continuously,
 /// so this only fills if the writer task is starved.
@@ -29,8 +36,14 @@ const RETRY_MAX: Duration = Duration::from_secs(2);
 pub enum Change {
     Open(ConnectionRecord),
     Close(ConnectionId),
-    /// The bridge's rows go (it detached, or a Hello re-sends them all).
-    ClearBridge(String),
+    /// A bridge's Hello, the whole truth about it: its rows not `live` go,
+    /// each recorded closed (`closed_unheard`).
+    Replace {
+        bridge: String,
+        live: Vec<ConnectionId>,
+    },
+    /// A lifecycle event, to record once.
+    Event(ConnectionEvent),
 }
 
 /// Sends changes to the writer; cheap to clone.
@@ -44,11 +57,12 @@ impl Registry {
     /// last batch is written (or `shutdown` came while the store was away).
     pub fn start(
         store: Arc<dyn Store>,
+        recorded: LifecycleSignal,
         tracker: &TaskTracker,
         shutdown: CancellationToken,
     ) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE);
-        tracker.spawn(run(store, rx, shutdown));
+        tracker.spawn(run(store, recorded, rx, shutdown));
         Self { tx }
     }
 
@@ -58,7 +72,12 @@ impl Registry {
     }
 }
 
-async fn run(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Change>, shutdown: CancellationToken) {
+async fn run(
+    store: Arc<dyn Store>,
+    recorded: LifecycleSignal,
+    mut rx: mpsc::Receiver<Change>,
+    shutdown: CancellationToken,
+) {
     let mut plan = Plan::default();
     let mut retry = RETRY_FIRST;
     loop {
@@ -76,6 +95,9 @@ async fn run(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Change>, shutdown: Ca
         }
         match plan.apply(store.as_ref()).await {
             Ok(()) => {
+                if plan.records_events() {
+                    recorded.recorded();
+                }
                 plan = Plan::default();
                 retry = RETRY_FIRST;
             }
@@ -92,24 +114,42 @@ async fn run(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Change>, shutdown: Ca
     }
 }
 
-/// Changes folded so that applying them as clears, then closes, then opens
-/// gives the same rows as applying them one by one in arrival order.
+/// Changes folded so that applying them as replaces, then closes, then
+/// opens gives the same rows as applying them one by one in arrival order;
+/// events keep their order.
 #[derive(Debug, Default)]
 struct Plan {
-    clears: Vec<String>,
+    replaces: Vec<(String, Vec<ConnectionId>)>,
     closes: HashSet<ConnectionId>,
     opens: HashMap<ConnectionId, ConnectionRecord>,
+    events: Vec<ConnectionEvent>,
 }
 
 impl Plan {
     fn add(&mut self, change: Change) {
         match change {
-            // Opens of that bridge queued earlier would be cleared anyway.
-            Change::ClearBridge(bridge) => {
-                self.opens.retain(|_, r| r.bridge_id != bridge);
-                if !self.clears.contains(&bridge) {
-                    self.clears.push(bridge);
+            // Opens of that bridge queued earlier and not live any more
+            // would be replaced anyway: never written, but closed all the same.
+            Change::Replace { bridge, live } => {
+                let keep: HashSet<ConnectionId> = live.iter().copied().collect();
+                let gone: Vec<ConnectionId> = self
+                    .opens
+                    .values()
+                    .filter(|r| r.bridge_id == bridge && !keep.contains(&r.connection_id))
+                    .map(|r| r.connection_id)
+                    .collect();
+                for id in gone {
+                    if let Some(r) = self.opens.remove(&id) {
+                        self.events.push(ConnectionEvent::unreported_close(
+                            r.connection_id,
+                            r.user_id,
+                            r.bridge_id,
+                            REASON_CLOSED_UNHEARD,
+                        ));
+                    }
                 }
+                self.replaces.retain(|(b, _)| *b != bridge);
+                self.replaces.push((bridge, live));
             }
             Change::Open(record) => {
                 self.opens.insert(record.connection_id, record);
@@ -120,27 +160,41 @@ impl Plan {
                     self.closes.insert(id);
                 }
             }
+            Change::Event(event) => self.events.push(event),
         }
     }
 
     fn len(&self) -> usize {
-        self.clears.len() + self.closes.len() + self.opens.len()
+        self.replaces.len() + self.closes.len() + self.opens.len() + self.events.len()
     }
 
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
+    /// Whether applying it records lifecycle events (a replace may).
+    fn records_events(&self) -> bool {
+        !self.events.is_empty() || !self.replaces.is_empty()
+    }
+
     /// Writes the plan; a retry after a partial failure writes it again,
-    /// which is safe: every step is idempotent and opens come last.
+    /// which is safe: every step is idempotent and opens come after the
+    /// replaces that would remove them.
     async fn apply(&self, store: &dyn Store) -> Result<(), StoreError> {
-        for bridge in &self.clears {
-            store.remove_bridge(bridge).await?;
+        if !self.replaces.is_empty() {
+            // Seen before its rows are written: expiry never takes a
+            // just-registered row for a lost bridge's.
+            let bridges: Vec<String> = self.replaces.iter().map(|(b, _)| b.clone()).collect();
+            store.bridges_seen(&bridges).await?;
+        }
+        for (bridge, live) in &self.replaces {
+            store.replace_bridge(bridge, live).await?;
         }
         let closes: Vec<ConnectionId> = self.closes.iter().copied().collect();
         store.remove_connections(&closes).await?;
         let opens: Vec<ConnectionRecord> = self.opens.values().cloned().collect();
-        store.register_connections(&opens).await
+        store.register_connections(&opens).await?;
+        store.record_lifecycle(&self.events).await
     }
 }
 
@@ -173,20 +227,35 @@ mod tests {
     }
 
     #[test]
-    fn a_clear_drops_earlier_opens_of_its_bridge_only() {
+    fn a_replace_drops_earlier_opens_of_its_bridge_it_does_not_list_and_closes_them() {
         let mut plan = Plan::default();
-        let (early, other) = (open("b1"), open("b2"));
-        let (early_id, other_id) = (early.connection_id, other.connection_id);
+        let (early, listed, other) = (open("b1"), open("b1"), open("b2"));
+        let (early_id, listed_id, other_id) = (
+            early.connection_id,
+            listed.connection_id,
+            other.connection_id,
+        );
         plan.add(Change::Open(early));
+        plan.add(Change::Open(listed));
         plan.add(Change::Open(other));
-        plan.add(Change::ClearBridge("b1".into()));
+        plan.add(Change::Replace {
+            bridge: "b1".into(),
+            live: vec![listed_id],
+        });
         let late = open("b1");
         let late_id = late.connection_id;
         plan.add(Change::Open(late));
         assert!(!plan.opens.contains_key(&early_id));
+        assert!(plan.opens.contains_key(&listed_id));
         assert!(plan.opens.contains_key(&other_id));
         assert!(plan.opens.contains_key(&late_id));
-        assert_eq!(plan.clears, ["b1"]);
+        assert_eq!(plan.replaces, [("b1".to_owned(), vec![listed_id])]);
+        let closed: Vec<(ConnectionId, (u16, &str))> = plan
+            .events
+            .iter()
+            .map(|e| (e.connection_id, e.what.close()))
+            .collect();
+        assert_eq!(closed, [(early_id, (1006, "closed_unheard"))]);
     }
 
     #[test]

@@ -113,7 +113,14 @@ impl Svc {
 
     /// Another replica on `url`'s database, which it does not own.
     pub async fn replica(url: &str) -> Self {
-        Self::start_inner(None, config(url, &[]), url.to_owned()).await
+        Self::replica_with(url, |_| {}).await
+    }
+
+    /// Another replica on `url`'s database, with `tweak` applied.
+    pub async fn replica_with(url: &str, tweak: impl FnOnce(&mut Config)) -> Self {
+        let mut cfg = config(url, &[]);
+        tweak(&mut cfg);
+        Self::start_inner(None, cfg, url.to_owned()).await
     }
 
     async fn start_inner(db: Option<TestDb>, cfg: Config, url: String) -> Self {

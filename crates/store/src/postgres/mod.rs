@@ -16,9 +16,11 @@
 //! range; a rolled-back batch rolls its bump back too.
 //!
 //! [`fights`]: BetTracker's outbox, cursor and lease, and BetService's writes.
+//! [`lifecycle`]: the connection lifecycle log and bridge expiry.
 //! [`tls`]: `sslmode=require` (RDS Proxy's default) with verified certificates.
 
 pub mod fights;
+mod lifecycle;
 mod migrate;
 mod tls;
 
@@ -534,13 +536,16 @@ impl Store for PgStore {
         Ok(())
     }
 
-    async fn remove_bridge(&self, bridge_id: &str) -> Result<u64, StoreError> {
-        let client = self.client().await?;
-        self.timed(client.execute_typed(
-            "DELETE FROM connections WHERE bridge_id = $1",
-            &[(&bridge_id, Type::TEXT)],
-        ))
-        .await
+    async fn replace_bridge(
+        &self,
+        bridge_id: &str,
+        live: &[ConnectionId],
+    ) -> Result<u64, StoreError> {
+        let live: Vec<Uuid> = live.iter().map(|id| id.0).collect();
+        let mut client = self.client().await?;
+        let client: &mut tokio_postgres::Client = &mut client;
+        self.timed(lifecycle::replace_bridge(client, bridge_id, &live))
+            .await
     }
 
     async fn remove_connections(&self, ids: &[ConnectionId]) -> Result<u64, StoreError> {
@@ -578,6 +583,48 @@ impl Store for PgStore {
             ))
             .await?;
         rows.first().map(connection_record).transpose()
+    }
+
+    async fn record_lifecycle(&self, events: &[crate::ConnectionEvent]) -> Result<(), StoreError> {
+        let mut client = self.client().await?;
+        let client: &mut tokio_postgres::Client = &mut client;
+        self.timed(lifecycle::record(client, events)).await
+    }
+
+    async fn lifecycle_after(
+        &self,
+        after: u64,
+        limit: u32,
+    ) -> Result<crate::LifecyclePage, StoreError> {
+        let client = self.client().await?;
+        match tokio::time::timeout(
+            self.config.query_timeout,
+            lifecycle::after(&client, after, limit),
+        )
+        .await
+        {
+            Ok(page) => page,
+            Err(_) => Err(StoreError::Unavailable(format!(
+                "no answer within {:?}",
+                self.config.query_timeout
+            ))),
+        }
+    }
+
+    async fn bridges_seen(&self, bridges: &[String]) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        self.timed(lifecycle::bridges_seen(&client, bridges)).await
+    }
+
+    async fn expire_bridges(&self, expiry: Duration) -> Result<u64, StoreError> {
+        let mut client = self.client().await?;
+        let client: &mut tokio_postgres::Client = &mut client;
+        self.timed(lifecycle::expire_bridges(client, expiry)).await
+    }
+
+    async fn sweep_lifecycle(&self, keep: Duration) -> Result<u64, StoreError> {
+        let client = self.client().await?;
+        self.timed(lifecycle::sweep(&client, keep)).await
     }
 
     #[tracing::instrument(skip_all)]

@@ -4,8 +4,9 @@
 //! Same semantics as Postgres, checked by the same conformance tests:
 //! gap-free seqs (one writer at a time, heads bumped in the batch's
 //! transaction), idempotency keys per caller (looked up under the write
-//! lock, so no race to lose), retention, the registry, group commit (the
-//! [`db`] writer thread commits every job waiting in one transaction).
+//! lock, so no race to lose), retention, the registry and the lifecycle
+//! log, group commit (the [`db`] writer thread commits every job waiting
+//! in one transaction).
 //!
 //! Durability follows `synchronous`: `full` (the default) syncs the WAL at
 //! every commit; `normal` syncs only at checkpoints, so a power loss or OS
@@ -14,6 +15,7 @@
 
 pub mod db;
 pub mod fights;
+mod lifecycle;
 pub mod store;
 
 use std::{path::PathBuf, time::Duration};

@@ -1,16 +1,19 @@
 //! [`Store`] on SQLite: the statements of each method, run through [`Db`].
 
-use std::{collections::HashMap, time::SystemTime};
+use std::{
+    collections::HashMap,
+    time::{Duration, SystemTime},
+};
 
 use async_trait::async_trait;
 use notify_core::{ConnectionId, MessageId, Target, Topic, TopicPolicy, UserId};
 use rusqlite::{Connection, OptionalExtension, params};
 use uuid::Uuid;
 
-use super::{Db, SqliteConfig, db::migrate, micros, time};
+use super::{Db, SqliteConfig, db::migrate, lifecycle, micros, time};
 use crate::{
-    Committed, ConnectionRecord, Feed, HistoryPage, Position, PublishItem, SWEEP_CHUNK, Store,
-    StoreError, StoredMessage, Swept, migrate as migrations,
+    Committed, ConnectionEvent, ConnectionRecord, Feed, HistoryPage, LifecyclePage, Position,
+    PublishItem, SWEEP_CHUNK, Store, StoreError, StoredMessage, Swept, migrate as migrations,
     plan::{
         Assigned, Origin, SeqDemand, StoredKey, commit_time, in_batch_origins, inbox_rows, key_of,
         new_items, new_keys, results, shared_payloads, topic_appends,
@@ -55,7 +58,7 @@ fn uuid(bytes: [u8; 16]) -> Uuid {
     Uuid::from_bytes(bytes)
 }
 
-fn user_of(raw: &str) -> rusqlite::Result<UserId> {
+pub(super) fn user_of(raw: &str) -> rusqlite::Result<UserId> {
     UserId::parse("user_id", raw).map_err(|e| rusqlite::Error::ToSqlConversionFailure(e.into()))
 }
 
@@ -319,14 +322,14 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn remove_bridge(&self, bridge_id: &str) -> Result<u64, StoreError> {
-        let bridge_id = bridge_id.to_owned();
+    async fn replace_bridge(
+        &self,
+        bridge_id: &str,
+        live: &[ConnectionId],
+    ) -> Result<u64, StoreError> {
+        let (bridge_id, live) = (bridge_id.to_owned(), live.to_vec());
         self.db
-            .write(move |conn| {
-                conn.prepare_cached("DELETE FROM connections WHERE bridge_id = ?1")?
-                    .execute([&bridge_id])
-                    .map(|n| n as u64)
-            })
+            .write(move |conn| lifecycle::replace_bridge(conn, &bridge_id, &live))
             .await
     }
 
@@ -345,6 +348,41 @@ impl Store for SqliteStore {
                 }
                 Ok(removed)
             })
+            .await
+    }
+
+    async fn record_lifecycle(&self, events: &[ConnectionEvent]) -> Result<(), StoreError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let events = events.to_vec();
+        self.db
+            .write(move |conn| lifecycle::record(conn, &events))
+            .await
+    }
+
+    async fn lifecycle_after(&self, after: u64, limit: u32) -> Result<LifecyclePage, StoreError> {
+        self.db
+            .read(move |conn| lifecycle::after(conn, after, limit))
+            .await
+    }
+
+    async fn bridges_seen(&self, bridges: &[String]) -> Result<(), StoreError> {
+        let bridges = bridges.to_vec();
+        self.db
+            .write(move |conn| lifecycle::bridges_seen(conn, &bridges))
+            .await
+    }
+
+    async fn expire_bridges(&self, expiry: Duration) -> Result<u64, StoreError> {
+        self.db
+            .write(move |conn| lifecycle::expire_bridges(conn, expiry))
+            .await
+    }
+
+    async fn sweep_lifecycle(&self, keep: Duration) -> Result<u64, StoreError> {
+        self.db
+            .write(move |conn| lifecycle::sweep(conn, keep))
             .await
     }
 
@@ -434,7 +472,7 @@ impl Store for SqliteStore {
     }
 }
 
-fn connection_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<ConnectionRecord> {
+pub(super) fn connection_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<ConnectionRecord> {
     Ok(ConnectionRecord {
         connection_id: ConnectionId(uuid(r.get(0)?)),
         user_id: user_of(&r.get::<_, String>(1)?)?,
