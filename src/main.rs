@@ -1,12 +1,13 @@
 //! The `notify` binary: [`up`] runs notify-svc, a WebSocket bridge and
 //! bet-tracker in one process (`--simulate` adds a stream of fights);
 //! `notify token` mints dev tokens; the rest of the CLI
-//! ([`cli`]: publish, send, tail, history, subscribe, unsubscribe, presence,
-//! disconnect, migrate) talks to
-//! any deployment. Without DATABASE_URL, `up` runs on embedded SQLite.
+//! ([`cli`]: publish, send, tail, connections, history, subscribe,
+//! unsubscribe, presence, disconnect, migrate) talks to any deployment;
+//! [`echo`] is an example backend for routed actions. Without DATABASE_URL, `up` runs on embedded SQLite.
 
 mod cli;
 mod connect;
+mod echo;
 mod up;
 
 use clap::{Parser, Subcommand};
@@ -93,6 +94,12 @@ enum Command {
         after_help = "Examples:\n  notify disconnect --user alice --reason 'account locked'\n  notify disconnect --connection 0193…"
     )]
     Disconnect(cli::DisconnectArgs),
+    /// Serve an example backend for routed actions: it answers each frame
+    /// with the frame and the verified caller ({"fail": true}: NOT_FOUND).
+    #[command(
+        after_help = "Examples:\n  notify echo-backend --addr 127.0.0.1:50061 &\n  BRIDGE_ROUTES=echo=http://127.0.0.1:50061 notify up"
+    )]
+    EchoBackend(echo::EchoArgs),
     /// Apply the database migrations to DATABASE_URL (Postgres or SQLite).
     #[command(
         after_help = "Examples:\n  DATABASE_URL=postgres://notify@db:5432/notify notify migrate\n  notify migrate --database-url sqlite:.notify/notify.db"
@@ -120,6 +127,7 @@ async fn main() -> std::process::ExitCode {
         Command::Unsubscribe(args) => cli::subscription(&endpoint, args, false).await,
         Command::Disconnect(args) => cli::disconnect(&endpoint, args).await,
         Command::Migrate { database_url } => cli::migrate(&database_url).await,
+        Command::EchoBackend(args) => echo::serve(args).await,
     };
     match done {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -2,8 +2,9 @@
 // playwright-core): served by a bridge attached to a real `notify up`,
 // signed in with a dev token; a CLI publish shows up in the inbox; an admin
 // publish from the page too; the bridge is killed and restarted, and the
-// messages published meanwhile appear, each once. The screenshot it takes
-// is the one in the README (docs/panel.png).
+// messages published meanwhile appear, each once; a routed action goes to a
+// real backend (`notify echo-backend`) and its reply, or its error, shows.
+// The screenshot it takes is the one in the README (docs/panel.png).
 import { after, test } from 'node:test';
 import * as assert from 'node:assert/strict';
 import * as fs from 'node:fs';
@@ -11,18 +12,20 @@ import * as path from 'node:path';
 
 import { chromium, type Browser, type Page } from 'playwright-core';
 
-import { Bridge, Up, eventually } from './platform.js';
+import { Bridge, EchoBackend, Up, eventually } from './platform.js';
 
 const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
 const SCREENSHOT = path.resolve(import.meta.dirname, '..', '..', '..', '..', 'docs', 'panel.png');
 
 const up = new Up(['--simulate']);
-const bridge = new Bridge(up);
+const backend = new EchoBackend();
+let bridge: Bridge;
 let browser: Browser | null = null;
 
 after(async () => {
   await browser?.close();
-  await bridge.kill9();
+  await bridge?.kill9();
+  await backend.stop();
   await up.stop();
   up.cleanup();
 });
@@ -31,12 +34,14 @@ async function inboxSeqs(page: Page): Promise<number[]> {
   return await page.$$eval('#inbox tr', (rows) => rows.map((r) => Number((r as HTMLElement).dataset.seq)).sort((a, b) => a - b));
 }
 
-test('the Dev Panel: sign in, live inbox, admin publish, a bridge restart ridden out', async () => {
+test('the Dev Panel: sign in, live inbox, admin publish, a bridge restart ridden out, a routed call', async () => {
   assert.ok(
     fs.existsSync(CHROMIUM),
     `${CHROMIUM} is missing: apt-get install -y chromium chromium-driver (scripts/test does), or set CHROMIUM`,
   );
   await up.start();
+  await backend.start();
+  bridge = new Bridge(up, { BRIDGE_ROUTES: `echo=http://${backend.addr}` });
   await bridge.start();
   const token = up.token('alice', ['admin']);
 
@@ -88,6 +93,29 @@ test('the Dev Panel: sign in, live inbox, admin publish, a bridge restart ridden
   await page.waitForTimeout(500);
   assert.deepEqual(await inboxSeqs(page), [1, 2, 3, 4, 5], 'every message once, none twice');
   await page.waitForFunction(() => document.getElementById('acked-seq')?.textContent === '5', undefined, { timeout: 10_000 });
+
+  // A routed action: the backend's error, an action nobody serves, then
+  // the backend's reply with alice's verified identity.
+  const callResult = async (payload: string, action = 'echo'): Promise<string> => {
+    await page.fill('[data-testid=call-action]', action);
+    await page.fill('[data-testid=call-payload]', payload);
+    await page.$eval('[data-testid=call-result]', (el) => (el.textContent = ''));
+    await page.click('[data-testid=call]');
+    await page.waitForFunction(() => document.querySelector('[data-testid=call-result]')?.textContent !== '');
+    return (await page.textContent('[data-testid=call-result]')) ?? '';
+  };
+  assert.equal(await callResult('{"fail": true}'), 'bad_request (NOT_FOUND): the echo backend was asked to fail');
+  assert.match(await callResult('{}', 'nobodyServesThis'), /^unknown_action: /);
+  const reply = JSON.parse(await callResult('{"text": "hello, backend"}')) as {
+    route: string;
+    frame: { text: string };
+    caller: { user_id: string; groups: string[]; bridge_id: string };
+  };
+  assert.equal(reply.route, 'echo');
+  assert.equal(reply.frame.text, 'hello, backend');
+  assert.equal(reply.caller.user_id, 'alice');
+  assert.deepEqual(reply.caller.groups, ['admin']);
+  assert.equal(reply.caller.bridge_id, 'panel-bridge');
 
   // The simulated fights reach the live board.
   await page.waitForSelector('#fights tr', { timeout: 15_000 });

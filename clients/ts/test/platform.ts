@@ -52,6 +52,16 @@ function withoutDatabaseUrl(): NodeJS.ProcessEnv {
 }
 
 /** `notify up` on a data directory of its own. */
+/** Sends `signal` to a running child and waits for its exit. */
+async function signalAndWait(child: ChildProcess | null, signal: NodeJS.Signals): Promise<void> {
+  if (!child || child.exitCode !== null) {
+    return;
+  }
+  const exited = new Promise((r) => child.once('exit', r));
+  child.kill(signal);
+  await exited;
+}
+
 export class Up {
   readonly dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'notify-ts-'));
   grpc = '';
@@ -114,12 +124,7 @@ export class Up {
   async stop(): Promise<void> {
     const child = this.child;
     this.child = null;
-    if (!child || child.exitCode !== null) {
-      return;
-    }
-    const exited = new Promise((r) => child.once('exit', r));
-    child.kill('SIGTERM');
-    await exited;
+    await signalAndWait(child, 'SIGTERM');
   }
 
   /** A dev token for `user` (`notify token`). */
@@ -153,13 +158,45 @@ export class Up {
   }
 }
 
+/** `notify echo-backend` on a free port: a backend for routed actions. */
+export class EchoBackend {
+  addr = '';
+  private child: ChildProcess | null = null;
+
+  async start(): Promise<void> {
+    const child = spawn(binary('notify'), ['echo-backend', '--addr', '127.0.0.1:0'], {
+      stdio: ['ignore', 'pipe', 'inherit'],
+    });
+    this.child = child;
+    let out = '';
+    this.addr = await new Promise<string>((resolve, reject) => {
+      child.stdout!.on('data', (chunk: Buffer) => {
+        out += chunk.toString();
+        const line = out.split('\n').find((l) => l.includes('serving'));
+        if (line) resolve((JSON.parse(line) as { serving: string }).serving);
+      });
+      child.once('exit', (code) => reject(new Error(`notify echo-backend exited (${code}): ${out}`)));
+    });
+  }
+
+  async stop(): Promise<void> {
+    const child = this.child;
+    this.child = null;
+    await signalAndWait(child, 'SIGKILL');
+  }
+}
+
 /** A bridge process of its own, attached to `up`'s notify-svc, trusting its dev key. */
 export class Bridge {
   ws = '';
   ops = '';
   private child: ChildProcess | null = null;
 
-  constructor(private readonly up: Up) {}
+  /** `env`: more of the bridge's settings (BRIDGE_ROUTES, …). */
+  constructor(
+    private readonly up: Up,
+    private readonly env: Record<string, string> = {},
+  ) {}
 
   async start(): Promise<void> {
     if (!this.ws) {
@@ -178,6 +215,7 @@ export class Bridge {
         // Off by default outside `notify up`: this bridge serves the panel.
         BRIDGE_PANEL: '1',
         AUTH_DEV: '1',
+        ...this.env,
       },
       stdio: ['ignore', 'ignore', 'inherit'],
     });
@@ -194,11 +232,6 @@ export class Bridge {
   async kill9(): Promise<void> {
     const child = this.child;
     this.child = null;
-    if (!child || child.exitCode !== null) {
-      return;
-    }
-    const exited = new Promise((r) => child.once('exit', r));
-    child.kill('SIGKILL');
-    await exited;
+    await signalAndWait(child, 'SIGKILL');
   }
 }

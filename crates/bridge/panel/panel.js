@@ -238,6 +238,37 @@ async function publish(event) {
   }
 }
 
+/** Sends a routed action and shows the backend's reply, or its error. */
+async function call(event) {
+  event.preventDefault();
+  const result = $('call-result');
+  const action = $('call-action').value.trim();
+  let payload;
+  try {
+    payload = JSON.parse($('call-payload').value || '{}');
+  } catch (e) {
+    result.textContent = `payload is not JSON: ${e.message}`;
+    result.className = 'result error';
+    return;
+  }
+  if (payload === null || typeof payload !== 'object' || Array.isArray(payload)) {
+    result.textContent = 'the payload is a JSON object: its fields go into the frame beside "action"';
+    result.className = 'result error';
+    return;
+  }
+  try {
+    const reply = await client.call(action, payload);
+    result.textContent = JSON.stringify(reply, null, 2);
+    result.className = 'result ok';
+    log(`${action}: replied`, 'ok');
+  } catch (e) {
+    const status = e.status ? ` (${e.status})` : '';
+    result.textContent = `${e.code ?? 'error'}${status}: ${e.message}`;
+    result.className = 'result error';
+    log(`${action}: ${e.code ?? 'error'}${status}: ${e.message}`, 'error');
+  }
+}
+
 $('sign-in-form').addEventListener('submit', (e) => {
   e.preventDefault();
   signIn($('token').value);
@@ -250,6 +281,7 @@ $('subscribe-form').addEventListener('submit', (e) => {
   $('topic').value = '';
 });
 $('publish-form').addEventListener('submit', publish);
+$('call-form').addEventListener('submit', call);
 
 // `notify up` prints a link that signs in with its dev token, carried in the
 // fragment (browsers never send it, so no server log holds it); it is taken
