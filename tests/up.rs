@@ -569,4 +569,34 @@ async fn notify_up_routes_actions_to_a_backend_as_the_bridge_binary_does() {
         (Some("reply"), Some("w"), Some("ivy")),
         "{reply}"
     );
+    // Backends hear the socket's life from notify up's SQLite log as well.
+    let mut client = up.client().await;
+    let mut events = client
+        .watch_connections(notify_proto::v1::WatchConnectionsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    socket.close(None).await.unwrap();
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        let batch = tokio::time::timeout(Duration::from_secs(10), events.message())
+            .await
+            .expect("lifecycle events within 10 s")
+            .unwrap()
+            .expect("stream open");
+        seen.extend(
+            batch
+                .events
+                .into_iter()
+                .map(|e| (e.position, e.kind, e.user_id, e.close_code)),
+        );
+    }
+    use notify_proto::v1::connection_event::Kind;
+    assert_eq!(
+        seen,
+        [
+            (1, Kind::Connected as i32, "ivy".to_owned(), 0),
+            (2, Kind::Disconnected as i32, "ivy".to_owned(), 1005),
+        ]
+    );
 }

@@ -164,6 +164,12 @@ async fn a_routed_action_gets_its_backends_reply_with_the_callers_verified_ident
         (unknown["code"].as_str(), unknown["id"].as_i64()),
         (Some("unknown_action"), Some(3))
     );
+    // A routed frame over the 64 KiB frame limit never reaches the backend:
+    // the socket closes with 1009, as for any frame.
+    let big = "x".repeat(70 * 1024);
+    amy.send(json!({"action": "echo", "id": "big", "message": big}))
+        .await;
+    assert_eq!(common::closing_code(&mut amy).await, Some(1009));
 }
 
 #[tokio::test]
