@@ -3,7 +3,8 @@
 //! [`run`] wires the parts, grouped by edge:
 //! - the Notify API ([`api`]): validates and serves `notify.v1.Notify`
 //!   ([`api::fight`] maps fight events to their messages; [`usernames`]
-//!   resolves `username:` targets with Cognito);
+//!   resolves `username:` targets with Cognito), and over HTTP/JSON on the
+//!   same port ([`http`]);
 //! - the bridges' `BridgeLink` ([`link`]): attach, registrations (its
 //!   registry writer and ticket barriers), acks, deliveries down;
 //! - delivery ([`delivery`]): the pipeline group-commits publishes, the router
@@ -18,6 +19,7 @@ mod api;
 mod caller;
 mod config;
 mod delivery;
+mod http;
 mod link;
 mod metrics;
 mod ops;
@@ -38,6 +40,7 @@ use tonic_health::ServingStatus;
 
 pub use api::fight;
 pub use config::{Config, SvcArgs};
+pub use http::openapi_document;
 
 /// Largest gRPC request: a full `PublishBatch` of small messages fits; a
 /// request over it is refused before it is decoded (tonic answers OUT_OF_RANGE).
@@ -213,6 +216,7 @@ async fn grpc_routes(
         usernames::Usernames::new(cognito),
         watch::WatchSlots::new(config.max_watches_per_caller),
     );
+    let json = http::routes(api.clone(), authenticator.clone(), MAX_REQUEST_BYTES);
     let notify = tonic::service::interceptor::InterceptedService::new(
         NotifyServer::new(api).max_decoding_message_size(MAX_REQUEST_BYTES),
         authenticator.clone(),
@@ -229,6 +233,9 @@ async fn grpc_routes(
     Ok(tonic::transport::Server::builder()
         // Bounds work per HTTP/2 connection; callers beyond it queue in h2 flow control.
         .concurrency_limit_per_connection(1024)
+        // The HTTP/JSON API is also served to HTTP/1.1 clients (curl, webhooks).
+        .accept_http1(true)
+        .add_routes(tonic::service::Routes::from(json))
         .add_service(reflection)
         .add_service(notify)
         .add_service(bridge_link))

@@ -1,10 +1,12 @@
 //! The `notify.v1` protobuf and gRPC code, generated at build time with the
 //! vendored `protoc`, plus [`convert`]: the one place where protobuf messages
-//! become domain types and back, so domain code never sees prost, and
-//! [`channel`]: how clients reach notify-svc (plaintext or TLS).
+//! become domain types and back, so domain code never sees prost,
+//! [`channel`]: how clients reach notify-svc (plaintext or TLS), and
+//! [`json`]: the JSON shape of a publish for the ways in that are not gRPC.
 
 pub mod channel;
 pub mod convert;
+pub mod json;
 
 /// Generated messages, client and server of `notify.v1`.
 #[allow(clippy::all, missing_docs, rust_2018_idioms)]

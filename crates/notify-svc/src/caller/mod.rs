@@ -374,10 +374,18 @@ impl Caller {
     }
 }
 
+impl Authenticator {
+    /// What the interceptor does to a gRPC call, for a request that did
+    /// not come through it (the HTTP/JSON API).
+    pub fn admit<T>(&self, req: &mut Request<T>) -> Result<(), Status> {
+        let intercepted = self.intercept(req);
+        self.counted(intercepted)
+    }
+}
+
 impl tonic::service::Interceptor for Authenticator {
     fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
-        let intercepted = self.intercept(&mut req);
-        self.counted(intercepted)?;
+        self.admit(&mut req)?;
         Ok(req)
     }
 }
