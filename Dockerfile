@@ -19,10 +19,10 @@ COPY . .
 # copied out of the cache before the layer ends.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked --bins \
+    cargo build --release --locked --workspace --bins \
  && mkdir -p /out \
  && cp target/release/notify target/release/notify-svc target/release/bridge \
-       target/release/bet-tracker /out/
+       target/release/bet-tracker target/release/notify-ingest /out/
 
 # Runtime stage: Debian slim, CA roots for Cognito's JWKS and RDS, no shell
 # tools beyond the base, a non-root user.

@@ -1,4 +1,5 @@
-//! `notify up`: notify-svc, a bridge and bet-tracker in one process, linked
+//! `notify up`: notify-svc, a bridge and bet-tracker (and, given SQS
+//! queues, the notify-ingest consumer) in one process, linked
 //! over loopback gRPC exactly as in production, with the dev token issuer;
 //! embedded SQLite unless DATABASE_URL names another database.
 
@@ -37,6 +38,10 @@ pub struct UpArgs {
     /// BetTracker's lease and polling, as the bet-tracker binary takes them.
     #[command(flatten, next_help_heading = "BetTracker")]
     tracker: bet_tracker::LoopArgs,
+    /// SQS queues to consume, as notify-ingest takes them: given queues, the
+    /// consumer runs in-process.
+    #[command(flatten, next_help_heading = "SQS/SNS ingest")]
+    ingest: notify_ingest::SqsArgs,
 }
 
 /// Runs the platform until Ctrl-C (or until notify-svc fails).
@@ -220,6 +225,20 @@ async fn serve(
     if args.simulate {
         simulate(database, shutdown.child_token());
     }
+    let ingest = if args.ingest.queues.is_empty() {
+        None
+    } else {
+        let config = notify_ingest::IngestConfig::new(&args.ingest, &grpc_url)
+            .map_err(|problems| anyhow::anyhow!("notify up: {}", problems.join("; ")))?;
+        let sqs = notify_ingest::sqs_client(&config).await;
+        let stats = std::sync::Arc::new(notify_ingest::Stats::default());
+        Some(tokio::spawn(notify_ingest::run(
+            config,
+            sqs,
+            stats,
+            shutdown.child_token(),
+        )))
+    };
     tokio::select! {
         () = shutdown.cancelled() => {}
         // notify-svc ended by itself: a fatal error (e.g. a changed migration).
@@ -232,6 +251,9 @@ async fn serve(
     }
     bridge.await??;
     tracker.await??;
+    if let Some(ingest) = ingest {
+        ingest.await??;
+    }
     svc_stop.cancel();
     svc.await??;
     Ok(())

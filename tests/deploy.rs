@@ -58,6 +58,8 @@ const NOT_OURS: &[&str] = &[
     "POSTGRES_USER",
     "POSTGRES_PASSWORD",
     "POSTGRES_DB",
+    // The AWS SDK's own (region, credentials).
+    "AWS_REGION",
 ];
 
 /// Every `NAME` in the first cell of the README's configuration tables
@@ -90,6 +92,7 @@ fn the_readme_configuration_tables_list_exactly_what_the_binaries_read() {
         env_names("notify-svc", &[]),
         env_names("bridge", &[]),
         env_names("bet-tracker", &[]),
+        env_names("notify-ingest", &[]),
         env_names("notify", &["up", "publish", "token", "subscribe"]),
     ]
     .into_iter()
@@ -116,11 +119,13 @@ fn every_setting_in_deploy_is_one_the_binaries_read() {
     let svc = env_names("notify-svc", &[]);
     let bridge = env_names("bridge", &[]);
     let tracker = env_names("bet-tracker", &[]);
+    let ingest = env_names("notify-ingest", &[]);
     let notify = env_names("notify", &["up", "publish"]);
     for (file, known) in [
         ("deploy/systemd/notify-svc.env.example", &svc),
         ("deploy/systemd/bridge.env.example", &bridge),
         ("deploy/systemd/bet-tracker.env.example", &tracker),
+        ("deploy/systemd/notify-ingest.env.example", &ingest),
     ] {
         let text = std::fs::read_to_string(Path::new(ROOT).join(file)).unwrap();
         let unknown: Vec<String> = names_set_in(&text)
@@ -152,7 +157,13 @@ fn every_setting_in_deploy_is_one_the_binaries_read() {
 #[test]
 fn the_image_carries_every_service_binary() {
     let dockerfile = std::fs::read_to_string(Path::new(ROOT).join("Dockerfile")).unwrap();
-    for binary in ["notify", "notify-svc", "bridge", "bet-tracker"] {
+    for binary in [
+        "notify",
+        "notify-svc",
+        "bridge",
+        "bet-tracker",
+        "notify-ingest",
+    ] {
         assert!(
             dockerfile.contains(&format!("target/release/{binary} ")),
             "the Dockerfile does not copy {binary}"

@@ -58,6 +58,7 @@ fn every_shipped_unit_verifies() {
         [
             "bet-tracker.service",
             "bridge.service",
+            "notify-ingest.service",
             "notify-svc.service"
         ]
     );

@@ -3,10 +3,7 @@
 //! Under systemd (`Type=notify`) it sends READY=1 after its first successful
 //! poll and feeds the watchdog while its loop turns.
 
-use std::{
-    sync::{Arc, atomic::Ordering},
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
 use anyhow::Context;
 use bet_tracker::{Source, Stats, TrackerArgs, TrackerConfig};
@@ -85,7 +82,14 @@ async fn main() -> anyhow::Result<()> {
         shutdown.clone(),
     ));
     tokio::spawn(notify_ops::signals::cancel_on_signal(shutdown.clone()));
-    tokio::spawn(systemd(stats.clone(), shutdown.clone()));
+    // READY=1 once the first poll succeeded; the watchdog is fed only while
+    // the tracker's loop turns (a stuck loop gets restarted).
+    {
+        let (stats, shutdown) = (stats.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            notify_ops::systemd::ready_then_watchdog(&stats.ready, &stats.beats, shutdown).await
+        });
+    }
     tracing::info!(
         holder = config.holder,
         group = config.group,
@@ -97,29 +101,6 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!("bet-tracker stopped");
     telemetry.finish();
     ran
-}
-
-/// READY=1 once the first poll succeeded; the watchdog is fed only while
-/// the tracker's loop turns (a stuck loop gets restarted).
-async fn systemd(stats: Arc<Stats>, shutdown: CancellationToken) {
-    let ready = {
-        let (stats, shutdown) = (stats.clone(), shutdown.clone());
-        async move {
-            while !stats.ready.load(Ordering::Relaxed) {
-                tokio::select! {
-                    () = shutdown.cancelled() => return,
-                    () = tokio::time::sleep(Duration::from_millis(50)) => {}
-                }
-            }
-            notify_ops::systemd::ready();
-        }
-    };
-    let mut last_beat = 0;
-    let alive = move || {
-        let beat = stats.beats.load(Ordering::Relaxed);
-        std::mem::replace(&mut last_beat, beat) != beat
-    };
-    tokio::join!(ready, notify_ops::systemd::watchdog(alive, shutdown));
 }
 
 #[cfg(test)]

@@ -3,7 +3,10 @@
 //! alive. Everything is a no-op when systemd did not start the process (no
 //! `NOTIFY_SOCKET`, no `WATCHDOG_USEC`), as in tests and `notify up`.
 
-use std::time::Duration;
+use std::{
+    sync::atomic::{AtomicBool, AtomicU64, Ordering},
+    time::Duration,
+};
 
 use sd_notify::NotifyState;
 use tokio_util::sync::CancellationToken;
@@ -36,4 +39,26 @@ pub async fn watchdog(mut alive: impl FnMut() -> bool, shutdown: CancellationTok
             let _ = sd_notify::notify(&[NotifyState::Watchdog]);
         }
     }
+}
+
+/// The daemon pattern: READY=1 once `ready` is set, then the watchdog fed
+/// while `beats` moves (the daemon's loop counts its turns there).
+pub async fn ready_then_watchdog(
+    ready: &AtomicBool,
+    beats: &AtomicU64,
+    shutdown: CancellationToken,
+) {
+    while !ready.load(Ordering::Relaxed) {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_millis(50)) => {}
+        }
+    }
+    self::ready();
+    let mut last_beat = 0;
+    let alive = move || {
+        let beat = beats.load(Ordering::Relaxed);
+        std::mem::replace(&mut last_beat, beat) != beat
+    };
+    watchdog(alive, shutdown).await;
 }

@@ -65,9 +65,15 @@ impl TestDb {
     }
 }
 
-/// The local Cognito stand-in (moto's server mode) `scripts/test` starts:
-/// `COGNITO_ENDPOINT_URL`, default `http://127.0.0.1:4599`. Panics with how
-/// to start it if nothing answers there: a test never skips for want of it.
+/// The local AWS stand-in (moto's server mode: Cognito, SQS and SNS on one
+/// port) `scripts/test` starts: `COGNITO_ENDPOINT_URL`, default
+/// `http://127.0.0.1:4599`. Panics with how to start it if nothing answers
+/// there: a test never skips for want of it.
+pub fn moto_endpoint() -> String {
+    cognito_endpoint()
+}
+
+/// The local Cognito stand-in: see [`moto_endpoint`].
 pub fn cognito_endpoint() -> String {
     let url = std::env::var("COGNITO_ENDPOINT_URL")
         .unwrap_or_else(|_| "http://127.0.0.1:4599".to_owned());

@@ -1,0 +1,145 @@
+//! What the consumer did, as Prometheus series (`ingest_*`), and its ops
+//! HTTP port: `/healthz`, `/readyz` (ready once every queue answered),
+//! `/metrics` and `/info`.
+
+use std::sync::{
+    Arc, Mutex,
+    atomic::{AtomicBool, AtomicU64, Ordering},
+};
+
+use notify_ops::endpoints::{self, Probe};
+use prometheus_client::{
+    encoding::{EncodeLabelSet, text::encode},
+    metrics::{counter::Counter, family::Family, histogram::Histogram},
+    registry::Registry,
+};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
+}
+
+/// Every series of a consumer, plus the flags the ops port reads.
+pub struct Stats {
+    registry: Mutex<Registry>,
+    /// Messages received from SQS (a redelivery counts again).
+    pub received: Counter,
+    /// Messages committed by notify-svc (new ones).
+    pub published: Counter,
+    /// Messages notify-svc had committed before (their key was seen).
+    pub duplicates: Counter,
+    /// Messages that cannot be published, by why: left to the queue's
+    /// redrive policy (the dead-letter queue).
+    pub rejected: Family<ReasonLabels, Counter>,
+    /// Publish calls retried (notify-svc away or busy).
+    pub retries: Counter,
+    /// Seconds from SQS's SentTimestamp to the commit.
+    pub lag: Histogram,
+    /// Every queue answered once (/readyz).
+    pub ready: AtomicBool,
+    /// Receives done: moves while the pollers turn (the systemd watchdog).
+    pub beats: AtomicU64,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("ingest");
+        let received = Counter::default();
+        registry.register("received", "Messages received from SQS", received.clone());
+        let published = Counter::default();
+        registry.register(
+            "published",
+            "Messages committed through the Notify API",
+            published.clone(),
+        );
+        let duplicates = Counter::default();
+        registry.register(
+            "duplicates",
+            "Messages notify-svc had committed before (same idempotency key)",
+            duplicates.clone(),
+        );
+        let rejected = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "rejected",
+            "Messages that cannot be published, by reason (left to the dead-letter queue)",
+            rejected.clone(),
+        );
+        let retries = Counter::default();
+        registry.register(
+            "retries",
+            "Publish calls retried because notify-svc was away or busy",
+            retries.clone(),
+        );
+        let lag = Histogram::new([0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 15.0, 60.0, 300.0]);
+        registry.register(
+            "lag_seconds",
+            "From the message's SentTimestamp to its commit",
+            lag.clone(),
+        );
+        Self {
+            registry: Mutex::new(registry),
+            received,
+            published,
+            duplicates,
+            rejected,
+            retries,
+            lag,
+            ready: AtomicBool::new(false),
+            beats: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Stats {
+    pub fn rejected(&self, reason: &'static str) {
+        self.rejected.get_or_create(&ReasonLabels { reason }).inc();
+    }
+
+    /// Rejections of all reasons so far.
+    pub fn rejected_total(&self) -> u64 {
+        [
+            "not_json",
+            "not_a_publish",
+            "unrouted_topic",
+            "no_user",
+            "refused",
+        ]
+        .into_iter()
+        .map(|reason| self.rejected.get_or_create(&ReasonLabels { reason }).get())
+        .sum()
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        let _ = encode(&mut out, &self.registry.lock().expect("registry lock"));
+        out
+    }
+}
+
+impl Probe for Stats {
+    fn ready(&self) -> Result<(), &'static str> {
+        if self.ready.load(Ordering::Relaxed) {
+            Ok(())
+        } else {
+            Err("the queues were not read yet")
+        }
+    }
+
+    fn metrics(&self) -> String {
+        self.encode()
+    }
+}
+
+/// Serves the ops endpoints until `shutdown`.
+pub async fn serve(
+    listener: TcpListener,
+    stats: Arc<Stats>,
+    info: notify_ops::info::Info,
+    shutdown: CancellationToken,
+) {
+    if let Err(e) = endpoints::serve(listener, stats, info, shutdown).await {
+        tracing::warn!(error = %e, "ops port stopped");
+    }
+}
