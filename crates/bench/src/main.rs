@@ -1,7 +1,8 @@
 //! `notify-bench`: drives a running notify-svc and prints what it measured.
 //!
 //! Each bench is a module: [`publish`] (durable publishes/s over gRPC and
-//! HTTP/JSON), [`ws`] (the bridge), [`routed`], [`fights`], [`floor`], and
+//! HTTP/JSON), [`ws`] (the bridge), [`routed`], [`fights`], [`floor`],
+//! [`ingest`] (the SQS consumer), and
 //! [`noop`] (a Notify server that stores nothing, for the gRPC ceiling). CPU
 //! is read from /proc over each measured window.
 
@@ -24,6 +25,8 @@ enum Bench {
     Ws(ws::WsArgs),
     /// Routed actions: round trips to a no-op backend beside the bridge's own echo.
     Routed(routed::RoutedArgs),
+    /// The SQS consumer's CPU per message (a queue filled, then drained).
+    Ingest(ingest::IngestArgs),
     /// BetTracker's lag: fight change committed -> WebSocket frame.
     Fights(fights::FightsArgs),
     /// The cost of one write per subscriber per message on this machine.
@@ -45,11 +48,13 @@ async fn main() -> anyhow::Result<()> {
         Bench::Routed(args) => routed::run(args).await,
         Bench::SendFloor(args) => floor::run(&args),
         Bench::Fights(args) => fights::run(args).await,
+        Bench::Ingest(args) => ingest::run(args).await,
     }
 }
 
 mod fights;
 mod floor;
+mod ingest;
 mod noop;
 mod publish;
 mod routed;

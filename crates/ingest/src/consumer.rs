@@ -36,6 +36,9 @@ const RECEIVE_MAX: i32 = 10;
 const RETRY_FIRST: Duration = Duration::from_millis(100);
 /// A longer wait would only delay the catch-up once notify-svc is back.
 const RETRY_MAX: Duration = Duration::from_secs(5);
+/// A publish call that hangs this long is retried (DEADLINE_EXCEEDED): a
+/// notify-svc that stopped answering must not hold a poller forever.
+const PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A queue as the consumer found it at start.
 #[derive(Debug, Clone)]
@@ -271,6 +274,7 @@ impl Consumer {
         requests: Vec<pb::PublishRequest>,
     ) -> Result<Vec<pb::PublishResult>, tonic::Status> {
         let mut req = tonic::Request::new(pb::PublishBatchRequest { requests });
+        req.set_timeout(PUBLISH_TIMEOUT);
         if let Some(token) = &self.token {
             req.metadata_mut().insert("authorization", token.clone());
         }

@@ -48,7 +48,8 @@ fn unique(what: &str) -> String {
     )
 }
 
-/// A queue with a dead-letter queue behind it (2 receives), 2 s visibility.
+/// A queue with a dead-letter queue behind it (after `max_receives`), 2 s
+/// visibility.
 struct Queues {
     sqs: aws_sdk_sqs::Client,
     url: String,
@@ -58,6 +59,10 @@ struct Queues {
 
 impl Queues {
     async fn create() -> Self {
+        Self::create_with(2).await
+    }
+
+    async fn create_with(max_receives: u32) -> Self {
         let sqs = aws_sdk_sqs::Client::new(&aws().await);
         let dlq_url = sqs
             .create_queue()
@@ -68,7 +73,8 @@ impl Queues {
             .queue_url
             .unwrap();
         let dlq_arn = arn_of(&sqs, &dlq_url).await;
-        let redrive = json!({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": "2"});
+        let redrive =
+            json!({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": max_receives.to_string()});
         let url = sqs
             .create_queue()
             .queue_name(unique("ingest"))
@@ -353,6 +359,45 @@ async fn a_notify_svc_outage_is_ridden_out_and_nothing_is_lost_or_doubled() {
     assert_eq!(consumer.stats.rejected_total(), 0, "nothing dead-lettered");
     assert!(queues.dead_letters().await.is_empty());
     consumer.stop().await;
+}
+
+#[tokio::test]
+async fn a_message_whose_visibility_lapses_mid_work_is_stored_once() {
+    let (svc, _db) = svc().await;
+    let relay = Relay::start(svc.grpc).await;
+    // Receives by both consumers must not dead-letter it.
+    let queues = Queues::create_with(10).await;
+    // Consumer A reaches notify-svc through a relay the test holds: its
+    // publish hangs past the queue's 2 s visibility, so SQS hands the same
+    // message to consumer B, which commits it; then A's call goes through.
+    let a = consume(&queues.url, &format!("http://{}", relay.addr), "").await;
+    queues
+        .send(r#"{"user_id":"eve","event":"e","data":0}"#)
+        .await;
+    inbox_of_len(&svc, "eve", 1).await;
+    relay.pause();
+    queues
+        .send(r#"{"user_id":"eve","event":"e","data":1}"#)
+        .await;
+    eventually("A took it", Duration::from_secs(10), || async {
+        (a.stats.received.get() >= 2).then_some(())
+    })
+    .await;
+    let b = consume(&queues.url, &svc.url(), "").await;
+    inbox_of_len(&svc, "eve", 2).await;
+    relay.resume();
+    eventually("A's call answered", Duration::from_secs(20), || async {
+        (a.stats.duplicates.get() + b.stats.duplicates.get() >= 1).then_some(())
+    })
+    .await;
+    let data: Vec<i64> = inbox(&svc, "eve")
+        .await
+        .iter()
+        .map(|(_, d)| d.as_i64().unwrap())
+        .collect();
+    assert_eq!(data, [0, 1], "delivered twice, stored once");
+    a.stop().await;
+    b.stop().await;
 }
 
 #[tokio::test]
