@@ -59,6 +59,11 @@ pub const POSTGRES: &[Migration] = &[
         name: "connection_events",
         sql: include_str!("../../../migrations/postgres/0004_connection_events.sql"),
     },
+    Migration {
+        version: 5,
+        name: "notify_outbox",
+        sql: include_str!("../../../migrations/postgres/0005_notify_outbox.sql"),
+    },
 ];
 
 /// The SQLite migrations, in order.
@@ -72,5 +77,10 @@ pub const SQLITE: &[Migration] = &[
         version: 2,
         name: "connection_events",
         sql: include_str!("../../../migrations/sqlite/0002_connection_events.sql"),
+    },
+    Migration {
+        version: 3,
+        name: "notify_outbox",
+        sql: include_str!("../../../migrations/sqlite/0003_notify_outbox.sql"),
     },
 ];

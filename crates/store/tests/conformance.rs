@@ -141,6 +141,7 @@ conformance!(
     a_bridge_hello_closes_the_rows_it_no_longer_lists,
     a_bridge_no_replica_has_seen_loses_its_connections_with_a_disconnect_each,
     the_lifecycle_sweep_drops_old_events_and_a_reader_learns_it_missed_them,
+    the_publish_outbox_numbers_exactly_the_committed_rows_gap_free,
     history_pages_through_a_feed_and_hides_expired_entries,
     every_fight_change_lands_in_the_outbox_with_gap_free_ids,
     one_tracker_holds_the_lease_and_only_it_moves_the_cursor,
@@ -736,6 +737,128 @@ async fn the_lifecycle_sweep_drops_old_events_and_a_reader_learns_it_missed_them
     assert!(!page.missed_after(3));
 }
 
+/// Services write `notify_outbox` in their own transactions: 8 writers at
+/// once, every fifth transaction rolled back; the rows left are exactly the
+/// committed ones, numbered 1..=n with no gap.
+async fn the_publish_outbox_numbers_exactly_the_committed_rows_gap_free(db: Backend) {
+    db.migrated().await;
+    let publish = |n: u32| format!(r#"{{"user_id":"u{n}","event":"e","data":{n}}}"#);
+    let mut writers = tokio::task::JoinSet::new();
+    for w in 0..8u32 {
+        let (db_sql, publish) = (db.connect_raw(), publish);
+        writers.spawn(async move {
+            let conn = db_sql.await;
+            let mut committed = Vec::new();
+            for i in 0..25u32 {
+                let n = w * 100 + i;
+                let insert = format!(
+                    "INSERT INTO notify_outbox (publish) VALUES ('{}')",
+                    publish(n)
+                );
+                let end = if n % 5 == 0 { "ROLLBACK" } else { "COMMIT" };
+                conn.run(&format!("BEGIN; {insert}; {end};")).await;
+                if end == "COMMIT" {
+                    committed.push(i64::from(n));
+                }
+            }
+            committed
+        });
+    }
+    let mut committed = Vec::new();
+    while let Some(w) = writers.join_next().await {
+        committed.extend(w.unwrap());
+    }
+    committed.sort();
+    let rows = db.connect_raw().await.ids_and_data().await;
+    let ids: Vec<i64> = rows.iter().map(|r| r.0).collect();
+    assert_eq!(
+        ids,
+        (1..=committed.len() as i64).collect::<Vec<_>>(),
+        "gap-free"
+    );
+    let mut data: Vec<i64> = rows.iter().map(|r| r.1).collect();
+    data.sort();
+    assert_eq!(data, committed, "exactly the committed rows");
+}
+
+/// A raw connection to a backend's database, outside the store.
+enum Raw {
+    Postgres(tokio_postgres::Client),
+    Sqlite(std::path::PathBuf),
+}
+
+impl Raw {
+    async fn run(&self, sql: &str) {
+        match self {
+            Self::Postgres(client) => client.batch_execute(sql).await.unwrap(),
+            Self::Sqlite(path) => {
+                let (path, sql) = (path.clone(), sql.to_owned());
+                tokio::task::spawn_blocking(move || {
+                    let conn = rusqlite::Connection::open(path).unwrap();
+                    conn.busy_timeout(Duration::from_secs(10)).unwrap();
+                    conn.execute_batch(&sql).unwrap();
+                })
+                .await
+                .unwrap();
+            }
+        }
+    }
+
+    /// (id, data) of every outbox row, by id.
+    async fn ids_and_data(&self) -> Vec<(i64, i64)> {
+        let sql = "SELECT id, publish FROM notify_outbox ORDER BY id";
+        let texts: Vec<(i64, String)> = match self {
+            Self::Postgres(client) => client
+                .query(
+                    "SELECT id, publish::text FROM notify_outbox ORDER BY id",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| (r.get(0), r.get(1)))
+                .collect(),
+            Self::Sqlite(path) => {
+                let conn = rusqlite::Connection::open(path).unwrap();
+                let mut stmt = conn.prepare(sql).unwrap();
+                stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .unwrap()
+                    .map(Result::unwrap)
+                    .collect()
+            }
+        };
+        texts
+            .into_iter()
+            .map(|(id, publish)| {
+                let v: serde_json::Value = serde_json::from_str(&publish).unwrap();
+                (id, v["data"].as_i64().unwrap())
+            })
+            .collect()
+    }
+}
+
+impl Backend {
+    /// A raw connection of its own (a service's, not the store's).
+    fn connect_raw(&self) -> impl std::future::Future<Output = Raw> + Send + 'static {
+        let target = match self {
+            Self::Postgres(db) => Ok(db.url.clone()),
+            Self::Sqlite(dir) => Err(dir.join("notify.db")),
+        };
+        async move {
+            match target {
+                Ok(url) => {
+                    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                        .await
+                        .unwrap();
+                    tokio::spawn(conn);
+                    Raw::Postgres(client)
+                }
+                Err(path) => Raw::Sqlite(path),
+            }
+        }
+    }
+}
+
 async fn subscriptions_are_sets_per_user(db: Backend) {
     let s = db.migrated().await;
     let (lobby, news) = (
@@ -964,4 +1087,39 @@ async fn open_fights_past_their_deadline_are_overdue_until_recorded(db: Backend)
     log.expired("late").await.unwrap();
     log.expired("late").await.unwrap();
     assert_eq!(ids(log.overdue(10).await.unwrap()), ["later"]);
+}
+
+/// The snippet a service applies to its own Postgres database makes the
+/// same outbox there (and can be applied again beside notify's tables).
+#[tokio::test]
+async fn the_outbox_snippet_applies_to_a_services_own_database() {
+    let db = TestDb::create().await;
+    let snippet = include_str!("../../../migrations/notify_outbox.sql");
+    let (client, conn) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    client.batch_execute(snippet).await.unwrap();
+    client
+        .batch_execute(
+            r#"BEGIN;
+               INSERT INTO notify_outbox (publish) VALUES ('{"topic":"room:x","event":"e","data":1}');
+               INSERT INTO notify_outbox (publish) VALUES ('{"topic":"room:x","event":"e","data":2}');
+               COMMIT;"#,
+        )
+        .await
+        .unwrap();
+    let ids: Vec<i64> = client
+        .query("SELECT id FROM notify_outbox ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(ids, [1, 2]);
+    // Not an object: refused by the table itself.
+    let refused = client
+        .batch_execute(r#"INSERT INTO notify_outbox (publish) VALUES ('[1]')"#)
+        .await;
+    assert!(refused.is_err());
 }
