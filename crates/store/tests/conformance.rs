@@ -1095,6 +1095,13 @@ async fn open_fights_past_their_deadline_are_overdue_until_recorded(db: Backend)
 async fn the_outbox_snippet_applies_to_a_services_own_database() {
     let db = TestDb::create().await;
     let snippet = include_str!("../../../migrations/notify_outbox.sql");
+    // The same outbox as notify's own migration, word for word.
+    let migration = include_str!("../../../migrations/postgres/0005_notify_outbox.sql");
+    let tables = &migration[migration.find("CREATE TABLE notify_outbox_head").unwrap()..];
+    assert!(
+        snippet.contains(tables),
+        "migrations/notify_outbox.sql drifted from 0005"
+    );
     let (client, conn) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
         .await
         .unwrap();
