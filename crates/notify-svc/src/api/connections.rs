@@ -88,19 +88,12 @@ pub async fn run(
 }
 
 fn event(r: RecordedEvent) -> pb::ConnectionEvent {
-    use pb::connection_event::Kind;
     let e = r.event;
-    let kind = match e.what.kind() {
-        1 => Kind::Connected,
-        2 => Kind::Disconnected,
-        3 => Kind::Subscribed,
-        4 => Kind::Unsubscribed,
-        _ => Kind::Unspecified,
-    };
     let (close_code, reason) = e.what.close();
     pb::ConnectionEvent {
         position: r.position,
-        kind: kind as i32,
+        // The stored kind is the proto enum's value.
+        kind: i32::from(e.what.kind()),
         connection_id: e.connection_id.to_string(),
         user_id: e.user_id.to_string(),
         bridge_id: e.bridge_id,

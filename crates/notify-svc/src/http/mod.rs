@@ -235,16 +235,19 @@ async fn publish_batch(
     body: Result<Json<PublishBatchJson>, JsonRejection>,
 ) -> Result<Json<PublishBatchResultJson>, Refused> {
     let Json(body) = body.map_err(bad_body)?;
-    // An item that is not a publish fails alone, as the API's items do.
-    let shaped: Vec<_> = body
+    // An item that is not a publish fails alone, as the API's items do: the
+    // shape errors stay here by position, the requests move into the call.
+    let mut requests = Vec::with_capacity(body.requests.len());
+    let shape_errors: Vec<Option<String>> = body
         .requests
         .into_iter()
-        .map(PublishJson::into_request)
-        .collect();
-    let requests = shaped
-        .iter()
-        .filter_map(|r| r.as_ref().ok())
-        .cloned()
+        .map(|item| match item.into_request() {
+            Ok(req) => {
+                requests.push(req);
+                None
+            }
+            Err(e) => Some(e.to_string()),
+        })
         .collect();
     let req = http.request(parts, pb::PublishBatchRequest { requests })?;
     let mut answers = http
@@ -254,14 +257,14 @@ async fn publish_batch(
         .into_inner()
         .results
         .into_iter();
-    let results = shaped
+    let results = shape_errors
         .into_iter()
-        .map(|shape| match shape {
-            Err(e) => PublishResultJson::Error(ErrorJson {
+        .map(|shape_error| match shape_error {
+            Some(message) => PublishResultJson::Error(ErrorJson {
                 error: "INVALID_ARGUMENT".into(),
-                message: e.to_string(),
+                message,
             }),
-            Ok(_) => match answers.next().and_then(|a| a.result) {
+            None => match answers.next().and_then(|a| a.result) {
                 Some(pb::publish_result::Result::Ok(ok)) => PublishResultJson::Ok(ok.into()),
                 Some(pb::publish_result::Result::Error(e)) => PublishResultJson::Error(ErrorJson {
                     error: code_name(tonic::Code::from_i32(e.code)).to_owned(),
