@@ -13,14 +13,7 @@ use tokio::{io::AsyncBufReadExt, process::Command};
 const REGION: &str = "us-east-1";
 
 async fn aws() -> aws_config::SdkConfig {
-    aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .region(aws_config::Region::new(REGION))
-        .endpoint_url(moto_endpoint())
-        .credentials_provider(aws_sdk_sqs::config::Credentials::new(
-            "test", "test", None, None, "test",
-        ))
-        .load()
-        .await
+    test_support::moto_aws(REGION).await
 }
 
 #[tokio::test]

@@ -24,14 +24,7 @@ use tokio_util::sync::CancellationToken;
 const REGION: &str = "us-east-1";
 
 async fn aws() -> aws_config::SdkConfig {
-    aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .region(aws_config::Region::new(REGION))
-        .endpoint_url(moto_endpoint())
-        .credentials_provider(aws_sdk_sqs::config::Credentials::new(
-            "test", "test", None, None, "test",
-        ))
-        .load()
-        .await
+    test_support::moto_aws(REGION).await
 }
 
 /// A name no other test (or earlier run against the same moto) uses.
@@ -326,7 +319,7 @@ async fn a_poison_message_goes_to_the_dead_letter_queue_and_the_rest_flow() {
             r#"{"user_id":"cy","event":"e","data":1,"no_such_field":true}"#,
         ]
     );
-    assert!(consumer.stats.rejected_total() >= 2);
+    assert!(consumer.stats.rejected_total.get() >= 2);
     assert_eq!(inbox(&svc, "cy").await.len(), 5, "nothing else stored");
     consumer.stop().await;
 }
@@ -356,7 +349,11 @@ async fn a_notify_svc_outage_is_ridden_out_and_nothing_is_lost_or_doubled() {
     data.sort();
     assert_eq!(data, (0..=20).collect::<Vec<_>>(), "each once");
     assert!(consumer.stats.retries.get() > 0, "it retried");
-    assert_eq!(consumer.stats.rejected_total(), 0, "nothing dead-lettered");
+    assert_eq!(
+        consumer.stats.rejected_total.get(),
+        0,
+        "nothing dead-lettered"
+    );
     assert!(queues.dead_letters().await.is_empty());
     consumer.stop().await;
 }

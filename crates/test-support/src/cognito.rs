@@ -5,7 +5,6 @@
 
 use aws_sdk_cognitoidentityprovider::{
     Client,
-    config::{BehaviorVersion, Credentials, Region},
     types::{AttributeType, AuthFlowType, ExplicitAuthFlowsType, SchemaAttributeType},
 };
 
@@ -30,12 +29,7 @@ pub struct SignedIn {
 impl TestPool {
     pub async fn create() -> Self {
         let endpoint = crate::cognito_endpoint();
-        let config = aws_config::defaults(BehaviorVersion::latest())
-            .region(Region::new(REGION))
-            .endpoint_url(&endpoint)
-            .credentials_provider(Credentials::new("test", "test", None, None, "test"))
-            .load()
-            .await;
+        let config = crate::moto_aws(REGION).await;
         let api = Client::new(&config);
         let pool = api
             .create_user_pool()

@@ -73,6 +73,19 @@ pub fn moto_endpoint() -> String {
     cognito_endpoint()
 }
 
+/// The AWS SDK's configuration for moto (see [`moto_endpoint`]) in
+/// `region`, with moto's dummy credentials.
+pub async fn moto_aws(region: &'static str) -> aws_config::SdkConfig {
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new(region))
+        .endpoint_url(moto_endpoint())
+        .credentials_provider(aws_sdk_cognitoidentityprovider::config::Credentials::new(
+            "test", "test", None, None, "test",
+        ))
+        .load()
+        .await
+}
+
 /// The local Cognito stand-in: see [`moto_endpoint`].
 pub fn cognito_endpoint() -> String {
     let url = std::env::var("COGNITO_ENDPOINT_URL")

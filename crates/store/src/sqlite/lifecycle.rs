@@ -12,7 +12,7 @@ use std::{
 use notify_core::ConnectionId;
 use rusqlite::{Connection, params};
 
-use super::{micros, time};
+use super::{micros, store::to_i64, time};
 use crate::{
     ConnectionRecord, SWEEP_CHUNK,
     lifecycle::{
@@ -20,10 +20,6 @@ use crate::{
         RecordedEvent, first_copies,
     },
 };
-
-fn to_i64(n: u64) -> i64 {
-    i64::try_from(n).unwrap_or(i64::MAX)
-}
 
 /// Appends the events of `events` no one recorded yet.
 pub fn record(conn: &Connection, events: &[ConnectionEvent]) -> rusqlite::Result<()> {
