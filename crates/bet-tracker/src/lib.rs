@@ -3,8 +3,8 @@
 //!
 //! - [`config`]: its settings ([`TrackerArgs`]) and [`TrackerConfig`].
 //! - [`event`]: an outbox row → the typed fight event notify-svc receives.
-//! - [`source`]: the outbox, the cursor, the lease and overdue fights (Postgres or SQLite).
-//! - [`tracker`]: the loop that emits them, holding the lease.
+//! - [`source`]: the outbox, overdue fights, the group's lease and cursor (Postgres or SQLite).
+//! - [`tracker`]: the fights feed of the shared relay engine (`notify_relay`).
 //! - [`metrics`]: what it did (`tracker_*` series) and its ops HTTP port.
 //! - [`simulate`]: fights living their life at a steady rate (demos, benches).
 

@@ -87,7 +87,12 @@ async fn main() -> anyhow::Result<()> {
     {
         let (stats, shutdown) = (stats.clone(), shutdown.clone());
         tokio::spawn(async move {
-            notify_ops::systemd::ready_then_watchdog(&stats.ready, &stats.beats, shutdown).await
+            notify_ops::systemd::ready_then_watchdog(
+                &stats.relay.ready,
+                &stats.relay.beats,
+                shutdown,
+            )
+            .await
         });
     }
     tracing::info!(

@@ -1,11 +1,11 @@
 //! The tracker's database through [`FightLog`] (Postgres or SQLite): outbox
 //! rows come back typed as [`Change`]s and overdue fights as [`FightRow`]s.
-//! The lease and the fenced cursor are the backends' (see
-//! `notify_store::fights`).
+//! The lease and the fenced cursor are the group's [`RelayPosition`], as
+//! every relay's.
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
-use notify_store::{Database, StoreError, fights::FightLog};
+use notify_store::{Database, StoreError, fights::FightLog, relay::RelayPosition};
 
 use crate::event::{Change, FightRow};
 
@@ -14,6 +14,7 @@ use crate::event::{Change, FightRow};
 #[derive(Clone)]
 pub struct Source {
     log: Arc<dyn FightLog>,
+    position: Arc<dyn RelayPosition>,
 }
 
 fn bad_row(e: impl std::fmt::Display) -> StoreError {
@@ -23,30 +24,14 @@ fn bad_row(e: impl std::fmt::Display) -> StoreError {
 impl Source {
     pub fn new(database: &Database, name: &str) -> Result<Self, StoreError> {
         Ok(Self {
-            log: database.fight_log(name)?,
+            log: database.fight_log()?,
+            position: database.relay_position(name)?,
         })
     }
 
-    /// Takes the lease, or renews it if `holder` has it; `false` if another
-    /// live tracker holds it.
-    pub async fn hold_lease(&self, holder: &str, ttl: Duration) -> Result<bool, StoreError> {
-        self.log.hold_lease(holder, ttl).await
-    }
-
-    /// Gives the lease up (clean shutdown: the standby takes over at once).
-    pub async fn release_lease(&self, holder: &str) -> Result<(), StoreError> {
-        self.log.release_lease(holder).await
-    }
-
-    /// The outbox id of the last event emitted (0: none yet).
-    pub async fn cursor(&self) -> Result<i64, StoreError> {
-        self.log.cursor().await
-    }
-
-    /// Moves the cursor to `outbox_id` if `holder` still holds a live lease;
-    /// `false` if it does not (it must stop emitting).
-    pub async fn advance(&self, holder: &str, outbox_id: i64) -> Result<bool, StoreError> {
-        self.log.advance(holder, outbox_id).await
+    /// The tracker group's lease and cursor.
+    pub fn position(&self) -> Arc<dyn RelayPosition> {
+        self.position.clone()
     }
 
     /// How far the outbox is ahead of `cursor`: rows, and the age in seconds

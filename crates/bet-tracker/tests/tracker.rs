@@ -154,10 +154,10 @@ async fn every_change_reaches_its_recipients_once_even_after_a_replay() {
     p.sql(LIFE_OF_F1).await;
     let (stats, stop, task) = p.tracker_task("t1");
     test_support::eventually("three changes emitted", Duration::from_secs(20), || async {
-        (stats.cursor.get() == 3).then_some(())
+        (stats.relay.cursor.get() == 3).then_some(())
     })
     .await;
-    assert!(stats.ready.load(Ordering::Relaxed) && stats.active.get() == 1);
+    assert!(stats.relay.ready.load(Ordering::Relaxed) && stats.relay.active.get() == 1);
     // Stopped for good (its lease given back) before the cursor is rewound.
     stop.cancel();
     task.await.unwrap().unwrap();
@@ -179,11 +179,11 @@ async fn every_change_reaches_its_recipients_once_even_after_a_replay() {
     p.sql("UPDATE tracker_cursors SET outbox_id = 0").await;
     let (again, stop) = p.tracker("t1-restarted");
     test_support::eventually("replayed", Duration::from_secs(20), || async {
-        (again.cursor.get() == 3).then_some(())
+        (again.relay.cursor.get() == 3).then_some(())
     })
     .await;
     stop.cancel();
-    assert_eq!(again.emitted.get(), 3);
+    assert_eq!(again.relay.relayed.get(), 3);
     assert_eq!(p.events_of(user("cora")).await, expected_cora);
     assert_eq!(p.events_of(topic("fights:live")).await, expected_cora);
 }
@@ -193,7 +193,7 @@ async fn one_of_two_trackers_emits_and_the_other_takes_over() {
     let p = Platform::start().await;
     let (first, _first_stop, first_task) = p.tracker_task("t-a");
     test_support::eventually("t-a active", Duration::from_secs(20), || async {
-        (first.active.get() == 1).then_some(())
+        (first.relay.active.get() == 1).then_some(())
     })
     .await;
     let (second, second_stop) = p.tracker("t-b");
@@ -201,11 +201,11 @@ async fn one_of_two_trackers_emits_and_the_other_takes_over() {
     test_support::eventually(
         "emitted by the active one",
         Duration::from_secs(20),
-        || async { (first.cursor.get() == 3).then_some(()) },
+        || async { (first.relay.cursor.get() == 3).then_some(()) },
     )
     .await;
-    assert_eq!(second.emitted.get(), 0, "the standby emits nothing");
-    assert_eq!(second.active.get(), 0);
+    assert_eq!(second.relay.relayed.get(), 0, "the standby emits nothing");
+    assert_eq!(second.relay.active.get(), 0);
 
     // The active one dies without giving its lease up: the standby waits
     // for it to run out (1 s here), then takes over.
@@ -216,11 +216,11 @@ async fn one_of_two_trackers_emits_and_the_other_takes_over() {
     )
     .await;
     test_support::eventually("the standby took over", Duration::from_secs(20), || async {
-        (second.cursor.get() == 4).then_some(())
+        (second.relay.cursor.get() == 4).then_some(())
     })
     .await;
     second_stop.cancel();
-    assert_eq!(second.emitted.get(), 1);
+    assert_eq!(second.relay.relayed.get(), 1);
     assert_eq!(
         p.events_of(topic("fights:live")).await,
         pairs(&[
@@ -349,23 +349,23 @@ async fn changes_made_while_notify_svc_is_down_arrive_once_it_is_back() {
     let mut p = Platform::start().await;
     let (stats, stop) = p.tracker("t-outage");
     test_support::eventually("active", Duration::from_secs(20), || async {
-        (stats.active.get() == 1).then_some(())
+        (stats.relay.active.get() == 1).then_some(())
     })
     .await;
     p.stop_svc().await;
     p.sql(LIFE_OF_F1).await;
     // The tracker keeps trying (backing off) and moves nothing meanwhile.
     test_support::eventually("emits retried", Duration::from_secs(20), || async {
-        (stats.retries_of("notify") >= 3).then_some(())
+        (stats.relay.retries_of("notify") >= 3).then_some(())
     })
     .await;
-    assert_eq!(stats.cursor.get(), 0);
-    assert_eq!(stats.emitted.get(), 0);
+    assert_eq!(stats.relay.cursor.get(), 0);
+    assert_eq!(stats.relay.relayed.get(), 0);
     p.restart_svc().await;
     test_support::eventually(
         "all emitted after the outage",
         Duration::from_secs(30),
-        || async { (stats.cursor.get() == 3).then_some(()) },
+        || async { (stats.relay.cursor.get() == 3).then_some(()) },
     )
     .await;
     stop.cancel();
@@ -392,7 +392,7 @@ async fn a_simulation_reaches_the_lobby_topic_change_for_change() {
     // through pgbouncer wrote 199): the claim here is change for change.
     assert!(written > 0, "the simulation wrote no change");
     test_support::eventually("caught up", Duration::from_secs(30), || async {
-        (stats.cursor.get() == written as i64).then_some(())
+        (stats.relay.cursor.get() == written as i64).then_some(())
     })
     .await;
     stop.cancel();
@@ -416,7 +416,7 @@ async fn a_simulation_reaches_the_lobby_topic_change_for_change() {
         written + stats.expired.get(),
         "one lobby message per change"
     );
-    assert_eq!(stats.rejected.get(), 0);
+    assert_eq!(stats.relay.rejected.get(), 0);
 }
 
 /// Starts the real binary against the platform.
@@ -557,7 +557,7 @@ async fn the_tracker_rides_out_a_database_outage() {
         stop.clone(),
     ));
     test_support::eventually("active", Duration::from_secs(20), || async {
-        (stats.active.get() == 1).then_some(())
+        (stats.relay.active.get() == 1).then_some(())
     })
     .await;
 
@@ -566,11 +566,11 @@ async fn the_tracker_rides_out_a_database_outage() {
     relay.cut();
     p.sql(LIFE_OF_F1).await;
     test_support::eventually("reads retried", Duration::from_secs(20), || async {
-        (stats.retries_of("database") >= 3).then_some(())
+        (stats.relay.retries_of("database") >= 3).then_some(())
     })
     .await;
     assert_eq!(
-        stats.cursor.get(),
+        stats.relay.cursor.get(),
         0,
         "nothing read while the database is away"
     );
@@ -578,7 +578,7 @@ async fn the_tracker_rides_out_a_database_outage() {
     test_support::eventually(
         "caught up after the outage",
         Duration::from_secs(30),
-        || async { (stats.cursor.get() == 3).then_some(()) },
+        || async { (stats.relay.cursor.get() == 3).then_some(()) },
     )
     .await;
     stop.cancel();

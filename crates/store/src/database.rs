@@ -1,13 +1,17 @@
 //! Which backend a database URL names: `postgres://…` (production, RDS
-//! Proxy) or `sqlite:PATH` (embedded), and the store and fight views on it.
+//! Proxy) or `sqlite:PATH` (embedded), and the store, fight and relay views
+//! on it.
 
 use std::{fmt, sync::Arc};
 
 use crate::{
     PgStore, PgStoreConfig, SqliteStore, Store, StoreError,
     fights::{FightBook, FightLog},
-    postgres::{PgFightBook, PgFightLog, redact_url},
-    sqlite::{SqliteConfig, SqliteFightBook, SqliteFightLog},
+    postgres::{PgFightBook, PgFightLog, PgPublishOutbox, PgRelayPosition, redact_url},
+    relay::{PublishOutbox, RelayPosition},
+    sqlite::{
+        SqliteConfig, SqliteFightBook, SqliteFightLog, SqlitePublishOutbox, SqliteRelayPosition,
+    },
 };
 
 /// A database and how to use it.
@@ -60,11 +64,27 @@ impl Database {
         })
     }
 
-    /// BetTracker's view for the tracker group `name`.
-    pub fn fight_log(&self, name: &str) -> Result<Arc<dyn FightLog>, StoreError> {
+    /// BetTracker's view of the fights tables.
+    pub fn fight_log(&self) -> Result<Arc<dyn FightLog>, StoreError> {
         Ok(match self {
-            Self::Postgres(c) => Arc::new(PgFightLog::new(c, name)?),
-            Self::Sqlite(c) => Arc::new(SqliteFightLog::open(c, name)?),
+            Self::Postgres(c) => Arc::new(PgFightLog::new(c)?),
+            Self::Sqlite(c) => Arc::new(SqliteFightLog::open(c)?),
+        })
+    }
+
+    /// The lease and cursor of the relay group `name`.
+    pub fn relay_position(&self, name: &str) -> Result<Arc<dyn RelayPosition>, StoreError> {
+        Ok(match self {
+            Self::Postgres(c) => Arc::new(PgRelayPosition::new(c, name)?),
+            Self::Sqlite(c) => Arc::new(SqliteRelayPosition::open(c, name)?),
+        })
+    }
+
+    /// `notify_outbox`, as its relay reads it.
+    pub fn publish_outbox(&self) -> Result<Arc<dyn PublishOutbox>, StoreError> {
+        Ok(match self {
+            Self::Postgres(c) => Arc::new(PgPublishOutbox::new(c)?),
+            Self::Sqlite(c) => Arc::new(SqlitePublishOutbox::open(c)?),
         })
     }
 

@@ -1,8 +1,8 @@
 //! The fights tables of docs/design.md §8 as two narrow views, one per party:
 //!
 //! - [`FightLog`]: what BetTracker reads and keeps: the outbox after its
-//!   cursor, the cursor itself (fenced on the lease), the lease, and open
-//!   fights past their deadline.
+//!   cursor and open fights past their deadline (its lease and cursor are
+//!   a [`crate::relay::RelayPosition`], like every relay's).
 //! - [`FightBook`]: BetService's writes to `fights`, for simulations and
 //!   tests; the platform never writes a fight in production.
 //!
@@ -26,25 +26,9 @@ pub struct OutboxRow {
     pub fight: String,
 }
 
-/// BetTracker's view of the database, for one tracker group (`name`):
-/// trackers of the same name share one cursor and one lease.
+/// BetTracker's view of the fights tables.
 #[async_trait]
 pub trait FightLog: Send + Sync + 'static {
-    /// Takes the lease, or renews it if `holder` has it; `false` if another
-    /// live tracker holds it. Expiry is database time, so hosts with skewed
-    /// clocks agree on who holds it.
-    async fn hold_lease(&self, holder: &str, ttl: Duration) -> Result<bool, StoreError>;
-
-    /// Gives the lease up (clean shutdown: a standby takes over at once).
-    async fn release_lease(&self, holder: &str) -> Result<(), StoreError>;
-
-    /// The outbox id of the last event emitted (0: none yet).
-    async fn cursor(&self) -> Result<i64, StoreError>;
-
-    /// Moves the cursor to `outbox_id` (never backwards) if `holder` still
-    /// holds a live lease; `false` if it does not (it must stop emitting).
-    async fn advance(&self, holder: &str, outbox_id: i64) -> Result<bool, StoreError>;
-
     /// How far the outbox is ahead of `cursor`: rows, and the age in seconds
     /// of the oldest of them (0 when caught up).
     async fn lag(&self, cursor: i64) -> Result<(i64, f64), StoreError>;

@@ -9,6 +9,8 @@
 //! - [`sqlite`]: the embedded backend (bundled SQLite, WAL) for `notify up`.
 //! - [`database`]: picks the backend a URL names.
 //! - [`fights`]: BetTracker's and BetService's views of the fights tables.
+//! - [`relay`]: any outbox relay's lease and cursor, and `notify_outbox`,
+//!   the transactional outbox any service writes.
 //! - [`lifecycle`]: the connection lifecycle log that backends watch.
 //! - [`migrate`]: the migration runners and the embedded SQL files.
 //!
@@ -22,6 +24,7 @@ pub mod lifecycle;
 pub mod migrate;
 pub mod plan;
 pub mod postgres;
+pub mod relay;
 pub mod sqlite;
 
 use std::time::{Duration, SystemTime};

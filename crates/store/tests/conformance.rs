@@ -18,6 +18,7 @@ use notify_store::{
     StoreError,
     fights::{FightBook, FightLog, NewFight},
     migrate,
+    relay::RelayPosition,
 };
 use test_support::{TestDb, TestDir};
 
@@ -77,8 +78,14 @@ impl Backend {
         }
     }
 
-    fn fight_log(&self, group: &str) -> Arc<dyn FightLog> {
-        self.database().fight_log(group).expect("fight log")
+    fn fight_log(&self) -> Arc<dyn FightLog> {
+        self.database().fight_log().expect("fight log")
+    }
+
+    fn relay_position(&self, group: &str) -> Arc<dyn RelayPosition> {
+        self.database()
+            .relay_position(group)
+            .expect("relay position")
     }
 
     fn fight_book(&self) -> Arc<dyn FightBook> {
@@ -144,7 +151,7 @@ conformance!(
     the_publish_outbox_numbers_exactly_the_committed_rows_gap_free,
     history_pages_through_a_feed_and_hides_expired_entries,
     every_fight_change_lands_in_the_outbox_with_gap_free_ids,
-    one_tracker_holds_the_lease_and_only_it_moves_the_cursor,
+    one_relay_holds_the_lease_and_only_it_moves_the_cursor,
     open_fights_past_their_deadline_are_overdue_until_recorded,
 );
 
@@ -779,6 +786,24 @@ async fn the_publish_outbox_numbers_exactly_the_committed_rows_gap_free(db: Back
     let mut data: Vec<i64> = rows.iter().map(|r| r.1).collect();
     data.sort();
     assert_eq!(data, committed, "exactly the committed rows");
+
+    // The relay's view: the same rows, paged after a cursor, and the lag.
+    let outbox = db.database().publish_outbox().unwrap();
+    let page = outbox.changes(3, 5).await.unwrap();
+    assert_eq!(
+        page.iter().map(|r| r.id).collect::<Vec<_>>(),
+        vec![4, 5, 6, 7, 8]
+    );
+    let json: serde_json::Value = serde_json::from_str(&page[0].publish).unwrap();
+    assert_eq!(json["event"], "e", "the row's publish as written");
+    let n = committed.len() as i64;
+    let (behind, age) = outbox.lag(n - 2).await.unwrap();
+    assert_eq!(behind, 2);
+    assert!(
+        (0.0..60.0).contains(&age),
+        "age of the oldest unread: {age}"
+    );
+    assert_eq!(outbox.lag(n).await.unwrap(), (0, 0.0));
 }
 
 /// A raw connection to a backend's database, outside the store.
@@ -944,7 +969,7 @@ async fn history_pages_through_a_feed_and_hides_expired_entries(db: Backend) {
 
 async fn every_fight_change_lands_in_the_outbox_with_gap_free_ids(db: Backend) {
     db.migrated().await;
-    let (book, log) = (db.fight_book(), db.fight_log("bet-tracker"));
+    let (book, log) = (db.fight_book(), db.fight_log());
     let fight = |id| NewFight {
         id,
         creator_id: "cora",
@@ -1009,10 +1034,10 @@ async fn every_fight_change_lands_in_the_outbox_with_gap_free_ids(db: Backend) {
     assert_eq!(log.lag(6).await.unwrap(), (0, 0.0));
 }
 
-async fn one_tracker_holds_the_lease_and_only_it_moves_the_cursor(db: Backend) {
+async fn one_relay_holds_the_lease_and_only_it_moves_the_cursor(db: Backend) {
     db.migrated().await;
-    let (a, b) = (db.fight_log("group"), db.fight_log("group"));
-    let other_group = db.fight_log("other");
+    let (a, b) = (db.relay_position("group"), db.relay_position("group"));
+    let other_group = db.relay_position("other");
     let ttl = Duration::from_secs(30);
     assert!(a.hold_lease("a", ttl).await.unwrap());
     assert!(
@@ -1052,7 +1077,7 @@ async fn one_tracker_holds_the_lease_and_only_it_moves_the_cursor(db: Backend) {
 
 async fn open_fights_past_their_deadline_are_overdue_until_recorded(db: Backend) {
     db.migrated().await;
-    let (book, log) = (db.fight_book(), db.fight_log("bet-tracker"));
+    let (book, log) = (db.fight_book(), db.fight_log());
     let fight = |id, within| NewFight {
         id,
         creator_id: "cora",

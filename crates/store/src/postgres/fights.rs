@@ -1,127 +1,40 @@
 //! [`FightLog`] and [`FightBook`] on Postgres (tables of migration 0003).
+//! The tracker's lease and cursor are [`super::relay`]'s.
 //!
 //! Like the rest of the backend: unnamed statements only (`query_typed`), no
-//! session state, no LISTEN, no advisory locks. The lease is a row whose
-//! expiry is database time; the cursor only moves for the lease holder (a
-//! fenced write), so a tracker that lost its lease cannot move it.
-
-use std::time::Duration;
+//! session state, no LISTEN, no advisory locks.
 
 use async_trait::async_trait;
-use deadpool_postgres::{Object, Pool};
+use deadpool_postgres::Pool;
 use tokio_postgres::types::Type;
 
-use super::{PgStoreConfig, classify, pool};
+use super::{
+    PgStoreConfig, classify, pool,
+    relay::{client, lag},
+};
 use crate::{
     StoreError,
     fights::{FightBook, FightLog, NewFight, OutboxRow},
 };
 
-async fn client(pool: &Pool) -> Result<Object, StoreError> {
-    pool.get()
-        .await
-        .map_err(|e| StoreError::Unavailable(e.to_string()))
-}
-
-/// The outbox, cursor and lease of one tracker group.
+/// The fights outbox and overdue fights, as BetTracker reads them.
 #[derive(Clone)]
 pub struct PgFightLog {
     pool: Pool,
-    name: String,
 }
 
 impl PgFightLog {
-    pub fn new(config: &PgStoreConfig, name: &str) -> Result<Self, StoreError> {
+    pub fn new(config: &PgStoreConfig) -> Result<Self, StoreError> {
         Ok(Self {
             pool: pool(config)?,
-            name: name.to_owned(),
         })
     }
 }
 
 #[async_trait]
 impl FightLog for PgFightLog {
-    async fn hold_lease(&self, holder: &str, ttl: Duration) -> Result<bool, StoreError> {
-        let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
-        let rows = client(&self.pool)
-            .await?
-            .query_typed(
-                "INSERT INTO tracker_leases (name, holder, expires_at)
-                 VALUES ($1, $2, now() + $3 * interval '1 millisecond')
-                 ON CONFLICT (name) DO UPDATE
-                   SET holder = excluded.holder, expires_at = excluded.expires_at
-                   WHERE tracker_leases.holder = excluded.holder
-                      OR tracker_leases.expires_at < now()
-                 RETURNING 1",
-                &[
-                    (&self.name, Type::TEXT),
-                    (&holder, Type::TEXT),
-                    (&ttl_ms, Type::INT8),
-                ],
-            )
-            .await
-            .map_err(classify)?;
-        Ok(!rows.is_empty())
-    }
-
-    async fn release_lease(&self, holder: &str) -> Result<(), StoreError> {
-        client(&self.pool)
-            .await?
-            .execute_typed(
-                "DELETE FROM tracker_leases WHERE name = $1 AND holder = $2",
-                &[(&self.name, Type::TEXT), (&holder, Type::TEXT)],
-            )
-            .await
-            .map_err(classify)?;
-        Ok(())
-    }
-
-    async fn cursor(&self) -> Result<i64, StoreError> {
-        let rows = client(&self.pool)
-            .await?
-            .query_typed(
-                "SELECT outbox_id FROM tracker_cursors WHERE name = $1",
-                &[(&self.name, Type::TEXT)],
-            )
-            .await
-            .map_err(classify)?;
-        Ok(rows.first().map_or(0, |r| r.get(0)))
-    }
-
-    async fn advance(&self, holder: &str, outbox_id: i64) -> Result<bool, StoreError> {
-        let moved = client(&self.pool)
-            .await?
-            .execute_typed(
-                "INSERT INTO tracker_cursors (name, outbox_id)
-                 SELECT $1, $3
-                 WHERE EXISTS (SELECT 1 FROM tracker_leases
-                               WHERE name = $1 AND holder = $2 AND expires_at > now())
-                 ON CONFLICT (name) DO UPDATE
-                   SET outbox_id = GREATEST(tracker_cursors.outbox_id, excluded.outbox_id)",
-                &[
-                    (&self.name, Type::TEXT),
-                    (&holder, Type::TEXT),
-                    (&outbox_id, Type::INT8),
-                ],
-            )
-            .await
-            .map_err(classify)?;
-        Ok(moved == 1)
-    }
-
     async fn lag(&self, cursor: i64) -> Result<(i64, f64), StoreError> {
-        let rows = client(&self.pool)
-            .await?
-            .query_typed(
-                "SELECT h.last_id - $1,
-                        COALESCE(EXTRACT(EPOCH FROM now() - o.recorded_at)::float8, 0)
-                 FROM fight_outbox_head h
-                 LEFT JOIN fight_outbox o ON o.id = $1 + 1",
-                &[(&cursor, Type::INT8)],
-            )
-            .await
-            .map_err(classify)?;
-        Ok(rows.first().map_or((0, 0.0), |r| (r.get(0), r.get(1))))
+        lag(&self.pool, "fight_outbox", "fight_outbox_head", cursor).await
     }
 
     async fn changes(&self, after: i64, limit: i64) -> Result<Vec<OutboxRow>, StoreError> {

@@ -15,13 +15,15 @@
 //! concurrent batches never deadlock) and numbers its items from the reserved
 //! range; a rolled-back batch rolls its bump back too.
 //!
-//! [`fights`]: BetTracker's outbox, cursor and lease, and BetService's writes.
+//! [`fights`]: BetTracker's outbox and overdue fights, and BetService's writes.
+//! [`relay`]: any relay's lease and cursor, and the `notify_outbox` any service writes.
 //! [`lifecycle`]: the connection lifecycle log and bridge expiry.
 //! [`tls`]: `sslmode=require` (RDS Proxy's default) with verified certificates.
 
 pub mod fights;
 mod lifecycle;
 mod migrate;
+pub mod relay;
 mod tls;
 
 use std::{
@@ -141,6 +143,7 @@ pub fn pool(config: &PgStoreConfig) -> Result<Pool, StoreError> {
 }
 
 pub use fights::{PgFightBook, PgFightLog};
+pub use relay::{PgPublishOutbox, PgRelayPosition};
 
 impl PgStore {
     /// Builds the pool; connections are opened on first use.

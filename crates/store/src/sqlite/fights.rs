@@ -1,20 +1,18 @@
 //! [`FightLog`] and [`FightBook`] on SQLite (tables of `migrations/sqlite`).
-//! Lease expiry is Unix milliseconds of the database's clock, like the
-//! outbox's `recorded_at`; fight timestamps are RFC 3339 text.
+//! The outbox's `recorded_at` is Unix milliseconds of the database's clock;
+//! fight timestamps are RFC 3339 text. The tracker's lease and cursor are
+//! [`super::relay`]'s.
 
-use std::time::Duration;
-
-use async_trait::async_trait;
-use rusqlite::{OptionalExtension, params};
-
-use super::{Db, SqliteConfig};
+use super::{
+    Db, SqliteConfig,
+    relay::{NOW_MS, lag},
+};
 use crate::{
     StoreError,
     fights::{FightBook, FightLog, NewFight, OutboxRow},
 };
+use async_trait::async_trait;
 
-/// Now in Unix milliseconds, in SQL.
-const NOW_MS: &str = "CAST(unixepoch('subsec') * 1000 AS INTEGER)";
 /// Now as fights keep times, in SQL.
 const NOW_TEXT: &str = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')";
 
@@ -24,98 +22,24 @@ const FIGHT_JSON: &str = "json_object('id', f.id, 'creator_id', f.creator_id,
     'status', f.status, 'winner_id', f.winner_id, 'accept_deadline', f.accept_deadline,
     'created_at', f.created_at, 'updated_at', f.updated_at)";
 
-/// The outbox, cursor and lease of one tracker group.
+/// The fights outbox and overdue fights, as BetTracker reads them.
 #[derive(Clone)]
 pub struct SqliteFightLog {
     db: Db,
-    name: String,
 }
 
 impl SqliteFightLog {
-    pub fn open(config: &SqliteConfig, name: &str) -> Result<Self, StoreError> {
+    pub fn open(config: &SqliteConfig) -> Result<Self, StoreError> {
         Ok(Self {
             db: Db::open(config)?,
-            name: name.to_owned(),
         })
     }
 }
 
 #[async_trait]
 impl FightLog for SqliteFightLog {
-    async fn hold_lease(&self, holder: &str, ttl: Duration) -> Result<bool, StoreError> {
-        let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
-        let (name, holder) = (self.name.clone(), holder.to_owned());
-        self.db
-            .write(move |conn| {
-                let held = conn
-                    .prepare_cached(&format!(
-                        "INSERT INTO tracker_leases (name, holder, expires_at)
-                         VALUES (?1, ?2, {NOW_MS} + ?3)
-                         ON CONFLICT (name) DO UPDATE
-                           SET holder = excluded.holder, expires_at = excluded.expires_at
-                           WHERE tracker_leases.holder = excluded.holder
-                              OR tracker_leases.expires_at < {NOW_MS}"
-                    ))?
-                    .execute(params![name, holder, ttl_ms])?;
-                Ok(held == 1)
-            })
-            .await
-    }
-
-    async fn release_lease(&self, holder: &str) -> Result<(), StoreError> {
-        let (name, holder) = (self.name.clone(), holder.to_owned());
-        self.db
-            .write(move |conn| {
-                conn.prepare_cached("DELETE FROM tracker_leases WHERE name = ?1 AND holder = ?2")?
-                    .execute([&name, &holder])?;
-                Ok(())
-            })
-            .await
-    }
-
-    async fn cursor(&self) -> Result<i64, StoreError> {
-        let name = self.name.clone();
-        self.db
-            .read(move |conn| {
-                conn.prepare_cached("SELECT outbox_id FROM tracker_cursors WHERE name = ?1")?
-                    .query_row([&name], |r| r.get(0))
-                    .optional()
-                    .map(|c| c.unwrap_or(0))
-            })
-            .await
-    }
-
-    async fn advance(&self, holder: &str, outbox_id: i64) -> Result<bool, StoreError> {
-        let (name, holder) = (self.name.clone(), holder.to_owned());
-        self.db
-            .write(move |conn| {
-                let moved = conn
-                    .prepare_cached(&format!(
-                        "INSERT INTO tracker_cursors (name, outbox_id)
-                         SELECT ?1, ?3
-                         WHERE EXISTS (SELECT 1 FROM tracker_leases
-                                       WHERE name = ?1 AND holder = ?2 AND expires_at > {NOW_MS})
-                         ON CONFLICT (name) DO UPDATE
-                           SET outbox_id = MAX(tracker_cursors.outbox_id, excluded.outbox_id)"
-                    ))?
-                    .execute(params![name, holder, outbox_id])?;
-                Ok(moved == 1)
-            })
-            .await
-    }
-
     async fn lag(&self, cursor: i64) -> Result<(i64, f64), StoreError> {
-        self.db
-            .read(move |conn| {
-                conn.prepare_cached(&format!(
-                    "SELECT h.last_id - ?1,
-                            COALESCE(({NOW_MS} - o.recorded_at) / 1000.0, 0)
-                     FROM fight_outbox_head h
-                     LEFT JOIN fight_outbox o ON o.id = ?1 + 1"
-                ))?
-                .query_row([cursor], |r| Ok((r.get(0)?, r.get(1)?)))
-            })
-            .await
+        lag(&self.db, "fight_outbox", "fight_outbox_head", cursor).await
     }
 
     async fn changes(&self, after: i64, limit: i64) -> Result<Vec<OutboxRow>, StoreError> {

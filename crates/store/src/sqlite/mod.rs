@@ -16,12 +16,14 @@
 pub mod db;
 pub mod fights;
 mod lifecycle;
+pub mod relay;
 pub mod store;
 
 use std::{path::PathBuf, time::Duration};
 
 pub use db::Db;
 pub use fights::{SqliteFightBook, SqliteFightLog};
+pub use relay::{SqlitePublishOutbox, SqliteRelayPosition};
 pub use store::SqliteStore;
 
 use crate::StoreError;
