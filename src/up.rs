@@ -1,5 +1,5 @@
-//! `notify up`: notify-svc, a bridge and bet-tracker (and, given SQS
-//! queues, the notify-ingest consumer) in one process, linked
+//! `notify up`: notify-svc, a bridge, bet-tracker and the outbox relay
+//! (and, given SQS queues, the notify-ingest consumer) in one process, linked
 //! over loopback gRPC exactly as in production, with the dev token issuer;
 //! embedded SQLite unless DATABASE_URL names another database.
 
@@ -42,6 +42,10 @@ pub struct UpArgs {
     /// consumer runs in-process.
     #[command(flatten, next_help_heading = "SQS/SNS ingest")]
     ingest: notify_ingest::SqsArgs,
+    /// The transactional outbox relayed: this database's `notify_outbox`
+    /// unless --outbox-database-url names another.
+    #[command(flatten, next_help_heading = "Transactional outbox")]
+    outbox: notify_relay::OutboxArgs,
 }
 
 /// Runs the platform until Ctrl-C (or until notify-svc fails).
@@ -223,21 +227,30 @@ async fn serve(
         shutdown.child_token(),
     ));
     if args.simulate {
-        simulate(database, shutdown.child_token());
+        simulate(database.clone(), shutdown.child_token());
     }
-    let ingest = if args.ingest.queues.is_empty() {
-        None
-    } else {
-        let config = notify_ingest::IngestConfig::new(&args.ingest, &grpc_url)
+    // The consumer of the SQS queues given, and the outbox relay (always:
+    // `INSERT INTO notify_outbox` works at once on the embedded database).
+    let outbox = notify_ingest::OutboxSource {
+        database: match &args.outbox.database_url {
+            Some(url) => notify_store::Database::from_url(url)
+                .map_err(|e| anyhow::anyhow!("--outbox-database-url: {e}"))?,
+            None => database.clone(),
+        },
+        args: args.outbox.clone(),
+        holder: "notify-up".to_owned(),
+    };
+    let ingest = {
+        let config = notify_ingest::IngestConfig::new(&args.ingest, Some(outbox), &grpc_url)
             .map_err(|problems| anyhow::anyhow!("notify up: {}", problems.join("; ")))?;
         let sqs = notify_ingest::sqs_client(&config).await;
         let stats = std::sync::Arc::new(notify_ingest::Stats::default());
-        Some(tokio::spawn(notify_ingest::run(
+        tokio::spawn(notify_ingest::run(
             config,
             sqs,
             stats,
             shutdown.child_token(),
-        )))
+        ))
     };
     tokio::select! {
         () = shutdown.cancelled() => {}
@@ -251,9 +264,7 @@ async fn serve(
     }
     bridge.await??;
     tracker.await??;
-    if let Some(ingest) = ingest {
-        ingest.await??;
-    }
+    ingest.await??;
     svc_stop.cancel();
     svc.await??;
     Ok(())

@@ -496,6 +496,48 @@ async fn a_server_side_subscription_reaches_live_and_later_sockets_on_sqlite() {
     up.stop().await;
 }
 
+/// The README's outbox example on `notify up`'s own database: a row
+/// committed in a transaction beside a business change reaches the user's
+/// live socket; a rolled-back one never does.
+#[tokio::test]
+async fn a_row_committed_to_notify_outbox_reaches_the_live_socket_on_sqlite() {
+    let data = TestDir::create("up-outbox");
+    let up = Up::start(&data.path, None, &[]).await;
+    up.client().await;
+    let token = dev_token(&data.path, "dora").await;
+    let mut socket = up.socket(&token).await;
+    assert_eq!(frames(&mut socket, 1).await[0]["type"], "welcome");
+    let file = data.path.join("notify.db");
+    tokio::task::spawn_blocking(move || {
+        let conn = rusqlite::Connection::open(file).unwrap();
+        conn.busy_timeout(Duration::from_secs(10)).unwrap();
+        conn.execute_batch(
+            r#"CREATE TABLE orders (id INTEGER PRIMARY KEY, status TEXT);
+               BEGIN;
+               INSERT INTO orders (id, status) VALUES (1, 'void');
+               INSERT INTO notify_outbox (publish) VALUES
+                 ('{"user_id":"dora","event":"order.paid","data":{"order":0}}');
+               ROLLBACK;
+               BEGIN;
+               INSERT INTO orders (id, status) VALUES (42, 'paid');
+               INSERT INTO notify_outbox (publish) VALUES
+                 ('{"user_id":"dora","event":"order.paid","data":{"order":42}}');
+               COMMIT;"#,
+        )
+        .unwrap();
+    })
+    .await
+    .unwrap();
+    let got = frames(&mut socket, 1).await;
+    assert_eq!(
+        (got[0]["event"].as_str(), &got[0]["data"]["order"]),
+        (Some("order.paid"), &Value::from(42)),
+        "{got:?}"
+    );
+    drop(socket);
+    up.stop().await;
+}
+
 #[tokio::test]
 async fn notify_up_refuses_to_serve_its_unauthenticated_api_beyond_loopback() {
     let data = TestDir::create("up-wide");

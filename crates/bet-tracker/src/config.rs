@@ -134,7 +134,10 @@ impl TrackerConfig {
     /// The binary's config (nothing in it can be wrong that clap has not
     /// already refused; the database URL is checked when opened).
     pub fn from_args(args: &TrackerArgs) -> Self {
-        let holder = args.tracker_id.clone().unwrap_or_else(default_holder);
+        let holder = args
+            .tracker_id
+            .clone()
+            .unwrap_or_else(notify_relay::holder_name);
         Self {
             notify_token: args.caller.token.clone(),
             notify_tls: args.caller.tls(),
@@ -156,12 +159,4 @@ impl TrackerConfig {
             .set("poll_max", self.poll_max)
             .set("batch", self.batch)
     }
-}
-
-/// `hostname-pid`: unique per process on a fleet of hosts.
-fn default_holder() -> String {
-    let host = std::fs::read_to_string("/etc/hostname")
-        .map(|h| h.trim().to_owned())
-        .unwrap_or_else(|_| "localhost".into());
-    format!("{host}-{}", std::process::id())
 }

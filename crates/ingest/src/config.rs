@@ -1,13 +1,16 @@
 //! Consumer configuration: [`SqsArgs`] (the queues and how their messages
-//! map; `notify up` flattens it too) and [`IngestArgs`] (the binary's:
-//! notify-svc, credentials, ops port, logs) → [`IngestConfig::from_args`],
-//! every problem reported before anything starts.
+//! map; `notify up` flattens it too) and [`IngestArgs`] (the binary's: the
+//! outbox to relay, notify-svc, credentials, ops port, logs) →
+//! [`IngestConfig::from_args`], every problem reported before anything
+//! starts.
 
 use std::{net::SocketAddr, time::Duration};
 
 use notify_core::setting::Setting;
 use notify_ops::logging::{LogArgs, LogNames};
 use notify_proto::channel::{CallerArgs, CallerNames, ClientTls};
+use notify_relay::OutboxArgs;
+use notify_store::Database;
 
 use crate::envelope::{Routes, parse_sns_routes};
 
@@ -71,6 +74,12 @@ pub struct SqsArgs {
 pub struct IngestArgs {
     #[command(flatten)]
     pub sqs: SqsArgs,
+    /// A service's `notify_outbox` to relay (optional beside the queues).
+    #[command(flatten, next_help_heading = "Transactional outbox")]
+    pub outbox: OutboxArgs,
+    /// This instance's name in the outbox lease (default: hostname and pid).
+    #[arg(long = "outbox-relay-id", env = "INGEST_OUTBOX_RELAY_ID")]
+    pub relay_id: Option<String>,
     /// notify-svc's gRPC endpoint.
     #[arg(
         long,
@@ -105,9 +114,20 @@ impl LogNames for IngestLog {
     const FORMAT: Setting = Setting::new("log-format", "INGEST_LOG_FORMAT");
 }
 
+/// A `notify_outbox` to relay, and how.
+#[derive(Debug, Clone)]
+pub struct OutboxSource {
+    pub database: Database,
+    pub args: OutboxArgs,
+    /// This relay's name in the lease.
+    pub holder: String,
+}
+
 /// How a consumer runs.
 #[derive(Debug, Clone)]
 pub struct IngestConfig {
+    /// The outbox relayed beside the queues, if any.
+    pub outbox: Option<OutboxSource>,
     pub queues: Vec<String>,
     pub routes: Routes,
     pub pollers: usize,
@@ -120,13 +140,38 @@ pub struct IngestConfig {
 }
 
 impl IngestConfig {
-    /// The consumer `sqs` describes, calling `notify_url` without a
-    /// credential (as `notify up` does, on loopback).
-    pub fn new(sqs: &SqsArgs, notify_url: &str) -> Result<Self, Vec<String>> {
+    /// The consumer `sqs` and `outbox` describe, calling `notify_url`
+    /// without a credential (as `notify up` does, on loopback).
+    /// `sqs` may name no queue when an `outbox` is given.
+    pub fn new(
+        sqs: &SqsArgs,
+        outbox: Option<OutboxSource>,
+        notify_url: &str,
+    ) -> Result<Self, Vec<String>> {
+        Self::checked(sqs, outbox.map(Ok), notify_url)
+    }
+
+    fn checked(
+        sqs: &SqsArgs,
+        outbox: Option<Result<OutboxSource, String>>,
+        notify_url: &str,
+    ) -> Result<Self, Vec<String>> {
         let mut problems = Vec::new();
-        if sqs.queues.iter().all(|q| q.trim().is_empty()) {
-            problems.push("--sqs-queues (INGEST_SQS_QUEUES) names no queue".to_owned());
+        if sqs.queues.iter().all(|q| q.trim().is_empty()) && outbox.is_none() {
+            problems.push(
+                "nothing to consume: --sqs-queues (INGEST_SQS_QUEUES) names no queue and \
+                 --outbox-database-url (INGEST_OUTBOX_DATABASE_URL) is not set"
+                    .to_owned(),
+            );
         }
+        let outbox = match outbox {
+            Some(Err(problem)) => {
+                problems.push(problem);
+                None
+            }
+            Some(Ok(source)) => Some(source),
+            None => None,
+        };
         if sqs.pollers == 0 {
             problems.push("--sqs-pollers must be at least 1".to_owned());
         }
@@ -143,6 +188,7 @@ impl IngestConfig {
             return Err(problems);
         }
         Ok(Self {
+            outbox,
             queues: sqs
                 .queues
                 .iter()
@@ -167,7 +213,18 @@ impl IngestConfig {
 
     /// The binary's config.
     pub fn from_args(args: &IngestArgs) -> Result<Self, Vec<String>> {
-        let mut config = Self::new(&args.sqs, &args.notify_url)?;
+        let outbox = args.outbox.database_url.as_deref().map(|url| {
+            Ok(OutboxSource {
+                database: Database::from_url(url)
+                    .map_err(|e| format!("--outbox-database-url: {e}"))?,
+                args: args.outbox.clone(),
+                holder: args
+                    .relay_id
+                    .clone()
+                    .unwrap_or_else(notify_relay::holder_name),
+            })
+        });
+        let mut config = Self::checked(&args.sqs, outbox, &args.notify_url)?;
         config.notify_token = args.caller.token.clone();
         config.notify_tls = args.caller.tls();
         Ok(config)
@@ -182,7 +239,13 @@ impl IngestConfig {
             .set("wait", self.wait)
             .set("endpoint_url", &self.endpoint_url)
             .set("region", &self.region)
+            .set(
+                "outbox_database",
+                self.outbox.as_ref().map(|o| o.database.to_string()),
+            )
+            .set("outbox_group", self.outbox.as_ref().map(|o| &o.args.group))
+            .set("outbox_holder", self.outbox.as_ref().map(|o| &o.holder))
             .set("notify_url", &self.notify_url)
-            .set("notify_token", self.notify_token.is_some())
+            .secret("notify_token", self.notify_token.is_some())
     }
 }

@@ -25,8 +25,10 @@ use notify_proto::v1::{self as pb, notify_client::NotifyClient};
 use tokio_util::sync::CancellationToken;
 use tonic::{Code, metadata::MetadataValue, transport::Channel};
 
+use notify_relay::NotifyCaller;
+
 use crate::{
-    config::IngestConfig,
+    config::{IngestConfig, OutboxSource},
     envelope::{Received, Routes, publish_of},
     metrics::Stats,
 };
@@ -51,6 +53,15 @@ struct Queue {
 /// An SQS client for `config`: the default credential chain (environment,
 /// profile, instance role), the configured region and endpoint.
 pub async fn sqs_client(config: &IngestConfig) -> Sqs {
+    if config.queues.is_empty() {
+        // Never called: spares an outbox-only run the SDK's region and
+        // credential lookups (instance metadata probes on a laptop).
+        return Sqs::from_conf(
+            aws_sdk_sqs::Config::builder()
+                .behavior_version(aws_config::BehaviorVersion::latest())
+                .build(),
+        );
+    }
     let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
     if let Some(region) = &config.region {
         loader = loader.region(aws_config::Region::new(region.clone()));
@@ -61,8 +72,9 @@ pub async fn sqs_client(config: &IngestConfig) -> Sqs {
     Sqs::new(&loader.load().await)
 }
 
-/// Consumes every queue of `config` until `shutdown`; fails at start if a
-/// queue cannot be read or has no redrive policy.
+/// Consumes every queue of `config` and relays its outbox until
+/// `shutdown`; fails at start if a queue cannot be read or has no redrive
+/// policy, or if the outbox table is not there.
 pub async fn run(
     config: IngestConfig,
     sqs: Sqs,
@@ -75,11 +87,26 @@ pub async fn run(
         Some(t) => Some(MetadataValue::try_from(format!("Bearer {t}")).context("the token")?),
         None => None,
     };
+    let relay = match &config.outbox {
+        Some(outbox) => Some(start_relay(outbox, &config, &stats, &shutdown).await?),
+        None => None,
+    };
     let mut queues = Vec::new();
     for url in &config.queues {
         queues.push(check(&sqs, url).await?);
     }
-    stats.ready.store(true, Ordering::Relaxed);
+    if relay.is_some() {
+        // Ready once the relay read the outbox too.
+        let stats = stats.clone();
+        tokio::spawn(async move {
+            while !stats.relay.ready.load(Ordering::Relaxed) {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            stats.ready.store(true, Ordering::Relaxed);
+        });
+    } else {
+        stats.ready.store(true, Ordering::Relaxed);
+    }
     let consumer = Arc::new(Consumer {
         sqs,
         notify: NotifyClient::new(channel),
@@ -97,7 +124,40 @@ pub async fn run(
         }
     }
     while pollers.join_next().await.is_some() {}
+    if let Some(relay) = relay {
+        relay.await??;
+    }
     Ok(())
+}
+
+/// Checks that the outbox table is there, then relays it in a task of its own.
+async fn start_relay(
+    outbox: &OutboxSource,
+    config: &IngestConfig,
+    stats: &Stats,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<tokio::task::JoinHandle<Result<(), notify_store::StoreError>>> {
+    let database = &outbox.database;
+    database
+        .publish_outbox()?
+        .lag(0)
+        .await
+        .with_context(|| {
+            format!(
+                "reading notify_outbox at {database} (apply migrations/notify_outbox.sql to that database)"
+            )
+        })?;
+    let notify = NotifyCaller::new(
+        &config.notify_url,
+        &config.notify_tls,
+        config.notify_token.as_deref(),
+    )?;
+    tracing::info!(%database, group = outbox.args.group, holder = outbox.holder, "relaying the outbox");
+    let (database, args, holder) = (database.clone(), outbox.args.clone(), outbox.holder.clone());
+    let (stats, shutdown) = (stats.relay.clone(), shutdown.clone());
+    Ok(tokio::spawn(async move {
+        notify_relay::publish::run(&database, &args, &holder, notify, stats, shutdown).await
+    }))
 }
 
 /// The queue's visibility timeout; an error unless it has a redrive policy.

@@ -1,5 +1,6 @@
-//! What the consumer did, as Prometheus series (`ingest_*`), and its ops
-//! HTTP port: `/healthz`, `/readyz` (ready once every queue answered),
+//! What the consumer and the outbox relay did, as Prometheus series
+//! (`ingest_*`, `ingest_relay_*`), and the ops HTTP port: `/healthz`,
+//! `/readyz` (ready once every queue answered and the outbox was read),
 //! `/metrics` and `/info`.
 
 use std::sync::{
@@ -8,6 +9,7 @@ use std::sync::{
 };
 
 use notify_ops::endpoints::{self, Probe};
+use notify_relay::RelayStats;
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
     metrics::{counter::Counter, family::Family, histogram::Histogram},
@@ -39,10 +41,13 @@ pub struct Stats {
     pub retries: Counter,
     /// Seconds from SQS's SentTimestamp to the commit.
     pub lag: Histogram,
-    /// Every queue answered once (/readyz).
+    /// The outbox relay's series (`ingest_relay_*`), when one runs.
+    pub relay: Arc<RelayStats>,
+    /// Every queue answered once and the outbox was read once (/readyz).
     pub ready: AtomicBool,
-    /// Receives done: moves while the pollers turn (the systemd watchdog).
-    pub beats: AtomicU64,
+    /// Receives done and relay loop turns: moves while the pollers and the
+    /// relay turn (the systemd watchdog).
+    pub beats: Arc<AtomicU64>,
 }
 
 impl Default for Stats {
@@ -80,8 +85,15 @@ impl Default for Stats {
             "From the message's SentTimestamp to its commit",
             lag.clone(),
         );
+        let beats = Arc::new(AtomicU64::new(0));
+        let relay = Arc::new(RelayStats::with_beats(
+            registry.sub_registry_with_prefix("relay"),
+            "Outbox publishes",
+            beats.clone(),
+        ));
         Self {
             registry: Mutex::new(registry),
+            relay,
             received,
             published,
             duplicates,
@@ -90,7 +102,7 @@ impl Default for Stats {
             retries,
             lag,
             ready: AtomicBool::new(false),
-            beats: AtomicU64::new(0),
+            beats,
         }
     }
 }
@@ -113,7 +125,7 @@ impl Probe for Stats {
         if self.ready.load(Ordering::Relaxed) {
             Ok(())
         } else {
-            Err("the queues were not read yet")
+            Err("the queues or the outbox were not read yet")
         }
     }
 

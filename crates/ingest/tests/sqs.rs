@@ -18,7 +18,7 @@ use notify_harness::InProcessSvc;
 use notify_ingest::{IngestConfig, SqsArgs, Stats};
 use notify_proto::v1::{self as pb, notify_client::NotifyClient};
 use serde_json::{Value, json};
-use test_support::{Relay, TestDb, eventually, moto_endpoint};
+use test_support::{Relay, TestDb, eventually};
 use tokio_util::sync::CancellationToken;
 
 const REGION: &str = "us-east-1";
@@ -152,7 +152,7 @@ async fn consume(queue: &str, notify_url: &str, sns_routes: &str) -> Running {
         "1",
     ];
     let args = <Cli as clap::Parser>::try_parse_from(argv).unwrap().sqs;
-    let config = IngestConfig::new(&args, notify_url).unwrap();
+    let config = IngestConfig::new(&args, None, notify_url).unwrap();
     let sqs = aws_sdk_sqs::Client::new(&aws().await);
     let stats = Arc::new(Stats::default());
     let stop = CancellationToken::new();

@@ -17,3 +17,12 @@ pub use caller::NotifyCaller;
 pub use engine::{Feed, IN_FLIGHT, Pace, Relay, Sent, Stop};
 pub use publish::{OutboxArgs, PublishFeed};
 pub use stats::RelayStats;
+
+/// `hostname-pid`: a relay's default name in the lease, unique per process
+/// on a fleet of hosts.
+pub fn holder_name() -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "localhost".into());
+    format!("{host}-{}", std::process::id())
+}

@@ -44,7 +44,9 @@ pub struct OutboxArgs {
     /// its rows are published. `notify up` relays its own database's
     /// outbox when this is not given.
     #[arg(
+        id = "outbox-database-url",
         long = "outbox-database-url",
+        value_name = "URL",
         env = "INGEST_OUTBOX_DATABASE_URL",
         hide_env_values = true
     )]
@@ -52,35 +54,45 @@ pub struct OutboxArgs {
     /// Relays of one group share a cursor and a lease (one sends, the
     /// others stand by); the group is part of every row's default key.
     #[arg(
+        id = "outbox-group",
         long = "outbox-group",
+        value_name = "NAME",
         env = "INGEST_OUTBOX_GROUP",
         default_value = "notify-outbox"
     )]
     pub group: String,
     /// Lease length, ms: a standby takes over this long after the active one died.
     #[arg(
+        id = "outbox-lease-ms",
         long = "outbox-lease-ms",
+        value_name = "MS",
         env = "INGEST_OUTBOX_LEASE_MS",
         default_value_t = 10_000
     )]
     pub lease_ms: u64,
     /// Poll delay while rows flow, ms.
     #[arg(
+        id = "outbox-poll-min-ms",
         long = "outbox-poll-min-ms",
+        value_name = "MS",
         env = "INGEST_OUTBOX_POLL_MIN_MS",
         default_value_t = 10
     )]
     pub poll_min_ms: u64,
     /// Longest poll delay when idle, ms (an idle relay's added latency).
     #[arg(
+        id = "outbox-poll-max-ms",
         long = "outbox-poll-max-ms",
+        value_name = "MS",
         env = "INGEST_OUTBOX_POLL_MAX_MS",
         default_value_t = 200
     )]
     pub poll_max_ms: u64,
     /// Relayed rows older than this many hours are deleted (0: kept for ever).
     #[arg(
+        id = "outbox-keep-hours",
         long = "outbox-keep-hours",
+        value_name = "HOURS",
         env = "INGEST_OUTBOX_KEEP_HOURS",
         default_value_t = 24
     )]

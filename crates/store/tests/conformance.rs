@@ -804,6 +804,33 @@ async fn the_publish_outbox_numbers_exactly_the_committed_rows_gap_free(db: Back
         "age of the oldest unread: {age}"
     );
     assert_eq!(outbox.lag(n).await.unwrap(), (0, 0.0));
+
+    // Relayed rows are pruned by age; rows past the cursor never are.
+    assert_eq!(
+        outbox
+            .prune(n - 2, Duration::from_secs(3600))
+            .await
+            .unwrap(),
+        0
+    );
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert_eq!(
+        outbox.prune(n - 2, Duration::ZERO).await.unwrap(),
+        (n - 2) as u64
+    );
+    let left: Vec<i64> = outbox
+        .changes(0, 100)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(left, vec![n - 1, n]);
+    assert_eq!(
+        outbox.lag(n - 2).await.unwrap().0,
+        2,
+        "the head row keeps the count"
+    );
 }
 
 /// A raw connection to a backend's database, outside the store.

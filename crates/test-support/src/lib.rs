@@ -418,20 +418,6 @@ pub async fn stalling_stream(addr: std::net::SocketAddr) -> tokio::net::TcpStrea
     socket.connect(addr).await.unwrap()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::with_database;
-
-    #[test]
-    fn replaces_the_database_name() {
-        assert_eq!(
-            with_database("postgres://u@h:5432/postgres?sslmode=disable", "t1"),
-            "postgres://u@h:5432/t1?sslmode=disable"
-        );
-        assert_eq!(with_database("postgres://u@h", "t1"), "postgres://u@h/t1");
-    }
-}
-
 /// An HTTP/1.1 call with hyper's client: `method path` on `addr` with
 /// `headers` and `body` (JSON, sent as `application/json` when given);
 /// the status and the body as text.
@@ -467,4 +453,18 @@ pub async fn http_call(
         .expect("the whole body")
         .to_bytes();
     (status, String::from_utf8_lossy(&bytes).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_database;
+
+    #[test]
+    fn replaces_the_database_name() {
+        assert_eq!(
+            with_database("postgres://u@h:5432/postgres?sslmode=disable", "t1"),
+            "postgres://u@h:5432/t1?sslmode=disable"
+        );
+        assert_eq!(with_database("postgres://u@h", "t1"), "postgres://u@h/t1");
+    }
 }
