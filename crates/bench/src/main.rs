@@ -2,7 +2,7 @@
 //!
 //! Each bench is a module: [`publish`] (durable publishes/s over gRPC and
 //! HTTP/JSON), [`ws`] (the bridge), [`routed`], [`fights`], [`floor`],
-//! [`ingest`] (the SQS consumer), and
+//! [`ingest`] (the SQS consumer), [`outbox`] (the outbox relay), and
 //! [`noop`] (a Notify server that stores nothing, for the gRPC ceiling). CPU
 //! is read from /proc over each measured window.
 
@@ -27,6 +27,8 @@ enum Bench {
     Routed(routed::RoutedArgs),
     /// The SQS consumer's CPU per message (a queue filled, then drained).
     Ingest(ingest::IngestArgs),
+    /// The outbox relay: rows/s drained beside direct publishes, commit -> frame.
+    Outbox(outbox::OutboxArgs),
     /// BetTracker's lag: fight change committed -> WebSocket frame.
     Fights(fights::FightsArgs),
     /// The cost of one write per subscriber per message on this machine.
@@ -49,6 +51,7 @@ async fn main() -> anyhow::Result<()> {
         Bench::SendFloor(args) => floor::run(&args),
         Bench::Fights(args) => fights::run(args).await,
         Bench::Ingest(args) => ingest::run(args).await,
+        Bench::Outbox(args) => outbox::run(args).await,
     }
 }
 
@@ -56,6 +59,7 @@ mod fights;
 mod floor;
 mod ingest;
 mod noop;
+mod outbox;
 mod publish;
 mod routed;
 mod ws;

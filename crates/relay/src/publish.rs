@@ -4,8 +4,9 @@
 //!
 //! - Key: the row's own `idempotency_key`, else `outbox:{group}:{id}` (the
 //!   group keeps two services' outboxes apart on one notify-svc).
-//! - Order: rows to one user (a user list counts for each of its users), one
-//!   topic, one connection, or broadcasts go out one after the other.
+//! - Order: rows go out in outbox order, runs of stored targets in one
+//!   `PublishBatch` call each (one group commit for up to 500 rows); a
+//!   connection target (not stored, Publish only) in its place between them.
 //! - A row the API refuses (bad shape, invalid, unknown connection, not
 //!   allowed) is logged, counted and passed over; it stays in the table.
 //!   Only a refused credential (UNAUTHENTICATED) and passing faults are
@@ -236,6 +237,60 @@ impl Feed for PublishFeed {
             }
             Err(status) => Sent::Failed(format!("{:?}: {}", status.code(), status.message())),
         }
+    }
+
+    /// Stored targets batch; a connection goes by Publish alone, and a
+    /// `username:` target is looked up per row (a lookup failing for now
+    /// would fail its row alone, out of order).
+    fn batchable(&self, row: &OutboxPublish) -> bool {
+        use pb::publish_request::Target;
+        let Ok(publish) = &row.publish else {
+            return false;
+        };
+        let named = |user: &str| user.starts_with("username:");
+        match &publish.target {
+            Some(Target::UserId(user)) => !named(user),
+            Some(Target::Users(list)) => !list.user_ids.iter().any(|u| named(u)),
+            Some(Target::Topic(_) | Target::Broadcast(_)) => true,
+            Some(Target::ConnectionId(_)) | None => false,
+        }
+    }
+
+    async fn send_batch(&self, rows: &[&OutboxPublish]) -> Result<Vec<Sent>, String> {
+        let requests = rows
+            .iter()
+            .filter_map(|row| row.publish.as_ref().ok().cloned())
+            .collect::<Vec<_>>();
+        if requests.len() != rows.len() {
+            return Err("a row that is no publish in a batch".to_owned());
+        }
+        let kinds: Vec<&'static str> = requests.iter().map(kind).collect();
+        let request = self.notify.request(pb::PublishBatchRequest { requests });
+        let answer = self
+            .notify
+            .client()
+            .publish_batch(request)
+            .await
+            .map_err(|status| format!("{:?}: {}", status.code(), status.message()))?;
+        Ok(answer
+            .into_inner()
+            .results
+            .into_iter()
+            .zip(kinds)
+            .map(|(result, kind)| match result.result {
+                Some(pb::publish_result::Result::Ok(_)) => Sent::Done { kind },
+                Some(pb::publish_result::Result::Error(e)) => {
+                    let code = Code::from_i32(e.code);
+                    let why = format!("{code:?}: {}", e.message);
+                    if refused(code) {
+                        Sent::Refused(why)
+                    } else {
+                        Sent::Failed(why)
+                    }
+                }
+                None => Sent::Failed("an empty answer".to_owned()),
+            })
+            .collect())
     }
 
     async fn sweep(&self, relay: &Relay<Self>) -> Result<(), Stop> {
