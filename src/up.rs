@@ -245,12 +245,18 @@ async fn serve(
             .map_err(|problems| anyhow::anyhow!("notify up: {}", problems.join("; ")))?;
         let sqs = notify_ingest::sqs_client(&config).await;
         let stats = std::sync::Arc::new(notify_ingest::Stats::default());
-        tokio::spawn(notify_ingest::run(
-            config,
-            sqs,
-            stats,
-            shutdown.child_token(),
-        ))
+        let stop = shutdown.child_token();
+        tokio::spawn(async move {
+            let ran = notify_ingest::run(config, sqs, stats, stop).await;
+            // Said at once: the platform serves on without it.
+            if let Err(e) = &ran {
+                tracing::error!(
+                    error = format!("{e:#}"),
+                    "the outbox relay / SQS consumer stopped"
+                );
+            }
+            ran
+        })
     };
     tokio::select! {
         () = shutdown.cancelled() => {}
