@@ -126,7 +126,7 @@ pub async fn run(args: IngestArgs) -> anyhow::Result<()> {
             .expect("own path")
             .with_file_name("notify-ingest")
     });
-    let ops = format!("127.0.0.1:{}", free_port()?);
+    let ops = format!("127.0.0.1:{}", crate::free_port()?);
     let cpu_before = CpuSample::take(&["notify-ingest", &args.svc_process]);
     let started = Instant::now();
     let mut child = tokio::process::Command::new(&bin)
@@ -187,25 +187,11 @@ pub async fn run(args: IngestArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `ingest_published_total` on the consumer's ops port.
+/// `ingest_published_total` (plus duplicates) on the consumer's ops port.
 async fn published(ops: &str) -> Option<f64> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(ops).await.ok()?;
-    stream
-        .write_all(format!("GET /metrics HTTP/1.0\r\nHost: {ops}\r\n\r\n").as_bytes())
-        .await
-        .ok()?;
-    let mut text = String::new();
-    stream.read_to_string(&mut text).await.ok()?;
-    let value = |name: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
-    };
-    Some(value("ingest_published_total ")? + value("ingest_duplicates_total ").unwrap_or(0.0))
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+    let text = crate::scrape(ops).await?;
+    Some(
+        crate::metric(&text, "ingest_published_total")?
+            + crate::metric(&text, "ingest_duplicates_total").unwrap_or(0.0),
+    )
 }

@@ -110,7 +110,7 @@ pub async fn run(args: OutboxArgs) -> anyhow::Result<()> {
     )
     .await?;
     let target = head + args.rows as i64;
-    let ops = format!("127.0.0.1:{}", free_port()?);
+    let ops = format!("127.0.0.1:{}", crate::free_port()?);
     let bin = args.ingest_bin.clone().unwrap_or_else(|| {
         std::env::current_exe()
             .expect("own path")
@@ -308,24 +308,5 @@ async fn live(args: &OutboxArgs) -> anyhow::Result<(Histogram<u64>, u64)> {
 
 /// `ingest_relay_cursor` on the relay's ops port.
 async fn cursor(ops: &str) -> Option<f64> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(ops).await.ok()?;
-    stream
-        .write_all(format!("GET /metrics HTTP/1.0\r\nHost: {ops}\r\n\r\n").as_bytes())
-        .await
-        .ok()?;
-    let mut text = String::new();
-    stream.read_to_string(&mut text).await.ok()?;
-    text.lines().find_map(|l| {
-        l.strip_prefix("ingest_relay_cursor ")?
-            .trim()
-            .parse::<f64>()
-            .ok()
-    })
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+    crate::metric(&crate::scrape(ops).await?, "ingest_relay_cursor")
 }

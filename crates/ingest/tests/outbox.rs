@@ -266,12 +266,17 @@ struct InProcessRelay {
 
 impl InProcessRelay {
     fn start(outbox: &Outbox, svc: &InProcessSvc, group: &str, holder: &str) -> Self {
+        Self::start_at(outbox, &svc.url(), group, holder)
+    }
+
+    /// A relay calling `notify_url`, whether anything answers there or not.
+    fn start_at(outbox: &Outbox, notify_url: &str, group: &str, holder: &str) -> Self {
         let args = outbox_args(outbox, group);
         let database = Database::from_url(&outbox.url()).unwrap();
         let mut registry = prometheus_client::registry::Registry::default();
         let stats = Arc::new(RelayStats::new(&mut registry, "Outbox publishes"));
         let stop = CancellationToken::new();
-        let notify = NotifyCaller::new(&svc.url(), &Default::default(), None).unwrap();
+        let notify = NotifyCaller::new(notify_url, &Default::default(), None).unwrap();
         let task = tokio::spawn({
             let (stats, stop, holder) = (stats.clone(), stop.clone(), holder.to_owned());
             async move {
@@ -490,20 +495,8 @@ async fn rows_written_while_notify_svc_is_away_arrive_once_it_is_back() {
     let listener = test_support::rebind("127.0.0.1:0").await;
     let addr = listener.local_addr().unwrap();
     drop(listener);
-    let args = outbox_args(&outbox, "billing");
-    let mut registry = prometheus_client::registry::Registry::default();
-    let stats = Arc::new(RelayStats::new(&mut registry, "Outbox publishes"));
-    let stop = CancellationToken::new();
-    let notify = NotifyCaller::new(&format!("http://{addr}"), &Default::default(), None).unwrap();
-    let database = Database::from_url(&outbox.url()).unwrap();
-    let task = tokio::spawn({
-        let (stats, stop) = (stats.clone(), stop.clone());
-        async move {
-            notify_relay::publish::run(&database, &args, "r1", notify, stats, stop)
-                .await
-                .unwrap()
-        }
-    });
+    let relay = InProcessRelay::start_at(&outbox, &format!("http://{addr}"), "billing", "r1");
+    let stats = relay.stats.clone();
     outbox.write(2, 20).await;
     test_support::eventually("retrying", Duration::from_secs(20), || async {
         (stats.retries_of("notify") >= 3).then_some(())
@@ -522,8 +515,7 @@ async fn rows_written_while_notify_svc_is_away_arrive_once_it_is_back() {
     let head = head(&outbox).await;
     until_caught_up("delivered once back", &[&stats], head).await;
     outbox.assert_delivered_once_in_order(&svc).await;
-    stop.cancel();
-    task.await.unwrap();
+    relay.stop().await;
 }
 
 /// The binary checks its outbox before it starts: a database without the
