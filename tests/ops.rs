@@ -1,7 +1,8 @@
-//! What operators read, from the real binaries — notify-svc, a bridge and
-//! bet-tracker on Postgres, with API tokens as in production: every
-//! `/metrics` parses as Prometheus text and the key series move when a
-//! message and a fight event flow end to end (and when callers are refused);
+//! What operators read, from the real binaries — notify-svc, a bridge,
+//! bet-tracker and notify-ingest on Postgres, with API tokens as in
+//! production: every `/metrics` parses as Prometheus text and the key series
+//! move when a message, a fight event and an outbox row flow end to end (and
+//! when callers are refused);
 //! `/info` tells version, commit and settings without a single secret.
 
 use std::time::Duration;
@@ -27,6 +28,7 @@ const QUERY_PASSWORD: &str = "query-password-secret";
 const BRIDGE_TOKEN: &str = "bridge-token-0123456789abcdef";
 const TRACKER_TOKEN: &str = "tracker-token-0123456789abcdef";
 const CLI_TOKEN: &str = "cli-token-0123456789abcdefgh";
+const INGEST_TOKEN: &str = "ingest-token-0123456789abcdef";
 
 async fn scrape(addr: &str) -> Scrape {
     let answer = http_get(addr, "/metrics").await.unwrap_or_default();
@@ -59,14 +61,21 @@ async fn metrics_move_when_messages_flow_and_info_keeps_secrets() {
     let svc_after = svc_series_moved(&ops, &svc_before).await;
     let bridge_after = bridge_series_moved(&ops, &bridge_before).await;
     let tracker_after = tracker_series_moved(&ops).await;
-    every_queried_series_is_exported(&[&svc_after, &bridge_after, &tracker_after]);
-    for p in [&mut ops.tracker, &mut ops.bridge, &mut ops.svc] {
+    let ingest_after = ingest_series_moved(&ops).await;
+    every_queried_series_is_exported(&[&svc_after, &bridge_after, &tracker_after, &ingest_after]);
+    for p in [
+        &mut ops.ingest,
+        &mut ops.tracker,
+        &mut ops.bridge,
+        &mut ops.svc,
+    ] {
         p.kill9().await;
     }
 }
 
-/// notify-svc, a bridge and bet-tracker on Postgres, with API tokens and a
-/// database password as in production.
+/// notify-svc, a bridge, bet-tracker and notify-ingest (relaying the
+/// database's `notify_outbox`) on Postgres, with API tokens and a database
+/// password as in production.
 struct Ops {
     db: TestDb,
     data: TestDir,
@@ -75,9 +84,11 @@ struct Ops {
     svc_http: String,
     bridge_http: String,
     tracker_http: String,
+    ingest_http: String,
     svc: ServiceProcess,
     bridge: ServiceProcess,
     tracker: ServiceProcess,
+    ingest: ServiceProcess,
 }
 
 impl Ops {
@@ -97,8 +108,8 @@ impl Ops {
         );
         let exe = env!("CARGO_BIN_EXE_notify");
         let port = || format!("127.0.0.1:{}", free_port());
-        let (grpc, svc_http, ws, bridge_http, tracker_http) =
-            (port(), port(), port(), port(), port());
+        let (grpc, svc_http, ws, bridge_http, tracker_http, ingest_http) =
+            (port(), port(), port(), port(), port(), port());
         let mut svc = ServiceProcess::new("notify-svc", sibling_binary(exe, "notify-svc"))
             .env("NOTIFY_GRPC_ADDR", &grpc)
             .env("NOTIFY_HTTP_ADDR", &svc_http)
@@ -107,7 +118,7 @@ impl Ops {
                 "NOTIFY_API_TOKENS",
                 format!(
                     "bridge:bridge={BRIDGE_TOKEN},tracker:publish@fight|fights={TRACKER_TOKEN},\
-                     cli:publish+admin={CLI_TOKEN}"
+                     cli:publish+admin={CLI_TOKEN},ingest:publish={INGEST_TOKEN}"
                 ),
             );
         let url = format!("http://{grpc}");
@@ -121,12 +132,20 @@ impl Ops {
             .env("TRACKER_NOTIFY_TOKEN", TRACKER_TOKEN)
             .env("TRACKER_HTTP_ADDR", &tracker_http)
             .env("TRACKER_ID", "ops-tracker");
+        let mut ingest = ServiceProcess::new("notify-ingest", sibling_binary(exe, "notify-ingest"))
+            .env("INGEST_OUTBOX_DATABASE_URL", &db_url)
+            .env("INGEST_NOTIFY_URL", format!("http://{grpc}"))
+            .env("INGEST_NOTIFY_TOKEN", INGEST_TOKEN)
+            .env("INGEST_HTTP_ADDR", &ingest_http)
+            .env("INGEST_OUTBOX_RELAY_ID", "ops-ingest");
         svc.start();
         wait_ready(&svc_http).await;
         bridge.start();
         tracker.start();
+        ingest.start();
         wait_ready(&bridge_http).await;
         wait_ready(&tracker_http).await;
+        wait_ready(&ingest_http).await;
         Self {
             db,
             data,
@@ -135,20 +154,22 @@ impl Ops {
             svc_http,
             bridge_http,
             tracker_http,
+            ingest_http,
             svc,
             bridge,
             tracker,
+            ingest,
         }
     }
 
     /// /info: who runs, built from what, configured how; no secret anywhere.
     async fn info_tells_settings_and_no_secret(&self) {
-        let (svc_http, bridge_http, tracker_http) =
-            (&self.svc_http, &self.bridge_http, &self.tracker_http);
+        let (svc_http, bridge_http) = (&self.svc_http, &self.bridge_http);
         for (addr, service) in [
-            (&svc_http, "notify-svc"),
-            (&bridge_http, "bridge"),
-            (&tracker_http, "bet-tracker"),
+            (svc_http, "notify-svc"),
+            (bridge_http, "bridge"),
+            (&self.tracker_http, "bet-tracker"),
+            (&self.ingest_http, "notify-ingest"),
         ] {
             let (body, json) = info(addr).await;
             assert_eq!(json["service"], service, "{body}");
@@ -168,6 +189,7 @@ impl Ops {
                 BRIDGE_TOKEN,
                 TRACKER_TOKEN,
                 CLI_TOKEN,
+                INGEST_TOKEN,
             ] {
                 assert!(
                     !body.contains(secret),
@@ -187,7 +209,8 @@ impl Ops {
     }
 
     /// A user online, a message to them, their ack; a fight of theirs
-    /// emitted by the tracker; callers refused (a wrong API token, a
+    /// emitted by the tracker; an outbox row relayed by notify-ingest; callers
+    /// refused (a wrong API token, a
     /// garbage WebSocket token). Returns alice's open socket.
     async fn a_message_a_fight_and_refused_callers_flow(&self) -> Socket {
         let (ws, grpc) = (&self.ws, &self.grpc);
@@ -245,10 +268,20 @@ impl Ops {
         .unwrap();
         let fight = notify_harness::next_json(&mut socket).await;
         assert_eq!(fight["event"], "fight_created", "{fight}");
+
+        // A service's outbox row: notify-ingest relays it.
+        sql.batch_execute(
+            r#"INSERT INTO notify_outbox (publish) VALUES
+               ('{"user_id":"alice","event":"order_paid","data":{"order":42}}')"#,
+        )
+        .await
+        .unwrap();
+        let paid = notify_harness::next_json(&mut socket).await;
+        assert_eq!(paid["event"], "order_paid", "{paid}");
         socket
             .send(Message::text(format!(
                 r#"{{"action":"ack","seq":{}}}"#,
-                fight["seq"]
+                paid["seq"]
             )))
             .await
             .unwrap();
@@ -371,6 +404,29 @@ async fn tracker_series_moved(ops: &Ops) -> Scrape {
     tracker_after
 }
 
+async fn ingest_series_moved(ops: &Ops) -> Scrape {
+    let ingest_http = &ops.ingest_http;
+    let ingest_after = eventually("ingest relayed", Duration::from_secs(10), || async {
+        let s = scrape(ingest_http).await;
+        // The cursor moves just after the publish is answered.
+        (s.value("ingest_relay_events_total", &[]) >= 1.0
+            && s.value("ingest_relay_cursor", &[]) >= 1.0)
+            .then_some(s)
+    })
+    .await;
+    assert_eq!(
+        ingest_after.get("ingest_relay_lease_active", &[]),
+        Some(1.0)
+    );
+    assert_eq!(ingest_after.value("ingest_relay_rejected_total", &[]), 0.0);
+    assert!(
+        ingest_after
+            .get("ingest_relay_outbox_lag_seconds", &[])
+            .is_some()
+    );
+    ingest_after
+}
+
 /// Every series the Grafana dashboard and the alert rules query exists.
 fn every_queried_series_is_exported(scrapes: &[&Scrape]) {
     let root = env!("CARGO_MANIFEST_DIR");
@@ -390,7 +446,9 @@ fn every_queried_series_is_exported(scrapes: &[&Scrape]) {
     }
 }
 
-/// `notify_…`, `bridge_…` and `tracker_…` identifiers in a query file.
+/// `notify_…`, `bridge_…`, `tracker_…` and `ingest_…` identifiers in a
+/// query file (a table named in prose, such as `notify_outbox`, counts too:
+/// say "the outbox table" there instead).
 fn series_named_in(text: &str) -> std::collections::BTreeSet<String> {
     let mut found = std::collections::BTreeSet::new();
     let bytes = text.as_bytes();
@@ -400,7 +458,7 @@ fn series_named_in(text: &str) -> std::collections::BTreeSet<String> {
         let starts_word = i == 0 || !is_part(bytes[i - 1]);
         let rest = &text[i..];
         if starts_word
-            && ["notify_", "bridge_", "tracker_"]
+            && ["notify_", "bridge_", "tracker_", "ingest_"]
                 .iter()
                 .any(|p| rest.starts_with(p))
         {

@@ -30,7 +30,7 @@ use notify_relay::NotifyCaller;
 use crate::{
     config::{IngestConfig, OutboxSource},
     envelope::{Received, Routes, publish_of},
-    metrics::Stats,
+    metrics::{self, Stats},
 };
 
 /// SQS hands out at most 10 messages per receive.
@@ -293,7 +293,7 @@ impl Consumer {
                                 if !retryable(Code::from_i32(e.code)) =>
                             {
                                 tracing::warn!(queue = queue.url, message = m.message_id().unwrap_or_default(), code = ?Code::from_i32(e.code), error = e.message, "notify-svc refused it: left to the dead-letter queue");
-                                self.stats.rejected("refused");
+                                self.stats.rejected(metrics::REFUSED);
                                 refused.push(m);
                             }
                             _ => again.push((m, req)),

@@ -97,6 +97,10 @@ pub enum Rejection {
 }
 
 impl Rejection {
+    /// Every value of [`Self::reason`].
+    pub const REASONS: [&'static str; 4] =
+        ["not_json", "not_a_publish", "unrouted_topic", "no_user"];
+
     /// The metric label.
     pub fn reason(&self) -> &'static str {
         match self {

@@ -10,6 +10,8 @@ use std::sync::{
 
 use notify_ops::endpoints::{self, Probe};
 use notify_relay::RelayStats;
+
+use crate::envelope::Rejection;
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
     metrics::{counter::Counter, family::Family, histogram::Histogram},
@@ -68,6 +70,11 @@ impl Default for Stats {
             duplicates.clone(),
         );
         let rejected = Family::<ReasonLabels, Counter>::default();
+        // Every reason exported from the start, at zero: a rate over a series
+        // that appears only with its first rejection misses that rejection.
+        for reason in Rejection::REASONS.into_iter().chain([REFUSED]) {
+            let _ = rejected.get_or_create(&ReasonLabels { reason });
+        }
         registry.register(
             "rejected",
             "Messages that cannot be published, by reason (left to the dead-letter queue)",
@@ -106,6 +113,9 @@ impl Default for Stats {
         }
     }
 }
+
+/// The reason label of a message notify-svc refused.
+pub const REFUSED: &str = "refused";
 
 impl Stats {
     pub fn rejected(&self, reason: &'static str) {
