@@ -41,7 +41,7 @@ pub async fn run(args: FightsArgs) -> anyhow::Result<()> {
         DevIssuer::load_or_create(&args.data_dir.join(DEV_KEY_FILE), DEV_ISSUER, DEV_CLIENT_ID)?;
     let token = issuer.mint(&DevToken::access("bench-fights"))?;
     let mut socket =
-        crate::ws::connect(args.ws, IpAddr::V4(Ipv4Addr::LOCALHOST), &token, None).await?;
+        crate::ws::connect(args.ws, IpAddr::V4(Ipv4Addr::LOCALHOST), Some(&token), None).await?;
     socket
         .send(Message::text(
             serde_json::json!({"action": "subscribe", "topic": "fights:live"}).to_string(),

@@ -26,6 +26,27 @@ pub struct FloorArgs {
     /// Bytes per message (a bench `message` frame is about 120).
     #[arg(long, short = 'b', default_value_t = 120)]
     bytes: usize,
+    /// Pin the writing thread to this core (where the servers run in a
+    /// bench); the draining thread stays where the process was started.
+    #[arg(long)]
+    writer_core: Option<usize>,
+}
+
+/// Pins the calling thread to `core` (`taskset -p` takes a thread id).
+fn pin_this_thread(core: usize) -> anyhow::Result<()> {
+    let me = std::fs::read_link("/proc/thread-self")?;
+    let tid = me
+        .file_name()
+        .and_then(|t| t.to_str())
+        .context("no thread id in /proc/thread-self")?
+        .to_owned();
+    let status = std::process::Command::new("taskset")
+        .args(["-pc", &core.to_string(), &tid])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .context("taskset (util-linux) is needed for --writer-core")?;
+    anyhow::ensure!(status.success(), "taskset -pc {core} {tid} failed");
+    Ok(())
 }
 
 /// CPU seconds (user + system) used by the calling thread so far.
@@ -71,6 +92,9 @@ pub fn run(args: &FloorArgs) -> anyhow::Result<()> {
             Ok(())
         })
     });
+    if let Some(core) = args.writer_core {
+        pin_this_thread(core)?;
+    }
     let message = vec![b'x'; args.bytes];
     let (cpu_before, started) = (thread_cpu_secs()?, Instant::now());
     for _ in 0..args.messages {

@@ -1,7 +1,8 @@
 //! `notify-bench`: drives a running notify-svc and prints what it measured.
 //!
 //! Each bench is a module: [`publish`] (durable publishes/s over gRPC and
-//! HTTP/JSON), [`ws`] (the bridge), [`routed`], [`fights`], [`floor`],
+//! HTTP/JSON), [`ws`] (the bridge beside a plain Node `ws` server, see
+//! [`under_test`], and the send floor), [`routed`], [`fights`], [`floor`],
 //! [`ingest`] (the SQS consumer), [`outbox`] (the outbox relay), and
 //! [`noop`] (a Notify server that stores nothing, for the gRPC ceiling). CPU
 //! is read from /proc over each measured window.
@@ -62,6 +63,7 @@ mod noop;
 mod outbox;
 mod publish;
 mod routed;
+mod under_test;
 mod ws;
 
 /// The `/metrics` text of an ops port (plain HTTP/1.0, no client needed).

@@ -232,7 +232,8 @@ async fn live(args: &OutboxArgs) -> anyhow::Result<(Histogram<u64>, u64)> {
     for u in 0..args.users {
         let token = issuer.mint(&DevToken::access(&format!("live-{u}")))?;
         let mut socket =
-            crate::ws::connect(args.ws, IpAddr::V4(Ipv4Addr::LOCALHOST), &token, None).await?;
+            crate::ws::connect(args.ws, IpAddr::V4(Ipv4Addr::LOCALHOST), Some(&token), None)
+                .await?;
         let lag = lag.clone();
         listeners.push(tokio::spawn(async move {
             loop {

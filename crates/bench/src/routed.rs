@@ -85,7 +85,7 @@ pub async fn run(args: RoutedArgs) -> anyhow::Result<()> {
     for i in 0..args.clients {
         let token = issuer.mint(&DevToken::access(&format!("routed-{i}")))?;
         let source = IpAddr::from([127, 0, 0, 1]);
-        sockets.push(crate::ws::connect(args.ws, source, &token, None).await?);
+        sockets.push(crate::ws::connect(args.ws, source, Some(&token), None).await?);
     }
     let ping = r#"{"action":"ping","id":1}"#.to_owned();
     let routed = format!(r#"{{"action":"{}","id":1}}"#, args.action);

@@ -1,10 +1,14 @@
-//! `notify-bench ws`: the bridge's figures. Opens N authenticated WebSocket
-//! clients (dev tokens minted with the key in --data-dir, spread over several
-//! 127.0.0.x source addresses), then subscribes them all to one topic and
-//! publishes M messages over gRPC with the send time inside each payload.
-//! Prints connects/s, the bridge's RSS per idle connection, deliveries/s,
-//! deliveries per second of bridge CPU, publish→receive latency p50/p99, and
-//! where the CPU went — each over `--runs` rounds and their median.
+//! `notify-bench ws`: the bridge's figures, side by side with a plain Node
+//! `ws` server's and the kernel's send floor in the same run. Opens N
+//! WebSocket clients (the bridge's with RS256 dev tokens minted with the key
+//! in --data-dir), spread over several 127.0.0.x source addresses, then
+//! subscribes them all to one topic and publishes M messages with the send
+//! time inside each payload (to the bridge over gRPC, durable commit
+//! included; to the peer over HTTP). Prints connects/s, RSS per idle
+//! connection, deliveries/s, deliveries per second of server CPU,
+//! publish→receive latency p50/p99, and where the CPU went — each over
+//! `--runs` rounds and their median — then the two servers' medians, their
+//! ratio, and the bridge's deliveries per CPU-second against the floor.
 
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
@@ -19,7 +23,6 @@ use anyhow::{Context, bail};
 use futures::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use notify_auth::{DEV_CLIENT_ID, DEV_ISSUER, DEV_KEY_FILE, DevIssuer, DevToken};
-use notify_proto::v1::{self as pb, notify_client::NotifyClient};
 use tokio::{
     io::{AsyncRead, AsyncWrite},
     net::TcpSocket,
@@ -28,7 +31,7 @@ use tokio::{
 use tokio_rustls::{TlsConnector, rustls::pki_types::ServerName};
 use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest};
 
-use crate::CpuSample;
+use crate::{CpuSample, under_test::UnderTest};
 
 #[derive(clap::Args)]
 pub struct WsArgs {
@@ -69,6 +72,33 @@ pub struct WsArgs {
     /// Process name of notify-svc, for CPU.
     #[arg(long, default_value = "notify-svc")]
     svc_process: String,
+    /// The Node `ws` peer's WebSocket address (`crates/bench/peer`): measured
+    /// the same way right after the bridge.
+    #[arg(long, requires = "peer_http")]
+    peer_ws: Option<SocketAddr>,
+    /// The peer's HTTP address (`POST /publish?topic=T`).
+    #[arg(long)]
+    peer_http: Option<SocketAddr>,
+    /// The peer's process name.
+    #[arg(long, default_value = "ws-peer")]
+    peer_process: String,
+    /// Core the servers are pinned to: the send floor's writer runs there.
+    #[arg(long, default_value_t = 0)]
+    server_core: usize,
+    /// Skip the send floor (it opens 2 × N more sockets).
+    #[arg(long)]
+    no_floor: bool,
+}
+
+impl WsArgs {
+    /// `--rate` as printed.
+    fn rate_name(&self) -> String {
+        if self.rate == 0 {
+            "max".to_owned()
+        } else {
+            self.rate.to_string()
+        }
+    }
 }
 
 /// What a bench socket runs over: TCP (ws) or TLS over TCP (wss).
@@ -87,7 +117,7 @@ pub(crate) fn wss(ca: Option<&std::path::Path>) -> anyhow::Result<Option<TlsConn
 pub(crate) async fn connect(
     ws: SocketAddr,
     source: IpAddr,
-    token: &str,
+    token: Option<&str>,
     tls: Option<&TlsConnector>,
 ) -> anyhow::Result<Socket> {
     let socket = TcpSocket::new_v4()?;
@@ -102,8 +132,10 @@ pub(crate) async fn connect(
         None => (Box::new(stream), "ws"),
     };
     let mut req = format!("{scheme}://{ws}/ws").into_client_request()?;
-    req.headers_mut()
-        .insert("authorization", format!("Bearer {token}").parse()?);
+    if let Some(token) = token {
+        req.headers_mut()
+            .insert("authorization", format!("Bearer {token}").parse()?);
+    }
     let (mut socket, _) = tokio_tungstenite::client_async(req, io).await?;
     // The welcome frame.
     socket.next().await.context("no welcome")??;
@@ -112,7 +144,7 @@ pub(crate) async fn connect(
 
 /// Where the CPU went during a phase, % of one core.
 struct CpuShare {
-    bridge: f64,
+    server: f64,
     svc: f64,
     postgres: f64,
     bench: f64,
@@ -122,13 +154,14 @@ impl std::fmt::Display for CpuShare {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "cpu % bridge {:.0}, notify-svc {:.0}, postgres {:.0}, bench {:.0}",
-            self.bridge, self.svc, self.postgres, self.bench
+            "cpu % server {:.0}, notify-svc {:.0}, postgres {:.0}, bench {:.0}",
+            self.server, self.svc, self.postgres, self.bench
         )
     }
 }
 
-/// Measures CPU of the platform's processes over a phase.
+/// Measures CPU of the server under test and of the platform's other
+/// processes over a phase.
 struct CpuWatch<'a> {
     names: [&'a str; 3],
     before: CpuSample,
@@ -136,8 +169,8 @@ struct CpuWatch<'a> {
 }
 
 impl<'a> CpuWatch<'a> {
-    fn start(args: &'a WsArgs) -> Self {
-        let names = [args.bridge_process.as_str(), &args.svc_process, "postgres"];
+    fn start(process: &'a str, args: &'a WsArgs) -> Self {
+        let names = [process, &args.svc_process, "postgres"];
         Self {
             before: CpuSample::take(&names),
             names,
@@ -151,7 +184,7 @@ impl<'a> CpuWatch<'a> {
             .before
             .percent_until(&CpuSample::take(&self.names), elapsed);
         let share = CpuShare {
-            bridge: named[0],
+            server: named[0],
             svc: named[1],
             postgres: named[2],
             bench,
@@ -161,23 +194,28 @@ impl<'a> CpuWatch<'a> {
 }
 
 /// Opens every client, `concurrency` at a time.
-async fn connect_all(args: &WsArgs, tokens: &Arc<Vec<String>>) -> anyhow::Result<Vec<Socket>> {
-    let sockets = Arc::new(Mutex::new(Vec::with_capacity(tokens.len())));
+async fn connect_all(args: &WsArgs, server: &UnderTest) -> anyhow::Result<Vec<Socket>> {
+    let sockets = Arc::new(Mutex::new(Vec::with_capacity(args.clients)));
     let next = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
-    let tls = wss(args.ca_file.as_deref())?;
+    let tls = if server.tls {
+        wss(args.ca_file.as_deref())?
+    } else {
+        None
+    };
     for _ in 0..args.connect_concurrency {
-        let (sockets, next, tokens) = (sockets.clone(), next.clone(), tokens.clone());
-        let (ws, sources) = (args.ws, args.source_addresses.max(1));
+        let (sockets, next, tokens) = (sockets.clone(), next.clone(), server.tokens.clone());
+        let (ws, sources, clients) = (server.ws, args.source_addresses.max(1), args.clients);
         let tls = tls.clone();
         tasks.push(tokio::spawn(async move {
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed) as usize;
-                if i >= tokens.len() {
+                if i >= clients {
                     return Ok::<(), anyhow::Error>(());
                 }
                 let source = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + (i % sources as usize) as u8));
-                let socket = connect(ws, source, &tokens[i], tls.as_ref()).await?;
+                let token = tokens.as_ref().map(|t| t[i].as_str());
+                let socket = connect(ws, source, token, tls.as_ref()).await?;
                 sockets.lock().await.push(socket);
             }
         }));
@@ -210,7 +248,7 @@ fn now_us() -> u64 {
 struct Round {
     deliveries: u64,
     per_sec: f64,
-    per_bridge_cpu_sec: f64,
+    per_server_cpu_sec: f64,
     p50_ms: f64,
     p99_ms: f64,
     max_ms: f64,
@@ -220,7 +258,7 @@ struct Round {
 /// Publishes `messages` to `topic`; every client records publish→receive latency.
 async fn fan_out(
     args: &WsArgs,
-    api: &mut NotifyClient<tonic::transport::Channel>,
+    server: &mut UnderTest,
     topic: &str,
     sockets: Vec<Socket>,
 ) -> anyhow::Result<(Round, Vec<Socket>)> {
@@ -248,7 +286,8 @@ async fn fan_out(
             s
         }));
     }
-    let cpu = CpuWatch::start(args);
+    let process = server.process.clone();
+    let cpu = CpuWatch::start(&process, args);
     let gap = (args.rate > 0).then(|| Duration::from_secs_f64(1.0 / f64::from(args.rate)));
     let started = tokio::time::Instant::now();
     for i in 0..args.messages {
@@ -256,13 +295,9 @@ async fn fan_out(
             // A steady schedule: a slow call does not shift the ones after it.
             tokio::time::sleep_until(started + gap * i as u32).await;
         }
-        api.publish(pb::PublishRequest {
-            target: Some(pb::publish_request::Target::Topic(topic.to_owned())),
-            event: "bench".into(),
-            data: format!("{{\"sent_us\":{}}}", now_us()),
-            ..Default::default()
-        })
-        .await?;
+        server
+            .publish(topic, format!("{{\"sent_us\":{}}}", now_us()))
+            .await?;
     }
     let mut sockets = Vec::new();
     for r in readers {
@@ -272,11 +307,11 @@ async fn fan_out(
     let deliveries = received.load(Ordering::Relaxed);
     let hist = hist.lock().expect("hist");
     let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
-    let bridge_cpu_secs = cpu.bridge / 100.0 * elapsed.as_secs_f64();
+    let server_cpu_secs = cpu.server / 100.0 * elapsed.as_secs_f64();
     let round = Round {
         deliveries,
         per_sec: deliveries as f64 / elapsed.as_secs_f64(),
-        per_bridge_cpu_sec: deliveries as f64 / bridge_cpu_secs.max(1e-9),
+        per_server_cpu_sec: deliveries as f64 / server_cpu_secs.max(1e-9),
         p50_ms: ms(0.5),
         p99_ms: ms(0.99),
         max_ms: ms(1.0),
@@ -290,6 +325,18 @@ fn median(mut values: Vec<f64>) -> f64 {
     values.get(values.len() / 2).copied().unwrap_or(0.0)
 }
 
+/// One server's medians over the rounds.
+struct Figures {
+    connects_per_sec: f64,
+    connects_per_cpu_sec: f64,
+    rss_kb_per_conn: f64,
+    deliveries_per_sec: f64,
+    deliveries_per_cpu_sec: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    lost: u64,
+}
+
 pub async fn run(args: WsArgs) -> anyhow::Result<()> {
     if args.runs == 0 || args.clients == 0 {
         bail!("--runs and --clients must be at least 1");
@@ -299,21 +346,48 @@ pub async fn run(args: WsArgs) -> anyhow::Result<()> {
     let tokens: Vec<String> = (0..args.clients)
         .map(|i| issuer.mint(&DevToken::access(&format!("bench-ws-{i}"))))
         .collect::<Result<_, _>>()?;
-    let tokens = Arc::new(tokens);
-    let pid = crate::find_pid(&args.bridge_process)
-        .context("bridge process not found (--bridge-process)")?;
     println!(
         "ws bench: clients={} messages={} rate={} runs={} machine cores={}",
         args.clients,
         args.messages,
-        if args.rate == 0 {
-            "max".to_owned()
-        } else {
-            args.rate.to_string()
-        },
+        args.rate_name(),
         args.runs,
         crate::machine_cores()
     );
+    let mut bridge = UnderTest::bridge(
+        args.ws,
+        &args.bridge_process,
+        &args.grpc,
+        Arc::new(tokens),
+        args.ca_file.is_some(),
+    )
+    .await?;
+    let ours = measure(&args, &mut bridge).await?;
+    drop(bridge);
+    let peer = match (args.peer_ws, args.peer_http) {
+        (Some(ws), Some(http)) => {
+            let mut node = UnderTest::node_peer(ws, http, &args.peer_process);
+            Some(measure(&args, &mut node).await?)
+        }
+        _ => None,
+    };
+    let floor = if args.no_floor {
+        None
+    } else {
+        Some(send_floor(&args)?)
+    };
+    compare(&args, &ours, peer.as_ref(), floor);
+    if ours.lost > 0 || peer.as_ref().is_some_and(|p| p.lost > 0) {
+        bail!("deliveries were lost");
+    }
+    Ok(())
+}
+
+/// Connects, idle memory and fan-out rounds against one server.
+async fn measure(args: &WsArgs, server: &mut UnderTest) -> anyhow::Result<Figures> {
+    let pid = crate::find_pid(&server.process)
+        .with_context(|| format!("{} process {:?} not found", server.name, server.process))?;
+    println!("{} ({}, pid {pid}):", server.name, server.ws);
 
     // Phase 1: connects/s, each round from no connection at all; the RSS
     // growth is taken in the first round (freed memory is kept by the
@@ -321,27 +395,28 @@ pub async fn run(args: WsArgs) -> anyhow::Result<()> {
     let rss_before = crate::rss_kib(pid);
     let mut connect_rates: Vec<(f64, f64)> = Vec::new();
     let mut sockets = Vec::new();
+    let mut rss_kb_per_conn = 0.0;
     for round in 0..args.runs {
         if round > 0 {
             drop(std::mem::take(&mut sockets));
-            // Let the bridge see every close before the next storm.
+            // Let the server see every close before the next storm.
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
-        let cpu = CpuWatch::start(&args);
-        sockets = connect_all(&args, &tokens).await?;
+        let cpu = CpuWatch::start(&server.process, args);
+        sockets = connect_all(args, server).await?;
         let (elapsed, share) = cpu.stop();
         let rate = args.clients as f64 / elapsed.as_secs_f64();
-        // What one core of bridge would take: the bench, notify-svc and
-        // Postgres share this machine's other core and part of the bridge's.
-        let per_cpu = rate / (share.bridge / 100.0).max(1e-9);
-        println!("  connects/s            {rate:>10.0}   ({per_cpu:.0} per bridge-CPU-s; {share})");
+        // What one core of the server would take: the bench (and for the
+        // bridge notify-svc and Postgres) share this machine's other core.
+        let per_cpu = rate / (share.server / 100.0).max(1e-9);
+        println!("  connects/s            {rate:>10.0}   ({per_cpu:.0} per server-CPU-s; {share})");
         connect_rates.push((rate, per_cpu));
         if round == 0 {
             tokio::time::sleep(Duration::from_millis(500)).await;
             let rss_after = crate::rss_kib(pid);
-            let per_conn =
-                rss_after.saturating_sub(rss_before) as f64 * 1024.0 / args.clients as f64;
-            println!("  bridge RSS / idle conn {:>9.2} KB", per_conn / 1000.0);
+            rss_kb_per_conn =
+                rss_after.saturating_sub(rss_before) as f64 * 1.024 / args.clients as f64;
+            println!("  RSS / idle conn       {rss_kb_per_conn:>10.2} KB");
         }
     }
 
@@ -363,17 +438,16 @@ pub async fn run(args: WsArgs) -> anyhow::Result<()> {
     }
 
     // Phase 3: fan-out rounds.
-    let mut api = NotifyClient::connect(args.grpc.clone()).await?;
     let mut rounds = Vec::new();
     for _ in 0..args.runs {
-        let (round, back) = fan_out(&args, &mut api, &topic, sockets).await?;
+        let (round, back) = fan_out(args, server, &topic, sockets).await?;
         sockets = back;
         println!(
-            "  fan-out: {} of {} delivered, {:.0}/s, {:.0} per bridge-CPU-s, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms   ({})",
+            "  fan-out: {} of {} delivered, {:.0}/s, {:.0} per server-CPU-s, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms   ({})",
             round.deliveries,
             args.clients * args.messages,
             round.per_sec,
-            round.per_bridge_cpu_sec,
+            round.per_server_cpu_sec,
             round.p50_ms,
             round.p99_ms,
             round.max_ms,
@@ -381,23 +455,81 @@ pub async fn run(args: WsArgs) -> anyhow::Result<()> {
         );
         rounds.push(round);
     }
-    let of = |f: fn(&Round) -> f64| median(rounds.iter().map(f).collect());
-    println!("median of {}:", args.runs);
-    println!(
-        "  connects/s              {:>10.0}   ({:.0} per bridge-CPU-s)",
-        median(connect_rates.iter().map(|r| r.0).collect()),
-        median(connect_rates.iter().map(|r| r.1).collect())
-    );
-    println!("  deliveries/s            {:>10.0}", of(|r| r.per_sec));
-    println!(
-        "  deliveries/bridge-CPU-s {:>10.0}",
-        of(|r| r.per_bridge_cpu_sec)
-    );
-    println!(
-        "  latency ms              p50 {:.2}  p99 {:.2}",
-        of(|r| r.p50_ms),
-        of(|r| r.p99_ms)
-    );
     drop(sockets);
-    Ok(())
+    let of = |f: fn(&Round) -> f64| median(rounds.iter().map(f).collect());
+    let expected = (args.clients * args.messages * args.runs) as u64;
+    Ok(Figures {
+        connects_per_sec: median(connect_rates.iter().map(|r| r.0).collect()),
+        connects_per_cpu_sec: median(connect_rates.iter().map(|r| r.1).collect()),
+        rss_kb_per_conn,
+        deliveries_per_sec: of(|r| r.per_sec),
+        deliveries_per_cpu_sec: of(|r| r.per_server_cpu_sec),
+        p50_ms: of(|r| r.p50_ms),
+        p99_ms: of(|r| r.p99_ms),
+        lost: expected.saturating_sub(rounds.iter().map(|r| r.deliveries).sum()),
+    })
+}
+
+/// `notify-bench send-floor` with the same sockets and messages, its writer
+/// on the servers' core: writes per writer-CPU-second.
+fn send_floor(args: &WsArgs) -> anyhow::Result<f64> {
+    let out = std::process::Command::new(std::env::current_exe()?)
+        .args(["send-floor", "-n", &args.clients.to_string()])
+        .args(["-m", &args.messages.to_string()])
+        .args(["--writer-core", &args.server_core.to_string()])
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    print!("{text}");
+    if !out.status.success() {
+        bail!(
+            "send-floor failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix("writes per writer-CPU-s"))
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+        .context("send-floor printed no writes per writer-CPU-s")
+}
+
+/// The medians side by side, with the bridge over the peer and over the floor.
+fn compare(args: &WsArgs, ours: &Figures, peer: Option<&Figures>, floor: Option<f64>) {
+    println!(
+        "median of {} (clients={} messages={} rate={}):",
+        args.runs,
+        args.clients,
+        args.messages,
+        args.rate_name()
+    );
+    println!(
+        "  {:<28} {:>12} {:>12} {:>8}",
+        "", "bridge", "node ws", "ratio"
+    );
+    let row = |name: &str, f: fn(&Figures) -> f64, digits: usize| {
+        let theirs = peer.map(f);
+        let ratio = theirs.map_or(String::new(), |t| format!("{:.2}×", f(ours) / t.max(1e-9)));
+        let theirs = theirs.map_or(String::from("-"), |t| format!("{t:.digits$}"));
+        println!(
+            "  {name:<28} {:>12.digits$} {theirs:>12} {ratio:>8}",
+            f(ours)
+        );
+    };
+    row("connects/s", |f| f.connects_per_sec, 0);
+    row("connects per server-CPU-s", |f| f.connects_per_cpu_sec, 0);
+    row("RSS per idle conn (KB)", |f| f.rss_kb_per_conn, 2);
+    row("deliveries/s", |f| f.deliveries_per_sec, 0);
+    row(
+        "deliveries per server-CPU-s",
+        |f| f.deliveries_per_cpu_sec,
+        0,
+    );
+    row("publish→frame p50 (ms)", |f| f.p50_ms, 2);
+    row("publish→frame p99 (ms)", |f| f.p99_ms, 2);
+    row("lost deliveries", |f| f.lost as f64, 0);
+    if let Some(floor) = floor {
+        println!(
+            "  send floor: {floor:.0} writes per CPU-s; bridge deliveries per CPU-s / floor = {:.2}×",
+            ours.deliveries_per_cpu_sec / floor.max(1e-9)
+        );
+    }
 }
