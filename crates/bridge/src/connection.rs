@@ -14,8 +14,6 @@ use std::{
 };
 
 use futures::{SinkExt, StreamExt};
-use hyper::upgrade::Upgraded;
-use hyper_util::rt::TokioIo;
 use notify_auth::{Identity, Verifier};
 use notify_core::{ConnectionId, Feed, Position, Subject, Topic, TopicPolicy, UserId};
 use notify_proto::v1::{self as pb, bridge_up::Msg as Up};
@@ -36,6 +34,7 @@ use crate::{
     rate::TokenBucket,
     refusal::Refusal,
     sequencer::{Outcome, Sequencer},
+    wire::WireIo,
 };
 
 /// Messages read from the store per History call.
@@ -98,7 +97,7 @@ impl Shared {
     }
 }
 
-pub type Socket = WebSocketStream<TokioIo<Upgraded>>;
+pub type Socket = WebSocketStream<WireIo>;
 
 /// What woke the connection loop.
 enum Event {
@@ -258,6 +257,8 @@ fn depart(shared: &Shared, id: ConnectionId, code: u16, reason: &str) {
 /// An upgraded socket as the server hands it over.
 pub struct Accepted {
     pub ws: Socket,
+    /// Its send queue (holding the socket when it is shared with the fan-out).
+    pub queue: Arc<SendQueue>,
     /// The client's resume point (`?since=`), if it gave one.
     pub since: Option<u64>,
     /// The token, kept only when revocation is checked (it is asked about
@@ -282,7 +283,7 @@ pub async fn serve(accepted: Box<Accepted>, identity: Box<Identity>, shared: Arc
         .hooked
         .as_ref()
         .map_or_else(ConnectionId::new, |hooked| hooked.id);
-    let queue = SendQueue::new(shared.queue);
+    let queue = accepted.queue.clone();
     let slow = CancellationToken::new();
     let registration = shared
         .hub
@@ -492,6 +493,7 @@ impl Conn {
         let waiting = self.shared.metrics.waiting.clone();
         loop {
             let expires = tokio::time::Instant::now() + self.expiry();
+            self.park(queue);
             let event = tokio::select! {
                 () = shutdown.cancelled() => return restarting(),
                 () = slow.cancelled() => return slow_consumer(),
@@ -514,9 +516,13 @@ impl Conn {
                     Some(Ok(Message::Binary(_))) => Event::Binary,
                     Some(Ok(Message::Pong(_))) => {
                         unanswered_pings = 0;
+                        self.unpark(queue);
                         continue;
                     }
-                    Some(Ok(Message::Ping(_) | Message::Frame(_))) => continue,
+                    Some(Ok(Message::Ping(_) | Message::Frame(_))) => {
+                        self.unpark(queue);
+                        continue;
+                    }
                     Some(Ok(Message::Close(frame))) => {
                         return match frame {
                             Some(f) => End::ClientClosed(f.code.into(), f.reason.as_str().to_owned()),
@@ -533,6 +539,7 @@ impl Conn {
                     Some(Err(_)) => return End::Gone,
                 },
             };
+            self.unpark(queue);
             // Handling writes to the socket; a client that stops reading must
             // not hold the task: the hub's overflow signal, shutdown, the
             // token's expiry and the ping timer all still act while a write
@@ -617,8 +624,30 @@ impl Conn {
         }
     }
 
+    /// Lets the fan-out write to the socket while the loop waits: the feeds
+    /// in sync are told with their last seq ([`SendQueue::park`]).
+    fn park(&self, queue: &SendQueue) {
+        let topics = self.topics.iter().map(|(t, seq)| (t, seq.in_sync()));
+        queue.park(self.inbox.in_sync(), topics);
+    }
+
+    /// The loop woke: what the fan-out wrote meanwhile moves the feeds.
+    fn unpark(&mut self, queue: &SendQueue) {
+        let (inbox, topics) = (&mut self.inbox, &mut self.topics);
+        queue.unpark(|topic, last| match topic {
+            None => inbox.advance(last),
+            Some(topic) => {
+                if let Some(seq) = topics.get_mut(topic) {
+                    seq.advance(last);
+                }
+            }
+        });
+    }
+
     async fn local(&mut self, ws: &mut Socket, local: Local) -> Result<(), End> {
         match local {
+            // The flush at the end of the turn writes the rest.
+            Local::Flush => Ok(()),
             Local::Read(feed, read) => Box::pin(self.read(ws, feed, read)).await,
             Local::Reply(text) => send(ws, text).await,
             Local::Routed(text) => {

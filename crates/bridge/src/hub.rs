@@ -3,9 +3,10 @@
 //!
 //! Every change is reported up to every attached link while the hub's lock is
 //! held, so a link's Hello snapshot and the changes that follow it never
-//! cross. Deliveries coming down are fanned out to the connections' bounded
-//! queues; a connection whose queue is full is a slow consumer and is told to
-//! close (4008), never waited for.
+//! cross. Deliveries coming down are fanned out to the connections: written
+//! straight to the sockets of parked connections that are due them next, else
+//! to their bounded queues (see [`crate::queue`]); a connection whose queue is
+//! full is a slow consumer and is told to close (4008), never waited for.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -18,7 +19,9 @@ use notify_proto::v1::{self as pb, bridge_up::Msg as Up};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::queue::{CloseOrder, Local, Outbound, Prepared, SendQueue};
+use prometheus_client::metrics::counter::Counter;
+
+use crate::queue::{CloseOrder, Handed, Local, Outbound, Prepared, SendQueue};
 
 /// Resolves when every link answered the ticket (or gave up on it).
 pub type Registration = oneshot::Receiver<Result<Position, String>>;
@@ -109,6 +112,11 @@ pub struct Hub {
     state: Arc<Mutex<State>>,
     /// Woken whenever a link attaches.
     attached: Arc<tokio::sync::Notify>,
+    /// Message frames the fan-out wrote to sockets itself (the connections
+    /// count the ones they write).
+    written: Counter,
+    /// The same, counted apart.
+    direct: Counter,
 }
 
 fn millis(t: SystemTime) -> i64 {
@@ -117,11 +125,15 @@ fn millis(t: SystemTime) -> i64 {
 }
 
 impl Hub {
-    pub fn new(bridge_id: &str) -> Self {
+    /// A hub counting its direct writes into `written` (every frame out) and
+    /// `direct` (those alone).
+    pub fn new(bridge_id: &str, written: Counter, direct: Counter) -> Self {
         Self {
             bridge_id: bridge_id.into(),
             state: Arc::default(),
             attached: Arc::default(),
+            written,
+            direct,
         }
     }
 
@@ -409,21 +421,22 @@ impl Hub {
             s.conns.keys().collect()
         };
         let mut sockets = 0u32;
+        let mut direct = 0u64;
         for id in targets {
             if Some(*id) == exclude {
                 continue;
             }
             if let Some(entry) = s.conns.get(id) {
                 sockets += 1;
-                if entry
-                    .queue
-                    .push(Outbound::Deliver(Arc::clone(&message)))
-                    .is_err()
-                {
-                    entry.slow.cancel();
+                match entry.queue.offer(&message) {
+                    Ok(Handed::Written) => direct += 1,
+                    Ok(Handed::Queued) => {}
+                    Err(_) => entry.slow.cancel(),
                 }
             }
         }
+        self.written.inc_by(direct);
+        self.direct.inc_by(direct);
         span.record("sockets", sockets);
     }
 

@@ -26,6 +26,7 @@ mod revocation;
 mod sequencer;
 mod server;
 mod upstream;
+mod wire;
 
 pub use config::{
     BridgeArgs, BridgeConfig, DEFAULT_HTTP_ADDR, DEV_DATA_DIR, SocketArgs, UpstreamArgs, UserTokens,
@@ -64,7 +65,12 @@ pub async fn run(
         None => None,
     };
     let info = config.info();
-    let hub = hub::Hub::new(&config.bridge_id);
+    let metrics = metrics::Metrics::default();
+    let hub = hub::Hub::new(
+        &config.bridge_id,
+        metrics.messages_out.clone(),
+        metrics.direct_writes.clone(),
+    );
     let pending = link::Pending::default();
     let api = link::Api::new(first, &config.notify_tls, credential.clone())?;
     // Links outlive the sockets a little: the last acks and Closed reports go up.
@@ -86,7 +92,6 @@ pub async fn run(
         })
         .collect();
     let flusher = tokio::spawn(flush_acks(hub.clone(), links_stop.clone()));
-    let metrics = metrics::Metrics::default();
     if let Some(ops) = config.ops {
         tokio::spawn(metrics::serve(
             ops,

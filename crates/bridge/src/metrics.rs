@@ -27,6 +27,9 @@ pub struct Metrics {
     pub connections: Gauge,
     pub connects: Counter,
     pub messages_out: Counter,
+    /// Of `messages_out`, the frames the fan-out wrote to sockets itself
+    /// (the connection was parked and due the message next).
+    pub direct_writes: Counter,
     pub frames_in: Counter,
     pub replayed: Counter,
     /// Messages per store read (replays at connect, gap fills, catch-ups).
@@ -66,6 +69,12 @@ impl Default for Metrics {
             "messages_out",
             "Message frames sent to clients",
             messages_out.clone(),
+        );
+        let direct_writes = Counter::default();
+        registry.register(
+            "direct_writes",
+            "Message frames the fan-out wrote to a parked connection's socket itself",
+            direct_writes.clone(),
         );
         let frames_in = Counter::default();
         registry.register(
@@ -126,6 +135,7 @@ impl Default for Metrics {
             connections,
             connects,
             messages_out,
+            direct_writes,
             frames_in,
             replayed,
             replay_pages,

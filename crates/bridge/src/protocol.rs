@@ -1,7 +1,9 @@
 //! The client protocol of docs/design.md §5, as types: what clients send (routed by
 //! `action`, API Gateway's `$request.body.action` convention), what the bridge
-//! answers (tagged by `type`), error codes and close codes. No I/O here.
+//! answers (tagged by `type`), error codes and close codes, and the wire
+//! form of a server text frame (encoded once per message). No I/O here.
 
+use hyper::body::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
@@ -273,9 +275,33 @@ impl ServerFrame<'_> {
     }
 }
 
+/// A final, unmasked text frame carrying `payload` (RFC 6455 §5.2), and
+/// where the payload starts in it.
+pub fn text_frame(payload: &[u8]) -> (Bytes, usize) {
+    let len = payload.len();
+    let mut frame = Vec::with_capacity(len + 10);
+    frame.push(0x81); // FIN, text
+    if len < 126 {
+        frame.push(len as u8);
+    } else if let Ok(short) = u16::try_from(len) {
+        frame.push(126);
+        frame.extend_from_slice(&short.to_be_bytes());
+    } else {
+        frame.push(127);
+        frame.extend_from_slice(&(len as u64).to_be_bytes());
+    }
+    let at = frame.len();
+    frame.extend_from_slice(payload);
+    (Bytes::from(frame), at)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio_tungstenite::tungstenite::protocol::frame::{
+        Frame,
+        coding::{Data, OpCode},
+    };
 
     #[test]
     fn parses_the_sample_frames_of_the_design() {
@@ -422,5 +448,19 @@ mod tests {
             .to_text(),
             r#"{"type":"subscribed","topic":"room:a","seq":3,"recovered":true,"first_seq":1,"source":"server"}"#
         );
+    }
+
+    #[test]
+    fn the_frame_is_what_tungstenite_would_write() {
+        for len in [0, 1, 125, 126, 127, 65_535, 65_536, 200_000] {
+            let payload = "x".repeat(len);
+            let (ours, at) = text_frame(payload.as_bytes());
+            let mut theirs = Vec::new();
+            Frame::message(payload.clone(), OpCode::Data(Data::Text), true)
+                .format(&mut theirs)
+                .unwrap();
+            assert_eq!(&ours[..], &theirs[..], "payload of {len} bytes");
+            assert_eq!(&ours[at..], payload.as_bytes());
+        }
     }
 }

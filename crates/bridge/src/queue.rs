@@ -1,7 +1,19 @@
 //! A connection's bounded send queue and what goes through it ([`Outbound`]:
 //! [`Prepared`] deliveries, close orders, the connection's own [`Local`] results).
 //! The hub pushes without ever waiting (a
-//! full queue marks a slow consumer); the connection's task pops. It is
+//! full queue marks a slow consumer); the connection's task pops.
+//!
+//! On a plain TCP connection the queue also holds the socket, shared with the
+//! fan-out: while the task is parked with nothing queued or half-written, a
+//! delivery the client is due next on its feed is written by the hub itself
+//! ([`SendQueue::offer`]): one `write`, no task wake, no turn of the
+//! connection's loop. Everything else — a would-block or short write, a feed
+//! replaying or holding messages back, a busy task — goes through the queue as
+//! before, so ordering, the 4008 rule and the byte bound are the queue's. The
+//! one lock below decides between the two paths, so they never cross; the
+//! bytes tungstenite writes pass through the wire module's `WireIo`, which marks the
+//! connection busy first and sends the tail of a short direct write before
+//! anything else. The queue is
 //! bounded in frames and in bytes: 1,024 frames of 64 KiB would pin 64 MiB
 //! per stalled client, so the byte bound is what holds memory. Lighter
 //! than tokio's mpsc for this one-consumer case: nothing is allocated until
@@ -10,19 +22,22 @@
 
 use std::{
     collections::VecDeque,
+    io,
     sync::{Arc, Mutex},
-    task::Poll,
+    task::{Context, Poll, ready},
     time::Duration,
 };
 
 use futures::task::AtomicWaker;
 
+use hyper::body::Bytes;
 use notify_core::{Feed, Topic};
 use notify_proto::v1 as pb;
 use serde_json::value::RawValue;
+use tokio::{io::ReadBuf, net::TcpStream};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use crate::protocol::ServerFrame;
+use crate::protocol::{self, ServerFrame};
 
 /// Capacity kept after a burst drained; more is given back.
 const KEEP_CAPACITY: usize = 16;
@@ -36,7 +51,11 @@ pub struct Prepared {
     pub user_id: String,
     /// Set for topic messages (parsed once, not per connection).
     pub topic: Option<Topic>,
+    /// The frame's payload (for tungstenite).
     pub frame: Utf8Bytes,
+    /// The whole WebSocket frame, header included, as it goes on the wire
+    /// (server frames are unmasked: the same bytes for every subscriber).
+    pub wire: Bytes,
 }
 
 impl Prepared {
@@ -58,11 +77,14 @@ impl Prepared {
         } else {
             Some(Topic::parse(&m.topic).ok()?)
         };
+        let (wire, payload_at) = protocol::text_frame(frame.as_bytes());
+        let frame = Utf8Bytes::try_from(wire.slice(payload_at..)).ok()?;
         Some(Arc::new(Self {
             seq: m.seq,
             user_id: m.user_id,
             topic,
-            frame: frame.into(),
+            frame,
+            wire,
         }))
     }
 }
@@ -101,10 +123,12 @@ pub enum Local {
     ServerSubscribe(Topic, u64),
     /// A backend ended the user's subscription to a topic.
     ServerUnsubscribe(Topic),
+    /// A direct write went out in part: flush the rest.
+    Flush,
 }
 
 /// The queue is at its bound (the item was not queued).
-#[derive(Debug)]
+#[derive(Debug, PartialEq, Eq)]
 pub struct Full;
 
 /// How much a queue may hold (`BRIDGE_SEND_QUEUE`, `BRIDGE_SEND_QUEUE_BYTES`).
@@ -133,12 +157,97 @@ struct Items {
     queue: VecDeque<Outbound>,
     /// Bytes of the frames in `queue`.
     bytes: usize,
+    line: Line,
+}
+
+/// Who may write to a shared socket now, and where the client's feeds stand.
+#[derive(Default)]
+struct Line {
+    /// The task is parked with nothing queued or half-written: the fan-out
+    /// may write.
+    idle: bool,
+    /// tungstenite wrote since it last completed a flush: its buffer may
+    /// hold part of a frame.
+    dirty: bool,
+    /// The tail of a direct write the socket did not take: it goes out
+    /// before anything else.
+    leftover: Option<Bytes>,
+    /// Last seq sent on the inbox, if it was in sync when the task parked.
+    inbox: Option<u64>,
+    /// The same for the topics followed in sync.
+    topics: Vec<(Topic, u64)>,
+    /// Direct writes since the task last looked.
+    wrote: bool,
+}
+
+/// Where a delivery went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handed {
+    /// Written to the socket by the caller.
+    Written,
+    Queued,
 }
 
 pub struct SendQueue {
     items: Mutex<Items>,
     waker: AtomicWaker,
     bound: Bound,
+    /// The plain TCP socket, shared with tungstenite's `WireIo`; none over TLS.
+    line: Option<TcpStream>,
+}
+
+/// Writes what is left of a short direct write.
+fn drain(
+    stream: &TcpStream,
+    leftover: &mut Option<Bytes>,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<()>> {
+    while let Some(rest) = leftover {
+        ready!(stream.poll_write_ready(cx))?;
+        match stream.try_write(rest) {
+            Ok(n) if n == rest.len() => *leftover = None,
+            Ok(n) => *rest = rest.slice(n..),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Poll::Ready(Err(e)),
+        }
+    }
+    Poll::Ready(Ok(()))
+}
+
+/// The feed a direct write moves.
+#[derive(Clone, Copy)]
+enum Slot {
+    Inbox,
+    /// Index in [`Line::topics`].
+    Topic(usize),
+    /// A message on no feed: a broadcast, or one to this connection alone.
+    Unsequenced,
+}
+
+impl Line {
+    /// Where `message` may be written directly: it is the next on a feed in
+    /// sync, or on no feed. None: the task must sequence it.
+    fn next_on_feed(&self, message: &Prepared) -> Option<Slot> {
+        let (slot, last) = if !message.user_id.is_empty() {
+            (Slot::Inbox, self.inbox?)
+        } else if let Some(topic) = &message.topic {
+            let i = self.topics.iter().position(|(t, _)| t == topic)?;
+            (Slot::Topic(i), self.topics[i].1)
+        } else {
+            return Some(Slot::Unsequenced);
+        };
+        (message.seq == last + 1).then_some(slot)
+    }
+
+    /// A direct write of `seq` on `slot` went out.
+    fn sent(&mut self, slot: Slot, seq: u64) {
+        match slot {
+            Slot::Inbox => self.inbox = Some(seq),
+            Slot::Topic(i) => self.topics[i].1 = seq,
+            Slot::Unsequenced => {}
+        }
+        self.wrote = true;
+    }
 }
 
 /// Bytes a queued item holds the connection to.
@@ -150,7 +259,14 @@ fn size(item: &Outbound) -> usize {
 }
 
 impl SendQueue {
+    /// A queue for a connection whose socket is not shared (TLS, tests).
     pub fn new(bound: Bound) -> Arc<Self> {
+        Self::with_line(bound, None)
+    }
+
+    /// A queue that owns the connection's plain TCP socket (see the module
+    /// doc); tungstenite reaches it through the wire module's `WireIo`.
+    pub fn with_line(bound: Bound, line: Option<TcpStream>) -> Arc<Self> {
         Arc::new(Self {
             items: Mutex::default(),
             waker: AtomicWaker::new(),
@@ -158,21 +274,31 @@ impl SendQueue {
                 frames: bound.frames.max(1),
                 bytes: bound.bytes,
             },
+            line,
         })
     }
 
     /// Queues `item` unless the queue is at its bound in frames or bytes.
     pub fn push(&self, item: Outbound) -> Result<(), Full> {
+        let items = self.items.lock().expect("queue lock");
+        self.push_locked(items, item)
+    }
+
+    fn push_locked(
+        &self,
+        mut items: std::sync::MutexGuard<'_, Items>,
+        item: Outbound,
+    ) -> Result<(), Full> {
         let len = size(&item);
-        {
-            let mut items = self.items.lock().expect("queue lock");
-            let over_bytes = items.bytes > 0 && items.bytes + len > self.bound.bytes;
-            if items.queue.len() >= self.bound.frames || over_bytes {
-                return Err(Full);
-            }
-            items.bytes += len;
-            items.queue.push_back(item);
+        let over_bytes = items.bytes > 0 && items.bytes + len > self.bound.bytes;
+        if items.queue.len() >= self.bound.frames || over_bytes {
+            return Err(Full);
         }
+        // Whatever is queued goes out before any later direct write.
+        items.line.idle = false;
+        items.bytes += len;
+        items.queue.push_back(item);
+        drop(items);
         self.waker.wake();
         Ok(())
     }
@@ -182,10 +308,154 @@ impl SendQueue {
     /// stall a feed.
     pub fn push_local(&self, item: Outbound) {
         let mut items = self.items.lock().expect("queue lock");
+        items.line.idle = false;
         items.bytes += size(&item);
         items.queue.push_back(item);
         drop(items);
         self.waker.wake();
+    }
+
+    /// Hands a delivery over: written to the socket right here when the task
+    /// is parked, the message is the next on its feed and the socket takes
+    /// it without blocking; queued otherwise (as [`push`](Self::push)).
+    pub fn offer(&self, message: &Arc<Prepared>) -> Result<Handed, Full> {
+        let mut items = self.items.lock().expect("queue lock");
+        if let Some(stream) = &self.line
+            && items.line.idle
+            && let Some(slot) = items.line.next_on_feed(message)
+        {
+            // Would block (or failed: the task meets the error itself): queue it.
+            if let Ok(written) = stream.try_write(&message.wire) {
+                items.line.sent(slot, message.seq);
+                if written < message.wire.len() {
+                    items.line.leftover = Some(message.wire.slice(written..));
+                    items.line.idle = false;
+                    items
+                        .queue
+                        .push_back(Outbound::Local(Box::new(Local::Flush)));
+                    drop(items);
+                    self.waker.wake();
+                }
+                return Ok(Handed::Written);
+            }
+        }
+        self.push_locked(items, Outbound::Deliver(Arc::clone(message)))
+            .map(|()| Handed::Queued)
+    }
+
+    /// The task is about to wait: if nothing is queued or half-written, the
+    /// fan-out may write the feeds that are in sync (their last seq given)
+    /// until [`unpark`](Self::unpark).
+    pub fn park<'a>(
+        &self,
+        inbox: Option<u64>,
+        topics: impl Iterator<Item = (&'a Topic, Option<u64>)> + Clone,
+    ) {
+        if self.line.is_none() {
+            return;
+        }
+        let mut items = self.items.lock().expect("queue lock");
+        let line = &mut items.line;
+        if line.dirty || line.leftover.is_some() {
+            return;
+        }
+        line.inbox = inbox;
+        // Usually the same topics as last time: updated in place, no clones.
+        let in_sync = topics.filter_map(|(t, last)| Some((t, last?)));
+        let same = line.topics.len() == in_sync.clone().count()
+            && line
+                .topics
+                .iter()
+                .zip(in_sync.clone())
+                .all(|(a, b)| a.0 == *b.0);
+        if same {
+            for (slot, (_, last)) in line.topics.iter_mut().zip(in_sync) {
+                slot.1 = last;
+            }
+        } else {
+            line.topics = in_sync.map(|(t, last)| (t.clone(), last)).collect();
+        }
+        items.line.idle = items.queue.is_empty();
+    }
+
+    /// The task woke: no more direct writes until it parks again. `advance`
+    /// is told each feed's last seq if direct writes moved it (None: the inbox).
+    pub fn unpark(&self, mut advance: impl FnMut(Option<&Topic>, u64)) {
+        if self.line.is_none() {
+            return;
+        }
+        let mut items = self.items.lock().expect("queue lock");
+        let line = &mut items.line;
+        line.idle = false;
+        if !std::mem::take(&mut line.wrote) {
+            return;
+        }
+        if let Some(last) = line.inbox {
+            advance(None, last);
+        }
+        for (topic, last) in &line.topics {
+            advance(Some(topic), *last);
+        }
+    }
+
+    /// The shared socket (a queue built by [`with_line`](Self::with_line)).
+    fn stream(&self) -> io::Result<&TcpStream> {
+        self.line
+            .as_ref()
+            .ok_or_else(|| io::Error::other("this connection's socket is not shared"))
+    }
+
+    /// tungstenite reads.
+    pub(crate) fn poll_read_line(
+        &self,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let stream = self.stream()?;
+        loop {
+            ready!(stream.poll_read_ready(cx))?;
+            match stream.try_read(buf.initialize_unfilled()) {
+                Ok(n) => {
+                    buf.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+
+    /// tungstenite writes: the connection is busy from here on, and the tail
+    /// of a short direct write goes first.
+    pub(crate) fn poll_write_line(
+        &self,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let stream = self.stream()?;
+        {
+            let mut items = self.items.lock().expect("queue lock");
+            items.line.idle = false;
+            items.line.dirty = true;
+            ready!(drain(stream, &mut items.line.leftover, cx))?;
+        }
+        loop {
+            ready!(stream.poll_write_ready(cx))?;
+            match stream.try_write(buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                written => return Poll::Ready(written),
+            }
+        }
+    }
+
+    /// tungstenite flushed: everything it wrote is on the socket (it calls
+    /// this only once its own buffer is written).
+    pub(crate) fn poll_flush_line(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let stream = self.stream()?;
+        let mut items = self.items.lock().expect("queue lock");
+        ready!(drain(stream, &mut items.line.leftover, cx))?;
+        items.line.dirty = false;
+        Poll::Ready(Ok(()))
     }
 
     pub fn try_pop(&self) -> Option<Outbound> {

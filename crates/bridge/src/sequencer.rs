@@ -82,6 +82,19 @@ impl<T> Sequencer<T> {
         self.last
     }
 
+    /// The last seq sent, if the feed is live with nothing held back or
+    /// read: then the next live message, if it is `last + 1`, may be sent
+    /// as it comes, outside [`live`](Self::live) (a direct write).
+    pub fn in_sync(&self) -> Option<u64> {
+        (!self.reading && self.waiting.is_empty()).then_some(self.last)
+    }
+
+    /// Messages up to `last` were sent outside [`live`](Self::live) while the
+    /// feed was [in sync](Self::in_sync).
+    pub fn advance(&mut self, last: u64) {
+        self.last = self.last.max(last);
+    }
+
     /// A live delivery.
     pub fn live(&mut self, seq: u64, item: T) -> Outcome<T> {
         if seq <= self.last {

@@ -25,8 +25,10 @@ use tokio_util::task::TaskTracker;
 use crate::{
     admission::Admitted,
     connection::{self, Shared},
+    queue::{Bound, SendQueue},
     refusal::{self, Refusal},
     respond,
+    wire::WireIo,
 };
 
 /// What one listener allows on the wire.
@@ -229,7 +231,7 @@ async fn handle(
     let accept = derive_accept_key(key.as_bytes());
     let serving = tracker.clone();
     tracker.spawn(async move {
-        let Some(ws) = upgraded(req, max_frame).await else {
+        let Some((ws, queue)) = upgraded(req, max_frame, shared.queue).await else {
             return;
         };
         // A task of its own, sized to the connection alone: this one also
@@ -237,6 +239,7 @@ async fn handle(
         // for its whole life (~3 KB each).
         let accepted = Box::new(connection::Accepted {
             ws,
+            queue,
             since,
             token,
             admitted: Some(admitted),
@@ -260,8 +263,14 @@ fn websocket_key(req: &Request<Incoming>) -> Result<header::HeaderValue, &'stati
     }
 }
 
-/// The WebSocket once the upgrade completed (None: the client went away).
-async fn upgraded(req: Request<Incoming>, max_frame: usize) -> Option<connection::Socket> {
+/// The WebSocket once the upgrade completed (None: the client went away),
+/// and its send queue (holding the socket when it is plain TCP, see
+/// [`crate::wire`]).
+async fn upgraded(
+    req: Request<Incoming>,
+    max_frame: usize,
+    bound: Bound,
+) -> Option<(connection::Socket, Arc<SendQueue>)> {
     let upgraded = hyper::upgrade::on(req)
         .await
         .inspect_err(|e| tracing::debug!(error = %e, "upgrade failed"))
@@ -276,7 +285,9 @@ async fn upgraded(req: Request<Incoming>, max_frame: usize) -> Option<connection
         .write_buffer_size(16 * 1024)
         .max_message_size(Some(max_frame))
         .max_frame_size(Some(max_frame));
-    Some(WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await)
+    let (io, queue) = WireIo::new(upgraded, bound);
+    let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
+    Some((ws, queue))
 }
 
 /// 101 Switching Protocols, accepting the upgrade with `accept`.
