@@ -315,6 +315,8 @@ pub async fn serve(accepted: Box<Accepted>, identity: Box<Identity>, shared: Arc
         Ok(mut conn) => conn.run(&mut accepted.ws, &queue, &slow).await,
         Err(end) => end,
     };
+    // No more direct writes: what follows is the closing handshake.
+    queue.unpark(|_, _| {});
     let (code, reason) = end.close();
     departure.leave(code, reason);
     // A reconnect during the closing handshake finds the place free.

@@ -420,24 +420,29 @@ impl Hub {
         } else {
             s.conns.keys().collect()
         };
-        let mut sockets = 0u32;
+        // The writes happen outside the hub's lock: a fan-out to 10,000
+        // sockets takes ~100 ms of writes, which must not hold up connects,
+        // closes and acks. A connection that closes meanwhile is written to
+        // harmlessly (its task marked it busy when it wrote its close, or
+        // its socket is gone and the write fails into a queue nobody reads).
+        let entries: Vec<(Arc<SendQueue>, CancellationToken)> = targets
+            .into_iter()
+            .filter(|id| Some(**id) != exclude)
+            .filter_map(|id| s.conns.get(id))
+            .map(|entry| (entry.queue.clone(), entry.slow.clone()))
+            .collect();
+        drop(s);
         let mut direct = 0u64;
-        for id in targets {
-            if Some(*id) == exclude {
-                continue;
-            }
-            if let Some(entry) = s.conns.get(id) {
-                sockets += 1;
-                match entry.queue.offer(&message) {
-                    Ok(Handed::Written) => direct += 1,
-                    Ok(Handed::Queued) => {}
-                    Err(_) => entry.slow.cancel(),
-                }
+        for (queue, slow) in &entries {
+            match queue.offer(&message) {
+                Ok(Handed::Written) => direct += 1,
+                Ok(Handed::Queued) => {}
+                Err(_) => slow.cancel(),
             }
         }
         self.written.inc_by(direct);
         self.direct.inc_by(direct);
-        span.record("sockets", sockets);
+        span.record("sockets", entries.len());
     }
 
     /// A server-side subscription of a user began or ended: each of the
