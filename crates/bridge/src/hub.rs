@@ -112,10 +112,10 @@ pub struct Hub {
     state: Arc<Mutex<State>>,
     /// Woken whenever a link attaches.
     attached: Arc<tokio::sync::Notify>,
-    /// Message frames the fan-out wrote to sockets itself (the connections
-    /// count the ones they write).
+    /// Every message frame sent (`bridge_messages_out`): the fan-out adds
+    /// the ones it wrote itself, the connections the ones they write.
     written: Counter,
-    /// The same, counted apart.
+    /// Of those, the fan-out's own (`bridge_direct_writes`).
     direct: Counter,
 }
 
@@ -422,9 +422,9 @@ impl Hub {
         };
         // The writes happen outside the hub's lock: a fan-out to 10,000
         // sockets takes ~100 ms of writes, which must not hold up connects,
-        // closes and acks. A connection that closes meanwhile is written to
-        // harmlessly (its task marked it busy when it wrote its close, or
-        // its socket is gone and the write fails into a queue nobody reads).
+        // closes and acks. A connection that ends meanwhile takes no direct
+        // write (its task unparked for good first); what is queued for it
+        // is never read.
         let entries: Vec<(Arc<SendQueue>, CancellationToken)> = targets
             .into_iter()
             .filter(|id| Some(**id) != exclude)
