@@ -113,12 +113,28 @@ impl<T> Sequencer<T> {
     /// `complete` when the store had nothing more.
     pub fn stored(&mut self, page: Vec<(u64, T)>, complete: bool) -> Outcome<T> {
         let mut emit = Vec::new();
+        let page_first = page.first().map(|(seq, _)| *seq);
         for (seq, item) in page {
             if seq > self.last {
-                self.last = seq;
-                emit.push(item);
+                self.waiting.entry(seq).or_insert(item);
             }
         }
+        // The store holds nothing between `last` and the page's first seq
+        // (trimmed from a short topic log, or expired): the live copies held
+        // there go out in order, the rest is gone. Dropping the held ones
+        // lost messages the bridge had in hand when a read came back after
+        // the log had moved on.
+        if let Some(first) = page_first {
+            while let Some(entry) = self.waiting.first_entry() {
+                if *entry.key() >= first {
+                    break;
+                }
+                self.last = *entry.key();
+                emit.push(entry.remove());
+            }
+            self.last = self.last.max(first - 1);
+        }
+        emit.extend(self.drain());
         self.waiting = self.waiting.split_off(&(self.last + 1));
         if !complete {
             return Outcome {
@@ -298,6 +314,34 @@ mod tests {
         assert_eq!(out.emit, (61..=81).collect::<Vec<_>>());
         assert_eq!(out.fetch_after, None);
         assert_eq!(seq.live(82, 82).emit, [82]);
+    }
+
+    #[test]
+    fn held_live_messages_older_than_a_trimmed_page_are_sent_not_dropped() {
+        let (mut seq, _) = Sequencer::resume(0);
+        seq.stored(vec![(1, 1)], true);
+        // 3 arrives before 2: a read is asked for after 1; live copies keep coming.
+        let out = seq.live(3, 3);
+        assert_eq!(out.fetch_after, Some(1));
+        for s in (2..=6).chain(8..=9) {
+            seq.live(s, s);
+        }
+        // The read comes back after the 5-long log moved on: it holds 5..=9.
+        let page = (5..=9).map(|s| (s, s)).collect();
+        let out = seq.stored(page, true);
+        assert_eq!(
+            out.emit,
+            (2..=9).collect::<Vec<_>>(),
+            "held 2..=4 go out first"
+        );
+        assert_eq!((out.fetch_after, seq.in_sync()), (None, Some(9)));
+        // A hole nobody holds below a page's first seq is skipped once.
+        let (mut seq, _) = Sequencer::resume(0);
+        seq.live(1, 1);
+        seq.live(4, 4);
+        let out = seq.stored(vec![(3, 3), (4, 4)], true);
+        assert_eq!(out.emit, vec![1, 3, 4]);
+        assert_eq!(seq.in_sync(), Some(4));
     }
 
     #[test]
