@@ -3,7 +3,8 @@
 //! Each bench is a module: [`publish`] (durable publishes/s over gRPC and
 //! HTTP/JSON), [`ws`] (the bridge beside a plain Node `ws` server, see
 //! [`under_test`], and the send floor), [`routed`], [`fights`], [`floor`],
-//! [`ingest`] (the SQS consumer), [`outbox`] (the outbox relay), and
+//! [`ingest`] (the SQS consumer), [`outbox`] (the outbox relay),
+//! [`deflate`] (permessage-deflate on a fights:live stream), and
 //! [`noop`] (a Notify server that stores nothing, for the gRPC ceiling). CPU
 //! is read from /proc over each measured window.
 
@@ -32,6 +33,9 @@ enum Bench {
     Outbox(outbox::OutboxArgs),
     /// BetTracker's lag: fight change committed -> WebSocket frame.
     Fights(fights::FightsArgs),
+    /// permessage-deflate on a fights:live stream: bytes on the wire and
+    /// bridge CPU per delivery, with and without.
+    Deflate(deflate::DeflateArgs),
     /// The cost of one write per subscriber per message on this machine.
     SendFloor(floor::FloorArgs),
     /// A Notify server whose Publish answers at once and stores nothing: run
@@ -51,11 +55,13 @@ async fn main() -> anyhow::Result<()> {
         Bench::Routed(args) => routed::run(args).await,
         Bench::SendFloor(args) => floor::run(&args),
         Bench::Fights(args) => fights::run(args).await,
+        Bench::Deflate(args) => deflate::run(args).await,
         Bench::Ingest(args) => ingest::run(args).await,
         Bench::Outbox(args) => outbox::run(args).await,
     }
 }
 
+mod deflate;
 mod fights;
 mod floor;
 mod ingest;
@@ -65,6 +71,38 @@ mod publish;
 mod routed;
 mod under_test;
 mod ws;
+
+/// Calls `publish(i)` for each of `count` messages: on a steady schedule at
+/// `rate` per second (a slow call does not shift the ones after it), or as
+/// fast as `in_flight` calls at a time allow when `rate` is 0.
+async fn paced<F, Fut, T, E>(
+    count: usize,
+    rate: u32,
+    in_flight: usize,
+    mut publish: F,
+) -> Result<(), E>
+where
+    F: FnMut(usize) -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    use futures::StreamExt;
+    if rate > 0 {
+        let gap = Duration::from_secs_f64(1.0 / f64::from(rate));
+        let started = tokio::time::Instant::now();
+        for i in 0..count {
+            tokio::time::sleep_until(started + gap * i as u32).await;
+            publish(i).await?;
+        }
+        return Ok(());
+    }
+    let mut calls = futures::stream::iter(0..count)
+        .map(publish)
+        .buffer_unordered(in_flight.max(1));
+    while let Some(result) = calls.next().await {
+        result?;
+    }
+    Ok(())
+}
 
 /// The `/metrics` text of an ops port (plain HTTP/1.0, no client needed).
 async fn scrape(ops: &str) -> Option<String> {

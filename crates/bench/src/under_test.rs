@@ -79,16 +79,18 @@ impl UnderTest {
 
     /// Publishes `data` (JSON) to `topic`; returns once the server took it
     /// (the bridge: once it is committed).
-    pub async fn publish(&mut self, topic: &str, data: String) -> anyhow::Result<()> {
-        match &mut self.publisher {
+    pub async fn publish(&self, topic: &str, data: String) -> anyhow::Result<()> {
+        match &self.publisher {
             Publisher::Grpc(api) => {
-                api.publish(pb::PublishRequest {
-                    target: Some(pb::publish_request::Target::Topic(topic.to_owned())),
-                    event: "bench".into(),
-                    data,
-                    ..Default::default()
-                })
-                .await?;
+                // A clone shares the channel: publishes may be in flight together.
+                api.clone()
+                    .publish(pb::PublishRequest {
+                        target: Some(pb::publish_request::Target::Topic(topic.to_owned())),
+                        event: "bench".into(),
+                        data,
+                        ..Default::default()
+                    })
+                    .await?;
             }
             Publisher::Http { client, base } => {
                 let req = hyper::Request::post(format!("{base}/publish?topic={topic}"))

@@ -53,6 +53,11 @@ pub struct WsArgs {
     /// Publish rate, messages per second (0: as fast as commits allow).
     #[arg(long, default_value_t = 0)]
     rate: u32,
+    /// Publishes in flight at once when `--rate` is 0 (1: each waits for the
+    /// one before, so a commit's round trip paces the fan-out; more: bursts
+    /// of commits, as many producers make).
+    #[arg(long, default_value_t = 1)]
+    in_flight: usize,
     /// Rounds of connects and of fan-out; the median is reported.
     #[arg(long, default_value_t = 3)]
     runs: usize,
@@ -258,7 +263,7 @@ struct Round {
 /// Publishes `messages` to `topic`; every client records publish→receive latency.
 async fn fan_out(
     args: &WsArgs,
-    server: &mut UnderTest,
+    server: &UnderTest,
     topic: &str,
     sockets: Vec<Socket>,
 ) -> anyhow::Result<(Round, Vec<Socket>)> {
@@ -274,7 +279,23 @@ async fn fan_out(
             let mut local = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram");
             let mut got = 0;
             while got < expected {
-                let Some(Ok(msg)) = s.next().await else { break };
+                // A frame that never comes is a lost delivery, reported as such.
+                let next = tokio::time::timeout(Duration::from_secs(20), s.next()).await;
+                let msg = match next {
+                    Ok(Some(Ok(msg))) => msg,
+                    Ok(Some(Err(e))) => {
+                        eprintln!("a client's socket failed after {got} messages: {e}");
+                        break;
+                    }
+                    Ok(None) => {
+                        eprintln!("a client's socket closed after {got} messages");
+                        break;
+                    }
+                    Err(_) => {
+                        eprintln!("a client waited 20 s for a frame after {got} messages");
+                        break;
+                    }
+                };
                 let Message::Text(t) = msg else { continue };
                 if let Some(sent) = sent_us(t.as_str()) {
                     let _ = local.record(now_us().saturating_sub(sent).max(1));
@@ -288,17 +309,8 @@ async fn fan_out(
     }
     let process = server.process.clone();
     let cpu = CpuWatch::start(&process, args);
-    let gap = (args.rate > 0).then(|| Duration::from_secs_f64(1.0 / f64::from(args.rate)));
-    let started = tokio::time::Instant::now();
-    for i in 0..args.messages {
-        if let Some(gap) = gap {
-            // A steady schedule: a slow call does not shift the ones after it.
-            tokio::time::sleep_until(started + gap * i as u32).await;
-        }
-        server
-            .publish(topic, format!("{{\"sent_us\":{}}}", now_us()))
-            .await?;
-    }
+    let publish = |_| server.publish(topic, format!("{{\"sent_us\":{}}}", now_us()));
+    crate::paced(args.messages, args.rate, args.in_flight, publish).await?;
     let mut sockets = Vec::new();
     for r in readers {
         sockets.push(r.await?);
@@ -347,14 +359,15 @@ pub async fn run(args: WsArgs) -> anyhow::Result<()> {
         .map(|i| issuer.mint(&DevToken::access(&format!("bench-ws-{i}"))))
         .collect::<Result<_, _>>()?;
     println!(
-        "ws bench: clients={} messages={} rate={} runs={} machine cores={}",
+        "ws bench: clients={} messages={} rate={} in-flight={} runs={} machine cores={}",
         args.clients,
         args.messages,
         args.rate_name(),
+        args.in_flight,
         args.runs,
         crate::machine_cores()
     );
-    let mut bridge = UnderTest::bridge(
+    let bridge = UnderTest::bridge(
         args.ws,
         &args.bridge_process,
         &args.grpc,
@@ -362,12 +375,12 @@ pub async fn run(args: WsArgs) -> anyhow::Result<()> {
         args.ca_file.is_some(),
     )
     .await?;
-    let ours = measure(&args, &mut bridge).await?;
+    let ours = measure(&args, &bridge).await?;
     drop(bridge);
     let peer = match (args.peer_ws, args.peer_http) {
         (Some(ws), Some(http)) => {
-            let mut node = UnderTest::node_peer(ws, http, &args.peer_process);
-            Some(measure(&args, &mut node).await?)
+            let node = UnderTest::node_peer(ws, http, &args.peer_process);
+            Some(measure(&args, &node).await?)
         }
         _ => None,
     };
@@ -384,7 +397,7 @@ pub async fn run(args: WsArgs) -> anyhow::Result<()> {
 }
 
 /// Connects, idle memory and fan-out rounds against one server.
-async fn measure(args: &WsArgs, server: &mut UnderTest) -> anyhow::Result<Figures> {
+async fn measure(args: &WsArgs, server: &UnderTest) -> anyhow::Result<Figures> {
     let pid = crate::find_pid(&server.process)
         .with_context(|| format!("{} process {:?} not found", server.name, server.process))?;
     println!("{} ({}, pid {pid}):", server.name, server.ws);
@@ -498,11 +511,12 @@ fn send_floor(args: &WsArgs) -> anyhow::Result<f64> {
 /// The medians side by side, with the bridge over the peer and over the floor.
 fn compare(args: &WsArgs, ours: &Figures, peer: Option<&Figures>, floor: Option<f64>) {
     println!(
-        "median of {} (clients={} messages={} rate={}):",
+        "median of {} (clients={} messages={} rate={} in-flight={}):",
         args.runs,
         args.clients,
         args.messages,
-        args.rate_name()
+        args.rate_name(),
+        args.in_flight
     );
     println!(
         "  {:<28} {:>12} {:>12} {:>8}",

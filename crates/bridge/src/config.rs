@@ -55,6 +55,11 @@ pub struct SocketArgs {
     /// NOTIFY_USERS_* to check them). Off by default; `notify up` turns it on.
     #[arg(long, env = "BRIDGE_PANEL", default_value_t = false, action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
     pub panel: bool,
+    /// permessage-deflate (RFC 7692) for clients that offer it: each
+    /// message is compressed once and the same bytes go to every subscriber
+    /// that agreed (false: every frame goes plain).
+    #[arg(long, env = "BRIDGE_DEFLATE", default_value_t = true, action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
+    pub deflate: bool,
     /// Every connection starts with a PROXY protocol v2 header naming the
     /// client: behind a load balancer that terminates TLS (an NLB TLS
     /// listener whose target group has proxy protocol v2 on).
@@ -287,6 +292,8 @@ pub struct BridgeConfig {
     pub send_queue: Bound,
     /// Largest inbound frame.
     pub max_frame: usize,
+    /// permessage-deflate for clients that offer it.
+    pub deflate: bool,
     pub rate_per_sec: u32,
     pub burst: u32,
     pub ping_every: Duration,
@@ -342,6 +349,7 @@ impl BridgeConfig {
                 bytes: sockets.send_queue_bytes,
             },
             max_frame: MAX_FRAME,
+            deflate: sockets.deflate,
             rate_per_sec: sockets.rate,
             burst: sockets.rate.saturating_mul(2),
             ping_every: PING_EVERY,
@@ -469,6 +477,7 @@ impl BridgeConfig {
             .set("topics", &self.topics)
             .set("send_queue", self.send_queue)
             .set("max_frame", self.max_frame)
+            .set("deflate", self.deflate)
             .set("rate_per_sec", self.rate_per_sec)
             .set("burst", self.burst)
             .set("ping_every", self.ping_every)

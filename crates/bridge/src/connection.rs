@@ -21,7 +21,13 @@ use tokio_tungstenite::{
     WebSocketStream,
     tungstenite::{
         Message,
-        protocol::{CloseFrame, frame::coding::CloseCode},
+        protocol::{
+            CloseFrame,
+            frame::{
+                Frame,
+                coding::{CloseCode, Data, OpCode},
+            },
+        },
     },
 };
 use tokio_util::sync::CancellationToken;
@@ -836,10 +842,18 @@ impl Conn {
 
     async fn write_message(&self, ws: &mut Socket, m: &Prepared) -> Result<(), End> {
         self.shared.metrics.messages_out.inc();
-        // The frame was encoded once for every connection it goes to.
-        ws.feed(Message::Text(m.frame.clone()))
-            .await
-            .map_err(|_| End::Gone)
+        // The frame was encoded (and compressed) once for every connection
+        // it goes to.
+        let message = match self.me.deflate().and_then(|max| m.deflated(max)) {
+            Some((frame, payload_at)) => {
+                let mut frame =
+                    Frame::message(frame.slice(*payload_at..), OpCode::Data(Data::Text), true);
+                frame.header_mut().rsv1 = true;
+                Message::Frame(frame)
+            }
+            None => Message::Text(m.frame.clone()),
+        };
+        ws.feed(message).await.map_err(|_| End::Gone)
     }
 
     async fn frame(&mut self, ws: &mut Socket, text: &str) -> Result<(), End> {

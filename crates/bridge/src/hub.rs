@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use prometheus_client::metrics::counter::Counter;
 
-use crate::queue::{CloseOrder, Handed, Local, Outbound, Prepared, SendQueue};
+use crate::queue::{CloseOrder, Local, Outbound, Prepared, SendQueue};
 
 /// Resolves when every link answered the ticket (or gave up on it).
 pub type Registration = oneshot::Receiver<Result<Position, String>>;
@@ -95,6 +95,24 @@ impl State {
         (self.last_ticket, rx)
     }
 
+    /// The connections here `ready` is for.
+    fn targets<'a>(&'a self, ready: &'a Ready) -> impl Iterator<Item = &'a ConnectionId> + 'a {
+        let message = &ready.message;
+        let all: Box<dyn Iterator<Item = &ConnectionId>> = if let Some(only) = &ready.only {
+            Box::new(std::iter::once(only))
+        } else if !message.user_id.is_empty() {
+            let set = UserId::parse("user_id", &message.user_id)
+                .ok()
+                .and_then(|u| self.by_user.get(&u));
+            Box::new(set.into_iter().flatten())
+        } else if let Some(topic) = &message.topic {
+            Box::new(self.by_topic.get(topic).into_iter().flatten())
+        } else {
+            Box::new(self.conns.keys())
+        };
+        all.filter(move |id| Some(**id) != ready.exclude)
+    }
+
     fn up(&self, msg: Up) {
         for tx in self.links.values() {
             // A full link is about to be replaced; its Hello will carry the state.
@@ -102,6 +120,56 @@ impl State {
                 msg: Some(msg.clone()),
             });
         }
+    }
+}
+
+/// A connection's share of a burst of deliveries: the one delivery (by
+/// index; no copy per socket) or several.
+enum Share {
+    One(usize),
+    Many(Vec<Arc<Prepared>>),
+}
+
+type Send = (Arc<SendQueue>, ConnectionId, Share);
+
+/// A delivery encoded and addressed, before the hub looks up its sockets.
+struct Ready {
+    message: Arc<Prepared>,
+    /// A Publish to one connection_id (not stored, seq 0).
+    only: Option<ConnectionId>,
+    exclude: Option<ConnectionId>,
+    span: tracing::Span,
+}
+
+impl Ready {
+    /// None for a delivery that cannot be sent (data that is not JSON, a
+    /// malformed connection id).
+    fn new(delivery: pb::Delivery) -> Option<Self> {
+        // Debug level: free unless traces are exported (their filter keeps it).
+        let span = tracing::debug_span!(
+            "deliver",
+            message_id = tracing::field::Empty,
+            sockets = tracing::field::Empty
+        );
+        if !span.is_disabled() {
+            notify_ops::traces::adopt(&span, &delivery.trace_parent);
+            if let Some(m) = &delivery.message {
+                span.record("message_id", m.message_id.as_str());
+            }
+        }
+        let message = delivery.message.and_then(Prepared::new)?;
+        let exclude =
+            ConnectionId::parse("exclude_connection_id", &delivery.exclude_connection_id).ok();
+        let only = match delivery.connection_id.as_str() {
+            "" => None,
+            raw => Some(ConnectionId::parse("connection_id", raw).ok()?),
+        };
+        Some(Self {
+            message,
+            only,
+            exclude,
+            span,
+        })
     }
 }
 
@@ -374,75 +442,69 @@ impl Hub {
         s.up(Up::Acks(pb::InboxAcks { acks }));
     }
 
-    /// Hands a delivery to the connections it is for.
-    pub fn deliver(&self, delivery: pb::Delivery) {
-        // Debug level: free unless traces are exported (their filter keeps it).
-        let span = tracing::debug_span!(
-            "deliver",
-            message_id = tracing::field::Empty,
-            sockets = tracing::field::Empty
-        );
-        if !span.is_disabled() {
-            notify_ops::traces::adopt(&span, &delivery.trace_parent);
-            if let Some(m) = &delivery.message {
-                span.record("message_id", m.message_id.as_str());
-            }
-        }
-        let _entered = span.enter();
-        // Encoded once, outside the lock, for every connection it goes to.
-        let Some(message) = delivery.message.and_then(Prepared::new) else {
-            return;
-        };
-        let exclude =
-            ConnectionId::parse("exclude_connection_id", &delivery.exclude_connection_id).ok();
-        // A Publish to one connection_id (not stored, seq 0).
-        let only = match delivery.connection_id.as_str() {
-            "" => None,
-            raw => match ConnectionId::parse("connection_id", raw) {
-                Ok(id) => Some(id),
-                Err(_) => return,
-            },
-        };
+    /// Hands deliveries read off a link together to the connections they
+    /// are for. A connection due several of them gets them in one write
+    /// (see [`SendQueue::offer_all`]): when commits come in bursts, a burst
+    /// costs each socket one syscall.
+    pub fn deliver(&self, deliveries: Vec<pb::Delivery>) {
+        // Encoded once, outside the lock, for every connection each goes to.
+        let prepared: Vec<Ready> = deliveries.into_iter().filter_map(Ready::new).collect();
         let s = self.state.lock().expect("hub lock");
-        let targets: Vec<&ConnectionId> = if let Some(only) = &only {
-            vec![only]
-        } else if !message.user_id.is_empty() {
-            UserId::parse("user_id", &message.user_id)
-                .ok()
-                .and_then(|u| s.by_user.get(&u))
-                .map(|set| set.iter().collect())
-                .unwrap_or_default()
-        } else if let Some(topic) = &message.topic {
-            s.by_topic
-                .get(topic)
-                .map(|set| set.iter().collect())
-                .unwrap_or_default()
-        } else {
-            s.conns.keys().collect()
-        };
-        // The writes happen outside the hub's lock: a fan-out to 10,000
-        // sockets takes ~100 ms of writes, which must not hold up connects,
-        // closes and acks. A connection that ends meanwhile takes no direct
-        // write (its task unparked for good first); what is queued for it
-        // is never read.
-        let entries: Vec<(Arc<SendQueue>, CancellationToken)> = targets
-            .into_iter()
-            .filter(|id| Some(**id) != exclude)
-            .filter_map(|id| s.conns.get(id))
-            .map(|entry| (entry.queue.clone(), entry.slow.clone()))
-            .collect();
+        // Per connection, in the order the link gave them. The writes happen
+        // outside the hub's lock: a fan-out to 10,000 sockets takes ~100 ms
+        // of writes, which must not hold up connects, closes and acks. A
+        // connection that ends meanwhile takes no direct write (its task
+        // unparked for good first); what is queued for it is never read.
+        let mut sends: Vec<Send> = Vec::new();
+        let mut index: HashMap<ConnectionId, usize> = HashMap::new();
+        for (i, ready) in prepared.iter().enumerate() {
+            let _entered = ready.span.enter();
+            let mut sockets = 0;
+            for id in s.targets(ready) {
+                let Some(entry) = s.conns.get(id) else {
+                    continue;
+                };
+                sockets += 1;
+                if prepared.len() == 1 {
+                    sends.push((entry.queue.clone(), *id, Share::One(i)));
+                    continue;
+                }
+                let message = Arc::clone(&ready.message);
+                match index.entry(*id) {
+                    std::collections::hash_map::Entry::Occupied(at) => {
+                        if let Share::Many(messages) = &mut sends[*at.get()].2 {
+                            messages.push(message);
+                        }
+                    }
+                    std::collections::hash_map::Entry::Vacant(at) => {
+                        at.insert(sends.len());
+                        sends.push((entry.queue.clone(), *id, Share::Many(vec![message])));
+                    }
+                }
+            }
+            ready.span.record("sockets", sockets);
+        }
         drop(s);
         let mut direct = 0u64;
-        for (queue, slow) in &entries {
-            match queue.offer(&message) {
-                Ok(Handed::Written) => direct += 1,
-                Ok(Handed::Queued) => {}
-                Err(_) => slow.cancel(),
+        let mut slow = Vec::new();
+        for (queue, id, share) in &sends {
+            let messages = match share {
+                Share::One(i) => std::slice::from_ref(&prepared[*i].message),
+                Share::Many(messages) => messages.as_slice(),
+            };
+            match queue.offer_all(messages) {
+                Ok(written) => direct += written as u64,
+                Err(_) => slow.push(*id),
+            }
+        }
+        if !slow.is_empty() {
+            let s = self.state.lock().expect("hub lock");
+            for entry in slow.iter().filter_map(|id| s.conns.get(id)) {
+                entry.slow.cancel();
             }
         }
         self.written.inc_by(direct);
         self.direct.inc_by(direct);
-        span.record("sockets", entries.len());
     }
 
     /// A server-side subscription of a user began or ended: each of the

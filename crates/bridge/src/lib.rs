@@ -11,6 +11,7 @@
 mod admission;
 mod config;
 mod connection;
+mod deflate;
 mod hub;
 mod link;
 mod metrics;
@@ -135,6 +136,7 @@ pub async fn run(
     tokio::spawn(notify_ops::systemd::watchdog(|| true, shutdown.clone()));
     let limits = server::WireLimits {
         max_frame: config.max_frame,
+        deflate: config.deflate,
         header_timeout: config.header_timeout,
         proxy_protocol: config.proxy_protocol,
     };

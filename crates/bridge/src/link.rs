@@ -21,7 +21,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Status, metadata::MetadataValue, transport::Channel};
 
-use crate::hub::Hub;
+use futures::FutureExt;
+
+use crate::{hub::Hub, queue::MAX_DIRECT};
 
 /// Up-stream messages queued per link; a link that falls this far behind is
 /// re-attached, and its Hello carries the state again.
@@ -170,13 +172,35 @@ impl Attempt<'_> {
         // What this replica committed while it had no link to us was not
         // delivered live: every socket reads its feeds once more.
         hub.catch_up_all();
+        // A message read off the stream behind a burst of deliveries.
+        let mut held = None;
         loop {
-            let next = tokio::select! {
-                () = shutdown.cancelled() => return Ok(()),
-                next = down.message() => next?,
-            };
+            let next = match held.take() {
+                Some(next) => next,
+                None => tokio::select! {
+                    () = shutdown.cancelled() => return Ok(()),
+                    next = down.message() => next,
+                },
+            }?;
             match next.and_then(|d| d.msg) {
-                Some(Down::Delivery(d)) => hub.deliver(d),
+                Some(Down::Delivery(d)) => {
+                    // The deliveries already read go out together: a socket
+                    // due several takes them in one write.
+                    let mut burst = vec![d];
+                    while burst.len() < MAX_DIRECT {
+                        match down.message().now_or_never() {
+                            Some(Ok(Some(pb::BridgeDown {
+                                msg: Some(Down::Delivery(d)),
+                            }))) => burst.push(d),
+                            Some(other) => {
+                                held = Some(other);
+                                break;
+                            }
+                            None => break,
+                        }
+                    }
+                    hub.deliver(burst);
+                }
                 Some(Down::Kick(k)) => hub.kick(k),
                 Some(Down::PublishResult(r)) => pending.resolve(r),
                 Some(Down::Registered(r)) => hub.registered(index, r),

@@ -6,7 +6,7 @@
 //! On a plain TCP connection the queue also holds the socket, shared with the
 //! fan-out: while the task is parked with nothing queued or half-written, a
 //! delivery the client is due next on its feed is written by the hub itself
-//! ([`SendQueue::offer`]): one `write`, no task wake, no turn of the
+//! ([`SendQueue::offer_all`]): one `write`, no task wake, no turn of the
 //! connection's loop. Everything else — a would-block or short write, a feed
 //! replaying or holding messages back, a busy task — goes through the queue as
 //! before, so ordering, the 4008 rule and the byte bound are the queue's. The
@@ -23,7 +23,7 @@
 use std::{
     collections::VecDeque,
     io,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, OnceLock},
     task::{Context, Poll, ready},
     time::Duration,
 };
@@ -37,7 +37,10 @@ use serde_json::value::RawValue;
 use tokio::{io::ReadBuf, net::TcpStream};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use crate::protocol::{self, ServerFrame};
+use crate::{
+    deflate,
+    protocol::{self, ServerFrame},
+};
 
 /// Capacity kept after a burst drained; more is given back.
 const KEEP_CAPACITY: usize = 16;
@@ -56,6 +59,10 @@ pub struct Prepared {
     /// The whole WebSocket frame, header included, as it goes on the wire
     /// (server frames are unmasked: the same bytes for every subscriber).
     pub wire: Bytes,
+    /// The same frame compressed (permessage-deflate) and where its payload
+    /// starts: made when a connection that negotiated deflate is first due
+    /// it; None inside if deflate does not shrink it.
+    deflated: OnceLock<Option<(Bytes, usize)>>,
 }
 
 impl Prepared {
@@ -85,7 +92,27 @@ impl Prepared {
             topic,
             frame,
             wire,
+            deflated: OnceLock::new(),
         }))
+    }
+
+    /// The compressed frame and where its payload starts, for a connection
+    /// that may get messages up to `max_compressed` bytes compressed; None:
+    /// the plain frame.
+    pub fn deflated(&self, max_compressed: usize) -> Option<&(Bytes, usize)> {
+        if self.frame.len() > max_compressed {
+            return None;
+        }
+        self.deflated
+            .get_or_init(|| deflate::compress_text(self.frame.as_bytes()))
+            .as_ref()
+    }
+
+    /// The bytes a connection gets on the wire (`deflate`: what it agreed to).
+    pub fn wire_for(&self, deflate: Option<usize>) -> &Bytes {
+        deflate
+            .and_then(|max| self.deflated(max))
+            .map_or(&self.wire, |(frame, _)| frame)
     }
 }
 
@@ -180,20 +207,15 @@ struct Line {
     wrote: bool,
 }
 
-/// Where a delivery went.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Handed {
-    /// Written to the socket by the caller.
-    Written,
-    Queued,
-}
-
 pub struct SendQueue {
     items: Mutex<Items>,
     waker: AtomicWaker,
     bound: Bound,
     /// The plain TCP socket, shared with tungstenite's `WireIo`; none over TLS.
     line: Option<TcpStream>,
+    /// permessage-deflate was agreed: messages up to this many bytes go
+    /// compressed.
+    deflate: Option<usize>,
 }
 
 /// Writes what is left of a short direct write.
@@ -212,6 +234,74 @@ fn drain(
         }
     }
     Poll::Ready(Ok(()))
+}
+
+/// Most deliveries one direct write carries (the link hands bursts of up to
+/// this many; `IOV_MAX` is 1,024).
+pub const MAX_DIRECT: usize = 64;
+
+/// Writes the leading `messages` that are due next on their feeds in one
+/// non-blocking `writev`; returns how many went (0: none was due, or the
+/// socket would block — the caller queues them). A short write leaves its
+/// tail for the task, woken by a `Flush` queued here.
+fn write_due(
+    stream: &TcpStream,
+    items: &mut Items,
+    messages: &[Arc<Prepared>],
+    deflate: Option<usize>,
+) -> usize {
+    let line = &mut items.line;
+    let wrote_before = line.wrote;
+    let mut slots = [Slot::Unsequenced; MAX_DIRECT];
+    let mut due = 0;
+    for message in messages.iter().take(MAX_DIRECT) {
+        let Some(slot) = line.next_on_feed(message) else {
+            break;
+        };
+        // Moved now, so the next message of the same feed is seen in turn.
+        line.sent(slot, message.seq);
+        slots[due] = slot;
+        due += 1;
+    }
+    if due == 0 {
+        return 0;
+    }
+    let due_messages = &messages[..due];
+    let mut bufs = [io::IoSlice::new(&[]); MAX_DIRECT];
+    for (buf, message) in bufs.iter_mut().zip(due_messages) {
+        *buf = io::IoSlice::new(message.wire_for(deflate));
+    }
+    // Would block (or failed: the task meets the error itself): queue them.
+    let Ok(mut written) = stream.try_write_vectored(&bufs[..due]) else {
+        for (slot, message) in slots[..due].iter().zip(due_messages).rev() {
+            line.unsend(*slot, message.seq);
+        }
+        line.wrote = wrote_before;
+        return 0;
+    };
+    let total: usize = due_messages.iter().map(|m| m.wire_for(deflate).len()).sum();
+    if written < total {
+        let mut tail: Vec<Bytes> = Vec::new();
+        for message in due_messages {
+            let wire = message.wire_for(deflate);
+            let len = wire.len();
+            if written >= len {
+                written -= len;
+            } else {
+                tail.push(wire.slice(written..));
+                written = 0;
+            }
+        }
+        line.leftover = Some(match tail.len() {
+            1 => tail.pop().expect("one tail"),
+            _ => tail.concat().into(),
+        });
+        line.idle = false;
+        items
+            .queue
+            .push_back(Outbound::Local(Box::new(Local::Flush)));
+    }
+    due
 }
 
 /// The feed a direct write moves.
@@ -248,6 +338,15 @@ impl Line {
         }
         self.wrote = true;
     }
+
+    /// Undoes [`sent`](Self::sent) of `seq` (the write would block).
+    fn unsend(&mut self, slot: Slot, seq: u64) {
+        match slot {
+            Slot::Inbox => self.inbox = Some(seq - 1),
+            Slot::Topic(i) => self.topics[i].1 = seq - 1,
+            Slot::Unsequenced => {}
+        }
+    }
 }
 
 /// Bytes a queued item holds the connection to.
@@ -259,14 +358,15 @@ fn size(item: &Outbound) -> usize {
 }
 
 impl SendQueue {
-    /// A queue for a connection whose socket is not shared (TLS, tests).
+    /// A queue whose socket is not shared, without deflate.
+    #[cfg(test)]
     pub fn new(bound: Bound) -> Arc<Self> {
-        Self::with_line(bound, None)
+        Self::with_line(bound, None, None)
     }
 
     /// A queue that owns the connection's plain TCP socket (see the module
     /// doc); tungstenite reaches it through the wire module's `WireIo`.
-    pub fn with_line(bound: Bound, line: Option<TcpStream>) -> Arc<Self> {
+    pub fn with_line(bound: Bound, line: Option<TcpStream>, deflate: Option<usize>) -> Arc<Self> {
         Arc::new(Self {
             items: Mutex::default(),
             waker: AtomicWaker::new(),
@@ -275,7 +375,14 @@ impl SendQueue {
                 bytes: bound.bytes,
             },
             line,
+            deflate,
         })
+    }
+
+    /// What permessage-deflate allows this connection: messages up to this
+    /// many bytes go compressed (None: not agreed).
+    pub fn deflate(&self) -> Option<usize> {
+        self.deflate
     }
 
     /// Queues `item` unless the queue is at its bound in frames or bytes.
@@ -289,6 +396,14 @@ impl SendQueue {
         mut items: std::sync::MutexGuard<'_, Items>,
         item: Outbound,
     ) -> Result<(), Full> {
+        self.enqueue(&mut items, item)?;
+        drop(items);
+        self.waker.wake();
+        Ok(())
+    }
+
+    /// Queues `item` within the bound; the caller wakes the task.
+    fn enqueue(&self, items: &mut Items, item: Outbound) -> Result<(), Full> {
         let len = size(&item);
         let over_bytes = items.bytes > 0 && items.bytes + len > self.bound.bytes;
         if items.queue.len() >= self.bound.frames || over_bytes {
@@ -298,8 +413,6 @@ impl SendQueue {
         items.line.idle = false;
         items.bytes += len;
         items.queue.push_back(item);
-        drop(items);
-        self.waker.wake();
         Ok(())
     }
 
@@ -315,32 +428,33 @@ impl SendQueue {
         self.waker.wake();
     }
 
-    /// Hands a delivery over: written to the socket right here when the task
-    /// is parked, the message is the next on its feed and the socket takes
-    /// it without blocking; queued otherwise (as [`push`](Self::push)).
-    pub fn offer(&self, message: &Arc<Prepared>) -> Result<Handed, Full> {
+    /// Hands deliveries over, in order: written to the socket right here
+    /// while the task is parked, each message is the next on its feed and
+    /// the socket takes them without blocking — all in one `writev`, so a
+    /// burst of commits costs a socket one syscall; queued otherwise (as
+    /// [`push`](Self::push)). Returns how many were written (the first ones).
+    pub fn offer_all(&self, messages: &[Arc<Prepared>]) -> Result<usize, Full> {
         let mut items = self.items.lock().expect("queue lock");
-        if let Some(stream) = &self.line
-            && items.line.idle
-            && let Some(slot) = items.line.next_on_feed(message)
-        {
-            // Would block (or failed: the task meets the error itself): queue it.
-            if let Ok(written) = stream.try_write(&message.wire) {
-                items.line.sent(slot, message.seq);
-                if written < message.wire.len() {
-                    items.line.leftover = Some(message.wire.slice(written..));
-                    items.line.idle = false;
-                    items
-                        .queue
-                        .push_back(Outbound::Local(Box::new(Local::Flush)));
-                    drop(items);
-                    self.waker.wake();
-                }
-                return Ok(Handed::Written);
+        let written = match &self.line {
+            Some(stream) if items.line.idle => {
+                write_due(stream, &mut items, messages, self.deflate)
             }
+            _ => 0,
+        };
+        let mut woken = !items.line.idle && written > 0;
+        let mut outcome = Ok(written);
+        for message in &messages[written..] {
+            if let Err(full) = self.enqueue(&mut items, Outbound::Deliver(Arc::clone(message))) {
+                outcome = Err(full);
+                break;
+            }
+            woken = true;
         }
-        self.push_locked(items, Outbound::Deliver(Arc::clone(message)))
-            .map(|()| Handed::Queued)
+        drop(items);
+        if woken {
+            self.waker.wake();
+        }
+        outcome
     }
 
     /// The task is about to wait: if nothing is queued or half-written, the

@@ -25,6 +25,7 @@ use tokio_util::task::TaskTracker;
 use crate::{
     admission::Admitted,
     connection::{self, Shared},
+    deflate::{self, Agreed},
     queue::{Bound, SendQueue},
     refusal::{self, Refusal},
     respond,
@@ -36,6 +37,8 @@ use crate::{
 pub struct WireLimits {
     /// Largest inbound WebSocket frame.
     pub max_frame: usize,
+    /// permessage-deflate for clients that offer it.
+    pub deflate: bool,
     /// Longest wait for a TLS handshake and the request headers.
     pub header_timeout: Duration,
     /// Every connection starts with a PROXY protocol v2 header naming the
@@ -101,7 +104,7 @@ async fn serve_http<IO>(
 {
     let service = service_fn(move |req| {
         let (shared, tracker) = (shared.clone(), tracker.clone());
-        async move { Ok::<_, Infallible>(handle(req, peer, shared, tracker, limits.max_frame).await) }
+        async move { Ok::<_, Infallible>(handle(req, peer, shared, tracker, limits).await) }
     });
     // Without a timer hyper waits for headers forever: a client that sends
     // half a request line and stalls (slowloris) would hold the socket.
@@ -196,7 +199,7 @@ async fn handle(
     peer: IpAddr,
     shared: Arc<Shared>,
     tracker: TaskTracker,
-    max_frame: usize,
+    limits: WireLimits,
 ) -> Response<Full<Bytes>> {
     if shared.panel && crate::panel::is_panel(req.uri().path()) {
         return crate::panel::handle(req, shared).await;
@@ -229,9 +232,20 @@ async fn handle(
         .map(String::into_boxed_str);
 
     let accept = derive_accept_key(key.as_bytes());
+    let deflate = limits
+        .deflate
+        .then(|| {
+            deflate::negotiate(
+                req.headers()
+                    .get_all(header::SEC_WEBSOCKET_EXTENSIONS)
+                    .iter(),
+            )
+        })
+        .flatten();
+    let response = switching_protocols(&accept, deflate.as_ref());
     let serving = tracker.clone();
     tracker.spawn(async move {
-        let Some((ws, queue)) = upgraded(req, max_frame, shared.queue).await else {
+        let Some((ws, queue)) = upgraded(req, limits.max_frame, shared.queue, deflate).await else {
             return;
         };
         // A task of its own, sized to the connection alone: this one also
@@ -247,7 +261,7 @@ async fn handle(
         });
         serving.spawn(connection::serve(accepted, Box::new(identity), shared));
     });
-    switching_protocols(&accept)
+    response
 }
 
 /// The `Sec-WebSocket-Key` of a WebSocket upgrade request, or why it is not one.
@@ -270,6 +284,7 @@ async fn upgraded(
     req: Request<Incoming>,
     max_frame: usize,
     bound: Bound,
+    deflate: Option<Agreed>,
 ) -> Option<(connection::Socket, Arc<SendQueue>)> {
     let upgraded = hyper::upgrade::on(req)
         .await
@@ -285,13 +300,14 @@ async fn upgraded(
         .write_buffer_size(16 * 1024)
         .max_message_size(Some(max_frame))
         .max_frame_size(Some(max_frame));
-    let (io, queue) = WireIo::new(upgraded, bound);
+    let (io, queue) = WireIo::new(upgraded, bound, deflate.as_ref(), max_frame);
     let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
     Some((ws, queue))
 }
 
-/// 101 Switching Protocols, accepting the upgrade with `accept`.
-fn switching_protocols(accept: &str) -> Response<Full<Bytes>> {
+/// 101 Switching Protocols, accepting the upgrade with `accept` (and
+/// permessage-deflate, if agreed).
+fn switching_protocols(accept: &str, deflate: Option<&Agreed>) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::new()));
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let headers = response.headers_mut();
@@ -305,6 +321,9 @@ fn switching_protocols(accept: &str) -> Response<Full<Bytes>> {
     );
     if let Ok(value) = header::HeaderValue::from_str(accept) {
         headers.insert(header::SEC_WEBSOCKET_ACCEPT, value);
+    }
+    if let Some(agreed) = deflate {
+        headers.insert(header::SEC_WEBSOCKET_EXTENSIONS, agreed.response.clone());
     }
     response
 }

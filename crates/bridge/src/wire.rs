@@ -1,26 +1,38 @@
 //! The bytes under one WebSocket. On a plain TCP connection (production: TLS
 //! ends at the load balancer) the socket lives in the connection's
 //! [`SendQueue`], shared with the fan-out, and tungstenite reads and writes
-//! it through [`WireIo::Shared`]: every write marks the connection busy first
+//! it through `Raw::Shared`: every write marks the connection busy first
 //! and sends the tail of a short direct write before its own bytes, so frames
 //! never interleave (see [`crate::queue`]). Over TLS (wss served by the
-//! bridge itself) the socket is tungstenite's alone ([`WireIo::Own`]).
+//! bridge itself) the socket is tungstenite's alone (`Raw::Own`). When the
+//! client agreed to permessage-deflate, its compressed messages are made
+//! plain on the way up ([`crate::deflate`]).
 
 use std::{
     io,
     pin::Pin,
     sync::Arc,
-    task::{Context, Poll},
+    task::{Context, Poll, ready},
 };
 
 use hyper::{body::Bytes, upgrade::Upgraded};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use crate::queue::{Bound, SendQueue};
+use crate::{
+    deflate::{Agreed, Inflate},
+    queue::{Bound, SendQueue},
+};
 
-/// What tungstenite reads and writes.
-pub enum WireIo {
+/// What tungstenite reads and writes: the socket, and the inflater of the
+/// client's compressed messages when permessage-deflate was agreed.
+pub struct WireIo {
+    raw: Raw,
+    inflate: Option<Box<Inflate>>,
+}
+
+/// The socket under a WebSocket.
+enum Raw {
     /// A plain TCP socket held by the queue; `read_ahead` is what the HTTP
     /// server had read past the upgrade request.
     Shared {
@@ -32,32 +44,41 @@ pub enum WireIo {
 
 impl WireIo {
     /// The upgraded socket and the connection's queue: shared when the
-    /// socket is plain TCP.
-    pub fn new(upgraded: Upgraded, bound: Bound) -> (Self, Arc<SendQueue>) {
-        match upgraded.downcast::<TokioIo<tokio::net::TcpStream>>() {
+    /// socket is plain TCP. `deflate`: what the upgrade agreed to, and the
+    /// largest message a client may send (inflated or not).
+    pub fn new(
+        upgraded: Upgraded,
+        bound: Bound,
+        deflate: Option<&Agreed>,
+        max_message: usize,
+    ) -> (Self, Arc<SendQueue>) {
+        let max_compressed = deflate.map(|agreed| agreed.max_compressed);
+        let inflate = deflate.map(|agreed| Box::new(Inflate::new(agreed, max_message)));
+        let (raw, queue) = match upgraded.downcast::<TokioIo<tokio::net::TcpStream>>() {
             Ok(parts) => {
-                let queue = SendQueue::with_line(bound, Some(parts.io.into_inner()));
+                let stream = Some(parts.io.into_inner());
+                let queue = SendQueue::with_line(bound, stream, max_compressed);
                 // A copy: the slice would keep the HTTP server's whole read
                 // buffer (8 KiB and more) alive for the connection's life.
                 let read_ahead = Bytes::copy_from_slice(&parts.read_buf);
-                let io = Self::Shared {
+                let raw = Raw::Shared {
                     queue: queue.clone(),
                     read_ahead,
                 };
-                (io, queue)
+                (raw, queue)
             }
-            Err(upgraded) => (Self::Own(TokioIo::new(upgraded)), SendQueue::new(bound)),
-        }
+            Err(upgraded) => (
+                Raw::Own(TokioIo::new(upgraded)),
+                SendQueue::with_line(bound, None, max_compressed),
+            ),
+        };
+        (Self { raw, inflate }, queue)
     }
 }
 
-impl AsyncRead for WireIo {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
+impl Raw {
+    fn poll_read(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match self {
             Self::Shared { queue, read_ahead } => {
                 if !read_ahead.is_empty() {
                     let n = read_ahead.len().min(buf.remaining());
@@ -72,31 +93,63 @@ impl AsyncRead for WireIo {
     }
 }
 
+impl AsyncRead for WireIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let Some(inflate) = &mut this.inflate else {
+            return this.raw.poll_read(cx, buf);
+        };
+        loop {
+            if !inflate.out.is_empty() {
+                let n = inflate.out.len().min(buf.remaining());
+                buf.put_slice(&inflate.out[..n]);
+                inflate.out.drain(..n);
+                if inflate.out.is_empty() && inflate.out.capacity() > 4096 {
+                    inflate.out = Vec::new();
+                }
+                return Poll::Ready(Ok(()));
+            }
+            let mut chunk = [0u8; 2048];
+            let mut read = ReadBuf::new(&mut chunk);
+            ready!(this.raw.poll_read(cx, &mut read))?;
+            if read.filled().is_empty() {
+                // End of stream.
+                return Poll::Ready(Ok(()));
+            }
+            inflate.push(read.filled())?;
+        }
+    }
+}
+
 impl AsyncWrite for WireIo {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Self::Shared { queue, .. } => queue.poll_write_line(cx, buf),
-            Self::Own(io) => Pin::new(io).poll_write(cx, buf),
+        match &mut self.get_mut().raw {
+            Raw::Shared { queue, .. } => queue.poll_write_line(cx, buf),
+            Raw::Own(io) => Pin::new(io).poll_write(cx, buf),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Self::Shared { queue, .. } => queue.poll_flush_line(cx),
-            Self::Own(io) => Pin::new(io).poll_flush(cx),
+        match &mut self.get_mut().raw {
+            Raw::Shared { queue, .. } => queue.poll_flush_line(cx),
+            Raw::Own(io) => Pin::new(io).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
+        match &mut self.get_mut().raw {
             // What is written goes out; the socket closes when the
             // connection drops it (the queue may outlive it a little).
-            Self::Shared { queue, .. } => queue.poll_flush_line(cx),
-            Self::Own(io) => Pin::new(io).poll_shutdown(cx),
+            Raw::Shared { queue, .. } => queue.poll_flush_line(cx),
+            Raw::Own(io) => Pin::new(io).poll_shutdown(cx),
         }
     }
 }
@@ -114,7 +167,7 @@ mod tests {
 
     use super::*;
     use crate::{
-        queue::{Handed, Local, Outbound, Prepared},
+        queue::{Full, Local, Outbound, Prepared},
         sequencer::Sequencer,
     };
 
@@ -132,12 +185,20 @@ mod tests {
             .await
             .unwrap();
         let (server, _) = listener.accept().await.unwrap();
-        let queue = SendQueue::with_line(Bound::default(), Some(server));
-        let io = WireIo::Shared {
-            queue: queue.clone(),
-            read_ahead: Bytes::new(),
+        let queue = SendQueue::with_line(Bound::default(), Some(server), None);
+        let io = WireIo {
+            raw: Raw::Shared {
+                queue: queue.clone(),
+                read_ahead: Bytes::new(),
+            },
+            inflate: None,
         };
         (queue, io, client)
+    }
+
+    /// One delivery offered alone: 1 if written directly, 0 if queued.
+    fn offer(queue: &SendQueue, message: &Arc<Prepared>) -> Result<usize, Full> {
+        queue.offer_all(std::slice::from_ref(message))
     }
 
     fn inbox(seq: u64, pad: usize) -> Arc<Prepared> {
@@ -177,18 +238,18 @@ mod tests {
         let (queue, _io, mut client) = line(None).await;
         let first = inbox(5, 10);
         // Not parked yet: queued.
-        assert_eq!(queue.offer(&first), Ok(Handed::Queued));
+        assert_eq!(offer(&queue, &first), Ok(0));
         assert!(matches!(queue.try_pop(), Some(Outbound::Deliver(_))));
 
         queue.park(Some(4), std::iter::empty());
-        assert_eq!(queue.offer(&first), Ok(Handed::Written));
+        assert_eq!(offer(&queue, &first), Ok(1));
         let mut got = vec![0; first.wire.len()];
         client.read_exact(&mut got).await.unwrap();
         assert_eq!(got, first.wire);
         // Out of turn (6 is missing): the task sequences it, and what
         // follows waits behind it.
-        assert_eq!(queue.offer(&inbox(7, 10)), Ok(Handed::Queued));
-        assert_eq!(queue.offer(&inbox(6, 10)), Ok(Handed::Queued));
+        assert_eq!(offer(&queue, &inbox(7, 10)), Ok(0));
+        assert_eq!(offer(&queue, &inbox(6, 10)), Ok(0));
         let mut moved = Vec::new();
         queue.unpark(|feed, last| moved.push((feed.cloned(), last)));
         assert_eq!(moved, [(None, 5)]);
@@ -200,12 +261,12 @@ mod tests {
         queue.park(Some(0), std::iter::empty());
         // Far more than the socket takes at once.
         let big = inbox(1, 4 << 20);
-        assert_eq!(queue.offer(&big), Ok(Handed::Written));
+        assert_eq!(offer(&queue, &big), Ok(1));
         assert!(
             matches!(queue.try_pop(), Some(Outbound::Local(l)) if matches!(*l, Local::Flush)),
             "the task is woken to finish the write"
         );
-        assert_eq!(queue.offer(&inbox(2, 10)), Ok(Handed::Queued));
+        assert_eq!(offer(&queue, &inbox(2, 10)), Ok(0));
         let reader = tokio::spawn(async move {
             let mut all = Vec::new();
             client.read_to_end(&mut all).await.unwrap();
@@ -225,8 +286,9 @@ mod tests {
     /// What the test's connection does in one step.
     #[derive(Debug, Clone)]
     enum Step {
-        /// The fan-out offers the next `n` live copies.
-        Live(usize),
+        /// The fan-out offers the next `n` live copies, in bursts of up to
+        /// `burst` (as the link hands them).
+        Live(usize, usize),
         /// The task wakes, drains its queue and finishes a store read of
         /// up to this many messages, if one was asked for; then parks.
         Task(u64),
@@ -235,7 +297,7 @@ mod tests {
     fn steps() -> impl Strategy<Value = Vec<Step>> {
         prop::collection::vec(
             prop_oneof![
-                (1usize..40).prop_map(Step::Live),
+                (1usize..40, 1usize..6).prop_map(|(n, burst)| Step::Live(n, burst)),
                 (1u64..120).prop_map(Step::Task),
             ],
             1..60,
@@ -311,16 +373,17 @@ mod tests {
         let finish = std::iter::repeat_n(Step::Task(500), 2 + (last / 500) as usize * 2);
         for step in steps
             .into_iter()
-            .chain(std::iter::once(Step::Live(usize::MAX)))
+            .chain(std::iter::once(Step::Live(usize::MAX, 1)))
             .chain(finish)
         {
             match step {
-                Step::Live(n) => {
-                    for s in live.drain(..n.min(live.len())) {
-                        committed = committed.max(s);
-                        match queue.offer(&inbox(s, pad)) {
-                            Ok(Handed::Written) => run.direct += 1,
-                            Ok(Handed::Queued) => {}
+                Step::Live(n, burst) => {
+                    let copies: Vec<u64> = live.drain(..n.min(live.len())).collect();
+                    for chunk in copies.chunks(burst) {
+                        committed = committed.max(chunk.iter().copied().max().unwrap_or(0));
+                        let messages: Vec<_> = chunk.iter().map(|&s| inbox(s, pad)).collect();
+                        match queue.offer_all(&messages) {
+                            Ok(written) => run.direct += written,
                             Err(_) => panic!("the queue's bound holds 1,024"),
                         }
                     }
@@ -367,15 +430,45 @@ mod tests {
     #[tokio::test]
     async fn the_interleaving_writes_directly_and_short() {
         // Live bursts between turns of the task, large frames over the
-        // small buffer: both kinds of direct write happen.
-        let steps = [Step::Task(500), Step::Live(5), Step::Task(500)]
-            .into_iter()
-            .cycle()
-            .take(90)
+        // small buffer: both kinds of direct write happen, one message at a
+        // time and several per write.
+        for burst in [1, 5] {
+            let steps = [Step::Task(500), Step::Live(5, burst), Step::Task(500)]
+                .into_iter()
+                .cycle()
+                .take(90)
+                .collect();
+            let run = interleave(steps, 10, 150, (1, 0), 3000).await;
+            assert_eq!(run.seqs, (1..=160).collect::<Vec<_>>());
+            assert!(
+                run.direct > 20,
+                "burst {burst}: {} direct writes",
+                run.direct
+            );
+            assert!(run.short > 0, "burst {burst}: no short direct write");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_burst_due_next_goes_out_in_one_write_up_to_the_first_out_of_turn() {
+        let (queue, _io, mut client) = line(None).await;
+        queue.park(Some(3), std::iter::empty());
+        let burst = [inbox(4, 10), inbox(5, 10), inbox(7, 10), inbox(6, 10)];
+        // 4 and 5 are due; 7 is not, so it and what follows wait for the task.
+        assert_eq!(queue.offer_all(&burst), Ok(2));
+        let want: Vec<u8> = [&burst[0].wire[..], &burst[1].wire[..]].concat();
+        let mut got = vec![0; want.len()];
+        client.read_exact(&mut got).await.unwrap();
+        assert_eq!(seqs(&got), [4, 5]);
+        let queued: Vec<u64> = std::iter::from_fn(|| queue.try_pop())
+            .map(|item| match item {
+                Outbound::Deliver(m) => m.seq,
+                other => panic!("unexpected {other:?}"),
+            })
             .collect();
-        let run = interleave(steps, 10, 150, (1, 0), 3000).await;
-        assert_eq!(run.seqs, (1..=160).collect::<Vec<_>>());
-        assert!(run.direct > 20, "{} direct writes", run.direct);
-        assert!(run.short > 0, "no short direct write");
+        assert_eq!(queued, [7, 6]);
+        let mut moved = Vec::new();
+        queue.unpark(|feed, last| moved.push((feed.cloned(), last)));
+        assert_eq!(moved, [(None, 5)]);
     }
 }
