@@ -257,6 +257,8 @@ struct Round {
     p50_ms: f64,
     p99_ms: f64,
     max_ms: f64,
+    /// The publish call's own p50 and p99 (ms).
+    call_ms: (f64, f64),
     cpu: CpuShare,
 }
 
@@ -309,13 +311,27 @@ async fn fan_out(
     }
     let process = server.process.clone();
     let cpu = CpuWatch::start(&process, args);
-    let publish = |_| server.publish(topic, format!("{{\"sent_us\":{}}}", now_us()));
+    // How long the publish call itself takes: for the bridge the durable
+    // commit (the svc answers once committed), for Node the whole broadcast.
+    let calls = std::sync::Mutex::new(Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?);
+    let publish = |_| {
+        let started = Instant::now();
+        let call = server.publish(topic, format!("{{\"sent_us\":{}}}", now_us()));
+        let calls = &calls;
+        async move {
+            call.await?;
+            let us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+            let _ = calls.lock().expect("calls").record(us.max(1));
+            anyhow::Ok(())
+        }
+    };
     crate::paced(args.messages, args.rate, args.in_flight, publish).await?;
     let mut sockets = Vec::new();
     for r in readers {
         sockets.push(r.await?);
     }
     let (elapsed, cpu) = cpu.stop();
+    let calls = calls.into_inner().expect("calls");
     let deliveries = received.load(Ordering::Relaxed);
     let hist = hist.lock().expect("hist");
     let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
@@ -327,6 +343,10 @@ async fn fan_out(
         p50_ms: ms(0.5),
         p99_ms: ms(0.99),
         max_ms: ms(1.0),
+        call_ms: (
+            calls.value_at_quantile(0.5) as f64 / 1000.0,
+            calls.value_at_quantile(0.99) as f64 / 1000.0,
+        ),
         cpu,
     };
     Ok((round, sockets))
@@ -456,7 +476,7 @@ async fn measure(args: &WsArgs, server: &UnderTest) -> anyhow::Result<Figures> {
         let (round, back) = fan_out(args, server, &topic, sockets).await?;
         sockets = back;
         println!(
-            "  fan-out: {} of {} delivered, {:.0}/s, {:.0} per server-CPU-s, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms   ({})",
+            "  fan-out: {} of {} delivered, {:.0}/s, {:.0} per server-CPU-s, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms; publish call p50 {:.2} ms, p99 {:.2} ms   ({})",
             round.deliveries,
             args.clients * args.messages,
             round.per_sec,
@@ -464,6 +484,8 @@ async fn measure(args: &WsArgs, server: &UnderTest) -> anyhow::Result<Figures> {
             round.p50_ms,
             round.p99_ms,
             round.max_ms,
+            round.call_ms.0,
+            round.call_ms.1,
             round.cpu
         );
         rounds.push(round);
