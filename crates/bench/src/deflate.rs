@@ -12,26 +12,18 @@ use std::{
 };
 
 use anyhow::{Context, bail};
-use notify_auth::{DEV_CLIENT_ID, DEV_ISSUER, DEV_KEY_FILE, DevIssuer, DevToken};
 use notify_proto::v1::{self as pb, notify_client::NotifyClient};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpSocket, TcpStream},
 };
 
-use crate::CpuSample;
+use crate::{CpuSample, under_test::BridgeArgs};
 
 #[derive(clap::Args)]
 pub struct DeflateArgs {
-    /// The bridge's WebSocket address (host:port).
-    #[arg(long, default_value = "127.0.0.1:8080")]
-    ws: SocketAddr,
-    /// notify-svc gRPC endpoint.
-    #[arg(long, default_value = "http://127.0.0.1:50051")]
-    grpc: String,
-    /// Where the dev key is (the bridge must run with AUTH_DEV=1 on the same one).
-    #[arg(long, default_value = ".notify")]
-    data_dir: std::path::PathBuf,
+    #[command(flatten)]
+    bridge: BridgeArgs,
     /// WebSocket clients following `fights:live`.
     #[arg(long, short = 'n', default_value_t = 1000)]
     clients: usize,
@@ -89,14 +81,10 @@ pub async fn run(args: DeflateArgs) -> anyhow::Result<()> {
     if args.clients == 0 || args.messages == 0 {
         bail!("--clients and --messages must be at least 1");
     }
-    let issuer =
-        DevIssuer::load_or_create(&args.data_dir.join(DEV_KEY_FILE), DEV_ISSUER, DEV_CLIENT_ID)?;
-    let tokens: Vec<String> = (0..args.clients)
-        .map(|i| issuer.mint(&DevToken::access(&format!("bench-deflate-{i}"))))
-        .collect::<Result<_, _>>()?;
-    let api = NotifyClient::connect(args.grpc.clone())
+    let tokens = args.bridge.tokens("bench-deflate", args.clients)?;
+    let api = NotifyClient::connect(args.bridge.grpc.clone())
         .await
-        .with_context(|| format!("connecting to notify-svc at {}", args.grpc))?;
+        .with_context(|| format!("connecting to notify-svc at {}", args.bridge.grpc))?;
     println!(
         "deflate bench: clients={} messages={} rate={} in-flight={} machine cores={}",
         args.clients,
@@ -150,7 +138,7 @@ async fn pass(
     let mut clients = Vec::with_capacity(tokens.len());
     for (i, token) in tokens.iter().enumerate() {
         let source = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + (i % 8) as u8));
-        clients.push(Client::connect(args.ws, source, token, offer).await?);
+        clients.push(Client::connect(args.bridge.ws, source, token, offer).await?);
     }
     for c in &mut clients {
         c.subscribe("fights:live").await?;

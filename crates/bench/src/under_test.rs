@@ -9,6 +9,7 @@ use std::{net::SocketAddr, sync::Arc};
 use anyhow::{Context, bail};
 use http_body_util::Full;
 use hyper::body::Bytes;
+use notify_auth::{DEV_CLIENT_ID, DEV_ISSUER, DEV_KEY_FILE, DevIssuer, DevToken};
 use notify_proto::v1::{self as pb, notify_client::NotifyClient};
 use tonic::transport::Channel;
 
@@ -16,6 +17,32 @@ type HttpClient = hyper_util::client::legacy::Client<
     hyper_util::client::legacy::connect::HttpConnector,
     Full<Bytes>,
 >;
+
+/// Where a bridge bench finds the platform: the bridge, notify-svc and the
+/// dev key the bridge checks tokens with.
+#[derive(clap::Args)]
+pub struct BridgeArgs {
+    /// The bridge's WebSocket address (host:port).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub ws: SocketAddr,
+    /// notify-svc gRPC endpoint.
+    #[arg(long, default_value = "http://127.0.0.1:50051")]
+    pub grpc: String,
+    /// Where the dev key is (the bridge must run with AUTH_DEV=1 on the same one).
+    #[arg(long, default_value = ".notify")]
+    pub data_dir: std::path::PathBuf,
+}
+
+impl BridgeArgs {
+    /// RS256 dev tokens for users `{prefix}-0` .. `{prefix}-{n-1}`.
+    pub fn tokens(&self, prefix: &str, n: usize) -> anyhow::Result<Vec<String>> {
+        let key = self.data_dir.join(DEV_KEY_FILE);
+        let issuer = DevIssuer::load_or_create(&key, DEV_ISSUER, DEV_CLIENT_ID)?;
+        (0..n)
+            .map(|i| Ok(issuer.mint(&DevToken::access(&format!("{prefix}-{i}")))?))
+            .collect()
+    }
+}
 
 /// One server under test.
 pub struct UnderTest {

@@ -22,7 +22,6 @@ use std::{
 use anyhow::{Context, bail};
 use futures::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
-use notify_auth::{DEV_CLIENT_ID, DEV_ISSUER, DEV_KEY_FILE, DevIssuer, DevToken};
 use tokio::{
     io::{AsyncRead, AsyncWrite},
     net::TcpSocket,
@@ -31,19 +30,15 @@ use tokio::{
 use tokio_rustls::{TlsConnector, rustls::pki_types::ServerName};
 use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest};
 
-use crate::{CpuSample, under_test::UnderTest};
+use crate::{
+    CpuSample,
+    under_test::{BridgeArgs, UnderTest},
+};
 
 #[derive(clap::Args)]
 pub struct WsArgs {
-    /// The bridge's WebSocket address (host:port).
-    #[arg(long, default_value = "127.0.0.1:8080")]
-    ws: SocketAddr,
-    /// notify-svc gRPC endpoint.
-    #[arg(long, default_value = "http://127.0.0.1:50051")]
-    grpc: String,
-    /// Where the dev key is (the bridge must run with AUTH_DEV=1 on the same one).
-    #[arg(long, default_value = ".notify")]
-    data_dir: std::path::PathBuf,
+    #[command(flatten)]
+    bridge: BridgeArgs,
     /// WebSocket clients.
     #[arg(long, short = 'n', default_value_t = 1000)]
     clients: usize,
@@ -373,11 +368,7 @@ pub async fn run(args: WsArgs) -> anyhow::Result<()> {
     if args.runs == 0 || args.clients == 0 {
         bail!("--runs and --clients must be at least 1");
     }
-    let issuer =
-        DevIssuer::load_or_create(&args.data_dir.join(DEV_KEY_FILE), DEV_ISSUER, DEV_CLIENT_ID)?;
-    let tokens: Vec<String> = (0..args.clients)
-        .map(|i| issuer.mint(&DevToken::access(&format!("bench-ws-{i}"))))
-        .collect::<Result<_, _>>()?;
+    let tokens = args.bridge.tokens("bench-ws", args.clients)?;
     println!(
         "ws bench: clients={} messages={} rate={} in-flight={} runs={} machine cores={}",
         args.clients,
@@ -388,9 +379,9 @@ pub async fn run(args: WsArgs) -> anyhow::Result<()> {
         crate::machine_cores()
     );
     let bridge = UnderTest::bridge(
-        args.ws,
+        args.bridge.ws,
         &args.bridge_process,
-        &args.grpc,
+        &args.bridge.grpc,
         Arc::new(tokens),
         args.ca_file.is_some(),
     )

@@ -22,6 +22,8 @@ use std::{cell::RefCell, io};
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
 use hyper::{body::Bytes, header::HeaderValue};
 
+use crate::protocol;
+
 /// What ends every deflate block flushed with SYNC_FLUSH; RFC 7692 drops it
 /// from the wire and the receiver adds it back.
 const TAIL: [u8; 4] = [0x00, 0x00, 0xff, 0xff];
@@ -106,8 +108,9 @@ thread_local! {
 }
 
 /// `payload` deflated alone, as the whole final text frame with RSV1 set,
-/// and where its payload starts; None if deflate does not make it smaller.
-pub fn compress_text(payload: &[u8]) -> Option<(Bytes, usize)> {
+/// and where its payload starts; None if that frame would not be shorter
+/// than the plain one (`plain_len` bytes).
+pub fn compress_text(payload: &[u8], plain_len: usize) -> Option<(Bytes, usize)> {
     let mut out = Vec::with_capacity(payload.len() / 2 + 64);
     COMPRESSOR.with_borrow_mut(|c| {
         c.reset();
@@ -126,45 +129,14 @@ pub fn compress_text(payload: &[u8]) -> Option<(Bytes, usize)> {
     if out.ends_with(&TAIL) {
         out.truncate(out.len() - TAIL.len());
     }
-    let header = header(0xC1, out.len(), None);
-    if header.len() + out.len() >= frame_len(payload.len()) {
+    let mut frame = Vec::with_capacity(out.len() + 10);
+    protocol::put_frame_header(&mut frame, 0xC1, out.len(), None);
+    let at = frame.len();
+    if at + out.len() >= plain_len {
         return None;
     }
-    let at = header.len();
-    let mut frame = header;
     frame.extend_from_slice(&out);
     Some((Bytes::from(frame), at))
-}
-
-/// Bytes of an unmasked frame carrying `len` bytes.
-fn frame_len(len: usize) -> usize {
-    len + match len {
-        0..=125 => 2,
-        126..=65535 => 4,
-        _ => 10,
-    }
-}
-
-/// A frame header: first byte `b0`, payload `len`, masked with `mask` if given.
-fn header(b0: u8, len: usize, mask: Option<[u8; 4]>) -> Vec<u8> {
-    let masked = if mask.is_some() { 0x80 } else { 0 };
-    let mut out = Vec::with_capacity(14);
-    out.push(b0);
-    match len {
-        0..=125 => out.push(masked | len as u8),
-        126..=65535 => {
-            out.push(masked | 126);
-            out.extend_from_slice(&(len as u16).to_be_bytes());
-        }
-        _ => {
-            out.push(masked | 127);
-            out.extend_from_slice(&(len as u64).to_be_bytes());
-        }
-    }
-    if let Some(mask) = mask {
-        out.extend_from_slice(&mask);
-    }
-    out
 }
 
 /// A client message being gathered from its compressed frames.
@@ -309,8 +281,8 @@ impl Inflate {
         if fin {
             let message = self.gathering.take().expect("gathering");
             let plain = self.inflate(message.data)?;
-            self.out
-                .extend_from_slice(&header(0x80 | message.opcode, plain.len(), Some([0; 4])));
+            let first = 0x80 | message.opcode;
+            protocol::put_frame_header(&mut self.out, first, plain.len(), Some([0; 4]));
             self.out.extend_from_slice(&plain);
         }
         Ok(Some(at + head + len))
@@ -444,20 +416,22 @@ mod tests {
             r#"{{"type":"message","data":{}}}"#,
             r#"{"fight":"f1","odds":1.5},"#.repeat(40)
         );
-        let (frame, at) = compress_text(json.as_bytes()).expect("repetitive JSON shrinks");
+        let plain = crate::protocol::text_frame(json.as_bytes()).0.len();
+        let (frame, at) = compress_text(json.as_bytes(), plain).expect("repetitive JSON shrinks");
         assert_eq!(frame[0], 0xC1, "FIN, RSV1, text");
         assert_eq!(usize::from(frame[1]), frame.len() - 2);
         assert_eq!(at, 2);
         assert_eq!(inflate_alone(&frame[at..]), json.as_bytes());
         // Twice the same: no context carried from one message to the next.
-        assert_eq!(compress_text(json.as_bytes()).unwrap().0, frame);
+        assert_eq!(compress_text(json.as_bytes(), plain).unwrap().0, frame);
         // Too small to gain: sent plain.
-        assert_eq!(compress_text(b"{}"), None);
+        assert_eq!(compress_text(b"{}", 4), None);
     }
 
     /// A masked client frame.
     fn client_frame(b0: u8, payload: &[u8], key: [u8; 4]) -> Vec<u8> {
-        let mut out = header(b0, payload.len(), Some(key));
+        let mut out = Vec::new();
+        protocol::put_frame_header(&mut out, b0, payload.len(), Some(key));
         out.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
         out
     }

@@ -11,6 +11,7 @@ use std::{
     time::Duration,
 };
 
+use futures::FutureExt;
 use notify_proto::channel::{self, ClientTls};
 use notify_proto::v1::{
     self as pb, bridge_down::Msg as Down, bridge_link_client::BridgeLinkClient,
@@ -20,8 +21,6 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Status, metadata::MetadataValue, transport::Channel};
-
-use futures::FutureExt;
 
 use crate::{hub::Hub, queue::MAX_DIRECT};
 

@@ -275,21 +275,30 @@ impl ServerFrame<'_> {
     }
 }
 
-/// A final, unmasked text frame carrying `payload` (RFC 6455 §5.2), and
-/// where the payload starts in it.
-pub fn text_frame(payload: &[u8]) -> (Bytes, usize) {
-    let len = payload.len();
-    let mut frame = Vec::with_capacity(len + 10);
-    frame.push(0x81); // FIN, text
+/// Appends the header of a frame whose first byte is `first` (FIN, RSV,
+/// opcode) carrying `len` bytes (RFC 6455 §5.2), masked with `mask` if given.
+pub fn put_frame_header(out: &mut Vec<u8>, first: u8, len: usize, mask: Option<[u8; 4]>) {
+    let masked = if mask.is_some() { 0x80 } else { 0 };
+    out.push(first);
     if len < 126 {
-        frame.push(len as u8);
+        out.push(masked | len as u8);
     } else if let Ok(short) = u16::try_from(len) {
-        frame.push(126);
-        frame.extend_from_slice(&short.to_be_bytes());
+        out.push(masked | 126);
+        out.extend_from_slice(&short.to_be_bytes());
     } else {
-        frame.push(127);
-        frame.extend_from_slice(&(len as u64).to_be_bytes());
+        out.push(masked | 127);
+        out.extend_from_slice(&(len as u64).to_be_bytes());
     }
+    if let Some(mask) = mask {
+        out.extend_from_slice(&mask);
+    }
+}
+
+/// A final, unmasked text frame carrying `payload`, and where the payload
+/// starts in it.
+pub fn text_frame(payload: &[u8]) -> (Bytes, usize) {
+    let mut frame = Vec::with_capacity(payload.len() + 10);
+    put_frame_header(&mut frame, 0x81, payload.len(), None); // FIN, text
     let at = frame.len();
     frame.extend_from_slice(payload);
     (Bytes::from(frame), at)

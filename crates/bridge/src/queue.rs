@@ -104,7 +104,7 @@ impl Prepared {
             return None;
         }
         self.deflated
-            .get_or_init(|| deflate::compress_text(self.frame.as_bytes()))
+            .get_or_init(|| deflate::compress_text(self.frame.as_bytes(), self.wire.len()))
             .as_ref()
     }
 
@@ -268,8 +268,10 @@ fn write_due(
     }
     let due_messages = &messages[..due];
     let mut bufs = [io::IoSlice::new(&[]); MAX_DIRECT];
+    let mut total = 0;
     for (buf, message) in bufs.iter_mut().zip(due_messages) {
         *buf = io::IoSlice::new(message.wire_for(deflate));
+        total += buf.len();
     }
     // Would block (or failed: the task meets the error itself): queue them.
     let Ok(mut written) = stream.try_write_vectored(&bufs[..due]) else {
@@ -279,7 +281,6 @@ fn write_due(
         line.wrote = wrote_before;
         return 0;
     };
-    let total: usize = due_messages.iter().map(|m| m.wire_for(deflate).len()).sum();
     if written < total {
         let mut tail: Vec<Bytes> = Vec::new();
         for message in due_messages {
