@@ -229,35 +229,7 @@ async fn serve(
     if args.simulate {
         simulate(database.clone(), shutdown.child_token());
     }
-    // The consumer of the SQS queues given, and the outbox relay (always:
-    // `INSERT INTO notify_outbox` works at once on the embedded database).
-    let outbox = notify_ingest::OutboxSource {
-        database: match &args.outbox.database_url {
-            Some(url) => notify_store::Database::from_url(url)
-                .map_err(|e| anyhow::anyhow!("--outbox-database-url: {e}"))?,
-            None => database.clone(),
-        },
-        args: args.outbox.clone(),
-        holder: "notify-up".to_owned(),
-    };
-    let ingest = {
-        let config = notify_ingest::IngestConfig::new(&args.ingest, Some(outbox), &grpc_url)
-            .map_err(|problems| anyhow::anyhow!("notify up: {}", problems.join("; ")))?;
-        let sqs = notify_ingest::sqs_client(&config).await;
-        let stats = std::sync::Arc::new(notify_ingest::Stats::default());
-        let stop = shutdown.child_token();
-        tokio::spawn(async move {
-            let ran = notify_ingest::run(config, sqs, stats, stop).await;
-            // Said at once: the platform serves on without it.
-            if let Err(e) = &ran {
-                tracing::error!(
-                    error = format!("{e:#}"),
-                    "the outbox relay / SQS consumer stopped"
-                );
-            }
-            ran
-        })
-    };
+    let ingest = spawn_ingest(&args, &database, &grpc_url, shutdown.child_token()).await?;
     tokio::select! {
         () = shutdown.cancelled() => {}
         // notify-svc ended by itself: a fatal error (e.g. a changed migration).
@@ -274,6 +246,40 @@ async fn serve(
     svc_stop.cancel();
     svc.await??;
     Ok(())
+}
+
+/// The consumer of the SQS queues given, and the outbox relay (always:
+/// `INSERT INTO notify_outbox` works at once on the embedded database).
+async fn spawn_ingest(
+    args: &UpArgs,
+    database: &notify_store::Database,
+    grpc_url: &str,
+    stop: CancellationToken,
+) -> anyhow::Result<tokio::task::JoinHandle<anyhow::Result<()>>> {
+    let outbox = notify_ingest::OutboxSource {
+        database: match &args.outbox.database_url {
+            Some(url) => notify_store::Database::from_url(url)
+                .map_err(|e| anyhow::anyhow!("--outbox-database-url: {e}"))?,
+            None => database.clone(),
+        },
+        args: args.outbox.clone(),
+        holder: "notify-up".to_owned(),
+    };
+    let config = notify_ingest::IngestConfig::new(&args.ingest, Some(outbox), grpc_url)
+        .map_err(|problems| anyhow::anyhow!("notify up: {}", problems.join("; ")))?;
+    let sqs = notify_ingest::sqs_client(&config).await;
+    let stats = std::sync::Arc::new(notify_ingest::Stats::default());
+    Ok(tokio::spawn(async move {
+        let ran = notify_ingest::run(config, sqs, stats, stop).await;
+        // Said at once: the platform serves on without it.
+        if let Err(e) = &ran {
+            tracing::error!(
+                error = format!("{e:#}"),
+                "the outbox relay / SQS consumer stopped"
+            );
+        }
+        ran
+    }))
 }
 
 /// Fights living their life in the background until `stop`.

@@ -75,12 +75,8 @@ async fn main() -> anyhow::Result<()> {
     let ops = tokio::net::TcpListener::bind(args.http_addr)
         .await
         .with_context(|| format!("binding the ops port {}", args.http_addr))?;
-    tokio::spawn(bet_tracker::metrics::serve(
-        ops,
-        stats.clone(),
-        config.info(&database),
-        shutdown.clone(),
-    ));
+    let info = config.info(&database);
+    notify_ops::endpoints::spawn(ops, stats.clone(), info, shutdown.clone());
     tokio::spawn(notify_ops::signals::cancel_on_signal(shutdown.clone()));
     // READY=1 once the first poll succeeded; the watchdog is fed only while
     // the tracker's loop turns (a stuck loop gets restarted).

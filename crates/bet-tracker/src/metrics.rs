@@ -4,11 +4,9 @@
 
 use std::sync::{Arc, Mutex};
 
-use notify_ops::endpoints::{self, Probe};
+use notify_ops::endpoints::Probe;
 use notify_relay::RelayStats;
 use prometheus_client::{encoding::text::encode, metrics::counter::Counter, registry::Registry};
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 
 /// Every series of a tracker: the relay's (`tracker_events_total`,
 /// `tracker_cursor`, `tracker_outbox_lag_*`, …) and the fights' own.
@@ -66,17 +64,5 @@ impl Probe for Stats {
 
     fn metrics(&self) -> String {
         self.encode()
-    }
-}
-
-/// Serves the ops endpoints until `shutdown`.
-pub async fn serve(
-    listener: TcpListener,
-    stats: Arc<Stats>,
-    info: notify_ops::info::Info,
-    shutdown: CancellationToken,
-) {
-    if let Err(e) = endpoints::serve(listener, stats, info, shutdown).await {
-        tracing::warn!(error = %e, "ops port stopped");
     }
 }

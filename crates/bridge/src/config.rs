@@ -371,6 +371,8 @@ impl BridgeConfig {
     /// Checks everything at once and reports every problem together; then
     /// loads the dev key (with AUTH_DEV) and the AWS configuration (with
     /// the revocation check). Binds nothing: the caller sets `ops`.
+    // Long (~85 lines): one check per setting group, in BridgeArgs' order,
+    // each adding to `problems` instead of returning, which is the point.
     pub async fn from_args(args: &BridgeArgs) -> Result<Self, Vec<String>> {
         let mut problems = Vec::new();
         let users = args.auth.verifier().unwrap_or_else(|e| {

@@ -893,61 +893,75 @@ impl Conn {
             Action::Subscribe { topic, since, .. } => {
                 Some(self.subscribe(&topic, since, id.as_ref()).await)
             }
-            Action::Unsubscribe { topic, .. } => Some(match Topic::parse(&topic) {
-                Ok(t) => {
-                    self.topics.remove(&t);
-                    self.forget_server_topic(&t);
-                    self.shared.hub.unsubscribe(self.id, &t);
-                    ServerFrame::Unsubscribed {
-                        topic: &topic,
-                        source: Source::Client,
-                        reason: None,
-                        id: id.as_ref(),
-                    }
-                    .to_text()
-                }
-                Err(e) => error_text(ErrorCode::BadRequest, &e.to_string(), id.as_ref()),
-            }),
+            Action::Unsubscribe { topic, .. } => Some(self.unsubscribe(&topic, id.as_ref())),
             Action::Publish {
                 topic, data, event, ..
             } => {
                 self.publish(&topic, &data.to_string(), event.as_deref(), id);
                 None
             }
-            Action::Refresh { token, .. } => {
-                let user = self.identity.user.clone();
-                match self.shared.authenticate(&token, Some(&user)).await {
-                    Ok(fresh) => {
-                        *self.identity = fresh;
-                        if let Some(revocation) = &self.shared.revocation {
-                            revocation.hold(self.id, &self.identity, &token);
-                        }
-                        let exp = self
-                            .identity
-                            .expires_at
-                            .duration_since(SystemTime::UNIX_EPOCH)
-                            .map_or(0, |d| d.as_secs());
-                        let text = ServerFrame::Refreshed {
-                            exp,
-                            id: id.as_ref(),
-                        }
-                        .to_text();
-                        send(ws, text).await?;
-                        return self.drop_topics_the_token_may_not_hold(ws).await;
-                    }
-                    Err(refusal) => {
-                        send(ws, refusal.frame(id.as_ref())).await?;
-                        if let Some(code) = refusal.closes() {
-                            return Err(End::Close(code, refusal.reason().into()));
-                        }
-                        None
-                    }
-                }
-            }
+            Action::Refresh { token, .. } => return self.refresh(ws, &token, id).await,
         };
         match reply {
             Some(text) => send(ws, text).await,
             None => Ok(()),
+        }
+    }
+
+    /// `unsubscribe`: the client stops following a topic.
+    fn unsubscribe(&mut self, topic: &str, id: Option<&FrameId>) -> String {
+        match Topic::parse(topic) {
+            Ok(t) => {
+                self.topics.remove(&t);
+                self.forget_server_topic(&t);
+                self.shared.hub.unsubscribe(self.id, &t);
+                ServerFrame::Unsubscribed {
+                    topic,
+                    source: Source::Client,
+                    reason: None,
+                    id,
+                }
+                .to_text()
+            }
+            Err(e) => error_text(ErrorCode::BadRequest, &e.to_string(), id),
+        }
+    }
+
+    /// `refresh`: a fresh token for the same user extends the session; a
+    /// refused one is answered, and a signed-out one also closes the socket.
+    async fn refresh(
+        &mut self,
+        ws: &mut Socket,
+        token: &str,
+        id: Option<FrameId>,
+    ) -> Result<(), End> {
+        let user = self.identity.user.clone();
+        match self.shared.authenticate(token, Some(&user)).await {
+            Ok(fresh) => {
+                *self.identity = fresh;
+                if let Some(revocation) = &self.shared.revocation {
+                    revocation.hold(self.id, &self.identity, token);
+                }
+                let exp = self
+                    .identity
+                    .expires_at
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                let text = ServerFrame::Refreshed {
+                    exp,
+                    id: id.as_ref(),
+                }
+                .to_text();
+                send(ws, text).await?;
+                self.drop_topics_the_token_may_not_hold(ws).await
+            }
+            Err(refusal) => {
+                send(ws, refusal.frame(id.as_ref())).await?;
+                match refusal.closes() {
+                    Some(code) => Err(End::Close(code, refusal.reason().into())),
+                    None => Ok(()),
+                }
+            }
         }
     }
 

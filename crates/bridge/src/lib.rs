@@ -48,7 +48,7 @@ const ACK_FLUSH_EVERY: Duration = Duration::from_millis(500);
 /// Serves WebSocket clients on `listener` until `shutdown`, then closes every
 /// socket with 1012, sends the last acks and returns.
 pub async fn run(
-    config: BridgeConfig,
+    mut config: BridgeConfig,
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -76,53 +76,19 @@ pub async fn run(
     let api = link::Api::new(first, &config.notify_tls, credential.clone())?;
     // Links outlive the sockets a little: the last acks and Closed reports go up.
     let links_stop = CancellationToken::new();
-    let links: Vec<_> = config
-        .notify_urls
-        .iter()
-        .enumerate()
-        .map(|(index, url)| {
-            tokio::spawn(link::run(
-                index,
-                url.clone(),
-                config.notify_tls.clone(),
-                credential.clone(),
-                hub.clone(),
-                pending.clone(),
-                links_stop.clone(),
-            ))
-        })
-        .collect();
+    let links = spawn_links(&config, &credential, &hub, &pending, &links_stop);
     let flusher = tokio::spawn(flush_acks(hub.clone(), links_stop.clone()));
-    if let Some(ops) = config.ops {
-        tokio::spawn(metrics::serve(
-            ops,
-            hub.clone(),
-            metrics.clone(),
-            info,
-            links_stop.clone(),
-        ));
+    if let Some(ops) = config.ops.take() {
+        metrics::serve(ops, hub.clone(), metrics.clone(), info, links_stop.clone());
     }
-    let shared = Arc::new(connection::Shared {
-        hub: hub.clone(),
-        metrics,
-        admissions: admission::Admissions::new(config.max_connections, config.max_per_user),
-        api,
-        pending,
-        verifier: config.verifier,
-        revocation: config.revocation.map(revocation::Revocation::new),
-        topics: config.topics,
-        queue: config.send_queue,
-        rate_per_sec: config.rate_per_sec,
-        burst: config.burst,
-        ping_every: config.ping_every,
-        max_subscriptions: config.max_subscriptions,
-        peers: peers::PeerLimits::new(config.connect_rate_per_ip, config.connect_burst_per_ip),
-        panel: config.panel,
-        // A person at a form: a few a second, a burst for a quick series.
-        panel_publishes: peers::PeerLimits::new(2, 10),
-        upstreams: upstream::Upstreams::new(&config.upstream)?,
-        shutdown: shutdown.clone(),
-    });
+    let (urls, bridge_id) = (config.notify_urls.clone(), config.bridge_id.clone());
+    let limits = server::WireLimits {
+        max_frame: config.max_frame,
+        deflate: config.deflate,
+        header_timeout: config.header_timeout,
+        proxy_protocol: config.proxy_protocol,
+    };
+    let shared = shared_state(config, &hub, metrics, api, pending, &shutdown)?;
     if let Some(revocation) = &shared.revocation {
         tokio::spawn(Arc::clone(revocation).recheck(hub.clone(), links_stop.clone()));
     }
@@ -130,16 +96,10 @@ pub async fn run(
         Some(tls) => tokio::spawn(tls.clone().watch(links_stop.clone())),
         None => tokio::spawn(notify_ops::signals::nothing_to_reload(links_stop.clone())),
     };
-    first_link(&hub, &config.notify_urls, &shutdown).await;
-    tracing::info!(addr = ?listener.local_addr().ok(), bridge = %config.bridge_id, wss = tls.is_some(), "bridge serving WebSocket");
+    first_link(&hub, &urls, &shutdown).await;
+    tracing::info!(addr = ?listener.local_addr().ok(), bridge = %bridge_id, wss = tls.is_some(), "bridge serving WebSocket");
     notify_ops::systemd::ready();
     tokio::spawn(notify_ops::systemd::watchdog(|| true, shutdown.clone()));
-    let limits = server::WireLimits {
-        max_frame: config.max_frame,
-        deflate: config.deflate,
-        header_timeout: config.header_timeout,
-        proxy_protocol: config.proxy_protocol,
-    };
     server::serve(listener, shared, limits, tls).await;
     notify_ops::systemd::stopping();
     hub.flush_acks();
@@ -152,6 +112,65 @@ pub async fn run(
     }
     tracing::info!("bridge stopped");
     Ok(())
+}
+
+/// One link task per notify-svc replica.
+fn spawn_links(
+    config: &BridgeConfig,
+    credential: &link::Credential,
+    hub: &hub::Hub,
+    pending: &link::Pending,
+    stop: &CancellationToken,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    config
+        .notify_urls
+        .iter()
+        .enumerate()
+        .map(|(index, url)| {
+            tokio::spawn(link::run(
+                index,
+                url.clone(),
+                config.notify_tls.clone(),
+                credential.clone(),
+                hub.clone(),
+                pending.clone(),
+                stop.clone(),
+            ))
+        })
+        .collect()
+}
+
+/// What every connection task reads: the configuration's per-socket rules
+/// and the bridge's shared parts.
+fn shared_state(
+    config: BridgeConfig,
+    hub: &hub::Hub,
+    metrics: metrics::Metrics,
+    api: link::Api,
+    pending: link::Pending,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Arc<connection::Shared>> {
+    Ok(Arc::new(connection::Shared {
+        hub: hub.clone(),
+        metrics,
+        admissions: admission::Admissions::new(config.max_connections, config.max_per_user),
+        api,
+        pending,
+        upstreams: upstream::Upstreams::new(&config.upstream)?,
+        verifier: config.verifier,
+        revocation: config.revocation.map(revocation::Revocation::new),
+        topics: config.topics,
+        queue: config.send_queue,
+        rate_per_sec: config.rate_per_sec,
+        burst: config.burst,
+        ping_every: config.ping_every,
+        max_subscriptions: config.max_subscriptions,
+        peers: peers::PeerLimits::new(config.connect_rate_per_ip, config.connect_burst_per_ip),
+        panel: config.panel,
+        // A person at a form: a few a second, a burst for a quick series.
+        panel_publishes: peers::PeerLimits::new(2, 10),
+        shutdown: shutdown.clone(),
+    }))
 }
 
 /// Sends the acks gathered from clients up every ACK_FLUSH_EVERY, until `stop`.

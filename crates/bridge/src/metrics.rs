@@ -191,8 +191,8 @@ impl Probe for BridgeProbe {
     }
 }
 
-/// Serves the ops endpoints until `shutdown`.
-pub async fn serve(
+/// Serves the ops endpoints in their own task until `shutdown`.
+pub fn serve(
     listener: TcpListener,
     hub: Hub,
     metrics: Metrics,
@@ -200,7 +200,5 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) {
     let probe = Arc::new(BridgeProbe { hub, metrics });
-    if let Err(e) = endpoints::serve(listener, probe, info, shutdown).await {
-        tracing::warn!(error = %e, "ops port stopped");
-    }
+    endpoints::spawn(listener, probe, info, shutdown);
 }

@@ -34,12 +34,7 @@ async fn main() -> anyhow::Result<()> {
     let ops = tokio::net::TcpListener::bind(args.http_addr)
         .await
         .with_context(|| format!("binding the ops port {}", args.http_addr))?;
-    tokio::spawn(notify_ingest::metrics::serve(
-        ops,
-        stats.clone(),
-        config.info(),
-        shutdown.clone(),
-    ));
+    notify_ops::endpoints::spawn(ops, stats.clone(), config.info(), shutdown.clone());
     tokio::spawn(notify_ops::signals::cancel_on_signal(shutdown.clone()));
     // READY=1 once the queues were checked; the watchdog is fed while the
     // pollers turn (each long poll ends within 20 s).

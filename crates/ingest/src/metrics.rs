@@ -8,7 +8,7 @@ use std::sync::{
     atomic::{AtomicBool, AtomicU64, Ordering},
 };
 
-use notify_ops::endpoints::{self, Probe};
+use notify_ops::endpoints::Probe;
 use notify_relay::RelayStats;
 
 use crate::envelope::Rejection;
@@ -17,8 +17,6 @@ use prometheus_client::{
     metrics::{counter::Counter, family::Family, histogram::Histogram},
     registry::Registry,
 };
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
@@ -141,17 +139,5 @@ impl Probe for Stats {
 
     fn metrics(&self) -> String {
         self.encode()
-    }
-}
-
-/// Serves the ops endpoints until `shutdown`.
-pub async fn serve(
-    listener: TcpListener,
-    stats: Arc<Stats>,
-    info: notify_ops::info::Info,
-    shutdown: CancellationToken,
-) {
-    if let Err(e) = endpoints::serve(listener, stats, info, shutdown).await {
-        tracing::warn!(error = %e, "ops port stopped");
     }
 }

@@ -21,6 +21,22 @@ pub trait Probe: Send + Sync + 'static {
     fn metrics(&self) -> String;
 }
 
+/// Serves the ops endpoints in a task of its own until `shutdown`. A port
+/// that fails is logged, not fatal: the service's work goes on without its
+/// probes, and the failing probes are what an operator's checks notice.
+pub fn spawn(
+    listener: TcpListener,
+    probe: Arc<dyn Probe>,
+    info: Info,
+    shutdown: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        if let Err(e) = serve(listener, probe, info, shutdown).await {
+            tracing::warn!(error = %e, "ops port stopped");
+        }
+    })
+}
+
 /// Serves the ops endpoints until `shutdown`.
 pub async fn serve(
     listener: TcpListener,

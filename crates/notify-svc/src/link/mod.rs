@@ -140,67 +140,10 @@ impl Link {
                     self.answer(opened.ticket, Feed::Inbox(user), down).await;
                 }
             }
-            Up::Closed(closed) => {
-                if let Ok(id) = ConnectionId::parse("connection_id", &closed.connection_id) {
-                    let known = self.services.router.close(id);
-                    self.registry.change(Change::Close(id)).await;
-                    let user = UserId::parse("user_id", &closed.user_id).ok().or(known);
-                    if let Some(user) = user {
-                        let what = Lifecycle::Disconnected {
-                            close_code: u16::try_from(closed.close_code).unwrap_or(0),
-                            reason: closed.reason,
-                        };
-                        self.event(bridge, id, user, SystemTime::now(), what).await;
-                    }
-                }
-            }
-            Up::Subscribed(s) => {
-                if let (Ok(id), Ok(topic)) = (
-                    ConnectionId::parse("connection_id", &s.connection_id),
-                    Topic::parse(&s.topic),
-                ) {
-                    let user = self.services.router.subscribe(id, topic.clone());
-                    self.answer(s.ticket, Feed::Topic(topic), down).await;
-                    // event 0: it already followed the topic.
-                    if let (Some(user), change @ 1..) = (user, s.event) {
-                        let what = Lifecycle::Subscribed {
-                            topic: s.topic,
-                            change,
-                        };
-                        self.event(bridge, id, user, SystemTime::now(), what).await;
-                    }
-                }
-            }
-            Up::Unsubscribed(s) => {
-                if let (Ok(id), Ok(topic)) = (
-                    ConnectionId::parse("connection_id", &s.connection_id),
-                    Topic::parse(&s.topic),
-                ) {
-                    let user = self.services.router.unsubscribe(id, &topic);
-                    if let (Some(user), change @ 1..) = (user, s.event) {
-                        let what = Lifecycle::Unsubscribed {
-                            topic: s.topic,
-                            change,
-                        };
-                        self.event(bridge, id, user, SystemTime::now(), what).await;
-                    }
-                }
-            }
-            Up::Acks(acks) => {
-                let acks: Vec<(UserId, u64)> = acks
-                    .acks
-                    .into_iter()
-                    .filter_map(|a| Some((UserId::parse("user_id", &a.user_id).ok()?, a.seq)))
-                    .collect();
-                // Off the stream: acks commute (the highest wins), routing
-                // changes must not wait for them.
-                let (store, bridge) = (self.services.store.clone(), bridge.to_owned());
-                self.services.tracker.spawn(async move {
-                    if let Err(e) = store.ack(&acks).await {
-                        tracing::warn!(bridge, error = %e, "persisting acks failed");
-                    }
-                });
-            }
+            Up::Closed(closed) => self.closed(bridge, closed).await,
+            Up::Subscribed(s) => self.subscribed(bridge, s, down).await,
+            Up::Unsubscribed(s) => self.unsubscribed(bridge, s).await,
+            Up::Acks(acks) => self.acks(bridge, acks),
             Up::Publish(publish) => {
                 // Its own task: a commit takes milliseconds, the stream's other
                 // messages must not wait for it.
@@ -222,6 +165,76 @@ impl Link {
                 });
             }
         }
+    }
+
+    /// A socket closed: it leaves routing and the registry, and a
+    /// disconnected event carries its close code.
+    async fn closed(&self, bridge: &str, closed: pb::ConnectionClosed) {
+        let Ok(id) = ConnectionId::parse("connection_id", &closed.connection_id) else {
+            return;
+        };
+        let known = self.services.router.close(id);
+        self.registry.change(Change::Close(id)).await;
+        let user = UserId::parse("user_id", &closed.user_id).ok().or(known);
+        if let Some(user) = user {
+            let what = Lifecycle::Disconnected {
+                close_code: u16::try_from(closed.close_code).unwrap_or(0),
+                reason: closed.reason,
+            };
+            self.event(bridge, id, user, SystemTime::now(), what).await;
+        }
+    }
+
+    async fn subscribed(&self, bridge: &str, s: pb::TopicSubscribed, down: &DownSender) {
+        let (Ok(id), Ok(topic)) = (
+            ConnectionId::parse("connection_id", &s.connection_id),
+            Topic::parse(&s.topic),
+        ) else {
+            return;
+        };
+        let user = self.services.router.subscribe(id, topic.clone());
+        self.answer(s.ticket, Feed::Topic(topic), down).await;
+        // event 0: it already followed the topic.
+        if let (Some(user), change @ 1..) = (user, s.event) {
+            let what = Lifecycle::Subscribed {
+                topic: s.topic,
+                change,
+            };
+            self.event(bridge, id, user, SystemTime::now(), what).await;
+        }
+    }
+
+    async fn unsubscribed(&self, bridge: &str, s: pb::TopicUnsubscribed) {
+        let (Ok(id), Ok(topic)) = (
+            ConnectionId::parse("connection_id", &s.connection_id),
+            Topic::parse(&s.topic),
+        ) else {
+            return;
+        };
+        let user = self.services.router.unsubscribe(id, &topic);
+        if let (Some(user), change @ 1..) = (user, s.event) {
+            let what = Lifecycle::Unsubscribed {
+                topic: s.topic,
+                change,
+            };
+            self.event(bridge, id, user, SystemTime::now(), what).await;
+        }
+    }
+
+    fn acks(&self, bridge: &str, acks: pb::InboxAcks) {
+        let acks: Vec<(UserId, u64)> = acks
+            .acks
+            .into_iter()
+            .filter_map(|a| Some((UserId::parse("user_id", &a.user_id).ok()?, a.seq)))
+            .collect();
+        // Off the stream: acks commute (the highest wins), routing changes
+        // must not wait for them.
+        let (store, bridge) = (self.services.store.clone(), bridge.to_owned());
+        self.services.tracker.spawn(async move {
+            if let Err(e) = store.ack(&acks).await {
+                tracing::warn!(bridge, error = %e, "persisting acks failed");
+            }
+        });
     }
 
     async fn client_publish(&self, bridge: &str, p: &pb::ClientPublish) -> Result<u64, Status> {
