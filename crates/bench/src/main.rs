@@ -4,8 +4,9 @@
 //! HTTP/JSON), [`ws`] (the bridge beside a plain Node `ws` server, see
 //! [`under_test`], and the send floor), [`routed`], [`fights`], [`floor`],
 //! [`ingest`] (the SQS consumer), [`outbox`] (the outbox relay),
-//! [`deflate`] (permessage-deflate on a fights:live stream), and
-//! [`noop`] (a Notify server that stores nothing, for the gRPC ceiling). CPU
+//! [`deflate`] (permessage-deflate on a fights:live stream), and the
+//! publish bench's peers: [`noop`] (a Notify server that stores nothing, for
+//! the gRPC ceiling) and [`naive`] (single-row commits to Postgres). CPU
 //! is read from /proc over each measured window.
 
 use std::time::Duration;
@@ -65,6 +66,7 @@ mod deflate;
 mod fights;
 mod floor;
 mod ingest;
+mod naive;
 mod noop;
 mod outbox;
 mod publish;

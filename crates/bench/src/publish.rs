@@ -84,6 +84,17 @@ pub struct PublishArgs {
     /// Process name whose CPU is reported as notify-svc's.
     #[arg(long, default_value = "notify-svc")]
     svc_process: String,
+    /// Also measure, in the same run, `notify-bench noop-server` at this URL
+    /// (a Publish that answers at once: the gRPC stack's ceiling here).
+    #[arg(long)]
+    noop_url: Option<String>,
+    /// Also measure, in the same run, naive single-row commits straight to
+    /// this Postgres database (a table of its own, dropped after).
+    #[arg(long)]
+    naive_database_url: Option<String>,
+    /// Clients of the naive phase, one commit in flight each.
+    #[arg(long, default_value_t = 64)]
+    naive_clients: usize,
 }
 
 struct Shared {
@@ -94,10 +105,10 @@ struct Shared {
 }
 
 /// What one phase measured.
-struct Figures {
-    per_sec: f64,
-    p50_ms: f64,
-    p99_ms: f64,
+pub struct Figures {
+    pub per_sec: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
 }
 
 type HttpClient = hyper_util::client::legacy::Client<
@@ -222,16 +233,19 @@ pub async fn run(args: PublishArgs) -> anyhow::Result<()> {
     if args.concurrency == 0 || args.connections == 0 || args.users == 0 || args.batch == 0 {
         bail!("--concurrency, --connections, --users and --batch must be at least 1");
     }
-    match args.via {
-        Via::Grpc => {
-            phase(&args, Via::Grpc).await?;
-        }
+    let ours = Server {
+        url: &args.url,
+        process: &args.svc_process,
+    };
+    let grpc = match args.via {
+        Via::Grpc => phase(&args, Via::Grpc, &ours).await?,
         Via::Http => {
-            phase(&args, Via::Http).await?;
+            phase(&args, Via::Http, &ours).await?;
+            return Ok(());
         }
         Via::Both => {
-            let grpc = phase(&args, Via::Grpc).await?;
-            let http = phase(&args, Via::Http).await?;
+            let grpc = phase(&args, Via::Grpc, &ours).await?;
+            let http = phase(&args, Via::Http, &ours).await?;
             println!(
                 "HTTP/JSON vs gRPC: {:.2}x the publishes/s; p50 {:.2} vs {:.2} ms, p99 {:.2} vs {:.2} ms",
                 http.per_sec / grpc.per_sec,
@@ -240,13 +254,68 @@ pub async fn run(args: PublishArgs) -> anyhow::Result<()> {
                 http.p99_ms,
                 grpc.p99_ms
             );
+            grpc
+        }
+    };
+    peers(&args, &grpc).await
+}
+
+/// The peers measured in the same run, each beside our gRPC figure.
+async fn peers(args: &PublishArgs, ours: &Figures) -> anyhow::Result<()> {
+    let mut lines = Vec::new();
+    if let Some(url) = &args.naive_database_url {
+        let naive = crate::naive::phase(crate::naive::Naive {
+            url,
+            clients: args.naive_clients,
+            users: args.users,
+            data: &payload(args.data_bytes),
+            warmup: Duration::from_secs(args.warmup),
+            seconds: Duration::from_secs(args.seconds),
+        })
+        .await?;
+        lines.push(format!(
+            "  vs naive single-row commits ({} clients): {:.0} vs {:.0}/s = {:.2}x",
+            args.naive_clients,
+            ours.per_sec,
+            naive.per_sec,
+            ours.per_sec / naive.per_sec
+        ));
+    }
+    if let Some(url) = &args.noop_url {
+        let noop = Server {
+            url,
+            process: "notify-bench",
+        };
+        let noop = phase(args, Via::Grpc, &noop).await?;
+        lines.push(format!(
+            "  vs a no-op gRPC server (same C): {:.0} vs {:.0} calls/s = {:.2}x",
+            ours.per_sec,
+            noop.per_sec,
+            ours.per_sec / noop.per_sec
+        ));
+    }
+    if !lines.is_empty() {
+        println!("durable publishes/s, same run, cores={}:", machine_cores());
+        for line in lines {
+            println!("{line}");
         }
     }
     Ok(())
 }
 
+/// The server one phase drives, and the process whose CPU is its.
+struct Server<'a> {
+    url: &'a str,
+    process: &'a str,
+}
+
+/// A message's JSON data of about `bytes` bytes.
+fn payload(bytes: usize) -> String {
+    format!("{{\"pad\":\"{}\"}}", "x".repeat(bytes.saturating_sub(10)))
+}
+
 /// One measured phase through `via`; prints its figures.
-async fn phase(args: &PublishArgs, via: Via) -> anyhow::Result<Figures> {
+async fn phase(args: &PublishArgs, via: Via, server: &Server<'_>) -> anyhow::Result<Figures> {
     let mut callers = Vec::new();
     match via {
         Via::Grpc => {
@@ -257,10 +326,10 @@ async fn phase(args: &PublishArgs, via: Via) -> anyhow::Result<Figures> {
             let mut channels = Vec::new();
             for _ in 0..args.connections {
                 channels.push(
-                    notify_proto::channel::endpoint(&args.url, &tls)?
+                    notify_proto::channel::endpoint(server.url, &tls)?
                         .connect()
                         .await
-                        .with_context(|| format!("connecting to {}", args.url))?,
+                        .with_context(|| format!("connecting to {}", server.url))?,
                 );
             }
             for caller in 0..args.concurrency {
@@ -278,17 +347,14 @@ async fn phase(args: &PublishArgs, via: Via) -> anyhow::Result<Figures> {
             callers.extend((0..args.concurrency).map(|_| Caller::Http(client.clone())));
         }
     }
-    let data = format!(
-        "{{\"pad\":\"{}\"}}",
-        "x".repeat(args.data_bytes.saturating_sub(10))
-    );
+    let data = payload(args.data_bytes);
     let shared = Arc::new(Shared {
         measuring: AtomicBool::new(false),
         stop: AtomicBool::new(false),
         ok: AtomicU64::new(0),
         errors: AtomicU64::new(0),
     });
-    let base: Arc<str> = args.url.trim_end_matches('/').into();
+    let base: Arc<str> = server.url.trim_end_matches('/').into();
     let token: Option<Arc<str>> = args.token.as_deref().map(Into::into);
     // Keys stay unique across phases: the HTTP phase must not repeat gRPC's.
     let phase_bit: u64 = if via == Via::Http { 1 << 63 } else { 0 };
@@ -353,13 +419,13 @@ async fn phase(args: &PublishArgs, via: Via) -> anyhow::Result<Figures> {
         }));
     }
     tokio::time::sleep(Duration::from_secs(args.warmup)).await;
-    let cpu_before = CpuSample::take(&[&args.svc_process, "postgres"]);
+    let cpu_before = CpuSample::take(&[server.process, "postgres"]);
     shared.measuring.store(true, Ordering::Relaxed);
     let started = Instant::now();
     tokio::time::sleep(Duration::from_secs(args.seconds)).await;
     shared.measuring.store(false, Ordering::Relaxed);
     let elapsed = started.elapsed();
-    let cpu_after = CpuSample::take(&[&args.svc_process, "postgres"]);
+    let cpu_after = CpuSample::take(&[server.process, "postgres"]);
     shared.stop.store(true, Ordering::Relaxed);
 
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
@@ -376,12 +442,13 @@ async fn phase(args: &PublishArgs, via: Via) -> anyhow::Result<Figures> {
     let secs = elapsed.as_secs_f64();
     let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
     println!(
-        "publish bench via {}: C={} connections={} batch={} target={} spread={} data={}B keys={} measured={:.1}s cores={}",
+        "publish bench via {} to {}: C={} connections={} batch={} target={} spread={} data={}B keys={} measured={:.1}s cores={}",
         if via == Via::Http {
             "HTTP/JSON (HTTP/1.1)"
         } else {
             "gRPC"
         },
+        server.url,
         args.concurrency,
         if via == Via::Http {
             args.concurrency
@@ -413,7 +480,7 @@ async fn phase(args: &PublishArgs, via: Via) -> anyhow::Result<Figures> {
     let (svc, pg) = (named[0], named[1]);
     println!(
         "  cpu %         {} {svc:.0}  postgres {pg:.0}  this bench {bench:.0}  (100 = one core)",
-        args.svc_process
+        server.process
     );
     if ok > 0 {
         println!(
