@@ -53,7 +53,9 @@ impl Usernames {
             return Ok(());
         };
         let cognito = self.cognito.as_ref().ok_or(UsernameError::NoPool)?;
-        match cognito.sub_of(name).await {
+        // Boxed: the AWS SDK's call is kilobytes of future, and every
+        // publish's future would carry it although few name a username.
+        match Box::pin(cognito.sub_of(name)).await {
             Ok(Some(sub)) => {
                 *user = sub;
                 Ok(())

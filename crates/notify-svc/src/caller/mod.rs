@@ -208,7 +208,8 @@ impl Authenticator {
             return self.authorize(req, Right::Publish).await;
         };
         let bridge = self.authorize(req, Right::Bridge).await?;
-        let admin = self.panel_admin(relayed.to_str().unwrap_or_default()).await;
+        // Boxed as `verify` is: the panel's publishes are few.
+        let admin = Box::pin(self.panel_admin(relayed.to_str().unwrap_or_default())).await;
         let admin = self.counted(admin)?;
         tracing::debug!(bridge = bridge.name, admin = admin.name, "panel publish");
         Ok(admin)
@@ -311,7 +312,10 @@ impl Authenticator {
                     .extensions()
                     .get::<Unverified>()
                     .ok_or(Refusal::Missing)?;
-                self.verify(token).await?
+                // Boxed: a JWKS fetch is kilobytes of future, and every
+                // call's future would carry it although most callers are
+                // verified by the interceptor.
+                Box::pin(self.verify(token)).await?
             }
         };
         if !rights.iter().any(|r| caller.rights.contains(r)) {
