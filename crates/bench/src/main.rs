@@ -199,6 +199,15 @@ impl CpuSample {
         let me = std::process::id().to_string();
         if let Ok(dir) = std::fs::read_dir("/proc") {
             for entry in dir.flatten() {
+                // Processes only: `self` and `thread-self` are this bench
+                // again (counted twice when a peer shares its name).
+                let is_pid = entry
+                    .file_name()
+                    .to_str()
+                    .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()));
+                if !is_pid {
+                    continue;
+                }
                 let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
                     continue;
                 };
