@@ -173,6 +173,14 @@ fn stat_ticks(stat: &str) -> Option<(&str, u64)> {
     Some((&stat[open + 1..close], field(11) + field(12)))
 }
 
+/// What one phase of a throughput bench measured (the publish bench and its
+/// naive peer).
+struct Figures {
+    per_sec: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
 /// SplitMix64: a uniform spread of targets, different for every caller (a
 /// plain counter made all callers hit the same user at once, i.e. measured lock
 /// contention on one row instead of throughput).

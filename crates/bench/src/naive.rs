@@ -15,7 +15,7 @@ use std::{
 use anyhow::Context;
 use hdrhistogram::Histogram;
 
-use crate::{CpuSample, publish::Figures, splitmix64};
+use crate::{CpuSample, Figures, splitmix64};
 
 /// The table, fresh each run: an inbox row as a naive design stores it.
 const TABLE: &str = "DROP TABLE IF EXISTS bench_naive_inbox;

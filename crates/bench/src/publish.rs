@@ -21,7 +21,7 @@ use hyper::body::Bytes;
 use notify_proto::v1::{self as pb, notify_client::NotifyClient};
 use tonic::{metadata::MetadataValue, transport::Channel};
 
-use crate::{CpuSample, machine_cores, splitmix64};
+use crate::{CpuSample, Figures, machine_cores, splitmix64};
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum TargetKind {
@@ -102,13 +102,6 @@ struct Shared {
     stop: AtomicBool,
     ok: AtomicU64,
     errors: AtomicU64,
-}
-
-/// What one phase measured.
-pub struct Figures {
-    pub per_sec: f64,
-    pub p50_ms: f64,
-    pub p99_ms: f64,
 }
 
 type HttpClient = hyper_util::client::legacy::Client<
