@@ -226,11 +226,11 @@ async fn connect_all(args: &WsArgs, server: &UnderTest) -> anyhow::Result<Vec<So
     Ok(std::mem::take(&mut *sockets.lock().await))
 }
 
-/// The send time a bench payload carries, without parsing the whole frame
-/// (the bench's core must not be what limits the figures).
-fn sent_us(frame: &str) -> Option<u64> {
-    const KEY: &str = "\"sent_us\":";
-    let start = frame.find(KEY)? + KEY.len();
+/// The number after `key` in a bench payload (`sent_us`, the send time, or
+/// `n`, the message's index), without parsing the whole frame (the bench's
+/// core must not be what limits the figures).
+fn number(frame: &str, key: &str) -> Option<u64> {
+    let start = frame.find(key)? + key.len();
     let digits = &frame[start..];
     let end = digits
         .find(|c: char| !c.is_ascii_digit())
@@ -254,7 +254,56 @@ struct Round {
     max_ms: f64,
     /// The publish call's own p50 and p99 (ms).
     call_ms: (f64, f64),
+    /// Per message, publish → its first frame on any socket: p50 and p99
+    /// (ms). The commit and the way to the server's first write.
+    first_ms: (f64, f64),
+    /// Per message, its first frame → its last: p50 and p99 (ms). The
+    /// fan-out's own spread over the sockets (and the readers' lag).
+    spread_ms: (f64, f64),
     cpu: CpuShare,
+}
+
+/// Per message, the earliest and latest publish → frame latency (µs) any
+/// client saw: where a message's time goes, before the fan-out and during it.
+struct Spread {
+    first: Vec<AtomicU64>,
+    last: Vec<AtomicU64>,
+}
+
+impl Spread {
+    fn new(messages: usize) -> Self {
+        Self {
+            first: (0..messages).map(|_| AtomicU64::new(u64::MAX)).collect(),
+            last: (0..messages).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    fn saw(&self, n: usize, latency_us: u64) {
+        if let (Some(first), Some(last)) = (self.first.get(n), self.last.get(n)) {
+            first.fetch_min(latency_us, Ordering::Relaxed);
+            last.fetch_max(latency_us, Ordering::Relaxed);
+        }
+    }
+
+    /// (first p50, first p99) and (spread p50, spread p99), in ms.
+    fn quantiles(&self) -> ((f64, f64), (f64, f64)) {
+        let mut first = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram");
+        let mut spread = first.clone();
+        for (f, l) in self.first.iter().zip(&self.last) {
+            let (f, l) = (f.load(Ordering::Relaxed), l.load(Ordering::Relaxed));
+            if f != u64::MAX {
+                let _ = first.record(f.max(1));
+                let _ = spread.record(l.saturating_sub(f).max(1));
+            }
+        }
+        let q = |h: &Histogram<u64>| {
+            (
+                h.value_at_quantile(0.5) as f64 / 1000.0,
+                h.value_at_quantile(0.99) as f64 / 1000.0,
+            )
+        };
+        (q(&first), q(&spread))
+    }
 }
 
 /// Publishes `messages` to `topic`; every client records publish→receive latency.
@@ -269,9 +318,10 @@ async fn fan_out(
         1, 60_000_000, 3,
     )?));
     let received = Arc::new(AtomicU64::new(0));
+    let spread = Arc::new(Spread::new(expected));
     let mut readers = Vec::new();
     for mut s in sockets {
-        let (hist, received) = (hist.clone(), received.clone());
+        let (hist, received, spread) = (hist.clone(), received.clone(), spread.clone());
         readers.push(tokio::spawn(async move {
             let mut local = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram");
             let mut got = 0;
@@ -294,8 +344,12 @@ async fn fan_out(
                     }
                 };
                 let Message::Text(t) = msg else { continue };
-                if let Some(sent) = sent_us(t.as_str()) {
-                    let _ = local.record(now_us().saturating_sub(sent).max(1));
+                if let Some(sent) = number(t.as_str(), "\"sent_us\":") {
+                    let latency = now_us().saturating_sub(sent).max(1);
+                    let _ = local.record(latency);
+                    if let Some(n) = number(t.as_str(), "\"n\":") {
+                        spread.saw(n as usize, latency);
+                    }
                     got += 1;
                 }
             }
@@ -309,9 +363,9 @@ async fn fan_out(
     // How long the publish call itself takes: for the bridge the durable
     // commit (the svc answers once committed), for Node the whole broadcast.
     let calls = std::sync::Mutex::new(Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?);
-    let publish = |_| {
+    let publish = |n| {
         let started = Instant::now();
-        let call = server.publish(topic, format!("{{\"sent_us\":{}}}", now_us()));
+        let call = server.publish(topic, format!("{{\"sent_us\":{},\"n\":{n}}}", now_us()));
         let calls = &calls;
         async move {
             call.await?;
@@ -330,6 +384,7 @@ async fn fan_out(
     let deliveries = received.load(Ordering::Relaxed);
     let hist = hist.lock().expect("hist");
     let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
+    let (first_ms, spread_ms) = spread.quantiles();
     let server_cpu_secs = cpu.server / 100.0 * elapsed.as_secs_f64();
     let round = Round {
         deliveries,
@@ -342,6 +397,8 @@ async fn fan_out(
             calls.value_at_quantile(0.5) as f64 / 1000.0,
             calls.value_at_quantile(0.99) as f64 / 1000.0,
         ),
+        first_ms,
+        spread_ms,
         cpu,
     };
     Ok((round, sockets))
@@ -467,7 +524,7 @@ async fn measure(args: &WsArgs, server: &UnderTest) -> anyhow::Result<Figures> {
         let (round, back) = fan_out(args, server, &topic, sockets).await?;
         sockets = back;
         println!(
-            "  fan-out: {} of {} delivered, {:.0}/s, {:.0} per server-CPU-s, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms; publish call p50 {:.2} ms, p99 {:.2} ms   ({})",
+            "  fan-out: {} of {} delivered, {:.0}/s, {:.0} per server-CPU-s, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms; publish call p50 {:.2} ms, p99 {:.2} ms; first frame p50 {:.2} ms, p99 {:.2} ms; first -> last p50 {:.2} ms, p99 {:.2} ms   ({})",
             round.deliveries,
             args.clients * args.messages,
             round.per_sec,
@@ -477,6 +534,10 @@ async fn measure(args: &WsArgs, server: &UnderTest) -> anyhow::Result<Figures> {
             round.max_ms,
             round.call_ms.0,
             round.call_ms.1,
+            round.first_ms.0,
+            round.first_ms.1,
+            round.spread_ms.0,
+            round.spread_ms.1,
             round.cpu
         );
         rounds.push(round);
