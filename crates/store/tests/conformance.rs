@@ -142,6 +142,7 @@ conformance!(
     acks_are_cumulative_and_bounded_by_the_head,
     positions_of_many_feeds_come_back_in_the_order_asked,
     positions_tell_the_oldest_kept_seq_and_the_subscriptions,
+    mixed_batches_on_advanced_heads_number_trim_and_answer_keys_right,
     subscriptions_are_sets_per_user,
     the_registry_takes_and_drops_connections_in_batches,
     lifecycle_events_heard_by_two_replicas_are_recorded_once_gap_free_in_order,
@@ -440,6 +441,91 @@ async fn positions_of_many_feeds_come_back_in_the_order_asked(db: Backend) {
         .collect();
     assert_eq!(got, [(5, 0), (1, 0), (0, 0), (3, 2), (0, 0), (3, 2)]);
     assert!(s.positions(&[]).await.unwrap().is_empty());
+}
+
+/// Batches after the first start from heads that already moved: every seq,
+/// every trim of a short topic log and every repeated key's answer must count
+/// from where the head stood, with users, user lists, topics and keys mixed.
+async fn mixed_batches_on_advanced_heads_number_trim_and_answer_keys_right(db: Backend) {
+    let s = db.migrated().await;
+    let short = Topic::parse("room:short").unwrap();
+    let on_short = || {
+        let mut i = item(Target::Topic(short.clone()));
+        i.log_max_len = 3;
+        i
+    };
+    let keyed = |mut i: PublishItem, key: &str| {
+        i.publish.idempotency_key = Some(key.into());
+        i
+    };
+    // Batch 1: ann 1..=2, the log 1..=2, a list to ann and bo.
+    let first = s
+        .commit(&[
+            item(Target::User(user("ann"))),
+            on_short(),
+            keyed(item(Target::User(user("ann"))), "ann-2"),
+            keyed(on_short(), "short-2"),
+            item(Target::Users(vec![user("ann"), user("bo")])),
+        ])
+        .await
+        .unwrap();
+    let seqs: Vec<u64> = first.iter().map(|c| c.seq).collect();
+    assert_eq!(seqs, [1, 1, 2, 2, 0]);
+    // Batch 2: ann 4..=5 (the list took 3), the log 3..=5 pushes 1..=2 out,
+    // and the keys of batch 1 come back with batch 1's answers.
+    let second = s
+        .commit(&[
+            on_short(),
+            keyed(item(Target::User(user("ann"))), "ann-2"),
+            item(Target::User(user("ann"))),
+            keyed(on_short(), "short-2"),
+            on_short(),
+            keyed(item(Target::User(user("ann"))), "ann-5"),
+            keyed(on_short(), "short-5"),
+        ])
+        .await
+        .unwrap();
+    let answers: Vec<(u64, bool)> = second.iter().map(|c| (c.seq, c.duplicate)).collect();
+    assert_eq!(
+        answers,
+        [
+            (3, false),
+            (2, true),
+            (4, false),
+            (2, true),
+            (4, false),
+            (5, false),
+            (5, false)
+        ]
+    );
+    assert_eq!(second[1].message_id, first[2].message_id);
+    // The keys of batch 2 answer batch 2's seqs when repeated alone.
+    let again = s
+        .commit(&[
+            keyed(on_short(), "short-5"),
+            keyed(item(Target::User(user("ann"))), "ann-5"),
+        ])
+        .await
+        .unwrap();
+    assert_eq!((again[0].seq, again[1].seq), (5, 5));
+    assert!(again.iter().all(|c| c.duplicate));
+    let log = s
+        .history(&Feed::Topic(short.clone()), 0, 100)
+        .await
+        .unwrap();
+    let kept: Vec<u64> = log.messages.iter().map(|m| m.seq).collect();
+    assert_eq!((kept, log.head_seq), (vec![3, 4, 5], 5));
+    let inbox = s.history(&Feed::Inbox(user("ann")), 0, 100).await.unwrap();
+    let seqs: Vec<u64> = inbox.messages.iter().map(|m| m.seq).collect();
+    assert_eq!((seqs, inbox.head_seq), (vec![1, 2, 3, 4, 5], 5));
+    let bo = s.history(&Feed::Inbox(user("bo")), 0, 100).await.unwrap();
+    assert_eq!(bo.messages.len(), 1);
+    // Batch 3: one more on the log pushes 3 out; an existing row is trimmed by
+    // a later batch, not by the one that wrote it.
+    s.commit(&[on_short()]).await.unwrap();
+    let log = s.history(&Feed::Topic(short), 0, 100).await.unwrap();
+    let kept: Vec<u64> = log.messages.iter().map(|m| m.seq).collect();
+    assert_eq!(kept, [4, 5, 6]);
 }
 
 async fn positions_tell_the_oldest_kept_seq_and_the_subscriptions(db: Backend) {

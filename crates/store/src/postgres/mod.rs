@@ -788,14 +788,20 @@ async fn stored_keys(
         .collect())
 }
 
-/// One transaction of multi-row statements, pipelined: statements that do not
-/// depend on each other's answers are sent together (`try_join!` polls in
-/// order, and tokio-postgres sends a query on its first poll), so a batch
-/// costs two round trips: [BEGIN, bump heads] and [inserts, keys, COMMIT]. A
-/// statement that fails aborts the transaction, and the COMMIT queued behind
-/// it then rolls back, so nothing half-done is ever committed. Lock order is
-/// the same in every transaction (inbox heads, topic heads, keys; each in key
-/// order), so concurrent batches never deadlock.
+/// One transaction in one round trip: [BEGIN, inbox, topic logs, keys,
+/// COMMIT] are sent together (`try_join!` polls in order, and tokio-postgres
+/// sends a query on its first poll). Seqs are planned here relative to each
+/// head's value before the batch (1..=demand per head, in batch order); each
+/// statement bumps its heads and writes its rows at `last_seq - demand +
+/// relative seq` from the bump's own `RETURNING`, so no statement waits for
+/// another's answer. A statement that fails aborts the transaction, and the
+/// COMMIT queued behind it then rolls back, so nothing half-done is ever
+/// committed. Lock order is the same in every transaction (inbox heads,
+/// topic heads, keys; each in key order), so concurrent batches never
+/// deadlock.
+// One round trip instead of two ([BEGIN, bump heads], [inserts, COMMIT]):
+// at 50 msg/s the commit was the whole publish -> frame gap to a server that
+// stores nothing (docs/benchmarks.md, issue 21).
 async fn commit_attempt(
     tx: &tokio_postgres::Client,
     items: &[PublishItem],
@@ -805,113 +811,66 @@ async fn commit_attempt(
 ) -> Result<Vec<Committed>, tokio_postgres::Error> {
     let now = commit_time();
     let new = new_items(origins, stored);
-
-    // 1. Reserve seqs by bumping the heads.
     let demand = SeqDemand::of(items, &new);
-    let (_, user_last, topic_last) = futures::try_join!(
-        tx.batch_execute("BEGIN"),
-        bump_heads(tx, HEADS_INBOX, &demand.users),
-        bump_heads(tx, HEADS_TOPIC, &demand.topics),
-    )?;
-    let assigned = demand.assign(items, &new, &user_last, &topic_last);
-
-    // 2. Store payloads, feed entries and the new keys with their answers, and
-    //    commit: one round trip.
-    let keyed = new_keys(items, &new);
-    let callers: Vec<&str> = keyed.iter().map(|&i| key_of(&items[i]).0).collect();
-    let keys: Vec<&str> = keyed.iter().map(|&i| key_of(&items[i]).1).collect();
-    let ids: Vec<Uuid> = keyed.iter().map(|&i| items[i].message_id.0).collect();
-    let seqs: Vec<i64> = keyed.iter().map(|&i| to_i64(assigned[i].seq)).collect();
-    let expected = keyed.len() as i64;
-    let expires = now + window;
-    let claim_params: [(&(dyn tokio_postgres::types::ToSql + Sync), Type); 7] = [
-        (&callers, Type::TEXT_ARRAY),
-        (&keys, Type::TEXT_ARRAY),
-        (&ids, Type::UUID_ARRAY),
-        (&seqs, Type::INT8_ARRAY),
-        (&now, Type::TIMESTAMPTZ),
-        (&expires, Type::TIMESTAMPTZ),
-        (&expected, Type::INT8),
-    ];
-    let claim_keys = async {
-        if keyed.is_empty() {
-            return Ok(Vec::new());
-        }
-        // An expired key is taken over; a live one fails the whole statement.
-        tx.query_typed(
-            "WITH claimed AS (
-                INSERT INTO idempotency_keys (caller, key, message_id, seq, created_at, expires_at)
-                SELECT c, k, m, s, $5, $6
-                FROM unnest($1::text[], $2::text[], $3::uuid[], $4::int8[]) AS u(c, k, m, s)
-                ORDER BY c, k
-                ON CONFLICT (caller, key) DO UPDATE
-                  SET message_id = excluded.message_id, seq = excluded.seq,
-                      created_at = excluded.created_at, expires_at = excluded.expires_at
-                  WHERE idempotency_keys.expires_at <= excluded.created_at
-                RETURNING 1
-             )
-             SELECT notify_claim_keys((SELECT count(*) FROM claimed), $7)",
-            &claim_params,
-        )
-        .await
+    let relative = demand.assign(
+        items,
+        &new,
+        &demand_as_last(&demand.users),
+        &demand_as_last(&demand.topics),
+    );
+    let plan = Relative {
+        items,
+        new: &new,
+        seqs: &relative,
+        demand: &demand,
     };
-    futures::try_join!(
-        insert_inbox(tx, items, &new, &assigned, now),
-        insert_topic_log(tx, items, &new, &assigned, &topic_last, now),
-        claim_keys,
+    let (_, user_last, topic_last, (), ()) = futures::try_join!(
+        tx.batch_execute("BEGIN"),
+        write_inbox(tx, &plan, now),
+        write_topic_logs(tx, &plan, now),
+        claim_keys(tx, &plan, now, window),
         tx.batch_execute("COMMIT"),
     )?;
-
+    let assigned = demand.assign(items, &new, &user_last, &topic_last);
     Ok(results(items, origins, stored, &assigned, now))
 }
 
-const HEADS_INBOX: &str = "INSERT INTO inbox_heads (user_id, last_seq)
-     SELECT k, n FROM unnest($1::text[], $2::int8[]) AS t(k, n) ORDER BY k
-     ON CONFLICT (user_id) DO UPDATE SET last_seq = inbox_heads.last_seq + excluded.last_seq
-     RETURNING user_id, last_seq";
+/// Each head's demand as its `last_seq`: seqs planned from it run 1..=demand.
+fn demand_as_last(demand: &std::collections::BTreeMap<&str, u64>) -> HashMap<String, u64> {
+    demand.iter().map(|(k, n)| ((*k).to_owned(), *n)).collect()
+}
 
-const HEADS_TOPIC: &str = "INSERT INTO topic_heads (topic, last_seq)
-     SELECT k, n FROM unnest($1::text[], $2::int8[]) AS t(k, n) ORDER BY k
-     ON CONFLICT (topic) DO UPDATE SET last_seq = topic_heads.last_seq + excluded.last_seq
-     RETURNING topic, last_seq";
+/// A batch's writes with seqs relative to each head's value before it.
+struct Relative<'a> {
+    items: &'a [PublishItem],
+    new: &'a [bool],
+    seqs: &'a [Assigned],
+    demand: &'a SeqDemand<'a>,
+}
 
-/// Adds each key's demand to its head; returns the new last seqs.
-async fn bump_heads(
+/// The heads' new `last_seq`s, from a statement's rows `(key, last_seq)`.
+fn heads_of(rows: &[tokio_postgres::Row]) -> HashMap<String, u64> {
+    rows.iter()
+        .map(|r| (r.get::<_, String>(0), to_u64(r.get(1))))
+        .collect()
+}
+
+/// Bumps the users' inbox heads, stores user-targeted payloads (user lists:
+/// once, in `messages`) and one inbox row per recipient; returns the heads'
+/// new `last_seq`s.
+async fn write_inbox(
     tx: &tokio_postgres::Client,
-    sql: &str,
-    demand: &std::collections::BTreeMap<&str, u64>,
+    plan: &Relative<'_>,
+    now: SystemTime,
 ) -> Result<HashMap<String, u64>, tokio_postgres::Error> {
+    let (items, demand) = (plan.items, &plan.demand.users);
     if demand.is_empty() {
         return Ok(HashMap::new());
     }
-    let keys: Vec<&str> = demand.keys().copied().collect();
-    let counts: Vec<i64> = demand.values().map(|&n| to_i64(n)).collect();
-    let rows = tx
-        .query_typed(
-            sql,
-            &[(&keys, Type::TEXT_ARRAY), (&counts, Type::INT8_ARRAY)],
-        )
-        .await?;
-    Ok(rows
-        .iter()
-        .map(|r| (r.get::<_, String>(0), to_u64(r.get(1))))
-        .collect())
-}
-
-/// Stores user-targeted payloads once and one inbox row per recipient.
-async fn insert_inbox(
-    tx: &tokio_postgres::Client,
-    items: &[PublishItem],
-    new: &[bool],
-    assigned: &[Assigned],
-    now: SystemTime,
-) -> Result<(), tokio_postgres::Error> {
-    let rows = inbox_rows(items, new, assigned);
-    if rows.is_empty() {
-        return Ok(());
-    }
+    let head_keys: Vec<&str> = demand.keys().copied().collect();
+    let head_counts: Vec<i64> = demand.values().map(|&n| to_i64(n)).collect();
     // Shared payloads (user lists), stored once in `messages`.
-    let shared = shared_payloads(items, new);
+    let shared = shared_payloads(items, plan.new);
     let ids: Vec<Uuid> = shared.iter().map(|&i| items[i].message_id.0).collect();
     let callers: Vec<&str> = shared.iter().map(|&i| items[i].caller.as_str()).collect();
     let events: Vec<&str> = shared
@@ -924,8 +883,10 @@ async fn insert_inbox(
         .collect();
     let expiries: Vec<SystemTime> = shared.iter().map(|&i| now + items[i].publish.ttl).collect();
     // Inbox rows; a single-user message carries its payload inline.
+    let rows = inbox_rows(items, plan.new, plan.seqs);
     let users: Vec<&str> = rows.iter().map(|r| r.user).collect();
     let seqs: Vec<i64> = rows.iter().map(|r| to_i64(r.seq)).collect();
+    let row_demands: Vec<i64> = rows.iter().map(|r| to_i64(demand[r.user])).collect();
     let refs: Vec<Uuid> = rows.iter().map(|r| items[r.item].message_id.0).collect();
     let row_expiries: Vec<SystemTime> = rows
         .iter()
@@ -940,58 +901,85 @@ async fn insert_inbox(
     let row_events = inline(|i| &i.publish.event);
     let row_datas = inline(|i| &i.publish.data);
 
-    tx.execute_typed(
-        "WITH m AS (
-            INSERT INTO messages (id, caller, event, data, created_at, expires_at)
-            SELECT id, c, e, d, $6, x
-            FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::timestamptz[])
-                 AS t(id, c, e, d, x)
-         )
-         INSERT INTO inbox (user_id, seq, message_id, caller, event, data, created_at, expires_at)
-         SELECT u, s, id, c, e, d, $6, x
-         FROM unnest($7::text[], $8::int8[], $9::uuid[], $10::text[], $11::text[], $12::text[],
-                     $13::timestamptz[]) AS t(u, s, id, c, e, d, x)",
-        &[
-            (&ids, Type::UUID_ARRAY),
-            (&callers, Type::TEXT_ARRAY),
-            (&events, Type::TEXT_ARRAY),
-            (&datas, Type::TEXT_ARRAY),
-            (&expiries, Type::TIMESTAMPTZ_ARRAY),
-            (&now, Type::TIMESTAMPTZ),
-            (&users, Type::TEXT_ARRAY),
-            (&seqs, Type::INT8_ARRAY),
-            (&refs, Type::UUID_ARRAY),
-            (&row_callers, Type::TEXT_ARRAY),
-            (&row_events, Type::TEXT_ARRAY),
-            (&row_datas, Type::TEXT_ARRAY),
-            (&row_expiries, Type::TIMESTAMPTZ_ARRAY),
-        ],
-    )
-    .await?;
-    Ok(())
+    let heads = tx
+        .query_typed(
+            "WITH h AS (
+                INSERT INTO inbox_heads (user_id, last_seq)
+                SELECT k, n FROM unnest($14::text[], $15::int8[]) AS t(k, n) ORDER BY k
+                ON CONFLICT (user_id) DO UPDATE SET last_seq = inbox_heads.last_seq + excluded.last_seq
+                RETURNING user_id, last_seq
+             ), m AS (
+                INSERT INTO messages (id, caller, event, data, created_at, expires_at)
+                SELECT id, c, e, d, $6, x
+                FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::timestamptz[])
+                     AS t(id, c, e, d, x)
+             ), i AS (
+                INSERT INTO inbox (user_id, seq, message_id, caller, event, data, created_at, expires_at)
+                SELECT u, h.last_seq - n + s, id, c, e, d, $6, x
+                FROM unnest($7::text[], $8::int8[], $16::int8[], $9::uuid[], $10::text[],
+                            $11::text[], $12::text[], $13::timestamptz[])
+                     AS t(u, s, n, id, c, e, d, x)
+                JOIN h ON h.user_id = t.u
+             )
+             SELECT user_id, last_seq FROM h",
+            &[
+                (&ids, Type::UUID_ARRAY),
+                (&callers, Type::TEXT_ARRAY),
+                (&events, Type::TEXT_ARRAY),
+                (&datas, Type::TEXT_ARRAY),
+                (&expiries, Type::TIMESTAMPTZ_ARRAY),
+                (&now, Type::TIMESTAMPTZ),
+                (&users, Type::TEXT_ARRAY),
+                (&seqs, Type::INT8_ARRAY),
+                (&refs, Type::UUID_ARRAY),
+                (&row_callers, Type::TEXT_ARRAY),
+                (&row_events, Type::TEXT_ARRAY),
+                (&row_datas, Type::TEXT_ARRAY),
+                (&row_expiries, Type::TIMESTAMPTZ_ARRAY),
+                (&head_keys, Type::TEXT_ARRAY),
+                (&head_counts, Type::INT8_ARRAY),
+                (&row_demands, Type::INT8_ARRAY),
+            ],
+        )
+        .await?;
+    Ok(heads_of(&heads))
 }
 
-/// Appends topic messages to their logs and trims each log to its size
-/// ([`topic_appends`] says what): one statement, the trim as a CTE.
-async fn insert_topic_log(
+/// Bumps the topics' heads, appends topic messages to their logs and trims
+/// each log to its size ([`topic_appends`] says which rows; the trim range
+/// follows from the bumped head): one statement. Returns the heads' new
+/// `last_seq`s.
+async fn write_topic_logs(
     tx: &tokio_postgres::Client,
-    items: &[PublishItem],
-    new: &[bool],
-    assigned: &[Assigned],
-    topic_last: &HashMap<String, u64>,
+    plan: &Relative<'_>,
     now: SystemTime,
-) -> Result<(), tokio_postgres::Error> {
-    let appends = topic_appends(items, new, assigned, topic_last);
-    if appends.rows.is_empty() && appends.trims.is_empty() {
-        return Ok(());
+) -> Result<HashMap<String, u64>, tokio_postgres::Error> {
+    let (items, demand) = (plan.items, &plan.demand.topics);
+    if demand.is_empty() {
+        return Ok(HashMap::new());
     }
-    let rows = &appends.rows;
     let topic = |i: usize| match &items[i].publish.target {
         Target::Topic(t) => t.as_str(),
         _ => "",
     };
+    // Per topic, the log's length (its first item's, as topic_appends reads it).
+    let mut lengths: std::collections::BTreeMap<&str, i64> = std::collections::BTreeMap::new();
+    for i in (0..items.len()).filter(|&i| plan.new[i]) {
+        if let Target::Topic(t) = &items[i].publish.target {
+            lengths
+                .entry(t.as_str())
+                .or_insert(i64::from(items[i].log_max_len.max(1)));
+        }
+    }
+    let head_keys: Vec<&str> = demand.keys().copied().collect();
+    let head_counts: Vec<i64> = demand.values().map(|&n| to_i64(n)).collect();
+    let head_lengths: Vec<i64> = head_keys.iter().map(|k| lengths[k]).collect();
+    // Rows a log keeps: relative seq above demand - length (the rest would be
+    // pushed out by this same batch).
+    let rows = topic_appends(items, plan.new, plan.seqs, &demand_as_last(demand)).rows;
     let topics: Vec<&str> = rows.iter().map(|&i| topic(i)).collect();
-    let seqs: Vec<i64> = rows.iter().map(|&i| to_i64(assigned[i].seq)).collect();
+    let seqs: Vec<i64> = rows.iter().map(|&i| to_i64(plan.seqs[i].seq)).collect();
+    let row_demands: Vec<i64> = rows.iter().map(|&i| to_i64(demand[topic(i)])).collect();
     let ids: Vec<Uuid> = rows.iter().map(|&i| items[i].message_id.0).collect();
     let callers: Vec<&str> = rows.iter().map(|&i| items[i].caller.as_str()).collect();
     let events: Vec<&str> = rows
@@ -1002,30 +990,119 @@ async fn insert_topic_log(
         .iter()
         .map(|&i| items[i].publish.data.as_str())
         .collect();
-    let trim_topics: Vec<&str> = appends.trims.iter().map(|t| t.topic).collect();
-    let trim_from: Vec<i64> = appends.trims.iter().map(|t| to_i64(t.after)).collect();
-    let trim_to: Vec<i64> = appends.trims.iter().map(|t| to_i64(t.upto)).collect();
-    tx.execute_typed(
-        "WITH trimmed AS (
-            DELETE FROM topic_log l
-            USING unnest($8::text[], $9::int8[], $10::int8[]) AS k(topic, after, upto)
-            WHERE l.topic = k.topic AND l.seq > k.after AND l.seq <= k.upto
+    // The trim deletes what this batch pushed out of the window: seqs in
+    // (last - length - demand, last - length]. Rows below that range are gone
+    // already (or, after a log's limit was lowered, left to the age sweeper).
+    let heads = tx
+        .query_typed(
+            "WITH h AS (
+                INSERT INTO topic_heads (topic, last_seq)
+                SELECT k, n FROM unnest($8::text[], $9::int8[]) AS t(k, n) ORDER BY k
+                ON CONFLICT (topic) DO UPDATE SET last_seq = topic_heads.last_seq + excluded.last_seq
+                RETURNING topic, last_seq
+             ), window_of AS (
+                SELECT h.topic, h.last_seq - w.len AS upto, h.last_seq - w.len - w.n AS after
+                FROM h JOIN unnest($8::text[], $9::int8[], $10::int8[]) AS w(topic, n, len)
+                  ON w.topic = h.topic
+             ), trimmed AS (
+                DELETE FROM topic_log l
+                USING window_of k
+                WHERE l.topic = k.topic AND l.seq > k.after AND l.seq <= k.upto
+             ), appended AS (
+                INSERT INTO topic_log (topic, seq, message_id, caller, event, data, created_at)
+                SELECT t, h.last_seq - n + s, id, c, e, d, $7
+                FROM unnest($1::text[], $2::int8[], $11::int8[], $3::uuid[], $4::text[],
+                            $5::text[], $6::text[])
+                     AS u(t, s, n, id, c, e, d)
+                JOIN h ON h.topic = u.t
+             )
+             SELECT topic, last_seq FROM h",
+            &[
+                (&topics, Type::TEXT_ARRAY),
+                (&seqs, Type::INT8_ARRAY),
+                (&ids, Type::UUID_ARRAY),
+                (&callers, Type::TEXT_ARRAY),
+                (&events, Type::TEXT_ARRAY),
+                (&datas, Type::TEXT_ARRAY),
+                (&now, Type::TIMESTAMPTZ),
+                (&head_keys, Type::TEXT_ARRAY),
+                (&head_counts, Type::INT8_ARRAY),
+                (&head_lengths, Type::INT8_ARRAY),
+                (&row_demands, Type::INT8_ARRAY),
+            ],
+        )
+        .await?;
+    Ok(heads_of(&heads))
+}
+
+/// Claims the batch's new idempotency keys with their answers. A key's seq
+/// is read from its head, which the statements before it in this
+/// transaction bumped. An expired key is taken over; a live one fails the
+/// whole statement ([`KEY_TAKEN`]).
+async fn claim_keys(
+    tx: &tokio_postgres::Client,
+    plan: &Relative<'_>,
+    now: SystemTime,
+    window: Duration,
+) -> Result<(), tokio_postgres::Error> {
+    let items = plan.items;
+    let keyed = new_keys(items, plan.new);
+    if keyed.is_empty() {
+        return Ok(());
+    }
+    let callers: Vec<&str> = keyed.iter().map(|&i| key_of(&items[i]).0).collect();
+    let keys: Vec<&str> = keyed.iter().map(|&i| key_of(&items[i]).1).collect();
+    let ids: Vec<Uuid> = keyed.iter().map(|&i| items[i].message_id.0).collect();
+    // Per key: the inbox or topic head its seq counts from, the head's demand
+    // and the relative seq (user lists and broadcasts answer seq 0).
+    let head = |i: usize, user: bool| match &items[i].publish.target {
+        Target::User(u) if user => Some(u.as_str()),
+        Target::Topic(t) if !user => Some(t.as_str()),
+        _ => None,
+    };
+    let inbox_heads: Vec<Option<&str>> = keyed.iter().map(|&i| head(i, true)).collect();
+    let topic_heads: Vec<Option<&str>> = keyed.iter().map(|&i| head(i, false)).collect();
+    let demands: Vec<i64> = keyed
+        .iter()
+        .map(|&i| match (head(i, true), head(i, false)) {
+            (Some(u), _) => to_i64(plan.demand.users[u]),
+            (_, Some(t)) => to_i64(plan.demand.topics[t]),
+            _ => 0,
+        })
+        .collect();
+    let seqs: Vec<i64> = keyed.iter().map(|&i| to_i64(plan.seqs[i].seq)).collect();
+    let expected = keyed.len() as i64;
+    let expires = now + window;
+    tx.query_typed(
+        "WITH claimed AS (
+            INSERT INTO idempotency_keys (caller, key, message_id, seq, created_at, expires_at)
+            SELECT c, k, m,
+                   CASE WHEN s = 0 THEN 0
+                        ELSE COALESCE((SELECT last_seq FROM inbox_heads WHERE user_id = iu),
+                                      (SELECT last_seq FROM topic_heads WHERE topic = tu)) - n + s
+                   END,
+                   $5, $6
+            FROM unnest($1::text[], $2::text[], $3::uuid[], $4::int8[], $8::text[], $9::text[],
+                        $10::int8[]) AS u(c, k, m, s, iu, tu, n)
+            ORDER BY c, k
+            ON CONFLICT (caller, key) DO UPDATE
+              SET message_id = excluded.message_id, seq = excluded.seq,
+                  created_at = excluded.created_at, expires_at = excluded.expires_at
+              WHERE idempotency_keys.expires_at <= excluded.created_at
+            RETURNING 1
          )
-         INSERT INTO topic_log (topic, seq, message_id, caller, event, data, created_at)
-         SELECT t, s, id, c, e, d, $7
-         FROM unnest($1::text[], $2::int8[], $3::uuid[], $4::text[], $5::text[], $6::text[])
-              AS u(t, s, id, c, e, d)",
+         SELECT notify_claim_keys((SELECT count(*) FROM claimed), $7)",
         &[
-            (&topics, Type::TEXT_ARRAY),
-            (&seqs, Type::INT8_ARRAY),
-            (&ids, Type::UUID_ARRAY),
             (&callers, Type::TEXT_ARRAY),
-            (&events, Type::TEXT_ARRAY),
-            (&datas, Type::TEXT_ARRAY),
+            (&keys, Type::TEXT_ARRAY),
+            (&ids, Type::UUID_ARRAY),
+            (&seqs, Type::INT8_ARRAY),
             (&now, Type::TIMESTAMPTZ),
-            (&trim_topics, Type::TEXT_ARRAY),
-            (&trim_from, Type::INT8_ARRAY),
-            (&trim_to, Type::INT8_ARRAY),
+            (&expires, Type::TIMESTAMPTZ),
+            (&expected, Type::INT8),
+            (&inbox_heads, Type::TEXT_ARRAY),
+            (&topic_heads, Type::TEXT_ARRAY),
+            (&demands, Type::INT8_ARRAY),
         ],
     )
     .await?;
