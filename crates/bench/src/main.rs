@@ -106,6 +106,16 @@ where
     Ok(())
 }
 
+/// A plain Postgres connection (the benches that write rows themselves).
+async fn connect_db(url: &str) -> anyhow::Result<tokio_postgres::Client> {
+    use anyhow::Context;
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .with_context(|| format!("connecting to {url}"))?;
+    tokio::spawn(conn);
+    Ok(client)
+}
+
 /// The `/metrics` text of an ops port (plain HTTP/1.0, no client needed).
 async fn scrape(ops: &str) -> Option<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -12,10 +12,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::Context;
 use hdrhistogram::Histogram;
 
-use crate::{CpuSample, Figures, splitmix64};
+use crate::{CpuSample, Figures, connect_db, splitmix64};
 
 /// The table, fresh each run: an inbox row as a naive design stores it.
 const TABLE: &str = "DROP TABLE IF EXISTS bench_naive_inbox;
@@ -45,11 +44,11 @@ pub struct Naive<'a> {
 
 /// Runs the naive phase and prints its figures.
 pub async fn phase(n: Naive<'_>) -> anyhow::Result<Figures> {
-    let admin = connect(n.url).await?;
+    let admin = connect_db(n.url).await?;
     admin.batch_execute(TABLE).await?;
     let mut clients = Vec::with_capacity(n.clients);
     for _ in 0..n.clients {
-        let client = connect(n.url).await?;
+        let client = connect_db(n.url).await?;
         let insert = client.prepare(INSERT).await?;
         clients.push((client, insert));
     }
@@ -117,12 +116,4 @@ pub async fn phase(n: Naive<'_>) -> anyhow::Result<Figures> {
         p50_ms: ms(0.5),
         p99_ms: ms(0.99),
     })
-}
-
-async fn connect(url: &str) -> anyhow::Result<tokio_postgres::Client> {
-    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .with_context(|| format!("connecting to {url}"))?;
-    tokio::spawn(conn);
-    Ok(client)
 }

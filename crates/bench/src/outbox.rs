@@ -67,16 +67,8 @@ fn now_ms() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
-async fn connect_db(url: &str) -> anyhow::Result<tokio_postgres::Client> {
-    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .with_context(|| format!("connecting to {url}"))?;
-    tokio::spawn(conn);
-    Ok(client)
-}
-
 pub async fn run(args: OutboxArgs) -> anyhow::Result<()> {
-    let db = connect_db(&args.database_url).await?;
+    let db = crate::connect_db(&args.database_url).await?;
     db.batch_execute(include_str!("../../../migrations/notify_outbox.sql"))
         .await?;
     db.batch_execute(
@@ -264,7 +256,7 @@ async fn live(args: &OutboxArgs) -> anyhow::Result<(Histogram<u64>, u64)> {
     let writers: Vec<_> = {
         let mut v = Vec::new();
         for _ in 0..4 {
-            v.push(Arc::new(connect_db(&args.database_url).await?));
+            v.push(Arc::new(crate::connect_db(&args.database_url).await?));
         }
         v
     };
