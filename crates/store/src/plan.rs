@@ -250,6 +250,19 @@ pub struct Trim<'a> {
     pub upto: u64,
 }
 
+/// Each topic's log length in this batch: its first new item's (at least 1).
+pub fn log_lengths<'a>(items: &'a [PublishItem], new: &[bool]) -> BTreeMap<&'a str, u64> {
+    let mut lengths = BTreeMap::new();
+    for (item, _) in items.iter().zip(new).filter(|(_, new)| **new) {
+        if let Target::Topic(topic) = &item.publish.target {
+            lengths
+                .entry(topic.as_str())
+                .or_insert(u64::from(item.log_max_len.max(1)));
+        }
+    }
+    lengths
+}
+
 /// The topic log writes of the new items, given each topic's last seq after
 /// the bump.
 pub fn topic_appends<'a>(
@@ -258,6 +271,7 @@ pub fn topic_appends<'a>(
     assigned: &[Assigned],
     topic_last: &HashMap<String, u64>,
 ) -> TopicAppends<'a> {
+    let lengths = log_lengths(items, new);
     // Per topic: (floor = highest seq that falls out of the log, new messages).
     let mut windows: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
     let mut rows = Vec::new();
@@ -266,7 +280,7 @@ pub fn topic_appends<'a>(
             continue;
         };
         let last = topic_last.get(topic.as_str()).copied().unwrap_or(0);
-        let floor = last.saturating_sub(u64::from(item.log_max_len.max(1)));
+        let floor = last.saturating_sub(lengths[topic.as_str()]);
         windows.entry(topic.as_str()).or_insert((floor, 0)).1 += 1;
         if assigned[i].seq > floor {
             rows.push(i);

@@ -45,7 +45,7 @@ use crate::{
     StoredMessage, Swept,
     plan::{
         Assigned, Origin, SeqDemand, StoredKey, commit_time, in_batch_origins, inbox_rows, key_of,
-        new_items, new_keys, results, shared_payloads, topic_appends,
+        log_lengths, new_items, new_keys, results, shared_payloads, topic_appends,
     },
 };
 
@@ -886,7 +886,6 @@ async fn write_inbox(
     let rows = inbox_rows(items, plan.new, plan.seqs);
     let users: Vec<&str> = rows.iter().map(|r| r.user).collect();
     let seqs: Vec<i64> = rows.iter().map(|r| to_i64(r.seq)).collect();
-    let row_demands: Vec<i64> = rows.iter().map(|r| to_i64(demand[r.user])).collect();
     let refs: Vec<Uuid> = rows.iter().map(|r| items[r.item].message_id.0).collect();
     let row_expiries: Vec<SystemTime> = rows
         .iter()
@@ -913,13 +912,15 @@ async fn write_inbox(
                 SELECT id, c, e, d, $6, x
                 FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::timestamptz[])
                      AS t(id, c, e, d, x)
+             ), base AS (
+                SELECT h.user_id, h.last_seq - t.n AS before
+                FROM h JOIN unnest($14::text[], $15::int8[]) AS t(k, n) ON t.k = h.user_id
              ), i AS (
                 INSERT INTO inbox (user_id, seq, message_id, caller, event, data, created_at, expires_at)
-                SELECT u, h.last_seq - n + s, id, c, e, d, $6, x
-                FROM unnest($7::text[], $8::int8[], $16::int8[], $9::uuid[], $10::text[],
-                            $11::text[], $12::text[], $13::timestamptz[])
-                     AS t(u, s, n, id, c, e, d, x)
-                JOIN h ON h.user_id = t.u
+                SELECT u, b.before + s, id, c, e, d, $6, x
+                FROM unnest($7::text[], $8::int8[], $9::uuid[], $10::text[], $11::text[],
+                            $12::text[], $13::timestamptz[]) AS t(u, s, id, c, e, d, x)
+                JOIN base b ON b.user_id = t.u
              )
              SELECT user_id, last_seq FROM h",
             &[
@@ -938,7 +939,6 @@ async fn write_inbox(
                 (&row_expiries, Type::TIMESTAMPTZ_ARRAY),
                 (&head_keys, Type::TEXT_ARRAY),
                 (&head_counts, Type::INT8_ARRAY),
-                (&row_demands, Type::INT8_ARRAY),
             ],
         )
         .await?;
@@ -962,24 +962,15 @@ async fn write_topic_logs(
         Target::Topic(t) => t.as_str(),
         _ => "",
     };
-    // Per topic, the log's length (its first item's, as topic_appends reads it).
-    let mut lengths: std::collections::BTreeMap<&str, i64> = std::collections::BTreeMap::new();
-    for i in (0..items.len()).filter(|&i| plan.new[i]) {
-        if let Target::Topic(t) = &items[i].publish.target {
-            lengths
-                .entry(t.as_str())
-                .or_insert(i64::from(items[i].log_max_len.max(1)));
-        }
-    }
+    let lengths = log_lengths(items, plan.new);
     let head_keys: Vec<&str> = demand.keys().copied().collect();
     let head_counts: Vec<i64> = demand.values().map(|&n| to_i64(n)).collect();
-    let head_lengths: Vec<i64> = head_keys.iter().map(|k| lengths[k]).collect();
+    let head_lengths: Vec<i64> = head_keys.iter().map(|k| to_i64(lengths[k])).collect();
     // Rows a log keeps: relative seq above demand - length (the rest would be
     // pushed out by this same batch).
     let rows = topic_appends(items, plan.new, plan.seqs, &demand_as_last(demand)).rows;
     let topics: Vec<&str> = rows.iter().map(|&i| topic(i)).collect();
     let seqs: Vec<i64> = rows.iter().map(|&i| to_i64(plan.seqs[i].seq)).collect();
-    let row_demands: Vec<i64> = rows.iter().map(|&i| to_i64(demand[topic(i)])).collect();
     let ids: Vec<Uuid> = rows.iter().map(|&i| items[i].message_id.0).collect();
     let callers: Vec<&str> = rows.iter().map(|&i| items[i].caller.as_str()).collect();
     let events: Vec<&str> = rows
@@ -1001,7 +992,8 @@ async fn write_topic_logs(
                 ON CONFLICT (topic) DO UPDATE SET last_seq = topic_heads.last_seq + excluded.last_seq
                 RETURNING topic, last_seq
              ), window_of AS (
-                SELECT h.topic, h.last_seq - w.len AS upto, h.last_seq - w.len - w.n AS after
+                SELECT h.topic, h.last_seq - w.n AS before, h.last_seq - w.len AS upto,
+                       h.last_seq - w.len - w.n AS after
                 FROM h JOIN unnest($8::text[], $9::int8[], $10::int8[]) AS w(topic, n, len)
                   ON w.topic = h.topic
              ), trimmed AS (
@@ -1010,11 +1002,10 @@ async fn write_topic_logs(
                 WHERE l.topic = k.topic AND l.seq > k.after AND l.seq <= k.upto
              ), appended AS (
                 INSERT INTO topic_log (topic, seq, message_id, caller, event, data, created_at)
-                SELECT t, h.last_seq - n + s, id, c, e, d, $7
-                FROM unnest($1::text[], $2::int8[], $11::int8[], $3::uuid[], $4::text[],
-                            $5::text[], $6::text[])
-                     AS u(t, s, n, id, c, e, d)
-                JOIN h ON h.topic = u.t
+                SELECT t, k.before + s, id, c, e, d, $7
+                FROM unnest($1::text[], $2::int8[], $3::uuid[], $4::text[], $5::text[], $6::text[])
+                     AS u(t, s, id, c, e, d)
+                JOIN window_of k ON k.topic = u.t
              )
              SELECT topic, last_seq FROM h",
             &[
@@ -1028,7 +1019,6 @@ async fn write_topic_logs(
                 (&head_keys, Type::TEXT_ARRAY),
                 (&head_counts, Type::INT8_ARRAY),
                 (&head_lengths, Type::INT8_ARRAY),
-                (&row_demands, Type::INT8_ARRAY),
             ],
         )
         .await?;
