@@ -32,4 +32,18 @@ pub enum ValidationError {
     UnknownNamespace { namespace: String, known: String },
     #[error("{field} {value:?} is not a valid id")]
     BadId { field: &'static str, value: String },
+    #[error("{field} {value:?} is not one of: {choices}")]
+    BadChoice {
+        field: &'static str,
+        value: String,
+        choices: &'static str,
+    },
+    #[error("set exactly one of {fields}")]
+    OneOf { fields: &'static str },
+    #[error("{field} lists {count}, over the limit of {max}")]
+    TooMany {
+        field: &'static str,
+        count: usize,
+        max: usize,
+    },
 }

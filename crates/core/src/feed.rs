@@ -4,7 +4,7 @@
 
 use std::collections::BTreeSet;
 
-use crate::{Topic, UserId};
+use crate::{Topic, UserId, inbox::Counts};
 
 /// A seq-numbered stream: a user's inbox or a topic's log.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -25,6 +25,10 @@ pub struct Position {
     pub first_seq: u64,
     /// The user's server-side subscriptions (inbox feeds; empty for topics).
     pub subscriptions: BTreeSet<Topic>,
+    /// The user's badge counts (inbox feeds; zero for topics).
+    pub counts: Counts,
+    /// What the user muted (inbox feeds; empty for topics).
+    pub mutes: crate::inbox::Mutes,
 }
 
 impl Position {

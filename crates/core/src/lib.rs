@@ -2,6 +2,8 @@
 //!
 //! - [`ids`]: user, message and connection identifiers.
 //! - [`feed`]: a user's inbox or a topic's log ([`Feed`]) and where it stands ([`Position`]).
+//! - [`inbox`]: the user's side of an inbox: seen/read/archived [`inbox::State`], marks,
+//!   badge [`inbox::Counts`], mutes, pages of older items, edits and retractions.
 //! - [`topic`]: topic names (`namespace:rest`) and the per-namespace [`TopicPolicy`]
 //!   (who may subscribe, client publish, log retention).
 //! - [`publish`]: a validated [`Publish`] (target, event, JSON data, idempotency key,
@@ -15,6 +17,7 @@ pub mod close;
 pub mod error;
 pub mod feed;
 pub mod ids;
+pub mod inbox;
 pub mod publish;
 pub mod redact;
 pub mod setting;

@@ -12,6 +12,8 @@
 //! - [`relay`]: any outbox relay's lease and cursor, and `notify_outbox`,
 //!   the transactional outbox any service writes.
 //! - [`lifecycle`]: the connection lifecycle log that backends watch.
+//! - [`inbox`]: the user's side of the inbox: marks, counts, pages, mutes,
+//!   revisions ([`Inbox`], a supertrait of [`Store`]).
 //! - [`migrate`]: the migration runners and the embedded SQL files.
 //!
 //! Backend error types never cross the trait: everything is a [`StoreError`].
@@ -20,6 +22,7 @@
 pub mod database;
 pub mod error;
 pub mod fights;
+pub mod inbox;
 pub mod lifecycle;
 pub mod migrate;
 pub mod plan;
@@ -35,6 +38,7 @@ use notify_core::{ConnectionId, MessageId, Publish, Topic, TopicPolicy, UserId};
 pub use database::Database;
 // Feeds and positions are domain types, shared with the bridge.
 pub use error::StoreError;
+pub use inbox::Inbox;
 pub use lifecycle::{ConnectionEvent, Lifecycle, LifecyclePage, RecordedEvent};
 pub use notify_core::{Feed, Position};
 pub use postgres::{PgStore, PgStoreConfig};
@@ -64,6 +68,19 @@ pub struct Committed {
     pub inbox_seqs: Vec<(UserId, u64)>,
     /// Commit time of the original message.
     pub ts: SystemTime,
+    /// For inbox targets (not duplicates): each recipient's side of it, in
+    /// the order of the target's users.
+    pub recipients: Vec<Recipient>,
+}
+
+/// What a committed inbox message is to one recipient.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recipient {
+    pub user: UserId,
+    /// The user muted its event: stored, not pushed live, not counted.
+    pub muted: bool,
+    /// The user's counts after the commit.
+    pub counts: notify_core::inbox::Counts,
 }
 
 /// A stored message as history and replay return it.
@@ -101,12 +118,14 @@ pub struct ConnectionRecord {
 pub const SWEEP_CHUNK: u64 = 10_000;
 
 /// What one retention sweep removed.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Swept {
     pub inbox: u64,
     pub messages: u64,
     pub topic_log: u64,
     pub idempotency_keys: u64,
+    /// Users whose counts the expired messages left, with their new counts.
+    pub counts: Vec<(UserId, notify_core::inbox::Counts)>,
 }
 
 impl Swept {
@@ -141,7 +160,7 @@ pub type PoolWaitObserver = std::sync::Arc<dyn Fn(std::time::Duration) + Send + 
 /// The database of the platform. Implementations must keep seqs gap-free and
 /// strictly increasing per feed under any concurrency, across processes.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: Inbox + Send + Sync + 'static {
     /// Applies the migrations not applied yet; returns how many this call
     /// applied. Safe to run from many processes at once.
     async fn migrate(&self) -> Result<usize, StoreError>;

@@ -64,6 +64,11 @@ pub const POSTGRES: &[Migration] = &[
         name: "notify_outbox",
         sql: include_str!("../../../migrations/postgres/0005_notify_outbox.sql"),
     },
+    Migration {
+        version: 6,
+        name: "inbox_state",
+        sql: include_str!("../../../migrations/postgres/0006_inbox_state.sql"),
+    },
 ];
 
 /// The SQLite migrations, in order.
@@ -82,5 +87,10 @@ pub const SQLITE: &[Migration] = &[
         version: 3,
         name: "notify_outbox",
         sql: include_str!("../../../migrations/sqlite/0003_notify_outbox.sql"),
+    },
+    Migration {
+        version: 4,
+        name: "inbox_state",
+        sql: include_str!("../../../migrations/sqlite/0004_inbox_state.sql"),
     },
 ];

@@ -13,13 +13,13 @@
 //! [`results`] for the answers, so both backends store and answer alike.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     time::SystemTime,
 };
 
-use notify_core::{MessageId, Target, UserId};
+use notify_core::{MessageId, Target, UserId, inbox::Counts};
 
-use crate::{Committed, PublishItem};
+use crate::{Committed, PublishItem, Recipient};
 
 /// Where an item's result comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -298,6 +298,24 @@ pub fn topic_appends<'a>(
     TopicAppends { rows, trims }
 }
 
+/// What a batch's inbox writes came to for the users: each head's counts
+/// after it, and the rows stored muted (user, seq).
+#[derive(Debug, Default)]
+pub struct InboxSide {
+    pub counts: HashMap<String, Counts>,
+    pub muted: HashSet<(String, u64)>,
+}
+
+impl InboxSide {
+    fn recipient(&self, user: &UserId, seq: u64) -> Recipient {
+        Recipient {
+            user: user.clone(),
+            muted: self.muted.contains(&(user.as_str().to_owned(), seq)),
+            counts: self.counts.get(user.as_str()).copied().unwrap_or_default(),
+        }
+    }
+}
+
 /// The answers of a committed batch, in item order: new items with their
 /// seqs, repeats of a stored key with the original's answer, repeats within
 /// the batch with their first item's.
@@ -306,6 +324,7 @@ pub fn results(
     origins: &[Origin],
     stored: &HashMap<usize, StoredKey>,
     assigned: &[Assigned],
+    side: &InboxSide,
     now: SystemTime,
 ) -> Vec<Committed> {
     let mut results: Vec<Committed> = Vec::with_capacity(items.len());
@@ -314,6 +333,7 @@ pub fn results(
             Origin::SameAs(first) => Committed {
                 duplicate: true,
                 inbox_seqs: Vec::new(),
+                recipients: Vec::new(),
                 ..results[first].clone()
             },
             Origin::Fresh => match stored.get(&i) {
@@ -323,6 +343,7 @@ pub fn results(
                     duplicate: true,
                     inbox_seqs: Vec::new(),
                     ts: original.ts,
+                    recipients: Vec::new(),
                 },
                 None => Committed {
                     message_id: item.message_id,
@@ -330,6 +351,15 @@ pub fn results(
                     duplicate: false,
                     inbox_seqs: assigned[i].inbox_seqs.clone(),
                     ts: now,
+                    recipients: match &item.publish.target {
+                        Target::User(user) => vec![side.recipient(user, assigned[i].seq)],
+                        Target::Users(_) => assigned[i]
+                            .inbox_seqs
+                            .iter()
+                            .map(|(user, seq)| side.recipient(user, *seq))
+                            .collect(),
+                        Target::Topic(_) | Target::Broadcast => Vec::new(),
+                    },
                 },
             },
         };

@@ -10,128 +10,16 @@
 use std::{sync::Arc, time::Duration};
 
 use notify_core::{
-    ConnectionId, MessageId, NamespacePolicy, Publish, SubscribeRule, Target, Topic, TopicPolicy,
-    UserId,
+    ConnectionId, MessageId, NamespacePolicy, SubscribeRule, Target, Topic, TopicPolicy, UserId,
 };
 use notify_store::{
-    ConnectionEvent, Database, Feed, Lifecycle, PgStoreConfig, PublishItem, SqliteConfig, Store,
-    StoreError,
-    fights::{FightBook, FightLog, NewFight},
-    migrate,
-    relay::RelayPosition,
+    ConnectionEvent, Feed, Lifecycle, PublishItem, Store, StoreError, fights::NewFight,
 };
-use test_support::{TestDb, TestDir};
+use test_support::TestDb;
 
-/// One fresh database of either backend.
-enum Backend {
-    Postgres(TestDb),
-    Sqlite(TestDir),
-}
+mod common;
 
-/// The same statement in each dialect (for what the trait cannot do, like
-/// aging rows). SQLite keeps times as Unix microseconds.
-struct Sql {
-    postgres: &'static str,
-    sqlite: &'static str,
-}
-
-impl Sql {
-    fn both(sql: &'static str) -> Self {
-        Self {
-            postgres: sql,
-            sqlite: sql,
-        }
-    }
-}
-
-impl Backend {
-    async fn postgres() -> Self {
-        Self::Postgres(TestDb::create().await)
-    }
-
-    fn sqlite() -> Self {
-        Self::Sqlite(TestDir::create("store-conformance"))
-    }
-
-    fn database(&self) -> Database {
-        match self {
-            Self::Postgres(db) => Database::Postgres(PgStoreConfig::new(db.url.clone())),
-            Self::Sqlite(dir) => Database::Sqlite(SqliteConfig::new(dir.join("notify.db"))),
-        }
-    }
-
-    /// A store of its own on this database: another replica.
-    fn store(&self) -> Arc<dyn Store> {
-        self.database().store().expect("store")
-    }
-
-    async fn migrated(&self) -> Arc<dyn Store> {
-        let store = self.store();
-        store.migrate().await.expect("migrate");
-        store
-    }
-
-    fn migrations(&self) -> usize {
-        match self {
-            Self::Postgres(_) => migrate::POSTGRES.len(),
-            Self::Sqlite(_) => migrate::SQLITE.len(),
-        }
-    }
-
-    fn fight_log(&self) -> Arc<dyn FightLog> {
-        self.database().fight_log().expect("fight log")
-    }
-
-    fn relay_position(&self, group: &str) -> Arc<dyn RelayPosition> {
-        self.database()
-            .relay_position(group)
-            .expect("relay position")
-    }
-
-    fn fight_book(&self) -> Arc<dyn FightBook> {
-        self.database().fight_book().expect("fight book")
-    }
-
-    /// Runs raw SQL, outside the store.
-    async fn sql(&self, sql: Sql) {
-        match self {
-            Self::Postgres(db) => {
-                let (client, conn) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
-                    .await
-                    .unwrap();
-                tokio::spawn(conn);
-                client.batch_execute(sql.postgres).await.unwrap();
-            }
-            Self::Sqlite(dir) => {
-                let conn = rusqlite::Connection::open(dir.join("notify.db")).unwrap();
-                conn.busy_timeout(Duration::from_secs(5)).unwrap();
-                conn.execute_batch(sql.sqlite).unwrap();
-            }
-        }
-    }
-}
-
-/// Instantiates each test body once per backend.
-macro_rules! conformance {
-    ($($test:ident),* $(,)?) => {
-        mod postgres {
-            $(
-                #[tokio::test]
-                async fn $test() {
-                    super::$test(super::Backend::postgres().await).await;
-                }
-            )*
-        }
-        mod sqlite {
-            $(
-                #[tokio::test]
-                async fn $test() {
-                    super::$test(super::Backend::sqlite()).await;
-                }
-            )*
-        }
-    };
-}
+use common::{Backend, Sql, item, user};
 
 conformance!(
     migrations_apply_once_even_when_runners_race,
@@ -155,25 +43,6 @@ conformance!(
     one_relay_holds_the_lease_and_only_it_moves_the_cursor,
     open_fights_past_their_deadline_are_overdue_until_recorded,
 );
-
-fn user(name: &str) -> UserId {
-    UserId::parse("user", name).unwrap()
-}
-
-fn item(target: Target) -> PublishItem {
-    PublishItem {
-        caller: "test".into(),
-        message_id: MessageId::new(),
-        publish: Publish {
-            target,
-            event: "e".into(),
-            data: "{}".into(),
-            idempotency_key: None,
-            ttl: Duration::from_secs(3600),
-        },
-        log_max_len: 100,
-    }
-}
 
 async fn migrations_apply_once_even_when_runners_race(db: Backend) {
     let runners: Vec<_> = (0..4)

@@ -18,9 +18,11 @@
 //! [`fights`]: BetTracker's outbox and overdue fights, and BetService's writes.
 //! [`relay`]: any relay's lease and cursor, and the `notify_outbox` any service writes.
 //! [`lifecycle`]: the connection lifecycle log and bridge expiry.
+//! [`inbox`]: marks, counts, pages, mutes and revisions (the [`crate::Inbox`] half).
 //! [`tls`]: `sslmode=require` (RDS Proxy's default) with verified certificates.
 
 pub mod fights;
+mod inbox;
 mod lifecycle;
 mod migrate;
 pub mod relay;
@@ -36,7 +38,10 @@ use std::{
 
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod};
-use notify_core::{ConnectionId, MessageId, Target, Topic, TopicPolicy, UserId};
+use notify_core::{
+    ConnectionId, MessageId, Target, Topic, TopicPolicy, UserId,
+    inbox::{Counts, Mutes},
+};
 use tokio_postgres::{NoTls, types::Type};
 use uuid::Uuid;
 
@@ -44,8 +49,9 @@ use crate::{
     Committed, ConnectionRecord, Feed, HistoryPage, Position, PublishItem, Store, StoreError,
     StoredMessage, Swept,
     plan::{
-        Assigned, Origin, SeqDemand, StoredKey, commit_time, in_batch_origins, inbox_rows, key_of,
-        log_lengths, new_items, new_keys, results, shared_payloads, topic_appends,
+        Assigned, InboxSide, Origin, SeqDemand, StoredKey, commit_time, in_batch_origins,
+        inbox_rows, key_of, log_lengths, new_items, new_keys, results, shared_payloads,
+        topic_appends,
     },
 };
 
@@ -399,7 +405,13 @@ impl Store for PgStore {
                                       WHERE i.user_id = u.user_id AND i.expires_at > now()
                                       ORDER BY i.seq LIMIT 1), 0),
                             ARRAY(SELECT s.topic FROM subscriptions s
-                                  WHERE s.user_id = u.user_id ORDER BY s.topic)
+                                  WHERE s.user_id = u.user_id ORDER BY s.topic),
+                            COALESCE(h.unseen, 0), COALESCE(h.unread, 0),
+                            COALESCE(h.version, 0),
+                            ARRAY(SELECT m.name FROM user_mutes m
+                                  WHERE m.user_id = u.user_id AND m.kind = 'event'),
+                            ARRAY(SELECT m.name FROM user_mutes m
+                                  WHERE m.user_id = u.user_id AND m.kind = 'namespace')
                      FROM unnest($1::text[]) WITH ORDINALITY AS u(user_id, ord)
                      LEFT JOIN inbox_heads h USING (user_id)
                      LEFT JOIN inbox_acks a USING (user_id)
@@ -417,7 +429,8 @@ impl Store for PgStore {
                     "SELECT COALESCE(h.last_seq, 0), 0::int8,
                             COALESCE((SELECT l.seq FROM topic_log l WHERE l.topic = t.topic
                                       ORDER BY l.seq LIMIT 1), 0),
-                            ARRAY[]::text[]
+                            ARRAY[]::text[], 0::int8, 0::int8, 0::int8,
+                            ARRAY[]::text[], ARRAY[]::text[]
                      FROM unnest($1::text[]) WITH ORDINALITY AS t(topic, ord)
                      LEFT JOIN topic_heads h USING (topic)
                      ORDER BY t.ord",
@@ -438,6 +451,15 @@ impl Store for PgStore {
                 .into_iter()
                 .filter_map(|t| Topic::parse(t).ok())
                 .collect(),
+            counts: Counts {
+                unseen: to_u64(row.get(4)),
+                unread: to_u64(row.get(5)),
+                version: to_u64(row.get(6)),
+            },
+            mutes: Mutes {
+                events: row.get::<_, Vec<String>>(7).into_iter().collect(),
+                namespaces: row.get::<_, Vec<String>>(8).into_iter().collect(),
+            },
         };
         let (mut inboxes, mut topic_heads) = (inboxes.iter(), topic_heads.iter());
         feeds
@@ -640,8 +662,8 @@ impl Store for PgStore {
             )
         };
         let mut swept = Swept::default();
+        (swept.inbox, swept.counts) = self.timed(inbox::sweep(&client, SWEEP_CHUNK)).await?;
         for (table, count) in [
-            ("inbox", &mut swept.inbox),
             ("messages", &mut swept.messages),
             ("idempotency_keys", &mut swept.idempotency_keys),
         ] {
@@ -824,7 +846,7 @@ async fn commit_attempt(
         seqs: &relative,
         demand: &demand,
     };
-    let (_, user_last, topic_last, (), ()) = futures::try_join!(
+    let (_, (user_last, side), topic_last, (), ()) = futures::try_join!(
         tx.batch_execute("BEGIN"),
         write_inbox(tx, &plan, now),
         write_topic_logs(tx, &plan, now),
@@ -832,7 +854,7 @@ async fn commit_attempt(
         tx.batch_execute("COMMIT"),
     )?;
     let assigned = demand.assign(items, &new, &user_last, &topic_last);
-    Ok(results(items, origins, stored, &assigned, now))
+    Ok(results(items, origins, stored, &assigned, &side, now))
 }
 
 /// Each head's demand as its `last_seq`: seqs planned from it run 1..=demand.
@@ -855,17 +877,18 @@ fn heads_of(rows: &[tokio_postgres::Row]) -> HashMap<String, u64> {
         .collect()
 }
 
-/// Bumps the users' inbox heads, stores user-targeted payloads (user lists:
-/// once, in `messages`) and one inbox row per recipient; returns the heads'
-/// new `last_seq`s.
+/// Bumps the users' inbox heads (seqs and counts), stores user-targeted
+/// payloads (user lists: once, in `messages`) and one inbox row per
+/// recipient; returns the heads' new `last_seq`s and what the rows came to
+/// for their users (counts, muted rows).
 async fn write_inbox(
     tx: &tokio_postgres::Client,
     plan: &Relative<'_>,
     now: SystemTime,
-) -> Result<HashMap<String, u64>, tokio_postgres::Error> {
+) -> Result<(HashMap<String, u64>, InboxSide), tokio_postgres::Error> {
     let (items, demand) = (plan.items, &plan.demand.users);
     if demand.is_empty() {
-        return Ok(HashMap::new());
+        return Ok(Default::default());
     }
     let head_keys: Vec<&str> = demand.keys().copied().collect();
     let head_counts: Vec<i64> = demand.values().map(|&n| to_i64(n)).collect();
@@ -900,13 +923,36 @@ async fn write_inbox(
     let row_events = inline(|i| &i.publish.event);
     let row_datas = inline(|i| &i.publish.data);
 
+    // Every row's event, for the mute check (a user list's rows carry none inline).
+    let row_events_all: Vec<&str> = rows
+        .iter()
+        .map(|r| items[r.item].publish.event.as_str())
+        .collect();
+    // A row whose event its user muted is stored muted (state 8) and left
+    // out of the counts; the others add one to both counts of their head.
     let heads = tx
         .query_typed(
-            "WITH h AS (
-                INSERT INTO inbox_heads (user_id, last_seq)
-                SELECT k, n FROM unnest($14::text[], $15::int8[]) AS t(k, n) ORDER BY k
-                ON CONFLICT (user_id) DO UPDATE SET last_seq = inbox_heads.last_seq + excluded.last_seq
-                RETURNING user_id, last_seq
+            "WITH r AS (
+                SELECT t.*, EXISTS (SELECT 1 FROM user_mutes mu
+                                    WHERE mu.user_id = t.u AND mu.kind = 'event'
+                                      AND mu.name = t.ev) AS muted
+                FROM unnest($7::text[], $8::int8[], $9::uuid[], $10::text[], $11::text[],
+                            $12::text[], $13::timestamptz[], $16::text[])
+                     AS t(u, s, id, c, e, d, x, ev)
+             ), counted AS (
+                SELECT u, count(*) FILTER (WHERE NOT muted) AS k FROM r GROUP BY u
+             ), h AS (
+                INSERT INTO inbox_heads (user_id, last_seq, unseen, unread, version)
+                SELECT t.k, t.n, COALESCE(c.k, 0), COALESCE(c.k, 0), 1
+                FROM unnest($14::text[], $15::int8[]) AS t(k, n)
+                LEFT JOIN counted c ON c.u = t.k
+                ORDER BY t.k
+                ON CONFLICT (user_id) DO UPDATE
+                  SET last_seq = inbox_heads.last_seq + excluded.last_seq,
+                      unseen = inbox_heads.unseen + excluded.unseen,
+                      unread = inbox_heads.unread + excluded.unread,
+                      version = inbox_heads.version + 1
+                RETURNING user_id, last_seq, unseen, unread, version
              ), m AS (
                 INSERT INTO messages (id, caller, event, data, created_at, expires_at)
                 SELECT id, c, e, d, $6, x
@@ -916,13 +962,15 @@ async fn write_inbox(
                 SELECT h.user_id, h.last_seq - t.n AS before
                 FROM h JOIN unnest($14::text[], $15::int8[]) AS t(k, n) ON t.k = h.user_id
              ), i AS (
-                INSERT INTO inbox (user_id, seq, message_id, caller, event, data, created_at, expires_at)
-                SELECT u, b.before + s, id, c, e, d, $6, x
-                FROM unnest($7::text[], $8::int8[], $9::uuid[], $10::text[], $11::text[],
-                            $12::text[], $13::timestamptz[]) AS t(u, s, id, c, e, d, x)
-                JOIN base b ON b.user_id = t.u
+                INSERT INTO inbox (user_id, seq, message_id, caller, event, data, created_at,
+                                   expires_at, state)
+                SELECT u, b.before + s, id, c, e, d, $6, x,
+                       CASE WHEN muted THEN 8 ELSE 0 END
+                FROM r JOIN base b ON b.user_id = r.u
              )
-             SELECT user_id, last_seq FROM h",
+             SELECT user_id, last_seq, unseen, unread, version,
+                    ARRAY(SELECT r.s FROM r WHERE r.u = h.user_id AND r.muted)
+             FROM h",
             &[
                 (&ids, Type::UUID_ARRAY),
                 (&callers, Type::TEXT_ARRAY),
@@ -939,10 +987,26 @@ async fn write_inbox(
                 (&row_expiries, Type::TIMESTAMPTZ_ARRAY),
                 (&head_keys, Type::TEXT_ARRAY),
                 (&head_counts, Type::INT8_ARRAY),
+                (&row_events_all, Type::TEXT_ARRAY),
             ],
         )
         .await?;
-    Ok(heads_of(&heads))
+    let mut side = InboxSide::default();
+    for head in &heads {
+        let user: String = head.get(0);
+        let last = to_u64(head.get(1));
+        let before = last.saturating_sub(demand.get(user.as_str()).copied().unwrap_or(0));
+        for relative in head.get::<_, Vec<i64>>(5) {
+            side.muted.insert((user.clone(), before + to_u64(relative)));
+        }
+        let counts = Counts {
+            unseen: to_u64(head.get(2)),
+            unread: to_u64(head.get(3)),
+            version: to_u64(head.get(4)),
+        };
+        side.counts.insert(user, counts);
+    }
+    Ok((heads_of(&heads), side))
 }
 
 /// Bumps the topics' heads, appends topic messages to their logs and trims

@@ -15,6 +15,7 @@
 
 pub mod db;
 pub mod fights;
+mod inbox;
 mod lifecycle;
 pub mod relay;
 pub mod store;

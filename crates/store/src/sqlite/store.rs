@@ -1,12 +1,15 @@
 //! [`Store`] on SQLite: the statements of each method, run through [`Db`].
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap, HashSet},
     time::{Duration, SystemTime},
 };
 
 use async_trait::async_trait;
-use notify_core::{ConnectionId, MessageId, Target, Topic, TopicPolicy, UserId};
+use notify_core::{
+    ConnectionId, MessageId, Target, Topic, TopicPolicy, UserId,
+    inbox::{Counts, State},
+};
 use rusqlite::{Connection, OptionalExtension, params};
 use uuid::Uuid;
 
@@ -15,15 +18,15 @@ use crate::{
     Committed, ConnectionEvent, ConnectionRecord, Feed, HistoryPage, LifecyclePage, Position,
     PublishItem, SWEEP_CHUNK, Store, StoreError, StoredMessage, Swept, migrate as migrations,
     plan::{
-        Assigned, Origin, SeqDemand, StoredKey, commit_time, in_batch_origins, inbox_rows, key_of,
-        new_items, new_keys, results, shared_payloads, topic_appends,
+        Assigned, InboxSide, Origin, SeqDemand, StoredKey, commit_time, in_batch_origins,
+        inbox_rows, key_of, new_items, new_keys, results, shared_payloads, topic_appends,
     },
 };
 
 /// The SQLite store.
 #[derive(Clone)]
 pub struct SqliteStore {
-    db: Db,
+    pub(super) db: Db,
     config: SqliteConfig,
 }
 
@@ -189,14 +192,18 @@ impl Store for SqliteStore {
                 let now = micros(SystemTime::now());
                 // The head is a row of `inbox` at i64::MAX (see the migration).
                 let mut inbox = conn.prepare_cached(
-                    "SELECT COALESCE((SELECT last_seq FROM inbox
-                                      WHERE user_id = ?1 AND seq = 9223372036854775807), 0),
+                    "SELECT COALESCE(h.last_seq, 0),
                             COALESCE((SELECT acked_seq FROM inbox_acks WHERE user_id = ?1), 0),
                             COALESCE((SELECT seq FROM inbox
                                       WHERE user_id = ?1 AND seq < 9223372036854775807
                                         AND expires_at > ?2
-                                      ORDER BY seq LIMIT 1), 0)",
+                                      ORDER BY seq LIMIT 1), 0),
+                            COALESCE(h.unseen, 0), COALESCE(h.unread, 0), COALESCE(h.version, 0)
+                     FROM (SELECT 1) LEFT JOIN inbox h
+                       ON h.user_id = ?1 AND h.seq = 9223372036854775807",
                 )?;
+                let mut mutes =
+                    conn.prepare_cached("SELECT kind, name FROM user_mutes WHERE user_id = ?1")?;
                 let mut subscriptions = conn.prepare_cached(
                     "SELECT topic FROM subscriptions WHERE user_id = ?1 ORDER BY topic",
                 )?;
@@ -210,7 +217,17 @@ impl Store for SqliteStore {
                         head_seq: to_u64(r.get(0)?),
                         acked_seq: to_u64(r.get(1)?),
                         first_seq: to_u64(r.get(2)?),
-                        subscriptions: Default::default(),
+                        ..Position::default()
+                    })
+                };
+                let inbox_numbers = |r: &rusqlite::Row<'_>| {
+                    Ok(Position {
+                        counts: Counts {
+                            unseen: to_u64(r.get(3)?),
+                            unread: to_u64(r.get(4)?),
+                            version: to_u64(r.get(5)?),
+                        },
+                        ..numbers(r)?
                     })
                 };
                 feeds
@@ -218,7 +235,10 @@ impl Store for SqliteStore {
                     .map(|feed| match feed {
                         Feed::Inbox(u) => {
                             let mut position =
-                                inbox.query_row(params![u.as_str(), now], numbers)?;
+                                inbox.query_row(params![u.as_str(), now], inbox_numbers)?;
+                            position.mutes = super::inbox::mutes_of(
+                                mutes.query_map([u.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))?,
+                            )?;
                             let names: Vec<String> = subscriptions
                                 .query_map([u.as_str()], |r| r.get(0))?
                                 .collect::<Result<_, _>>()?;
@@ -430,9 +450,11 @@ impl Store for SqliteStore {
         let now = micros(now);
         // One chunk per table per job: the writer is never held long.
         let mut swept = Swept::default();
-        // (table, its key): inbox has no rowid (see the migration).
+        (swept.inbox, swept.counts) = self
+            .db
+            .write(move |conn| super::inbox::sweep(conn, now, SWEEP))
+            .await?;
         for (table, key, count) in [
-            ("inbox", "user_id, seq", &mut swept.inbox),
             ("messages", "rowid", &mut swept.messages),
             ("idempotency_keys", "rowid", &mut swept.idempotency_keys),
         ] {
@@ -496,16 +518,11 @@ fn commit_batch(
     let origins = in_batch_origins(items);
     let stored = stored_keys(conn, items, &origins, micros(now))?;
     let new = new_items(&origins, &stored);
-    // Reserve seqs by bumping the heads.
+    // Reserve seqs by bumping the heads; the inbox heads' counts grow by
+    // their unmuted rows in the same statement.
     let demand = SeqDemand::of(items, &new);
-    let user_last = bump_heads(
-        conn,
-        "INSERT INTO inbox (user_id, seq, message_id, created_at, expires_at, last_seq)
-         VALUES (?1, 9223372036854775807, x'', 0, 9223372036854775807, ?2)
-         ON CONFLICT (user_id, seq) DO UPDATE SET last_seq = last_seq + excluded.last_seq
-         RETURNING last_seq",
-        &demand.users,
-    )?;
+    let muted = MutedEvents::of(conn, items, &new)?;
+    let (user_last, counts) = bump_inbox_heads(conn, &demand.users, &muted.counted)?;
     let topic_last = bump_heads(
         conn,
         "INSERT INTO topic_heads (topic, last_seq) VALUES (?1, ?2)
@@ -520,10 +537,14 @@ fn commit_batch(
         assigned: &assigned,
         now,
     };
-    batch.insert_messages(conn)?;
+    let mut side = InboxSide {
+        counts,
+        ..InboxSide::default()
+    };
+    batch.insert_messages(conn, &muted, &mut side)?;
     batch.write_topic_logs(conn, &topic_last)?;
     batch.claim_keys(conn, window)?;
-    Ok(results(items, &origins, &stored, &assigned, now))
+    Ok(results(items, &origins, &stored, &assigned, &side, now))
 }
 
 /// The live idempotency keys the batch's fresh items name. Keys are looked
@@ -571,8 +592,14 @@ struct Batch<'a> {
 }
 
 impl<'a> Batch<'a> {
-    /// Payloads (shared by user-list recipients) and inbox entries.
-    fn insert_messages(&self, conn: &Connection) -> rusqlite::Result<()> {
+    /// Payloads (shared by user-list recipients) and inbox entries (muted
+    /// ones noted in `side`).
+    fn insert_messages(
+        &self,
+        conn: &Connection,
+        muted: &MutedEvents<'_>,
+        side: &mut InboxSide,
+    ) -> rusqlite::Result<()> {
         let (items, now, now_us) = (self.items, self.now, micros(self.now));
         let mut payload = conn.prepare_cached(
             "INSERT INTO messages (id, caller, event, data, created_at, expires_at)
@@ -590,12 +617,17 @@ impl<'a> Batch<'a> {
             ])?;
         }
         let mut entry = conn.prepare_cached(
-            "INSERT INTO inbox (user_id, seq, message_id, caller, event, data, created_at, expires_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            "INSERT INTO inbox (user_id, seq, message_id, caller, event, data, created_at,
+                                expires_at, state)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
         )?;
         for row in inbox_rows(items, self.new, self.assigned) {
             let item = &items[row.item];
             let inline = |v: &'a str| row.inline.then_some(v);
+            let is_muted = muted.muted(row.user, &item.publish.event);
+            if is_muted {
+                side.muted.insert((row.user.to_owned(), row.seq));
+            }
             entry.execute(params![
                 row.user,
                 to_i64(row.seq),
@@ -605,6 +637,7 @@ impl<'a> Batch<'a> {
                 inline(&item.publish.data),
                 now_us,
                 micros(now + item.publish.ttl),
+                if is_muted { State::MUTED } else { 0 },
             ])?;
         }
         Ok(())
@@ -683,4 +716,94 @@ fn bump_heads(
             Ok((key.to_string(), to_u64(last)))
         })
         .collect()
+}
+
+/// The batch's (recipient, event) pairs the recipient muted, looked up once
+/// each, and how many unmuted rows each recipient gets (what its counts grow by).
+struct MutedEvents<'a> {
+    muted: HashSet<(&'a str, &'a str)>,
+    counted: BTreeMap<&'a str, u64>,
+}
+
+impl<'a> MutedEvents<'a> {
+    fn of(conn: &Connection, items: &'a [PublishItem], new: &[bool]) -> rusqlite::Result<Self> {
+        let mut lookup = conn.prepare_cached(
+            "SELECT EXISTS (SELECT 1 FROM user_mutes
+                            WHERE user_id = ?1 AND kind = 'event' AND name = ?2)",
+        )?;
+        let mut asked: HashMap<(&str, &str), bool> = HashMap::new();
+        let mut this = Self {
+            muted: HashSet::new(),
+            counted: BTreeMap::new(),
+        };
+        for item in items
+            .iter()
+            .zip(new)
+            .filter_map(|(item, &n)| n.then_some(item))
+        {
+            let users: &[UserId] = match &item.publish.target {
+                Target::User(user) => std::slice::from_ref(user),
+                Target::Users(users) => users,
+                Target::Topic(_) | Target::Broadcast => continue,
+            };
+            let event = item.publish.event.as_str();
+            for user in users {
+                let key = (user.as_str(), event);
+                let is_muted = match asked.get(&key) {
+                    Some(&m) => m,
+                    None => {
+                        let m: bool = lookup.query_row(params![key.0, key.1], |r| r.get(0))?;
+                        asked.insert(key, m);
+                        m
+                    }
+                };
+                if is_muted {
+                    this.muted.insert(key);
+                } else {
+                    *this.counted.entry(user.as_str()).or_default() += 1;
+                }
+            }
+        }
+        Ok(this)
+    }
+
+    fn muted(&self, user: &str, event: &str) -> bool {
+        self.muted.contains(&(user, event))
+    }
+}
+
+/// Bumps the inbox heads (rows of `inbox` at the largest seq): seqs by
+/// their demand, counts by their unmuted rows. Returns the new last seqs
+/// and counts.
+fn bump_inbox_heads(
+    conn: &Connection,
+    demand: &BTreeMap<&str, u64>,
+    counted: &BTreeMap<&str, u64>,
+) -> rusqlite::Result<(HashMap<String, u64>, HashMap<String, Counts>)> {
+    let mut bump = conn.prepare_cached(
+        "INSERT INTO inbox (user_id, seq, message_id, created_at, expires_at, last_seq,
+                            unseen, unread, version)
+         VALUES (?1, 9223372036854775807, x'', 0, 9223372036854775807, ?2, ?3, ?3, 1)
+         ON CONFLICT (user_id, seq) DO UPDATE
+           SET last_seq = last_seq + excluded.last_seq, unseen = unseen + excluded.unseen,
+               unread = unread + excluded.unread, version = version + 1
+         RETURNING last_seq, unseen, unread, version",
+    )?;
+    let (mut last, mut counts) = (HashMap::new(), HashMap::new());
+    for (user, n) in demand {
+        let k = counted.get(user).copied().unwrap_or(0);
+        let (seq, c) = bump.query_row(params![user, to_i64(*n), to_i64(k)], |r| {
+            Ok((
+                to_u64(r.get(0)?),
+                Counts {
+                    unseen: to_u64(r.get(1)?),
+                    unread: to_u64(r.get(2)?),
+                    version: to_u64(r.get(3)?),
+                },
+            ))
+        })?;
+        last.insert((*user).to_owned(), seq);
+        counts.insert((*user).to_owned(), c);
+    }
+    Ok((last, counts))
 }
