@@ -64,6 +64,17 @@ impl MessageId {
     pub fn new() -> Self {
         Self(Uuid::now_v7())
     }
+
+    pub fn parse(field: &'static str, raw: &str) -> Result<Self, ValidationError> {
+        parse_uuid(field, raw).map(Self)
+    }
+}
+
+fn parse_uuid(field: &'static str, raw: &str) -> Result<Uuid, ValidationError> {
+    Uuid::parse_str(raw).map_err(|_| ValidationError::BadId {
+        field,
+        value: raw.chars().take(64).collect(),
+    })
 }
 
 impl Default for MessageId {
@@ -88,12 +99,7 @@ impl ConnectionId {
     }
 
     pub fn parse(field: &'static str, raw: &str) -> Result<Self, ValidationError> {
-        Uuid::parse_str(raw)
-            .map(Self)
-            .map_err(|_| ValidationError::BadId {
-                field,
-                value: raw.chars().take(64).collect(),
-            })
+        parse_uuid(field, raw).map(Self)
     }
 }
 

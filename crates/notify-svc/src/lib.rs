@@ -135,6 +135,7 @@ pub async fn run(
     );
     tracker.spawn(retention::run(
         store.clone(),
+        router.clone(),
         config.topics.clone(),
         config.lifecycle_retention,
         background.clone(),

@@ -1,10 +1,12 @@
 //! The retention sweeper: expired inbox messages, idempotency keys, old
 //! topic log entries and old lifecycle events are deleted in bounded
-//! chunks, in the background.
+//! chunks, in the background. Users whose counts an expired message left
+//! are told the new counts on their live connections.
 
 use std::{sync::Arc, time::Duration};
 
 use notify_core::TopicPolicy;
+use notify_proto::{convert, v1 as pb};
 use notify_store::Store;
 use tokio_util::sync::CancellationToken;
 
@@ -14,6 +16,7 @@ const SWEEP_EVERY: Duration = Duration::from_secs(30);
 /// Sweeps until `shutdown`. Sweeps again at once while chunks come back full.
 pub async fn run(
     store: Arc<dyn Store>,
+    router: crate::delivery::router::Router,
     topics: TopicPolicy,
     lifecycle_retention: Duration,
     shutdown: CancellationToken,
@@ -30,6 +33,14 @@ pub async fn run(
             Ok(swept) => {
                 if swept != Default::default() {
                     tracing::debug!(?swept, "retention sweep");
+                }
+                for (user, counts) in &swept.counts {
+                    let change = pb::InboxChange {
+                        user_id: user.to_string(),
+                        counts: Some(convert::counts(*counts)),
+                        change: Some(pb::inbox_change::Change::CountsOnly(true)),
+                    };
+                    router.inbox_change(user, change);
                 }
                 swept.more_waiting()
             }

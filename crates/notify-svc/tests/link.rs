@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Svc, to_topic, to_user};
+use common::{FakeBridge, Svc, to_topic, to_user};
 use notify_core::ConnectionId;
 use notify_proto::v1::{
     self as pb, bridge_down::Msg as Down, bridge_link_client::BridgeLinkClient,
@@ -14,49 +14,6 @@ use notify_proto::v1::{
 use tokio::sync::mpsc;
 use tokio_stream::{StreamExt, wrappers::ReceiverStream};
 use tonic::Streaming;
-
-struct FakeBridge {
-    up: mpsc::Sender<pb::BridgeUp>,
-    down: Streaming<pb::BridgeDown>,
-}
-
-impl FakeBridge {
-    async fn attach(svc: &Svc, id: &str, connections: Vec<pb::LiveConnection>) -> Self {
-        let (up, rx) = mpsc::channel(64);
-        let hello = pb::BridgeHello {
-            bridge_id: id.into(),
-            connections,
-        };
-        up.send(pb::BridgeUp {
-            msg: Some(Up::Hello(hello)),
-        })
-        .await
-        .unwrap();
-        let mut client = BridgeLinkClient::connect(format!("http://{}", svc.grpc))
-            .await
-            .unwrap();
-        let down = client
-            .attach(ReceiverStream::new(rx))
-            .await
-            .unwrap()
-            .into_inner();
-        Self { up, down }
-    }
-
-    async fn send(&self, msg: Up) {
-        self.up.send(pb::BridgeUp { msg: Some(msg) }).await.unwrap();
-    }
-
-    async fn next(&mut self) -> Down {
-        tokio::time::timeout(Duration::from_secs(10), self.down.next())
-            .await
-            .expect("a message from notify-svc within 10 s")
-            .expect("stream open")
-            .expect("no error")
-            .msg
-            .expect("a message")
-    }
-}
 
 fn live(id: ConnectionId, user: &str, topics: &[&str]) -> pb::LiveConnection {
     pb::LiveConnection {

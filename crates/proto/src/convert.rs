@@ -56,3 +56,39 @@ pub fn code_name(code: tonic::Code) -> &'static str {
         tonic::Code::Unauthenticated => "UNAUTHENTICATED",
     }
 }
+
+/// Badge counts as the protocol carries them.
+pub fn counts(c: notify_core::inbox::Counts) -> crate::v1::InboxCounts {
+    crate::v1::InboxCounts {
+        unseen: c.unseen,
+        unread: c.unread,
+        version: c.version,
+    }
+}
+
+/// Counts from the protocol (absent: zero, version 0).
+pub fn counts_of(c: Option<&crate::v1::InboxCounts>) -> notify_core::inbox::Counts {
+    c.map(|c| notify_core::inbox::Counts {
+        unseen: c.unseen,
+        unread: c.unread,
+        version: c.version,
+    })
+    .unwrap_or_default()
+}
+
+/// Mutes as the protocol carries them.
+pub fn mutes(m: &notify_core::inbox::Mutes) -> crate::v1::Mutes {
+    crate::v1::Mutes {
+        events: m.events.iter().cloned().collect(),
+        namespaces: m.namespaces.iter().cloned().collect(),
+    }
+}
+
+/// Mutes from the protocol, unchecked (they were checked on the way in).
+pub fn mutes_of(m: Option<&crate::v1::Mutes>) -> notify_core::inbox::Mutes {
+    m.map(|m| notify_core::inbox::Mutes {
+        events: m.events.iter().cloned().collect(),
+        namespaces: m.namespaces.iter().cloned().collect(),
+    })
+    .unwrap_or_default()
+}

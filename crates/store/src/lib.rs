@@ -92,6 +92,9 @@ pub struct StoredMessage {
     /// JSON text.
     pub data: String,
     pub ts: SystemTime,
+    /// Inbox messages: the user's state of it (muted and retracted ones are
+    /// listed, and never shown to the user's sockets); 0 for topics.
+    pub state: notify_core::inbox::State,
 }
 
 /// One page of a feed.

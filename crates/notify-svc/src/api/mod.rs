@@ -3,12 +3,15 @@
 
 mod connections;
 pub mod fight;
+mod inbox;
 
 use std::{pin::Pin, sync::Arc, time::Instant};
 
 use futures::FutureExt;
 
-use notify_core::{ConnectionId, MessageId, Publish, Target, Topic, UserId, ValidationError};
+use notify_core::{
+    ConnectionId, MessageId, Publish, Target, Topic, UserId, ValidationError, inbox::State,
+};
 use notify_proto::convert::millis;
 use notify_proto::{convert::raw_publish, v1 as pb};
 use notify_store::{ConnectionRecord, Feed, PublishItem, StoredMessage};
@@ -203,6 +206,7 @@ impl NotifyApi {
             event,
             data: publish.data.clone(),
             ts_ms: millis(std::time::SystemTime::now()),
+            ..Default::default()
         };
         let trace_parent = notify_ops::traces::traceparent(&tracing::Span::current());
         if !self
@@ -446,6 +450,8 @@ fn stored_message(key: &WatchKey, m: StoredMessage) -> pb::StoredMessage {
         event: m.event,
         data: m.data,
         ts_ms: millis(m.ts),
+        muted: m.state.has(State::MUTED),
+        retracted: m.state.has(State::RETRACTED),
     }
 }
 
@@ -653,6 +659,63 @@ impl pb::notify_server::Notify for NotifyApi {
             self.history_page(req.into_inner()).await
         };
         self.counted("History", call).await.map(Response::new)
+    }
+
+    async fn mark_inbox(
+        &self,
+        req: Request<pb::MarkInboxRequest>,
+    ) -> Result<Response<pb::MarkInboxResponse>, Status> {
+        self.counted("MarkInbox", NotifyApi::mark_inbox(self, req))
+            .await
+            .map(Response::new)
+    }
+
+    async fn list_inbox(
+        &self,
+        req: Request<pb::ListInboxRequest>,
+    ) -> Result<Response<pb::ListInboxResponse>, Status> {
+        self.counted("ListInbox", NotifyApi::list_inbox(self, req))
+            .await
+            .map(Response::new)
+    }
+
+    async fn get_preferences(
+        &self,
+        req: Request<pb::GetPreferencesRequest>,
+    ) -> Result<Response<pb::Preferences>, Status> {
+        self.counted("GetPreferences", NotifyApi::get_preferences(self, req))
+            .await
+            .map(Response::new)
+    }
+
+    async fn update_preferences(
+        &self,
+        req: Request<pb::UpdatePreferencesRequest>,
+    ) -> Result<Response<pb::Preferences>, Status> {
+        self.counted(
+            "UpdatePreferences",
+            NotifyApi::update_preferences(self, req),
+        )
+        .await
+        .map(Response::new)
+    }
+
+    async fn update_message(
+        &self,
+        req: Request<pb::UpdateMessageRequest>,
+    ) -> Result<Response<pb::UpdateMessageResponse>, Status> {
+        self.counted("UpdateMessage", NotifyApi::update_message(self, req))
+            .await
+            .map(Response::new)
+    }
+
+    async fn retract_message(
+        &self,
+        req: Request<pb::RetractMessageRequest>,
+    ) -> Result<Response<pb::RetractMessageResponse>, Status> {
+        self.counted("RetractMessage", NotifyApi::retract_message(self, req))
+            .await
+            .map(Response::new)
     }
 
     type WatchStream = WatchStream;

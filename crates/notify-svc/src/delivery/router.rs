@@ -13,8 +13,9 @@ use std::{
 };
 
 use notify_core::{ConnectionId, Target, Topic, UserId};
+use notify_proto::convert::counts;
 use notify_proto::v1 as pb;
-use notify_store::{Committed, PublishItem};
+use notify_store::{Committed, PublishItem, Recipient};
 use prometheus_client::metrics::counter::Counter;
 use prost::Message as _;
 
@@ -332,6 +333,7 @@ impl Router {
             exclude_connection_id: String::new(),
             trace_parent,
             connection_id: id.to_string(),
+            counts: None,
         };
         let sent = bridge
             .tx
@@ -343,6 +345,27 @@ impl Router {
             self.counts.dropped.inc();
         }
         sent
+    }
+
+    /// Tells every bridge holding a connection of `user` of a change to
+    /// the user's side of the inbox; returns how many live connections that
+    /// reaches. Like a live copy, it is dropped for a bridge whose queue is
+    /// full (the next change or a reconnect brings counts up to date).
+    pub fn inbox_change(&self, user: &UserId, change: pb::InboxChange) -> u32 {
+        let t = self.tables.lock().expect("router lock");
+        let mut reached = 0;
+        for (bridge, n) in t.users.get(user).into_iter().flatten() {
+            let Some(b) = t.bridges.get(bridge) else {
+                continue;
+            };
+            let msg = down(pb::bridge_down::Msg::Inbox(change.clone()));
+            if b.tx.try_send(msg).is_ok() {
+                reached += n;
+            } else {
+                self.counts.dropped.inc();
+            }
+        }
+        reached
     }
 
     /// Sends a committed batch to the bridges that need it; returns, per item,
@@ -390,14 +413,17 @@ impl Router {
             event: item.publish.event.clone(),
             data: item.publish.data.clone(),
             ts_ms: notify_proto::convert::millis(done.ts),
+            muted: false,
+            retracted: false,
         };
-        let send = |bridge: &str, message: pb::StoredMessage| {
+        let send = |bridge: &str, message: pb::StoredMessage, counts: Option<pb::InboxCounts>| {
             t.bridges.get(bridge).is_some_and(|b| {
                 let delivery = pb::Delivery {
                     message: Some(message),
                     exclude_connection_id: excluded.clone(),
                     trace_parent: trace_parent.clone(),
                     connection_id: String::new(),
+                    counts,
                 };
                 let sent =
                     b.tx.try_send(down(pb::bridge_down::Msg::Delivery(delivery)));
@@ -411,23 +437,29 @@ impl Router {
             })
         };
         let mut count = 0;
-        let mut to_user = |user: &UserId, seq: u64| {
+        // An inbox message goes with the user's counts after it; a muted
+        // one still goes (the bridge's sequence moves past it) but is not
+        // shown.
+        let mut to_user = |user: &UserId, seq: u64, recipient: Option<&Recipient>| {
             for (bridge, n) in t.users.get(user).into_iter().flatten() {
-                if send(bridge, message(Some(user), None, seq)) {
+                let mut m = message(Some(user), None, seq);
+                m.muted = recipient.is_some_and(|r| r.muted);
+                let counts = recipient.map(|r| counts(r.counts));
+                if send(bridge, m, counts) && !recipient.is_some_and(|r| r.muted) {
                     count += n;
                 }
             }
         };
         match &item.publish.target {
-            Target::User(user) => to_user(user, done.seq),
+            Target::User(user) => to_user(user, done.seq, done.recipients.first()),
             Target::Users(_) => {
-                for (user, seq) in &done.inbox_seqs {
-                    to_user(user, *seq);
+                for (i, (user, seq)) in done.inbox_seqs.iter().enumerate() {
+                    to_user(user, *seq, done.recipients.get(i));
                 }
             }
             Target::Topic(topic) => {
                 for (bridge, n) in t.topics.get(topic).into_iter().flatten() {
-                    if send(bridge, message(None, Some(topic), done.seq)) {
+                    if send(bridge, message(None, Some(topic), done.seq), None) {
                         count += n;
                     }
                 }
@@ -445,7 +477,7 @@ impl Router {
                     *per_bridge.entry(&conn.bridge).or_default() += 1;
                 }
                 for (bridge, n) in per_bridge {
-                    if send(bridge, message(None, None, 0)) {
+                    if send(bridge, message(None, None, 0), None) {
                         count += n;
                     }
                 }

@@ -138,6 +138,8 @@ impl WatchHub {
                     event: item.publish.event.clone(),
                     data: item.publish.data.clone(),
                     ts: done.ts,
+                    // Watchers see every message as committed, muted or not.
+                    state: Default::default(),
                 })
             };
             let send = |key: WatchKey, seq: u64| {

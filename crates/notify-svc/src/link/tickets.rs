@@ -5,7 +5,10 @@
 
 use std::sync::Arc;
 
-use notify_proto::v1::{self as pb, bridge_down::Msg as Down};
+use notify_proto::{
+    convert,
+    v1::{self as pb, bridge_down::Msg as Down},
+};
 use notify_store::{Feed, Store};
 use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
@@ -61,6 +64,8 @@ async fn run(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Ask>) {
                         .iter()
                         .map(ToString::to_string)
                         .collect(),
+                    counts: Some(convert::counts(position.counts)),
+                    mutes: Some(convert::mutes(&position.mutes)),
                 },
                 Ok(None) => pb::Registered {
                     ticket: ask.ticket,

@@ -10,10 +10,15 @@ use clap::Parser;
 use notify_harness::InProcessSvc;
 #[allow(unused_imports)] // each test binary uses its own part
 pub use notify_harness::{to_topic, to_user, to_users};
-use notify_proto::v1::{self as pb, notify_client::NotifyClient};
+use notify_proto::v1::{
+    self as pb, bridge_down::Msg as Down, bridge_link_client::BridgeLinkClient,
+    bridge_up::Msg as Up, notify_client::NotifyClient,
+};
 use notify_svc::{Config, SvcArgs};
 use test_support::{TestDb, TestDir};
-use tonic::transport::Channel;
+use tokio::sync::mpsc;
+use tokio_stream::{StreamExt, wrappers::ReceiverStream};
+use tonic::{Streaming, transport::Channel};
 
 #[derive(Parser)]
 struct Cli {
@@ -215,4 +220,49 @@ pub fn binary(database_url: &str) -> (tokio::process::Command, String) {
         .stdout(std::process::Stdio::null())
         .kill_on_drop(true);
     (command, grpc)
+}
+
+/// A bridge as BridgeLink sees it: the up stream it sends on and the down
+/// stream it reads.
+pub struct FakeBridge {
+    pub up: mpsc::Sender<pb::BridgeUp>,
+    pub down: Streaming<pb::BridgeDown>,
+}
+
+impl FakeBridge {
+    pub async fn attach(svc: &Svc, id: &str, connections: Vec<pb::LiveConnection>) -> Self {
+        let (up, rx) = mpsc::channel(64);
+        let hello = pb::BridgeHello {
+            bridge_id: id.into(),
+            connections,
+        };
+        up.send(pb::BridgeUp {
+            msg: Some(Up::Hello(hello)),
+        })
+        .await
+        .unwrap();
+        let mut client = BridgeLinkClient::connect(format!("http://{}", svc.grpc))
+            .await
+            .unwrap();
+        let down = client
+            .attach(ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
+        Self { up, down }
+    }
+
+    pub async fn send(&self, msg: Up) {
+        self.up.send(pb::BridgeUp { msg: Some(msg) }).await.unwrap();
+    }
+
+    pub async fn next(&mut self) -> Down {
+        tokio::time::timeout(Duration::from_secs(10), self.down.next())
+            .await
+            .expect("a message from notify-svc within 10 s")
+            .expect("stream open")
+            .expect("no error")
+            .msg
+            .expect("a message")
+    }
 }

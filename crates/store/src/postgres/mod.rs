@@ -282,7 +282,7 @@ impl Store for PgStore {
                     let rows = client
                         .query_typed(
                             "SELECT i.seq, i.message_id, COALESCE(i.event, m.event),
-                                    COALESCE(i.data, m.data), i.created_at
+                                    COALESCE(i.data, m.data), i.created_at, i.state
                              FROM inbox i
                              LEFT JOIN messages m ON i.event IS NULL AND m.id = i.message_id
                              WHERE i.user_id = $1 AND i.seq > $2 AND i.expires_at > now()
@@ -305,7 +305,8 @@ impl Store for PgStore {
                 Feed::Topic(topic) => {
                     let rows = client
                         .query_typed(
-                            "SELECT seq, message_id, event, data, created_at FROM topic_log
+                            "SELECT seq, message_id, event, data, created_at, 0::int2
+                             FROM topic_log
                              WHERE topic = $1 AND seq > $2 ORDER BY seq LIMIT $3",
                             &[
                                 (&topic.as_str(), Type::TEXT),
@@ -334,6 +335,7 @@ impl Store for PgStore {
                 event: row.get(2),
                 data: row.get(3),
                 ts: row.get(4),
+                state: notify_core::inbox::State(row.get::<_, i16>(5) as u16),
             })
             .collect();
         let head_seq = head.first().map(|r| to_u64(r.get(0))).unwrap_or(0);

@@ -104,7 +104,7 @@ impl Store for SqliteStore {
                 let (rows_sql, head_sql, key) = match &feed {
                     Feed::Inbox(user) => (
                         "SELECT i.seq, i.message_id, COALESCE(i.event, m.event),
-                                COALESCE(i.data, m.data), i.created_at
+                                COALESCE(i.data, m.data), i.created_at, i.state
                          FROM inbox i
                          LEFT JOIN messages m ON i.event IS NULL AND m.id = i.message_id
                          WHERE i.user_id = ?1 AND i.seq > ?2 AND i.seq < 9223372036854775807
@@ -114,7 +114,7 @@ impl Store for SqliteStore {
                         user.as_str(),
                     ),
                     Feed::Topic(topic) => (
-                        "SELECT seq, message_id, event, data, created_at FROM topic_log
+                        "SELECT seq, message_id, event, data, created_at, 0 FROM topic_log
                          WHERE topic = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
                         "SELECT last_seq FROM topic_heads WHERE topic = ?1",
                         topic.as_str(),
@@ -136,6 +136,7 @@ impl Store for SqliteStore {
                             event: r.get(2)?,
                             data: r.get(3)?,
                             ts: time(r.get(4)?),
+                            state: State(r.get(5)?),
                         })
                     })?
                     .collect::<rusqlite::Result<Vec<_>>>()?;
