@@ -57,6 +57,48 @@ impl Notify for Noop {
         unimplemented()
     }
 
+    async fn mark_inbox(
+        &self,
+        _req: Request<pb::MarkInboxRequest>,
+    ) -> Result<Response<pb::MarkInboxResponse>, Status> {
+        unimplemented()
+    }
+
+    async fn list_inbox(
+        &self,
+        _req: Request<pb::ListInboxRequest>,
+    ) -> Result<Response<pb::ListInboxResponse>, Status> {
+        unimplemented()
+    }
+
+    async fn get_preferences(
+        &self,
+        _req: Request<pb::GetPreferencesRequest>,
+    ) -> Result<Response<pb::Preferences>, Status> {
+        unimplemented()
+    }
+
+    async fn update_preferences(
+        &self,
+        _req: Request<pb::UpdatePreferencesRequest>,
+    ) -> Result<Response<pb::Preferences>, Status> {
+        unimplemented()
+    }
+
+    async fn update_message(
+        &self,
+        _req: Request<pb::UpdateMessageRequest>,
+    ) -> Result<Response<pb::UpdateMessageResponse>, Status> {
+        unimplemented()
+    }
+
+    async fn retract_message(
+        &self,
+        _req: Request<pb::RetractMessageRequest>,
+    ) -> Result<Response<pb::RetractMessageResponse>, Status> {
+        unimplemented()
+    }
+
     async fn get_presence(
         &self,
         _req: Request<pb::GetPresenceRequest>,

@@ -15,7 +15,9 @@ use std::{
 
 use futures::{SinkExt, StreamExt};
 use notify_auth::{Identity, Verifier};
-use notify_core::{ConnectionId, Feed, Position, Subject, Topic, TopicPolicy, UserId};
+use notify_core::{
+    ConnectionId, Feed, Position, Subject, Topic, TopicPolicy, UserId, inbox::Mutes,
+};
 use notify_proto::v1::{self as pb, bridge_up::Msg as Up};
 use tokio_tungstenite::{
     WebSocketStream,
@@ -34,8 +36,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     hub::{Hub, Registration},
+    inbox::{self, Badge},
     link::{Api, Pending},
-    protocol::{self, Action, ErrorCode, FrameId, ServerFrame, Source},
+    protocol::{self, Action, ErrorCode, FrameId, ServerFrame, Source, error_text},
     queue::{Local, Outbound, Prepared, SendQueue},
     rate::TokenBucket,
     refusal::Refusal,
@@ -216,6 +219,10 @@ struct Conn {
     /// Routed actions' state, made on first use: most sockets never route
     /// a frame, and every idle socket's bytes count (5 KB budget).
     routed: Option<Box<Routed>>,
+    /// The counts this socket was last sent.
+    badge: Badge,
+    /// Inbox actions in flight (at most [`inbox::CALLS_PER_CONNECTION`]).
+    inbox_calls: u8,
 }
 
 /// A connection's routed actions.
@@ -417,8 +424,11 @@ async fn start(ws: &mut Socket, opening: Opening) -> Result<Box<Conn>, End> {
         seq: position.head_seq,
         recovered: position.recovers(after),
         first_seq: position.first_seq,
+        counts: inbox::counts_json(position.counts),
+        mutes: inbox::mutes_json(&position.mutes),
     };
     send(ws, welcome.to_text()).await?;
+    me.set_mutes(&position.mutes);
     let (inbox, _) = Sequencer::resume(after);
     let bucket = TokenBucket::new(shared.rate_per_sec, shared.burst, Instant::now());
     let mut conn = Box::new(Conn {
@@ -431,6 +441,8 @@ async fn start(ws: &mut Socket, opening: Opening) -> Result<Box<Conn>, End> {
         me,
         bucket,
         routed: None,
+        badge: Badge::new(position.counts),
+        inbox_calls: 0,
     });
     if position.head_seq > after {
         conn.fetch(conn.inbox_feed(), after, Duration::ZERO);
@@ -462,10 +474,16 @@ async fn start(ws: &mut Socket, opening: Opening) -> Result<Box<Conn>, End> {
     Ok(conn)
 }
 
-fn page(messages: Vec<pb::StoredMessage>) -> Vec<(u64, Arc<Prepared>)> {
+/// A page read from the store, ready to send; topic messages the user
+/// muted take their place and write nothing.
+fn page(messages: Vec<pb::StoredMessage>, mutes: Option<&Mutes>) -> Vec<(u64, Arc<Prepared>)> {
     messages
         .into_iter()
         .filter_map(Prepared::new)
+        .map(|m| match mutes {
+            Some(mutes) if m.silenced_by(mutes) => m.quieted(),
+            _ => m,
+        })
         .map(|m| (m.seq, m))
         .collect()
 }
@@ -474,16 +492,6 @@ fn page(messages: Vec<pb::StoredMessage>) -> Vec<(u64, Arc<Prepared>)> {
 /// buffer is over its size).
 async fn send(ws: &mut Socket, text: String) -> Result<(), End> {
     ws.feed(Message::text(text)).await.map_err(|_| End::Gone)
-}
-
-fn error_text(code: ErrorCode, message: &str, id: Option<&FrameId>) -> String {
-    ServerFrame::Error {
-        code,
-        message,
-        id,
-        status: None,
-    }
-    .to_text()
 }
 
 impl Conn {
@@ -689,6 +697,24 @@ impl Conn {
                 .to_text();
                 send(ws, text).await
             }
+            Local::Counts(counts) => match self.badge.update(counts) {
+                Some(text) => send(ws, text).await,
+                None => Ok(()),
+            },
+            Local::Inbox(change) => {
+                for text in inbox::change_frames(&change, &mut self.badge) {
+                    send(ws, text).await?;
+                }
+                Ok(())
+            }
+            Local::InboxReply(text, counts) => {
+                self.inbox_calls = self.inbox_calls.saturating_sub(1);
+                send(ws, text).await?;
+                match counts.and_then(|c| self.badge.update(c)) {
+                    Some(text) => send(ws, text).await,
+                    None => Ok(()),
+                }
+            }
             Local::CatchUp(delay) => {
                 if let Some(after) = self.inbox.catch_up() {
                     self.fetch(self.inbox_feed(), after, delay);
@@ -778,11 +804,12 @@ impl Conn {
             }
         };
         let complete = !response.has_more;
+        let mutes = self.me.mutes();
         self.shared.metrics.replay(response.messages.len());
         let outcome = match &feed {
-            Feed::Inbox(_) => self.inbox.stored(page(response.messages), complete),
+            Feed::Inbox(_) => self.inbox.stored(page(response.messages, None), complete),
             Feed::Topic(t) => match self.topics.get_mut(t) {
-                Some(seq) => seq.stored(page(response.messages), complete),
+                Some(seq) => seq.stored(page(response.messages, mutes.as_deref()), complete),
                 None => return Ok(()), // unsubscribed meanwhile
             },
         };
@@ -841,6 +868,9 @@ impl Conn {
     }
 
     async fn write_message(&self, ws: &mut Socket, m: &Prepared) -> Result<(), End> {
+        if m.is_silent() {
+            return Ok(()); // muted or retracted: its seq moved the feed on
+        }
         self.shared.metrics.messages_out.inc();
         // The frame was encoded (and compressed) once for every connection
         // it goes to.
@@ -901,6 +931,41 @@ impl Conn {
                 None
             }
             Action::Refresh { token, .. } => return self.refresh(ws, &token, id).await,
+            Action::Mark {
+                kind, seqs, up_to, ..
+            } => {
+                let call = inbox::mark(self.identity.user.as_str(), &kind, seqs, up_to);
+                self.inbox_call(call, id)
+            }
+            Action::History {
+                before,
+                limit,
+                unread_only,
+                show,
+                events,
+                ..
+            } => {
+                let user = self.identity.user.as_str();
+                let call =
+                    inbox::history(user, before, limit, unread_only, show.as_deref(), events);
+                self.inbox_call(call, id)
+            }
+            Action::Mute {
+                events, namespaces, ..
+            } => {
+                let call = inbox::mutes(self.identity.user.as_str(), true, events, namespaces);
+                self.inbox_call(Ok(call), id)
+            }
+            Action::Unmute {
+                events, namespaces, ..
+            } => {
+                let call = inbox::mutes(self.identity.user.as_str(), false, events, namespaces);
+                self.inbox_call(Ok(call), id)
+            }
+            Action::Preferences { .. } => {
+                let call = inbox::preferences(self.identity.user.as_str());
+                self.inbox_call(Ok(call), id)
+            }
         };
         match reply {
             Some(text) => send(ws, text).await,
@@ -1132,6 +1197,37 @@ impl Conn {
             me.push_local(Outbound::Local(Box::new(Local::Routed(text))));
         });
         Ok(())
+    }
+
+    /// Makes an inbox action's call off the loop; its answer comes back as
+    /// [`Local::InboxReply`]. Returns the error to answer at once: a frame
+    /// notify-svc need not see, or too many calls in flight.
+    fn inbox_call(
+        &mut self,
+        call: Result<inbox::Call, String>,
+        id: Option<FrameId>,
+    ) -> Option<String> {
+        let call = match call {
+            Ok(call) => call,
+            Err(why) => return Some(error_text(ErrorCode::BadRequest, &why, id.as_ref())),
+        };
+        if self.inbox_calls >= inbox::CALLS_PER_CONNECTION {
+            let why = format!(
+                "{} inbox actions are in flight on this socket; wait for their answers",
+                inbox::CALLS_PER_CONNECTION
+            );
+            return Some(error_text(ErrorCode::RateLimited, &why, id.as_ref()));
+        }
+        self.inbox_calls += 1;
+        let (api, me) = (self.shared.api.clone(), self.me.clone());
+        tokio::spawn(async move {
+            let (text, counts) = match api.inbox(call).await {
+                Ok(answer) => inbox::reply(answer, id.as_ref()),
+                Err(status) => (inbox::refused(&status, id.as_ref()), None),
+            };
+            me.push_local(Outbound::Local(Box::new(Local::InboxReply(text, counts))));
+        });
+        None
     }
 
     fn publish(&self, raw: &str, data: &str, event: Option<&str>, id: Option<FrameId>) {

@@ -15,7 +15,10 @@ use std::{
 };
 
 use notify_core::{ConnectionId, Position, Topic, UserId};
-use notify_proto::v1::{self as pb, bridge_up::Msg as Up};
+use notify_proto::{
+    convert,
+    v1::{self as pb, bridge_up::Msg as Up},
+};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -157,7 +160,14 @@ impl Ready {
                 span.record("message_id", m.message_id.as_str());
             }
         }
-        let message = delivery.message.and_then(Prepared::new)?;
+        let counts = delivery
+            .counts
+            .as_ref()
+            .map(|c| convert::counts_of(Some(c)));
+        let message = delivery
+            .message
+            .and_then(Prepared::new)?
+            .with_counts(counts);
         let exclude =
             ConnectionId::parse("exclude_connection_id", &delivery.exclude_connection_id).ok();
         let only = match delivery.connection_id.as_str() {
@@ -278,6 +288,15 @@ impl Hub {
             best.head_seq = best.head_seq.max(answer.head_seq);
             best.acked_seq = best.acked_seq.max(answer.acked_seq);
             best.first_seq = best.first_seq.max(answer.first_seq);
+            // Counts: the newest read; mutes: any replica's read (they agree
+            // but for a change in flight, which its own message follows).
+            let counts = convert::counts_of(answer.counts.as_ref());
+            if counts.version >= best.counts.version {
+                best.counts = counts;
+            }
+            if answer.mutes.is_some() {
+                best.mutes = convert::mutes_of(answer.mutes.as_ref());
+            }
             // Each replica read the stored subscriptions after routing the
             // connection; a subscription any of them saw is the user's.
             best.subscriptions.extend(
@@ -496,6 +515,16 @@ impl Hub {
                 Ok(written) => direct += written as u64,
                 Err(_) => slow.push(*id),
             }
+            // Inbox messages come with the user's counts after them: the
+            // newest goes to the task, which sends it if the socket's badge
+            // is older (a direct write does not wait for that).
+            let newest = messages
+                .iter()
+                .filter_map(|m| m.counts)
+                .max_by_key(|c| c.version);
+            if let Some(counts) = newest {
+                queue.push_local(Outbound::Local(Box::new(Local::Counts(counts))));
+            }
         }
         if !slow.is_empty() {
             let s = self.state.lock().expect("hub lock");
@@ -525,6 +554,30 @@ impl Hub {
                 } else {
                     Local::ServerUnsubscribe(topic.clone())
                 };
+                entry.queue.push_local(Outbound::Local(Box::new(local)));
+            }
+        }
+    }
+
+    /// A change of a user's side of the inbox: each of the user's
+    /// connections here is told, behind what is queued for it; new mutes
+    /// apply to the topic messages offered to them from now on.
+    pub fn inbox_change(&self, change: pb::InboxChange) {
+        let Ok(user) = UserId::parse("user_id", &change.user_id) else {
+            tracing::warn!(user = %change.user_id, "inbox change of a bad user id ignored");
+            return;
+        };
+        let mutes = match &change.change {
+            Some(pb::inbox_change::Change::Mutes(m)) => Some(convert::mutes_of(Some(m))),
+            _ => None,
+        };
+        let s = self.state.lock().expect("hub lock");
+        for id in s.by_user.get(&user).into_iter().flatten() {
+            if let Some(entry) = s.conns.get(id) {
+                if let Some(mutes) = &mutes {
+                    entry.queue.set_mutes(mutes);
+                }
+                let local = Local::Inbox(Box::new(change.clone()));
                 entry.queue.push_local(Outbound::Local(Box::new(local)));
             }
         }

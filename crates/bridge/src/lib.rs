@@ -5,7 +5,8 @@
 //! connections and reports them over [`link`] to every notify-svc replica,
 //! whose deliveries it fans out. [`protocol`] holds the wire types,
 //! [`sequencer`] the gap-free seam between replay and live, [`rate`] the
-//! inbound rate limit, [`peers`] the connect limit per client IP, [`panel`]
+//! inbound rate limit, [`inbox`] the user's inbox actions and badge frames,
+//! [`peers`] the connect limit per client IP, [`panel`]
 //! the Dev Panel at `/panel`; [`config`] its settings.
 
 mod admission;
@@ -13,6 +14,7 @@ mod config;
 mod connection;
 mod deflate;
 mod hub;
+mod inbox;
 mod link;
 mod metrics;
 mod panel;

@@ -204,6 +204,7 @@ impl Attempt<'_> {
                 Some(Down::PublishResult(r)) => pending.resolve(r),
                 Some(Down::Registered(r)) => hub.registered(index, r),
                 Some(Down::Subscription(change)) => hub.server_subscription(change),
+                Some(Down::Inbox(change)) => hub.inbox_change(change),
                 None => return Err(Status::unavailable("notify-svc ended the stream")),
             }
         }
@@ -248,6 +249,30 @@ impl Api {
             .insert(notify_proto::PANEL_ADMIN_METADATA, admin);
         req.set_timeout(HISTORY_TIMEOUT);
         Ok(client.publish(req).await?.into_inner())
+    }
+
+    /// A client's inbox action, on the user's behalf.
+    pub async fn inbox(&self, call: crate::inbox::Call) -> Result<crate::inbox::Answer, Status> {
+        use crate::inbox::{Answer, Call};
+        let mut client = self.client.clone();
+        Ok(match call {
+            Call::Mark(r) => Answer::Marked(client.mark_inbox(self.timed(r)).await?.into_inner()),
+            Call::List(r) => Answer::Listed(client.list_inbox(self.timed(r)).await?.into_inner()),
+            Call::Preferences(r) => {
+                Answer::Preferences(client.get_preferences(self.timed(r)).await?.into_inner())
+            }
+            Call::Mutes(r) => {
+                Answer::Preferences(client.update_preferences(self.timed(r)).await?.into_inner())
+            }
+        })
+    }
+
+    /// A request with the bridge's credential and the same bound as a
+    /// replay read (a client waits for the answer).
+    fn timed<T>(&self, message: T) -> Request<T> {
+        let mut req = self.credential.apply(Request::new(message));
+        req.set_timeout(HISTORY_TIMEOUT);
+        req
     }
 
     pub async fn history(&self, req: pb::HistoryRequest) -> Result<pb::HistoryResponse, Status> {

@@ -69,6 +69,55 @@ pub enum Action {
         #[serde(default)]
         id: Option<FrameId>,
     },
+    /// Marks inbox messages (`seqs`, or every one up to `up_to`) `as`
+    /// seen, read, archived, unseen, unread or unarchived.
+    Mark {
+        #[serde(rename = "as")]
+        kind: String,
+        #[serde(default)]
+        seqs: Option<Vec<u64>>,
+        #[serde(default)]
+        up_to: Option<u64>,
+        #[serde(default)]
+        id: Option<FrameId>,
+    },
+    /// A page of older inbox items, newest first.
+    History {
+        #[serde(default)]
+        before: Option<u64>,
+        #[serde(default)]
+        limit: Option<u32>,
+        #[serde(default)]
+        unread_only: bool,
+        /// `inbox` (default), `archived` or `all`.
+        #[serde(default)]
+        show: Option<String>,
+        #[serde(default)]
+        events: Vec<String>,
+        #[serde(default)]
+        id: Option<FrameId>,
+    },
+    Mute {
+        #[serde(default)]
+        events: Vec<String>,
+        #[serde(default)]
+        namespaces: Vec<String>,
+        #[serde(default)]
+        id: Option<FrameId>,
+    },
+    Unmute {
+        #[serde(default)]
+        events: Vec<String>,
+        #[serde(default)]
+        namespaces: Vec<String>,
+        #[serde(default)]
+        id: Option<FrameId>,
+    },
+    /// What the user muted.
+    Preferences {
+        #[serde(default)]
+        id: Option<FrameId>,
+    },
 }
 
 impl Action {
@@ -80,7 +129,12 @@ impl Action {
             | Self::Publish { id, .. }
             | Self::Ping { id }
             | Self::ExtendTtl { id }
-            | Self::Refresh { id, .. } => id.as_ref(),
+            | Self::Refresh { id, .. }
+            | Self::Mark { id, .. }
+            | Self::History { id, .. }
+            | Self::Mute { id, .. }
+            | Self::Unmute { id, .. }
+            | Self::Preferences { id } => id.as_ref(),
         }
     }
 }
@@ -119,7 +173,8 @@ pub fn is_built_in(action: &str) -> bool {
     ACTIONS.contains(&action)
 }
 
-const ACTIONS: [&str; 7] = [
+/// The bridge's own actions.
+pub const ACTIONS: [&str; 12] = [
     "subscribe",
     "unsubscribe",
     "ack",
@@ -127,6 +182,11 @@ const ACTIONS: [&str; 7] = [
     "ping",
     "extend_ttl",
     "refresh",
+    "mark",
+    "history",
+    "mute",
+    "unmute",
+    "preferences",
 ];
 
 /// Parses one text frame. An unknown or missing `action` is `unknown_action`
@@ -189,6 +249,10 @@ pub enum ServerFrame<'a> {
         recovered: bool,
         /// The oldest inbox seq still kept (0 if none).
         first_seq: u64,
+        /// The user's badge counts now.
+        counts: CountsJson,
+        /// What the user muted.
+        mutes: MutesJson<'a>,
     },
     Message {
         id: &'a str,
@@ -247,6 +311,49 @@ pub enum ServerFrame<'a> {
         #[serde(skip_serializing_if = "Option::is_none")]
         status: Option<&'a str>,
     },
+    /// The user's counts changed (a new message, a mark on any device, a
+    /// retraction, expiry).
+    Counts { unseen: u64, unread: u64 },
+    /// The answer to `mark`.
+    Marked {
+        changed: u64,
+        /// Listed seqs not in the inbox (never published, expired, retracted).
+        missing: &'a [u64],
+        counts: CountsJson,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a FrameId>,
+    },
+    /// The answer to `history`: newest first.
+    History {
+        items: &'a [HistoryItem<'a>],
+        /// Pass as `before` for the next page; absent when there is none.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        next_before: Option<u64>,
+        /// The oldest seq still kept (0 if none).
+        first_seq: u64,
+        /// Older messages were removed by retention (their TTL passed).
+        older_expired: bool,
+        counts: CountsJson,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a FrameId>,
+    },
+    /// What the user muted: the answer to mute, unmute and preferences, and
+    /// sent to every socket of the user when it changes.
+    Preferences {
+        mutes: MutesJson<'a>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a FrameId>,
+    },
+    /// Its producer edited an inbox message: this is its current version.
+    Updated {
+        id: &'a str,
+        seq: u64,
+        event: &'a str,
+        data: &'a RawValue,
+        ts: i64,
+    },
+    /// Its producer took an inbox message back.
+    Retracted { id: &'a str, seq: u64 },
     /// A routed action's answer from its backend.
     Reply {
         action: &'a str,
@@ -255,6 +362,37 @@ pub enum ServerFrame<'a> {
         #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<&'a FrameId>,
     },
+}
+
+/// Badge counts in frames.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct CountsJson {
+    pub unseen: u64,
+    pub unread: u64,
+}
+
+/// Mutes in frames.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct MutesJson<'a> {
+    pub events: Vec<&'a str>,
+    pub namespaces: Vec<&'a str>,
+}
+
+/// One item of a `history` page.
+#[derive(Debug, Clone, Serialize)]
+pub struct HistoryItem<'a> {
+    pub id: &'a str,
+    pub seq: u64,
+    pub event: &'a str,
+    pub data: &'a RawValue,
+    pub ts: i64,
+    pub seen: bool,
+    pub read: bool,
+    pub archived: bool,
+    pub muted: bool,
+    /// When its producer last edited it (Unix ms).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub edited: Option<i64>,
 }
 
 /// Who made (or ended) a subscription: the client's own frame, a backend
@@ -273,6 +411,17 @@ impl ServerFrame<'_> {
     pub fn to_text(&self) -> String {
         serde_json::to_string(self).unwrap_or_default()
     }
+}
+
+/// An `error` frame's text.
+pub fn error_text(code: ErrorCode, message: &str, id: Option<&FrameId>) -> String {
+    ServerFrame::Error {
+        code,
+        message,
+        id,
+        status: None,
+    }
+    .to_text()
 }
 
 /// Appends the header of a frame whose first byte is `first` (FIN, RSV,
@@ -349,6 +498,23 @@ mod tests {
         assert!(matches!(
             frame(r#"{"action":"refresh","token":"t"}"#),
             Action::Refresh { ref token, id: None } if token == "t"
+        ));
+        assert!(matches!(
+            frame(r#"{"action":"mark","as":"read","seqs":[1,2],"id":1}"#),
+            Action::Mark { ref kind, seqs: Some(ref s), up_to: None, .. } if kind == "read" && s == &[1, 2]
+        ));
+        assert!(matches!(
+            frame(r#"{"action":"history","before":40,"limit":10,"unread_only":true}"#),
+            Action::History {
+                before: Some(40),
+                limit: Some(10),
+                unread_only: true,
+                ..
+            }
+        ));
+        assert!(matches!(
+            frame(r#"{"action":"mute","namespaces":["room"]}"#),
+            Action::Mute { ref namespaces, .. } if namespaces == &["room"]
         ));
     }
 
@@ -441,9 +607,22 @@ mod tests {
                 seq: 9,
                 recovered: false,
                 first_seq: 4,
+                counts: CountsJson {
+                    unseen: 2,
+                    unread: 3,
+                },
+                mutes: MutesJson::default(),
             }
             .to_text(),
-            r#"{"type":"welcome","connection_id":"c","user_id":"u","seq":9,"recovered":false,"first_seq":4}"#
+            r#"{"type":"welcome","connection_id":"c","user_id":"u","seq":9,"recovered":false,"first_seq":4,"counts":{"unseen":2,"unread":3},"mutes":{"events":[],"namespaces":[]}}"#
+        );
+        assert_eq!(
+            ServerFrame::Counts {
+                unseen: 1,
+                unread: 2
+            }
+            .to_text(),
+            r#"{"type":"counts","unseen":1,"unread":2}"#
         );
         assert_eq!(
             ServerFrame::Subscribed {

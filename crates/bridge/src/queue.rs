@@ -31,7 +31,10 @@ use std::{
 use futures::task::AtomicWaker;
 
 use hyper::body::Bytes;
-use notify_core::{Feed, Topic};
+use notify_core::{
+    Feed, Topic,
+    inbox::{Counts, Mutes},
+};
 use notify_proto::v1 as pb;
 use serde_json::value::RawValue;
 use tokio::{io::ReadBuf, net::TcpStream};
@@ -63,12 +66,31 @@ pub struct Prepared {
     /// starts: made when a connection that negotiated deflate is first due
     /// it; None inside if deflate does not shrink it.
     deflated: OnceLock<Option<(Bytes, usize)>>,
+    /// Its event: a user's mutes may silence topic messages by event.
+    pub event: Box<str>,
+    /// Inbox messages: the user's counts after the commit.
+    pub counts: Option<Counts>,
 }
 
 impl Prepared {
     /// Encodes the frame; `None` if the stored data is not JSON (it was
     /// validated on the way in, so this does not happen).
     pub fn new(m: pb::StoredMessage) -> Option<Arc<Self>> {
+        let topic = if m.topic.is_empty() {
+            None
+        } else {
+            Some(Topic::parse(&m.topic).ok()?)
+        };
+        // Stored but not for the user's eyes: its seq moves the feed on,
+        // nothing is written.
+        if m.muted || m.retracted {
+            return Some(Arc::new(Self::silent(
+                m.seq,
+                m.user_id,
+                topic,
+                m.event.into(),
+            )));
+        }
         let data = RawValue::from_string(m.data).ok()?;
         let frame = ServerFrame::Message {
             id: &m.message_id,
@@ -79,11 +101,6 @@ impl Prepared {
             ts: m.ts_ms,
         }
         .to_text();
-        let topic = if m.topic.is_empty() {
-            None
-        } else {
-            Some(Topic::parse(&m.topic).ok()?)
-        };
         let (wire, payload_at) = protocol::text_frame(frame.as_bytes());
         let frame = Utf8Bytes::try_from(wire.slice(payload_at..)).ok()?;
         Some(Arc::new(Self {
@@ -93,14 +110,61 @@ impl Prepared {
             frame,
             wire,
             deflated: OnceLock::new(),
+            event: m.event.into(),
+            counts: None,
         }))
+    }
+
+    /// A message that takes its place in its feed and writes nothing.
+    fn silent(seq: u64, user_id: String, topic: Option<Topic>, event: Box<str>) -> Self {
+        Self {
+            seq,
+            user_id,
+            topic,
+            frame: Utf8Bytes::default(),
+            wire: Bytes::new(),
+            deflated: OnceLock::new(),
+            event,
+            counts: None,
+        }
+    }
+
+    /// Whether nothing of it is written (muted or retracted).
+    pub fn is_silent(&self) -> bool {
+        self.wire.is_empty()
+    }
+
+    /// Whether `mutes` keep this topic message from the user's sockets.
+    pub fn silenced_by(&self, mutes: &Mutes) -> bool {
+        self.topic
+            .as_ref()
+            .is_some_and(|t| mutes.silences(t.namespace(), &self.event))
+    }
+
+    /// This message as a socket whose user muted it gets it: in its place,
+    /// nothing written.
+    pub fn quieted(&self) -> Arc<Self> {
+        Arc::new(Self::silent(
+            self.seq,
+            self.user_id.clone(),
+            self.topic.clone(),
+            self.event.clone(),
+        ))
+    }
+
+    /// With the user's counts after it (an inbox delivery).
+    pub fn with_counts(mut self: Arc<Self>, counts: Option<Counts>) -> Arc<Self> {
+        if let Some(me) = Arc::get_mut(&mut self) {
+            me.counts = counts;
+        }
+        self
     }
 
     /// The compressed frame and where its payload starts, for a connection
     /// that may get messages up to `max_compressed` bytes compressed; None:
     /// the plain frame.
     pub fn deflated(&self, max_compressed: usize) -> Option<&(Bytes, usize)> {
-        if self.frame.len() > max_compressed {
+        if self.frame.len() > max_compressed || self.is_silent() {
             return None;
         }
         self.deflated
@@ -152,6 +216,14 @@ pub enum Local {
     ServerUnsubscribe(Topic),
     /// A direct write went out in part: flush the rest.
     Flush,
+    /// The user's counts after an inbox delivery just handed to the queue.
+    Counts(Counts),
+    /// A change of the user's side of the inbox (a mark elsewhere, an edit,
+    /// a retraction, mutes).
+    Inbox(Box<pb::InboxChange>),
+    /// The answer to one of the client's inbox actions (one call in flight
+    /// fewer), and the counts it carries.
+    InboxReply(String, Option<Counts>),
 }
 
 /// The queue is at its bound (the item was not queued).
@@ -185,6 +257,9 @@ struct Items {
     /// Bytes of the frames in `queue`.
     bytes: usize,
     line: Line,
+    /// What the connection's user muted, when anything: topic messages
+    /// they silence go quiet on the way in.
+    mutes: Option<Arc<Mutes>>,
 }
 
 /// Who may write to a shared socket now, and where the client's feeds stand.
@@ -386,6 +461,17 @@ impl SendQueue {
         self.deflate
     }
 
+    /// Sets what the connection's user muted (none: nothing).
+    pub fn set_mutes(&self, mutes: &Mutes) {
+        let mutes = (!mutes.is_empty()).then(|| Arc::new(mutes.clone()));
+        self.items.lock().expect("queue lock").mutes = mutes;
+    }
+
+    /// What the connection's user muted, if anything.
+    pub fn mutes(&self) -> Option<Arc<Mutes>> {
+        self.items.lock().expect("queue lock").mutes.clone()
+    }
+
     /// Queues `item` unless the queue is at its bound in frames or bytes.
     pub fn push(&self, item: Outbound) -> Result<(), Full> {
         let items = self.items.lock().expect("queue lock");
@@ -436,6 +522,23 @@ impl SendQueue {
     /// [`push`](Self::push)). Returns how many were written (the first ones).
     pub fn offer_all(&self, messages: &[Arc<Prepared>]) -> Result<usize, Full> {
         let mut items = self.items.lock().expect("queue lock");
+        let quieted: Vec<Arc<Prepared>>;
+        let messages = match &items.mutes {
+            Some(mutes) if messages.iter().any(|m| m.silenced_by(mutes)) => {
+                quieted = messages
+                    .iter()
+                    .map(|m| {
+                        if m.silenced_by(mutes) {
+                            m.quieted()
+                        } else {
+                            Arc::clone(m)
+                        }
+                    })
+                    .collect();
+                &quieted[..]
+            }
+            _ => messages,
+        };
         let written = match &self.line {
             Some(stream) if items.line.idle => {
                 write_due(stream, &mut items, messages, self.deflate)

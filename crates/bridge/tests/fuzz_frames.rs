@@ -6,7 +6,7 @@
 //!
 //! More cases on demand: `PROPTEST_CASES=200000 cargo nextest run -E 'binary(/^fuzz_/)'`.
 
-use notify_bridge::protocol::{Action, ErrorCode, FrameId, ServerFrame, parse};
+use notify_bridge::protocol::{ACTIONS as KNOWN, Action, ErrorCode, FrameId, ServerFrame, parse};
 use proptest::prelude::*;
 use serde_json::{Value, json};
 
@@ -41,15 +41,20 @@ fn field() -> impl Strategy<Value = String> {
         Just("data".to_string()),
         Just("event".to_string()),
         Just("token".to_string()),
+        Just("as".to_string()),
+        Just("seqs".to_string()),
+        Just("up_to".to_string()),
+        Just("before".to_string()),
+        Just("limit".to_string()),
+        Just("events".to_string()),
+        Just("namespaces".to_string()),
         "[a-z]{1,6}",
     ]
 }
 
 fn action_name() -> impl Strategy<Value = Value> {
     prop_oneof![
-        4 => prop::sample::select(vec![
-            "subscribe", "unsubscribe", "ack", "publish", "ping", "extend_ttl", "refresh",
-        ])
+        4 => prop::sample::select(KNOWN.to_vec())
         .prop_map(Value::from),
         1 => json_value(2),
     ]
@@ -111,13 +116,25 @@ proptest! {
                     Action::Ack { seq, .. } => prop_assert_eq!(Some(seq), frame["seq"].as_u64()),
                     Action::Publish { data, .. } => prop_assert_eq!(&data, &frame["data"]),
                     Action::Refresh { token, .. } => prop_assert_eq!(Some(token.as_str()), frame["token"].as_str()),
-                    Action::Ping { .. } | Action::ExtendTtl { .. } => {}
+                    Action::Mark { kind, seqs, up_to, .. } => {
+                        prop_assert_eq!(Some(kind.as_str()), frame["as"].as_str());
+                        prop_assert_eq!(up_to, frame["up_to"].as_u64());
+                        prop_assert_eq!(seqs.is_some(), frame.get("seqs").is_some_and(|s| !s.is_null()));
+                    }
+                    Action::History { before, limit, .. } => {
+                        prop_assert_eq!(before, frame["before"].as_u64());
+                        prop_assert_eq!(limit.map(u64::from), frame["limit"].as_u64());
+                    }
+                    Action::Mute { events, namespaces, .. } | Action::Unmute { events, namespaces, .. } => {
+                        prop_assert!(name == "mute" || name == "unmute");
+                        prop_assert_eq!(events.len(), frame["events"].as_array().map_or(0, Vec::len));
+                        prop_assert_eq!(namespaces.len(), frame["namespaces"].as_array().map_or(0, Vec::len));
+                    }
+                    Action::Ping { .. } | Action::ExtendTtl { .. } | Action::Preferences { .. } => {}
                 }
             }
             Err(e) => {
-                let known = frame["action"].as_str().is_some_and(|a| [
-                    "subscribe", "unsubscribe", "ack", "publish", "ping", "extend_ttl", "refresh",
-                ].contains(&a));
+                let known = frame["action"].as_str().is_some_and(|a| KNOWN.contains(&a));
                 let expected = if known { ErrorCode::BadRequest } else { ErrorCode::UnknownAction };
                 prop_assert_eq!(e.code, expected, "{}", text);
                 // A readable id is echoed so the client can match the answer.

@@ -8,6 +8,6 @@ pub mod frames;
 pub mod requests;
 pub mod svc;
 
-pub use frames::{next_json, next_json_within};
+pub use frames::{next_frame, next_json, next_json_within};
 pub use requests::{to_topic, to_user, to_users};
 pub use svc::InProcessSvc;

@@ -291,8 +291,14 @@ pub struct Client {
 }
 
 impl Client {
+    /// The next frame, `counts` frames passed over.
     pub async fn next(&mut self) -> Value {
         notify_harness::next_json(&mut self.ws).await
+    }
+
+    /// The next frame of any type.
+    pub async fn next_frame(&mut self) -> Value {
+        notify_harness::next_frame(&mut self.ws).await
     }
 
     pub async fn send(&mut self, frame: Value) {
