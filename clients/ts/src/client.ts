@@ -9,15 +9,42 @@ import {
   fightEvent,
   parseFrame,
   type ClientAction,
+  type Counts,
   type ErrorFrame,
   type FightEvent,
+  type HistoryPage,
+  type MarkAs,
+  type Marked,
+  type Mutes,
   type NotifyMessage,
+  type PreferencesFrame,
   type Reply,
+  type Retracted,
   type ServerFrame,
   type Subscribed,
   type SubscriptionSource,
+  type Updated,
   type Welcome,
 } from './protocol.js';
+import { Value, type Observable } from './value.js';
+
+/** What `history` asks for; every field optional. */
+export interface HistoryOptions {
+  /** Items with seq < before (default: from the newest). */
+  before?: number;
+  /** Page size (default 20, at most 100). */
+  limit?: number;
+  unreadOnly?: boolean;
+  /** `inbox` (not archived, the default), `archived`, or `all`. */
+  show?: 'inbox' | 'archived' | 'all';
+  /** Only these events. */
+  events?: string[];
+}
+
+const sameCounts = (a: Counts, b: Counts): boolean => a.unseen === b.unseen && a.unread === b.unread;
+const sameMutes = (a: Mutes, b: Mutes): boolean =>
+  JSON.stringify([[...a.events].sort(), [...a.namespaces].sort()]) ===
+  JSON.stringify([[...b.events].sort(), [...b.namespaces].sort()]);
 
 /** The part of the WebSocket API the client uses (the browser's, Node's, or a test's). */
 export interface SocketLike {
@@ -197,6 +224,10 @@ export class NotifyClient {
   private readonly ackListeners = new Listeners<[number]>();
   private readonly gapListeners = new Listeners<[Gap]>();
   private readonly subscriptionListeners = new Listeners<[SubscriptionChange]>();
+  private readonly updatedListeners = new Listeners<[Updated]>();
+  private readonly retractedListeners = new Listeners<[Retracted]>();
+  private readonly countsValue = new Value<Counts>({ unseen: 0, unread: 0 }, sameCounts);
+  private readonly mutesValue = new Value<Mutes>({ events: [], namespaces: [] }, sameMutes);
 
   constructor(private readonly config: ClientOptions) {
     this.urls = Array.isArray(config.url) ? [...config.url] : [config.url];
@@ -278,6 +309,78 @@ export class NotifyClient {
   /** Told when a backend subscribes the user to a topic or ends it; the client follows. */
   onSubscription(fn: (change: SubscriptionChange) => void): () => void {
     return this.subscriptionListeners.add(fn);
+  }
+
+  /**
+   * The user's badge numbers, the same on every device: set by the welcome,
+   * then by every change the bridge pushes (a new message, a mark on any
+   * device, a retraction, expiry).
+   */
+  get counts(): Observable<Counts> {
+    return this.countsValue;
+  }
+
+  /** What the user muted, kept current across devices. */
+  get mutes(): Observable<Mutes> {
+    return this.mutesValue;
+  }
+
+  /** Told when a producer edits an inbox message (its current version). */
+  onUpdated(fn: (updated: Updated) => void): () => void {
+    return this.updatedListeners.add(fn);
+  }
+
+  /** Told when a producer retracts an inbox message: take it off the list. */
+  onRetracted(fn: (retracted: Retracted) => void): () => void {
+    return this.retractedListeners.add(fn);
+  }
+
+  /**
+   * Marks inbox messages — these seqs, or every one up to `upTo` — seen,
+   * read, archived or back. Every device's counts follow.
+   */
+  async mark(as: MarkAs, which: number[] | { upTo: number }): Promise<Marked> {
+    const select = Array.isArray(which) ? { seqs: which } : { up_to: which.upTo };
+    return (await this.inboxRequest({ action: 'mark', as, ...select }, 'marked')) as Marked;
+  }
+
+  markRead(seqs: number[]): Promise<Marked> {
+    return this.mark('read', seqs);
+  }
+
+  /** Marks everything up to the inbox's head (as this connection knows it) read. */
+  markAllRead(): Promise<Marked> {
+    return this.mark('read', { upTo: Math.max(this.inboxSeq, this.welcome?.seq ?? 0, 1) });
+  }
+
+  /** A page of older inbox items with their state, newest first. */
+  async history(options: HistoryOptions = {}): Promise<HistoryPage> {
+    const frame = await this.inboxRequest(
+      {
+        action: 'history',
+        ...(options.before === undefined ? {} : { before: options.before }),
+        ...(options.limit === undefined ? {} : { limit: options.limit }),
+        ...(options.unreadOnly ? { unread_only: true } : {}),
+        ...(options.show === undefined ? {} : { show: options.show }),
+        ...(options.events === undefined ? {} : { events: options.events }),
+      },
+      'history',
+    );
+    return frame as HistoryPage;
+  }
+
+  /** Mutes event types and topic namespaces for the user, on every device. */
+  async mute(mutes: Partial<Mutes>): Promise<Mutes> {
+    return this.preferencesRequest({ action: 'mute', ...mutes });
+  }
+
+  async unmute(mutes: Partial<Mutes>): Promise<Mutes> {
+    return this.preferencesRequest({ action: 'unmute', ...mutes });
+  }
+
+  /** What the user muted, as stored. */
+  async preferences(): Promise<Mutes> {
+    return this.preferencesRequest({ action: 'preferences' });
   }
 
   /** Starts connecting (and reconnecting until close()). */
@@ -420,6 +523,21 @@ export class NotifyClient {
       case 'message':
         this.message(frame);
         return;
+      case 'counts':
+        this.countsValue.set({ unseen: frame.unseen, unread: frame.unread });
+        return;
+      case 'preferences':
+        this.mutesValue.set(frame.mutes);
+        this.answer(frame);
+        return;
+      case 'updated':
+        this.updatedListeners.emit(frame);
+        return;
+      case 'retracted':
+        // A copy still on its way (a replay racing the retraction) is dropped.
+        this.remember(frame.id);
+        this.retractedListeners.emit(frame);
+        return;
       case 'error':
         this.answer(frame) || this.errorListeners.emit(new NotifyError(frame.code, frame.message));
         return;
@@ -461,6 +579,13 @@ export class NotifyClient {
       this.gapListeners.emit({ feed: 'inbox', after: this.inboxSeq, firstSeq: frame.first_seq });
     }
     this.welcome = frame;
+    // A bridge older than the inbox state sends neither.
+    if (frame.counts) {
+      this.countsValue.set(frame.counts);
+    }
+    if (frame.mutes) {
+      this.mutesValue.set(frame.mutes);
+    }
     this.attempt = 0;
     this.setState('connected');
     for (const [topic, since] of this.topics) {
@@ -661,6 +786,23 @@ export class NotifyClient {
       }
       this.pending.set(id, { resolve, reject });
     });
+  }
+
+  /** An inbox action, answered by a frame of type `expected`. */
+  private async inboxRequest(action: ClientAction, expected: string): Promise<ServerFrame> {
+    if (this.currentState !== 'connected') {
+      throw new NotifyError('not_connected', 'not connected: ask again once connected');
+    }
+    const frame = await this.request(action);
+    if (frame.type !== expected) {
+      throw new NotifyError('bad_reply', `expected ${expected}, got ${frame.type}`);
+    }
+    return frame;
+  }
+
+  private async preferencesRequest(action: ClientAction): Promise<Mutes> {
+    const frame = (await this.inboxRequest(action, 'preferences')) as PreferencesFrame;
+    return frame.mutes;
   }
 
   /** Settles the request `frame` answers; false if it answers none. */

@@ -5,6 +5,7 @@ export type {
   Clock,
   ConnectionState,
   Gap,
+  HistoryOptions,
   SocketLike,
   StateDetail,
   SubscriptionChange,
@@ -13,21 +14,32 @@ export type {
 export { DEFAULT_BACKOFF, fullJitter } from './backoff.js';
 export type { BackoffOptions } from './backoff.js';
 export { CloseCode, fightEvent, parseFrame } from './protocol.js';
+export type { Observable } from './value.js';
 export type {
   ClientAction,
+  Counts,
+  CountsFrame,
   ErrorCode,
   ErrorFrame,
   Fight,
   FightEvent,
   FightKind,
   FightStatus,
+  HistoryPage,
+  InboxItem,
+  MarkAs,
+  Marked,
+  Mutes,
   NotifyMessage,
+  PreferencesFrame,
   Published,
   Refreshed,
   Reply,
+  Retracted,
   ServerFrame,
   Subscribed,
   SubscriptionSource,
   Unsubscribed,
+  Updated,
   Welcome,
 } from './protocol.js';

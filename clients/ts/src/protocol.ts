@@ -10,6 +10,96 @@ export interface Welcome {
   recovered: boolean;
   /** The oldest inbox seq still kept (0 if none): where the replay starts. */
   first_seq: number;
+  /** The user's badge counts now. */
+  counts: Counts;
+  /** What the user muted. */
+  mutes: Mutes;
+}
+
+/**
+ * A user's badge numbers, the same on every device: messages not seen yet
+ * and not read yet. Archived, muted and retracted messages count in neither.
+ */
+export interface Counts {
+  unseen: number;
+  unread: number;
+}
+
+/** Muted event types (inbox messages stored muted, topic messages not pushed) and topic namespaces (not pushed). */
+export interface Mutes {
+  events: string[];
+  namespaces: string[];
+}
+
+/** Sent whenever the user's counts change: a new message, a mark on any device, a retraction, expiry. */
+export interface CountsFrame extends Counts {
+  type: 'counts';
+}
+
+export type MarkAs = 'seen' | 'read' | 'archived' | 'unseen' | 'unread' | 'unarchived';
+
+/** The answer to `mark`. */
+export interface Marked {
+  type: 'marked';
+  /** Messages whose state changed. */
+  changed: number;
+  /** Listed seqs not in the inbox (never published, expired or retracted). */
+  missing: number[];
+  counts: Counts;
+  id?: string;
+}
+
+/** An inbox message with the user's state of it. */
+export interface InboxItem<Data = unknown> {
+  id: string;
+  seq: number;
+  event: string;
+  data: Data;
+  ts: number;
+  seen: boolean;
+  read: boolean;
+  archived: boolean;
+  muted: boolean;
+  /** When its producer last edited it, Unix ms. */
+  edited?: number;
+}
+
+/** The answer to `history`: a page of the inbox, newest first. */
+export interface HistoryPage {
+  type: 'history';
+  items: InboxItem[];
+  /** Pass as `before` for the next page; absent when there is no older item. */
+  next_before?: number;
+  /** The oldest seq still kept (0 if none). */
+  first_seq: number;
+  /** Older items were removed by retention (their TTL passed). */
+  older_expired: boolean;
+  counts: Counts;
+  id?: string;
+}
+
+/** What the user muted: the answer to mute/unmute/preferences, and sent to every device when it changes. */
+export interface PreferencesFrame {
+  type: 'preferences';
+  mutes: Mutes;
+  id?: string;
+}
+
+/** Its producer edited an inbox message: its current version. */
+export interface Updated<Data = unknown> {
+  type: 'updated';
+  id: string;
+  seq: number;
+  event: string;
+  data: Data;
+  ts: number;
+}
+
+/** Its producer took an inbox message back. */
+export interface Retracted {
+  type: 'retracted';
+  id: string;
+  seq: number;
 }
 
 /**
@@ -109,6 +199,12 @@ export type ServerFrame =
   | Pong
   | Refreshed
   | Reply
+  | CountsFrame
+  | Marked
+  | HistoryPage
+  | PreferencesFrame
+  | Updated
+  | Retracted
   | ErrorFrame;
 
 export type ClientAction =
@@ -118,6 +214,18 @@ export type ClientAction =
   | { action: 'publish'; topic: string; data: unknown; event?: string; id?: string }
   | { action: 'ping'; id?: string }
   | { action: 'refresh'; token: string; id?: string }
+  | { action: 'mark'; as: MarkAs; seqs?: number[]; up_to?: number; id?: string }
+  | {
+      action: 'history';
+      before?: number;
+      limit?: number;
+      unread_only?: boolean;
+      show?: 'inbox' | 'archived' | 'all';
+      events?: string[];
+      id?: string;
+    }
+  | { action: 'mute' | 'unmute'; events?: string[]; namespaces?: string[]; id?: string }
+  | { action: 'preferences'; id?: string }
   /** An action routed to a backend: any other name, with any fields. */
   | { action: string; id?: string; [field: string]: unknown };
 

@@ -387,3 +387,76 @@ test('a server-side subscription is followed, restored with its own since, and e
   last().serverSends(message(7, { topic: 'room:s' }));
   assert.deepEqual(got, ['room:s#6'], 'nothing after the server ended it');
 });
+
+test('counts: the welcome sets them, counts frames change them, listeners hear each change once', async () => {
+  const { client, last } = setup();
+  const seen: [number, number][] = [];
+  client.counts.subscribe((c) => seen.push([c.unseen, c.unread]));
+  client.connect();
+  await settle();
+  last().welcome(3, { counts: { unseen: 2, unread: 3 }, mutes: { events: [], namespaces: ['room'] } });
+  last().serverSends({ type: 'counts', unseen: 2, unread: 3 });
+  last().serverSends({ type: 'counts', unseen: 0, unread: 1 });
+  assert.deepEqual(seen, [
+    [0, 0],
+    [2, 3],
+    [0, 1],
+  ]);
+  assert.deepEqual(client.mutes.value, { events: [], namespaces: ['room'] });
+});
+
+test('inbox actions go out as frames and resolve with their answers', async () => {
+  const { client, last } = setup();
+  client.connect();
+  await settle();
+  last().welcome(9);
+  const marked = client.markRead([1, 2]);
+  const sent = last().actions('mark')[0]!;
+  assert.deepEqual({ ...sent, id: undefined }, { action: 'mark', as: 'read', seqs: [1, 2], id: undefined });
+  last().serverSends({ type: 'marked', changed: 2, missing: [], counts: { unseen: 1, unread: 1 }, id: sent.id });
+  assert.equal((await marked).changed, 2);
+
+  const all = client.markAllRead();
+  assert.equal(last().actions('mark')[1]!.up_to, 9, 'up to the head the welcome named');
+  last().serverSends({ type: 'error', code: 'unavailable', message: 'retry', id: last().actions('mark')[1]!.id });
+  await assert.rejects(all, (e: Error & { code?: string }) => e.code === 'unavailable');
+
+  const page = client.history({ before: 9, limit: 5, unreadOnly: true });
+  const asked = last().actions('history')[0]!;
+  assert.deepEqual([asked.before, asked.limit, asked.unread_only], [9, 5, true]);
+  last().serverSends({ type: 'history', items: [], first_seq: 1, older_expired: false, counts: { unseen: 0, unread: 0 }, id: asked.id });
+  assert.deepEqual((await page).items, []);
+
+  const muted = client.mute({ events: ['promo'] });
+  const mute = last().actions('mute')[0]!;
+  last().serverSends({ type: 'preferences', mutes: { events: ['promo'], namespaces: [] }, id: mute.id });
+  assert.deepEqual(await muted, { events: ['promo'], namespaces: [] });
+  assert.deepEqual(client.mutes.value.events, ['promo'], 'the observable follows');
+});
+
+test('a retracted message is dropped if its copy comes later; edits are told', async () => {
+  const { client, last } = setup();
+  const got: number[] = [];
+  const edits: string[] = [];
+  const gone: number[] = [];
+  client.onMessage((m) => got.push(m.seq));
+  client.onUpdated((u) => edits.push(JSON.stringify(u.data)));
+  client.onRetracted((r) => gone.push(r.seq));
+  client.connect();
+  await settle();
+  last().welcome(0);
+  last().serverSends(message(1));
+  last().serverSends({ type: 'updated', id: 'm1', seq: 1, event: 'note', data: { n: 'edited' }, ts: 2 });
+  last().serverSends({ type: 'retracted', id: 'm2', seq: 2 });
+  last().serverSends(message(2));
+  last().serverSends(message(3));
+  assert.deepEqual(got, [1, 3]);
+  assert.deepEqual(edits, ['{"n":"edited"}']);
+  assert.deepEqual(gone, [2]);
+});
+
+test('inbox actions while not connected are refused at once', async () => {
+  const { client } = setup();
+  await assert.rejects(client.markRead([1]), (e: Error & { code?: string }) => e.code === 'not_connected');
+  await assert.rejects(client.history(), (e: Error & { code?: string }) => e.code === 'not_connected');
+});

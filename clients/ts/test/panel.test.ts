@@ -4,6 +4,9 @@
 // publish from the page too; the bridge is killed and restarted, and the
 // messages published meanwhile appear, each once; a routed action goes to a
 // real backend (`notify echo-backend`) and its reply, or its error, shows.
+// The bell: two tabs of one user show the same unread count, a click on a
+// notification in one marks it read and the other's count follows, older
+// notifications load on demand, "mark all read" clears both.
 // The screenshot it takes is the one in the README (docs/panel.png).
 import { after, test } from 'node:test';
 import * as assert from 'node:assert/strict';
@@ -145,4 +148,55 @@ test('the link notify up prints opens the panel signed in, and the token leaves 
   assert.ok((await inboxSeqs(page)).includes(fresh.seq));
   assert.deepEqual(pageErrors, [], 'no script error on the page');
   await page.close();
+});
+
+test('the bell: two tabs share the unread count, a click marks read, older items load', async () => {
+  assert.ok(browser, 'the first test launched the browser');
+  const token = up.token('bea', []);
+  const tab = async (): Promise<{ page: Page; errors: string[] }> => {
+    const page = await browser!.newPage({ viewport: { width: 1360, height: 900 } });
+    const errors: string[] = [];
+    page.on('pageerror', (e) => errors.push(e.message));
+    await page.goto(`http://${bridge.ws}/panel#token=${token}`);
+    await page.waitForSelector('[data-testid=state].connected', { timeout: 15_000 });
+    return { page, errors };
+  };
+  const unread = async (page: Page): Promise<string> => (await page.textContent('[data-testid=unread]')) ?? '';
+  const until = async (page: Page, count: number): Promise<void> => {
+    try {
+      await page.waitForFunction((n) => document.querySelector('[data-testid=unread]')?.textContent === String(n), count, {
+        timeout: 10_000,
+      });
+    } catch (e) {
+      throw new Error(`the bell never showed ${count} unread (it shows ${await unread(page)}): ${String(e)}`);
+    }
+  };
+  const first = await tab();
+  const second = await tab();
+  const sent = Array.from({ length: 12 }, (_, i) => up.publish('bea', { text: `note ${i + 1}` }, 'cli.bell'));
+  await until(first.page, 12);
+  await until(second.page, 12);
+
+  // The first tab opens the bell: the newest ten, a click marks one read.
+  await first.page.click('[data-testid=bell]');
+  await first.page.waitForFunction(() => document.querySelectorAll('[data-testid=bell-item]').length === 10);
+  const newest = await first.page.$$eval('[data-testid=bell-item]', (items) => items.map((li) => Number((li as HTMLElement).dataset.seq)));
+  assert.deepEqual(newest, [12, 11, 10, 9, 8, 7, 6, 5, 4, 3]);
+  await first.page.click(`[data-testid=bell-item][data-seq="${sent[11]!.seq}"]`);
+  await until(first.page, 11);
+  await until(second.page, 11); // the other tab, through the bridge
+  // Older items on demand, and the end of the list said.
+  await first.page.click('[data-testid=bell-older]');
+  await first.page.waitForFunction(() => document.querySelectorAll('[data-testid=bell-item]').length === 12);
+  assert.equal(await first.page.textContent('[data-testid=bell-end]'), 'No older notifications.');
+
+  // "Mark all read" on the second tab clears both.
+  await second.page.click('[data-testid=bell]');
+  await second.page.click('[data-testid=mark-all]');
+  await until(second.page, 0);
+  await until(first.page, 0);
+  assert.equal(await unread(first.page), '0');
+  assert.deepEqual([...first.errors, ...second.errors], [], 'no script error on either tab');
+  await first.page.close();
+  await second.page.close();
 });

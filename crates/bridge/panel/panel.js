@@ -154,6 +154,97 @@ function subscribe(topic) {
   renderSubscriptions();
 }
 
+// --- The bell: unread count (the same on every tab and device), the list of
+// notifications it opens, a mark on click, older items on demand.
+const bellItems = new Map(); // seq → <li>
+let bellOlder = undefined; // `before` of the next older page; null: none left
+
+function bellItem(item) {
+  const li = document.createElement('li');
+  li.dataset.seq = item.seq;
+  li.dataset.testid = 'bell-item';
+  const what = document.createElement('span');
+  what.className = 'what';
+  what.textContent = `#${item.seq} ${item.event}`;
+  const when = document.createElement('span');
+  when.className = 'when';
+  when.textContent = time(item.ts);
+  const data = document.createElement('span');
+  data.className = 'data';
+  data.textContent = short(item.data);
+  li.append(what, when, data);
+  li.classList.toggle('unread', !item.read);
+  li.onclick = () => {
+    if (!li.classList.contains('unread')) return;
+    li.classList.remove('unread');
+    client.markRead([item.seq]).catch((e) => {
+      li.classList.add('unread');
+      log(`mark ${item.seq} read: ${e.code ?? ''} ${e.message}`, 'error');
+    });
+  };
+  return li;
+}
+
+/** Adds items (a page, or one new message) in seq order, newest on top. */
+function showBellItems(items) {
+  for (const item of items) {
+    if (bellItems.has(item.seq)) continue;
+    const li = bellItem(item);
+    const newer = [...bellItems.keys()].filter((s) => s > item.seq).sort((a, b) => a - b)[0];
+    if (newer === undefined) $('bell-items').prepend(li);
+    else bellItems.get(newer).after(li);
+    bellItems.set(item.seq, li);
+  }
+}
+
+async function loadBell(before) {
+  const page = await client.history({ limit: 10, ...(before ? { before } : {}) });
+  showBellItems(page.items);
+  bellOlder = page.next_before ?? null;
+  $('bell-older').hidden = bellOlder === null;
+  $('bell-end').textContent =
+    bellOlder !== null ? '' : page.older_expired ? 'Older notifications have expired.' : 'No older notifications.';
+}
+
+async function toggleBell() {
+  const menu = $('bell-menu');
+  menu.hidden = !menu.hidden;
+  if (menu.hidden) return;
+  try {
+    if (bellOlder === undefined) await loadBell();
+    // Opening the list is seeing it: the unseen count drops, unread stays.
+    const head = Math.max(client.lastSeq, client.session?.seq ?? 0);
+    if (head > 0) await client.mark('seen', { upTo: head });
+  } catch (e) {
+    log(`notifications: ${e.code ?? ''} ${e.message}`, 'error');
+  }
+}
+
+function watchBell() {
+  $('bell-wrap').hidden = false;
+  client.counts.subscribe((c) => {
+    $('unread').textContent = c.unread;
+    $('bell').classList.toggle('has-unread', c.unread > 0);
+    $('bell').title = `${c.unread} unread, ${c.unseen} unseen`;
+  });
+  client.onMessage((m) => {
+    if (m.topic === undefined && bellOlder !== undefined) showBellItems([{ ...m, read: false }]);
+  });
+  client.onUpdated((u) => {
+    const li = bellItems.get(u.seq);
+    if (li) li.querySelector('.data').textContent = short(u.data);
+  });
+  client.onRetracted((r) => {
+    bellItems.get(r.seq)?.remove();
+    bellItems.delete(r.seq);
+  });
+  // A mark on another tab or device: the counts change; the list follows
+  // the next time it is opened.
+  client.counts.subscribe((c) => {
+    if (c.unread === 0) for (const li of bellItems.values()) li.classList.remove('unread');
+  });
+}
+
 function signIn(value) {
   token = value.trim();
   const c = claims(token);
@@ -192,6 +283,7 @@ function signIn(value) {
     log(`${c.subscribed ? 'subscribed to' : 'unsubscribed from'} ${c.topic} by a backend`, 'ok');
     renderSubscriptions();
   });
+  watchBell();
   client.connect();
   subscribe('fights:live');
 }
@@ -281,6 +373,18 @@ $('subscribe-form').addEventListener('submit', (e) => {
   $('topic').value = '';
 });
 $('publish-form').addEventListener('submit', publish);
+$('bell').addEventListener('click', () => void toggleBell());
+$('bell-older').addEventListener('click', () =>
+  loadBell(bellOlder).catch((e) => log(`older notifications: ${e.code ?? ''} ${e.message}`, 'error')),
+);
+$('mark-all').addEventListener('click', () => {
+  client
+    .markAllRead()
+    .then(() => {
+      for (const li of bellItems.values()) li.classList.remove('unread');
+    })
+    .catch((e) => log(`mark all read: ${e.code ?? ''} ${e.message}`, 'error'));
+});
 $('call-form').addEventListener('submit', call);
 
 // `notify up` prints a link that signs in with its dev token, carried in the

@@ -62,6 +62,11 @@ const ASSETS: &[(&str, &str, &str)] = &[
         "text/javascript; charset=utf-8",
         include_str!("../panel/client/protocol.js"),
     ),
+    (
+        "/panel/client/value.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../panel/client/value.js"),
+    ),
 ];
 
 /// The page's policy: scripts, styles and fetches from its own origin, and

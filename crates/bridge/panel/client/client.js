@@ -4,6 +4,10 @@
 // drops duplicates by message id, and follows the bridge's close codes.
 import { DEFAULT_BACKOFF, fullJitter } from './backoff.js';
 import { CloseCode, fightEvent, parseFrame, } from './protocol.js';
+import { Value } from './value.js';
+const sameCounts = (a, b) => a.unseen === b.unseen && a.unread === b.unread;
+const sameMutes = (a, b) => JSON.stringify([[...a.events].sort(), [...a.namespaces].sort()]) ===
+    JSON.stringify([[...b.events].sort(), [...b.namespaces].sort()]);
 const realClock = {
     setTimeout: (fn, ms) => globalThis.setTimeout(fn, ms),
     clearTimeout: (handle) => globalThis.clearTimeout(handle),
@@ -89,6 +93,10 @@ export class NotifyClient {
     ackListeners = new Listeners();
     gapListeners = new Listeners();
     subscriptionListeners = new Listeners();
+    updatedListeners = new Listeners();
+    retractedListeners = new Listeners();
+    countsValue = new Value({ unseen: 0, unread: 0 }, sameCounts);
+    mutesValue = new Value({ events: [], namespaces: [] }, sameMutes);
     constructor(config) {
         this.config = config;
         this.urls = Array.isArray(config.url) ? [...config.url] : [config.url];
@@ -157,6 +165,64 @@ export class NotifyClient {
     /** Told when a backend subscribes the user to a topic or ends it; the client follows. */
     onSubscription(fn) {
         return this.subscriptionListeners.add(fn);
+    }
+    /**
+     * The user's badge numbers, the same on every device: set by the welcome,
+     * then by every change the bridge pushes (a new message, a mark on any
+     * device, a retraction, expiry).
+     */
+    get counts() {
+        return this.countsValue;
+    }
+    /** What the user muted, kept current across devices. */
+    get mutes() {
+        return this.mutesValue;
+    }
+    /** Told when a producer edits an inbox message (its current version). */
+    onUpdated(fn) {
+        return this.updatedListeners.add(fn);
+    }
+    /** Told when a producer retracts an inbox message: take it off the list. */
+    onRetracted(fn) {
+        return this.retractedListeners.add(fn);
+    }
+    /**
+     * Marks inbox messages — these seqs, or every one up to `upTo` — seen,
+     * read, archived or back. Every device's counts follow.
+     */
+    async mark(as, which) {
+        const select = Array.isArray(which) ? { seqs: which } : { up_to: which.upTo };
+        return (await this.inboxRequest({ action: 'mark', as, ...select }, 'marked'));
+    }
+    markRead(seqs) {
+        return this.mark('read', seqs);
+    }
+    /** Marks everything up to the inbox's head (as this connection knows it) read. */
+    markAllRead() {
+        return this.mark('read', { upTo: Math.max(this.inboxSeq, this.welcome?.seq ?? 0, 1) });
+    }
+    /** A page of older inbox items with their state, newest first. */
+    async history(options = {}) {
+        const frame = await this.inboxRequest({
+            action: 'history',
+            ...(options.before === undefined ? {} : { before: options.before }),
+            ...(options.limit === undefined ? {} : { limit: options.limit }),
+            ...(options.unreadOnly ? { unread_only: true } : {}),
+            ...(options.show === undefined ? {} : { show: options.show }),
+            ...(options.events === undefined ? {} : { events: options.events }),
+        }, 'history');
+        return frame;
+    }
+    /** Mutes event types and topic namespaces for the user, on every device. */
+    async mute(mutes) {
+        return this.preferencesRequest({ action: 'mute', ...mutes });
+    }
+    async unmute(mutes) {
+        return this.preferencesRequest({ action: 'unmute', ...mutes });
+    }
+    /** What the user muted, as stored. */
+    async preferences() {
+        return this.preferencesRequest({ action: 'preferences' });
     }
     /** Starts connecting (and reconnecting until close()). */
     connect() {
@@ -290,6 +356,21 @@ export class NotifyClient {
             case 'message':
                 this.message(frame);
                 return;
+            case 'counts':
+                this.countsValue.set({ unseen: frame.unseen, unread: frame.unread });
+                return;
+            case 'preferences':
+                this.mutesValue.set(frame.mutes);
+                this.answer(frame);
+                return;
+            case 'updated':
+                this.updatedListeners.emit(frame);
+                return;
+            case 'retracted':
+                // A copy still on its way (a replay racing the retraction) is dropped.
+                this.remember(frame.id);
+                this.retractedListeners.emit(frame);
+                return;
             case 'error':
                 this.answer(frame) || this.errorListeners.emit(new NotifyError(frame.code, frame.message));
                 return;
@@ -330,6 +411,13 @@ export class NotifyClient {
             this.gapListeners.emit({ feed: 'inbox', after: this.inboxSeq, firstSeq: frame.first_seq });
         }
         this.welcome = frame;
+        // A bridge older than the inbox state sends neither.
+        if (frame.counts) {
+            this.countsValue.set(frame.counts);
+        }
+        if (frame.mutes) {
+            this.mutesValue.set(frame.mutes);
+        }
         this.attempt = 0;
         this.setState('connected');
         for (const [topic, since] of this.topics) {
@@ -517,6 +605,21 @@ export class NotifyClient {
             }
             this.pending.set(id, { resolve, reject });
         });
+    }
+    /** An inbox action, answered by a frame of type `expected`. */
+    async inboxRequest(action, expected) {
+        if (this.currentState !== 'connected') {
+            throw new NotifyError('not_connected', 'not connected: ask again once connected');
+        }
+        const frame = await this.request(action);
+        if (frame.type !== expected) {
+            throw new NotifyError('bad_reply', `expected ${expected}, got ${frame.type}`);
+        }
+        return frame;
+    }
+    async preferencesRequest(action) {
+        const frame = (await this.inboxRequest(action, 'preferences'));
+        return frame.mutes;
     }
     /** Settles the request `frame` answers; false if it answers none. */
     answer(frame) {
