@@ -104,6 +104,13 @@ pub struct SvcArgs {
     #[arg(long, env = "NOTIFY_MAX_DATA_BYTES", default_value_t = 64 * 1024)]
     pub max_data_bytes: usize,
 
+    /// Keep each inbox message's read state and the users' unseen/unread
+    /// counts, pushed to their sockets. Off: new inbox messages are stored
+    /// already read and no counts are pushed; turning it back on counts
+    /// messages from then on (no recount needed).
+    #[arg(long, env = "NOTIFY_INBOX_COUNTS", default_value_t = true, action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
+    pub inbox_counts: bool,
+
     /// How long an idempotency key is remembered, in seconds.
     #[arg(long, env = "NOTIFY_IDEMPOTENCY_WINDOW_SECS", default_value_t = 24 * 3600)]
     pub idempotency_window_secs: u64,
@@ -177,6 +184,7 @@ impl fmt::Debug for SvcArgs {
             .field("tls_cert", &self.tls.cert)
             .field("tls_client_ca", &self.tls_client_ca)
             .field("group_commit", &self.group_commit)
+            .field("inbox_counts", &self.inbox_counts)
             .field("batch_max", &self.batch_max)
             .field("batch_linger_us", &self.batch_linger_us)
             .field("committers", &self.committers)
@@ -377,8 +385,12 @@ impl Config {
                 pg.pool_size = args.db_pool_size;
                 pg.query_timeout = Duration::from_millis(args.db_timeout_ms);
                 pg.idempotency_window = idempotency_window;
+                pg.inbox_counts = args.inbox_counts;
             }
-            Database::Sqlite(lite) => lite.idempotency_window = idempotency_window,
+            Database::Sqlite(lite) => {
+                lite.idempotency_window = idempotency_window;
+                lite.inbox_counts = args.inbox_counts;
+            }
         }
         let (max_batch, linger) = if args.group_commit {
             (args.batch_max, Duration::from_micros(args.batch_linger_us))

@@ -22,6 +22,7 @@ conformance!(
     revisions_change_every_copy_and_the_counts_follow,
     expired_messages_leave_the_counts_when_swept,
     concurrent_marks_from_two_replicas_and_publishes_keep_counts_exact,
+    with_counts_off_messages_are_stored_read_and_counts_stay_exact,
 );
 
 fn event(target: Target, event: &str) -> PublishItem {
@@ -436,4 +437,51 @@ async fn concurrent_marks_from_two_replicas_and_publishes_keep_counts_exact(db: 
     for u in &users {
         counts(replicas[0].as_ref(), u.as_str()).await;
     }
+}
+
+/// With counts off, new messages are stored read and counted nowhere, so
+/// turning counts back on needs no recount.
+async fn with_counts_off_messages_are_stored_read_and_counts_stay_exact(db: Backend) {
+    let on = db.migrated().await;
+    publish(on.as_ref(), "ann", 2).await;
+    let off = match db.database() {
+        notify_store::Database::Postgres(mut c) => {
+            c.inbox_counts = false;
+            notify_store::Database::Postgres(c)
+        }
+        notify_store::Database::Sqlite(mut c) => {
+            c.inbox_counts = false;
+            notify_store::Database::Sqlite(c)
+        }
+    }
+    .store()
+    .unwrap();
+    let done = off
+        .commit(&[item(Target::User(user("ann")))])
+        .await
+        .unwrap();
+    assert_eq!(
+        done[0].recipients[0].counts,
+        Counts::default(),
+        "no counts answered"
+    );
+    assert_eq!(counts(off.as_ref(), "ann").await, (2, 2));
+    let page = off
+        .page(
+            &user("ann"),
+            &PageQuery::new(None, 0, false, Shelf::Inbox, &[]).unwrap(),
+        )
+        .await
+        .unwrap();
+    assert!(page.items[0].state.has(State::READ), "stored read");
+    // Back on: the next message counts; marks stay exact on every row.
+    publish(on.as_ref(), "ann", 1).await;
+    on.mark(&user("ann"), &mark(MarkKind::Unread, &[3]))
+        .await
+        .unwrap();
+    assert_eq!(
+        counts(on.as_ref(), "ann").await,
+        (3, 4),
+        "seq 3 unread, still seen"
+    );
 }

@@ -444,7 +444,10 @@ impl Router {
             for (bridge, n) in t.users.get(user).into_iter().flatten() {
                 let mut m = message(Some(user), None, seq);
                 m.muted = recipient.is_some_and(|r| r.muted);
-                let counts = recipient.map(|r| counts(r.counts));
+                // Version 0: counts are not kept (NOTIFY_INBOX_COUNTS off).
+                let counts = recipient
+                    .filter(|r| r.counts.version > 0)
+                    .map(|r| counts(r.counts));
                 if send(bridge, m, counts) && !recipient.is_some_and(|r| r.muted) {
                     count += n;
                 }

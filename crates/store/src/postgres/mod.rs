@@ -70,6 +70,10 @@ pub struct PgStoreConfig {
     pub query_timeout: Duration,
     /// How long an idempotency key is remembered.
     pub idempotency_window: Duration,
+    /// Keep read state and counts (`NOTIFY_INBOX_COUNTS`): off, new inbox
+    /// messages are stored already seen and read, so nothing counts them
+    /// and turning it back on needs no recount.
+    pub inbox_counts: bool,
 }
 
 impl PgStoreConfig {
@@ -80,6 +84,7 @@ impl PgStoreConfig {
             connect_timeout: Duration::from_secs(5),
             query_timeout: Duration::from_secs(10),
             idempotency_window: Duration::from_secs(24 * 3600),
+            inbox_counts: true,
         }
     }
 }
@@ -92,6 +97,7 @@ impl fmt::Debug for PgStoreConfig {
             .field("connect_timeout", &self.connect_timeout)
             .field("query_timeout", &self.query_timeout)
             .field("idempotency_window", &self.idempotency_window)
+            .field("inbox_counts", &self.inbox_counts)
             .finish()
     }
 }
@@ -246,10 +252,10 @@ impl Store for PgStore {
             return Ok(Vec::new());
         }
         let client = self.client().await?;
-        let window = self.config.idempotency_window;
+        let (window, counting) = (self.config.idempotency_window, self.config.inbox_counts);
         let outcome = tokio::time::timeout(
             self.config.query_timeout,
-            commit_batch(&client, items, window),
+            commit_batch(&client, items, window, counting),
         )
         .await;
         match outcome {
@@ -750,13 +756,14 @@ async fn commit_batch(
     client: &tokio_postgres::Client,
     items: &[PublishItem],
     window: Duration,
+    counting: bool,
 ) -> Result<Vec<Committed>, tokio_postgres::Error> {
     let origins = in_batch_origins(items);
     let mut stored: HashMap<usize, StoredKey> = HashMap::new();
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let result = commit_attempt(client, items, &origins, &stored, window).await;
+        let result = commit_attempt(client, items, &origins, &stored, window, counting).await;
         let key_taken = matches!(&result, Err(e) if e.code().map(|c| c.code()) == Some(KEY_TAKEN));
         if result.is_err() && !client.is_closed() {
             // Ends the transaction if the failure came before COMMIT was sent; a
@@ -832,6 +839,7 @@ async fn commit_attempt(
     origins: &[Origin],
     stored: &HashMap<usize, StoredKey>,
     window: Duration,
+    counting: bool,
 ) -> Result<Vec<Committed>, tokio_postgres::Error> {
     let now = commit_time();
     let new = new_items(origins, stored);
@@ -847,6 +855,7 @@ async fn commit_attempt(
         new: &new,
         seqs: &relative,
         demand: &demand,
+        counting,
     };
     let (_, (user_last, side), topic_last, (), ()) = futures::try_join!(
         tx.batch_execute("BEGIN"),
@@ -870,6 +879,8 @@ struct Relative<'a> {
     new: &'a [bool],
     seqs: &'a [Assigned],
     demand: &'a SeqDemand<'a>,
+    /// Keep counts (see [`PgStoreConfig::inbox_counts`]).
+    counting: bool,
 }
 
 /// The heads' new `last_seq`s, from a statement's rows `(key, last_seq)`.
@@ -932,17 +943,18 @@ async fn write_inbox(
         .collect();
     // A row whose event its user muted is stored muted (state 8) and left
     // out of the counts; the others add one to both counts of their head.
+    // Not counting ($17 false): every row is stored seen and read (3).
     let heads = tx
         .query_typed(
             "WITH r AS (
-                SELECT t.*, EXISTS (SELECT 1 FROM user_mutes mu
-                                    WHERE mu.user_id = t.u AND mu.kind = 'event'
-                                      AND mu.name = t.ev) AS muted
+                SELECT t.*, $17 AND EXISTS (SELECT 1 FROM user_mutes mu
+                                            WHERE mu.user_id = t.u AND mu.kind = 'event'
+                                              AND mu.name = t.ev) AS muted
                 FROM unnest($7::text[], $8::int8[], $9::uuid[], $10::text[], $11::text[],
                             $12::text[], $13::timestamptz[], $16::text[])
                      AS t(u, s, id, c, e, d, x, ev)
              ), counted AS (
-                SELECT u, count(*) FILTER (WHERE NOT muted) AS k FROM r GROUP BY u
+                SELECT u, count(*) FILTER (WHERE $17 AND NOT muted) AS k FROM r GROUP BY u
              ), h AS (
                 INSERT INTO inbox_heads (user_id, last_seq, unseen, unread, version)
                 SELECT t.k, t.n, COALESCE(c.k, 0), COALESCE(c.k, 0), 1
@@ -967,7 +979,7 @@ async fn write_inbox(
                 INSERT INTO inbox (user_id, seq, message_id, caller, event, data, created_at,
                                    expires_at, state)
                 SELECT u, b.before + s, id, c, e, d, $6, x,
-                       CASE WHEN muted THEN 8 ELSE 0 END
+                       CASE WHEN NOT $17 THEN 3 WHEN muted THEN 8 ELSE 0 END
                 FROM r JOIN base b ON b.user_id = r.u
              )
              SELECT user_id, last_seq, unseen, unread, version,
@@ -990,10 +1002,14 @@ async fn write_inbox(
                 (&head_keys, Type::TEXT_ARRAY),
                 (&head_counts, Type::INT8_ARRAY),
                 (&row_events_all, Type::TEXT_ARRAY),
+                (&plan.counting, Type::BOOL),
             ],
         )
         .await?;
     let mut side = InboxSide::default();
+    if !plan.counting {
+        return Ok((heads_of(&heads), side));
+    }
     for head in &heads {
         let user: String = head.get(0);
         let last = to_u64(head.get(1));

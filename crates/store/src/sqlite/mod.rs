@@ -59,6 +59,8 @@ pub struct SqliteConfig {
     pub busy_timeout: Duration,
     /// How long an idempotency key is remembered.
     pub idempotency_window: Duration,
+    /// Keep read state and counts (see `PgStoreConfig::inbox_counts`).
+    pub inbox_counts: bool,
 }
 
 impl SqliteConfig {
@@ -69,6 +71,7 @@ impl SqliteConfig {
             readers: 4,
             busy_timeout: Duration::from_secs(5),
             idempotency_window: Duration::from_secs(24 * 3600),
+            inbox_counts: true,
         }
     }
 

@@ -84,9 +84,9 @@ impl Store for SqliteStore {
             return Ok(Vec::new());
         }
         let items = items.to_vec();
-        let window = self.config.idempotency_window;
+        let (window, counting) = (self.config.idempotency_window, self.config.inbox_counts);
         self.db
-            .write(move |conn| commit_batch(conn, &items, window))
+            .write(move |conn| commit_batch(conn, &items, window, counting))
             .await
     }
 
@@ -514,6 +514,7 @@ fn commit_batch(
     conn: &Connection,
     items: &[PublishItem],
     window: std::time::Duration,
+    counting: bool,
 ) -> rusqlite::Result<Vec<Committed>> {
     let now = commit_time();
     let origins = in_batch_origins(items);
@@ -522,7 +523,7 @@ fn commit_batch(
     // Reserve seqs by bumping the heads; the inbox heads' counts grow by
     // their unmuted rows in the same statement.
     let demand = SeqDemand::of(items, &new);
-    let muted = MutedEvents::of(conn, items, &new)?;
+    let muted = MutedEvents::of(conn, items, &new, counting)?;
     let (user_last, counts) = bump_inbox_heads(conn, &demand.users, &muted.counted)?;
     let topic_last = bump_heads(
         conn,
@@ -538,10 +539,10 @@ fn commit_batch(
         assigned: &assigned,
         now,
     };
-    let mut side = InboxSide {
-        counts,
-        ..InboxSide::default()
-    };
+    let mut side = InboxSide::default();
+    if counting {
+        side.counts = counts;
+    }
     batch.insert_messages(conn, &muted, &mut side)?;
     batch.write_topic_logs(conn, &topic_last)?;
     batch.claim_keys(conn, window)?;
@@ -638,7 +639,11 @@ impl<'a> Batch<'a> {
                 inline(&item.publish.data),
                 now_us,
                 micros(now + item.publish.ttl),
-                if is_muted { State::MUTED } else { 0 },
+                match (muted.counting, is_muted) {
+                    (false, _) => State::SEEN | State::READ,
+                    (true, true) => State::MUTED,
+                    (true, false) => 0,
+                },
             ])?;
         }
         Ok(())
@@ -724,10 +729,17 @@ fn bump_heads(
 struct MutedEvents<'a> {
     muted: HashSet<(&'a str, &'a str)>,
     counted: BTreeMap<&'a str, u64>,
+    /// Counts are kept (else every row is stored read and nothing is asked).
+    counting: bool,
 }
 
 impl<'a> MutedEvents<'a> {
-    fn of(conn: &Connection, items: &'a [PublishItem], new: &[bool]) -> rusqlite::Result<Self> {
+    fn of(
+        conn: &Connection,
+        items: &'a [PublishItem],
+        new: &[bool],
+        counting: bool,
+    ) -> rusqlite::Result<Self> {
         let mut lookup = conn.prepare_cached(
             "SELECT EXISTS (SELECT 1 FROM user_mutes
                             WHERE user_id = ?1 AND kind = 'event' AND name = ?2)",
@@ -736,7 +748,11 @@ impl<'a> MutedEvents<'a> {
         let mut this = Self {
             muted: HashSet::new(),
             counted: BTreeMap::new(),
+            counting,
         };
+        if !counting {
+            return Ok(this);
+        }
         for item in items
             .iter()
             .zip(new)
