@@ -4,7 +4,8 @@
 //! HTTP/JSON), [`ws`] (the bridge beside a plain Node `ws` server, see
 //! [`under_test`], and the send floor), [`routed`], [`fights`], [`floor`],
 //! [`ingest`] (the SQS consumer), [`outbox`] (the outbox relay),
-//! [`deflate`] (permessage-deflate on a fights:live stream), and the
+//! [`deflate`] (permessage-deflate on a fights:live stream), [`marks`] (the
+//! inbox's read state: marks and the counts they push), and the
 //! publish bench's peers: [`noop`] (a Notify server that stores nothing, for
 //! the gRPC ceiling) and [`naive`] (single-row commits to Postgres). CPU
 //! is read from /proc over each measured window.
@@ -34,6 +35,9 @@ enum Bench {
     Outbox(outbox::OutboxArgs),
     /// BetTracker's lag: fight change committed -> WebSocket frame.
     Fights(fights::FightsArgs),
+    /// The inbox's read state: marks/s with counts pushed to a second
+    /// device per user, and the count frame's latency.
+    Marks(marks::MarksArgs),
     /// permessage-deflate on a fights:live stream: bytes on the wire and
     /// bridge CPU per delivery, with and without.
     Deflate(deflate::DeflateArgs),
@@ -59,6 +63,7 @@ async fn main() -> anyhow::Result<()> {
         Bench::Deflate(args) => deflate::run(args).await,
         Bench::Ingest(args) => ingest::run(args).await,
         Bench::Outbox(args) => outbox::run(args).await,
+        Bench::Marks(args) => marks::run(args).await,
     }
 }
 
@@ -66,6 +71,7 @@ mod deflate;
 mod fights;
 mod floor;
 mod ingest;
+mod marks;
 mod naive;
 mod noop;
 mod outbox;

@@ -95,6 +95,15 @@ pub struct PublishArgs {
     /// Clients of the naive phase, one commit in flight each.
     #[arg(long, default_value_t = 64)]
     naive_clients: usize,
+    /// Also measure, in the same run, a notify-svc at this URL that keeps
+    /// no inbox counts (`--inbox-counts false`, its own database): what
+    /// read state and counts cost a publish.
+    #[arg(long)]
+    counts_off_url: Option<String>,
+    /// Process name of that notify-svc (a copy of the binary, so that its
+    /// CPU is told apart).
+    #[arg(long, default_value = "notify-svc-off")]
+    counts_off_process: String,
 }
 
 struct Shared {
@@ -256,6 +265,21 @@ pub async fn run(args: PublishArgs) -> anyhow::Result<()> {
 /// The peers measured in the same run, each beside our gRPC figure.
 async fn peers(args: &PublishArgs, ours: &Figures) -> anyhow::Result<()> {
     let mut lines = Vec::new();
+    if let Some(url) = &args.counts_off_url {
+        let off = Server {
+            url,
+            process: &args.counts_off_process,
+        };
+        let off = phase(args, Via::Grpc, &off).await?;
+        lines.push(format!(
+            "  counts on vs off (NOTIFY_INBOX_COUNTS): {:.0} vs {:.0}/s = {:.2}x; p99 {:.2} vs {:.2} ms",
+            ours.per_sec,
+            off.per_sec,
+            ours.per_sec / off.per_sec,
+            ours.p99_ms,
+            off.p99_ms
+        ));
+    }
     if let Some(url) = &args.naive_database_url {
         let naive = crate::naive::phase(crate::naive::Naive {
             url,

@@ -21,6 +21,7 @@ mod config;
 mod delivery;
 mod http;
 mod link;
+mod marks;
 mod metrics;
 mod ops;
 mod retention;
@@ -147,9 +148,11 @@ pub async fn run(
         metrics.clone(),
         background.clone(),
     ));
+    let marks = marks::Marks::start(store.clone(), &tracker, background.clone());
     let services = services::Services {
         store,
         publisher,
+        marks,
         router,
         topics: Arc::new(config.topics.clone()),
         limits: Arc::new(config.limits.clone()),

@@ -12,7 +12,7 @@ use tokio::sync::watch;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
-    caller::Authenticator, delivery::pipeline::Publisher, delivery::router::Router,
+    caller::Authenticator, delivery::pipeline::Publisher, delivery::router::Router, marks::Marks,
     metrics::Metrics,
 };
 
@@ -21,6 +21,8 @@ use crate::{
 pub struct Services {
     pub store: Arc<dyn Store>,
     pub publisher: Publisher,
+    /// Marks, batched across callers.
+    pub marks: Marks,
     pub router: Router,
     pub topics: Arc<TopicPolicy>,
     pub limits: Arc<Limits>,

@@ -5,7 +5,9 @@ use notify_core::ValidationError;
 use notify_store::StoreError;
 use tonic::Status;
 
-use crate::{caller::Refusal, delivery::pipeline::PipelineError, usernames::UsernameError};
+use crate::{
+    caller::Refusal, delivery::pipeline::PipelineError, marks::MarkError, usernames::UsernameError,
+};
 
 pub fn invalid(e: ValidationError) -> Status {
     Status::invalid_argument(e.to_string())
@@ -22,6 +24,16 @@ pub fn store(e: StoreError) -> Status {
             Status::internal("internal database error")
         }
         e @ StoreError::MigrationChanged { .. } => Status::internal(e.to_string()),
+    }
+}
+
+pub fn mark(e: MarkError) -> Status {
+    match e {
+        MarkError::Store(e) => store(e),
+        MarkError::Overloaded => {
+            Status::resource_exhausted("too many marks are waiting; retry with backoff")
+        }
+        MarkError::Stopped => Status::unavailable("notify-svc is shutting down; retry"),
     }
 }
 

@@ -25,9 +25,19 @@ pub(crate) const UNREAD_SQL: &str = "(state & 30) = 0";
 
 #[async_trait]
 pub trait Inbox: Send + Sync {
-    /// Applies a mark to the user's unexpired, unretracted messages; counts
-    /// change by exactly what changed.
-    async fn mark(&self, user: &UserId, mark: &Mark) -> Result<Marked, StoreError>;
+    /// Applies each mark to its user's unretracted messages, all in one
+    /// transaction (one statement on Postgres); counts change by exactly
+    /// what changed. At most one mark per user: a batch with two for one
+    /// user is refused (their order would be lost). Answers in mark order.
+    async fn mark_many(&self, marks: &[(UserId, Mark)]) -> Result<Vec<Marked>, StoreError>;
+
+    /// One mark (see [`Inbox::mark_many`]).
+    async fn mark(&self, user: &UserId, mark: &Mark) -> Result<Marked, StoreError> {
+        let mut answers = self.mark_many(&[(user.clone(), mark.clone())]).await?;
+        answers
+            .pop()
+            .ok_or_else(|| StoreError::Internal("a mark came back without its answer".into()))
+    }
 
     /// The user's counts as kept.
     async fn counts(&self, user: &UserId) -> Result<Counts, StoreError>;
@@ -59,6 +69,17 @@ pub trait Inbox: Send + Sync {
         id: MessageId,
         revision: &Revision,
     ) -> Result<RevisionOutcome, StoreError>;
+}
+
+/// Refuses a batch that marks one user twice.
+pub(crate) fn distinct_users(marks: &[(UserId, Mark)]) -> Result<(), StoreError> {
+    let mut seen = std::collections::HashSet::new();
+    match marks.iter().find(|(u, _)| !seen.insert(u)) {
+        Some((user, _)) => Err(StoreError::Internal(format!(
+            "a mark batch marks {user} twice; one mark per user per batch"
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// The seqs a mark listed that it did not find in the inbox.

@@ -23,6 +23,7 @@ conformance!(
     expired_messages_leave_the_counts_when_swept,
     concurrent_marks_from_two_replicas_and_publishes_keep_counts_exact,
     with_counts_off_messages_are_stored_read_and_counts_stay_exact,
+    a_batch_of_marks_for_many_users_answers_each_in_order,
 );
 
 fn event(target: Target, event: &str) -> PublishItem {
@@ -483,5 +484,51 @@ async fn with_counts_off_messages_are_stored_read_and_counts_stay_exact(db: Back
         counts(on.as_ref(), "ann").await,
         (3, 4),
         "seq 3 unread, still seen"
+    );
+}
+
+async fn a_batch_of_marks_for_many_users_answers_each_in_order(db: Backend) {
+    let s = db.migrated().await;
+    let s = s.as_ref();
+    for who in ["ann", "bea", "cid"] {
+        publish(s, who, 3).await;
+    }
+    let batch = vec![
+        (user("cid"), mark(MarkKind::Read, &[1, 7])),
+        (user("ann"), up_to(MarkKind::Seen, 2)),
+        (user("dee"), mark(MarkKind::Read, &[1])),
+        (user("bea"), up_to(MarkKind::Archived, 3)),
+    ];
+    let answers = s.mark_many(&batch).await.unwrap();
+    let got: Vec<(u64, Vec<u64>, u64, u64)> = answers
+        .iter()
+        .map(|a| {
+            (
+                a.changed,
+                a.missing.clone(),
+                a.counts.unseen,
+                a.counts.unread,
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (1, vec![7], 2, 2),
+            (2, vec![], 1, 3),
+            (0, vec![1], 0, 0),
+            (3, vec![], 0, 0),
+        ]
+    );
+    for who in ["ann", "bea", "cid"] {
+        counts(s, who).await;
+    }
+    let twice = vec![
+        (user("ann"), mark(MarkKind::Read, &[1])),
+        (user("ann"), mark(MarkKind::Unread, &[1])),
+    ];
+    assert!(
+        s.mark_many(&twice).await.is_err(),
+        "one mark per user per batch"
     );
 }

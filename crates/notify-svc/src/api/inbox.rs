@@ -92,10 +92,10 @@ impl NotifyApi {
         let mark = Mark::new(kind, seqs, up_to).map_err(status::invalid)?;
         let marked = self
             .services
-            .store
-            .mark(&user, &mark)
+            .marks
+            .mark(user.clone(), mark)
             .await
-            .map_err(status::store)?;
+            .map_err(status::mark)?;
         let live_connections = if marked.changed > 0 {
             self.tell(
                 &user,

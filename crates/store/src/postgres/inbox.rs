@@ -41,50 +41,84 @@ const COUNTS: &str = "SELECT COALESCE((SELECT unseen FROM inbox_heads WHERE user
 
 #[async_trait]
 impl Inbox for PgStore {
-    async fn mark(&self, user: &UserId, mark: &Mark) -> Result<Marked, StoreError> {
-        let (set, clear) = mark.kind.bits();
-        let (set, clear) = (set as i16, clear as i16);
-        let (seqs, up_to): (Vec<i64>, i64) = match &mark.selection {
-            Selection::Seqs(seqs) => (seqs.iter().map(|&s| to_i64(s)).collect(), 0),
-            Selection::UpTo(seq) => (Vec::new(), to_i64(*seq)),
-        };
-        // Rows are locked in seq order (two devices' marks never deadlock)
-        // and each one's delta is read from its locked version.
+    async fn mark_many(&self, marks: &[(UserId, Mark)]) -> Result<Vec<Marked>, StoreError> {
+        crate::inbox::distinct_users(marks)?;
+        if marks.is_empty() {
+            return Ok(Vec::new());
+        }
+        // One row per mark (its user, the bits it sets and clears, up_to or
+        // 0), and one per listed seq.
+        let users: Vec<&str> = marks.iter().map(|(u, _)| u.as_str()).collect();
+        let bits: Vec<(i16, i16)> = marks
+            .iter()
+            .map(|(_, m)| {
+                let (set, clear) = m.kind.bits();
+                (set as i16, clear as i16)
+            })
+            .collect();
+        let sets: Vec<i16> = bits.iter().map(|b| b.0).collect();
+        let clears: Vec<i16> = bits.iter().map(|b| b.1).collect();
+        let up_tos: Vec<i64> = marks
+            .iter()
+            .map(|(_, m)| match m.selection {
+                Selection::UpTo(seq) => to_i64(seq),
+                Selection::Seqs(_) => 0,
+            })
+            .collect();
+        let (listed_users, listed_seqs): (Vec<&str>, Vec<i64>) = marks
+            .iter()
+            .flat_map(|(u, m)| match &m.selection {
+                Selection::Seqs(seqs) => seqs.iter().map(|&s| (u.as_str(), to_i64(s))).collect(),
+                Selection::UpTo(_) => Vec::new(),
+            })
+            .unzip();
+        // Rows are locked in (user, seq) order and heads in user order, like
+        // every other writer here, and each row's delta is read from its
+        // locked version: concurrent batches compose exactly.
         let sql = format!(
-            "WITH target AS (
-                SELECT i.seq, i.state FROM inbox i
-                WHERE i.user_id = $1 AND (i.state & 16) = 0 AND {selection}
-                ORDER BY i.seq FOR UPDATE
+            "WITH m AS (
+                SELECT * FROM unnest($1::text[], $2::int2[], $3::int2[], $4::int8[])
+                       AS m(u, st, cl, up_to)
+             ), l AS (
+                SELECT * FROM unnest($5::text[], $6::int8[]) AS l(u, seq)
+             ), target AS (
+                SELECT i.user_id, i.seq, i.state, m.st, m.cl FROM inbox i JOIN m ON i.user_id = m.u
+                WHERE (i.state & 16) = 0
+                  AND ((m.up_to > 0 AND i.seq <= m.up_to)
+                       OR (m.up_to = 0 AND (i.user_id, i.seq) IN (SELECT u, seq FROM l)))
+                ORDER BY i.user_id, i.seq FOR UPDATE OF i
              ), changed AS (
-                UPDATE inbox i SET state = (i.state | $4) & ~$5
+                UPDATE inbox i SET state = (t.state | t.st) & ~t.cl
                 FROM target t
-                WHERE i.user_id = $1 AND i.seq = t.seq AND ((t.state | $4) & ~$5) <> t.state
-                RETURNING t.state AS before, i.state AS after
+                WHERE i.user_id = t.user_id AND i.seq = t.seq
+                  AND ((t.state | t.st) & ~t.cl) <> t.state
+                RETURNING i.user_id, t.state AS before, i.state AS after
              ), delta AS (
-                SELECT count(*) AS n,
-                       COALESCE(sum(CASE WHEN {unseen_after} THEN 1 ELSE 0 END
-                                  - CASE WHEN {unseen_before} THEN 1 ELSE 0 END), 0) AS du,
-                       COALESCE(sum(CASE WHEN {unread_after} THEN 1 ELSE 0 END
-                                  - CASE WHEN {unread_before} THEN 1 ELSE 0 END), 0) AS dr
-                FROM changed
+                SELECT user_id, count(*) AS n,
+                       sum(CASE WHEN {unseen_after} THEN 1 ELSE 0 END
+                         - CASE WHEN {unseen_before} THEN 1 ELSE 0 END) AS du,
+                       sum(CASE WHEN {unread_after} THEN 1 ELSE 0 END
+                         - CASE WHEN {unread_before} THEN 1 ELSE 0 END) AS dr
+                FROM changed GROUP BY user_id
+             ), locked AS (
+                SELECT h.user_id FROM inbox_heads h JOIN delta d USING (user_id)
+                ORDER BY h.user_id FOR UPDATE OF h
              ), h AS (
-                UPDATE inbox_heads SET unseen = unseen + d.du, unread = unread + d.dr,
-                                       version = version + 1
-                FROM delta d WHERE user_id = $1 AND d.n > 0
-                RETURNING unseen, unread, version
+                UPDATE inbox_heads h SET unseen = h.unseen + d.du, unread = h.unread + d.dr,
+                                         version = h.version + 1
+                FROM delta d
+                WHERE h.user_id = d.user_id AND h.user_id IN (SELECT user_id FROM locked)
+                RETURNING h.user_id, h.unseen, h.unread, h.version
              )
-             SELECT d.n, ARRAY(SELECT seq FROM target),
-                    COALESCE((SELECT unseen FROM h),
-                             (SELECT unseen FROM inbox_heads WHERE user_id = $1), 0),
-                    COALESCE((SELECT unread FROM h),
-                             (SELECT unread FROM inbox_heads WHERE user_id = $1), 0),
-                    COALESCE((SELECT version FROM h),
-                             (SELECT version FROM inbox_heads WHERE user_id = $1), 0)
-             FROM delta d",
-            selection = match mark.selection {
-                Selection::Seqs(_) => "i.seq = ANY($2)",
-                Selection::UpTo(_) => "i.seq <= $3",
-            },
+             SELECT COALESCE(d.n, 0),
+                    ARRAY(SELECT t.seq FROM target t WHERE t.user_id = m.u),
+                    COALESCE(h.unseen, o.unseen, 0), COALESCE(h.unread, o.unread, 0),
+                    COALESCE(h.version, o.version, 0)
+             FROM m
+             LEFT JOIN delta d ON d.user_id = m.u
+             LEFT JOIN h ON h.user_id = m.u
+             LEFT JOIN inbox_heads o ON o.user_id = m.u
+             ORDER BY array_position($1::text[], m.u)",
             unseen_after = UNSEEN_SQL.replace("state", "after"),
             unseen_before = UNSEEN_SQL.replace("state", "before"),
             unread_after = UNREAD_SQL.replace("state", "after"),
@@ -95,24 +129,35 @@ impl Inbox for PgStore {
             .timed(client.query_typed(
                 &sql,
                 &[
-                    (&user.as_str(), Type::TEXT),
-                    (&seqs, Type::INT8_ARRAY),
-                    (&up_to, Type::INT8),
-                    (&set, Type::INT2),
-                    (&clear, Type::INT2),
+                    (&users, Type::TEXT_ARRAY),
+                    (&sets, Type::INT2_ARRAY),
+                    (&clears, Type::INT2_ARRAY),
+                    (&up_tos, Type::INT8_ARRAY),
+                    (&listed_users, Type::TEXT_ARRAY),
+                    (&listed_seqs, Type::INT8_ARRAY),
                 ],
             ))
             .await?;
-        let row = rows
-            .first()
-            .ok_or_else(|| StoreError::Internal("mark returned no row".into()))?;
-        let found: BTreeSet<u64> = row.get::<_, Vec<i64>>(1).into_iter().map(to_u64).collect();
-        let missing = crate::inbox::missing(&mark.selection, &found);
-        Ok(Marked {
-            changed: to_u64(row.get(0)),
-            missing,
-            counts: counts_at(row, 2),
-        })
+        if rows.len() != marks.len() {
+            return Err(StoreError::Internal(format!(
+                "{} marks came back as {} answers",
+                marks.len(),
+                rows.len()
+            )));
+        }
+        Ok(marks
+            .iter()
+            .zip(&rows)
+            .map(|((_, mark), row)| {
+                let found: BTreeSet<u64> =
+                    row.get::<_, Vec<i64>>(1).into_iter().map(to_u64).collect();
+                Marked {
+                    changed: to_u64(row.get(0)),
+                    missing: crate::inbox::missing(&mark.selection, &found),
+                    counts: counts_at(row, 2),
+                }
+            })
+            .collect())
     }
 
     async fn counts(&self, user: &UserId) -> Result<Counts, StoreError> {

@@ -369,9 +369,17 @@ pub(super) fn sweep(
 
 #[async_trait]
 impl Inbox for SqliteStore {
-    async fn mark(&self, user: &UserId, mark: &Mark) -> Result<Marked, StoreError> {
-        let (user, mark) = (user.as_str().to_owned(), mark.clone());
-        self.db.write(move |conn| mark_in(conn, &user, &mark)).await
+    async fn mark_many(&self, marks: &[(UserId, Mark)]) -> Result<Vec<Marked>, StoreError> {
+        crate::inbox::distinct_users(marks)?;
+        let marks = marks.to_vec();
+        self.db
+            .write(move |conn| {
+                marks
+                    .iter()
+                    .map(|(user, mark)| mark_in(conn, user.as_str(), mark))
+                    .collect()
+            })
+            .await
     }
 
     async fn counts(&self, user: &UserId) -> Result<Counts, StoreError> {
