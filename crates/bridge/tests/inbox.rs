@@ -5,7 +5,10 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::*;
+use futures::StreamExt;
 use notify_proto::v1 as pb;
 use serde_json::{Value, json};
 
@@ -351,4 +354,85 @@ async fn counts_are_right_after_notify_svc_restarts() {
     let mut c = p.connect_when_ready(&p.ws, "ed").await;
     let welcome = c.next().await;
     assert_eq!(pair(&welcome["counts"]), (2, 4));
+}
+
+#[tokio::test]
+async fn a_thousand_marks_from_two_devices_at_once_leave_both_badges_right() {
+    let p = Platform::start().await;
+    let mut api = p.api().await;
+    for _ in 0..20 {
+        api.publish(to_user("fay", "1")).await.unwrap();
+    }
+    let mut devices = Vec::new();
+    for _ in 0..2 {
+        let mut c = p.connect("fay", "?since=20").await;
+        c.next().await;
+        devices.push(c);
+    }
+    // 500 marks from each device, both at once, each waiting for its answer.
+    let tasks: Vec<_> = devices
+        .into_iter()
+        .enumerate()
+        .map(|(d, mut c)| {
+            tokio::spawn(async move {
+                let mut last = None;
+                for i in 0..500u64 {
+                    let kind = ["read", "unread", "seen", "unseen", "archived", "unarchived"]
+                        [((i * 7 + d as u64 * 3) % 6) as usize];
+                    let seq = 1 + (i * 13 + d as u64 * 5) % 20;
+                    c.send(json!({"action": "mark", "as": kind, "seqs": [seq], "id": i}))
+                        .await;
+                    loop {
+                        let f = c.next_frame().await;
+                        if f["type"] == "counts" {
+                            last = Some(pair(&f));
+                        } else if f["id"] == i {
+                            assert_eq!(f["type"], "marked", "{f}");
+                            break;
+                        }
+                    }
+                }
+                (c, last)
+            })
+        })
+        .collect();
+    let mut devices = Vec::new();
+    for t in tasks {
+        devices.push(t.await.unwrap());
+    }
+    // The counts kept equal what the items say, and both badges show them.
+    let page = api
+        .list_inbox(pb::ListInboxRequest {
+            user_id: "fay".into(),
+            limit: 100,
+            shelf: pb::InboxShelf::All as i32,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let kept = page.counts.unwrap();
+    let counted = |f: fn(&pb::InboxItem) -> bool| {
+        page.items.iter().filter(|i| !i.archived && f(i)).count() as u64
+    };
+    assert_eq!(
+        (kept.unseen, kept.unread),
+        (counted(|i| !i.seen), counted(|i| !i.read))
+    );
+    for (c, last) in &mut devices {
+        // The last counts frame each device got is the final one.
+        while let Ok(Some(Ok(tokio_tungstenite::tungstenite::Message::Text(t)))) =
+            tokio::time::timeout(Duration::from_millis(300), c.ws.next()).await
+        {
+            let f: Value = serde_json::from_str(t.as_str()).unwrap();
+            if f["type"] == "counts" {
+                *last = Some(pair(&f));
+            }
+        }
+        assert_eq!(
+            *last,
+            Some((kept.unseen, kept.unread)),
+            "a badge that drifted"
+        );
+    }
 }
