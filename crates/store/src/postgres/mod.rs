@@ -941,50 +941,15 @@ async fn write_inbox(
         .iter()
         .map(|r| items[r.item].publish.event.as_str())
         .collect();
-    // A row whose event its user muted is stored muted (state 8) and left
-    // out of the counts; the others add one to both counts of their head.
-    // Not counting ($17 false): every row is stored seen and read (3).
+    // Counting or not, one statement (see the two texts below).
+    let sql = if plan.counting {
+        COUNTING_INBOX_WRITE
+    } else {
+        LEAN_INBOX_WRITE
+    };
     let heads = tx
         .query_typed(
-            "WITH r AS (
-                SELECT t.*, $17 AND EXISTS (SELECT 1 FROM user_mutes mu
-                                            WHERE mu.user_id = t.u AND mu.kind = 'event'
-                                              AND mu.name = t.ev) AS muted
-                FROM unnest($7::text[], $8::int8[], $9::uuid[], $10::text[], $11::text[],
-                            $12::text[], $13::timestamptz[], $16::text[])
-                     AS t(u, s, id, c, e, d, x, ev)
-             ), counted AS (
-                SELECT u, count(*) FILTER (WHERE $17 AND NOT muted) AS k FROM r GROUP BY u
-             ), h AS (
-                INSERT INTO inbox_heads (user_id, last_seq, unseen, unread, version)
-                SELECT t.k, t.n, COALESCE(c.k, 0), COALESCE(c.k, 0), 1
-                FROM unnest($14::text[], $15::int8[]) AS t(k, n)
-                LEFT JOIN counted c ON c.u = t.k
-                ORDER BY t.k
-                ON CONFLICT (user_id) DO UPDATE
-                  SET last_seq = inbox_heads.last_seq + excluded.last_seq,
-                      unseen = inbox_heads.unseen + excluded.unseen,
-                      unread = inbox_heads.unread + excluded.unread,
-                      version = inbox_heads.version + 1
-                RETURNING user_id, last_seq, unseen, unread, version
-             ), m AS (
-                INSERT INTO messages (id, caller, event, data, created_at, expires_at)
-                SELECT id, c, e, d, $6, x
-                FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::timestamptz[])
-                     AS t(id, c, e, d, x)
-             ), base AS (
-                SELECT h.user_id, h.last_seq - t.n AS before
-                FROM h JOIN unnest($14::text[], $15::int8[]) AS t(k, n) ON t.k = h.user_id
-             ), i AS (
-                INSERT INTO inbox (user_id, seq, message_id, caller, event, data, created_at,
-                                   expires_at, state)
-                SELECT u, b.before + s, id, c, e, d, $6, x,
-                       CASE WHEN NOT $17 THEN 3 WHEN muted THEN 8 ELSE 0 END
-                FROM r JOIN base b ON b.user_id = r.u
-             )
-             SELECT user_id, last_seq, unseen, unread, version,
-                    ARRAY(SELECT r.s FROM r WHERE r.u = h.user_id AND r.muted)
-             FROM h",
+            sql,
             &[
                 (&ids, Type::UUID_ARRAY),
                 (&callers, Type::TEXT_ARRAY),
@@ -1002,7 +967,6 @@ async fn write_inbox(
                 (&head_keys, Type::TEXT_ARRAY),
                 (&head_counts, Type::INT8_ARRAY),
                 (&row_events_all, Type::TEXT_ARRAY),
-                (&plan.counting, Type::BOOL),
             ],
         )
         .await?;
@@ -1026,6 +990,79 @@ async fn write_inbox(
     }
     Ok((heads_of(&heads), side))
 }
+
+/// The inbox write when counts are kept: a row whose event its user muted is
+/// stored muted (state 8) and left out of the counts; the others add one to
+/// both counts of their head.
+const COUNTING_INBOX_WRITE: &str = "WITH r AS (
+                SELECT t.*, mu.user_id IS NOT NULL AS muted
+                FROM unnest($7::text[], $8::int8[], $9::uuid[], $10::text[], $11::text[],
+                            $12::text[], $13::timestamptz[], $16::text[])
+                     AS t(u, s, id, c, e, d, x, ev)
+                LEFT JOIN user_mutes mu
+                  ON mu.user_id = t.u AND mu.kind = 'event' AND mu.name = t.ev
+             ), counted AS (
+                SELECT u, count(*) FILTER (WHERE NOT muted) AS k FROM r GROUP BY u
+             ), h AS (
+                INSERT INTO inbox_heads (user_id, last_seq, unseen, unread, version)
+                SELECT t.k, t.n, COALESCE(c.k, 0), COALESCE(c.k, 0), 1
+                FROM unnest($14::text[], $15::int8[]) AS t(k, n)
+                LEFT JOIN counted c ON c.u = t.k
+                ORDER BY t.k
+                ON CONFLICT (user_id) DO UPDATE
+                  SET last_seq = inbox_heads.last_seq + excluded.last_seq,
+                      unseen = inbox_heads.unseen + excluded.unseen,
+                      unread = inbox_heads.unread + excluded.unread,
+                      version = inbox_heads.version + 1
+                RETURNING user_id, last_seq, unseen, unread, version
+             ), m AS (
+                INSERT INTO messages (id, caller, event, data, created_at, expires_at)
+                SELECT id, c, e, d, $6, x
+                FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::timestamptz[])
+                     AS t(id, c, e, d, x)
+             ), base AS (
+                SELECT h.user_id, h.last_seq - t.n AS before
+                FROM h JOIN unnest($14::text[], $15::int8[]) AS t(k, n) ON t.k = h.user_id
+             ), i AS (
+                INSERT INTO inbox (user_id, seq, message_id, caller, event, data, created_at,
+                                   expires_at, state)
+                SELECT u, b.before + s, id, c, e, d, $6, x, CASE WHEN muted THEN 8 ELSE 0 END
+                FROM r JOIN base b ON b.user_id = r.u
+             )
+             SELECT h.user_id, h.last_seq, h.unseen, h.unread, h.version,
+                    COALESCE(mu.seqs, ARRAY[]::int8[])
+             FROM h
+             LEFT JOIN (SELECT u, array_agg(s) AS seqs FROM r WHERE muted GROUP BY u) mu
+               ON mu.u = h.user_id";
+
+/// The inbox write when counts are not kept (`inbox_counts` off): rows are
+/// stored seen and read (3), no mute is looked at, and the counts stay as
+/// they are. The same parameters; the events ($16) are not read.
+const LEAN_INBOX_WRITE: &str = "WITH h AS (
+                INSERT INTO inbox_heads (user_id, last_seq)
+                SELECT k, n FROM unnest($14::text[], $15::int8[]) AS t(k, n) ORDER BY k
+                ON CONFLICT (user_id) DO UPDATE
+                  SET last_seq = inbox_heads.last_seq + excluded.last_seq,
+                      version = inbox_heads.version + 1
+                RETURNING user_id, last_seq, unseen, unread, version
+             ), m AS (
+                INSERT INTO messages (id, caller, event, data, created_at, expires_at)
+                SELECT id, c, e, d, $6, x
+                FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::timestamptz[])
+                     AS t(id, c, e, d, x)
+             ), base AS (
+                SELECT h.user_id, h.last_seq - t.n AS before
+                FROM h JOIN unnest($14::text[], $15::int8[]) AS t(k, n) ON t.k = h.user_id
+             ), i AS (
+                INSERT INTO inbox (user_id, seq, message_id, caller, event, data, created_at,
+                                   expires_at, state)
+                SELECT u, b.before + s, id, c, e, d, $6, x, 3
+                FROM unnest($7::text[], $8::int8[], $9::uuid[], $10::text[], $11::text[],
+                            $12::text[], $13::timestamptz[]) AS t(u, s, id, c, e, d, x)
+                JOIN base b ON b.user_id = t.u
+             )
+             SELECT user_id, last_seq, unseen, unread, version, ARRAY[]::int8[]
+             FROM h WHERE cardinality($16::text[]) >= 0";
 
 /// Bumps the topics' heads, appends topic messages to their logs and trims
 /// each log to its size ([`topic_appends`] says which rows; the trim range
