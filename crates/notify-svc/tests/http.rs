@@ -316,8 +316,14 @@ async fn the_openapi_document_is_valid_and_lists_exactly_what_the_routes_answer(
         listed,
         [
             "GET /v1/history",
+            "GET /v1/inbox",
+            "GET /v1/preferences",
             "GET /v1/presence",
             "POST /v1/disconnect",
+            "POST /v1/inbox/mark",
+            "POST /v1/messages/retract",
+            "POST /v1/messages/update",
+            "POST /v1/preferences",
             "POST /v1/publish",
             "POST /v1/publish-batch",
             "POST /v1/subscribe",
@@ -369,5 +375,106 @@ async fn a_database_outage_is_503_and_a_retry_with_the_same_key_stores_once() {
     );
     let (_, page) = ops(&svc, "GET", "/v1/history?user_id=jo", None).await;
     assert_eq!(page["messages"].as_array().unwrap().len(), 1, "once");
+    svc.stop().await;
+}
+
+#[tokio::test]
+async fn the_inbox_side_answers_as_its_grpc_twins() {
+    let svc = start().await;
+    let sent = |n: u64| json!({"user_id": "hal", "event": "note", "data": {"n": n}});
+    let mut ids = Vec::new();
+    for n in 1..=3 {
+        let (status, answer) = ops(&svc, "POST", "/v1/publish", Some(sent(n))).await;
+        assert_eq!(status, 200, "{answer}");
+        ids.push(answer["message_id"].as_str().unwrap().to_owned());
+    }
+    let mark = json!({"user_id": "hal", "as": "read", "seqs": [1, 9]});
+    let (status, marked) = ops(&svc, "POST", "/v1/inbox/mark", Some(mark)).await;
+    assert_eq!(status, 200, "{marked}");
+    assert_eq!(
+        (marked["changed"].clone(), marked["missing"].clone()),
+        (json!(1), json!([9]))
+    );
+    assert_eq!(marked["counts"], json!({"unseen": 2, "unread": 2}));
+    let (status, page) = ops(&svc, "GET", "/v1/inbox?user_id=hal&limit=2", None).await;
+    assert_eq!(status, 200, "{page}");
+    let seqs: Vec<u64> = page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!((seqs, page["next_before"].clone()), (vec![3, 2], json!(2)));
+    assert_eq!(page["items"][0]["data"], json!({"n": 3}));
+    let (status, unread) = ops(
+        &svc,
+        "GET",
+        "/v1/inbox?user_id=hal&unread_only=true&show=all&events=note",
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, unread["items"].as_array().unwrap().len()),
+        (200, 2)
+    );
+
+    let change = json!({"user_id": "hal", "mute": {"events": ["promo"], "namespaces": ["room"]}});
+    let (status, prefs) = ops(&svc, "POST", "/v1/preferences", Some(change)).await;
+    assert_eq!(status, 200, "{prefs}");
+    let (_, now) = ops(&svc, "GET", "/v1/preferences?user_id=hal", None).await;
+    assert_eq!(
+        now["mutes"],
+        json!({"events": ["promo"], "namespaces": ["room"]})
+    );
+
+    let update = json!({"message_id": ids[2], "event": "note_edited", "data": {"n": 33}});
+    let (status, updated) = ops(&svc, "POST", "/v1/messages/update", Some(update)).await;
+    assert_eq!(status, 200, "{updated}");
+    assert_eq!(updated["inboxes"], json!([{"user_id": "hal", "seq": 3}]));
+    let retract = json!({"message_id": ids[1]});
+    let (status, _) = ops(&svc, "POST", "/v1/messages/retract", Some(retract)).await;
+    assert_eq!(status, 200);
+    let (_, page) = ops(&svc, "GET", "/v1/inbox?user_id=hal", None).await;
+    let items = page["items"].as_array().unwrap();
+    assert_eq!(items.len(), 2, "the retracted one is gone: {page}");
+    assert_eq!(
+        (items[0]["event"].clone(), items[0]["data"].clone()),
+        (json!("note_edited"), json!({"n": 33}))
+    );
+    assert_eq!(page["counts"], json!({"unseen": 1, "unread": 1}));
+
+    // Bad input: 400 naming the rule; an unknown message 404.
+    let bad = [
+        (
+            "POST",
+            "/v1/inbox/mark",
+            Some(json!({"user_id": "hal", "as": "reed", "seqs": [1]})),
+        ),
+        (
+            "POST",
+            "/v1/inbox/mark",
+            Some(json!({"user_id": "hal", "as": "read"})),
+        ),
+        ("GET", "/v1/inbox?user_id=hal&limit=1000", None),
+        ("GET", "/v1/inbox?user_id=hal&show=sideways", None),
+        (
+            "POST",
+            "/v1/preferences",
+            Some(json!({"user_id": "hal", "mute": {"namespaces": ["nowhere"]}})),
+        ),
+        (
+            "POST",
+            "/v1/messages/update",
+            Some(json!({"message_id": "x", "data": {}})),
+        ),
+    ];
+    for (method, path, body) in bad {
+        let (status, answer) = ops(&svc, method, path, body).await;
+        assert_eq!(status, 400, "{method} {path}: {answer}");
+        assert_eq!(answer["error"], "INVALID_ARGUMENT");
+    }
+    let unknown = json!({"message_id": "01900000-0000-7000-8000-000000000000", "data": {}});
+    let (status, _) = ops(&svc, "POST", "/v1/messages/update", Some(unknown)).await;
+    assert_eq!(status, 404);
     svc.stop().await;
 }

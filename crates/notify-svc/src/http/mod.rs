@@ -8,9 +8,11 @@
 //! [`NotifyApi`] method: rights, validation, limits and metrics are the gRPC
 //! call's. A refusal is `{"error": "<gRPC status name>", "message": …}`
 //! with 400 / 401 / 403 / 404 / 429 / 503 (500 for the rest). Streams
-//! (Watch, WatchConnections) and EmitFightEvent stay gRPC-only.
+//! (Watch, WatchConnections) and EmitFightEvent stay gRPC-only. [`inbox`]
+//! has the user's side of the inbox (marks, pages, preferences, edits).
 //! `GET /v1/openapi.json` describes it, derived from these handlers.
 
+mod inbox;
 mod shapes;
 
 use axum::{
@@ -55,6 +57,14 @@ pub fn routes(api: NotifyApi, auth: Authenticator, max_body: usize) -> Router {
         .route("/v1/disconnect", post(disconnect))
         .route("/v1/presence", get(presence))
         .route("/v1/history", get(history))
+        .route("/v1/inbox", get(inbox::page))
+        .route("/v1/inbox/mark", post(inbox::mark))
+        .route(
+            "/v1/preferences",
+            get(inbox::preferences).post(inbox::change_preferences),
+        )
+        .route("/v1/messages/update", post(inbox::update_message))
+        .route("/v1/messages/retract", post(inbox::retract_message))
         .route("/v1/openapi.json", get(openapi))
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(Http { api, auth })
@@ -73,7 +83,13 @@ pub fn routes(api: NotifyApi, auth: Authenticator, max_body: usize) -> Router {
         unsubscribe,
         disconnect,
         presence,
-        history
+        history,
+        inbox::page,
+        inbox::mark,
+        inbox::preferences,
+        inbox::change_preferences,
+        inbox::update_message,
+        inbox::retract_message
     ),
     components(schemas(ErrorJson))
 )]
