@@ -123,16 +123,7 @@ pub fn mark(
     seqs: Option<Vec<u64>>,
     up_to: Option<u64>,
 ) -> Result<Call, String> {
-    use pb::MarkAs as M;
-    let kind = MarkKind::parse(kind).map_err(|e| e.to_string())?;
-    let as_ = match kind {
-        MarkKind::Seen => M::Seen,
-        MarkKind::Read => M::Read,
-        MarkKind::Archived => M::Archived,
-        MarkKind::Unseen => M::Unseen,
-        MarkKind::Unread => M::Unread,
-        MarkKind::Unarchived => M::Unarchived,
-    };
+    let as_ = convert::mark_as(MarkKind::parse(kind).map_err(|e| e.to_string())?);
     if seqs.as_ref().is_some_and(Vec::is_empty) {
         return Err("seqs is empty".into());
     }
@@ -156,11 +147,7 @@ pub fn history(
     show: Option<&str>,
     events: Vec<String>,
 ) -> Result<Call, String> {
-    let shelf = match Shelf::parse(show.unwrap_or_default()).map_err(|e| e.to_string())? {
-        Shelf::Inbox => pb::InboxShelf::Inbox,
-        Shelf::Archived => pb::InboxShelf::Archived,
-        Shelf::All => pb::InboxShelf::All,
-    };
+    let shelf = convert::shelf(Shelf::parse(show.unwrap_or_default()).map_err(|e| e.to_string())?);
     Ok(Call::List(pb::ListInboxRequest {
         user_id: user.to_owned(),
         before: before.unwrap_or(0),

@@ -92,3 +92,43 @@ pub fn mutes_of(m: Option<&crate::v1::Mutes>) -> notify_core::inbox::Mutes {
     })
     .unwrap_or_default()
 }
+
+/// A mark's kind as the protocol carries it.
+pub fn mark_as(kind: notify_core::inbox::MarkKind) -> crate::v1::MarkAs {
+    use crate::v1::MarkAs as M;
+    use notify_core::inbox::MarkKind as K;
+    match kind {
+        K::Seen => M::Seen,
+        K::Read => M::Read,
+        K::Archived => M::Archived,
+        K::Unseen => M::Unseen,
+        K::Unread => M::Unread,
+        K::Unarchived => M::Unarchived,
+    }
+}
+
+/// A mark's kind from the protocol; None for UNSPECIFIED or an unknown number.
+pub fn mark_kind(raw: i32) -> Option<notify_core::inbox::MarkKind> {
+    notify_core::inbox::MarkKind::ALL
+        .into_iter()
+        .find(|&k| mark_as(k) as i32 == raw)
+}
+
+/// Which archived state a page shows, as the protocol carries it.
+pub fn shelf(shelf: notify_core::inbox::Shelf) -> crate::v1::InboxShelf {
+    use crate::v1::InboxShelf as S;
+    use notify_core::inbox::Shelf;
+    match shelf {
+        Shelf::Inbox => S::Inbox,
+        Shelf::Archived => S::Archived,
+        Shelf::All => S::All,
+    }
+}
+
+/// The shelf from the protocol; None for an unknown number.
+pub fn shelf_of(raw: i32) -> Option<notify_core::inbox::Shelf> {
+    use notify_core::inbox::Shelf;
+    [Shelf::Inbox, Shelf::Archived, Shelf::All]
+        .into_iter()
+        .find(|&s| shelf(s) as i32 == raw)
+}

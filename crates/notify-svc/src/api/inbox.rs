@@ -27,29 +27,16 @@ const READ: &[Right] = &[Right::Admin, Right::Bridge];
 const REVISE: &[Right] = &[Right::Publish, Right::Admin];
 
 fn mark_kind(as_: i32) -> Result<MarkKind, Status> {
-    use pb::MarkAs as M;
-    match M::try_from(as_) {
-        Ok(M::Seen) => Ok(MarkKind::Seen),
-        Ok(M::Read) => Ok(MarkKind::Read),
-        Ok(M::Archived) => Ok(MarkKind::Archived),
-        Ok(M::Unseen) => Ok(MarkKind::Unseen),
-        Ok(M::Unread) => Ok(MarkKind::Unread),
-        Ok(M::Unarchived) => Ok(MarkKind::Unarchived),
-        Ok(M::Unspecified) | Err(_) => Err(Status::invalid_argument(
+    convert::mark_kind(as_).ok_or_else(|| {
+        Status::invalid_argument(
             "as: say what to mark (MARK_AS_SEEN, _READ, _ARCHIVED, _UNSEEN, _UNREAD, _UNARCHIVED)",
-        )),
-    }
+        )
+    })
 }
 
 fn shelf(raw: i32) -> Result<Shelf, Status> {
-    match pb::InboxShelf::try_from(raw) {
-        Ok(pb::InboxShelf::Inbox) => Ok(Shelf::Inbox),
-        Ok(pb::InboxShelf::Archived) => Ok(Shelf::Archived),
-        Ok(pb::InboxShelf::All) => Ok(Shelf::All),
-        Err(_) => Err(Status::invalid_argument(format!(
-            "shelf {raw} is not an InboxShelf"
-        ))),
-    }
+    convert::shelf_of(raw)
+        .ok_or_else(|| Status::invalid_argument(format!("shelf {raw} is not an InboxShelf")))
 }
 
 fn message_id(raw: &str) -> Result<MessageId, Status> {

@@ -11,7 +11,11 @@ use axum::{
     },
     http::request::Parts,
 };
-use notify_proto::v1::{self as pb, notify_server::Notify};
+use notify_core::inbox::{MarkKind, Shelf};
+use notify_proto::{
+    convert,
+    v1::{self as pb, notify_server::Notify},
+};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
@@ -247,19 +251,6 @@ impl From<pb::RetractMessageResponse> for RevisedJson {
     }
 }
 
-fn mark_as(name: &str) -> Result<pb::MarkAs, Refused> {
-    use notify_core::inbox::MarkKind as K;
-    let kind = K::parse(name).map_err(bad_request)?;
-    Ok(match kind {
-        K::Seen => pb::MarkAs::Seen,
-        K::Read => pb::MarkAs::Read,
-        K::Archived => pb::MarkAs::Archived,
-        K::Unseen => pb::MarkAs::Unseen,
-        K::Unread => pb::MarkAs::Unread,
-        K::Unarchived => pb::MarkAs::Unarchived,
-    })
-}
-
 #[utoipa::path(
     post, path = "/v1/inbox/mark", request_body = MarkJson,
     responses(
@@ -278,7 +269,7 @@ pub async fn mark(
     let Json(m) = body.map_err(bad_body)?;
     let message = pb::MarkInboxRequest {
         user_id: m.user_id,
-        r#as: mark_as(&m.kind)? as i32,
+        r#as: convert::mark_as(MarkKind::parse(&m.kind).map_err(bad_request)?) as i32,
         seqs: m.seqs,
         up_to: m.up_to,
     };
@@ -302,16 +293,7 @@ pub async fn page(
     query: Result<Query<InboxQuery>, QueryRejection>,
 ) -> Result<Json<InboxPageJson>, Refused> {
     let Query(q) = query.map_err(bad_request)?;
-    let shelf = match q.show.as_deref().unwrap_or("inbox") {
-        "inbox" => pb::InboxShelf::Inbox,
-        "archived" => pb::InboxShelf::Archived,
-        "all" => pb::InboxShelf::All,
-        other => {
-            return Err(bad_request(format!(
-                "show {other:?} is not one of: inbox, archived, all"
-            )));
-        }
-    };
+    let shelf = Shelf::parse(q.show.as_deref().unwrap_or_default()).map_err(bad_request)?;
     let events = q
         .events
         .map(|e| e.split(',').map(str::to_owned).collect())
@@ -321,7 +303,7 @@ pub async fn page(
         before: q.before,
         limit: q.limit,
         unread_only: q.unread_only,
-        shelf: shelf as i32,
+        shelf: convert::shelf(shelf) as i32,
         events,
     };
     http.call(parts, message, |api, req| async move {

@@ -991,10 +991,27 @@ async fn write_inbox(
     Ok((heads_of(&heads), side))
 }
 
+/// What both inbox writes do after bumping the heads (`h`): store user-list
+/// payloads once, and derive each head's value before the batch.
+macro_rules! payloads_and_bases {
+    () => {
+        ", m AS (
+                INSERT INTO messages (id, caller, event, data, created_at, expires_at)
+                SELECT id, c, e, d, $6, x
+                FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::timestamptz[])
+                     AS t(id, c, e, d, x)
+             ), base AS (
+                SELECT h.user_id, h.last_seq - t.n AS before
+                FROM h JOIN unnest($14::text[], $15::int8[]) AS t(k, n) ON t.k = h.user_id
+             )"
+    };
+}
+
 /// The inbox write when counts are kept: a row whose event its user muted is
 /// stored muted (state 8) and left out of the counts; the others add one to
 /// both counts of their head.
-const COUNTING_INBOX_WRITE: &str = "WITH r AS (
+const COUNTING_INBOX_WRITE: &str = concat!(
+    "WITH r AS (
                 SELECT t.*, mu.user_id IS NOT NULL AS muted
                 FROM unnest($7::text[], $8::int8[], $9::uuid[], $10::text[], $11::text[],
                             $12::text[], $13::timestamptz[], $16::text[])
@@ -1015,15 +1032,9 @@ const COUNTING_INBOX_WRITE: &str = "WITH r AS (
                       unread = inbox_heads.unread + excluded.unread,
                       version = inbox_heads.version + 1
                 RETURNING user_id, last_seq, unseen, unread, version
-             ), m AS (
-                INSERT INTO messages (id, caller, event, data, created_at, expires_at)
-                SELECT id, c, e, d, $6, x
-                FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::timestamptz[])
-                     AS t(id, c, e, d, x)
-             ), base AS (
-                SELECT h.user_id, h.last_seq - t.n AS before
-                FROM h JOIN unnest($14::text[], $15::int8[]) AS t(k, n) ON t.k = h.user_id
-             ), i AS (
+             )",
+    payloads_and_bases!(),
+    ", i AS (
                 INSERT INTO inbox (user_id, seq, message_id, caller, event, data, created_at,
                                    expires_at, state)
                 SELECT u, b.before + s, id, c, e, d, $6, x, CASE WHEN muted THEN 8 ELSE 0 END
@@ -1033,27 +1044,24 @@ const COUNTING_INBOX_WRITE: &str = "WITH r AS (
                     COALESCE(mu.seqs, ARRAY[]::int8[])
              FROM h
              LEFT JOIN (SELECT u, array_agg(s) AS seqs FROM r WHERE muted GROUP BY u) mu
-               ON mu.u = h.user_id";
+               ON mu.u = h.user_id"
+);
 
 /// The inbox write when counts are not kept (`inbox_counts` off): rows are
 /// stored seen and read (3), no mute is looked at, and the counts stay as
-/// they are. The same parameters; the events ($16) are not read.
-const LEAN_INBOX_WRITE: &str = "WITH h AS (
+/// they are. It takes the counting statement's parameters; the events ($16)
+/// are named only so that they have a place.
+const LEAN_INBOX_WRITE: &str = concat!(
+    "WITH h AS (
                 INSERT INTO inbox_heads (user_id, last_seq)
                 SELECT k, n FROM unnest($14::text[], $15::int8[]) AS t(k, n) ORDER BY k
                 ON CONFLICT (user_id) DO UPDATE
                   SET last_seq = inbox_heads.last_seq + excluded.last_seq,
                       version = inbox_heads.version + 1
                 RETURNING user_id, last_seq, unseen, unread, version
-             ), m AS (
-                INSERT INTO messages (id, caller, event, data, created_at, expires_at)
-                SELECT id, c, e, d, $6, x
-                FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::timestamptz[])
-                     AS t(id, c, e, d, x)
-             ), base AS (
-                SELECT h.user_id, h.last_seq - t.n AS before
-                FROM h JOIN unnest($14::text[], $15::int8[]) AS t(k, n) ON t.k = h.user_id
-             ), i AS (
+             )",
+    payloads_and_bases!(),
+    ", i AS (
                 INSERT INTO inbox (user_id, seq, message_id, caller, event, data, created_at,
                                    expires_at, state)
                 SELECT u, b.before + s, id, c, e, d, $6, x, 3
@@ -1062,7 +1070,8 @@ const LEAN_INBOX_WRITE: &str = "WITH h AS (
                 JOIN base b ON b.user_id = t.u
              )
              SELECT user_id, last_seq, unseen, unread, version, ARRAY[]::int8[]
-             FROM h WHERE cardinality($16::text[]) >= 0";
+             FROM h WHERE cardinality($16::text[]) >= 0"
+);
 
 /// Bumps the topics' heads, appends topic messages to their logs and trims
 /// each log to its size ([`topic_appends`] says which rows; the trim range

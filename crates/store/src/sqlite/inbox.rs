@@ -17,7 +17,11 @@ use notify_core::{
 };
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{SqliteStore, micros, store::to_i64, time};
+use super::{
+    SqliteStore, micros,
+    store::{to_i64, to_u64},
+    time,
+};
 use crate::{
     Inbox, StoreError,
     inbox::{UNREAD_SQL, UNSEEN_SQL, delta},
@@ -25,10 +29,6 @@ use crate::{
 
 /// The head row's key (see migration 0001).
 const HEAD: i64 = i64::MAX;
-
-fn to_u64(n: i64) -> u64 {
-    u64::try_from(n).unwrap_or(0)
-}
 
 fn read_counts(conn: &Connection, user: &str) -> rusqlite::Result<Counts> {
     Ok(conn
