@@ -10,6 +10,8 @@ import {
   parseFrame,
   type ClientAction,
   type Counts,
+  type CountsByEvent,
+  type CountsFrame,
   type ErrorFrame,
   type FightEvent,
   type HistoryPage,
@@ -369,6 +371,15 @@ export class NotifyClient {
     return frame as HistoryPage;
   }
 
+  /**
+   * The counts split by event type (e.g. a badge per tab). Read when asked:
+   * ask again when `counts` changes to keep a split current.
+   */
+  async countsByEvent(): Promise<CountsByEvent> {
+    const frame = (await this.inboxRequest({ action: 'counts' }, 'counts')) as CountsFrame;
+    return { unseen: frame.unseen, unread: frame.unread, events: frame.events ?? {} };
+  }
+
   /** Mutes event types and topic namespaces for the user, on every device. */
   async mute(mutes: Partial<Mutes>): Promise<Mutes> {
     return this.preferencesRequest({ action: 'mute', ...mutes });
@@ -524,7 +535,11 @@ export class NotifyClient {
         this.message(frame);
         return;
       case 'counts':
-        this.countsValue.set({ unseen: frame.unseen, unread: frame.unread });
+        // An answer (with id) may be older than a push already taken; the
+        // bridge follows it with a push when it is newer.
+        if (!this.answer(frame)) {
+          this.countsValue.set({ unseen: frame.unseen, unread: frame.unread });
+        }
         return;
       case 'preferences':
         this.mutesValue.set(frame.mutes);

@@ -18,6 +18,7 @@ export type { Observable } from './value.js';
 export type {
   ClientAction,
   Counts,
+  CountsByEvent,
   CountsFrame,
   ErrorCode,
   ErrorFrame,

@@ -31,9 +31,20 @@ export interface Mutes {
   namespaces: string[];
 }
 
-/** Sent whenever the user's counts change: a new message, a mark on any device, a retraction, expiry. */
+/**
+ * Sent whenever the user's counts change: a new message, a mark on any device, a retraction, expiry.
+ * With `id` and `events`: the answer to the `counts` action.
+ */
 export interface CountsFrame extends Counts {
   type: 'counts';
+  /** The answer only: event types with anything unseen or unread. */
+  events?: Record<string, Counts>;
+  id?: string;
+}
+
+/** The counts and their split by event type, read together: the events add up to the totals. */
+export interface CountsByEvent extends Counts {
+  events: Record<string, Counts>;
 }
 
 export type MarkAs = 'seen' | 'read' | 'archived' | 'unseen' | 'unread' | 'unarchived';
@@ -226,6 +237,7 @@ export type ClientAction =
     }
   | { action: 'mute' | 'unmute'; events?: string[]; namespaces?: string[]; id?: string }
   | { action: 'preferences'; id?: string }
+  | { action: 'counts'; id?: string }
   /** An action routed to a backend: any other name, with any fields. */
   | { action: string; id?: string; [field: string]: unknown };
 

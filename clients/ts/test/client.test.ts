@@ -427,6 +427,13 @@ test('inbox actions go out as frames and resolve with their answers', async () =
   last().serverSends({ type: 'history', items: [], first_seq: 1, older_expired: false, counts: { unseen: 0, unread: 0 }, id: asked.id });
   assert.deepEqual((await page).items, []);
 
+  const split = client.countsByEvent();
+  const ask = last().actions('counts')[0]!;
+  const events = { 'fight.accepted': { unseen: 1, unread: 1 } };
+  last().serverSends({ type: 'counts', unseen: 1, unread: 1, events, id: ask.id });
+  assert.deepEqual(await split, { unseen: 1, unread: 1, events });
+  assert.deepEqual(client.counts.value, { unseen: 0, unread: 0 }, 'an answer is not a push');
+
   const muted = client.mute({ events: ['promo'] });
   const mute = last().actions('mute')[0]!;
   last().serverSends({ type: 'preferences', mutes: { events: ['promo'], namespaces: [] }, id: mute.id });

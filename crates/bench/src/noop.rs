@@ -71,6 +71,13 @@ impl Notify for Noop {
         unimplemented()
     }
 
+    async fn get_inbox_counts(
+        &self,
+        _req: Request<pb::GetInboxCountsRequest>,
+    ) -> Result<Response<pb::GetInboxCountsResponse>, Status> {
+        unimplemented()
+    }
+
     async fn get_preferences(
         &self,
         _req: Request<pb::GetPreferencesRequest>,

@@ -966,6 +966,10 @@ impl Conn {
                 let call = inbox::preferences(self.identity.user.as_str());
                 self.inbox_call(Ok(call), id)
             }
+            Action::Counts { .. } => {
+                let call = inbox::counts(self.identity.user.as_str());
+                self.inbox_call(Ok(call), id)
+            }
         };
         match reply {
             Some(text) => send(ws, text).await,

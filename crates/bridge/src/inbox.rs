@@ -1,5 +1,5 @@
 //! The user's side of the inbox on a socket (docs/design.md §5.2): the
-//! client's `mark`, `history`, `mute`, `unmute` and `preferences` actions,
+//! client's `mark`, `history`, `counts`, `mute`, `unmute` and `preferences` actions,
 //! each a Notify API call made on the user's behalf off the connection's
 //! loop, and the frames that keep a socket's badge and list current —
 //! `counts` (only when newer than what the socket has: copies of two
@@ -53,6 +53,8 @@ impl Badge {
             ServerFrame::Counts {
                 unseen: counts.unseen,
                 unread: counts.unread,
+                events: None,
+                id: None,
             }
             .to_text()
         })
@@ -113,6 +115,7 @@ pub enum Call {
     List(pb::ListInboxRequest),
     Preferences(pb::GetPreferencesRequest),
     Mutes(pb::UpdatePreferencesRequest),
+    Counts(pb::GetInboxCountsRequest),
 }
 
 /// The call a `mark` frame makes; the shapes notify-svc checks (bounds,
@@ -169,6 +172,13 @@ pub fn mutes(user: &str, mute: bool, events: Vec<String>, namespaces: Vec<String
     })
 }
 
+/// The call a `counts` frame makes.
+pub fn counts(user: &str) -> Call {
+    Call::Counts(pb::GetInboxCountsRequest {
+        user_id: user.to_owned(),
+    })
+}
+
 pub fn preferences(user: &str) -> Call {
     Call::Preferences(pb::GetPreferencesRequest {
         user_id: user.to_owned(),
@@ -192,6 +202,28 @@ pub fn reply(answer: Answer, id: Option<&FrameId>) -> (String, Option<Counts>) {
         Answer::Listed(r) => {
             let counts = convert::counts_of(r.counts.as_ref());
             (history_frame(&r, counts, id), Some(counts))
+        }
+        Answer::Counts(r) => {
+            let split = convert::breakdown_of(r);
+            let events = split
+                .events
+                .iter()
+                .map(|e| {
+                    let counts = CountsJson {
+                        unseen: e.unseen,
+                        unread: e.unread,
+                    };
+                    (e.event.as_str(), counts)
+                })
+                .collect();
+            let text = ServerFrame::Counts {
+                unseen: split.counts.unseen,
+                unread: split.counts.unread,
+                events: Some(events),
+                id,
+            }
+            .to_text();
+            (text, Some(split.counts))
         }
         Answer::Preferences(p) => {
             let mutes = convert::mutes_of(p.mutes.as_ref());
@@ -251,6 +283,7 @@ pub enum Answer {
     Marked(pb::MarkInboxResponse),
     Listed(pb::ListInboxResponse),
     Preferences(pb::Preferences),
+    Counts(pb::GetInboxCountsResponse),
 }
 
 /// The error frame for a refused or failed call: the client's fault

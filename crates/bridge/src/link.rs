@@ -258,6 +258,9 @@ impl Api {
         Ok(match call {
             Call::Mark(r) => Answer::Marked(client.mark_inbox(self.timed(r)).await?.into_inner()),
             Call::List(r) => Answer::Listed(client.list_inbox(self.timed(r)).await?.into_inner()),
+            Call::Counts(r) => {
+                Answer::Counts(client.get_inbox_counts(self.timed(r)).await?.into_inner())
+            }
             Call::Preferences(r) => {
                 Answer::Preferences(client.get_preferences(self.timed(r)).await?.into_inner())
             }

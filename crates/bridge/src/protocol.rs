@@ -3,6 +3,8 @@
 //! answers (tagged by `type`), error codes and close codes, and the wire
 //! form of a server text frame (encoded once per message). No I/O here.
 
+use std::collections::BTreeMap;
+
 use hyper::body::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -118,6 +120,11 @@ pub enum Action {
         #[serde(default)]
         id: Option<FrameId>,
     },
+    /// The counts now, split by event type.
+    Counts {
+        #[serde(default)]
+        id: Option<FrameId>,
+    },
 }
 
 impl Action {
@@ -134,7 +141,8 @@ impl Action {
             | Self::History { id, .. }
             | Self::Mute { id, .. }
             | Self::Unmute { id, .. }
-            | Self::Preferences { id } => id.as_ref(),
+            | Self::Preferences { id }
+            | Self::Counts { id } => id.as_ref(),
         }
     }
 }
@@ -174,7 +182,7 @@ pub fn is_built_in(action: &str) -> bool {
 }
 
 /// The bridge's own actions.
-pub const ACTIONS: [&str; 12] = [
+pub const ACTIONS: [&str; 13] = [
     "subscribe",
     "unsubscribe",
     "ack",
@@ -187,6 +195,7 @@ pub const ACTIONS: [&str; 12] = [
     "mute",
     "unmute",
     "preferences",
+    "counts",
 ];
 
 /// Parses one text frame. An unknown or missing `action` is `unknown_action`
@@ -312,8 +321,17 @@ pub enum ServerFrame<'a> {
         status: Option<&'a str>,
     },
     /// The user's counts changed (a new message, a mark on any device, a
-    /// retraction, expiry).
-    Counts { unseen: u64, unread: u64 },
+    /// retraction, expiry); or, with `events` and the frame's `id`, the
+    /// answer to `counts`.
+    Counts {
+        unseen: u64,
+        unread: u64,
+        /// Event types with anything unseen or unread (the answer only).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        events: Option<BTreeMap<&'a str, CountsJson>>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a FrameId>,
+    },
     /// The answer to `mark`.
     Marked {
         changed: u64,
@@ -619,10 +637,30 @@ mod tests {
         assert_eq!(
             ServerFrame::Counts {
                 unseen: 1,
-                unread: 2
+                unread: 2,
+                events: None,
+                id: None,
             }
             .to_text(),
             r#"{"type":"counts","unseen":1,"unread":2}"#
+        );
+        let id = FrameId::Text("c1".into());
+        let events = BTreeMap::from([(
+            "fight.accepted",
+            CountsJson {
+                unseen: 1,
+                unread: 2,
+            },
+        )]);
+        assert_eq!(
+            ServerFrame::Counts {
+                unseen: 1,
+                unread: 2,
+                events: Some(events),
+                id: Some(&id),
+            }
+            .to_text(),
+            r#"{"type":"counts","unseen":1,"unread":2,"events":{"fight.accepted":{"unseen":1,"unread":2}},"id":"c1"}"#
         );
         assert_eq!(
             ServerFrame::Subscribed {

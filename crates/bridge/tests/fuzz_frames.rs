@@ -130,7 +130,7 @@ proptest! {
                         prop_assert_eq!(events.len(), frame["events"].as_array().map_or(0, Vec::len));
                         prop_assert_eq!(namespaces.len(), frame["namespaces"].as_array().map_or(0, Vec::len));
                     }
-                    Action::Ping { .. } | Action::ExtendTtl { .. } | Action::Preferences { .. } => {}
+                    Action::Ping { .. } | Action::ExtendTtl { .. } | Action::Preferences { .. } | Action::Counts { .. } => {}
                 }
             }
             Err(e) => {

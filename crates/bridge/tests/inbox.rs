@@ -23,7 +23,8 @@ async fn frame_of(c: &mut Client, ty: &str) -> Value {
 }
 
 /// Frames until the reply to the frame with this `id`.
-async fn reply_to(c: &mut Client, id: u64) -> Value {
+async fn reply_to(c: &mut Client, id: impl Into<Value>) -> Value {
+    let id = id.into();
     loop {
         let frame = c.next_frame().await;
         if frame["id"] == id {
@@ -107,6 +108,15 @@ async fn two_devices_of_one_user_share_counts_marks_and_history() {
     assert_eq!(page["items"][1]["read"], true);
     assert!(page.get("next_before").is_none());
     assert_eq!(page["older_expired"], false);
+
+    // The split by event type, on request, adds up to the badge.
+    laptop.send(json!({"action": "counts", "id": "c1"})).await;
+    let split = reply_to(&mut laptop, "c1").await;
+    assert_eq!(
+        (split["type"].as_str(), pair(&split)),
+        (Some("counts"), (3, 3))
+    );
+    assert_eq!(split["events"], json!({"note": {"unseen": 3, "unread": 3}}));
 
     // "All read" from the laptop clears both badges.
     laptop

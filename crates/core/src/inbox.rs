@@ -172,6 +172,25 @@ pub struct Counts {
     pub version: u64,
 }
 
+/// One event type's share of a user's counts.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EventCounts {
+    pub event: String,
+    pub unseen: u64,
+    pub unread: u64,
+}
+
+/// A user's counts as kept, and per event type as their rows say, read in
+/// one snapshot: the events' numbers add up to the totals. The totals are
+/// kept live (every change moves them); the split is derived when asked,
+/// so a publish pays nothing for it (docs/design.md §4.7).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Breakdown {
+    pub counts: Counts,
+    /// Events with anything unseen or unread, by name.
+    pub events: Vec<EventCounts>,
+}
+
 /// What a mark did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Marked {

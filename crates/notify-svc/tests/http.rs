@@ -317,6 +317,7 @@ async fn the_openapi_document_is_valid_and_lists_exactly_what_the_routes_answer(
         [
             "GET /v1/history",
             "GET /v1/inbox",
+            "GET /v1/inbox/counts",
             "GET /v1/preferences",
             "GET /v1/presence",
             "POST /v1/disconnect",
@@ -442,6 +443,13 @@ async fn the_inbox_side_answers_as_its_grpc_twins() {
         (json!("note_edited"), json!({"n": 33}))
     );
     assert_eq!(page["counts"], json!({"unseen": 1, "unread": 1}));
+    let (status, split) = ops(&svc, "GET", "/v1/inbox/counts?user_id=hal", None).await;
+    assert_eq!(status, 200, "{split}");
+    assert_eq!(
+        split,
+        json!({"unseen": 1, "unread": 1,
+               "events": [{"event": "note_edited", "unseen": 1, "unread": 1}]})
+    );
 
     // Bad input: 400 naming the rule; an unknown message 404.
     let bad = [
@@ -457,6 +465,7 @@ async fn the_inbox_side_answers_as_its_grpc_twins() {
         ),
         ("GET", "/v1/inbox?user_id=hal&limit=1000", None),
         ("GET", "/v1/inbox?user_id=hal&show=sideways", None),
+        ("GET", "/v1/inbox/counts?user_id=", None),
         (
             "POST",
             "/v1/preferences",

@@ -15,6 +15,7 @@ use tonic::{Code, Request};
 
 on_both_stores!(
     marks_move_counts_and_pages_show_each_messages_state,
+    counts_split_by_event_on_request_and_add_up_to_the_totals,
     muted_events_are_kept_but_not_counted_and_preferences_are_checked,
     a_producer_edits_and_retracts_its_own_messages,
 );
@@ -124,6 +125,43 @@ async fn marks_move_counts_and_pages_show_each_messages_state(backend: Backend) 
         .unwrap()
         .into_inner();
     assert_eq!(counts(page.counts), (0, 2));
+}
+
+async fn counts_split_by_event_on_request_and_add_up_to_the_totals(backend: Backend) {
+    let svc = Svc::start_on(backend).await;
+    let mut client = svc.client().await;
+    type Split = ((u64, u64), Vec<(String, u64, u64)>);
+    let split = |r: pb::GetInboxCountsResponse| -> Split {
+        let events = r.events.into_iter().map(|e| (e.event, e.unseen, e.unread));
+        (counts(r.counts), events.collect())
+    };
+    let ask = |user: &str| pb::GetInboxCountsRequest {
+        user_id: user.into(),
+    };
+    let empty = client.get_inbox_counts(ask("ann")).await.unwrap();
+    assert_eq!(split(empty.into_inner()), ((0, 0), vec![]));
+    for event in ["fight.accepted", "fight.accepted", "chat.message"] {
+        let mut req = to_user("ann", "{}");
+        req.event = event.into();
+        client.publish(req).await.unwrap();
+    }
+    client
+        .mark_inbox(mark("ann", pb::MarkAs::Seen, &[1], 0))
+        .await
+        .unwrap();
+    let answer = client.get_inbox_counts(ask("ann")).await.unwrap();
+    assert_eq!(
+        split(answer.into_inner()),
+        (
+            (2, 3),
+            vec![
+                ("chat.message".into(), 1, 1),
+                ("fight.accepted".into(), 1, 2)
+            ]
+        )
+    );
+    let e = client.get_inbox_counts(ask("")).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{}", e.message());
 }
 
 async fn muted_events_are_kept_but_not_counted_and_preferences_are_checked(backend: Backend) {

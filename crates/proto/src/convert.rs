@@ -66,6 +66,36 @@ pub fn counts(c: notify_core::inbox::Counts) -> crate::v1::InboxCounts {
     }
 }
 
+pub fn breakdown(b: notify_core::inbox::Breakdown) -> crate::v1::GetInboxCountsResponse {
+    crate::v1::GetInboxCountsResponse {
+        counts: Some(counts(b.counts)),
+        events: b
+            .events
+            .into_iter()
+            .map(|e| crate::v1::EventCounts {
+                event: e.event,
+                unseen: e.unseen,
+                unread: e.unread,
+            })
+            .collect(),
+    }
+}
+
+pub fn breakdown_of(r: crate::v1::GetInboxCountsResponse) -> notify_core::inbox::Breakdown {
+    notify_core::inbox::Breakdown {
+        counts: counts_of(r.counts.as_ref()),
+        events: r
+            .events
+            .into_iter()
+            .map(|e| notify_core::inbox::EventCounts {
+                event: e.event,
+                unseen: e.unseen,
+                unread: e.unread,
+            })
+            .collect(),
+    }
+}
+
 /// Counts from the protocol (absent: zero, version 0).
 pub fn counts_of(c: Option<&crate::v1::InboxCounts>) -> notify_core::inbox::Counts {
     c.map(|c| notify_core::inbox::Counts {

@@ -13,7 +13,7 @@
 use async_trait::async_trait;
 use notify_core::{
     MessageId, UserId,
-    inbox::{Counts, Mark, Marked, Mutes, Page, PageQuery, Revision, RevisionOutcome},
+    inbox::{Breakdown, Counts, Mark, Marked, Mutes, Page, PageQuery, Revision, RevisionOutcome},
 };
 
 use crate::StoreError;
@@ -41,6 +41,10 @@ pub trait Inbox: Send + Sync {
 
     /// The user's counts as kept.
     async fn counts(&self, user: &UserId) -> Result<Counts, StoreError>;
+
+    /// The counts as kept and their split per event type, derived from the
+    /// rows in the same snapshot (see [`notify_core::inbox::Breakdown`]).
+    async fn counts_by_event(&self, user: &UserId) -> Result<Breakdown, StoreError>;
 
     /// The counts derived from the rows (unexpired, in the head's version):
     /// what [`Inbox::counts`] must equal.
@@ -70,6 +74,9 @@ pub trait Inbox: Send + Sync {
         revision: &Revision,
     ) -> Result<RevisionOutcome, StoreError>;
 }
+
+/// SQL text of "counts somewhere": unseen or unread (both dialects).
+pub(crate) const COUNTED_SQL: &str = "(state & 28) = 0 AND (state & 3) <> 3";
 
 /// Refuses a batch that marks one user twice.
 pub(crate) fn distinct_users(marks: &[(UserId, Mark)]) -> Result<(), StoreError> {
@@ -133,6 +140,8 @@ mod tests {
             let s = State(bits);
             assert_eq!(bits & mask(UNSEEN_SQL) == 0, s.unseen(), "{bits}");
             assert_eq!(bits & mask(UNREAD_SQL) == 0, s.unread(), "{bits}");
+            let counted = bits & 28 == 0 && bits & 3 != 3; // COUNTED_SQL
+            assert_eq!(counted, s.unseen() || s.unread(), "{bits}");
         }
     }
 }

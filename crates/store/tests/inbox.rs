@@ -7,7 +7,10 @@ use std::{sync::Arc, time::Duration};
 
 use notify_core::{
     MessageId, Target, UserId,
-    inbox::{Counts, Mark, MarkKind, Mutes, PageQuery, Revision, RevisionOutcome, Shelf, State},
+    inbox::{
+        Counts, EventCounts, Mark, MarkKind, Mutes, PageQuery, Revision, RevisionOutcome, Shelf,
+        State,
+    },
 };
 use notify_store::{Feed, PublishItem, Store};
 
@@ -17,6 +20,7 @@ use common::{Backend, Sql, item, user};
 
 conformance!(
     marks_move_the_counts_by_exactly_what_they_changed,
+    counts_split_by_event_add_up_to_the_totals,
     muted_events_are_stored_muted_and_left_out_of_the_counts,
     pages_run_newest_first_with_filters_and_say_when_retention_took_the_rest,
     revisions_change_every_copy_and_the_counts_follow,
@@ -55,7 +59,91 @@ async fn counts(s: &dyn Store, who: &str) -> (u64, u64) {
     let kept = s.counts(&user(who)).await.unwrap();
     let derived = s.recount(&user(who)).await.unwrap();
     assert_eq!(kept, derived, "kept counts of {who} differ from the rows");
+    let split = s.counts_by_event(&user(who)).await.unwrap();
+    assert_eq!(split.counts, kept, "the split's totals are the kept ones");
+    let sum = |f: fn(&EventCounts) -> u64| split.events.iter().map(f).sum::<u64>();
+    assert_eq!(
+        (sum(|e| e.unseen), sum(|e| e.unread)),
+        (kept.unseen, kept.unread),
+        "the split of {who} adds up to the totals: {split:?}"
+    );
     (kept.unseen, kept.unread)
+}
+
+/// `(event, unseen, unread)` of each event with anything counted.
+async fn split(s: &dyn Store, who: &str) -> Vec<(String, u64, u64)> {
+    counts(s, who).await;
+    let split = s.counts_by_event(&user(who)).await.unwrap();
+    split
+        .events
+        .into_iter()
+        .map(|e| (e.event, e.unseen, e.unread))
+        .collect()
+}
+
+async fn counts_split_by_event_add_up_to_the_totals(db: Backend) {
+    let s = db.migrated().await;
+    let s = s.as_ref();
+    let ann = || Target::User(user("ann"));
+    assert!(split(s, "ann").await.is_empty(), "no inbox yet");
+    s.change_mutes(
+        &user("ann"),
+        &Mutes::new(&["chat.typing".into()], &[]).unwrap(),
+        &Mutes::default(),
+    )
+    .await
+    .unwrap();
+    let list = event(
+        Target::Users(vec![user("ann"), user("bea")]),
+        "fight.challenged",
+    );
+    let list_id = list.message_id;
+    s.commit(&[
+        event(ann(), "fight.accepted"), // 1
+        event(ann(), "fight.accepted"), // 2
+        list,                           // 3 (payload shared with bea)
+        event(ann(), "chat.message"),   // 4
+        event(ann(), "chat.typing"),    // 5: muted, counted nowhere
+    ])
+    .await
+    .unwrap();
+    let at = |e: &str, u: u64, r: u64| (e.to_owned(), u, r);
+    assert_eq!(
+        split(s, "ann").await,
+        [
+            at("chat.message", 1, 1),
+            at("fight.accepted", 2, 2),
+            at("fight.challenged", 1, 1)
+        ]
+    );
+    s.mark(&user("ann"), &mark(MarkKind::Read, &[1]))
+        .await
+        .unwrap();
+    s.mark(&user("ann"), &mark(MarkKind::Seen, &[4]))
+        .await
+        .unwrap();
+    s.mark(&user("ann"), &mark(MarkKind::Archived, &[2]))
+        .await
+        .unwrap();
+    assert_eq!(
+        split(s, "ann").await,
+        [at("chat.message", 0, 1), at("fight.challenged", 1, 1)],
+        "read + archived leave fight.accepted; seen keeps chat.message unread"
+    );
+    // An edit that changes the event moves the message to the new one's
+    // share, for every user holding it.
+    let update = Revision::Update {
+        event: Some("fight.cancelled".into()),
+        data: "{}".into(),
+    };
+    s.revise(None, list_id, &update).await.unwrap();
+    assert_eq!(
+        split(s, "ann").await,
+        [at("chat.message", 0, 1), at("fight.cancelled", 1, 1)]
+    );
+    assert_eq!(split(s, "bea").await, [at("fight.cancelled", 1, 1)]);
+    s.revise(None, list_id, &Revision::Retract).await.unwrap();
+    assert!(split(s, "bea").await.is_empty());
 }
 
 async fn marks_move_the_counts_by_exactly_what_they_changed(db: Backend) {
@@ -424,9 +512,10 @@ async fn concurrent_marks_from_two_replicas_and_publishes_keep_counts_exact(db: 
     let publisher = replicas[1].clone();
     let targets = users.clone();
     tasks.push(tokio::spawn(async move {
-        for _ in 0..20 {
+        for publishes in 0..20 {
+            let kind = ["fight.accepted", "chat.message"][publishes % 2];
             publisher
-                .commit(&[item(Target::Users(targets.clone()))])
+                .commit(&[event(Target::Users(targets.clone()), kind)])
                 .await
                 .unwrap();
             tokio::time::sleep(Duration::from_millis(2)).await;

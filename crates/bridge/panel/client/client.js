@@ -213,6 +213,14 @@ export class NotifyClient {
         }, 'history');
         return frame;
     }
+    /**
+     * The counts split by event type (e.g. a badge per tab). Read when asked:
+     * ask again when `counts` changes to keep a split current.
+     */
+    async countsByEvent() {
+        const frame = (await this.inboxRequest({ action: 'counts' }, 'counts'));
+        return { unseen: frame.unseen, unread: frame.unread, events: frame.events ?? {} };
+    }
     /** Mutes event types and topic namespaces for the user, on every device. */
     async mute(mutes) {
         return this.preferencesRequest({ action: 'mute', ...mutes });
@@ -357,7 +365,11 @@ export class NotifyClient {
                 this.message(frame);
                 return;
             case 'counts':
-                this.countsValue.set({ unseen: frame.unseen, unread: frame.unread });
+                // An answer (with id) may be older than a push already taken; the
+                // bridge follows it with a push when it is newer.
+                if (!this.answer(frame)) {
+                    this.countsValue.set({ unseen: frame.unseen, unread: frame.unread });
+                }
                 return;
             case 'preferences':
                 this.mutesValue.set(frame.mutes);

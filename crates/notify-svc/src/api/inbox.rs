@@ -134,6 +134,21 @@ impl NotifyApi {
         })
     }
 
+    pub(super) async fn get_inbox_counts(
+        &self,
+        req: Request<pb::GetInboxCountsRequest>,
+    ) -> Result<pb::GetInboxCountsResponse, Status> {
+        self.services.auth.authorize_any(&req, MARK).await?;
+        let user = user_id(&req.get_ref().user_id)?;
+        let split = self
+            .services
+            .store
+            .counts_by_event(&user)
+            .await
+            .map_err(status::store)?;
+        Ok(convert::breakdown(split))
+    }
+
     pub(super) async fn get_preferences(
         &self,
         req: Request<pb::GetPreferencesRequest>,

@@ -670,6 +670,15 @@ impl pb::notify_server::Notify for NotifyApi {
             .map(Response::new)
     }
 
+    async fn get_inbox_counts(
+        &self,
+        req: Request<pb::GetInboxCountsRequest>,
+    ) -> Result<Response<pb::GetInboxCountsResponse>, Status> {
+        self.counted("GetInboxCounts", NotifyApi::get_inbox_counts(self, req))
+            .await
+            .map(Response::new)
+    }
+
     async fn list_inbox(
         &self,
         req: Request<pb::ListInboxRequest>,

@@ -1,6 +1,6 @@
 //! The user's side of the inbox over HTTP/JSON (docs/design.md §4.7): marks,
 //! pages with state, preferences, and a producer's edits and retractions —
-//! the JSON twins of `MarkInbox`, `ListInbox`, `GetPreferences`,
+//! the JSON twins of `MarkInbox`, `ListInbox`, `GetInboxCounts`, `GetPreferences`,
 //! `UpdatePreferences`, `UpdateMessage` and `RetractMessage`.
 
 use axum::{
@@ -122,7 +122,7 @@ pub struct MutesJson {
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
-pub struct PreferencesQuery {
+pub struct UserQuery {
     pub user_id: String,
 }
 
@@ -231,6 +231,40 @@ impl From<pb::ListInboxResponse> for InboxPageJson {
     }
 }
 
+/// The counts, and one entry per event type with anything unseen or unread.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CountsByEventJson {
+    pub unseen: u64,
+    pub unread: u64,
+    pub events: Vec<EventCountsJson>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EventCountsJson {
+    pub event: String,
+    pub unseen: u64,
+    pub unread: u64,
+}
+
+impl From<pb::GetInboxCountsResponse> for CountsByEventJson {
+    fn from(r: pb::GetInboxCountsResponse) -> Self {
+        let totals = CountsJson::from(r.counts);
+        Self {
+            unseen: totals.unseen,
+            unread: totals.unread,
+            events: r
+                .events
+                .into_iter()
+                .map(|e| EventCountsJson {
+                    event: e.event,
+                    unseen: e.unseen,
+                    unread: e.unread,
+                })
+                .collect(),
+        }
+    }
+}
+
 impl From<pb::Preferences> for PreferencesJson {
     fn from(p: pb::Preferences) -> Self {
         Self {
@@ -313,7 +347,28 @@ pub async fn page(
 }
 
 #[utoipa::path(
-    get, path = "/v1/preferences", params(PreferencesQuery),
+    get, path = "/v1/inbox/counts", params(UserQuery),
+    responses(
+        (status = 200, description = "The user's counts and their split by event type (it adds up to them)", body = CountsByEventJson),
+        (status = 400, body = ErrorJson), (status = 401, body = ErrorJson),
+        (status = 403, body = ErrorJson), (status = 503, body = ErrorJson),
+    )
+)]
+pub async fn counts(
+    State(http): State<Http>,
+    parts: Parts,
+    query: Result<Query<UserQuery>, QueryRejection>,
+) -> Result<Json<CountsByEventJson>, Refused> {
+    let Query(q) = query.map_err(bad_request)?;
+    let message = pb::GetInboxCountsRequest { user_id: q.user_id };
+    http.call(parts, message, |api, req| async move {
+        Notify::get_inbox_counts(&api, req).await
+    })
+    .await
+}
+
+#[utoipa::path(
+    get, path = "/v1/preferences", params(UserQuery),
     responses(
         (status = 200, description = "What the user muted", body = PreferencesJson),
         (status = 400, body = ErrorJson), (status = 401, body = ErrorJson),
@@ -323,7 +378,7 @@ pub async fn page(
 pub async fn preferences(
     State(http): State<Http>,
     parts: Parts,
-    query: Result<Query<PreferencesQuery>, QueryRejection>,
+    query: Result<Query<UserQuery>, QueryRejection>,
 ) -> Result<Json<PreferencesJson>, Refused> {
     let Query(q) = query.map_err(bad_request)?;
     let message = pb::GetPreferencesRequest { user_id: q.user_id };

@@ -59,6 +59,7 @@ pub fn routes(api: NotifyApi, auth: Authenticator, max_body: usize) -> Router {
         .route("/v1/history", get(history))
         .route("/v1/inbox", get(inbox::page))
         .route("/v1/inbox/mark", post(inbox::mark))
+        .route("/v1/inbox/counts", get(inbox::counts))
         .route(
             "/v1/preferences",
             get(inbox::preferences).post(inbox::change_preferences),
@@ -86,6 +87,7 @@ pub fn routes(api: NotifyApi, auth: Authenticator, max_body: usize) -> Router {
         history,
         inbox::page,
         inbox::mark,
+        inbox::counts,
         inbox::preferences,
         inbox::change_preferences,
         inbox::update_message,

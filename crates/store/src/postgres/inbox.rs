@@ -14,8 +14,8 @@ use async_trait::async_trait;
 use notify_core::{
     MessageId, UserId,
     inbox::{
-        Counts, Item, Mark, Marked, Mutes, Page, PageQuery, Revised, Revision, RevisionOutcome,
-        Selection, Shelf, State,
+        Breakdown, Counts, EventCounts, Item, Mark, Marked, Mutes, Page, PageQuery, Revised,
+        Revision, RevisionOutcome, Selection, Shelf, State,
     },
 };
 use tokio_postgres::{Row, types::Type};
@@ -23,7 +23,7 @@ use tokio_postgres::{Row, types::Type};
 use super::{PgStore, to_i64, to_u64};
 use crate::{
     Inbox, StoreError,
-    inbox::{UNREAD_SQL, UNSEEN_SQL, delta},
+    inbox::{COUNTED_SQL, UNREAD_SQL, UNSEEN_SQL, delta},
 };
 
 /// The counts of a row `(unseen, unread, version)` at `at`.
@@ -166,6 +166,46 @@ impl Inbox for PgStore {
             .timed(client.query_typed(COUNTS, &[(&user.as_str(), Type::TEXT)]))
             .await?;
         Ok(rows.first().map(|r| counts_at(r, 0)).unwrap_or_default())
+    }
+
+    async fn counts_by_event(&self, user: &UserId) -> Result<Breakdown, StoreError> {
+        let client = self.client().await?;
+        // One statement, one snapshot: the split adds up to the totals.
+        let sql = format!(
+            "WITH e AS (
+                SELECT COALESCE(i.event, m.event) AS ev,
+                       count(*) FILTER (WHERE {UNSEEN_SQL}) AS u,
+                       count(*) FILTER (WHERE {UNREAD_SQL}) AS r
+                FROM inbox i
+                LEFT JOIN messages m ON i.event IS NULL AND m.id = i.message_id
+                WHERE i.user_id = $1 AND {COUNTED_SQL}
+                GROUP BY 1
+             )
+             SELECT COALESCE(h.unseen, 0), COALESCE(h.unread, 0), COALESCE(h.version, 0),
+                    e.ev, e.u, e.r
+             FROM (SELECT 1) one
+             LEFT JOIN inbox_heads h ON h.user_id = $1
+             LEFT JOIN e ON true
+             ORDER BY e.ev",
+            UNSEEN_SQL = UNSEEN_SQL.replace("state", "i.state"),
+            UNREAD_SQL = UNREAD_SQL.replace("state", "i.state"),
+            COUNTED_SQL = COUNTED_SQL.replace("state", "i.state"),
+        );
+        let rows = self
+            .timed(client.query_typed(&sql, &[(&user.as_str(), Type::TEXT)]))
+            .await?;
+        let mut breakdown = Breakdown::default();
+        for row in &rows {
+            breakdown.counts = counts_at(row, 0);
+            if let Some(event) = row.get::<_, Option<String>>(3) {
+                breakdown.events.push(EventCounts {
+                    event,
+                    unseen: to_u64(row.get(4)),
+                    unread: to_u64(row.get(5)),
+                });
+            }
+        }
+        Ok(breakdown)
     }
 
     async fn recount(&self, user: &UserId) -> Result<Counts, StoreError> {

@@ -11,8 +11,8 @@ use async_trait::async_trait;
 use notify_core::{
     MessageId, UserId,
     inbox::{
-        Counts, Item, Mark, Marked, Mutes, Page, PageQuery, Revised, Revision, RevisionOutcome,
-        Selection, Shelf, State,
+        Breakdown, Counts, EventCounts, Item, Mark, Marked, Mutes, Page, PageQuery, Revised,
+        Revision, RevisionOutcome, Selection, Shelf, State,
     },
 };
 use rusqlite::{Connection, OptionalExtension, params};
@@ -24,7 +24,7 @@ use super::{
 };
 use crate::{
     Inbox, StoreError,
-    inbox::{UNREAD_SQL, UNSEEN_SQL, delta},
+    inbox::{COUNTED_SQL, UNREAD_SQL, UNSEEN_SQL, delta},
 };
 
 /// The head row's key (see migration 0001).
@@ -103,6 +103,49 @@ fn mark_in(conn: &Connection, user: &str, mark: &Mark) -> rusqlite::Result<Marke
         missing,
         counts,
     })
+}
+
+/// One statement, one snapshot: the split adds up to the totals.
+fn counts_by_event_in(conn: &Connection, user: &str) -> rusqlite::Result<Breakdown> {
+    let sql = format!(
+        "SELECT h.unseen, h.unread, h.version, e.ev, e.u, e.r
+         FROM (SELECT 1) one
+         LEFT JOIN inbox h ON h.user_id = ?1 AND h.seq = ?2
+         LEFT JOIN (
+            SELECT COALESCE(i.event, m.event) AS ev,
+                   sum(CASE WHEN {unseen} THEN 1 ELSE 0 END) AS u,
+                   sum(CASE WHEN {unread} THEN 1 ELSE 0 END) AS r
+            FROM inbox i
+            LEFT JOIN messages m ON i.event IS NULL AND m.id = i.message_id
+            WHERE i.user_id = ?1 AND i.seq < ?2 AND {counted}
+            GROUP BY 1
+         ) e ON 1
+         ORDER BY e.ev",
+        unseen = UNSEEN_SQL.replace("state", "i.state"),
+        unread = UNREAD_SQL.replace("state", "i.state"),
+        counted = COUNTED_SQL.replace("state", "i.state"),
+    );
+    let mut breakdown = Breakdown::default();
+    let mut statement = conn.prepare_cached(&sql)?;
+    let mut rows = statement.query(params![user, HEAD])?;
+    while let Some(row) = rows.next()? {
+        let number = |i: usize| -> rusqlite::Result<u64> {
+            Ok(to_u64(row.get::<_, Option<i64>>(i)?.unwrap_or(0)))
+        };
+        breakdown.counts = Counts {
+            unseen: number(0)?,
+            unread: number(1)?,
+            version: number(2)?,
+        };
+        if let Some(event) = row.get::<_, Option<String>>(3)? {
+            breakdown.events.push(EventCounts {
+                event,
+                unseen: number(4)?,
+                unread: number(5)?,
+            });
+        }
+    }
+    Ok(breakdown)
 }
 
 fn page_in(conn: &Connection, user: &str, query: &PageQuery, now: i64) -> rusqlite::Result<Page> {
@@ -385,6 +428,13 @@ impl Inbox for SqliteStore {
     async fn counts(&self, user: &UserId) -> Result<Counts, StoreError> {
         let user = user.as_str().to_owned();
         self.db.read(move |conn| read_counts(conn, &user)).await
+    }
+
+    async fn counts_by_event(&self, user: &UserId) -> Result<Breakdown, StoreError> {
+        let user = user.as_str().to_owned();
+        self.db
+            .read(move |conn| counts_by_event_in(conn, &user))
+            .await
     }
 
     async fn recount(&self, user: &UserId) -> Result<Counts, StoreError> {
