@@ -162,6 +162,7 @@ pub async fn publish(endpoint: &Endpoint, args: PublishArgs) -> Result<(), Failu
         data,
         idempotency_key: args.key.unwrap_or_default(),
         ttl_seconds: args.ttl,
+        push: None,
     });
     let r = api.client.publish(req).await?.into_inner();
     let inbox_seqs: serde_json::Map<String, Value> = r

@@ -530,6 +530,7 @@ async fn produce(
             data: format!("{{\"n\":{n}}}"),
             idempotency_key: format!("chaos-{n}"),
             ttl_seconds: 0,
+            push: None,
         };
         tally.published.fetch_add(1, Ordering::Relaxed);
         loop {

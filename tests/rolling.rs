@@ -152,6 +152,7 @@ async fn restarting_the_bridges_one_by_one_under_load_loses_nothing() {
                         data: format!("{{\"n\":{n}}}"),
                         idempotency_key: format!("rolling-{n}"),
                         ttl_seconds: 0,
+                        push: None,
                     })
                     .await
                     .unwrap();

@@ -71,6 +71,27 @@ impl Notify for Noop {
         unimplemented()
     }
 
+    async fn register_device(
+        &self,
+        _req: Request<pb::RegisterDeviceRequest>,
+    ) -> Result<Response<pb::RegisterDeviceResponse>, Status> {
+        unimplemented()
+    }
+
+    async fn list_devices(
+        &self,
+        _req: Request<pb::ListDevicesRequest>,
+    ) -> Result<Response<pb::ListDevicesResponse>, Status> {
+        unimplemented()
+    }
+
+    async fn remove_device(
+        &self,
+        _req: Request<pb::RemoveDeviceRequest>,
+    ) -> Result<Response<pb::RemoveDeviceResponse>, Status> {
+        unimplemented()
+    }
+
     async fn get_inbox_counts(
         &self,
         _req: Request<pb::GetInboxCountsRequest>,

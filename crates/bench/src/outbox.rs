@@ -196,6 +196,7 @@ async fn direct(args: &OutboxArgs, run_id: u32) -> anyhow::Result<(Duration, Vec
                     data: format!(r#"{{"n":{n}}}"#),
                     idempotency_key: format!("direct:{run_id}:{n}"),
                     ttl_seconds: 0,
+                    push: None,
                 })
                 .await
         }

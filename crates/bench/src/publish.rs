@@ -407,6 +407,7 @@ async fn phase(args: &PublishArgs, via: Via, server: &Server<'_>) -> anyhow::Res
                                 String::new()
                             },
                             ttl_seconds: 3600,
+                            push: None,
                         }
                     })
                     .collect();

@@ -221,6 +221,7 @@ async fn publish(req: Request<Incoming>, shared: &Shared) -> Response<Full<Bytes
         data: body.data.to_string(),
         idempotency_key: body.idempotency_key.unwrap_or_default(),
         ttl_seconds: 0,
+        push: None,
     };
     let token = token.unwrap_or_default();
     match shared.api.publish_as_admin(&token, request).await {

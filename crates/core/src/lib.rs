@@ -4,6 +4,8 @@
 //! - [`feed`]: a user's inbox or a topic's log ([`Feed`]) and where it stands ([`Position`]).
 //! - [`inbox`]: the user's side of an inbox: seen/read/archived [`inbox::State`], marks,
 //!   badge [`inbox::Counts`], mutes, pages of older items, edits and retractions.
+//! - [`push`]: push destinations of a user's devices (Web Push, FCM, APNs) and
+//!   their ids.
 //! - [`topic`]: topic names (`namespace:rest`) and the per-namespace [`TopicPolicy`]
 //!   (who may subscribe, client publish, log retention).
 //! - [`publish`]: a validated [`Publish`] (target, event, JSON data, idempotency key,
@@ -19,6 +21,7 @@ pub mod feed;
 pub mod ids;
 pub mod inbox;
 pub mod publish;
+pub mod push;
 pub mod redact;
 pub mod setting;
 pub mod topic;

@@ -182,6 +182,8 @@ fn from_sns(routes: &Routes, envelope: &Value) -> Result<pb::PublishRequest, Rej
         data: data.to_string(),
         idempotency_key: key,
         ttl_seconds: 0,
+        // SNS carries no push options: the event's configured default.
+        push: None,
     })
 }
 

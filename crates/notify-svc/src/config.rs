@@ -111,6 +111,30 @@ pub struct SvcArgs {
     #[arg(long, env = "NOTIFY_INBOX_COUNTS", default_value_t = true, action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
     pub inbox_counts: bool,
 
+    /// Push defaults per event type: a JSON file mapping event names to
+    /// `{"when": "never"|"offline"|"unacked", "after_seconds": N, "title":
+    /// "…{field}…", "body": "…"}` (docs/design.md §4.8).
+    #[arg(long, env = "NOTIFY_PUSH_EVENTS")]
+    pub push_events: Option<std::path::PathBuf>,
+
+    /// The VAPID private key (PKCS#8 PEM, P-256) Web Push is signed with;
+    /// unset: no Web Push.
+    #[arg(long, env = "NOTIFY_VAPID_KEY_FILE")]
+    pub vapid_key_file: Option<std::path::PathBuf>,
+
+    /// The contact push services may reach (RFC 8292 `sub`).
+    #[arg(
+        long,
+        env = "NOTIFY_VAPID_SUBJECT",
+        default_value = "mailto:notify@localhost"
+    )]
+    pub vapid_subject: String,
+
+    /// One more CA (PEM) to trust for push providers, beside the system's
+    /// (a private push service; the tests' provider stand-ins).
+    #[arg(long, env = "NOTIFY_PUSH_CA_FILE")]
+    pub push_ca_file: Option<std::path::PathBuf>,
+
     /// How long an idempotency key is remembered, in seconds.
     #[arg(long, env = "NOTIFY_IDEMPOTENCY_WINDOW_SECS", default_value_t = 24 * 3600)]
     pub idempotency_window_secs: u64,
@@ -255,6 +279,18 @@ pub struct Config {
     pub bridge_expiry: Duration,
     /// How long lifecycle events are kept.
     pub lifecycle_retention: Duration,
+    /// Push: the per-event defaults and the senders' settings.
+    pub push: PushSettings,
+}
+
+/// What push needs: defaults per event, the VAPID key and contact, an
+/// extra CA for providers.
+#[derive(Debug, Clone, Default)]
+pub struct PushSettings {
+    pub policy: notify_core::push::PushPolicy,
+    pub vapid_key_file: Option<std::path::PathBuf>,
+    pub vapid_subject: String,
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 impl Config {
@@ -282,6 +318,11 @@ impl Config {
             .set("max_watches_per_caller", self.max_watches_per_caller)
             .set("bridge_expiry", self.bridge_expiry)
             .set("lifecycle_retention", self.lifecycle_retention)
+            // Where the key is, never the key.
+            .set("vapid_key_file", &self.push.vapid_key_file)
+            .set("vapid_subject", &self.push.vapid_subject)
+            .set("push_ca_file", &self.push.ca_file)
+            .set("push_events", self.push.policy.events())
     }
 
     /// Every default on `database_url` (and `NOTIFY_*` from the environment),
@@ -376,6 +417,16 @@ impl Config {
             // 0 would take every bridge for lost between two heartbeats.
             problems.push("--bridge-expiry-secs must be at least 1".into());
         }
+        let policy = match &args.push_events {
+            None => notify_core::push::PushPolicy::default(),
+            Some(path) => std::fs::read_to_string(path)
+                .map_err(|e| e.to_string())
+                .and_then(|text| notify_core::push::PushPolicy::from_json(&text))
+                .unwrap_or_else(|e| {
+                    problems.push(format!("--push-events {}: {e}", path.display()));
+                    Default::default()
+                }),
+        };
         let Some(mut database) = database.filter(|_| problems.is_empty()) else {
             return Err(problems);
         };
@@ -428,6 +479,12 @@ impl Config {
             max_watches_per_caller: args.max_watches_per_caller,
             bridge_expiry: Duration::from_secs(args.bridge_expiry_secs),
             lifecycle_retention: Duration::from_secs(args.lifecycle_retention_secs),
+            push: PushSettings {
+                policy,
+                vapid_key_file: args.vapid_key_file.clone(),
+                vapid_subject: args.vapid_subject.clone(),
+                ca_file: args.push_ca_file.clone(),
+            },
         })
     }
 }

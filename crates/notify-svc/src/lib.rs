@@ -64,6 +64,8 @@ pub enum RunError {
     Io(#[from] std::io::Error),
     #[error(transparent)]
     Tls(#[from] notify_ops::tls::TlsError),
+    #[error("push: {0}")]
+    Push(String),
     #[error(
         "dev mode (no caller credentials) serves loopback only, not {0}: configure NOTIFY_API_TOKENS or a JWKS"
     )]
@@ -126,12 +128,26 @@ pub async fn run(
         return Ok(());
     }
     let hub = watch::WatchHub::default();
+    let (senders, vapid_public_key) = push_senders(&config.push)?;
+    let presence: notify_push::Presence = {
+        let router = router.clone();
+        Arc::new(move |user| !router.connections_of(user).is_empty())
+    };
+    let pusher = notify_push::Pusher::start(
+        store.clone(),
+        senders,
+        presence,
+        &tracker,
+        background.clone(),
+    );
+    metrics.track_pushes(pusher.tally.clone());
     let publisher = pipeline::Publisher::start(
         store.clone(),
         config.pipeline.clone(),
         hub.clone(),
         router.clone(),
         metrics.clone(),
+        pusher,
         &tracker,
     );
     tracker.spawn(retention::run(
@@ -166,6 +182,8 @@ pub async fn run(
         tracker: tracker.clone(),
         shutdown: shutdown.clone(),
         lifecycle: services::LifecycleSignal::default(),
+        push_policy: Arc::new(config.push.policy.clone()),
+        vapid_public_key,
     };
     let routes = grpc_routes(&config, services, hub)
         .await?
@@ -184,6 +202,25 @@ pub async fn run(
     served?;
     tracing::info!("notify-svc stopped");
     Ok(())
+}
+
+/// The push senders the settings configure, and the VAPID public key
+/// browsers subscribe with (None: no Web Push).
+fn push_senders(
+    settings: &config::PushSettings,
+) -> Result<(notify_push::Senders, Option<String>), RunError> {
+    let mut senders = notify_push::Senders::default();
+    let Some(key_file) = &settings.vapid_key_file else {
+        return Ok((senders, None));
+    };
+    let https = notify_push::client::Https::new(settings.ca_file.as_deref())
+        .map_err(|e| RunError::Push(e.to_string()))?;
+    let vapid = notify_push::vapid::Vapid::from_pem_file(key_file, &settings.vapid_subject)
+        .map_err(RunError::Push)?;
+    let web_push = notify_push::web_push::WebPush::new(vapid, https).map_err(RunError::Push)?;
+    let public = web_push.public_key();
+    senders.web_push = Some(web_push);
+    Ok((senders, Some(public)))
 }
 
 /// The metrics and the router, wired to each other and to the store's pool.

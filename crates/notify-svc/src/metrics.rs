@@ -252,6 +252,16 @@ impl Metrics {
         );
     }
 
+    /// Registers the push worker's outcomes by provider.
+    pub fn track_pushes(&self, tally: notify_push::Tally) {
+        let mut registry = self.registry.lock().expect("registry lock");
+        registry.register(
+            "push",
+            "Push outcomes: per provider sent/gone/retry/failed; provider=queue: acked/online/no_device/given_up",
+            tally.family(),
+        );
+    }
+
     pub fn observe_commit(&self, items: usize, took: Duration, ok: bool) {
         self.commit_batch.observe(items as f64);
         self.commit_seconds.observe(took.as_secs_f64());

@@ -34,6 +34,10 @@ pub struct Services {
     pub shutdown: CancellationToken,
     /// Rung when this replica recorded lifecycle events.
     pub lifecycle: LifecycleSignal,
+    /// Push defaults per event type.
+    pub push_policy: Arc<notify_core::push::PushPolicy>,
+    /// The VAPID public key browsers subscribe with (None: no Web Push).
+    pub vapid_public_key: Option<String>,
 }
 
 /// Wakes WatchConnections streams when this replica recorded lifecycle

@@ -67,14 +67,24 @@ fn request() -> impl Strategy<Value = pb::PublishRequest> {
         data(),
         hostile_text(300),
         any::<u32>(),
+        (any::<i32>(), any::<u32>(), hostile_text(300)),
     )
         .prop_map(
-            |(target, event, data, idempotency_key, ttl_seconds)| pb::PublishRequest {
-                target,
-                event,
-                data,
-                idempotency_key,
-                ttl_seconds,
+            |(target, event, data, idempotency_key, ttl_seconds, (when, after, title))| {
+                pb::PublishRequest {
+                    target,
+                    event,
+                    data,
+                    idempotency_key,
+                    ttl_seconds,
+                    // Hostile push options too: any enum value, any wait, any title.
+                    push: (when % 3 != 0).then(|| pb::PushOptions {
+                        when: when % 6,
+                        after_seconds: after,
+                        title,
+                        body: String::new(),
+                    }),
+                }
             },
         )
 }

@@ -162,3 +162,68 @@ pub fn shelf_of(raw: i32) -> Option<notify_core::inbox::Shelf> {
         .into_iter()
         .find(|&s| shelf(s) as i32 == raw)
 }
+
+/// A push destination from the protocol (unchecked: see
+/// `notify_core::push::Destination::check`). None when none is set.
+pub fn destination_of(
+    d: Option<&crate::v1::PushDestination>,
+) -> Option<notify_core::push::Destination> {
+    use crate::v1::push_destination::Destination as D;
+    use notify_core::push::Destination;
+    Some(match d?.destination.as_ref()? {
+        D::WebPush(w) => Destination::WebPush {
+            endpoint: w.endpoint.clone(),
+            p256dh: w.p256dh.clone(),
+            auth: w.auth.clone(),
+        },
+        D::Fcm(f) => Destination::Fcm {
+            token: f.token.clone(),
+        },
+        D::Apns(a) => Destination::Apns {
+            token: a.token.clone(),
+            topic: a.topic.clone(),
+            sandbox: a.sandbox,
+        },
+    })
+}
+
+/// A push destination as the protocol carries it.
+pub fn destination(d: &notify_core::push::Destination) -> crate::v1::PushDestination {
+    use crate::v1::push_destination::Destination as D;
+    use notify_core::push::Destination;
+    let destination = match d {
+        Destination::WebPush {
+            endpoint,
+            p256dh,
+            auth,
+        } => D::WebPush(crate::v1::WebPushSubscription {
+            endpoint: endpoint.clone(),
+            p256dh: p256dh.clone(),
+            auth: auth.clone(),
+        }),
+        Destination::Fcm { token } => D::Fcm(crate::v1::FcmToken {
+            token: token.clone(),
+        }),
+        Destination::Apns {
+            token,
+            topic,
+            sandbox,
+        } => D::Apns(crate::v1::ApnsToken {
+            token: token.clone(),
+            topic: topic.clone(),
+            sandbox: *sandbox,
+        }),
+    };
+    crate::v1::PushDestination {
+        destination: Some(destination),
+    }
+}
+
+/// A registered device as the protocol carries it.
+pub fn push_device(d: &notify_core::push::Device) -> crate::v1::PushDevice {
+    crate::v1::PushDevice {
+        device_id: d.id.to_string(),
+        destination: Some(destination(&d.destination)),
+        registered_ms: millis(d.registered),
+    }
+}

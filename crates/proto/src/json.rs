@@ -43,6 +43,26 @@ pub struct PublishJson {
     /// Inbox retention in seconds (default 7 days, at most 30).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl_seconds: Option<u32>,
+    /// Push to the recipients' devices when they are away (inbox targets);
+    /// absent: the event's configured default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub push: Option<PushJson>,
+}
+
+/// When and what to push (see `PushOptions` in notify.proto).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PushJson {
+    /// `never`, `offline` or `unacked`; absent: the event's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub when: Option<String>,
+    /// For `unacked`: seconds to wait for an ack (1..=3600).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after_seconds: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
 }
 
 /// Why a JSON publish could not become a request.
@@ -52,6 +72,8 @@ pub enum ShapeError {
         "give exactly one target: user_id, users, topic, broadcast: true or connection_id ({0} given)"
     )]
     Targets(usize),
+    #[error("push.when {0:?} is not one of: never, offline, unacked")]
+    PushWhen(String),
 }
 
 impl PublishJson {
@@ -76,6 +98,25 @@ impl PublishJson {
             data: self.data.to_string(),
             idempotency_key: self.idempotency_key.unwrap_or_default(),
             ttl_seconds: self.ttl_seconds.unwrap_or(0),
+            push: self.push.map(PushJson::into_options).transpose()?,
+        })
+    }
+}
+
+impl PushJson {
+    fn into_options(self) -> Result<pb::PushOptions, ShapeError> {
+        let when = match self.when.as_deref() {
+            None => pb::PushWhen::Default,
+            Some("never") => pb::PushWhen::Never,
+            Some("offline") => pb::PushWhen::Offline,
+            Some("unacked") => pb::PushWhen::Unacked,
+            Some(other) => return Err(ShapeError::PushWhen(other.to_owned())),
+        };
+        Ok(pb::PushOptions {
+            when: when as i32,
+            after_seconds: self.after_seconds.unwrap_or(0),
+            title: self.title.unwrap_or_default(),
+            body: self.body.unwrap_or_default(),
         })
     }
 }

@@ -14,6 +14,8 @@
 //! - [`lifecycle`]: the connection lifecycle log that backends watch.
 //! - [`inbox`]: the user's side of the inbox: marks, counts, pages, mutes,
 //!   revisions ([`Inbox`], a supertrait of [`Store`]).
+//! - [`push`]: push devices and the durable push queue ([`Push`], a
+//!   supertrait of [`Store`]).
 //! - [`migrate`]: the migration runners and the embedded SQL files.
 //!
 //! Backend error types never cross the trait: everything is a [`StoreError`].
@@ -27,6 +29,7 @@ pub mod lifecycle;
 pub mod migrate;
 pub mod plan;
 pub mod postgres;
+pub mod push;
 pub mod relay;
 pub mod sqlite;
 
@@ -42,6 +45,7 @@ pub use inbox::Inbox;
 pub use lifecycle::{ConnectionEvent, Lifecycle, LifecyclePage, RecordedEvent};
 pub use notify_core::{Feed, Position};
 pub use postgres::{PgStore, PgStoreConfig};
+pub use push::Push;
 pub use sqlite::{SqliteConfig, SqliteStore};
 
 /// One publish on its way into a group commit.
@@ -54,6 +58,9 @@ pub struct PublishItem {
     pub publish: Publish,
     /// For a topic target: the namespace's log size (newest kept).
     pub log_max_len: u32,
+    /// Push to the recipients' devices when they are away (inbox targets
+    /// only): queued in the same transaction as the message.
+    pub push: Option<notify_core::push::PushOrder>,
 }
 
 /// What a committed publish became.
@@ -163,7 +170,7 @@ pub type PoolWaitObserver = std::sync::Arc<dyn Fn(std::time::Duration) + Send + 
 /// The database of the platform. Implementations must keep seqs gap-free and
 /// strictly increasing per feed under any concurrency, across processes.
 #[async_trait]
-pub trait Store: Inbox + Send + Sync + 'static {
+pub trait Store: Inbox + Push + Send + Sync + 'static {
     /// Applies the migrations not applied yet; returns how many this call
     /// applied. Safe to run from many processes at once.
     async fn migrate(&self) -> Result<usize, StoreError>;

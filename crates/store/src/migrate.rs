@@ -69,6 +69,11 @@ pub const POSTGRES: &[Migration] = &[
         name: "inbox_state",
         sql: include_str!("../../../migrations/postgres/0006_inbox_state.sql"),
     },
+    Migration {
+        version: 7,
+        name: "push",
+        sql: include_str!("../../../migrations/postgres/0007_push.sql"),
+    },
 ];
 
 /// The SQLite migrations, in order.
@@ -92,5 +97,10 @@ pub const SQLITE: &[Migration] = &[
         version: 4,
         name: "inbox_state",
         sql: include_str!("../../../migrations/sqlite/0004_inbox_state.sql"),
+    },
+    Migration {
+        version: 5,
+        name: "push",
+        sql: include_str!("../../../migrations/sqlite/0005_push.sql"),
     },
 ];

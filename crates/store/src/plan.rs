@@ -196,6 +196,24 @@ pub struct InboxRow<'a> {
     pub inline: bool,
 }
 
+/// The inbox entries that queue a push: their item asks for one.
+pub fn push_rows<'a>(
+    items: &'a [PublishItem],
+    new: &[bool],
+    assigned: &'a [Assigned],
+) -> Vec<InboxRow<'a>> {
+    let pushes = |row: &InboxRow<'_>| {
+        items[row.item]
+            .push
+            .as_ref()
+            .is_some_and(|p| p.when != notify_core::push::When::Never)
+    };
+    inbox_rows(items, new, assigned)
+        .into_iter()
+        .filter(pushes)
+        .collect()
+}
+
 /// The inbox entries of the new items, in batch order.
 pub fn inbox_rows<'a>(
     items: &'a [PublishItem],
@@ -388,6 +406,7 @@ mod tests {
                 ttl: Duration::from_secs(60),
             },
             log_max_len: 100,
+            push: None,
         }
     }
 

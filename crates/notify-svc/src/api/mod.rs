@@ -4,6 +4,7 @@
 mod connections;
 pub mod fight;
 mod inbox;
+mod push;
 
 use std::{pin::Pin, sync::Arc, time::Instant};
 
@@ -101,11 +102,13 @@ impl NotifyApi {
             }
             _ => 0,
         };
+        let push = self.push_order(&publish, req.push.as_ref())?;
         Ok(PublishItem {
             caller: caller.name.clone(),
             message_id: MessageId::new(),
             publish,
             log_max_len,
+            push,
         })
     }
 
@@ -675,6 +678,33 @@ impl pb::notify_server::Notify for NotifyApi {
         req: Request<pb::GetInboxCountsRequest>,
     ) -> Result<Response<pb::GetInboxCountsResponse>, Status> {
         self.counted("GetInboxCounts", NotifyApi::get_inbox_counts(self, req))
+            .await
+            .map(Response::new)
+    }
+
+    async fn register_device(
+        &self,
+        req: Request<pb::RegisterDeviceRequest>,
+    ) -> Result<Response<pb::RegisterDeviceResponse>, Status> {
+        self.counted("RegisterDevice", NotifyApi::register_device(self, req))
+            .await
+            .map(Response::new)
+    }
+
+    async fn list_devices(
+        &self,
+        req: Request<pb::ListDevicesRequest>,
+    ) -> Result<Response<pb::ListDevicesResponse>, Status> {
+        self.counted("ListDevices", NotifyApi::list_devices(self, req))
+            .await
+            .map(Response::new)
+    }
+
+    async fn remove_device(
+        &self,
+        req: Request<pb::RemoveDeviceRequest>,
+    ) -> Result<Response<pb::RemoveDeviceResponse>, Status> {
+        self.counted("RemoveDevice", NotifyApi::remove_device(self, req))
             .await
             .map(Response::new)
     }

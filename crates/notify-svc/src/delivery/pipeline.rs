@@ -98,6 +98,7 @@ impl Publisher {
         hub: WatchHub,
         router: Router,
         metrics: Metrics,
+        pusher: notify_push::Pusher,
         tracker: &TaskTracker,
     ) -> Self {
         let (queue, jobs) = mpsc::channel(config.queue);
@@ -106,6 +107,7 @@ impl Publisher {
             hub,
             router,
             metrics,
+            pusher,
             tracker: tracker.clone(),
         };
         tracker.spawn(collect(jobs, config, committers));
@@ -158,6 +160,8 @@ struct Committers {
     hub: WatchHub,
     router: Router,
     metrics: Metrics,
+    /// Woken when a commit queued pushes (due now, for offline users).
+    pusher: notify_push::Pusher,
     tracker: TaskTracker,
 }
 
@@ -304,6 +308,9 @@ impl Committers {
                 self.metrics
                     .committed(committed.len() as u64 - duplicates, duplicates);
                 self.hub.publish(&items, &committed);
+                if items.iter().any(|i| i.push.is_some()) {
+                    self.pusher.wake();
+                }
                 let delivered =
                     span.in_scope(|| self.router.deliver(&items, &committed, &exclude, &traces));
                 let mut published =
@@ -364,6 +371,7 @@ mod tests {
                     ttl: Duration::from_secs(60),
                 },
                 log_max_len: 0,
+                push: None,
             }],
             exclude: None,
             reply: oneshot::channel().0,

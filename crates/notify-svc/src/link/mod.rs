@@ -268,6 +268,7 @@ impl Link {
             message_id: MessageId::new(),
             publish,
             log_max_len,
+            push: None,
         };
         let done = self
             .services

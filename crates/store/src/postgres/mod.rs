@@ -19,12 +19,14 @@
 //! [`relay`]: any relay's lease and cursor, and the `notify_outbox` any service writes.
 //! [`lifecycle`]: the connection lifecycle log and bridge expiry.
 //! [`inbox`]: marks, counts, pages, mutes and revisions (the [`crate::Inbox`] half).
+//! [`push`]: push devices and the push queue (the [`crate::Push`] half).
 //! [`tls`]: `sslmode=require` (RDS Proxy's default) with verified certificates.
 
 pub mod fights;
 mod inbox;
 mod lifecycle;
 mod migrate;
+mod push;
 pub mod relay;
 mod tls;
 
@@ -41,6 +43,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, PoolError, Recycli
 use notify_core::{
     ConnectionId, MessageId, Target, Topic, TopicPolicy, UserId,
     inbox::{Counts, Mutes},
+    push::PushOrder,
 };
 use tokio_postgres::{NoTls, types::Type};
 use uuid::Uuid;
@@ -859,10 +862,11 @@ async fn commit_attempt(
         demand: &demand,
         counting,
     };
-    let (_, (user_last, side), topic_last, (), ()) = futures::try_join!(
+    let (_, (user_last, side), topic_last, (), (), ()) = futures::try_join!(
         tx.batch_execute("BEGIN"),
         write_inbox(tx, &plan, now),
         write_topic_logs(tx, &plan, now),
+        queue_pushes(tx, &plan, now),
         claim_keys(tx, &plan, now, window),
         tx.batch_execute("COMMIT"),
     )?;
@@ -1153,6 +1157,75 @@ async fn write_topic_logs(
         )
         .await?;
     Ok(heads_of(&heads))
+}
+
+/// Queues the pushes the batch's inbox rows ask for, in its transaction (a
+/// crash never loses one). A row's seq is read from its head, which the
+/// inbox statement before it bumped; rows stored muted queue nothing.
+/// Batches that ask for no push send no statement.
+async fn queue_pushes(
+    tx: &tokio_postgres::Client,
+    plan: &Relative<'_>,
+    now: SystemTime,
+) -> Result<(), tokio_postgres::Error> {
+    let items = plan.items;
+    let rows = crate::plan::push_rows(items, plan.new, plan.seqs);
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let order = |r: &crate::plan::InboxRow<'_>| {
+        items[r.item]
+            .push
+            .clone()
+            .expect("push_rows keeps items with a push")
+    };
+    let users: Vec<&str> = rows.iter().map(|r| r.user).collect();
+    let seqs: Vec<i64> = rows.iter().map(|r| to_i64(r.seq)).collect();
+    let demands: Vec<i64> = rows
+        .iter()
+        .map(|r| to_i64(plan.demand.users[r.user]))
+        .collect();
+    let ids: Vec<Uuid> = rows.iter().map(|r| items[r.item].message_id.0).collect();
+    let events: Vec<&str> = rows
+        .iter()
+        .map(|r| items[r.item].publish.event.as_str())
+        .collect();
+    let orders: Vec<PushOrder> = rows.iter().map(order).collect();
+    let whens: Vec<&str> = orders.iter().map(|o| o.when.name()).collect();
+    let afters: Vec<i32> = orders
+        .iter()
+        .map(|o| i32::try_from(o.when.delay().as_secs()).unwrap_or(i32::MAX))
+        .collect();
+    let titles: Vec<&str> = orders.iter().map(|o| o.title.as_str()).collect();
+    let bodies: Vec<&str> = orders.iter().map(|o| o.body.as_str()).collect();
+    let dues: Vec<SystemTime> = orders.iter().map(|o| now + o.when.delay()).collect();
+    tx.query_typed(
+        "INSERT INTO push_queue (message_id, user_id, seq, event, push_when, after_s, title, body,
+                                 created_at, due_at)
+         SELECT t.id, t.u, h.last_seq - t.n + t.s, t.e, t.w, t.a, t.ti, t.b, $11, t.d
+         FROM unnest($1::uuid[], $2::text[], $3::int8[], $4::int8[], $5::text[], $6::text[],
+                     $7::int4[], $8::text[], $9::text[], $10::timestamptz[])
+              AS t(id, u, s, n, e, w, a, ti, b, d)
+         JOIN inbox_heads h ON h.user_id = t.u
+         JOIN inbox i ON i.user_id = t.u AND i.seq = h.last_seq - t.n + t.s
+         WHERE (i.state & 8) = 0
+         ON CONFLICT DO NOTHING",
+        &[
+            (&ids, Type::UUID_ARRAY),
+            (&users, Type::TEXT_ARRAY),
+            (&seqs, Type::INT8_ARRAY),
+            (&demands, Type::INT8_ARRAY),
+            (&events, Type::TEXT_ARRAY),
+            (&whens, Type::TEXT_ARRAY),
+            (&afters, Type::INT4_ARRAY),
+            (&titles, Type::TEXT_ARRAY),
+            (&bodies, Type::TEXT_ARRAY),
+            (&dues, Type::TIMESTAMPTZ_ARRAY),
+            (&now, Type::TIMESTAMPTZ),
+        ],
+    )
+    .await?;
+    Ok(())
 }
 
 /// Claims the batch's new idempotency keys with their answers. A key's seq

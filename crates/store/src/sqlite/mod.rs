@@ -17,6 +17,7 @@ pub mod db;
 pub mod fights;
 mod inbox;
 mod lifecycle;
+mod push;
 pub mod relay;
 pub mod store;
 

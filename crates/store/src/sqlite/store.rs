@@ -9,6 +9,7 @@ use async_trait::async_trait;
 use notify_core::{
     ConnectionId, MessageId, Target, Topic, TopicPolicy, UserId,
     inbox::{Counts, State},
+    push::When,
 };
 use rusqlite::{Connection, OptionalExtension, params};
 use uuid::Uuid;
@@ -623,12 +624,36 @@ impl<'a> Batch<'a> {
                                 expires_at, state)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
         )?;
+        let mut push = conn.prepare_cached(
+            "INSERT INTO push_queue (message_id, user_id, seq, event, push_when, after_s, title,
+                                     body, created_at, due_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+             ON CONFLICT DO NOTHING",
+        )?;
         for row in inbox_rows(items, self.new, self.assigned) {
             let item = &items[row.item];
             let inline = |v: &'a str| row.inline.then_some(v);
             let is_muted = muted.muted(row.user, &item.publish.event);
             if is_muted {
                 side.muted.insert((row.user.to_owned(), row.seq));
+            }
+            // In the commit's transaction: a crash never loses a due push;
+            // a muted message is not pushed either.
+            if let Some(order) = item.push.as_ref().filter(|o| o.when != When::Never)
+                && !is_muted
+            {
+                push.execute(params![
+                    item.message_id.0.as_bytes(),
+                    row.user,
+                    to_i64(row.seq),
+                    item.publish.event,
+                    order.when.name(),
+                    order.when.delay().as_secs() as i64,
+                    order.title,
+                    order.body,
+                    now_us,
+                    micros(now + order.when.delay()),
+                ])?;
             }
             entry.execute(params![
                 row.user,

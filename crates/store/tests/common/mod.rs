@@ -142,5 +142,6 @@ pub fn item(target: Target) -> PublishItem {
             ttl: Duration::from_secs(3600),
         },
         log_max_len: 100,
+        push: None,
     }
 }

@@ -1,0 +1,326 @@
+//! Push to users who are away, end to end (docs/design.md §4.8): notify-svc
+//! with a VAPID key sends to a local stand-in of a Web Push service that
+//! checks the VAPID token with PyJWT and decrypts the payload with http_ece
+//! (RFC 8291), independently of our code. Policy: offline -> pushed; a
+//! live, acked user -> not; unacked past its wait -> pushed; a gone
+//! subscription -> the device removed; 429 -> retried and delivered.
+
+mod common;
+#[path = "common/providers.rs"]
+mod providers;
+
+use std::time::Duration;
+
+use common::{Backend, FakeBridge, Svc, to_user};
+use notify_proto::v1::{self as pb, bridge_up::Msg as Up};
+use providers::Providers;
+use serde_json::Value;
+use tonic::Code;
+
+on_both_stores!(
+    offline_users_get_a_web_push_that_their_browser_can_decrypt,
+    live_acked_messages_are_never_pushed_and_unacked_ones_are,
+    gone_subscriptions_are_removed_and_rate_limits_retried,
+);
+
+/// notify-svc with a generated VAPID key, trusting the stand-in.
+async fn start(backend: Backend, providers: &Providers) -> Svc {
+    let key = notify_push::vapid::Vapid::generate("mailto:ops@example.com").unwrap();
+    let key_file = providers.dir.join("vapid.pem");
+    std::fs::write(&key_file, key.to_pem()).unwrap();
+    let ca = providers.ca_file();
+    let events = providers.dir.join("push-events.json");
+    std::fs::write(
+        &events,
+        r#"{"fight.accepted": {"when": "offline", "title": "{opponent} took your bet"}}"#,
+    )
+    .unwrap();
+    Svc::start_on_with(backend, move |c| {
+        c.push.vapid_key_file = Some(key_file);
+        c.push.vapid_subject = "mailto:ops@example.com".into();
+        c.push.ca_file = Some(ca);
+        c.push.policy =
+            notify_core::push::PushPolicy::from_json(&std::fs::read_to_string(events).unwrap())
+                .unwrap();
+    })
+    .await
+}
+
+fn web_push(subscription: &Value) -> Option<pb::PushDestination> {
+    Some(pb::PushDestination {
+        destination: Some(pb::push_destination::Destination::WebPush(
+            pb::WebPushSubscription {
+                endpoint: subscription["endpoint"].as_str().unwrap().into(),
+                p256dh: subscription["keys"]["p256dh"].as_str().unwrap().into(),
+                auth: subscription["keys"]["auth"].as_str().unwrap().into(),
+            },
+        )),
+    })
+}
+
+async fn register(svc: &Svc, user: &str, subscription: &Value) -> String {
+    let mut api = svc.client().await;
+    let registered = api
+        .register_device(pb::RegisterDeviceRequest {
+            user_id: user.into(),
+            destination: web_push(subscription),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    registered.device.unwrap().device_id
+}
+
+fn accepted(user: &str) -> pb::PublishRequest {
+    pb::PublishRequest {
+        event: "fight.accepted".into(),
+        ..to_user(user, r#"{"opponent": "bea", "stake": 20}"#)
+    }
+}
+
+fn delivered_to<'a>(received: &'a [Value], endpoint: &str) -> Vec<&'a Value> {
+    received
+        .iter()
+        .filter(|r| r["address"] == endpoint && r["status"] == 201)
+        .collect()
+}
+
+async fn offline_users_get_a_web_push_that_their_browser_can_decrypt(backend: Backend) {
+    let providers = Providers::start().await;
+    let svc = start(backend, &providers).await;
+    let subscription = providers.subscribe().await;
+    let endpoint = subscription["endpoint"].as_str().unwrap().to_owned();
+    register(&svc, "ann", &subscription).await;
+    let mut api = svc.client().await;
+    let listed = api
+        .list_devices(pb::ListDevicesRequest {
+            user_id: "ann".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.devices.len(), 1);
+    assert_eq!(listed.vapid_public_key.len(), 87, "65 bytes, base64url");
+
+    // The event's configured default: offline -> pushed, with the template.
+    let published = api.publish(accepted("ann")).await.unwrap().into_inner();
+    let received = providers
+        .wait_for("the push", |r| delivered_to(r, &endpoint).len() == 1)
+        .await;
+    let push = delivered_to(&received, &endpoint)[0];
+    assert_eq!(
+        push["payload"],
+        serde_json::json!({
+            "title": "bea took your bet",
+            "body": "",
+            "message_id": published.message_id,
+            "seq": published.seq,
+            "event": "fight.accepted",
+        }),
+        "decrypted by the stand-in with the subscription's private key"
+    );
+    assert_eq!(push["vapid_sub"], "mailto:ops@example.com");
+    assert_eq!(push["vapid_key"], Value::from(listed.vapid_public_key));
+    assert_eq!(
+        push["topic"].as_str().unwrap(),
+        published.message_id.replace('-', ""),
+        "the message id collapses copies"
+    );
+
+    // A publish's own options override the event's: never, or a title.
+    api.publish(pb::PublishRequest {
+        push: Some(pb::PushOptions {
+            when: pb::PushWhen::Never as i32,
+            ..Default::default()
+        }),
+        ..accepted("ann")
+    })
+    .await
+    .unwrap();
+    api.publish(pb::PublishRequest {
+        push: Some(pb::PushOptions {
+            when: pb::PushWhen::Offline as i32,
+            title: "Your move".into(),
+            body: "bea is waiting".into(),
+            ..Default::default()
+        }),
+        ..to_user("ann", "{}")
+    })
+    .await
+    .unwrap();
+    let received = providers
+        .wait_for("the second push", |r| delivered_to(r, &endpoint).len() == 2)
+        .await;
+    assert_eq!(
+        delivered_to(&received, &endpoint)[1]["payload"]["title"],
+        "Your move"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        delivered_to(&providers.received().await, &endpoint).len(),
+        2,
+        "`never` was not pushed"
+    );
+
+    // Bad push options: refused with a reason, nothing stored.
+    for bad in [
+        pb::PublishRequest {
+            push: Some(pb::PushOptions {
+                when: pb::PushWhen::Unacked as i32,
+                after_seconds: 0,
+                ..Default::default()
+            }),
+            ..to_user("ann", "{}")
+        },
+        pb::PublishRequest {
+            push: Some(pb::PushOptions {
+                when: pb::PushWhen::Offline as i32,
+                ..Default::default()
+            }),
+            ..common::to_topic("room:lobby", "{}")
+        },
+        pb::PublishRequest {
+            push: Some(pb::PushOptions {
+                when: 42,
+                ..Default::default()
+            }),
+            ..to_user("ann", "{}")
+        },
+    ] {
+        let e = api.publish(bad).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{}", e.message());
+    }
+    let bad_device = api
+        .register_device(pb::RegisterDeviceRequest {
+            user_id: "ann".into(),
+            destination: Some(pb::PushDestination {
+                destination: Some(pb::push_destination::Destination::WebPush(
+                    pb::WebPushSubscription {
+                        endpoint: "http://plain.example/x".into(),
+                        p256dh: "x".into(),
+                        auth: "y".into(),
+                    },
+                )),
+            }),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad_device.code(), Code::InvalidArgument);
+    svc.stop().await;
+}
+
+async fn live_acked_messages_are_never_pushed_and_unacked_ones_are(backend: Backend) {
+    let providers = Providers::start().await;
+    let svc = start(backend, &providers).await;
+    let subscription = providers.subscribe().await;
+    let endpoint = subscription["endpoint"].as_str().unwrap().to_owned();
+    register(&svc, "cy", &subscription).await;
+    // cy is online on a bridge.
+    let connection = notify_core::ConnectionId::new().to_string();
+    let bridge = FakeBridge::attach(
+        &svc,
+        "b1",
+        vec![pb::LiveConnection {
+            connection_id: connection.clone(),
+            user_id: "cy".into(),
+            ..Default::default()
+        }],
+    )
+    .await;
+    let mut api = svc.client().await;
+    // Registered (the store's registry is how every replica knows).
+    for _ in 0..200 {
+        let presence = api
+            .get_presence(pb::GetPresenceRequest {
+                target: Some(pb::get_presence_request::Target::UserId("cy".into())),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        if !presence.connections.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // offline policy while online: not pushed.
+    api.publish(accepted("cy")).await.unwrap();
+    // unacked within 1 s: the first is acked in time, the second is not.
+    let unacked = |data: &str| pb::PublishRequest {
+        push: Some(pb::PushOptions {
+            when: pb::PushWhen::Unacked as i32,
+            after_seconds: 1,
+            title: data.into(),
+            ..Default::default()
+        }),
+        ..to_user("cy", "{}")
+    };
+    api.publish(unacked("acked")).await.unwrap();
+    bridge
+        .send(Up::Acks(pb::InboxAcks {
+            acks: vec![pb::InboxSeq {
+                user_id: "cy".into(),
+                seq: 2,
+            }],
+        }))
+        .await;
+    api.publish(unacked("missed")).await.unwrap();
+    let received = providers
+        .wait_for("the unacked push", |r| {
+            !delivered_to(r, &endpoint).is_empty()
+        })
+        .await;
+    let pushed: Vec<&Value> = delivered_to(&received, &endpoint);
+    assert_eq!(pushed.len(), 1);
+    assert_eq!(pushed[0]["payload"]["title"], "missed");
+    assert_eq!(pushed[0]["payload"]["seq"], 3);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        delivered_to(&providers.received().await, &endpoint).len(),
+        1,
+        "the acked one and the online one were never pushed"
+    );
+    drop(bridge);
+    svc.stop().await;
+}
+
+async fn gone_subscriptions_are_removed_and_rate_limits_retried(backend: Backend) {
+    let providers = Providers::start().await;
+    let svc = start(backend, &providers).await;
+    let busy = providers.subscribe().await;
+    let busy_endpoint = busy["endpoint"].as_str().unwrap().to_owned();
+    let gone = providers.subscribe().await;
+    let gone_endpoint = gone["endpoint"].as_str().unwrap().to_owned();
+    register(&svc, "dee", &busy).await;
+    register(&svc, "dee", &gone).await;
+    providers.script(&busy_endpoint, &[429]).await;
+    providers.gone(&gone_endpoint).await;
+    let mut api = svc.client().await;
+    api.publish(accepted("dee")).await.unwrap();
+    // 429 with Retry-After: 1 -> sent again after it, and delivered.
+    let received = providers
+        .wait_for("the retried push", |r| {
+            !delivered_to(r, &busy_endpoint).is_empty()
+        })
+        .await;
+    let to_busy: Vec<i64> = received
+        .iter()
+        .filter(|r| r["address"] == busy_endpoint)
+        .map(|r| r["status"].as_i64().unwrap())
+        .collect();
+    assert_eq!(to_busy, [429, 201]);
+    let gone_answers = received
+        .iter()
+        .filter(|r| r["address"] == gone_endpoint)
+        .count();
+    assert_eq!(gone_answers, 1, "a gone device is not retried");
+    let devices = api
+        .list_devices(pb::ListDevicesRequest {
+            user_id: "dee".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .devices;
+    assert_eq!(devices.len(), 1, "the gone subscription was removed");
+    svc.stop().await;
+}

@@ -1,0 +1,17 @@
+//! notify-push: push to users who are away (docs/design.md §4.8).
+//!
+//! - [`worker`]: claims due pushes from the store's durable queue, decides
+//!   by the user's acks and presence at due time, sends to each device and
+//!   records what was done, retrying rate limits and provider trouble.
+//! - [`web_push`]: Web Push with VAPID and RFC 8291 encryption; [`vapid`]
+//!   its key pair.
+//! - [`client`]: the HTTPS client the senders share (HTTP/2 where offered).
+//! - [`outcome`]: a provider's answer, classified.
+
+pub mod client;
+pub mod outcome;
+pub mod vapid;
+pub mod web_push;
+pub mod worker;
+
+pub use worker::{Presence, Pusher, Senders, Tally};

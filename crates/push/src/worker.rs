@@ -1,0 +1,303 @@
+//! The push worker: claims due pushes (a lease, so replicas share the
+//! queue and a crashed sender's claims come back), decides each by what
+//! only this platform knows — did a device ack the message, is the user
+//! connected — and sends to every device not yet done.
+//!
+//! Delivery is at least once per device: devices are recorded done after
+//! their provider answered, so a crash resends only what was in flight, and
+//! each push carries the message id as the provider's collapse key (Web
+//! Push `Topic`), so a resent copy replaces the first instead of showing
+//! twice.
+
+use std::{
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+
+use futures::StreamExt;
+use notify_core::push::{Destination, Device, Provider, When};
+use notify_store::{
+    Store,
+    push::{DuePush, Finish},
+};
+use prometheus_client::metrics::{counter::Counter, family::Family};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    outcome::Outcome,
+    web_push::{Subscription, WebPush},
+};
+
+/// Pushes claimed per round trip.
+const CLAIM: u32 = 64;
+/// How long a claim holds: longer than a round of sends with retries of
+/// the transport (15 s per request), so a live sender never loses its claim.
+const LEASE: Duration = Duration::from_secs(60);
+/// Pushes sent at once by one worker.
+const IN_FLIGHT: usize = 32;
+/// Longest sleep between looks at the queue: pushes other replicas queued
+/// and `unacked` pushes coming due are found this late at most.
+const POLL: Duration = Duration::from_secs(1);
+/// Claims of one push before it is given up (backoff 2 s, 4 s, … 256 s).
+const MAX_ATTEMPTS: u32 = 8;
+
+/// The senders configured (a provider without one: its devices fail).
+#[derive(Default)]
+pub struct Senders {
+    pub web_push: Option<WebPush>,
+}
+
+/// Every outcome, counted by provider: the `notify_push` metric
+/// (`provider` = web_push/fcm/apns: sent, gone, retry, failed; `queue`:
+/// acked, online, no_device, given_up).
+#[derive(Default, Clone)]
+pub struct Tally(Family<Vec<(&'static str, &'static str)>, Counter>);
+
+impl Tally {
+    fn add(&self, provider: &'static str, outcome: &'static str) {
+        self.0
+            .get_or_create(&vec![("provider", provider), ("outcome", outcome)])
+            .inc();
+    }
+
+    /// How many of this outcome so far.
+    pub fn count(&self, provider: &'static str, outcome: &'static str) -> u64 {
+        self.0
+            .get_or_create(&vec![("provider", provider), ("outcome", outcome)])
+            .get()
+    }
+
+    /// The family, to register in a metrics registry.
+    pub fn family(&self) -> Family<Vec<(&'static str, &'static str)>, Counter> {
+        self.0.clone()
+    }
+}
+
+/// Whether this process sees a live connection of the user (the registry
+/// in the store may be a moment behind a connect): added to the store's
+/// answer.
+pub type Presence = Arc<dyn Fn(&notify_core::UserId) -> bool + Send + Sync>;
+
+/// The worker's handle: wake it after a commit queued pushes.
+#[derive(Clone)]
+pub struct Pusher {
+    wake: Arc<Notify>,
+    pub tally: Tally,
+}
+
+impl Pusher {
+    /// Starts the worker on `store` until `stop`.
+    pub fn start(
+        store: Arc<dyn Store>,
+        senders: Senders,
+        presence: Presence,
+        tracker: &tokio_util::task::TaskTracker,
+        stop: CancellationToken,
+    ) -> Self {
+        let pusher = Self {
+            wake: Arc::new(Notify::new()),
+            tally: Tally::default(),
+        };
+        let worker = Worker {
+            store,
+            senders: Arc::new(senders),
+            presence,
+            tally: pusher.tally.clone(),
+        };
+        tracker.spawn(worker.run(pusher.wake.clone(), stop));
+        pusher
+    }
+
+    /// A commit queued pushes due now: look at once.
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+}
+
+struct Worker {
+    store: Arc<dyn Store>,
+    senders: Arc<Senders>,
+    presence: Presence,
+    tally: Tally,
+}
+
+impl Worker {
+    async fn run(self, wake: Arc<Notify>, stop: CancellationToken) {
+        while !stop.is_cancelled() {
+            let claimed = match self.store.claim_pushes(CLAIM, LEASE).await {
+                Ok(claimed) => claimed,
+                Err(e) => {
+                    tracing::warn!(error = %e, "push queue unreachable; retrying");
+                    Vec::new()
+                }
+            };
+            if claimed.len() as u32 == CLAIM {
+                self.send_all(claimed).await;
+                continue;
+            }
+            if !claimed.is_empty() {
+                self.send_all(claimed).await;
+            }
+            let nap = self.until_next().await;
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = wake.notified() => {}
+                _ = tokio::time::sleep(nap) => {}
+            }
+        }
+    }
+
+    /// How long until the next push is due, at most [`POLL`].
+    async fn until_next(&self) -> Duration {
+        match self.store.next_push_due().await {
+            Ok(Some(due)) => due
+                .duration_since(SystemTime::now())
+                .unwrap_or_default()
+                .min(POLL),
+            _ => POLL,
+        }
+    }
+
+    async fn send_all(&self, claimed: Vec<DuePush>) {
+        futures::stream::iter(claimed)
+            .for_each_concurrent(IN_FLIGHT, |push| async move {
+                let finish = self.handle(&push).await;
+                if let Err(e) = self
+                    .store
+                    .finish_push(push.message_id, &push.user, &finish)
+                    .await
+                {
+                    // The lease ends and the push is claimed again.
+                    tracing::warn!(error = %e, message = %push.message_id, "push not recorded");
+                }
+            })
+            .await;
+    }
+
+    /// Decides, sends to the devices left, and says how the claim ends.
+    async fn handle(&self, push: &DuePush) -> Finish {
+        if push.acked {
+            self.tally.add("queue", "acked");
+            return Finish::Done;
+        }
+        if push.when == When::Offline && (push.live || (self.presence)(&push.user)) {
+            self.tally.add("queue", "online");
+            return Finish::Done;
+        }
+        let devices = match self.store.devices(&push.user).await {
+            Ok(devices) => devices,
+            Err(e) => {
+                tracing::warn!(error = %e, "devices unreadable; push retried");
+                return self.retry(push, push.devices_done.clone(), None);
+            }
+        };
+        let left: Vec<Device> = devices
+            .into_iter()
+            .filter(|d| !push.devices_done.contains(&d.id))
+            .collect();
+        if left.is_empty() {
+            if push.devices_done.is_empty() {
+                self.tally.add("queue", "no_device");
+            }
+            return Finish::Done;
+        }
+        let payload = serde_json::json!({
+            "title": push.title,
+            "body": push.body,
+            "message_id": push.message_id.to_string(),
+            "seq": push.seq,
+            "event": push.event,
+        })
+        .to_string();
+        let outcomes: Vec<(Device, Outcome)> = futures::stream::iter(left)
+            .map(|device| async {
+                let outcome = self.send(&device, push, payload.as_bytes()).await;
+                (device, outcome)
+            })
+            .buffer_unordered(8)
+            .collect()
+            .await;
+        let mut done = push.devices_done.clone();
+        let mut wait: Option<Duration> = None;
+        let mut retrying = false;
+        for (device, outcome) in outcomes {
+            let provider = device.destination.provider().name();
+            self.tally.add(provider, outcome.label());
+            match outcome {
+                Outcome::Sent => done.push(device.id),
+                Outcome::Gone => {
+                    if let Err(e) = self.store.remove_device(None, &device.id).await {
+                        tracing::warn!(error = %e, "a gone device was not removed");
+                    }
+                    done.push(device.id);
+                }
+                Outcome::Failed { why } => {
+                    tracing::warn!(provider, device = %device.id, %why, "push refused");
+                    done.push(device.id);
+                }
+                Outcome::Retry { after, why } => {
+                    tracing::info!(provider, device = %device.id, %why, "push to retry");
+                    retrying = true;
+                    wait = wait.max(after);
+                }
+            }
+        }
+        if retrying {
+            self.retry(push, done, wait)
+        } else {
+            Finish::Done
+        }
+    }
+
+    /// Again later with exponential backoff (or the provider's
+    /// Retry-After, if longer); given up after [`MAX_ATTEMPTS`].
+    fn retry(
+        &self,
+        push: &DuePush,
+        done: Vec<notify_core::push::DeviceId>,
+        after: Option<Duration>,
+    ) -> Finish {
+        if push.attempts + 1 >= MAX_ATTEMPTS {
+            self.tally.add("queue", "given_up");
+            return Finish::Done;
+        }
+        let backoff = Duration::from_secs(2u64 << push.attempts.min(7));
+        Finish::Retry {
+            at: SystemTime::now() + backoff.max(after.unwrap_or_default()),
+            devices_done: done,
+        }
+    }
+
+    async fn send(&self, device: &Device, push: &DuePush, payload: &[u8]) -> Outcome {
+        // The message id (32 hex digits) collapses copies of one push.
+        let collapse = push.message_id.0.simple().to_string();
+        match (&device.destination, &self.senders.web_push) {
+            (
+                Destination::WebPush {
+                    endpoint,
+                    p256dh,
+                    auth,
+                },
+                Some(sender),
+            ) => {
+                let to = Subscription {
+                    endpoint,
+                    p256dh,
+                    auth,
+                };
+                sender.send(&to, payload, &collapse).await
+            }
+            (destination, _) => Outcome::Failed {
+                why: format!(
+                    "no {} sender configured",
+                    provider_name(destination.provider())
+                ),
+            },
+        }
+    }
+}
+
+fn provider_name(p: Provider) -> &'static str {
+    p.name()
+}
