@@ -130,6 +130,32 @@ pub struct SvcArgs {
     )]
     pub vapid_subject: String,
 
+    /// The FCM service account JSON file (project_id, client_email,
+    /// private_key, token_uri); unset: no FCM.
+    #[arg(long, env = "NOTIFY_FCM_SERVICE_ACCOUNT_FILE")]
+    pub fcm_service_account_file: Option<std::path::PathBuf>,
+
+    /// Where FCM is (default https://fcm.googleapis.com).
+    #[arg(long, env = "NOTIFY_FCM_ENDPOINT")]
+    pub fcm_endpoint: Option<String>,
+
+    /// The APNs auth key (.p8, PKCS#8 PEM); unset: no APNs.
+    #[arg(long, env = "NOTIFY_APNS_KEY_FILE")]
+    pub apns_key_file: Option<std::path::PathBuf>,
+
+    /// The APNs key's id (the `kid` of provider tokens).
+    #[arg(long, env = "NOTIFY_APNS_KEY_ID", default_value = "")]
+    pub apns_key_id: String,
+
+    /// The Apple developer team id (the `iss` of provider tokens).
+    #[arg(long, env = "NOTIFY_APNS_TEAM_ID", default_value = "")]
+    pub apns_team_id: String,
+
+    /// Where APNs is, for every device (default: api.push.apple.com, or
+    /// api.sandbox.push.apple.com for sandbox devices).
+    #[arg(long, env = "NOTIFY_APNS_ENDPOINT")]
+    pub apns_endpoint: Option<String>,
+
     /// One more CA (PEM) to trust for push providers, beside the system's
     /// (a private push service; the tests' provider stand-ins).
     #[arg(long, env = "NOTIFY_PUSH_CA_FILE")]
@@ -291,6 +317,12 @@ pub struct PushSettings {
     pub vapid_key_file: Option<std::path::PathBuf>,
     pub vapid_subject: String,
     pub ca_file: Option<std::path::PathBuf>,
+    pub fcm_service_account_file: Option<std::path::PathBuf>,
+    pub fcm_endpoint: Option<String>,
+    pub apns_key_file: Option<std::path::PathBuf>,
+    pub apns_key_id: String,
+    pub apns_team_id: String,
+    pub apns_endpoint: Option<String>,
 }
 
 impl Config {
@@ -322,6 +354,15 @@ impl Config {
             .set("vapid_key_file", &self.push.vapid_key_file)
             .set("vapid_subject", &self.push.vapid_subject)
             .set("push_ca_file", &self.push.ca_file)
+            .set(
+                "fcm_service_account_file",
+                &self.push.fcm_service_account_file,
+            )
+            .set("fcm_endpoint", &self.push.fcm_endpoint)
+            .set("apns_key_file", &self.push.apns_key_file)
+            .set("apns_key_id", &self.push.apns_key_id)
+            .set("apns_team_id", &self.push.apns_team_id)
+            .set("apns_endpoint", &self.push.apns_endpoint)
             .set("push_events", self.push.policy.events())
     }
 
@@ -484,6 +525,12 @@ impl Config {
                 vapid_key_file: args.vapid_key_file.clone(),
                 vapid_subject: args.vapid_subject.clone(),
                 ca_file: args.push_ca_file.clone(),
+                fcm_service_account_file: args.fcm_service_account_file.clone(),
+                fcm_endpoint: args.fcm_endpoint.clone(),
+                apns_key_file: args.apns_key_file.clone(),
+                apns_key_id: args.apns_key_id.clone(),
+                apns_team_id: args.apns_team_id.clone(),
+                apns_endpoint: args.apns_endpoint.clone(),
             },
         })
     }

@@ -205,22 +205,45 @@ pub async fn run(
 }
 
 /// The push senders the settings configure, and the VAPID public key
-/// browsers subscribe with (None: no Web Push).
+/// browsers subscribe with (None: no Web Push). A provider's bad key or
+/// file stops start-up with its reason.
 fn push_senders(
     settings: &config::PushSettings,
 ) -> Result<(notify_push::Senders, Option<String>), RunError> {
+    use notify_push::{apns::Apns, fcm::Fcm, vapid::Vapid, web_push::WebPush};
     let mut senders = notify_push::Senders::default();
-    let Some(key_file) = &settings.vapid_key_file else {
+    let any = settings.vapid_key_file.is_some()
+        || settings.fcm_service_account_file.is_some()
+        || settings.apns_key_file.is_some();
+    if !any {
         return Ok((senders, None));
-    };
+    }
     let https = notify_push::client::Https::new(settings.ca_file.as_deref())
         .map_err(|e| RunError::Push(e.to_string()))?;
-    let vapid = notify_push::vapid::Vapid::from_pem_file(key_file, &settings.vapid_subject)
+    let mut public = None;
+    if let Some(key_file) = &settings.vapid_key_file {
+        let vapid =
+            Vapid::from_pem_file(key_file, &settings.vapid_subject).map_err(RunError::Push)?;
+        let web_push = WebPush::new(vapid, https.clone()).map_err(RunError::Push)?;
+        public = Some(web_push.public_key());
+        senders.web_push = Some(web_push);
+    }
+    if let Some(file) = &settings.fcm_service_account_file {
+        let endpoint = settings.fcm_endpoint.as_deref();
+        senders.fcm = Some(Fcm::from_file(file, endpoint, https.clone()).map_err(RunError::Push)?);
+    }
+    if let Some(file) = &settings.apns_key_file {
+        let apns = Apns::from_file(
+            file,
+            &settings.apns_key_id,
+            &settings.apns_team_id,
+            settings.apns_endpoint.as_deref(),
+            https,
+        )
         .map_err(RunError::Push)?;
-    let web_push = notify_push::web_push::WebPush::new(vapid, https).map_err(RunError::Push)?;
-    let public = web_push.public_key();
-    senders.web_push = Some(web_push);
-    Ok((senders, Some(public)))
+        senders.apns = Some(apns);
+    }
+    Ok((senders, public))
 }
 
 /// The metrics and the router, wired to each other and to the store's pool.

@@ -3,7 +3,9 @@
 //! checks the VAPID token with PyJWT and decrypts the payload with http_ece
 //! (RFC 8291), independently of our code. Policy: offline -> pushed; a
 //! live, acked user -> not; unacked past its wait -> pushed; a gone
-//! subscription -> the device removed; 429 -> retried and delivered.
+//! subscription -> the device removed; 429 -> retried and delivered. FCM
+//! (OAuth2 JWT grant checked with PyJWT) and APNs (ES256 provider token,
+//! HTTP/2) against the same stand-in.
 
 mod common;
 #[path = "common/providers.rs"]
@@ -19,6 +21,7 @@ use tonic::Code;
 
 on_both_stores!(
     offline_users_get_a_web_push_that_their_browser_can_decrypt,
+    fcm_and_apns_devices_get_the_push_with_the_providers_own_auth,
     live_acked_messages_are_never_pushed_and_unacked_ones_are,
     gone_subscriptions_are_removed_and_rate_limits_retried,
 );
@@ -35,7 +38,21 @@ async fn start(backend: Backend, providers: &Providers) -> Svc {
         r#"{"fight.accepted": {"when": "offline", "title": "{opponent} took your bet"}}"#,
     )
     .unwrap();
+    let apns: Value =
+        serde_json::from_str(&std::fs::read_to_string(providers.dir.join("apns.json")).unwrap())
+            .unwrap();
+    let (fcm_file, apns_file) = (
+        providers.dir.join("fcm.json"),
+        providers.dir.join("apns.p8"),
+    );
+    let origin = providers.origin.clone();
     Svc::start_on_with(backend, move |c| {
+        c.push.fcm_service_account_file = Some(fcm_file);
+        c.push.fcm_endpoint = Some(origin.clone());
+        c.push.apns_key_file = Some(apns_file);
+        c.push.apns_key_id = apns["key_id"].as_str().unwrap().into();
+        c.push.apns_team_id = apns["team_id"].as_str().unwrap().into();
+        c.push.apns_endpoint = Some(origin);
         c.push.vapid_key_file = Some(key_file);
         c.push.vapid_subject = "mailto:ops@example.com".into();
         c.push.ca_file = Some(ca);
@@ -322,5 +339,129 @@ async fn gone_subscriptions_are_removed_and_rate_limits_retried(backend: Backend
         .into_inner()
         .devices;
     assert_eq!(devices.len(), 1, "the gone subscription was removed");
+    svc.stop().await;
+}
+
+fn fcm(token: &str) -> Option<pb::PushDestination> {
+    Some(pb::PushDestination {
+        destination: Some(pb::push_destination::Destination::Fcm(pb::FcmToken {
+            token: token.into(),
+        })),
+    })
+}
+
+fn apns(token: &str) -> Option<pb::PushDestination> {
+    Some(pb::PushDestination {
+        destination: Some(pb::push_destination::Destination::Apns(pb::ApnsToken {
+            token: token.into(),
+            topic: "com.example.bets".into(),
+            sandbox: true,
+        })),
+    })
+}
+
+async fn fcm_and_apns_devices_get_the_push_with_the_providers_own_auth(backend: Backend) {
+    let providers = Providers::start().await;
+    let svc = start(backend, &providers).await;
+    let mut api = svc.client().await;
+    let (phone, iphone) = ("fcm-token-1", "ab".repeat(32));
+    let (old_phone, old_iphone) = ("fcm-token-old", "cd".repeat(32));
+    for destination in [fcm(phone), apns(&iphone), fcm(old_phone), apns(&old_iphone)] {
+        api.register_device(pb::RegisterDeviceRequest {
+            user_id: "eve".into(),
+            destination,
+        })
+        .await
+        .unwrap();
+    }
+    providers.gone(old_phone).await;
+    providers.gone(&old_iphone).await;
+    providers.script(phone, &[503]).await;
+    let published = api.publish(accepted("eve")).await.unwrap().into_inner();
+    let received = providers
+        .wait_for("FCM and APNs pushes", |r| {
+            let ok = |p: &str| {
+                r.iter()
+                    .any(|x| x["provider"] == p && x["status"].as_i64() == Some(200))
+            };
+            ok("fcm") && ok("apns")
+        })
+        .await;
+    let refused: Vec<&Value> = received
+        .iter()
+        .filter(|r| r.get("refused").is_some())
+        .collect();
+    assert!(refused.is_empty(), "the stand-in refused: {refused:?}");
+    let fcm_push = received
+        .iter()
+        .find(|r| r["provider"] == "fcm" && r["status"] == 200)
+        .unwrap();
+    assert_eq!(fcm_push["payload"]["token"], phone);
+    assert_eq!(
+        fcm_push["payload"]["notification"]["title"],
+        "bea took your bet"
+    );
+    assert_eq!(
+        fcm_push["payload"]["data"]["message_id"],
+        published.message_id.as_str()
+    );
+    assert_eq!(
+        fcm_push["payload"]["data"]["seq"],
+        published.seq.to_string()
+    );
+    let apns_push = received
+        .iter()
+        .find(|r| r["provider"] == "apns" && r["status"] == 200)
+        .unwrap();
+    assert_eq!(apns_push["address"], iphone.as_str());
+    assert_eq!(apns_push["http_version"], "2", "APNs is HTTP/2 only");
+    assert_eq!(apns_push["topic"], "com.example.bets");
+    assert_eq!(apns_push["push_type"], "alert");
+    assert_eq!(
+        apns_push["payload"]["aps"]["alert"]["title"],
+        "bea took your bet"
+    );
+    assert_eq!(
+        apns_push["payload"]["message_id"],
+        published.message_id.as_str()
+    );
+    assert_eq!(
+        apns_push["collapse_id"].as_str().unwrap(),
+        published.message_id.replace('-', "")
+    );
+    // The OAuth grant was made once and checked by the stand-in.
+    let grants = received
+        .iter()
+        .filter(|r| r["provider"] == "fcm_oauth")
+        .count();
+    assert_eq!(grants, 1);
+    // FCM's 503 was retried; the gone tokens were each tried once, then removed.
+    let to_phone: Vec<i64> = received
+        .iter()
+        .filter(|r| r["provider"] == "fcm" && r["address"] == phone)
+        .map(|r| r["status"].as_i64().unwrap())
+        .collect();
+    assert_eq!(to_phone, [503, 200]);
+    let left: Vec<String> = api
+        .list_devices(pb::ListDevicesRequest {
+            user_id: "eve".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .devices
+        .into_iter()
+        .map(|d| match d.destination.unwrap().destination.unwrap() {
+            pb::push_destination::Destination::Fcm(f) => f.token,
+            pb::push_destination::Destination::Apns(a) => a.token,
+            pb::push_destination::Destination::WebPush(w) => w.endpoint,
+        })
+        .collect();
+    assert_eq!(
+        left.len(),
+        2,
+        "FCM UNREGISTERED and APNs 410 removed theirs: {left:?}"
+    );
+    assert!(left.contains(&phone.to_owned()) && left.contains(&iphone));
     svc.stop().await;
 }

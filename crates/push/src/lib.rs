@@ -5,10 +5,14 @@
 //!   records what was done, retrying rate limits and provider trouble.
 //! - [`web_push`]: Web Push with VAPID and RFC 8291 encryption; [`vapid`]
 //!   its key pair.
+//! - [`fcm`]: FCM HTTP v1 with the service account's OAuth2 JWT grant.
+//! - [`apns`]: APNs over HTTP/2 with an ES256 provider token.
 //! - [`client`]: the HTTPS client the senders share (HTTP/2 where offered).
 //! - [`outcome`]: a provider's answer, classified.
 
+pub mod apns;
 pub mod client;
+pub mod fcm;
 pub mod outcome;
 pub mod vapid;
 pub mod web_push;

@@ -15,7 +15,7 @@ use std::{
 };
 
 use futures::StreamExt;
-use notify_core::push::{Destination, Device, Provider, When};
+use notify_core::push::{Destination, Device, When};
 use notify_store::{
     Store,
     push::{DuePush, Finish},
@@ -25,6 +25,8 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
+    apns::Apns,
+    fcm::{Fcm, Notification},
     outcome::Outcome,
     web_push::{Subscription, WebPush},
 };
@@ -46,6 +48,8 @@ const MAX_ATTEMPTS: u32 = 8;
 #[derive(Default)]
 pub struct Senders {
     pub web_push: Option<WebPush>,
+    pub fcm: Option<Fcm>,
+    pub apns: Option<Apns>,
 }
 
 /// Every outcome, counted by provider: the `notify_push` metric
@@ -272,32 +276,50 @@ impl Worker {
     async fn send(&self, device: &Device, push: &DuePush, payload: &[u8]) -> Outcome {
         // The message id (32 hex digits) collapses copies of one push.
         let collapse = push.message_id.0.simple().to_string();
-        match (&device.destination, &self.senders.web_push) {
-            (
-                Destination::WebPush {
-                    endpoint,
-                    p256dh,
-                    auth,
-                },
-                Some(sender),
-            ) => {
-                let to = Subscription {
-                    endpoint,
-                    p256dh,
-                    auth,
-                };
-                sender.send(&to, payload, &collapse).await
-            }
-            (destination, _) => Outcome::Failed {
-                why: format!(
-                    "no {} sender configured",
-                    provider_name(destination.provider())
-                ),
+        let message_id = push.message_id.to_string();
+        let notification = Notification {
+            title: &push.title,
+            body: &push.body,
+            message_id: &message_id,
+            seq: push.seq,
+            event: &push.event,
+            collapse: &collapse,
+        };
+        let senders = &self.senders;
+        let missing = || Outcome::Failed {
+            why: format!(
+                "no {} sender configured",
+                device.destination.provider().name()
+            ),
+        };
+        match &device.destination {
+            Destination::WebPush {
+                endpoint,
+                p256dh,
+                auth,
+            } => match &senders.web_push {
+                Some(sender) => {
+                    let to = Subscription {
+                        endpoint,
+                        p256dh,
+                        auth,
+                    };
+                    sender.send(&to, payload, &collapse).await
+                }
+                None => missing(),
+            },
+            Destination::Fcm { token } => match &senders.fcm {
+                Some(sender) => sender.send(token, &notification).await,
+                None => missing(),
+            },
+            Destination::Apns {
+                token,
+                topic,
+                sandbox,
+            } => match &senders.apns {
+                Some(sender) => sender.send(token, topic, *sandbox, &notification).await,
+                None => missing(),
             },
         }
     }
-}
-
-fn provider_name(p: Provider) -> &'static str {
-    p.name()
 }
