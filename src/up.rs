@@ -12,6 +12,8 @@ use tokio_util::sync::CancellationToken;
 
 /// `notify up`'s database file in its data directory when DATABASE_URL is not set.
 const DATABASE_FILE: &str = "notify.db";
+/// The VAPID key pair `notify up` makes for Web Push (PKCS#8 PEM).
+const VAPID_KEY_FILE: &str = "vapid.pem";
 /// Fight changes a second under `--simulate`: enough to watch, few enough to read.
 const SIMULATED_RATE: u32 = 5;
 
@@ -98,12 +100,42 @@ fn svc_config(args: &UpArgs) -> anyhow::Result<notify_svc::Config> {
         let file = args.data_dir.join(DATABASE_FILE);
         svc.database_url = Some(format!("sqlite:{}", file.display()));
     }
+    // Web Push works locally (a browser that reaches a push service can
+    // subscribe): a VAPID key pair made once in the data directory.
+    if svc.vapid_key_file.is_none() {
+        svc.vapid_key_file = Some(vapid_key(&args.data_dir, &svc.vapid_subject)?);
+    }
     notify_svc::Config::from_args(&svc).map_err(|problems| {
         for p in &problems {
             eprintln!("notify up: {p}");
         }
         std::process::exit(2)
     })
+}
+
+/// The data directory's VAPID key file, made on first use (owner-only).
+fn vapid_key(data_dir: &Path, subject: &str) -> anyhow::Result<std::path::PathBuf> {
+    let file = data_dir.join(VAPID_KEY_FILE);
+    if !file.exists() {
+        let key = notify_push::vapid::Vapid::generate(subject).map_err(anyhow::Error::msg)?;
+        std::fs::create_dir_all(data_dir)
+            .with_context(|| format!("creating {}", data_dir.display()))?;
+        write_private(&file, key.to_pem().as_bytes())
+            .with_context(|| format!("writing {}", file.display()))?;
+    }
+    Ok(file)
+}
+
+/// Writes a file only its owner may read.
+fn write_private(file: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(file)?
+        .write_all(bytes)
 }
 
 /// Every port, bound before anything is served.

@@ -381,9 +381,29 @@ async fn notify_up_keeps_messages_across_a_restart_on_its_sqlite_data_dir() {
     publish("while you were away").await;
     up.stop().await;
 
+    // A VAPID key pair was made for Web Push, readable by its owner only.
+    let vapid = data.path.join("vapid.pem");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&vapid).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let pem = std::fs::read_to_string(&vapid).unwrap();
+
     // Same data dir: the message, the ack and the dev key are all still there.
     let up = Up::start(&data.path, None, &[]).await;
-    up.client().await;
+    let mut api = up.client().await;
+    let devices = api
+        .list_devices(notify_proto::v1::ListDevicesRequest {
+            user_id: "bob".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(devices.vapid_public_key.len(), 87, "Web Push is on");
+    assert_eq!(
+        std::fs::read_to_string(&vapid).unwrap(),
+        pem,
+        "the same key across restarts: browsers' subscriptions stay valid"
+    );
     let mut socket = up.socket(&token).await;
     let got = frames(&mut socket, 2).await;
     assert_eq!(got[0]["type"], "welcome");

@@ -106,6 +106,8 @@ class Providers:
         self.subscriptions: dict[str, tuple[ec.EllipticCurvePrivateKey, bytes]] = {}
         self.scripts: dict[str, list[int]] = {}
         self.gone: set[str] = set()
+        # Seconds every Web Push answer waits (a slow provider, for crash tests).
+        self.slow = 0.0
         self.access_tokens: set[str] = set()
         self.fcm_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         self.apns_key = ec.generate_private_key(ec.SECP256R1())
@@ -194,6 +196,9 @@ def app_for(p: Providers):
                 asked = json.loads(body)
                 p.scripts.setdefault(asked["address"], []).extend(asked["statuses"])
                 return await answer(send, 204)
+            if path == "/_slow" and method == "POST":
+                p.slow = json.loads(body)["ms"] / 1000
+                return await answer(send, 204)
             if path == "/_gone" and method == "POST":
                 p.gone.add(json.loads(body)["address"])
                 return await answer(send, 204)
@@ -248,6 +253,8 @@ async def web_push(p, path, headers, body, version, send):
     if status:
         p.record(provider="web_push", address=address, status=status)
         return await answer(send, status, b"scripted", [(b"retry-after", b"1")] if status == 429 else [])
+    if p.slow:
+        await asyncio.sleep(p.slow)
     key, secret = p.subscriptions[sid]
     try:
         plain = http_ece.decrypt(body, private_key=key, auth_secret=secret, version="aes128gcm")

@@ -156,6 +156,11 @@ pub struct SvcArgs {
     #[arg(long, env = "NOTIFY_APNS_ENDPOINT")]
     pub apns_endpoint: Option<String>,
 
+    /// How long a push sender holds the pushes it claimed; a crashed
+    /// sender's claims are taken over after this, in seconds.
+    #[arg(long, env = "NOTIFY_PUSH_LEASE_SECS", default_value_t = 60)]
+    pub push_lease_secs: u64,
+
     /// One more CA (PEM) to trust for push providers, beside the system's
     /// (a private push service; the tests' provider stand-ins).
     #[arg(long, env = "NOTIFY_PUSH_CA_FILE")]
@@ -311,7 +316,7 @@ pub struct Config {
 
 /// What push needs: defaults per event, the VAPID key and contact, an
 /// extra CA for providers.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct PushSettings {
     pub policy: notify_core::push::PushPolicy,
     pub vapid_key_file: Option<std::path::PathBuf>,
@@ -323,6 +328,7 @@ pub struct PushSettings {
     pub apns_key_id: String,
     pub apns_team_id: String,
     pub apns_endpoint: Option<String>,
+    pub lease: Duration,
 }
 
 impl Config {
@@ -363,6 +369,7 @@ impl Config {
             .set("apns_key_id", &self.push.apns_key_id)
             .set("apns_team_id", &self.push.apns_team_id)
             .set("apns_endpoint", &self.push.apns_endpoint)
+            .set("push_lease", self.push.lease)
             .set("push_events", self.push.policy.events())
     }
 
@@ -531,6 +538,7 @@ impl Config {
                 apns_key_id: args.apns_key_id.clone(),
                 apns_team_id: args.apns_team_id.clone(),
                 apns_endpoint: args.apns_endpoint.clone(),
+                lease: Duration::from_secs(args.push_lease_secs.max(1)),
             },
         })
     }

@@ -137,6 +137,7 @@ pub async fn run(
         store.clone(),
         senders,
         presence,
+        config.push.lease,
         &tracker,
         background.clone(),
     );

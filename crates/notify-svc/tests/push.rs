@@ -465,3 +465,97 @@ async fn fcm_and_apns_devices_get_the_push_with_the_providers_own_auth(backend: 
     assert!(left.contains(&phone.to_owned()) && left.contains(&iphone));
     svc.stop().await;
 }
+
+/// kill -9 of notify-svc while it is sending: after a restart every due
+/// push is delivered; a push resent because its sender died before
+/// recording it carries the same Topic (the push service keeps one copy),
+/// and only pushes in flight at the kill are resent.
+#[tokio::test]
+async fn a_sender_killed_mid_queue_delivers_every_due_push_after_a_restart() {
+    const USERS: usize = 60;
+    let providers = Providers::start().await;
+    let db = test_support::TestDb::create().await;
+    let key = notify_push::vapid::Vapid::generate("mailto:ops@example.com").unwrap();
+    let key_file = providers.dir.join("vapid.pem");
+    std::fs::write(&key_file, key.to_pem()).unwrap();
+    let start = || {
+        let (mut command, grpc) = common::binary(&db.url);
+        command
+            .arg("--vapid-key-file")
+            .arg(&key_file)
+            .arg("--push-ca-file")
+            .arg(providers.ca_file())
+            .args(["--push-lease-secs", "2"]);
+        (command.spawn().expect("notify-svc starts"), grpc)
+    };
+    let connect = |grpc: String| async move {
+        for _ in 0..300 {
+            if let Ok(c) = pb::notify_client::NotifyClient::connect(format!("http://{grpc}")).await
+            {
+                return c;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("notify-svc did not answer on {grpc}");
+    };
+    let (mut first, grpc) = start();
+    let mut api = connect(grpc).await;
+    let mut endpoints = Vec::new();
+    for n in 0..USERS {
+        let subscription = providers.subscribe().await;
+        endpoints.push(subscription["endpoint"].as_str().unwrap().to_owned());
+        api.register_device(pb::RegisterDeviceRequest {
+            user_id: format!("u{n}"),
+            destination: web_push(&subscription),
+        })
+        .await
+        .unwrap();
+    }
+    // A slow push service: the kill lands while sends are in flight.
+    providers.call_slow(150).await;
+    let requests: Vec<pb::PublishRequest> = (0..USERS)
+        .map(|n| pb::PublishRequest {
+            push: Some(pb::PushOptions {
+                when: pb::PushWhen::Offline as i32,
+                title: format!("for u{n}"),
+                ..Default::default()
+            }),
+            ..to_user(&format!("u{n}"), "{}")
+        })
+        .collect();
+    api.publish_batch(pb::PublishBatchRequest { requests })
+        .await
+        .unwrap();
+    providers
+        .wait_for("some pushes before the kill", |r| {
+            r.iter().filter(|x| x["status"] == 201).count() >= 5
+        })
+        .await;
+    first.start_kill().unwrap(); // SIGKILL
+    first.wait().await.unwrap();
+    let before = providers.received().await.len();
+    assert!(before < USERS, "killed mid-queue: {before} of {USERS} sent");
+
+    let (mut second, grpc) = start();
+    connect(grpc).await;
+    let received = providers
+        .wait_for("every due push after the restart", |r| {
+            endpoints
+                .iter()
+                .all(|e| r.iter().any(|x| x["address"] == *e && x["status"] == 201))
+        })
+        .await;
+    let mut resent = 0;
+    for endpoint in &endpoints {
+        let copies: Vec<&Value> = delivered_to(&received, endpoint);
+        assert!(copies.len() <= 2, "{endpoint}: {} copies", copies.len());
+        if copies.len() == 2 {
+            resent += 1;
+            assert_eq!(copies[0]["topic"], copies[1]["topic"], "a resend collapses");
+        }
+    }
+    // Sends in flight at the kill: at most one round of the worker's.
+    assert!(resent <= 32, "{resent} resent");
+    second.start_kill().unwrap();
+    second.wait().await.unwrap();
+}

@@ -33,9 +33,10 @@ use crate::{
 
 /// Pushes claimed per round trip.
 const CLAIM: u32 = 64;
-/// How long a claim holds: longer than a round of sends with retries of
-/// the transport (15 s per request), so a live sender never loses its claim.
-const LEASE: Duration = Duration::from_secs(60);
+/// How long a claim holds by default: longer than a round of sends (15 s
+/// per request at most), so a live sender never loses its claim; a crashed
+/// sender's claims come back after it.
+pub const LEASE: Duration = Duration::from_secs(60);
 /// Pushes sent at once by one worker.
 const IN_FLIGHT: usize = 32;
 /// Longest sleep between looks at the queue: pushes other replicas queued
@@ -96,6 +97,7 @@ impl Pusher {
         store: Arc<dyn Store>,
         senders: Senders,
         presence: Presence,
+        lease: Duration,
         tracker: &tokio_util::task::TaskTracker,
         stop: CancellationToken,
     ) -> Self {
@@ -107,6 +109,7 @@ impl Pusher {
             store,
             senders: Arc::new(senders),
             presence,
+            lease,
             tally: pusher.tally.clone(),
         };
         tracker.spawn(worker.run(pusher.wake.clone(), stop));
@@ -123,13 +126,14 @@ struct Worker {
     store: Arc<dyn Store>,
     senders: Arc<Senders>,
     presence: Presence,
+    lease: Duration,
     tally: Tally,
 }
 
 impl Worker {
     async fn run(self, wake: Arc<Notify>, stop: CancellationToken) {
         while !stop.is_cancelled() {
-            let claimed = match self.store.claim_pushes(CLAIM, LEASE).await {
+            let claimed = match self.store.claim_pushes(CLAIM, self.lease).await {
                 Ok(claimed) => claimed,
                 Err(e) => {
                     tracing::warn!(error = %e, "push queue unreachable; retrying");

@@ -94,6 +94,12 @@ impl Providers {
         self.call("POST", "/_script", Some(body)).await;
     }
 
+    /// Every Web Push answer waits this long from now on.
+    pub async fn call_slow(&self, ms: u64) {
+        self.call("POST", "/_slow", Some(serde_json::json!({"ms": ms})))
+            .await;
+    }
+
     /// From now on the address answers as unregistered.
     pub async fn gone(&self, address: &str) {
         let body = serde_json::json!({"address": address});
