@@ -20,6 +20,9 @@ import {
   type Mutes,
   type NotifyMessage,
   type PreferencesFrame,
+  type PushDestination,
+  type PushDevicesFrame,
+  type WebPushSubscriptionJson,
   type Reply,
   type Retracted,
   type ServerFrame,
@@ -378,6 +381,46 @@ export class NotifyClient {
   async countsByEvent(): Promise<CountsByEvent> {
     const frame = (await this.inboxRequest({ action: 'counts' }, 'counts')) as CountsFrame;
     return { unseen: frame.unseen, unread: frame.unread, events: frame.events ?? {} };
+  }
+
+  /**
+   * Registers this device for push when the user is away (a browser's
+   * `PushSubscription.toJSON()`, an FCM token or an APNs token); answers the
+   * user's devices now. Registering the same address again is harmless.
+   */
+  async registerPush(destination: PushDestination): Promise<PushDevicesFrame> {
+    const action = { action: 'register_push' as const, ...destination };
+    return (await this.inboxRequest(action, 'push_devices')) as PushDevicesFrame;
+  }
+
+  /** The user's push devices, and the VAPID key browsers subscribe with. */
+  async pushDevices(): Promise<PushDevicesFrame> {
+    return (await this.inboxRequest({ action: 'push_devices' }, 'push_devices')) as PushDevicesFrame;
+  }
+
+  async unregisterPush(deviceId: string): Promise<PushDevicesFrame> {
+    const action = { action: 'unregister_push' as const, device_id: deviceId };
+    return (await this.inboxRequest(action, 'push_devices')) as PushDevicesFrame;
+  }
+
+  /**
+   * Subscribes a service worker registration to Web Push with the server's
+   * VAPID key and registers it. The service worker should show each push
+   * with `tag: data.message_id`, so a copy sent twice shows once.
+   */
+  async subscribeWebPush(registration: {
+    pushManager: {
+      subscribe(options: { userVisibleOnly: boolean; applicationServerKey: string }): Promise<{
+        toJSON(): unknown;
+      }>;
+    };
+  }): Promise<PushDevicesFrame> {
+    const { vapid_public_key: key } = await this.pushDevices();
+    if (!key) {
+      throw new NotifyError('no_web_push', 'the server has no VAPID key: Web Push is not configured');
+    }
+    const subscription = await registration.pushManager.subscribe({ userVisibleOnly: true, applicationServerKey: key });
+    return this.registerPush({ web_push: subscription.toJSON() as WebPushSubscriptionJson });
   }
 
   /** Mutes event types and topic namespaces for the user, on every device. */

@@ -42,6 +42,34 @@ export interface CountsFrame extends Counts {
   id?: string;
 }
 
+/** A browser's `PushSubscription.toJSON()`. */
+export interface WebPushSubscriptionJson {
+  endpoint: string;
+  keys: { p256dh: string; auth: string };
+}
+
+/** Where a push to this device goes: exactly one of the three. */
+export type PushDestination =
+  | { web_push: WebPushSubscriptionJson }
+  | { fcm: { token: string } }
+  | { apns: { token: string; topic: string; sandbox?: boolean } };
+
+/** A registered push device. */
+export type PushDevice = { device_id: string; registered: number } & Partial<{
+  web_push: WebPushSubscriptionJson;
+  fcm: { token: string };
+  apns: { token: string; topic: string; sandbox: boolean };
+}>;
+
+/** The user's push devices: the answer to register_push, push_devices and unregister_push. */
+export interface PushDevicesFrame {
+  type: 'push_devices';
+  devices: PushDevice[];
+  /** For `pushManager.subscribe({ applicationServerKey })`; absent without Web Push. */
+  vapid_public_key?: string;
+  id?: string;
+}
+
 /** The counts and their split by event type, read together: the events add up to the totals. */
 export interface CountsByEvent extends Counts {
   events: Record<string, Counts>;
@@ -216,6 +244,7 @@ export type ServerFrame =
   | PreferencesFrame
   | Updated
   | Retracted
+  | PushDevicesFrame
   | ErrorFrame;
 
 export type ClientAction =
@@ -238,6 +267,9 @@ export type ClientAction =
   | { action: 'mute' | 'unmute'; events?: string[]; namespaces?: string[]; id?: string }
   | { action: 'preferences'; id?: string }
   | { action: 'counts'; id?: string }
+  | ({ action: 'register_push'; id?: string } & PushDestination)
+  | { action: 'push_devices'; id?: string }
+  | { action: 'unregister_push'; device_id: string; id?: string }
   /** An action routed to a backend: any other name, with any fields. */
   | { action: string; id?: string; [field: string]: unknown };
 

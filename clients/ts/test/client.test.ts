@@ -434,6 +434,24 @@ test('inbox actions go out as frames and resolve with their answers', async () =
   assert.deepEqual(await split, { unseen: 1, unread: 1, events });
   assert.deepEqual(client.counts.value, { unseen: 0, unread: 0 }, 'an answer is not a push');
 
+  const registration = {
+    pushManager: {
+      subscribe: async (options: { userVisibleOnly: boolean; applicationServerKey: string }) => ({
+        toJSON: () => ({ endpoint: `https://push.example/${options.applicationServerKey}`, keys: { p256dh: 'k', auth: 'a' } }),
+      }),
+    },
+  };
+  const subscribed = client.subscribeWebPush(registration);
+  await settle();
+  const listAsk = last().actions('push_devices')[0]!;
+  last().serverSends({ type: 'push_devices', devices: [], vapid_public_key: 'VAPIDKEY', id: listAsk.id });
+  await settle();
+  const register = last().actions('register_push')[0]!;
+  assert.deepEqual(register.web_push, { endpoint: 'https://push.example/VAPIDKEY', keys: { p256dh: 'k', auth: 'a' } });
+  const device = { device_id: 'd'.repeat(32), registered: 1, web_push: register.web_push };
+  last().serverSends({ type: 'push_devices', devices: [device], vapid_public_key: 'VAPIDKEY', id: register.id });
+  assert.equal((await subscribed).devices.length, 1);
+
   const muted = client.mute({ events: ['promo'] });
   const mute = last().actions('mute')[0]!;
   last().serverSends({ type: 'preferences', mutes: { events: ['promo'], namespaces: [] }, id: mute.id });

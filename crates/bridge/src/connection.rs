@@ -970,6 +970,23 @@ impl Conn {
                 let call = inbox::counts(self.identity.user.as_str());
                 self.inbox_call(Ok(call), id)
             }
+            Action::RegisterPush {
+                web_push,
+                fcm,
+                apns,
+                ..
+            } => {
+                let call = inbox::register_push(self.identity.user.as_str(), web_push, fcm, apns);
+                self.inbox_call(call, id)
+            }
+            Action::PushDevices { .. } => {
+                let call = inbox::push_devices(self.identity.user.as_str());
+                self.inbox_call(Ok(call), id)
+            }
+            Action::UnregisterPush { device_id, .. } => {
+                let call = inbox::unregister_push(self.identity.user.as_str(), device_id);
+                self.inbox_call(Ok(call), id)
+            }
         };
         match reply {
             Some(text) => send(ws, text).await,

@@ -1,5 +1,7 @@
 //! The user's side of the inbox on a socket (docs/design.md §5.2): the
-//! client's `mark`, `history`, `counts`, `mute`, `unmute` and `preferences` actions,
+//! client's `mark`, `history`, `counts`, `mute`, `unmute` and `preferences`
+//! actions, and its push devices (`register_push`, `push_devices`,
+//! `unregister_push`),
 //! each a Notify API call made on the user's behalf off the connection's
 //! loop, and the frames that keep a socket's badge and list current —
 //! `counts` (only when newer than what the socket has: copies of two
@@ -11,7 +13,8 @@ use serde_json::value::RawValue;
 use tonic::{Code, Status};
 
 use crate::protocol::{
-    CountsJson, ErrorCode, FrameId, HistoryItem, MutesJson, ServerFrame, error_text,
+    ApnsJson, CountsJson, ErrorCode, FcmJson, FrameId, HistoryItem, MutesJson, PushDeviceJson,
+    ServerFrame, WebPushJson, WebPushKeys, error_text,
 };
 
 /// Inbox calls one socket may have in flight: a client that floods marks
@@ -116,6 +119,10 @@ pub enum Call {
     Preferences(pb::GetPreferencesRequest),
     Mutes(pb::UpdatePreferencesRequest),
     Counts(pb::GetInboxCountsRequest),
+    /// Push devices: each answered with the user's devices after it.
+    RegisterDevice(pb::RegisterDeviceRequest),
+    ListDevices(pb::ListDevicesRequest),
+    RemoveDevice(pb::RemoveDeviceRequest),
 }
 
 /// The call a `mark` frame makes; the shapes notify-svc checks (bounds,
@@ -172,6 +179,49 @@ pub fn mutes(user: &str, mute: bool, events: Vec<String>, namespaces: Vec<String
     })
 }
 
+/// The call a `register_push` frame makes: exactly one destination.
+pub fn register_push(
+    user: &str,
+    web_push: Option<WebPushJson>,
+    fcm: Option<FcmJson>,
+    apns: Option<ApnsJson>,
+) -> Result<Call, String> {
+    use pb::push_destination::Destination as D;
+    let destination = match (web_push, fcm, apns) {
+        (Some(w), None, None) => D::WebPush(pb::WebPushSubscription {
+            endpoint: w.endpoint,
+            p256dh: w.keys.p256dh,
+            auth: w.keys.auth,
+        }),
+        (None, Some(f), None) => D::Fcm(pb::FcmToken { token: f.token }),
+        (None, None, Some(a)) => D::Apns(pb::ApnsToken {
+            token: a.token,
+            topic: a.topic,
+            sandbox: a.sandbox,
+        }),
+        _ => return Err("give exactly one of web_push, fcm, apns".into()),
+    };
+    Ok(Call::RegisterDevice(pb::RegisterDeviceRequest {
+        user_id: user.to_owned(),
+        destination: Some(pb::PushDestination {
+            destination: Some(destination),
+        }),
+    }))
+}
+
+pub fn push_devices(user: &str) -> Call {
+    Call::ListDevices(pb::ListDevicesRequest {
+        user_id: user.to_owned(),
+    })
+}
+
+pub fn unregister_push(user: &str, device_id: String) -> Call {
+    Call::RemoveDevice(pb::RemoveDeviceRequest {
+        user_id: user.to_owned(),
+        device_id,
+    })
+}
+
 /// The call a `counts` frame makes.
 pub fn counts(user: &str) -> Call {
     Call::Counts(pb::GetInboxCountsRequest {
@@ -225,6 +275,17 @@ pub fn reply(answer: Answer, id: Option<&FrameId>) -> (String, Option<Counts>) {
             .to_text();
             (text, Some(split.counts))
         }
+        Answer::Devices(r) => {
+            let devices: Vec<PushDeviceJson> = r.devices.iter().map(device_json).collect();
+            let text = ServerFrame::PushDevices {
+                devices: &devices,
+                vapid_public_key: (!r.vapid_public_key.is_empty())
+                    .then_some(r.vapid_public_key.as_str()),
+                id,
+            }
+            .to_text();
+            (text, None)
+        }
         Answer::Preferences(p) => {
             let mutes = convert::mutes_of(p.mutes.as_ref());
             let text = ServerFrame::Preferences {
@@ -235,6 +296,42 @@ pub fn reply(answer: Answer, id: Option<&FrameId>) -> (String, Option<Counts>) {
             (text, None)
         }
     }
+}
+
+fn device_json(d: &pb::PushDevice) -> PushDeviceJson {
+    use pb::push_destination::Destination as D;
+    let mut json = PushDeviceJson {
+        device_id: d.device_id.clone(),
+        web_push: None,
+        fcm: None,
+        apns: None,
+        registered: d.registered_ms,
+    };
+    match d.destination.as_ref().and_then(|d| d.destination.as_ref()) {
+        Some(D::WebPush(w)) => {
+            json.web_push = Some(WebPushJson {
+                endpoint: w.endpoint.clone(),
+                keys: WebPushKeys {
+                    p256dh: w.p256dh.clone(),
+                    auth: w.auth.clone(),
+                },
+            })
+        }
+        Some(D::Fcm(f)) => {
+            json.fcm = Some(FcmJson {
+                token: f.token.clone(),
+            })
+        }
+        Some(D::Apns(a)) => {
+            json.apns = Some(ApnsJson {
+                token: a.token.clone(),
+                topic: a.topic.clone(),
+                sandbox: a.sandbox,
+            })
+        }
+        None => {}
+    }
+    json
 }
 
 fn history_frame(r: &pb::ListInboxResponse, counts: Counts, id: Option<&FrameId>) -> String {
@@ -284,6 +381,7 @@ pub enum Answer {
     Listed(pb::ListInboxResponse),
     Preferences(pb::Preferences),
     Counts(pb::GetInboxCountsResponse),
+    Devices(pb::ListDevicesResponse),
 }
 
 /// The error frame for a refused or failed call: the client's fault

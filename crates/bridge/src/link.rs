@@ -258,6 +258,21 @@ impl Api {
         Ok(match call {
             Call::Mark(r) => Answer::Marked(client.mark_inbox(self.timed(r)).await?.into_inner()),
             Call::List(r) => Answer::Listed(client.list_inbox(self.timed(r)).await?.into_inner()),
+            Call::RegisterDevice(r) => {
+                let user_id = r.user_id.clone();
+                client.register_device(self.timed(r)).await?;
+                let list = pb::ListDevicesRequest { user_id };
+                Answer::Devices(client.list_devices(self.timed(list)).await?.into_inner())
+            }
+            Call::ListDevices(r) => {
+                Answer::Devices(client.list_devices(self.timed(r)).await?.into_inner())
+            }
+            Call::RemoveDevice(r) => {
+                let user_id = r.user_id.clone();
+                client.remove_device(self.timed(r)).await?;
+                let list = pb::ListDevicesRequest { user_id };
+                Answer::Devices(client.list_devices(self.timed(list)).await?.into_inner())
+            }
             Call::Counts(r) => {
                 Answer::Counts(client.get_inbox_counts(self.timed(r)).await?.into_inner())
             }

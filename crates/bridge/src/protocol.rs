@@ -125,6 +125,69 @@ pub enum Action {
         #[serde(default)]
         id: Option<FrameId>,
     },
+    /// Registers this device for push when the user is away: exactly one of
+    /// a browser's `PushSubscription` (its `toJSON()`), an FCM token or an
+    /// APNs token.
+    RegisterPush {
+        #[serde(default)]
+        web_push: Option<WebPushJson>,
+        #[serde(default)]
+        fcm: Option<FcmJson>,
+        #[serde(default)]
+        apns: Option<ApnsJson>,
+        #[serde(default)]
+        id: Option<FrameId>,
+    },
+    /// The user's push devices (and the VAPID key to subscribe with).
+    PushDevices {
+        #[serde(default)]
+        id: Option<FrameId>,
+    },
+    UnregisterPush {
+        device_id: String,
+        #[serde(default)]
+        id: Option<FrameId>,
+    },
+}
+
+/// A browser's `PushSubscription.toJSON()`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct WebPushJson {
+    pub endpoint: String,
+    pub keys: WebPushKeys,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct WebPushKeys {
+    pub p256dh: String,
+    pub auth: String,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct FcmJson {
+    pub token: String,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct ApnsJson {
+    pub token: String,
+    /// The app's bundle id.
+    pub topic: String,
+    #[serde(default)]
+    pub sandbox: bool,
+}
+
+/// A registered push device in frames.
+#[derive(Debug, Clone, Serialize)]
+pub struct PushDeviceJson {
+    pub device_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub web_push: Option<WebPushJson>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fcm: Option<FcmJson>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub apns: Option<ApnsJson>,
+    pub registered: i64,
 }
 
 impl Action {
@@ -142,7 +205,10 @@ impl Action {
             | Self::Mute { id, .. }
             | Self::Unmute { id, .. }
             | Self::Preferences { id }
-            | Self::Counts { id } => id.as_ref(),
+            | Self::Counts { id }
+            | Self::RegisterPush { id, .. }
+            | Self::PushDevices { id }
+            | Self::UnregisterPush { id, .. } => id.as_ref(),
         }
     }
 }
@@ -182,7 +248,7 @@ pub fn is_built_in(action: &str) -> bool {
 }
 
 /// The bridge's own actions.
-pub const ACTIONS: [&str; 13] = [
+pub const ACTIONS: [&str; 16] = [
     "subscribe",
     "unsubscribe",
     "ack",
@@ -196,6 +262,9 @@ pub const ACTIONS: [&str; 13] = [
     "unmute",
     "preferences",
     "counts",
+    "register_push",
+    "push_devices",
+    "unregister_push",
 ];
 
 /// Parses one text frame. An unknown or missing `action` is `unknown_action`
@@ -359,6 +428,16 @@ pub enum ServerFrame<'a> {
     /// sent to every socket of the user when it changes.
     Preferences {
         mutes: MutesJson<'a>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a FrameId>,
+    },
+    /// The answer to `register_push`, `push_devices` and `unregister_push`:
+    /// the user's devices now.
+    PushDevices {
+        devices: &'a [PushDeviceJson],
+        /// base64url, for `pushManager.subscribe`; absent without Web Push.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        vapid_public_key: Option<&'a str>,
         #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<&'a FrameId>,
     },

@@ -130,7 +130,11 @@ proptest! {
                         prop_assert_eq!(events.len(), frame["events"].as_array().map_or(0, Vec::len));
                         prop_assert_eq!(namespaces.len(), frame["namespaces"].as_array().map_or(0, Vec::len));
                     }
-                    Action::Ping { .. } | Action::ExtendTtl { .. } | Action::Preferences { .. } | Action::Counts { .. } => {}
+                    Action::UnregisterPush { device_id, .. } => {
+                        prop_assert_eq!(Some(device_id.as_str()), frame["device_id"].as_str());
+                    }
+                    Action::Ping { .. } | Action::ExtendTtl { .. } | Action::Preferences { .. } | Action::Counts { .. }
+                    | Action::RegisterPush { .. } | Action::PushDevices { .. } => {}
                 }
             }
             Err(e) => {

@@ -221,6 +221,36 @@ export class NotifyClient {
         const frame = (await this.inboxRequest({ action: 'counts' }, 'counts'));
         return { unseen: frame.unseen, unread: frame.unread, events: frame.events ?? {} };
     }
+    /**
+     * Registers this device for push when the user is away (a browser's
+     * `PushSubscription.toJSON()`, an FCM token or an APNs token); answers the
+     * user's devices now. Registering the same address again is harmless.
+     */
+    async registerPush(destination) {
+        const action = { action: 'register_push', ...destination };
+        return (await this.inboxRequest(action, 'push_devices'));
+    }
+    /** The user's push devices, and the VAPID key browsers subscribe with. */
+    async pushDevices() {
+        return (await this.inboxRequest({ action: 'push_devices' }, 'push_devices'));
+    }
+    async unregisterPush(deviceId) {
+        const action = { action: 'unregister_push', device_id: deviceId };
+        return (await this.inboxRequest(action, 'push_devices'));
+    }
+    /**
+     * Subscribes a service worker registration to Web Push with the server's
+     * VAPID key and registers it. The service worker should show each push
+     * with `tag: data.message_id`, so a copy sent twice shows once.
+     */
+    async subscribeWebPush(registration) {
+        const { vapid_public_key: key } = await this.pushDevices();
+        if (!key) {
+            throw new NotifyError('no_web_push', 'the server has no VAPID key: Web Push is not configured');
+        }
+        const subscription = await registration.pushManager.subscribe({ userVisibleOnly: true, applicationServerKey: key });
+        return this.registerPush({ web_push: subscription.toJSON() });
+    }
     /** Mutes event types and topic namespaces for the user, on every device. */
     async mute(mutes) {
         return this.preferencesRequest({ action: 'mute', ...mutes });
