@@ -339,6 +339,14 @@ async fn gone_subscriptions_are_removed_and_rate_limits_retried(backend: Backend
         .into_inner()
         .devices;
     assert_eq!(devices.len(), 1, "the gone subscription was removed");
+    // Every outcome is counted.
+    let metrics = test_support::http_get(&svc.http.to_string(), "/metrics")
+        .await
+        .expect("metrics answer");
+    for outcome in ["sent", "gone", "retry"] {
+        let line = format!("notify_push_total{{provider=\"web_push\",outcome=\"{outcome}\"}} 1");
+        assert!(metrics.contains(&line), "{line} in\n{metrics}");
+    }
     svc.stop().await;
 }
 
