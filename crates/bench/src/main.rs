@@ -5,7 +5,8 @@
 //! [`under_test`], and the send floor), [`routed`], [`fights`], [`floor`],
 //! [`ingest`] (the SQS consumer), [`outbox`] (the outbox relay),
 //! [`deflate`] (permessage-deflate on a fights:live stream), [`marks`] (the
-//! inbox's read state: marks and the counts they push), and the
+//! inbox's read state: marks and the counts they push), [`push`] (the push
+//! sender against a local Web Push endpoint), and the
 //! publish bench's peers: [`noop`] (a Notify server that stores nothing, for
 //! the gRPC ceiling) and [`naive`] (single-row commits to Postgres). CPU
 //! is read from /proc over each measured window.
@@ -38,6 +39,9 @@ enum Bench {
     /// The inbox's read state: marks/s with counts pushed to a second
     /// device per user, and the count frame's latency.
     Marks(marks::MarksArgs),
+    /// Push: pushes/s to a local Web Push endpoint, and publish -> push
+    /// request delay for offline users.
+    Push(push::PushArgs),
     /// permessage-deflate on a fights:live stream: bytes on the wire and
     /// bridge CPU per delivery, with and without.
     Deflate(deflate::DeflateArgs),
@@ -55,6 +59,7 @@ enum Bench {
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Bench::Publish(args) => publish::run(args).await,
+        Bench::Push(args) => push::run(args).await,
         Bench::NoopServer { addr } => noop::serve(addr).await,
         Bench::Ws(args) => ws::run(args).await,
         Bench::Routed(args) => routed::run(args).await,
@@ -76,6 +81,7 @@ mod naive;
 mod noop;
 mod outbox;
 mod publish;
+mod push;
 mod routed;
 mod under_test;
 mod ws;

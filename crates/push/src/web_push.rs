@@ -1,7 +1,7 @@
 //! Web Push (RFC 8030) with VAPID (RFC 8292) and aes128gcm payload
-//! encryption (RFC 8291). The encryption is `web-push-native`'s (RustCrypto
-//! primitives); the VAPID token is an ES256 JWT signed with `jsonwebtoken`
-//! and cached per push-service origin. Answers as RFC 8030 §5/§8 and the
+//! encryption (RFC 8291, [`crate::ece`] on aws-lc-rs); the VAPID token is
+//! an ES256 JWT signed with `jsonwebtoken` and cached per push-service
+//! origin. Answers as RFC 8030 §5/§8 and the
 //! big push services document them: 201 sent; 404 and 410 gone; 429 and
 //! 5xx retried (Retry-After honoured); 400, 401, 403 and 413 failed.
 
@@ -107,34 +107,23 @@ impl WebPush {
                 .decode(value.trim_end_matches('='))
                 .map_err(|e| format!("{field}: {e}"))
         };
-        let p256dh =
-            web_push_native::p256::PublicKey::from_sec1_bytes(&decode("p256dh", to.p256dh)?)
-                .map_err(|e| format!("p256dh: {e}"))?;
-        let auth: [u8; 16] = decode("auth", to.auth)?
-            .try_into()
-            .map_err(|_| "auth is not 16 bytes".to_owned())?;
-        let auth = web_push_native::Auth::from(auth);
-        let built = web_push_native::WebPushBuilder::new(endpoint, p256dh, auth)
-            .with_valid_duration(TTL)
-            .build(payload.to_vec())
-            .map_err(|e| format!("encrypt: {e}"))?;
-        let (mut parts, body) = built.into_parts();
+        let body = crate::ece::encrypt(
+            payload,
+            &decode("p256dh", to.p256dh)?,
+            &decode("auth", to.auth)?,
+        )?;
         let token = self.token(&origin)?;
         let authorization = format!("vapid t={token}, k={}", self.vapid.public_key_b64());
-        let headers = &mut parts.headers;
-        headers.insert(
-            http::header::AUTHORIZATION,
-            authorization
-                .parse()
-                .map_err(|e| format!("authorization: {e}"))?,
-        );
-        headers.insert("topic", topic.parse().map_err(|e| format!("topic: {e}"))?);
-        // A user waiting for an answer to a bet: deliver now, not batched.
-        headers.insert("urgency", http::HeaderValue::from_static("high"));
-        Ok(http::Request::from_parts(
-            parts,
-            Full::new(Bytes::from(body)),
-        ))
+        http::Request::post(endpoint)
+            .header(http::header::AUTHORIZATION, authorization)
+            .header(http::header::CONTENT_ENCODING, "aes128gcm")
+            .header(http::header::CONTENT_TYPE, "application/octet-stream")
+            .header("ttl", TTL.as_secs().to_string())
+            .header("topic", topic)
+            // A user waiting for an answer to a bet: deliver now, not batched.
+            .header("urgency", "high")
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| format!("request: {e}"))
     }
 
     /// The VAPID token for a push service, signed at most every 11 hours.
