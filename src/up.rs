@@ -102,7 +102,7 @@ fn svc_config(args: &UpArgs) -> anyhow::Result<notify_svc::Config> {
     }
     // Web Push works locally (a browser that reaches a push service can
     // subscribe): a VAPID key pair made once in the data directory.
-    if svc.vapid_key_file.is_none() {
+    if svc.vapid_key_file.is_none() && svc.vapid_private_key.is_none() {
         svc.vapid_key_file = Some(vapid_key(&args.data_dir, &svc.vapid_subject)?);
     }
     notify_svc::Config::from_args(&svc).map_err(|problems| {

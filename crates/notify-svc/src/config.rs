@@ -122,6 +122,16 @@ pub struct SvcArgs {
     #[arg(long, env = "NOTIFY_VAPID_KEY_FILE")]
     pub vapid_key_file: Option<std::path::PathBuf>,
 
+    /// The VAPID private key itself (PEM), e.g. from a container secret;
+    /// instead of the file.
+    #[arg(
+        long,
+        env = "NOTIFY_VAPID_PRIVATE_KEY",
+        hide_env_values = true,
+        allow_hyphen_values = true
+    )]
+    pub vapid_private_key: Option<String>,
+
     /// The contact push services may reach (RFC 8292 `sub`).
     #[arg(
         long,
@@ -135,6 +145,10 @@ pub struct SvcArgs {
     #[arg(long, env = "NOTIFY_FCM_SERVICE_ACCOUNT_FILE")]
     pub fcm_service_account_file: Option<std::path::PathBuf>,
 
+    /// The FCM service account JSON itself, instead of the file.
+    #[arg(long, env = "NOTIFY_FCM_SERVICE_ACCOUNT_JSON", hide_env_values = true)]
+    pub fcm_service_account_json: Option<String>,
+
     /// Where FCM is (default https://fcm.googleapis.com).
     #[arg(long, env = "NOTIFY_FCM_ENDPOINT")]
     pub fcm_endpoint: Option<String>,
@@ -142,6 +156,15 @@ pub struct SvcArgs {
     /// The APNs auth key (.p8, PKCS#8 PEM); unset: no APNs.
     #[arg(long, env = "NOTIFY_APNS_KEY_FILE")]
     pub apns_key_file: Option<std::path::PathBuf>,
+
+    /// The APNs key itself (PEM), instead of the file.
+    #[arg(
+        long,
+        env = "NOTIFY_APNS_KEY",
+        hide_env_values = true,
+        allow_hyphen_values = true
+    )]
+    pub apns_key: Option<String>,
 
     /// The APNs key's id (the `kid` of provider tokens).
     #[arg(long, env = "NOTIFY_APNS_KEY_ID", default_value = "")]
@@ -319,12 +342,15 @@ pub struct Config {
 #[derive(Debug, Clone)]
 pub struct PushSettings {
     pub policy: notify_core::push::PushPolicy,
-    pub vapid_key_file: Option<std::path::PathBuf>,
+    /// The VAPID key (file or inline); None: no Web Push.
+    pub vapid_key: Option<notify_push::secret::Secret>,
     pub vapid_subject: String,
     pub ca_file: Option<std::path::PathBuf>,
-    pub fcm_service_account_file: Option<std::path::PathBuf>,
+    /// The FCM service account; None: no FCM.
+    pub fcm_service_account: Option<notify_push::secret::Secret>,
     pub fcm_endpoint: Option<String>,
-    pub apns_key_file: Option<std::path::PathBuf>,
+    /// The APNs `.p8` key; None: no APNs.
+    pub apns_key: Option<notify_push::secret::Secret>,
     pub apns_key_id: String,
     pub apns_team_id: String,
     pub apns_endpoint: Option<String>,
@@ -357,15 +383,12 @@ impl Config {
             .set("bridge_expiry", self.bridge_expiry)
             .set("lifecycle_retention", self.lifecycle_retention)
             // Where the key is, never the key.
-            .set("vapid_key_file", &self.push.vapid_key_file)
+            .set("vapid_key", &self.push.vapid_key)
             .set("vapid_subject", &self.push.vapid_subject)
             .set("push_ca_file", &self.push.ca_file)
-            .set(
-                "fcm_service_account_file",
-                &self.push.fcm_service_account_file,
-            )
+            .set("fcm_service_account", &self.push.fcm_service_account)
             .set("fcm_endpoint", &self.push.fcm_endpoint)
-            .set("apns_key_file", &self.push.apns_key_file)
+            .set("apns_key", &self.push.apns_key)
             .set("apns_key_id", &self.push.apns_key_id)
             .set("apns_team_id", &self.push.apns_team_id)
             .set("apns_endpoint", &self.push.apns_endpoint)
@@ -475,6 +498,29 @@ impl Config {
                     Default::default()
                 }),
         };
+        use notify_push::secret::Secret;
+        let mut secret =
+            |file: &Option<std::path::PathBuf>, inline: &Option<String>, what: &str| {
+                Secret::either(file.clone(), inline.clone(), what).unwrap_or_else(|e| {
+                    problems.push(e);
+                    None
+                })
+            };
+        let vapid_key = secret(
+            &args.vapid_key_file,
+            &args.vapid_private_key,
+            "NOTIFY_VAPID_KEY_FILE / NOTIFY_VAPID_PRIVATE_KEY",
+        );
+        let fcm_service_account = secret(
+            &args.fcm_service_account_file,
+            &args.fcm_service_account_json,
+            "NOTIFY_FCM_SERVICE_ACCOUNT_FILE / _JSON",
+        );
+        let apns_key = secret(
+            &args.apns_key_file,
+            &args.apns_key,
+            "NOTIFY_APNS_KEY_FILE / NOTIFY_APNS_KEY",
+        );
         let Some(mut database) = database.filter(|_| problems.is_empty()) else {
             return Err(problems);
         };
@@ -529,12 +575,12 @@ impl Config {
             lifecycle_retention: Duration::from_secs(args.lifecycle_retention_secs),
             push: PushSettings {
                 policy,
-                vapid_key_file: args.vapid_key_file.clone(),
+                vapid_key,
                 vapid_subject: args.vapid_subject.clone(),
                 ca_file: args.push_ca_file.clone(),
-                fcm_service_account_file: args.fcm_service_account_file.clone(),
+                fcm_service_account,
                 fcm_endpoint: args.fcm_endpoint.clone(),
-                apns_key_file: args.apns_key_file.clone(),
+                apns_key,
                 apns_key_id: args.apns_key_id.clone(),
                 apns_team_id: args.apns_team_id.clone(),
                 apns_endpoint: args.apns_endpoint.clone(),
@@ -557,6 +603,25 @@ mod tests {
         let mut argv = vec!["notify-svc", "--dev", "--database-url", "sqlite:x.db"];
         argv.extend_from_slice(flags);
         Config::from_args(&<Cli as clap::Parser>::try_parse_from(argv).unwrap().svc)
+    }
+
+    #[test]
+    fn a_push_key_comes_from_a_file_or_inline_never_both_and_is_never_shown() {
+        let Err(both) = parse(&[
+            "--apns-key-file",
+            "/run/secrets/apns.p8",
+            "--apns-key",
+            "-----BEGIN PRIVATE KEY-----secret",
+        ]) else {
+            panic!("a file and an inline key were both taken");
+        };
+        assert!(both.iter().any(|p| p.contains("not both")), "{both:?}");
+        let inline = parse(&["--vapid-private-key", "-----BEGIN PRIVATE KEY-----secret"]).unwrap();
+        let info = format!("{:?}", inline.info());
+        assert!(info.contains("inline (set, not shown)"), "{info}");
+        assert!(!info.contains("secret"), "{info}");
+        let file = parse(&["--fcm-service-account-file", "/run/secrets/fcm.json"]).unwrap();
+        assert!(format!("{:?}", file.info()).contains("/run/secrets/fcm.json"));
     }
 
     #[test]

@@ -213,29 +213,31 @@ fn push_senders(
 ) -> Result<(notify_push::Senders, Option<String>), RunError> {
     use notify_push::{apns::Apns, fcm::Fcm, vapid::Vapid, web_push::WebPush};
     let mut senders = notify_push::Senders::default();
-    let any = settings.vapid_key_file.is_some()
-        || settings.fcm_service_account_file.is_some()
-        || settings.apns_key_file.is_some();
+    let any = settings.vapid_key.is_some()
+        || settings.fcm_service_account.is_some()
+        || settings.apns_key.is_some();
     if !any {
         return Ok((senders, None));
     }
     let https = notify_push::client::Https::new(settings.ca_file.as_deref())
         .map_err(|e| RunError::Push(e.to_string()))?;
     let mut public = None;
-    if let Some(key_file) = &settings.vapid_key_file {
-        let vapid =
-            Vapid::from_pem_file(key_file, &settings.vapid_subject).map_err(RunError::Push)?;
+    if let Some(key) = &settings.vapid_key {
+        let pem = key.read().map_err(RunError::Push)?;
+        let vapid = Vapid::from_pem(&pem, &settings.vapid_subject).map_err(RunError::Push)?;
         let web_push = WebPush::new(vapid, https.clone()).map_err(RunError::Push)?;
         public = Some(web_push.public_key());
         senders.web_push = Some(web_push);
     }
-    if let Some(file) = &settings.fcm_service_account_file {
+    if let Some(account) = &settings.fcm_service_account {
+        let json = account.read().map_err(RunError::Push)?;
         let endpoint = settings.fcm_endpoint.as_deref();
-        senders.fcm = Some(Fcm::from_file(file, endpoint, https.clone()).map_err(RunError::Push)?);
+        senders.fcm = Some(Fcm::from_json(&json, endpoint, https.clone()).map_err(RunError::Push)?);
     }
-    if let Some(file) = &settings.apns_key_file {
-        let apns = Apns::from_file(
-            file,
+    if let Some(key) = &settings.apns_key {
+        let pem = key.read().map_err(RunError::Push)?;
+        let apns = Apns::from_pem(
+            &pem,
             &settings.apns_key_id,
             &settings.apns_team_id,
             settings.apns_endpoint.as_deref(),

@@ -47,13 +47,19 @@ async fn start(backend: Backend, providers: &Providers) -> Svc {
     );
     let origin = providers.origin.clone();
     Svc::start_on_with(backend, move |c| {
-        c.push.fcm_service_account_file = Some(fcm_file);
+        // FCM and APNs keys inline (as from container secrets), VAPID from a file.
+        let inline = |path: std::path::PathBuf| {
+            Some(notify_push::secret::Secret::Inline(
+                std::fs::read_to_string(path).unwrap(),
+            ))
+        };
+        c.push.fcm_service_account = inline(fcm_file);
         c.push.fcm_endpoint = Some(origin.clone());
-        c.push.apns_key_file = Some(apns_file);
+        c.push.apns_key = inline(apns_file);
         c.push.apns_key_id = apns["key_id"].as_str().unwrap().into();
         c.push.apns_team_id = apns["team_id"].as_str().unwrap().into();
         c.push.apns_endpoint = Some(origin);
-        c.push.vapid_key_file = Some(key_file);
+        c.push.vapid_key = Some(notify_push::secret::Secret::File(key_file));
         c.push.vapid_subject = "mailto:ops@example.com".into();
         c.push.ca_file = Some(ca);
         c.push.policy =

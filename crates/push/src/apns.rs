@@ -7,10 +7,7 @@
 //! `ExpiredProviderToken` renewed and retried; 429 and 5xx retried; other
 //! 4xx failed.
 
-use std::{
-    path::Path,
-    time::{Duration, SystemTime},
-};
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -51,16 +48,15 @@ impl std::fmt::Debug for Apns {
 }
 
 impl Apns {
-    pub fn from_file(
-        key_file: &Path,
+    /// From the `.p8` key's PEM text.
+    pub fn from_pem(
+        pem: &str,
         key_id: &str,
         team_id: &str,
         endpoint: Option<&str>,
         https: Https,
     ) -> Result<Self, String> {
-        let pem =
-            std::fs::read(key_file).map_err(|e| format!("APNs key {}: {e}", key_file.display()))?;
-        let key = EncodingKey::from_ec_pem(&pem).map_err(|e| format!("APNs key: {e}"))?;
+        let key = EncodingKey::from_ec_pem(pem.as_bytes()).map_err(|e| format!("APNs key: {e}"))?;
         if key_id.is_empty() || team_id.is_empty() {
             return Err("APNs needs its key id and team id".into());
         }

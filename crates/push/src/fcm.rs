@@ -6,10 +6,7 @@
 //! went stale (dropped, retried); 429 `QUOTA_EXCEEDED`, 500 and 503
 //! retried (Retry-After honoured); other 4xx failed.
 
-use std::{
-    path::Path,
-    time::{Duration, SystemTime},
-};
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -69,12 +66,10 @@ pub struct Notification<'a> {
 }
 
 impl Fcm {
-    /// From a service account JSON file; `endpoint` None: FCM itself.
-    pub fn from_file(path: &Path, endpoint: Option<&str>, https: Https) -> Result<Self, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("FCM service account {}: {e}", path.display()))?;
-        let account: ServiceAccount = serde_json::from_str(&text)
-            .map_err(|e| format!("FCM service account {}: {e}", path.display()))?;
+    /// From a service account's JSON; `endpoint` None: FCM itself.
+    pub fn from_json(text: &str, endpoint: Option<&str>, https: Https) -> Result<Self, String> {
+        let account: ServiceAccount =
+            serde_json::from_str(text).map_err(|e| format!("FCM service account: {e}"))?;
         let key = EncodingKey::from_rsa_pem(account.private_key.as_bytes())
             .map_err(|e| format!("FCM service account private_key: {e}"))?;
         Ok(Self {

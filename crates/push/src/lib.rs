@@ -9,12 +9,14 @@
 //! - [`apns`]: APNs over HTTP/2 with an ES256 provider token.
 //! - [`client`]: the HTTPS client the senders share (HTTP/2 where offered).
 //! - [`outcome`]: a provider's answer, classified.
+//! - [`secret`]: a key from a file or the environment, never shown.
 
 pub mod apns;
 pub mod client;
 pub mod ece;
 pub mod fcm;
 pub mod outcome;
+pub mod secret;
 pub mod vapid;
 pub mod web_push;
 pub mod worker;

@@ -48,7 +48,12 @@ impl Vapid {
     pub fn from_pem_file(path: &Path, subject: &str) -> Result<Self, String> {
         let pem = std::fs::read_to_string(path)
             .map_err(|e| format!("VAPID key {}: {e}", path.display()))?;
-        Self::from_pkcs8(&pem_body(&pem)?, subject)
+        Self::from_pem(&pem, subject)
+    }
+
+    /// From PEM text (`-----BEGIN PRIVATE KEY-----`).
+    pub fn from_pem(pem: &str, subject: &str) -> Result<Self, String> {
+        Self::from_pkcs8(&pem_body(pem)?, subject)
     }
 
     /// A new key pair.
