@@ -315,11 +315,14 @@ async fn the_openapi_document_is_valid_and_lists_exactly_what_the_routes_answer(
     assert_eq!(
         listed,
         [
+            "GET /v1/devices",
             "GET /v1/history",
             "GET /v1/inbox",
             "GET /v1/inbox/counts",
             "GET /v1/preferences",
             "GET /v1/presence",
+            "POST /v1/devices",
+            "POST /v1/devices/remove",
             "POST /v1/disconnect",
             "POST /v1/inbox/mark",
             "POST /v1/messages/retract",
@@ -451,6 +454,21 @@ async fn the_inbox_side_answers_as_its_grpc_twins() {
                "events": [{"event": "note_edited", "unseen": 1, "unread": 1}]})
     );
 
+    // Push devices: register, list, remove.
+    let phone = json!({"user_id": "hal", "fcm": {"token": "fcm-hal"}});
+    let (status, registered) = ops(&svc, "POST", "/v1/devices", Some(phone)).await;
+    assert_eq!(status, 200, "{registered}");
+    let device_id = registered["device"]["device_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(registered["device"]["fcm"]["token"], "fcm-hal");
+    let (_, listed) = ops(&svc, "GET", "/v1/devices?user_id=hal", None).await;
+    assert_eq!(listed["devices"].as_array().unwrap().len(), 1);
+    let remove = json!({"user_id": "hal", "device_id": device_id});
+    let (status, removed) = ops(&svc, "POST", "/v1/devices/remove", Some(remove)).await;
+    assert_eq!((status, removed), (200, json!({"removed": true})));
+
     // Bad input: 400 naming the rule; an unknown message 404.
     let bad = [
         (
@@ -466,6 +484,18 @@ async fn the_inbox_side_answers_as_its_grpc_twins() {
         ("GET", "/v1/inbox?user_id=hal&limit=1000", None),
         ("GET", "/v1/inbox?user_id=hal&show=sideways", None),
         ("GET", "/v1/inbox/counts?user_id=", None),
+        (
+            "POST",
+            "/v1/devices",
+            Some(
+                json!({"user_id": "hal", "fcm": {"token": "a"}, "apns": {"token": "b", "topic": "t"}}),
+            ),
+        ),
+        (
+            "POST",
+            "/v1/devices",
+            Some(json!({"user_id": "hal", "apns": {"token": "zz", "topic": "t"}})),
+        ),
         (
             "POST",
             "/v1/preferences",

@@ -9,10 +9,12 @@
 //! call's. A refusal is `{"error": "<gRPC status name>", "message": …}`
 //! with 400 / 401 / 403 / 404 / 429 / 503 (500 for the rest). Streams
 //! (Watch, WatchConnections) and EmitFightEvent stay gRPC-only. [`inbox`]
-//! has the user's side of the inbox (marks, pages, preferences, edits).
+//! has the user's side of the inbox (marks, pages, preferences, edits);
+//! [`push`] the push devices.
 //! `GET /v1/openapi.json` describes it, derived from these handlers.
 
 mod inbox;
+mod push;
 mod shapes;
 
 use axum::{
@@ -60,6 +62,8 @@ pub fn routes(api: NotifyApi, auth: Authenticator, max_body: usize) -> Router {
         .route("/v1/inbox", get(inbox::page))
         .route("/v1/inbox/mark", post(inbox::mark))
         .route("/v1/inbox/counts", get(inbox::counts))
+        .route("/v1/devices", get(push::list).post(push::register))
+        .route("/v1/devices/remove", post(push::remove))
         .route(
             "/v1/preferences",
             get(inbox::preferences).post(inbox::change_preferences),
@@ -91,7 +95,10 @@ pub fn routes(api: NotifyApi, auth: Authenticator, max_body: usize) -> Router {
         inbox::preferences,
         inbox::change_preferences,
         inbox::update_message,
-        inbox::retract_message
+        inbox::retract_message,
+        push::register,
+        push::list,
+        push::remove
     ),
     components(schemas(ErrorJson))
 )]
