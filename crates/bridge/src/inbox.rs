@@ -12,9 +12,11 @@ use notify_proto::{convert, v1 as pb};
 use serde_json::value::RawValue;
 use tonic::{Code, Status};
 
+use notify_proto::json::PushDestinationJson;
+
 use crate::protocol::{
     ApnsJson, CountsJson, ErrorCode, FcmJson, FrameId, HistoryItem, MutesJson, PushDeviceJson,
-    ServerFrame, WebPushJson, WebPushKeys, error_text,
+    ServerFrame, WebPushJson, error_text,
 };
 
 /// Inbox calls one socket may have in flight: a client that floods marks
@@ -186,26 +188,15 @@ pub fn register_push(
     fcm: Option<FcmJson>,
     apns: Option<ApnsJson>,
 ) -> Result<Call, String> {
-    use pb::push_destination::Destination as D;
-    let destination = match (web_push, fcm, apns) {
-        (Some(w), None, None) => D::WebPush(pb::WebPushSubscription {
-            endpoint: w.endpoint,
-            p256dh: w.keys.p256dh,
-            auth: w.keys.auth,
-        }),
-        (None, Some(f), None) => D::Fcm(pb::FcmToken { token: f.token }),
-        (None, None, Some(a)) => D::Apns(pb::ApnsToken {
-            token: a.token,
-            topic: a.topic,
-            sandbox: a.sandbox,
-        }),
-        _ => return Err("give exactly one of web_push, fcm, apns".into()),
-    };
+    let destination = PushDestinationJson {
+        web_push,
+        fcm,
+        apns,
+    }
+    .into_destination()?;
     Ok(Call::RegisterDevice(pb::RegisterDeviceRequest {
         user_id: user.to_owned(),
-        destination: Some(pb::PushDestination {
-            destination: Some(destination),
-        }),
+        destination: Some(destination),
     }))
 }
 
@@ -276,11 +267,12 @@ pub fn reply(answer: Answer, id: Option<&FrameId>) -> (String, Option<Counts>) {
             (text, Some(split.counts))
         }
         Answer::Devices(r) => {
-            let devices: Vec<PushDeviceJson> = r.devices.iter().map(device_json).collect();
+            let vapid_public_key = r.vapid_public_key;
+            let devices: Vec<PushDeviceJson> = r.devices.into_iter().map(Into::into).collect();
             let text = ServerFrame::PushDevices {
                 devices: &devices,
-                vapid_public_key: (!r.vapid_public_key.is_empty())
-                    .then_some(r.vapid_public_key.as_str()),
+                vapid_public_key: (!vapid_public_key.is_empty())
+                    .then_some(vapid_public_key.as_str()),
                 id,
             }
             .to_text();
@@ -296,42 +288,6 @@ pub fn reply(answer: Answer, id: Option<&FrameId>) -> (String, Option<Counts>) {
             (text, None)
         }
     }
-}
-
-fn device_json(d: &pb::PushDevice) -> PushDeviceJson {
-    use pb::push_destination::Destination as D;
-    let mut json = PushDeviceJson {
-        device_id: d.device_id.clone(),
-        web_push: None,
-        fcm: None,
-        apns: None,
-        registered: d.registered_ms,
-    };
-    match d.destination.as_ref().and_then(|d| d.destination.as_ref()) {
-        Some(D::WebPush(w)) => {
-            json.web_push = Some(WebPushJson {
-                endpoint: w.endpoint.clone(),
-                keys: WebPushKeys {
-                    p256dh: w.p256dh.clone(),
-                    auth: w.auth.clone(),
-                },
-            })
-        }
-        Some(D::Fcm(f)) => {
-            json.fcm = Some(FcmJson {
-                token: f.token.clone(),
-            })
-        }
-        Some(D::Apns(a)) => {
-            json.apns = Some(ApnsJson {
-                token: a.token.clone(),
-                topic: a.topic.clone(),
-                sandbox: a.sandbox,
-            })
-        }
-        None => {}
-    }
-    json
 }
 
 fn history_frame(r: &pb::ListInboxResponse, counts: Counts, id: Option<&FrameId>) -> String {

@@ -150,45 +150,7 @@ pub enum Action {
     },
 }
 
-/// A browser's `PushSubscription.toJSON()`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-pub struct WebPushJson {
-    pub endpoint: String,
-    pub keys: WebPushKeys,
-}
-
-#[derive(Debug, Clone, Deserialize, Serialize)]
-pub struct WebPushKeys {
-    pub p256dh: String,
-    pub auth: String,
-}
-
-#[derive(Debug, Clone, Deserialize, Serialize)]
-pub struct FcmJson {
-    pub token: String,
-}
-
-#[derive(Debug, Clone, Deserialize, Serialize)]
-pub struct ApnsJson {
-    pub token: String,
-    /// The app's bundle id.
-    pub topic: String,
-    #[serde(default)]
-    pub sandbox: bool,
-}
-
-/// A registered push device in frames.
-#[derive(Debug, Clone, Serialize)]
-pub struct PushDeviceJson {
-    pub device_id: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub web_push: Option<WebPushJson>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub fcm: Option<FcmJson>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub apns: Option<ApnsJson>,
-    pub registered: i64,
-}
+pub use notify_proto::json::{ApnsJson, FcmJson, PushDeviceJson, WebPushJson};
 
 impl Action {
     pub fn id(&self) -> Option<&FrameId> {

@@ -1,5 +1,6 @@
 //! The JSON shape of a publish and of its answer, shared by every way in
-//! that is not gRPC: notify-svc's HTTP/JSON API and the SQS/SNS consumer.
+//! that is not gRPC: notify-svc's HTTP/JSON API and the SQS/SNS consumer;
+//! and of a push device, shared by the HTTP/JSON API and the socket.
 //! It mirrors `PublishRequest` with `data` as JSON itself (not JSON text)
 //! and one field per target; the Notify API validates what it becomes
 //! exactly as it validates a gRPC call.
@@ -205,5 +206,112 @@ mod tests {
                 .to_string()
                 .contains("unknown field `user`")
         );
+    }
+}
+
+/// A browser's `PushSubscription.toJSON()`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, ToSchema)]
+pub struct WebPushJson {
+    pub endpoint: String,
+    pub keys: WebPushKeysJson,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, ToSchema)]
+pub struct WebPushKeysJson {
+    pub p256dh: String,
+    pub auth: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, ToSchema)]
+pub struct FcmJson {
+    pub token: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, ToSchema)]
+pub struct ApnsJson {
+    pub token: String,
+    /// The app's bundle id.
+    pub topic: String,
+    #[serde(default)]
+    pub sandbox: bool,
+}
+
+/// Where a push goes, as JSON edges take it (a socket's `register_push`,
+/// `POST /v1/devices`): exactly one of the three.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PushDestinationJson {
+    pub web_push: Option<WebPushJson>,
+    pub fcm: Option<FcmJson>,
+    pub apns: Option<ApnsJson>,
+}
+
+impl PushDestinationJson {
+    pub fn into_destination(self) -> Result<pb::PushDestination, &'static str> {
+        use pb::push_destination::Destination as D;
+        let destination = match (self.web_push, self.fcm, self.apns) {
+            (Some(w), None, None) => D::WebPush(pb::WebPushSubscription {
+                endpoint: w.endpoint,
+                p256dh: w.keys.p256dh,
+                auth: w.keys.auth,
+            }),
+            (None, Some(f), None) => D::Fcm(pb::FcmToken { token: f.token }),
+            (None, None, Some(a)) => D::Apns(pb::ApnsToken {
+                token: a.token,
+                topic: a.topic,
+                sandbox: a.sandbox,
+            }),
+            _ => return Err("give exactly one of web_push, fcm, apns"),
+        };
+        Ok(pb::PushDestination {
+            destination: Some(destination),
+        })
+    }
+}
+
+/// A registered push device as JSON edges answer it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct PushDeviceJson {
+    pub device_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub web_push: Option<WebPushJson>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fcm: Option<FcmJson>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub apns: Option<ApnsJson>,
+    /// When it was registered, Unix milliseconds.
+    pub registered: i64,
+}
+
+impl From<pb::PushDevice> for PushDeviceJson {
+    fn from(d: pb::PushDevice) -> Self {
+        use pb::push_destination::Destination as D;
+        let mut json = Self {
+            device_id: d.device_id,
+            web_push: None,
+            fcm: None,
+            apns: None,
+            registered: d.registered_ms,
+        };
+        match d.destination.and_then(|d| d.destination) {
+            Some(D::WebPush(w)) => {
+                json.web_push = Some(WebPushJson {
+                    endpoint: w.endpoint,
+                    keys: WebPushKeysJson {
+                        p256dh: w.p256dh,
+                        auth: w.auth,
+                    },
+                })
+            }
+            Some(D::Fcm(f)) => json.fcm = Some(FcmJson { token: f.token }),
+            Some(D::Apns(a)) => {
+                json.apns = Some(ApnsJson {
+                    token: a.token,
+                    topic: a.topic,
+                    sandbox: a.sandbox,
+                })
+            }
+            None => {}
+        }
+        json
     }
 }

@@ -202,6 +202,10 @@ pub fn push_rows<'a>(
     new: &[bool],
     assigned: &'a [Assigned],
 ) -> Vec<InboxRow<'a>> {
+    // Most batches ask for no push: no rows built for them.
+    if items.iter().all(|i| i.push.is_none()) {
+        return Vec::new();
+    }
     let pushes = |row: &InboxRow<'_>| {
         items[row.item]
             .push

@@ -10,38 +10,14 @@ use axum::{
     },
     http::request::Parts,
 };
-use notify_proto::v1::{self as pb, notify_server::Notify, push_destination::Destination as D};
+use notify_proto::{
+    json::{ApnsJson, FcmJson, PushDestinationJson, PushDeviceJson, WebPushJson},
+    v1::{self as pb, notify_server::Notify},
+};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::{ErrorJson, Http, Refused, bad_body, bad_request, inbox::UserQuery};
-
-/// A browser's `PushSubscription.toJSON()`.
-#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
-pub struct WebPushJson {
-    pub endpoint: String,
-    pub keys: WebPushKeysJson,
-}
-
-#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
-pub struct WebPushKeysJson {
-    pub p256dh: String,
-    pub auth: String,
-}
-
-#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
-pub struct FcmJson {
-    pub token: String,
-}
-
-#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
-pub struct ApnsJson {
-    pub token: String,
-    /// The app's bundle id.
-    pub topic: String,
-    #[serde(default)]
-    pub sandbox: bool,
-}
 
 /// Registers a device of `user_id`: exactly one of the three.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -57,28 +33,15 @@ pub struct RegisterDeviceJson {
 }
 
 #[derive(Debug, Serialize, ToSchema)]
-pub struct DeviceJson {
-    pub device_id: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub web_push: Option<WebPushJson>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub fcm: Option<FcmJson>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub apns: Option<ApnsJson>,
-    /// Unix milliseconds.
-    pub registered_ms: i64,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
 pub struct RegisteredJson {
-    pub device: DeviceJson,
+    pub device: PushDeviceJson,
     /// The user's devices forgotten to make room (at most 20 are kept).
     pub evicted: Vec<String>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct DevicesJson {
-    pub devices: Vec<DeviceJson>,
+    pub devices: Vec<PushDeviceJson>,
     /// base64url, for `pushManager.subscribe`; absent without Web Push.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vapid_public_key: Option<String>,
@@ -96,41 +59,10 @@ pub struct RemovedJson {
     pub removed: bool,
 }
 
-fn device(d: pb::PushDevice) -> DeviceJson {
-    let mut json = DeviceJson {
-        device_id: d.device_id,
-        web_push: None,
-        fcm: None,
-        apns: None,
-        registered_ms: d.registered_ms,
-    };
-    match d.destination.and_then(|d| d.destination) {
-        Some(D::WebPush(w)) => {
-            json.web_push = Some(WebPushJson {
-                endpoint: w.endpoint,
-                keys: WebPushKeysJson {
-                    p256dh: w.p256dh,
-                    auth: w.auth,
-                },
-            })
-        }
-        Some(D::Fcm(f)) => json.fcm = Some(FcmJson { token: f.token }),
-        Some(D::Apns(a)) => {
-            json.apns = Some(ApnsJson {
-                token: a.token,
-                topic: a.topic,
-                sandbox: a.sandbox,
-            })
-        }
-        None => {}
-    }
-    json
-}
-
 impl From<pb::RegisterDeviceResponse> for RegisteredJson {
     fn from(r: pb::RegisterDeviceResponse) -> Self {
         Self {
-            device: device(r.device.unwrap_or_default()),
+            device: r.device.unwrap_or_default().into(),
             evicted: r.evicted,
         }
     }
@@ -139,7 +71,7 @@ impl From<pb::RegisterDeviceResponse> for RegisteredJson {
 impl From<pb::ListDevicesResponse> for DevicesJson {
     fn from(r: pb::ListDevicesResponse) -> Self {
         Self {
-            devices: r.devices.into_iter().map(device).collect(),
+            devices: r.devices.into_iter().map(Into::into).collect(),
             vapid_public_key: (!r.vapid_public_key.is_empty()).then_some(r.vapid_public_key),
         }
     }
@@ -166,25 +98,16 @@ pub async fn register(
     body: Result<Json<RegisterDeviceJson>, JsonRejection>,
 ) -> Result<Json<RegisteredJson>, Refused> {
     let Json(r) = body.map_err(bad_body)?;
-    let destination = match (r.web_push, r.fcm, r.apns) {
-        (Some(w), None, None) => D::WebPush(pb::WebPushSubscription {
-            endpoint: w.endpoint,
-            p256dh: w.keys.p256dh,
-            auth: w.keys.auth,
-        }),
-        (None, Some(f), None) => D::Fcm(pb::FcmToken { token: f.token }),
-        (None, None, Some(a)) => D::Apns(pb::ApnsToken {
-            token: a.token,
-            topic: a.topic,
-            sandbox: a.sandbox,
-        }),
-        _ => return Err(bad_request("give exactly one of web_push, fcm, apns")),
-    };
+    let destination = PushDestinationJson {
+        web_push: r.web_push,
+        fcm: r.fcm,
+        apns: r.apns,
+    }
+    .into_destination()
+    .map_err(bad_request)?;
     let message = pb::RegisterDeviceRequest {
         user_id: r.user_id,
-        destination: Some(pb::PushDestination {
-            destination: Some(destination),
-        }),
+        destination: Some(destination),
     };
     http.call(parts, message, |api, req| async move {
         Notify::register_device(&api, req).await
