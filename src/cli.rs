@@ -144,11 +144,50 @@ pub struct PublishArgs {
     /// Inbox retention in seconds (0: the server's default).
     #[arg(long, default_value_t = 0)]
     ttl: u32,
+    /// Push to the users' phones and browsers: never, offline (no live
+    /// connection), or unacked (no ack within --push-after seconds).
+    /// Absent: the event's configured default.
+    #[arg(long, value_enum)]
+    push: Option<PushWhen>,
+    /// Seconds to wait for an ack before an `unacked` push (1..3600).
+    #[arg(long, default_value_t = 0, requires = "push")]
+    push_after: u32,
+    /// The notification's title (absent: the event's template).
+    #[arg(long, requires = "push")]
+    title: Option<String>,
+    /// The notification's text (absent: the event's template).
+    #[arg(long, requires = "push")]
+    body: Option<String>,
+}
+
+/// When a publish is pushed (`PublishRequest.push.when`).
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum PushWhen {
+    Never,
+    Offline,
+    Unacked,
+}
+
+impl PublishArgs {
+    fn push(&self) -> Option<pb::PushOptions> {
+        let when = match self.push? {
+            PushWhen::Never => pb::PushWhen::Never,
+            PushWhen::Offline => pb::PushWhen::Offline,
+            PushWhen::Unacked => pb::PushWhen::Unacked,
+        };
+        Some(pb::PushOptions {
+            when: when.into(),
+            after_seconds: self.push_after,
+            title: self.title.clone().unwrap_or_default(),
+            body: self.body.clone().unwrap_or_default(),
+        })
+    }
 }
 
 pub async fn publish(endpoint: &Endpoint, args: PublishArgs) -> Result<(), Failure> {
     use pb::publish_request::Target;
     let data = read_data(args.data.as_deref())?;
+    let push = args.push();
     let target = match (args.user, args.users, args.topic) {
         (Some(u), ..) => Target::UserId(u),
         (_, Some(users), _) => Target::Users(pb::UserList { user_ids: users }),
@@ -162,7 +201,7 @@ pub async fn publish(endpoint: &Endpoint, args: PublishArgs) -> Result<(), Failu
         data,
         idempotency_key: args.key.unwrap_or_default(),
         ttl_seconds: args.ttl,
-        push: None,
+        push,
     });
     let r = api.client.publish(req).await?.into_inner();
     let inbox_seqs: serde_json::Map<String, Value> = r

@@ -169,6 +169,48 @@ async fn refusals_exit_1_with_the_status_and_usage_errors_exit_2() {
     // No target at all: clap's usage error.
     let out = svc.notify(&["publish", "--data", "1"], None).await;
     assert_eq!(out.status.code(), Some(2));
+    // Push options go along: refused where a push cannot go, or out of range.
+    for (args, why) in [
+        (
+            &["--topic", "room:x", "--push", "offline"][..],
+            "inbox targets",
+        ),
+        (
+            &["--user", "alice", "--push", "unacked", "--push-after", "0"][..],
+            "after_seconds",
+        ),
+    ] {
+        let out = svc
+            .notify(&[&["publish", "--data", "1"][..], args].concat(), None)
+            .await;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("InvalidArgument") && stderr.contains(why),
+            "{args:?}: {stderr}"
+        );
+    }
+    let out = svc
+        .notify(
+            &[
+                "publish", "--user", "alice", "--data", "1", "--push", "offline", "--title", "Hi",
+                "--body", "there",
+            ],
+            None,
+        )
+        .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = svc
+        .notify(
+            &["publish", "--user", "alice", "--data", "1", "--title", "Hi"],
+            None,
+        )
+        .await;
+    assert_eq!(out.status.code(), Some(2), "--title needs --push");
     // Nobody listening there.
     let out = Command::new(env!("CARGO_BIN_EXE_notify"))
         .args(["presence", "--user", "a", "--url"])

@@ -6,7 +6,9 @@
 // real backend (`notify echo-backend`) and its reply, or its error, shows.
 // The bell: two tabs of one user show the same unread count, a click on a
 // notification in one marks it read and the other's count follows, older
-// notifications load on demand, "mark all read" clears both.
+// notifications load on demand, "mark all read" clears both. Web Push: the
+// panel's service worker (the client's push-worker) shows a push once, drops
+// a copy the server sends again, and remembers that across the worker.
 // The screenshot it takes is the one in the README (docs/panel.png).
 import { after, test } from 'node:test';
 import * as assert from 'node:assert/strict';
@@ -199,4 +201,82 @@ test('the bell: two tabs share the unread count, a click marks read, older items
   assert.deepEqual([...first.errors, ...second.errors], [], 'no script error on either tab');
   await first.page.close();
   await second.page.close();
+});
+
+test('Web Push: the service worker shows a push once and drops a copy sent again', async () => {
+  assert.ok(browser, 'the first test launched the browser');
+  const origin = `http://${bridge.ws}`;
+  const context = await browser!.newContext();
+  await context.grantPermissions(['notifications'], { origin });
+  const page = await context.newPage();
+  const errors: string[] = [];
+  page.on('pageerror', (e) => errors.push(e.message));
+  // No push service is reachable from here, so the test plays it: Chromium's
+  // DevTools deliver a push to the worker as a push service would.
+  const cdp = await context.newCDPSession(page);
+  const registrations = new Map<string, string>(); // scope -> id
+  cdp.on('ServiceWorker.workerRegistrationUpdated', (e) => {
+    for (const r of e.registrations) if (!r.isDeleted) registrations.set(r.scopeURL, r.registrationId);
+  });
+  await cdp.send('ServiceWorker.enable');
+  await page.goto(`${origin}/panel#token=${up.token('cleo', [])}`);
+  await page.waitForSelector('[data-testid=state].connected', { timeout: 15_000 });
+
+  await page.click('[data-testid=push-on]');
+  await page.waitForFunction(() => (document.querySelector('[data-testid=push-result]') as HTMLElement)?.dataset.worker === 'active');
+  // Subscribing needs the browser's push service: here it fails, and says so.
+  await page.waitForFunction(() => document.querySelector('[data-testid=push-result]')?.textContent !== 'turning on…');
+  const registrationId = await eventually('the worker registered', 10_000, async () => registrations.get(`${origin}/panel/`));
+
+  // What notify-svc sends (crates/push/src/worker.rs): title, body, message id, seq, event.
+  const message = up.publish('cleo', { fight: 'f-1' }, 'fight.accepted');
+  const push = (m: { message_id: string; seq: number }, title: string) =>
+    cdp.send('ServiceWorker.deliverPushMessage', {
+      origin,
+      registrationId,
+      data: JSON.stringify({ title, body: 'bob accepted your fight', message_id: m.message_id, seq: m.seq, event: 'fight.accepted' }),
+    });
+  const shown = () =>
+    page.evaluate(async () => {
+      const registration = await navigator.serviceWorker.getRegistration('/panel/');
+      const list = (await registration?.getNotifications()) ?? [];
+      return list.map((n) => ({ title: n.title, body: n.body, tag: n.tag, url: (n.data as { url: string }).url }));
+    });
+
+  await push(message, 'Fight accepted');
+  const first = await eventually('the push shown', 10_000, async () => {
+    const list = await shown();
+    return list.length > 0 ? list : undefined;
+  });
+  assert.deepEqual(first, [
+    { title: 'Fight accepted', body: 'bob accepted your fight', tag: message.message_id, url: `${origin}/panel#seq=${message.seq}` },
+  ]);
+
+  // The same message again (a sender killed before it recorded the send):
+  // still one notification, even after the user dismissed the first.
+  await push(message, 'Fight accepted');
+  await page.waitForTimeout(500);
+  assert.equal((await shown()).length, 1, 'a copy replaces nothing and adds nothing');
+  await page.evaluate(async () => {
+    const registration = await navigator.serviceWorker.getRegistration('/panel/');
+    for (const n of (await registration?.getNotifications()) ?? []) n.close();
+  });
+  await push(message, 'Fight accepted');
+  await page.waitForTimeout(500);
+  assert.deepEqual(await shown(), [], 'a dismissed push does not come back within the dedupe window');
+
+  // Another message is shown; a push that is not notify's is left alone.
+  const next = up.publish('cleo', { fight: 'f-2' }, 'fight.accepted');
+  await cdp.send('ServiceWorker.deliverPushMessage', { origin, registrationId, data: 'not json' });
+  await push(next, 'Another fight');
+  const second = await eventually('the second push shown', 10_000, async () => {
+    const list = await shown();
+    return list.length > 0 ? list : undefined;
+  });
+  assert.deepEqual(
+    second.map((n) => n.tag),
+    [next.message_id],
+  );
+  assert.deepEqual(errors, [], 'no script error on the page');
+  await context.close();
 });

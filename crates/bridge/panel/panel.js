@@ -361,6 +361,43 @@ async function call(event) {
   }
 }
 
+// Web Push: the panel's service worker (sw.js, on the client's
+// push-worker) shows pushes; this subscribes the browser and registers the
+// subscription as one of the user's devices.
+async function pushOn() {
+  const result = $('push-result');
+  result.className = 'meta';
+  result.textContent = 'turning on…';
+  try {
+    if (!('serviceWorker' in navigator) || !('PushManager' in window)) {
+      throw new Error('this browser has no Web Push (or the page is not on https or localhost)');
+    }
+    if ((await Notification.requestPermission()) !== 'granted') {
+      throw new Error('notifications are not allowed for this page');
+    }
+    const registration = await navigator.serviceWorker.register('/panel/sw.js', { type: 'module', scope: '/panel/' });
+    const worker = registration.installing ?? registration.waiting ?? registration.active;
+    if (worker && worker.state !== 'activated') {
+      await new Promise((resolve) => {
+        worker.addEventListener('statechange', () => worker.state === 'activated' && resolve());
+      });
+    }
+    result.dataset.worker = 'active';
+    const answer = await client.subscribeWebPush(registration);
+    result.textContent = `on: ${answer.devices.length} push device(s) of yours`;
+    log('Web Push on for this browser', 'ok');
+  } catch (e) {
+    result.textContent = `${e.code ?? 'error'}: ${e.message}`;
+    result.className = 'meta error';
+    log(`Web Push: ${e.code ?? 'error'}: ${e.message}`, 'error');
+  }
+}
+
+// A click on a push with a panel already open: say which message it was.
+navigator.serviceWorker?.addEventListener('message', (event) => {
+  if (event.data?.type === 'notify.push_opened') log(`opened from a push: inbox seq ${event.data.seq}`, 'ok');
+});
+
 $('sign-in-form').addEventListener('submit', (e) => {
   e.preventDefault();
   signIn($('token').value);
@@ -386,6 +423,7 @@ $('mark-all').addEventListener('click', () => {
     .catch((e) => log(`mark all read: ${e.code ?? ''} ${e.message}`, 'error'));
 });
 $('call-form').addEventListener('submit', call);
+$('push-on').addEventListener('click', () => void pushOn());
 
 // `notify up` prints a link that signs in with its dev token, carried in the
 // fragment (browsers never send it, so no server log holds it); it is taken

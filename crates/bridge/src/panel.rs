@@ -43,6 +43,16 @@ const ASSETS: &[(&str, &str, &str)] = &[
         include_str!("../panel/panel.js"),
     ),
     (
+        "/panel/sw.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../panel/sw.js"),
+    ),
+    (
+        "/panel/client/push-worker.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../panel/client/push-worker.js"),
+    ),
+    (
         "/panel/client/index.js",
         "text/javascript; charset=utf-8",
         include_str!("../panel/client/index.js"),

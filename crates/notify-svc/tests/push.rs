@@ -423,6 +423,15 @@ async fn fcm_and_apns_devices_get_the_push_with_the_providers_own_auth(backend: 
         fcm_push["payload"]["data"]["seq"],
         published.seq.to_string()
     );
+    // One message collapses to one notification, however often it is sent.
+    let collapse = published.message_id.replace('-', "");
+    let android = &fcm_push["payload"]["android"];
+    assert_eq!(android["collapse_key"], collapse.as_str());
+    assert_eq!(android["notification"]["tag"], collapse.as_str());
+    assert_eq!(
+        fcm_push["payload"]["apns"]["headers"]["apns-collapse-id"],
+        collapse.as_str()
+    );
     let apns_push = received
         .iter()
         .find(|r| r["provider"] == "apns" && r["status"] == 200)
@@ -482,8 +491,9 @@ async fn fcm_and_apns_devices_get_the_push_with_the_providers_own_auth(backend: 
 
 /// kill -9 of notify-svc while it is sending: after a restart every due
 /// push is delivered; a push resent because its sender died before
-/// recording it carries the same Topic (the push service keeps one copy),
-/// and only pushes in flight at the kill are resent.
+/// recording it is a copy with the same Topic and message id (the push
+/// service keeps one copy, the client's push worker shows one), and only
+/// pushes in flight at the kill are resent.
 #[tokio::test]
 async fn a_sender_killed_mid_queue_delivers_every_due_push_after_a_restart() {
     const USERS: usize = 60;
@@ -565,7 +575,14 @@ async fn a_sender_killed_mid_queue_delivers_every_due_push_after_a_restart() {
         assert!(copies.len() <= 2, "{endpoint}: {} copies", copies.len());
         if copies.len() == 2 {
             resent += 1;
+            // A copy: the same Topic (the push service keeps one) and the
+            // same message id, which the client's push worker shows once
+            // (clients/ts/test/panel.test.ts, in Chromium).
             assert_eq!(copies[0]["topic"], copies[1]["topic"], "a resend collapses");
+            assert_eq!(
+                copies[0]["payload"], copies[1]["payload"],
+                "a resend is a copy"
+            );
         }
     }
     // Sends in flight at the kill: at most one round of the worker's.

@@ -97,7 +97,15 @@ impl Fcm {
                 "notification": {"title": n.title, "body": n.body},
                 // FCM data values are strings.
                 "data": {"message_id": n.message_id, "seq": n.seq.to_string(), "event": n.event},
-                "android": {"collapse_key": n.collapse, "priority": "high"},
+                // collapse_key: FCM keeps the last of a key while the phone
+                // is away; tag: a second notification of one message
+                // replaces the first in the drawer (a resend shows once).
+                "android": {
+                    "collapse_key": n.collapse,
+                    "priority": "high",
+                    "notification": {"tag": n.collapse},
+                },
+                "apns": {"headers": {"apns-collapse-id": n.collapse}},
             }
         });
         let request = http::Request::post(format!(
