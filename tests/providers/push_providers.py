@@ -253,8 +253,6 @@ async def web_push(p, path, headers, body, version, send):
     if status:
         p.record(provider="web_push", address=address, status=status)
         return await answer(send, status, b"scripted", [(b"retry-after", b"1")] if status == 429 else [])
-    if p.slow:
-        await asyncio.sleep(p.slow)
     key, secret = p.subscriptions[sid]
     try:
         plain = http_ece.decrypt(body, private_key=key, auth_secret=secret, version="aes128gcm")
@@ -273,6 +271,10 @@ async def web_push(p, path, headers, body, version, send):
         ttl=int(headers["ttl"]),
         http_version=version,
     )
+    # Slow to answer, like a busy push service: the message is taken (and
+    # recorded) first, so a sender killed while waiting has delivered it.
+    if p.slow:
+        await asyncio.sleep(p.slow)
     return await answer(send, 201, b"", [(b"location", f"{address}/m/{uuid.uuid4().hex}".encode())])
 
 

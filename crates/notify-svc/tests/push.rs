@@ -585,8 +585,10 @@ async fn a_sender_killed_mid_queue_delivers_every_due_push_after_a_restart() {
             );
         }
     }
-    // Sends in flight at the kill: at most one round of the worker's.
-    assert!(resent <= 32, "{resent} resent");
+    eprintln!("{resent} of {USERS} resent after the kill");
+    // Sends in flight at the kill (32 at once) and answers waiting for the
+    // finished pushes' next write (one statement: a few at most).
+    assert!(resent <= 40, "{resent} resent");
     second.start_kill().unwrap();
     second.wait().await.unwrap();
 }

@@ -6,8 +6,9 @@
 //! Delivery is at least once per device: devices are recorded done after
 //! their provider answered, so a crash resends only what was in flight, and
 //! each push carries the message id as the provider's collapse key (Web
-//! Push `Topic`), so a resent copy replaces the first instead of showing
-//! twice.
+//! Push `Topic`, FCM `collapse_key` and `tag`, APNs `apns-collapse-id`),
+//! so a resent copy replaces the first instead of showing twice; in a
+//! browser the client's push worker drops it (docs/design.md §4.8).
 
 use std::{
     sync::Arc,
@@ -18,10 +19,10 @@ use futures::StreamExt;
 use notify_core::push::{Destination, Device, When};
 use notify_store::{
     Store,
-    push::{DuePush, Finish},
+    push::{DuePush, Finish, Finished},
 };
 use prometheus_client::metrics::{counter::Counter, family::Family};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -39,6 +40,8 @@ const CLAIM: u32 = 64;
 pub const LEASE: Duration = Duration::from_secs(60);
 /// Pushes sent at once by one worker.
 const IN_FLIGHT: usize = 32;
+/// Finished pushes waiting to be written, and the most written at once.
+const FINISHED_QUEUE: usize = 256;
 /// Longest sleep between looks at the queue: pushes other replicas queued
 /// and `unacked` pushes coming due are found this late at most.
 const POLL: Duration = Duration::from_secs(1);
@@ -105,14 +108,18 @@ impl Pusher {
             wake: Arc::new(Notify::new()),
             tally: Tally::default(),
         };
+        let (finished, to_record) = mpsc::channel(FINISHED_QUEUE);
         let worker = Worker {
-            store,
+            store: store.clone(),
             senders: Arc::new(senders),
             presence,
             lease,
             tally: pusher.tally.clone(),
+            finished,
         };
         tracker.spawn(worker.run(pusher.wake.clone(), stop));
+        // Ends when the worker is gone and everything it finished is written.
+        tracker.spawn(record(store, to_record));
         pusher
     }
 
@@ -128,6 +135,23 @@ struct Worker {
     presence: Presence,
     lease: Duration,
     tally: Tally,
+    /// To [`record`], as each push's providers answer.
+    finished: mpsc::Sender<Finished>,
+}
+
+/// Writes finished claims, whatever has come in since the last write in
+/// one statement: a write per answered push cost more Postgres CPU than
+/// the send. An answer waits at most one write here, which is all it adds
+/// to what a crash resends.
+async fn record(store: Arc<dyn Store>, mut finished: mpsc::Receiver<Finished>) {
+    let mut batch = Vec::with_capacity(FINISHED_QUEUE);
+    while finished.recv_many(&mut batch, FINISHED_QUEUE).await > 0 {
+        if let Err(e) = store.finish_pushes(&batch).await {
+            // Their leases end and the pushes are claimed again.
+            tracing::warn!(error = %e, pushes = batch.len(), "finished pushes not recorded");
+        }
+        batch.clear();
+    }
 }
 
 impl Worker {
@@ -171,14 +195,13 @@ impl Worker {
         futures::stream::iter(claimed)
             .for_each_concurrent(IN_FLIGHT, |push| async move {
                 let finish = self.handle(&push).await;
-                if let Err(e) = self
-                    .store
-                    .finish_push(push.message_id, &push.user, &finish)
-                    .await
-                {
-                    // The lease ends and the push is claimed again.
-                    tracing::warn!(error = %e, message = %push.message_id, "push not recorded");
-                }
+                let finished = Finished {
+                    message_id: push.message_id,
+                    user: push.user,
+                    finish,
+                };
+                // Closed only when the process stops: the lease brings it back.
+                let _ = self.finished.send(finished).await;
             })
             .await;
     }
@@ -193,16 +216,11 @@ impl Worker {
             self.tally.add("queue", "online");
             return Finish::Done;
         }
-        let devices = match self.store.devices(&push.user).await {
-            Ok(devices) => devices,
-            Err(e) => {
-                tracing::warn!(error = %e, "devices unreadable; push retried");
-                return self.retry(push, push.devices_done.clone(), None);
-            }
-        };
-        let left: Vec<Device> = devices
-            .into_iter()
+        let left: Vec<Device> = push
+            .devices
+            .iter()
             .filter(|d| !push.devices_done.contains(&d.id))
+            .cloned()
             .collect();
         if left.is_empty() {
             if push.devices_done.is_empty() {

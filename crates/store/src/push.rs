@@ -42,6 +42,9 @@ pub struct DuePush {
     pub acked: bool,
     /// The user has a live connection on some bridge.
     pub live: bool,
+    /// The user's devices when claimed, oldest registration first (read
+    /// with the claim: no round trip per push).
+    pub devices: Vec<Device>,
 }
 
 /// How a sender leaves a claimed push.
@@ -54,6 +57,14 @@ pub enum Finish {
         at: SystemTime,
         devices_done: Vec<DeviceId>,
     },
+}
+
+/// A claim's end: which push, and how it ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finished {
+    pub message_id: MessageId,
+    pub user: UserId,
+    pub finish: Finish,
 }
 
 #[async_trait]
@@ -78,16 +89,13 @@ pub trait Push: Send + Sync {
     ) -> Result<bool, StoreError>;
 
     /// Claims up to `limit` due pushes nobody holds, for `lease`, with what
-    /// the decision needs (acked, live), oldest due first.
+    /// the decision and the sends need (acked, live, the user's devices),
+    /// oldest due first.
     async fn claim_pushes(&self, limit: u32, lease: Duration) -> Result<Vec<DuePush>, StoreError>;
 
-    /// Ends a claim.
-    async fn finish_push(
-        &self,
-        message: MessageId,
-        user: &UserId,
-        finish: &Finish,
-    ) -> Result<(), StoreError>;
+    /// Ends claims, the done ones in one statement (a sender finishes what
+    /// its providers answered together, not a transaction per push).
+    async fn finish_pushes(&self, finished: &[Finished]) -> Result<(), StoreError>;
 
     /// When the next push is due (None: the queue is empty).
     async fn next_push_due(&self) -> Result<Option<SystemTime>, StoreError>;

@@ -2,8 +2,9 @@
 //! §4.8): a device is one address (registered again: the same device;
 //! by another user: moved), at most MAX_DEVICES per user; a commit queues
 //! the pushes its inbox rows ask for in its own transaction, never for a
-//! muted row; claims carry what the decision needs (acked, live) and hold
-//! a lease; finishing records the devices done or removes the push.
+//! muted row; claims carry what the decision and the sends need (acked,
+//! live, the user's devices) and hold a lease; finishing records the
+//! devices done or removes the push.
 
 use std::time::{Duration, SystemTime};
 
@@ -12,7 +13,10 @@ use notify_core::{
     inbox::Mutes,
     push::{Destination, DeviceId, MAX_DEVICES, PushOrder, When},
 };
-use notify_store::{ConnectionRecord, PublishItem, Store, push::Finish};
+use notify_store::{
+    ConnectionRecord, PublishItem, Store,
+    push::{Finish, Finished},
+};
 
 mod common;
 
@@ -137,6 +141,15 @@ async fn a_commit_queues_its_pushes_and_claims_tell_acked_and_live(db: Backend) 
     }])
     .await
     .unwrap();
+    // ann has two phones, bea none.
+    let older = s
+        .register_device(&user("ann"), &fcm("ann-1"))
+        .await
+        .unwrap();
+    let newer = s
+        .register_device(&user("ann"), &fcm("ann-2"))
+        .await
+        .unwrap();
 
     let claimed = s.claim_pushes(10, Duration::from_secs(60)).await.unwrap();
     let seen: Vec<(String, u64, bool, bool)> = claimed
@@ -161,6 +174,9 @@ async fn a_commit_queues_its_pushes_and_claims_tell_acked_and_live(db: Backend) 
         ("Accepted", "bea took your bet", "fight.accepted")
     );
     assert_eq!((claimed[0].when, claimed[0].attempts), (When::Offline, 0));
+    // The devices come with the claim, oldest registration first.
+    assert_eq!(claimed[0].devices, [older.device, newer.device]);
+    assert!(claimed[1].devices.is_empty());
     assert!(
         s.claim_pushes(10, Duration::from_secs(60))
             .await
@@ -174,19 +190,26 @@ async fn a_commit_queues_its_pushes_and_claims_tell_acked_and_live(db: Backend) 
         "the next is a lease's end"
     );
 
-    // Finishing: one done, one to retry with a device done.
-    let ann = &claimed[0];
-    s.finish_push(ann.message_id, &ann.user, &Finish::Done)
-        .await
-        .unwrap();
-    let bea = &claimed[1];
-    let retry = Finish::Retry {
-        at: SystemTime::now(),
-        devices_done: vec![DeviceId("a".repeat(32))],
-    };
-    s.finish_push(bea.message_id, &bea.user, &retry)
-        .await
-        .unwrap();
+    // Finishing, together: one done, one to retry with a device done.
+    let (ann, bea) = (&claimed[0], &claimed[1]);
+    s.finish_pushes(&[
+        Finished {
+            message_id: ann.message_id,
+            user: ann.user.clone(),
+            finish: Finish::Done,
+        },
+        Finished {
+            message_id: bea.message_id,
+            user: bea.user.clone(),
+            finish: Finish::Retry {
+                at: SystemTime::now(),
+                devices_done: vec![DeviceId("a".repeat(32))],
+            },
+        },
+    ])
+    .await
+    .unwrap();
+    s.finish_pushes(&[]).await.unwrap();
     let again = s.claim_pushes(10, Duration::from_secs(60)).await.unwrap();
     assert_eq!(again.len(), 1);
     assert_eq!(

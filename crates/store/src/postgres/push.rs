@@ -15,7 +15,7 @@ use tokio_postgres::{Row, types::Type};
 use super::{PgStore, to_u64};
 use crate::{
     StoreError,
-    push::{DuePush, Finish, Push, Registered, columns, destination},
+    push::{DuePush, Finish, Finished, Push, Registered, columns, destination},
 };
 
 #[async_trait]
@@ -136,48 +136,70 @@ impl Push for PgStore {
                     FROM due WHERE q.message_id = due.message_id AND q.user_id = due.user_id
                     RETURNING q.*
                  )
-                 SELECT c.message_id, c.user_id, c.seq, c.event, c.push_when, c.title, c.body,
+                 SELECT d.device_id, d.provider, d.address, d.p256dh, d.auth, d.apns_topic,
+                        d.sandbox, d.registered_at,
+                        c.message_id, c.user_id, c.seq, c.event, c.push_when, c.title, c.body,
                         c.created_at, c.attempts - 1, c.devices_done,
                         COALESCE((SELECT acked_seq FROM inbox_acks a WHERE a.user_id = c.user_id),
                                  0) >= c.seq,
                         EXISTS (SELECT 1 FROM connections n WHERE n.user_id = c.user_id),
                         c.after_s
-                 FROM claimed c ORDER BY c.due_at",
+                 FROM claimed c LEFT JOIN push_devices d ON d.user_id = c.user_id
+                 ORDER BY c.due_at, c.message_id, c.user_id, d.registered_at, d.device_id",
                 &[(&limit, Type::INT8), (&lease_until, Type::TIMESTAMPTZ)],
             ))
             .await?;
-        rows.iter().map(due_push).collect()
+        // A row per (push, device), a push's rows together: one push each.
+        let mut claimed: Vec<DuePush> = Vec::new();
+        for row in &rows {
+            let message = MessageId(row.get(8));
+            let user: &str = row.get(9);
+            let same = claimed
+                .last()
+                .is_some_and(|p| p.message_id == message && p.user.as_str() == user);
+            if !same {
+                claimed.push(due_push(row)?);
+            }
+            if row.get::<_, Option<String>>(0).is_some() {
+                let push = claimed.last_mut().expect("pushed above");
+                push.devices.push(device(row)?);
+            }
+        }
+        Ok(claimed)
     }
 
-    async fn finish_push(
-        &self,
-        message: MessageId,
-        user: &UserId,
-        finish: &Finish,
-    ) -> Result<(), StoreError> {
+    async fn finish_pushes(&self, finished: &[Finished]) -> Result<(), StoreError> {
         let client = self.client().await?;
-        match finish {
-            Finish::Done => {
-                self.timed(client.execute_typed(
-                    "DELETE FROM push_queue WHERE message_id = $1 AND user_id = $2",
-                    &[(&message.0, Type::UUID), (&user.as_str(), Type::TEXT)],
-                ))
-                .await?;
-            }
-            Finish::Retry { at, devices_done } => {
-                let done: Vec<&str> = devices_done.iter().map(DeviceId::as_str).collect();
-                self.timed(client.execute_typed(
-                    "UPDATE push_queue SET due_at = $3, lease_until = NULL, devices_done = $4
-                     WHERE message_id = $1 AND user_id = $2",
-                    &[
-                        (&message.0, Type::UUID),
-                        (&user.as_str(), Type::TEXT),
-                        (at, Type::TIMESTAMPTZ),
-                        (&done, Type::TEXT_ARRAY),
-                    ],
-                ))
-                .await?;
-            }
+        let (messages, users): (Vec<uuid::Uuid>, Vec<&str>) = finished
+            .iter()
+            .filter(|f| f.finish == Finish::Done)
+            .map(|f| (f.message_id.0, f.user.as_str()))
+            .unzip();
+        if !messages.is_empty() {
+            self.timed(client.execute_typed(
+                "DELETE FROM push_queue q USING unnest($1::uuid[], $2::text[]) AS d(m, u)
+                 WHERE q.message_id = d.m AND q.user_id = d.u",
+                &[(&messages, Type::UUID_ARRAY), (&users, Type::TEXT_ARRAY)],
+            ))
+            .await?;
+        }
+        // Retries are the exception (a provider's 429/5xx): one statement each.
+        for f in finished {
+            let Finish::Retry { at, devices_done } = &f.finish else {
+                continue;
+            };
+            let done: Vec<&str> = devices_done.iter().map(DeviceId::as_str).collect();
+            self.timed(client.execute_typed(
+                "UPDATE push_queue SET due_at = $3, lease_until = NULL, devices_done = $4
+                 WHERE message_id = $1 AND user_id = $2",
+                &[
+                    (&f.message_id.0, Type::UUID),
+                    (&f.user.as_str(), Type::TEXT),
+                    (at, Type::TIMESTAMPTZ),
+                    (&done, Type::TEXT_ARRAY),
+                ],
+            ))
+            .await?;
         }
         Ok(())
     }
@@ -210,29 +232,30 @@ fn device(row: &Row) -> Result<Device, StoreError> {
 }
 
 fn due_push(row: &Row) -> Result<DuePush, StoreError> {
-    let user: &str = row.get(1);
-    let when: &str = row.get(4);
-    let after = u64::try_from(row.get::<_, i32>(12)).unwrap_or(0);
+    let user: &str = row.get(9);
+    let when: &str = row.get(12);
+    let after = u64::try_from(row.get::<_, i32>(20)).unwrap_or(0);
     let when = match when {
         "offline" => When::Offline,
         _ => When::Unacked(Duration::from_secs(after)),
     };
     Ok(DuePush {
-        message_id: MessageId(row.get(0)),
+        message_id: MessageId(row.get(8)),
         user: UserId::parse("user_id", user).map_err(|e| StoreError::Internal(e.to_string()))?,
-        seq: to_u64(row.get(2)),
-        event: row.get(3),
+        seq: to_u64(row.get(10)),
+        event: row.get(11),
         when,
-        title: row.get(5),
-        body: row.get(6),
-        created: row.get(7),
-        attempts: u32::try_from(row.get::<_, i32>(8)).unwrap_or(0),
+        title: row.get(13),
+        body: row.get(14),
+        created: row.get(15),
+        attempts: u32::try_from(row.get::<_, i32>(16)).unwrap_or(0),
         devices_done: row
-            .get::<_, Vec<String>>(9)
+            .get::<_, Vec<String>>(17)
             .into_iter()
             .map(DeviceId)
             .collect(),
-        acked: row.get(10),
-        live: row.get(11),
+        acked: row.get(18),
+        live: row.get(19),
+        devices: Vec::new(),
     })
 }

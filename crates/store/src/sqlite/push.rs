@@ -15,7 +15,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use super::{SqliteStore, micros, store::to_u64, time};
 use crate::{
     StoreError,
-    push::{DuePush, Finish, Push, Registered, columns, destination},
+    push::{DuePush, Finish, Finished, Push, Registered, columns, destination},
 };
 
 #[async_trait]
@@ -62,32 +62,35 @@ impl Push for SqliteStore {
             .await
     }
 
-    async fn finish_push(
-        &self,
-        message: MessageId,
-        user: &UserId,
-        finish: &Finish,
-    ) -> Result<(), StoreError> {
-        let (user, finish) = (user.as_str().to_owned(), finish.clone());
+    async fn finish_pushes(&self, finished: &[Finished]) -> Result<(), StoreError> {
+        let finished = finished.to_vec();
         self.db
             .write(move |conn| {
-                let id = message.0.as_bytes().to_vec();
-                match &finish {
-                    Finish::Done => {
-                        conn.prepare_cached(
-                            "DELETE FROM push_queue WHERE message_id = ?1 AND user_id = ?2",
-                        )?
-                        .execute(params![id, user])?;
-                    }
-                    Finish::Retry { at, devices_done } => {
-                        let done: Vec<&str> = devices_done.iter().map(DeviceId::as_str).collect();
-                        let done = serde_json::to_string(&done).unwrap_or_else(|_| "[]".into());
-                        conn.prepare_cached(
-                            "UPDATE push_queue SET due_at = ?3, lease_until = NULL,
-                                                   devices_done = ?4
-                             WHERE message_id = ?1 AND user_id = ?2",
-                        )?
-                        .execute(params![id, user, micros(*at), done])?;
+                for f in &finished {
+                    let (id, user) = (f.message_id.0.as_bytes().to_vec(), f.user.as_str());
+                    match &f.finish {
+                        Finish::Done => {
+                            conn.prepare_cached(
+                                "DELETE FROM push_queue WHERE message_id = ?1 AND user_id = ?2",
+                            )?
+                            .execute(params![id, user])?;
+                        }
+                        Finish::Retry { at, devices_done } => {
+                            let done: Vec<&str> =
+                                devices_done.iter().map(DeviceId::as_str).collect();
+                            let done = serde_json::to_string(&done).unwrap_or_else(|_| "[]".into());
+                            conn.prepare_cached(
+                                "UPDATE push_queue SET due_at = ?3, lease_until = NULL,
+                                                       devices_done = ?4
+                                 WHERE message_id = ?1 AND user_id = ?2",
+                            )?
+                            .execute(params![
+                                id,
+                                user,
+                                micros(*at),
+                                done
+                            ])?;
+                        }
                     }
                 }
                 Ok(())
@@ -244,10 +247,17 @@ fn claim_in(
                 devices_done: done.into_iter().map(DeviceId).collect(),
                 acked: r.get(11)?,
                 live: r.get(12)?,
+                devices: Vec::new(),
             };
             Ok((r.get(13)?, push))
         })?
         .collect::<rusqlite::Result<_>>()?;
     claimed.sort_by_key(|(due, _)| *due);
-    Ok(claimed.into_iter().map(|(_, p)| p).collect())
+    claimed
+        .into_iter()
+        .map(|(_, mut push)| {
+            push.devices = devices_in(conn, push.user.as_str())?;
+            Ok(push)
+        })
+        .collect()
 }
