@@ -376,6 +376,12 @@ async fn bridge_series_moved(ops: &Ops, bridge_before: &Scrape) -> Scrape {
             .get("bridge_replay_page_messages_count", &[])
             .is_some()
     );
+    // Every welcomed connection waited for its registration once.
+    assert!(
+        bridge_after.value("bridge_registration_wait_seconds_count", &[]) >= 1.0,
+        "the registration wait is observed per connect"
+    );
+    assert!(bridge_after.value("bridge_registration_wait_seconds_sum", &[]) > 0.0);
 
     bridge_after
 }

@@ -411,9 +411,14 @@ async fn start(ws: &mut Socket, opening: Opening) -> Result<Box<Conn>, End> {
         shared,
         hooked,
     } = opening;
+    let asked = Instant::now();
     let position = registered(registration)
         .await
         .map_err(|e| End::Close(protocol::CLOSE_TRY_AGAIN, format!("inbox unavailable: {e}")))?;
+    shared
+        .metrics
+        .registration_wait
+        .observe(asked.elapsed().as_secs_f64());
     // A resume point past the head (a client of another database, a forged
     // `since`) is clamped like a topic's: live messages must still arrive,
     // and its acks must not mark undelivered seqs as delivered.

@@ -7,7 +7,12 @@ use std::sync::{Arc, Mutex};
 use notify_ops::endpoints::{self, Probe};
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
-    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    metrics::{
+        counter::Counter,
+        family::Family,
+        gauge::Gauge,
+        histogram::{Histogram, exponential_buckets},
+    },
     registry::Registry,
 };
 use tokio::net::TcpListener;
@@ -34,6 +39,9 @@ pub struct Metrics {
     pub replayed: Counter,
     /// Messages per store read (replays at connect, gap fills, catch-ups).
     pub replay_pages: Histogram,
+    /// Seconds a new connection waited for notify-svc to route it and read
+    /// its inbox position, before its welcome: a connect's share of the link.
+    pub registration_wait: Histogram,
     /// notify-svc links attached (set at each scrape).
     pub links: Gauge,
     pub slow_consumers: Counter,
@@ -94,6 +102,13 @@ impl Default for Metrics {
             "Messages per store read (replay at connect, gap fill, catch-up)",
             replay_pages.clone(),
         );
+        // 0.25 ms .. ~4 s: a quiet link answers in a round trip, a storm queues.
+        let registration_wait = Histogram::new(exponential_buckets(0.000_25, 2.0, 15));
+        registry.register(
+            "registration_wait_seconds",
+            "Time a new connection waited for notify-svc to route it and read its inbox position (before its welcome)",
+            registration_wait.clone(),
+        );
         let links = Gauge::default();
         registry.register(
             "links_attached",
@@ -139,6 +154,7 @@ impl Default for Metrics {
             frames_in,
             replayed,
             replay_pages,
+            registration_wait,
             links,
             slow_consumers,
             held_shed,
