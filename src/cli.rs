@@ -11,6 +11,7 @@ use clap::{ArgGroup, Args};
 use notify_core::setting::Setting;
 use notify_proto::{
     channel::{CallerArgs, CallerNames},
+    json::PushJson,
     v1::{self as pb, notify_client::NotifyClient},
 };
 use serde_json::{Value, json};
@@ -147,8 +148,8 @@ pub struct PublishArgs {
     /// Push to the users' phones and browsers: never, offline (no live
     /// connection), or unacked (no ack within --push-after seconds).
     /// Absent: the event's configured default.
-    #[arg(long, value_enum)]
-    push: Option<PushWhen>,
+    #[arg(long, value_parser = ["never", "offline", "unacked"])]
+    push: Option<String>,
     /// Seconds to wait for an ack before an `unacked` push (1..3600).
     #[arg(long, default_value_t = 0, requires = "push")]
     push_after: u32,
@@ -160,34 +161,29 @@ pub struct PublishArgs {
     body: Option<String>,
 }
 
-/// When a publish is pushed (`PublishRequest.push.when`).
-#[derive(Clone, Copy, clap::ValueEnum)]
-pub enum PushWhen {
-    Never,
-    Offline,
-    Unacked,
-}
-
 impl PublishArgs {
-    fn push(&self) -> Option<pb::PushOptions> {
-        let when = match self.push? {
-            PushWhen::Never => pb::PushWhen::Never,
-            PushWhen::Offline => pb::PushWhen::Offline,
-            PushWhen::Unacked => pb::PushWhen::Unacked,
+    /// The push options, shaped as the HTTP API's `push` (one mapping).
+    fn push(&self) -> Result<Option<pb::PushOptions>, Failure> {
+        let Some(when) = self.push.clone() else {
+            return Ok(None);
         };
-        Some(pb::PushOptions {
-            when: when.into(),
-            after_seconds: self.push_after,
-            title: self.title.clone().unwrap_or_default(),
-            body: self.body.clone().unwrap_or_default(),
-        })
+        let push = PushJson {
+            when: Some(when),
+            after_seconds: Some(self.push_after),
+            title: self.title.clone(),
+            body: self.body.clone(),
+        };
+        Ok(Some(
+            push.into_options()
+                .map_err(|e| anyhow::anyhow!("--push: {e}"))?,
+        ))
     }
 }
 
 pub async fn publish(endpoint: &Endpoint, args: PublishArgs) -> Result<(), Failure> {
     use pb::publish_request::Target;
     let data = read_data(args.data.as_deref())?;
-    let push = args.push();
+    let push = args.push()?;
     let target = match (args.user, args.users, args.topic) {
         (Some(u), ..) => Target::UserId(u),
         (_, Some(users), _) => Target::Users(pb::UserList { user_ids: users }),

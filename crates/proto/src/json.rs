@@ -105,7 +105,8 @@ impl PublishJson {
 }
 
 impl PushJson {
-    fn into_options(self) -> Result<pb::PushOptions, ShapeError> {
+    /// The request's `PushOptions` (the CLI's `--push` flags build one too).
+    pub fn into_options(self) -> Result<pb::PushOptions, ShapeError> {
         let when = match self.when.as_deref() {
             None => pb::PushWhen::Default,
             Some("never") => pb::PushWhen::Never,
